@@ -1,0 +1,3 @@
+from pierce.cli import main
+
+raise SystemExit(main())

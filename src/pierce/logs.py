@@ -1,0 +1,80 @@
+"""Logging set-up: a rich console handler for people, JSON lines for machines.
+
+Code logs through :func:`event`, which attaches a stable event name and typed fields to the record.
+The console shows the message; ``--json-logs`` writes one JSON object per line with every field, so
+tests and log shippers read ``{"event": "tcp.close", "up_bytes": ...}`` instead of parsing prose.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import msgspec
+
+_JSON = msgspec.json.Encoder()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, logger, event, msg and the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": getattr(record, "event", None) or "log",
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            doc.update(fields)
+        if record.exc_info and record.exc_info[1] is not None:
+            doc["error"] = repr(record.exc_info[1])
+        return _JSON.encode(doc).decode()
+
+
+def setup_logging(level: str = "info", *, json_logs: bool = False) -> None:
+    """Configure the root ``pierce`` logger once, for the process."""
+    root = logging.getLogger("pierce")
+    root.handlers.clear()
+    root.propagate = False
+    root.setLevel(level.upper())
+    handler: logging.Handler
+    if json_logs:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    else:
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        handler = RichHandler(
+            console=Console(stderr=True),
+            show_path=False,
+            rich_tracebacks=False,
+            markup=False,
+            log_time_format="[%X]",
+        )
+    root.addHandler(handler)
+
+
+def event(logger: logging.Logger, level: int, name: str, message: str, **fields: Any) -> None:
+    """Log ``message`` with the stable event ``name`` and machine-readable ``fields``."""
+    if logger.isEnabledFor(level):
+        logger.log(level, message, extra={"event": name, "fields": fields})
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def monotonic() -> float:
+    return time.monotonic()

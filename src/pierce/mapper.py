@@ -1,0 +1,537 @@
+"""``pierce map``: forward local TCP and UDP ports to other hosts, the classic port mapper.
+
+TCP: each accepted connection gets a fresh connection to the target (a DNS name is resolved every
+time, so DNS changes are followed) and the two are joined by :func:`pierce.relay.relay`.
+
+UDP: a session table keyed by the client's address, like a NAT: each client gets its own upstream
+socket connected to the target, so replies go back to the client that caused them; a session ends
+after ``idle_timeout`` seconds without traffic either way. Datagram boundaries are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import time
+from collections import deque
+from typing import Any
+
+from pierce.addr import HostPort, allowed, format_sockaddr
+from pierce.config import MapConfig, MapRule, Transport
+from pierce.errors import LocalError
+from pierce.logs import event, human_bytes
+from pierce.relay import RelayStats, SocketEnd, relay
+
+log = logging.getLogger("pierce.map")
+
+LISTEN_BACKLOG = 1024
+#: Connections accepted per wake-up before yielding to the loop, so one busy rule cannot starve others.
+ACCEPT_BATCH = 64
+#: Datagrams queued for a UDP session whose upstream socket is still being set up.
+UDP_PENDING_LIMIT = 256
+#: Concurrent UDP sessions per rule; new clients beyond it are dropped with a warning.
+UDP_MAX_SESSIONS = 16384
+#: Socket buffer size asked for on UDP sockets.
+UDP_SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+class TargetUnreachable(LocalError):
+    """The target did not accept a connection (refused, timed out, no route, name not found)."""
+
+
+async def resolve(target: HostPort, kind: socket.SocketKind) -> list[tuple[socket.AddressFamily, Any]]:
+    """Addresses for ``target``; IP literals skip the resolver."""
+    if target.ip is not None:
+        return [(target.family, (target.host, target.port))]
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(target.host, target.port, type=kind)
+    except socket.gaierror as exc:
+        raise TargetUnreachable(f"cannot resolve {target.host}: {exc.strerror}") from exc
+    return [(family, addr) for family, _, _, _, addr in infos]
+
+
+async def connect_tcp(target: HostPort, timeout: float) -> socket.socket:
+    """Connect to ``target`` trying each resolved address in turn within ``timeout`` seconds overall."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    errors: list[str] = []
+    for family, addr in await resolve(target, socket.SOCK_STREAM):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await loop.sock_connect(sock, addr)
+        except TimeoutError:
+            sock.close()
+            raise TargetUnreachable(f"connect to {target} timed out after {timeout:g}s") from None
+        except OSError as exc:
+            sock.close()
+            errors.append(f"{format_sockaddr(addr)}: {os.strerror(exc.errno) if exc.errno else exc}")
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        _nodelay(sock)
+        return sock
+    raise TargetUnreachable(f"connect to {target} failed: {'; '.join(errors) or 'no address'}")
+
+
+def _nodelay(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def bind_socket(listen: HostPort, kind: socket.SocketKind) -> socket.socket:
+    """A bound socket for ``listen``; ``[::]`` also accepts IPv4. Errors name the address."""
+    sock = socket.socket(listen.family, kind)
+    try:
+        if kind == socket.SOCK_STREAM and hasattr(socket, "SO_REUSEADDR"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if listen.family == socket.AF_INET6:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((listen.host, listen.port))
+    except OSError as exc:
+        sock.close()
+        what = {
+            errno.EADDRINUSE: "address already in use",
+            errno.EACCES: "permission denied (ports below 1024 need privileges)",
+            errno.EADDRNOTAVAIL: "no such local address",
+        }.get(exc.errno or 0, exc.strerror or str(exc))
+        raise LocalError(f"cannot listen on {listen} ({kind_name(kind)}): {what}") from exc
+    sock.setblocking(False)
+    if kind == socket.SOCK_DGRAM:
+        grow_udp_buffers(sock)
+    return sock
+
+
+def grow_udp_buffers(sock: socket.socket) -> None:
+    """Ask for large UDP buffers so bursts of big datagrams are not dropped (capped by net.core.*mem_max)."""
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, opt, UDP_SOCKET_BUFFER)
+
+
+def kind_name(kind: socket.SocketKind) -> str:
+    return "udp" if kind == socket.SOCK_DGRAM else "tcp"
+
+
+class TcpForwarder:
+    """Accepts on one address and relays every connection to the rule's target."""
+
+    def __init__(self, rule: MapRule) -> None:
+        self.rule = rule
+        self.bound = ""
+        self.active: dict[asyncio.Task[None], RelayStats | None] = {}
+        self._sock: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._reader_installed = False
+
+    async def start(self) -> str:
+        sock = bind_socket(self.rule.listen, socket.SOCK_STREAM)
+        sock.listen(LISTEN_BACKLOG)
+        self._sock = sock
+        self.bound = format_sockaddr(sock.getsockname())
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_reader(sock.fileno(), self._on_acceptable)
+            self._reader_installed = True
+        except NotImplementedError:  # pragma: no cover - Windows proactor loop
+            self._accept_task = asyncio.create_task(self._accept_loop())
+        return self.bound
+
+    def _on_acceptable(self) -> None:
+        assert self._sock is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._accept_failed(exc)
+                return
+            self._spawn(conn, addr)
+
+    async def _accept_loop(self) -> None:  # pragma: no cover - Windows proactor loop
+        loop = asyncio.get_running_loop()
+        assert self._sock is not None
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(self._sock)
+            except OSError as exc:
+                self._accept_failed(exc)
+                await asyncio.sleep(0.1)
+                continue
+            self._spawn(conn, addr)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        event(
+            log,
+            logging.ERROR,
+            "tcp.accept_error",
+            f"{self.rule.name}: accept failed: {exc}",
+            rule=self.rule.name,
+            error=str(exc),
+        )
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) and self._reader_installed:
+            # Out of descriptors: stop accepting for a moment instead of spinning on a readable socket.
+            loop = asyncio.get_running_loop()
+            assert self._sock is not None
+            fd = self._sock.fileno()
+            loop.remove_reader(fd)
+            loop.call_later(0.1, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if self._sock is not None and self._sock.fileno() >= 0:
+            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._on_acceptable)
+
+    def _spawn(self, conn: socket.socket, addr: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(conn, addr))
+        self.active[task] = None
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self.active.pop(task, None)
+
+    async def _serve(self, conn: socket.socket, addr: Any) -> None:
+        rule = self.rule
+        client = format_sockaddr(addr)
+        conn.setblocking(False)
+        if not allowed(addr[0], rule.allow):
+            conn.close()
+            event(
+                log,
+                logging.WARNING,
+                "tcp.denied",
+                f"{rule.name}: {client} not in allow list, closed",
+                rule=rule.name,
+                client=client,
+            )
+            return
+        started = time.monotonic()
+        try:
+            upstream = await connect_tcp(rule.target, rule.connect_timeout)
+        except TargetUnreachable as exc:
+            conn.close()
+            event(
+                log,
+                logging.WARNING,
+                "tcp.target_failed",
+                f"{rule.name}: {client}: {exc}",
+                rule=rule.name,
+                client=client,
+                target=str(rule.target),
+                error=str(exc),
+            )
+            return
+        except BaseException:
+            conn.close()
+            raise
+        _nodelay(conn)
+        target = format_sockaddr(upstream.getpeername())
+        event(
+            log,
+            logging.INFO,
+            "tcp.open",
+            f"{rule.name}: {client} -> {target}",
+            rule=rule.name,
+            client=client,
+            target=target,
+        )
+        stats = RelayStats(started=started)
+        task = asyncio.current_task()
+        if task is not None:
+            self.active[task] = stats
+        await relay(SocketEnd(conn), SocketEnd(upstream), stats)
+        fields: dict[str, Any] = {
+            "rule": rule.name,
+            "client": client,
+            "target": target,
+            "up_bytes": stats.a_to_b,
+            "down_bytes": stats.b_to_a,
+            "duration_s": round(stats.duration, 6),
+        }
+        suffix = ""
+        if stats.error is not None:
+            fields["error"] = str(stats.error) or type(stats.error).__name__
+            suffix = f" ({fields['error']})"
+        event(
+            log,
+            logging.INFO,
+            "tcp.close",
+            f"{rule.name}: {client} -> {target} closed after {stats.duration:.2f}s, "
+            f"up {human_bytes(stats.a_to_b)}, down {human_bytes(stats.b_to_a)}{suffix}",
+            **fields,
+        )
+
+    async def close(self) -> None:
+        if self._sock is not None:
+            if self._reader_installed:
+                with contextlib.suppress(Exception):
+                    asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+        tasks = list(self.active)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _UdpListenProtocol(asyncio.DatagramProtocol):
+    def __init__(self, forwarder: UdpForwarder) -> None:
+        self.forwarder = forwarder
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.forwarder.from_client(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("%s: listener error: %s", self.forwarder.rule.name, exc)
+
+
+class _UdpUpstreamProtocol(asyncio.DatagramProtocol):
+    def __init__(self, session: UdpSession) -> None:
+        self.session = session
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.session.from_target(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and friends: UDP has no connection to drop, keep the session.
+        log.debug("%s: %s: target error: %s", self.session.rule.name, self.session.client, exc)
+
+
+class UdpSession:
+    """One client's flow: its own upstream socket, counters and idle timer."""
+
+    def __init__(self, forwarder: UdpForwarder, client_addr: Any) -> None:
+        self.forwarder = forwarder
+        self.rule = forwarder.rule
+        self.client_addr = client_addr
+        self.client = format_sockaddr(client_addr)
+        self.target = str(self.rule.target)
+        self.upstream: asyncio.DatagramTransport | None = None
+        self.pending: deque[bytes] | None = deque()
+        self.up_bytes = self.down_bytes = self.up_packets = self.down_packets = 0
+        self.started = self.last_seen = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            addrs = await resolve(self.rule.target, socket.SOCK_DGRAM)
+            family, addr = addrs[0]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                grow_udp_buffers(sock)
+                sock.connect(addr)
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpUpstreamProtocol(self), sock=sock
+                )
+            except BaseException:
+                sock.close()
+                raise
+        except (OSError, TargetUnreachable) as exc:
+            event(
+                log,
+                logging.WARNING,
+                "udp.target_failed",
+                f"{self.rule.name}: {self.client}: {exc}",
+                rule=self.rule.name,
+                client=self.client,
+                target=self.target,
+                error=str(exc),
+            )
+            self.close(reason="target failed")
+            return
+        if self.closed:
+            transport.close()
+            return
+        self.upstream = transport
+        self.target = format_sockaddr(transport.get_extra_info("peername"))
+        event(
+            log,
+            logging.INFO,
+            "udp.open",
+            f"{self.rule.name}: {self.client} -> {self.target}",
+            rule=self.rule.name,
+            client=self.client,
+            target=self.target,
+        )
+        pending, self.pending = self.pending, None
+        for data in pending or ():
+            transport.sendto(data)
+        self._arm(self.rule.idle_timeout)
+
+    def from_client(self, data: bytes) -> None:
+        self.last_seen = time.monotonic()
+        self.up_bytes += len(data)
+        self.up_packets += 1
+        if self.upstream is not None:
+            self.upstream.sendto(data)
+        elif self.pending is not None and len(self.pending) < UDP_PENDING_LIMIT:
+            self.pending.append(data)
+
+    def from_target(self, data: bytes) -> None:
+        self.last_seen = time.monotonic()
+        self.down_bytes += len(data)
+        self.down_packets += 1
+        self.forwarder.to_client(data, self.client_addr)
+
+    def _arm(self, delay: float) -> None:
+        self._timer = asyncio.get_running_loop().call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        idle_for = time.monotonic() - self.last_seen
+        remaining = self.rule.idle_timeout - idle_for
+        if remaining > 0:
+            self._arm(remaining)
+        else:
+            self.close(reason="idle")
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.upstream is not None:
+            self.upstream.close()
+        self.forwarder.sessions.pop(self.client_addr, None)
+        duration = time.monotonic() - self.started
+        event(
+            log,
+            logging.INFO,
+            "udp.close",
+            f"{self.rule.name}: {self.client} -> {self.target} ended ({reason}) after {duration:.2f}s, "
+            f"up {self.up_packets} pkts/{human_bytes(self.up_bytes)}, "
+            f"down {self.down_packets} pkts/{human_bytes(self.down_bytes)}",
+            rule=self.rule.name,
+            client=self.client,
+            target=self.target,
+            reason=reason,
+            up_bytes=self.up_bytes,
+            down_bytes=self.down_bytes,
+            up_packets=self.up_packets,
+            down_packets=self.down_packets,
+            duration_s=round(duration, 6),
+        )
+
+
+class UdpForwarder:
+    """Receives datagrams on one address and keeps a session per client address."""
+
+    def __init__(self, rule: MapRule) -> None:
+        self.rule = rule
+        self.bound = ""
+        self.sessions: dict[Any, UdpSession] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._denied_logged: set[str] = set()
+
+    async def start(self) -> str:
+        sock = bind_socket(self.rule.listen, socket.SOCK_DGRAM)
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: _UdpListenProtocol(self), sock=sock)
+        self.bound = format_sockaddr(sock.getsockname())
+        return self.bound
+
+    def from_client(self, data: bytes, addr: Any) -> None:
+        session = self.sessions.get(addr)
+        if session is None:
+            if not allowed(addr[0], self.rule.allow):
+                client = format_sockaddr(addr)
+                if client not in self._denied_logged and len(self._denied_logged) < 1024:
+                    self._denied_logged.add(client)
+                    event(
+                        log,
+                        logging.WARNING,
+                        "udp.denied",
+                        f"{self.rule.name}: {client} not in allow list",
+                        rule=self.rule.name,
+                        client=client,
+                    )
+                return
+            if len(self.sessions) >= UDP_MAX_SESSIONS:
+                log.warning(
+                    "%s: %d UDP sessions open, dropping datagram from a new client",
+                    self.rule.name,
+                    len(self.sessions),
+                )
+                return
+            session = UdpSession(self, addr)
+            self.sessions[addr] = session
+            task = asyncio.get_running_loop().create_task(session.open())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        session.from_client(data)
+
+    def to_client(self, data: bytes, addr: Any) -> None:
+        if self._transport is not None:
+            self._transport.sendto(data, addr)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for session in list(self.sessions.values()):
+            session.close(reason="shutdown")
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+Forwarder = TcpForwarder | UdpForwarder
+
+
+class Mapper:
+    """Owns every rule's forwarder; ``async with Mapper(config)`` binds them all or none."""
+
+    def __init__(self, config: MapConfig) -> None:
+        self.config = config
+        self.forwarders: list[Forwarder] = []
+
+    async def __aenter__(self) -> Mapper:
+        try:
+            for rule in self.config.rules:
+                fwd: Forwarder = TcpForwarder(rule) if rule.protocol is Transport.TCP else UdpForwarder(rule)
+                bound = await fwd.start()
+                self.forwarders.append(fwd)
+                event(
+                    log,
+                    logging.INFO,
+                    "map.listening",
+                    f"{rule.name}: listening on {rule.protocol.value} {bound}, forwarding to {rule.target}",
+                    rule=rule.name,
+                    protocol=rule.protocol.value,
+                    listen=bound,
+                    target=str(rule.target),
+                )
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        forwarders, self.forwarders = self.forwarders, []
+        await asyncio.gather(*(f.close() for f in forwarders), return_exceptions=True)
+
+
+async def run_map(config: MapConfig) -> None:
+    """Run every rule of ``config`` until SIGINT/SIGTERM."""
+    from pierce.runtime import wait_for_stop_signal
+
+    async with Mapper(config):
+        sig = await wait_for_stop_signal()
+        log.info("stopping on %s", sig.name)

@@ -1,0 +1,34 @@
+"""Errors raised when the peer breaks the wire protocol. They are the peer's fault: `RemoteError`."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pierce.errors import RemoteError
+from pierce.protocol.messages import ErrorCode
+
+
+class ProtocolError(RemoteError):
+    """The peer broke the wire protocol; the connection cannot continue.
+
+    `code` is what to put in the `Error` message sent to the peer before closing.
+    """
+
+    code: ClassVar[ErrorCode] = ErrorCode.BAD_MESSAGE
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame header announced more bytes than the current limit allows."""
+
+
+class MalformedFrame(ProtocolError):
+    """A frame was empty, was not MessagePack, or did not decode into a known message."""
+
+
+class UnexpectedMessage(ProtocolError):
+    """A well-formed message arrived where the protocol does not allow it."""
+
+    def __init__(self, got: object, expected: str) -> None:
+        self.got = got
+        self.expected = expected
+        super().__init__(f"expected {expected}, got {type(got).__name__}")

@@ -1,0 +1,232 @@
+"""Every message of the tunnel control channel, one frozen msgspec Struct per message.
+
+Messages are grouped by sender: `ClientMessage` and `ServerMessage`. `UdpPacket` and `Error` travel in
+both directions, so they belong to both unions. On the wire each message is a MessagePack map whose
+``"t"`` key holds the short tag given below; `pierce.protocol.frames` adds the length prefix.
+
+Compatibility rules, so that any two versions can at least tell each other why they disagree:
+
+- `Hello`, `Challenge` and `Error` are the handshake every version speaks. Their fields never change
+  type and new fields get defaults, so an old server can still decode a new client's `Hello` and answer
+  `Error(code=ErrorCode.VERSION_MISMATCH)` rather than drop the connection.
+- Unknown fields are ignored (``forbid_unknown_fields=False``), so a minor addition with a default does
+  not need a version bump. A new message, role or error code does: an older peer rejects it as a
+  malformed frame.
+- Optional behaviour is negotiated with `Feature` names in `Hello` / `Challenge`. Features travel as
+  plain strings so that a peer's unknown feature is ignored rather than rejected.
+
+Constraints on peer-controlled values (name lengths, port ranges, nonce sizes, work-connection counts)
+are part of the types, so an out-of-range value fails to decode instead of reaching the roles.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, TypeAlias
+
+import msgspec
+
+from pierce.protocol.auth import NONCE_SIZE, PROOF_SIZE
+
+#: Sent in `Hello` and `Challenge`; peers with different versions refuse each other with a named error.
+PROTOCOL_VERSION = 1
+
+#: The longest proxy name, client id or run id accepted from a peer.
+MAX_NAME_LENGTH = 255
+#: The most work connections one `ReqWorkConn` may ask for; a client caps its pool below this anyway.
+MAX_WORK_CONN_REQUEST = 256
+#: Long enough for any IPv6 literal with a zone id (``fe80::...%eth0``).
+MAX_HOST_LENGTH = 64
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Nonce = Annotated[bytes, msgspec.Meta(min_length=NONCE_SIZE, max_length=NONCE_SIZE)]
+Proof = Annotated[bytes, msgspec.Meta(min_length=PROOF_SIZE, max_length=PROOF_SIZE)]
+IpLiteral = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_HOST_LENGTH)]
+
+
+class Feature(enum.StrEnum):
+    """Optional behaviour a peer supports; both sides list theirs and use the intersection."""
+
+    #: Data connections are encrypted end to end, on top of (or instead of) TLS.
+    ENCRYPT_DATA = "encrypt_data"
+    #: UDP proxies: datagrams travel as `UdpPacket` messages.
+    UDP = "udp"
+
+
+class Role(enum.Enum):
+    """What a new connection to the server is for, announced in its `Hello`."""
+
+    #: The long-lived control channel of one client: proxies, pings, work requests.
+    CONTROL = "control"
+    #: A pooled data connection that waits for `StartWork` and then carries one visitor's bytes.
+    WORK = "work"
+    #: A visitor reaching a proxy through the server (secret and P2P proxies).
+    VISITOR = "visitor"
+
+
+class ErrorCode(enum.Enum):
+    """Why a peer refused something; sent in `Error` and `ProxyRefused`."""
+
+    AUTH_FAILED = "auth_failed"
+    VERSION_MISMATCH = "version_mismatch"
+    FEATURE_MISMATCH = "feature_mismatch"
+    PORT_IN_USE = "port_in_use"
+    PORT_NOT_ALLOWED = "port_not_allowed"
+    DUPLICATE_NAME = "duplicate_name"
+    UNKNOWN_PROXY = "unknown_proxy"
+    #: A work connection named a run id the server does not know (expired or never issued).
+    UNKNOWN_SESSION = "unknown_session"
+    LIMIT_REACHED = "limit_reached"
+    #: The peer sent a frame or message that breaks the protocol.
+    BAD_MESSAGE = "bad_message"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+class _Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", forbid_unknown_fields=False):
+    """Base of all messages: frozen, keyword-only, tagged by ``"t"``.
+
+    Subclasses repeat ``frozen=True`` for mypy, which does not inherit it through msgspec's dataclass
+    transform, and ``kw_only=True`` because msgspec applies it only to fields of the class that says it.
+    """
+
+
+# -- client -> server -------------------------------------------------------------------------------
+
+
+class Hello(_Message, frozen=True, kw_only=True, tag="hello"):
+    """First message on every connection to the server: who is calling and what it speaks."""
+
+    version: int
+    features: frozenset[str]
+    #: A stable name for the client, used in logs and to replace a stale session of the same client.
+    client_id: Name
+    role: Role
+    #: CONTROL: the run id of the previous session, to resume it (empty for a fresh start).
+    #: WORK: the run id of the control session this connection joins.
+    run_id: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)] = ""
+
+
+class AuthResponse(_Message, frozen=True, kw_only=True, tag="auth"):
+    """The client's answer to `Challenge`: an HMAC proof that it knows the token."""
+
+    proof: Proof
+    client_nonce: Nonce
+
+
+class NewTcpProxy(_Message, frozen=True, kw_only=True, tag="new_tcp"):
+    """Ask the server to listen on a TCP port and hand its connections to this client."""
+
+    name: Name
+    #: 0 lets the server pick a free port from its allowed range.
+    remote_port: Port
+
+
+class NewUdpProxy(_Message, frozen=True, kw_only=True, tag="new_udp"):
+    """Ask the server to listen on a UDP port and relay its datagrams as `UdpPacket` messages."""
+
+    name: Name
+    #: 0 lets the server pick a free port from its allowed range.
+    remote_port: Port
+
+
+class CloseProxy(_Message, frozen=True, kw_only=True, tag="close_proxy"):
+    """The client no longer serves this proxy; the server stops listening for it."""
+
+    name: Name
+
+
+class Ping(_Message, frozen=True, kw_only=True, tag="ping"):
+    """Heartbeat from the client; the server answers `Pong` with the same sequence number."""
+
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+
+
+# -- server -> client -------------------------------------------------------------------------------
+
+
+class Challenge(_Message, frozen=True, kw_only=True, tag="challenge"):
+    """The server's answer to `Hello`: a fresh nonce to prove the token against, and what it speaks."""
+
+    server_nonce: Nonce
+    version: int
+    features: frozenset[str]
+
+
+class AuthOk(_Message, frozen=True, kw_only=True, tag="auth_ok"):
+    """The client's proof was right; the server proves in turn that it knows the token."""
+
+    #: The control session's id; work connections quote it in their `Hello`.
+    run_id: Name
+    server_proof: Proof
+
+
+class ProxyReady(_Message, frozen=True, kw_only=True, tag="proxy_ready"):
+    """The server listens for this proxy; `remote_port` is the actual port (useful when 0 was asked)."""
+
+    name: Name
+    remote_port: Port
+
+
+class ProxyRefused(_Message, frozen=True, kw_only=True, tag="proxy_refused"):
+    """The server will not open this proxy; the rest of the session carries on."""
+
+    name: Name
+    code: ErrorCode
+    #: Human-readable detail for logs, e.g. "port 22 is outside 10000-20000".
+    reason: str
+
+
+class StartWork(_Message, frozen=True, kw_only=True, tag="start_work"):
+    """Sent on a pooled work connection: from now on it carries this visitor's bytes for `proxy`."""
+
+    proxy: Name
+    visitor_host: IpLiteral
+    visitor_port: Port
+
+
+class ReqWorkConn(_Message, frozen=True, kw_only=True, tag="req_work"):
+    """The server wants `count` more work connections in the pool of this control session."""
+
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_WORK_CONN_REQUEST)]
+
+
+class Pong(_Message, frozen=True, kw_only=True, tag="pong"):
+    """Answer to `Ping`, echoing its sequence number."""
+
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+
+
+# -- both directions --------------------------------------------------------------------------------
+
+
+class UdpPacket(_Message, frozen=True, kw_only=True, tag="udp"):
+    """One datagram of a UDP proxy, to or from the remote peer at `peer_host`:`peer_port`."""
+
+    proxy: Name
+    peer_host: IpLiteral
+    peer_port: Port
+    data: bytes
+
+
+class Error(_Message, frozen=True, kw_only=True, tag="error"):
+    """The sender is about to close the connection, and says why."""
+
+    code: ErrorCode
+    #: Human-readable detail for logs, e.g. "client speaks protocol 2, server speaks 1".
+    reason: str
+
+
+NewProxy: TypeAlias = NewTcpProxy | NewUdpProxy
+
+ClientMessage: TypeAlias = (
+    Hello | AuthResponse | NewTcpProxy | NewUdpProxy | CloseProxy | Ping | UdpPacket | Error
+)
+
+ServerMessage: TypeAlias = (
+    Challenge | AuthOk | ProxyReady | ProxyRefused | StartWork | ReqWorkConn | Pong | UdpPacket | Error
+)
+
+#: Everything that can appear on the wire, in either direction.
+Message: TypeAlias = ClientMessage | ServerMessage

@@ -1,0 +1,300 @@
+"""The byte mover: one bidirectional relay used by the mapper, the tunnel, the visitor and P2P.
+
+Theory of operation
+-------------------
+A relay joins two *ends*. Each direction is pumped independently until its source reports EOF; the
+EOF is then passed on as a half-close (``shutdown(SHUT_WR)``) to the other end, so a client that
+shuts down its write side still receives the whole reply. The relay finishes when both directions
+have finished, or at once when either direction fails; then both ends are closed. Cancelling
+:func:`relay` closes both ends too, so no file descriptor outlives it.
+
+Fast path: when both ends of a direction are plain sockets and the platform has ``os.splice``
+(Linux), bytes go socket -> pipe -> socket inside the kernel, a megabyte at a time, and Python only
+wakes up to issue the two splice calls. Everything else (TLS streams, Windows, macOS) uses a copy
+loop with a large preallocated buffer.
+
+Cancel safety: :func:`relay` may be cancelled or wrapped in a timeout at any point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+#: Bytes moved per copy-loop read.
+COPY_BUFFER_SIZE = 256 * 1024
+#: Pipe capacity asked for on the splice path (the default pipe is 64 KiB).
+PIPE_SIZE = 1024 * 1024
+
+HAVE_SPLICE = sys.platform == "linux" and hasattr(os, "splice")
+_F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ on Linux
+_F_GETPIPE_SZ = 1032
+
+# Errors that mean "the peer went away"; they end the relay quietly rather than as a failure.
+_GONE_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ENOTCONN, errno.ETIMEDOUT}
+
+
+class End(ABC):
+    """One side of a relay: something that reads, writes, half-closes and closes."""
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The plain socket underneath, when bytes may bypass Python (splice); else None."""
+        return None
+
+    @abstractmethod
+    async def read_into(self, buf: memoryview) -> int:
+        """Read into ``buf``; return the count, 0 at EOF."""
+
+    @abstractmethod
+    async def write(self, data: memoryview) -> None:
+        """Write all of ``data``."""
+
+    @abstractmethod
+    def write_eof(self) -> None:
+        """Half-close: no more data will be written. Errors from a vanished peer are ignored."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the end. Idempotent."""
+
+
+class SocketEnd(End):
+    """A connected, non-blocking socket owned by the relay."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._sock
+
+    async def read_into(self, buf: memoryview) -> int:
+        return await self._loop.sock_recv_into(self._sock, buf)
+
+    async def write(self, data: memoryview) -> None:
+        await self._loop.sock_sendall(self._sock, data)
+
+    def write_eof(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class StreamEnd(End):
+    """An asyncio stream pair (TLS or any transport without a usable raw socket)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def read_into(self, buf: memoryview) -> int:
+        data = await self._reader.read(len(buf))
+        n = len(data)
+        buf[:n] = data
+        return n
+
+    async def write(self, data: memoryview) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    def write_eof(self) -> None:
+        if self._writer.can_write_eof():
+            with contextlib.suppress(OSError, RuntimeError):
+                self._writer.write_eof()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+@dataclass(slots=True)
+class RelayStats:
+    """Live byte counters of one relay, readable while it runs."""
+
+    a_to_b: int = 0
+    b_to_a: int = 0
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+    #: The error that ended the relay early, or None when both directions reached EOF.
+    error: BaseException | None = None
+    #: True when at least one direction went through the kernel (splice).
+    spliced: bool = False
+
+    @property
+    def duration(self) -> float:
+        return (self.ended or time.monotonic()) - self.started
+
+
+async def relay(a: End, b: End, stats: RelayStats | None = None) -> RelayStats:
+    """Move bytes both ways between ``a`` and ``b`` until both directions end; close both.
+
+    Returns the counters. A peer that resets or vanishes ends the relay with ``stats.error`` set
+    instead of an exception; cancellation propagates after both ends are closed.
+    """
+    stats = stats if stats is not None else RelayStats()
+    forward = asyncio.ensure_future(_pump(a, b, stats, forward=True))
+    backward = asyncio.ensure_future(_pump(b, a, stats, forward=False))
+    try:
+        pending: set[asyncio.Future[None]] = {forward, backward}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            failed = [t for t in done if t.exception() is not None]
+            if failed:
+                stats.error = failed[0].exception()
+                break
+    finally:
+        for task in (forward, backward):
+            task.cancel()
+        try:
+            # Let cancelled pumps unregister their fd callbacks before the fds are closed.
+            await asyncio.shield(asyncio.gather(forward, backward, return_exceptions=True))
+        finally:
+            a.close()
+            b.close()
+            stats.ended = time.monotonic()
+    return stats
+
+
+async def _pump(src: End, dst: End, stats: RelayStats, *, forward: bool) -> None:
+    src_sock, dst_sock = src.socket, dst.socket
+    try:
+        if HAVE_SPLICE and src_sock is not None and dst_sock is not None:
+            stats.spliced = True
+            await _splice_pump(src_sock, dst_sock, stats, forward)
+        else:
+            await _copy_pump(src, dst, stats, forward)
+    except OSError as exc:
+        if exc.errno in _GONE_ERRNOS or isinstance(exc, ConnectionError):
+            raise PeerGone(str(exc)) from exc
+        raise
+    dst.write_eof()
+
+
+class PeerGone(ConnectionError):
+    """One end reset or vanished mid-transfer."""
+
+
+async def _copy_pump(src: End, dst: End, stats: RelayStats, forward: bool) -> None:
+    buf = memoryview(bytearray(COPY_BUFFER_SIZE))
+    while True:
+        n = await src.read_into(buf)
+        if not n:
+            return
+        await dst.write(buf[:n])
+        if forward:
+            stats.a_to_b += n
+        else:
+            stats.b_to_a += n
+
+
+def _make_pipe() -> tuple[int, int, int]:
+    """A non-blocking pipe pair and its capacity in bytes."""
+    import fcntl
+
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        capacity = fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        # Unprivileged users past fs.pipe-user-pages-soft keep the default size: slower, still correct.
+        capacity = fcntl.fcntl(w, _F_GETPIPE_SZ)
+    return r, w, capacity
+
+
+async def _splice_pump(src: socket.socket, dst: socket.socket, stats: RelayStats, forward: bool) -> None:
+    """socket -> pipe -> socket; reading and writing overlap so neither side waits on the other."""
+    loop = asyncio.get_running_loop()
+    src_fd, dst_fd = src.fileno(), dst.fileno()
+    pipe_r, pipe_w, capacity = _make_pipe()
+    splice = os.splice
+    flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+    pending = 0  # bytes sitting in the pipe
+    eof = False
+    try:
+        while True:
+            can_read = can_write = False
+            if not eof and pending < capacity:
+                try:
+                    n = splice(src_fd, pipe_w, capacity - pending, flags=flags)
+                except (BlockingIOError, InterruptedError):
+                    pass
+                else:
+                    if n == 0:
+                        eof = True
+                    else:
+                        can_read = True
+                        pending += n
+                        if forward:
+                            stats.a_to_b += n
+                        else:
+                            stats.b_to_a += n
+            if pending:
+                try:
+                    pending -= splice(pipe_r, dst_fd, pending, flags=flags)
+                    can_write = True
+                except (BlockingIOError, InterruptedError):
+                    pass
+            if eof and not pending:
+                return
+            if can_read or can_write:
+                continue
+            # Nothing moved: sleep until the side that blocks us is ready.
+            if pending and (eof or pending >= capacity):
+                await _wait_fd(loop, dst_fd, writable=True)
+            elif pending:
+                await _wait_either(loop, src_fd, dst_fd)
+            else:
+                await _wait_fd(loop, src_fd, writable=False)
+    finally:
+        os.close(pipe_r)
+        os.close(pipe_w)
+
+
+async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, writable: bool) -> None:
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    if writable:
+        loop.add_writer(fd, wake)
+        try:
+            await fut
+        finally:
+            loop.remove_writer(fd)
+    else:
+        loop.add_reader(fd, wake)
+        try:
+            await fut
+        finally:
+            loop.remove_reader(fd)
+
+
+async def _wait_either(loop: asyncio.AbstractEventLoop, read_fd: int, write_fd: int) -> None:
+    """Return when ``read_fd`` is readable or ``write_fd`` is writable."""
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(read_fd, wake)
+    try:
+        loop.add_writer(write_fd, wake)
+        try:
+            await fut
+        finally:
+            loop.remove_writer(write_fd)
+    finally:
+        loop.remove_reader(read_fd)

@@ -1,0 +1,61 @@
+"""Process-level plumbing shared by every long-running command: event loop, limits, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def raise_fd_limit() -> None:
+    """Lift the soft open-file limit to the hard one: every relayed connection holds several fds."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop when it is installed, on the standard loop otherwise."""
+    raise_fd_limit()
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+async def wait_for_stop_signal() -> signal.Signals:
+    """Return when SIGINT or SIGTERM arrives (Ctrl-C on Windows raises KeyboardInterrupt instead)."""
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[signal.Signals] = loop.create_future()
+    signals = [signal.SIGINT, signal.SIGTERM]
+    installed = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stopped.done():
+            stopped.set_result(sig)
+
+    for sig in signals:
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
+            pass
+    try:
+        if not installed and sys.platform == "win32":  # pragma: no cover
+            await asyncio.Event().wait()
+        return await stopped
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,110 @@
+"""Real `pierce` processes for tests: start, read their JSON log events, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+Event = dict[str, Any]
+
+
+class PierceProcess:
+    """A running ``python -m pierce --json-logs ...``; its stderr events are collected as they come."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, argv: list[str]) -> None:
+        self.proc = proc
+        self.argv = argv
+        self.events: list[Event] = []
+        self.other_lines: list[str] = []
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, *args: str, env: dict[str, str] | None = None) -> PierceProcess:
+        argv = [sys.executable, "-m", "pierce", "--json-logs", *args]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+        )
+        return cls(proc, argv)
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            text = line.decode(errors="replace").rstrip("\n")
+            async with self._changed:
+                try:
+                    doc = json.loads(text)
+                except ValueError:
+                    self.other_lines.append(text)
+                else:
+                    if isinstance(doc, dict):
+                        self.events.append(doc)
+                    else:
+                        self.other_lines.append(text)
+                self._changed.notify_all()
+        async with self._changed:
+            self._changed.notify_all()
+
+    def matching(self, name: str, pred: Callable[[Event], bool] | None = None) -> list[Event]:
+        return [e for e in self.events if e.get("event") == name and (pred is None or pred(e))]
+
+    async def wait_event(
+        self, name: str, pred: Callable[[Event], bool] | None = None, *, count: int = 1, timeout: float = 15
+    ) -> list[Event]:
+        """Wait until ``count`` events named ``name`` (matching ``pred``) have been logged."""
+
+        def ready() -> bool:
+            return len(self.matching(name, pred)) >= count or self._reader.done()
+
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(ready)
+        found = self.matching(name, pred)
+        if len(found) < count:
+            raise AssertionError(
+                f"process exited (rc={self.proc.returncode}) before {count} {name!r} events; "
+                f"events={self.events[-20:]} other={self.other_lines[-20:]}"
+            )
+        return found
+
+    async def listening(self, count: int = 1) -> list[str]:
+        """The bound addresses of the first ``count`` map rules, in order."""
+        return [e["listen"] for e in await self.wait_event("map.listening", count=count)]
+
+    async def wait_exit(self, timeout: float = 15) -> int:
+        async with asyncio.timeout(timeout):
+            rc = await self.proc.wait()
+            await self._reader
+        return rc
+
+    async def stop(self) -> int | None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(10):
+                    await self.proc.wait()
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._reader, 5)
+        return self.proc.returncode
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """'127.0.0.1:80' / '[::1]:80' -> (host, port)."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
