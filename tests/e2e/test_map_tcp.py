@@ -8,6 +8,7 @@ import hashlib
 import random
 import socket
 import struct
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -15,6 +16,16 @@ from support.procs import host_port
 
 MiB = 1024 * 1024
 CHUNK = 256 * 1024
+
+
+@pytest.fixture(autouse=True, params=["splice", "copy"])
+def relay_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every test through both socket fast paths of the relay (see pierce.relay)."""
+    mode = str(request.param)
+    if mode == "splice" and sys.platform != "linux":
+        pytest.skip("splice is Linux-only")
+    monkeypatch.setenv("PIERCE_RELAY", mode)
+    return mode
 
 
 def payload(n: int, seed: int) -> bytes:

@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""Benchmark `pierce map` against socat and a direct connection, in one run, interleaved.
+
+Measures, on loopback and (with ``--netns``, as root) across two veth links between network
+namespaces A -> B -> C with pierce/socat running on B:
+- TCP throughput: iperf3 (single stream, ``-t SECONDS``) direct, through ``pierce map`` (the relay
+  mode it picks for that path), through ``pierce map`` with ``PIERCE_RELAY=splice`` forced, and through
+  ``socat``; several rounds, the order rotated every round, medians reported.
+- Connection set-up latency: 1,000 sequential connect / 1-byte echo / close through each path.
+
+Prints absolute medians (for context only: these machines are noisy) and the ratios that matter.
+Usage: ``python3 bench/bench_map.py [--netns] [--rounds 5] [--seconds 3] [--connections 1000] [--json]``.
+Needs iperf3 and socat on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+ECHO_SERVER = r"""
+import asyncio, socket, sys
+try:
+    import uvloop
+except ImportError:
+    uvloop = None
+
+async def handle(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+async def main():
+    server = await asyncio.start_server(handle, sys.argv[1], 0, backlog=1024)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+(uvloop.run if uvloop else asyncio.run)(main())
+"""
+
+
+LATENCY_CLIENT = r"""
+import socket, statistics, sys, time
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+times = []
+for _ in range(count):
+    t0 = time.perf_counter()
+    with socket.create_connection((host, port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(b"x")
+        if s.recv(1) != b"x":
+            raise SystemExit("echo mismatch")
+    times.append(time.perf_counter() - t0)
+print(statistics.median(times) * 1e6)
+"""
+
+
+class Topology:
+    """Where each role runs and which addresses it uses: loopback, or namespaces A -> B -> C."""
+
+    def __init__(self, netns: bool) -> None:
+        self.netns = netns
+        self.tag = f"pzb{os.getpid() % 100000}"
+        if netns:
+            self.client_ns, self.relay_ns, self.server_ns = (f"{self.tag}-{r}" for r in "abc")
+            self.relay_ip, self.server_ip = "198.51.100.1", "203.0.113.3"
+        else:
+            self.relay_ip = self.server_ip = "127.0.0.1"
+
+    def prefix(self, role: str) -> list[str]:
+        if not self.netns:
+            return []
+        return [
+            "ip",
+            "netns",
+            "exec",
+            {"client": self.client_ns, "relay": self.relay_ns, "server": self.server_ns}[role],
+        ]
+
+    def build(self) -> None:
+        if not self.netns:
+            return
+        a, b, c = self.client_ns, self.relay_ns, self.server_ns
+        cmds = [
+            *(["ip", "netns", "add", n] for n in (a, b, c)),
+            *(["ip", "-n", n, "link", "set", "lo", "up"] for n in (a, b, c)),
+            ["ip", "-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b],
+            ["ip", "-n", b, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", c],
+            ["ip", "-n", a, "addr", "add", "198.51.100.2/24", "dev", "eth0"],
+            ["ip", "-n", b, "addr", "add", "198.51.100.1/24", "dev", "eth0"],
+            ["ip", "-n", b, "addr", "add", "203.0.113.1/24", "dev", "eth1"],
+            ["ip", "-n", c, "addr", "add", "203.0.113.3/24", "dev", "eth0"],
+            ["ip", "-n", a, "link", "set", "eth0", "up"],
+            ["ip", "-n", b, "link", "set", "eth0", "up"],
+            ["ip", "-n", b, "link", "set", "eth1", "up"],
+            ["ip", "-n", c, "link", "set", "eth0", "up"],
+            # "direct" here means routed by B's kernel: the baseline a relay is compared with.
+            ["ip", "netns", "exec", b, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            ["ip", "-n", a, "route", "add", "203.0.113.0/24", "via", "198.51.100.1"],
+            ["ip", "-n", c, "route", "add", "198.51.100.0/24", "via", "203.0.113.1"],
+        ]
+        for cmd in cmds:
+            subprocess.run(cmd, check=True)
+
+    def teardown(self) -> None:
+        if self.netns:
+            for ns in (self.client_ns, self.relay_ns, self.server_ns):
+                subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL, check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Procs:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def wait_listening(topo: Topology, role: str, port: int, timeout: float = 10) -> None:
+    """Poll `ss` in the role's namespace until something listens on ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            [*topo.prefix(role), "ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True
+        )
+        if out.stdout.strip():
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def iperf(topo: Topology, host: str, port: int, seconds: float) -> float:
+    out = subprocess.run(
+        [*topo.prefix("client"), "iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-J"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    )
+    doc = json.loads(out.stdout)
+    if "error" in doc:
+        raise RuntimeError(doc["error"])
+    return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def connect_latency(topo: Topology, host: str, port: int, count: int) -> float:
+    """Median microseconds for connect + 1-byte echo + close, measured inside the client's namespace."""
+    out = subprocess.run(
+        [*topo.prefix("client"), sys.executable, "-c", LATENCY_CLIENT, host, str(port), str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return float(out.stdout)
+
+
+def rotated(items: list[str], k: int) -> Iterator[str]:
+    k %= len(items)
+    yield from items[k:] + items[:k]
+
+
+def run(topo: Topology, args: argparse.Namespace) -> dict[str, Any]:
+    procs = Procs()
+    try:
+        topo.build()
+        iperf_port = free_port()
+        procs.start(
+            [*topo.prefix("server"), "iperf3", "-s", "-p", str(iperf_port), "-B", topo.server_ip],
+            stdout=subprocess.DEVNULL,
+        )
+        echo = procs.start(
+            [*topo.prefix("server"), sys.executable, "-c", ECHO_SERVER, topo.server_ip],
+            stdout=subprocess.PIPE,
+        )
+        assert echo.stdout is not None
+        echo_port = int(echo.stdout.readline())
+        wait_listening(topo, "server", iperf_port)
+
+        def pierce(env: dict[str, str]) -> Callable[[int, int], list[str]]:
+            def argv(listen: int, target: int) -> list[str]:
+                return [
+                    *topo.prefix("relay"),
+                    "env",
+                    *(f"{k}={v}" for k, v in env.items()),
+                    sys.executable,
+                    "-m",
+                    "pierce",
+                    "--log-level",
+                    "warning",
+                    "map",
+                    f"{topo.relay_ip}:{listen}",
+                    f"{topo.server_ip}:{target}",
+                ]
+
+            return argv
+
+        def socat(listen: int, target: int) -> list[str]:
+            return [
+                *topo.prefix("relay"),
+                "socat",
+                f"TCP-LISTEN:{listen},fork,reuseaddr,bind={topo.relay_ip}",
+                f"TCP:{topo.server_ip}:{target}",
+            ]
+
+        paths: dict[str, tuple[str, int, int]] = {"direct": (topo.server_ip, iperf_port, echo_port)}
+        relays = {"pierce": pierce({}), "pierce-splice": pierce({"PIERCE_RELAY": "splice"}), "socat": socat}
+        for name, argv in relays.items():
+            tp, ep = free_port(), free_port()
+            for port, target in ((tp, iperf_port), (ep, echo_port)):
+                procs.start(argv(port, target), stderr=subprocess.DEVNULL)
+                wait_listening(topo, "relay", port)
+            paths[name] = (topo.relay_ip, tp, ep)
+
+        names = list(paths)
+        gbps: dict[str, list[float]] = {n: [] for n in names}
+        lat: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(args.rounds):
+            for name in rotated(names, r):
+                host, tp, _ = paths[name]
+                gbps[name].append(iperf(topo, host, tp, args.seconds))
+            for name in rotated(names, r):
+                host, _, ep = paths[name]
+                lat[name].append(connect_latency(topo, host, ep, max(1, args.connections // args.rounds)))
+            print(
+                f"{'netns' if topo.netns else 'loopback'} round {r + 1}/{args.rounds}: "
+                + ", ".join(f"{n} {gbps[n][-1]:.2f} Gbit/s {lat[n][-1]:.0f} us" for n in names),
+                file=sys.stderr,
+            )
+    finally:
+        procs.close()
+        topo.teardown()
+
+    def ratio(a: list[float], b: list[float]) -> float:
+        # Pair by pair within each round, then the median: robust to drift between rounds.
+        return round(statistics.median(x / y for x, y in zip(a, b, strict=True)), 2)
+
+    return {
+        "path": "netns-veth" if topo.netns else "loopback",
+        "rounds": args.rounds,
+        "iperf_seconds": args.seconds,
+        "connections": args.connections,
+        "throughput_gbps_median": {n: round(statistics.median(v), 2) for n, v in gbps.items()},
+        "connect_latency_us_median": {n: round(statistics.median(v)) for n, v in lat.items()},
+        "ratios": {
+            "throughput_pierce_vs_socat": ratio(gbps["pierce"], gbps["socat"]),
+            "throughput_pierce_vs_direct": ratio(gbps["pierce"], gbps["direct"]),
+            "throughput_pierce_splice_vs_socat": ratio(gbps["pierce-splice"], gbps["socat"]),
+            "connect_latency_pierce_vs_socat": ratio(lat["pierce"], lat["socat"]),
+        },
+    }
+
+
+def print_table(res: dict[str, Any]) -> None:
+    thr, lat, rat = res["throughput_gbps_median"], res["connect_latency_us_median"], res["ratios"]
+    print(
+        f"\n{res['path']}: {res['rounds']} rounds, iperf3 -t {res['iperf_seconds']}, "
+        f"{res['connections']} connections"
+    )
+    print(f"{'path':<14} {'throughput (Gbit/s)':>20} {'connect+echo+close (us)':>25}")
+    for n in thr:
+        print(f"{n:<14} {thr[n]:>20.2f} {lat[n]:>25.0f}")
+    print(f"throughput  pierce/socat        = {rat['throughput_pierce_vs_socat']:.2f}x   (bar >= 2.0x)")
+    print(f"throughput  pierce/direct       = {rat['throughput_pierce_vs_direct']:.2f}x")
+    print(f"throughput  pierce-splice/socat = {rat['throughput_pierce_splice_vs_socat']:.2f}x")
+    print(f"latency     pierce/socat        = {rat['connect_latency_pierce_vs_socat']:.2f}x   (bar <= 1.0x)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=3)
+    ap.add_argument("--connections", type=int, default=1000)
+    ap.add_argument(
+        "--netns", action="store_true", help="also run across veth links between namespaces (root)"
+    )
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = ap.parse_args()
+    for tool in ("iperf3", "socat", "ss"):
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} is not installed", file=sys.stderr)
+            return 2
+    results = [run(Topology(netns=False), args)]
+    if args.netns:
+        results.append(run(Topology(netns=True), args))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for res in results:
+            print_table(res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""The relay on its own: every mode moves the exact bytes both ways, passes half-close on, and closes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import socket
+
+import pytest
+
+from pierce import relay as relay_mod
+from pierce.relay import RelayStats, SocketEnd, StreamEnd, relay
+
+
+async def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """Two connected non-blocking TCP sockets on loopback."""
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    client = socket.socket()
+    client.setblocking(False)
+    accept = asyncio.ensure_future(loop.sock_accept(listener))
+    await loop.sock_connect(client, listener.getsockname())
+    server, _ = await accept
+    listener.close()
+    server.setblocking(False)
+    return client, server
+
+
+async def exchange(
+    outer_a: socket.socket, outer_b: socket.socket, a_data: bytes, b_data: bytes
+) -> tuple[bytes, bytes]:
+    """Send a_data from outer_a and b_data from outer_b at once, half-close each, read both to EOF."""
+    loop = asyncio.get_running_loop()
+
+    async def send_then_eof(sock: socket.socket, data: bytes) -> None:
+        await loop.sock_sendall(sock, data)
+        sock.shutdown(socket.SHUT_WR)
+
+    async def read_all(sock: socket.socket) -> bytes:
+        chunks = []
+        while chunk := await loop.sock_recv(sock, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    _, _, got_at_b, got_at_a = await asyncio.gather(
+        send_then_eof(outer_a, a_data), send_then_eof(outer_b, b_data), read_all(outer_b), read_all(outer_a)
+    )
+    return got_at_a, got_at_b
+
+
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+async def test_socket_modes_move_exact_bytes_with_half_close(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if mode == "splice" and not relay_mod.HAVE_SPLICE:
+        pytest.skip("no splice on this platform")
+    monkeypatch.setattr(relay_mod, "FORCED_MODE", mode)
+    outer_a, inner_a = await tcp_pair()
+    inner_b, outer_b = await tcp_pair()
+    a_data = random.Random(1).randbytes(5_000_003)
+    b_data = random.Random(2).randbytes(3_000_017)
+    stats = RelayStats()
+    task = asyncio.create_task(relay(SocketEnd(inner_a), SocketEnd(inner_b), stats))
+    got_at_a, got_at_b = await exchange(outer_a, outer_b, a_data, b_data)
+    await task
+    assert hashlib.sha256(got_at_b).digest() == hashlib.sha256(a_data).digest()
+    assert hashlib.sha256(got_at_a).digest() == hashlib.sha256(b_data).digest()
+    assert (stats.a_to_b, stats.b_to_a) == (len(a_data), len(b_data))
+    assert stats.error is None
+    assert stats.spliced == (mode == "splice")
+    assert inner_a.fileno() == -1 and inner_b.fileno() == -1  # both ends closed
+    outer_a.close()
+    outer_b.close()
+
+
+async def test_stream_ends_move_exact_bytes_with_half_close() -> None:
+    outer_a, inner_a = await tcp_pair()
+    inner_b, outer_b = await tcp_pair()
+    ra, wa = await asyncio.open_connection(sock=inner_a)
+    rb, wb = await asyncio.open_connection(sock=inner_b)
+    a_data = random.Random(3).randbytes(2_000_000)
+    b_data = random.Random(4).randbytes(1_000_000)
+    task = asyncio.create_task(relay(StreamEnd(ra, wa), StreamEnd(rb, wb)))
+    got_at_a, got_at_b = await exchange(outer_a, outer_b, a_data, b_data)
+    stats = await task
+    assert got_at_b == a_data
+    assert got_at_a == b_data
+    assert (stats.a_to_b, stats.b_to_a) == (len(a_data), len(b_data))
+    assert not stats.spliced
+    outer_a.close()
+    outer_b.close()
+
+
+@pytest.mark.parametrize("mode", ["splice", "copy"])
+async def test_reset_ends_relay_with_error_and_closes_both(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if mode == "splice" and not relay_mod.HAVE_SPLICE:
+        pytest.skip("no splice on this platform")
+    monkeypatch.setattr(relay_mod, "FORCED_MODE", mode)
+    outer_a, inner_a = await tcp_pair()
+    inner_b, outer_b = await tcp_pair()
+    task = asyncio.create_task(relay(SocketEnd(inner_a), SocketEnd(inner_b)))
+    await asyncio.get_running_loop().sock_sendall(outer_a, b"x" * 1000)
+    outer_b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    outer_b.close()  # RST
+    stats = await asyncio.wait_for(task, 10)
+    assert stats.error is not None
+    assert inner_a.fileno() == -1 and inner_b.fileno() == -1
+    outer_a.close()
+
+
+async def test_cancel_closes_both_ends() -> None:
+    outer_a, inner_a = await tcp_pair()
+    inner_b, outer_b = await tcp_pair()
+    task = asyncio.create_task(relay(SocketEnd(inner_a), SocketEnd(inner_b)))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert inner_a.fileno() == -1 and inner_b.fileno() == -1
+    outer_a.close()
+    outer_b.close()
