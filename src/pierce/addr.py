@@ -19,26 +19,18 @@ class HostPort:
     (``msgspec`` would otherwise expect a table where users write ``"host:port"``).
     """
 
-    __slots__ = ("host", "port")
+    __slots__ = ("family", "host", "ip", "port")
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
-
-    @property
-    def ip(self) -> IPAddress | None:
-        """The host as an IP address, or None when it is a name to resolve."""
+        #: The host as an IP address, or None when it is a name to resolve.
+        self.ip: IPAddress | None
         try:
-            return ipaddress.ip_address(self.host)
+            self.ip = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
-            return None
-
-    @property
-    def family(self) -> socket.AddressFamily:
-        ip = self.ip
-        if ip is not None and ip.version == 6:
-            return socket.AF_INET6
-        return socket.AF_INET
+            self.ip = None
+        self.family = socket.AF_INET6 if self.ip is not None and self.ip.version == 6 else socket.AF_INET
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, HostPort) and (self.host, self.port) == (other.host, other.port)

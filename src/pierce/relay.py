@@ -19,7 +19,9 @@ Fast paths, for two plain sockets (the mapper, unencrypted tunnel data):
 
 TLS streams and event loops without ``add_reader`` (Windows) use the stream copy loop.
 
-Cancel safety: :func:`relay` may be cancelled or wrapped in a timeout at any point.
+Cancel safety: :func:`relay` may be cancelled or wrapped in a timeout at any point once it has
+started; it owns both ends from its first step (a task cancelled before it ever ran leaves the ends
+to its creator).
 """
 
 from __future__ import annotations

@@ -118,6 +118,7 @@ async def test_cancel_closes_both_ends() -> None:
     outer_a, inner_a = await tcp_pair()
     inner_b, outer_b = await tcp_pair()
     task = asyncio.create_task(relay(SocketEnd(inner_a), SocketEnd(inner_b)))
+    await asyncio.sleep(0)  # one loop turn (no timing): relay() starts and owns the ends
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
