@@ -11,7 +11,7 @@ import difflib
 import enum
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -81,6 +81,194 @@ class MapConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 # --------------------------------------------------------------------------------------------------
+# Tunnel: server.toml and client.toml
+
+DEFAULT_CONTROL_PORT = 7000
+DEFAULT_POOL_COUNT = 4
+DEFAULT_HEARTBEAT_INTERVAL = 10.0
+DEFAULT_HEARTBEAT_TIMEOUT = 30.0
+DEFAULT_USER_CONN_TIMEOUT = 10.0
+
+
+class PortRange:
+    """An allowed port or range, written ``"8022"`` or ``"6000-7000"``."""
+
+    __slots__ = ("first", "last")
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first = first
+        self.last = last
+
+    def __contains__(self, port: int) -> bool:
+        return self.first <= port <= self.last
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.first, self.last + 1))
+
+    def __str__(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+    def __repr__(self) -> str:
+        return f"PortRange({self})"
+
+
+def parse_port_range(text: object) -> PortRange:
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)
+    if not isinstance(text, str):
+        raise ValueError(f'expected a port or range like "6000-7000", got {text!r}')
+    first_text, _, last_text = text.strip().partition("-")
+    if not first_text.isdigit() or (last_text and not last_text.isdigit()):
+        raise ValueError(f'expected a port or range like "6000-7000", got "{text}"')
+    first, last = int(first_text), int(last_text or first_text)
+    if not (1 <= first <= last <= 65535):
+        raise ValueError(f'expected ports from 1 to 65535 with the smaller first, got "{text}"')
+    return PortRange(first, last)
+
+
+class TransportOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[transport]``: settings both ends must agree on (checked when the client logs in)."""
+
+    #: Work (data) connections over TLS. ``false`` on both ends sends data in the clear after
+    #: authentication, so the relay can splice: only for trusted networks.
+    encrypt_data: bool = True
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``server.toml``."""
+
+    version: int = CONFIG_VERSION
+    bind_addr: str = "0.0.0.0"
+    bind_port: int = DEFAULT_CONTROL_PORT
+    token: str = msgspec.field(default="")
+    #: Ports clients may ask for; empty means any.
+    allow_ports: list[PortRange] = []
+    #: Public ports one client may hold at once; 0 = no limit.
+    max_ports_per_client: int = 0
+    #: Address public proxy ports bind to; defaults to ``bind_addr``.
+    proxy_bind_addr: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: Where the generated certificate lives; defaults to the per-user state directory.
+    state_dir: str = ""
+    #: Drop a client that has sent nothing for this many seconds.
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    #: How long a visitor waits for a work connection before it is closed.
+    user_conn_timeout: float = DEFAULT_USER_CONN_TIMEOUT
+    transport: TransportOptions = msgspec.field(default_factory=TransportOptions)
+
+    def __post_init__(self) -> None:
+        if not self.token:
+            raise ValueError("token: expected a non-empty shared secret")
+        if not 0 <= self.bind_port <= 65535:
+            raise ValueError(f"bind_port: expected a port from 0 to 65535, got {self.bind_port}")
+        if self.max_ports_per_client < 0:
+            raise ValueError("max_ports_per_client: expected 0 (no limit) or more")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file: expected tls_cert_file and tls_key_file together")
+        if self.heartbeat_timeout <= 0 or self.user_conn_timeout <= 0:
+            raise ValueError("heartbeat_timeout: expected timeouts in seconds > 0")
+        if not self.proxy_bind_addr:
+            self.proxy_bind_addr = self.bind_addr
+
+    def __repr__(self) -> str:
+        return _masked_repr(self)
+
+    def port_allowed(self, port: int) -> bool:
+        return not self.allow_ports or any(port in r for r in self.allow_ports)
+
+
+class TcpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="tcp", tag_field="type"):
+    """``[[proxies]] type = "tcp"``: a public TCP port on the server -> a local TCP service."""
+
+    name: str
+    local_ip: str = "127.0.0.1"
+    local_port: int
+    #: 0 = the server picks a free allowed port (logged by the client).
+    remote_port: int = 0
+
+    def __post_init__(self) -> None:
+        _check_proxy(self.name, self.local_port, self.remote_port)
+
+
+class UdpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="udp", tag_field="type"):
+    """``[[proxies]] type = "udp"``: a public UDP port on the server -> a local UDP service."""
+
+    name: str
+    local_ip: str = "127.0.0.1"
+    local_port: int
+    remote_port: int = 0
+    #: Seconds a visitor's UDP session lives without traffic.
+    idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        _check_proxy(self.name, self.local_port, self.remote_port)
+        if self.idle_timeout <= 0:
+            raise ValueError(f"idle_timeout: expected a number of seconds > 0, got {self.idle_timeout:g}")
+
+
+ProxyConfig = TcpProxyConfig | UdpProxyConfig
+
+
+def _check_proxy(name: str, local_port: int, remote_port: int) -> None:
+    if not name or len(name) > 255:
+        raise ValueError("name: expected 1 to 255 characters")
+    if not 1 <= local_port <= 65535:
+        raise ValueError(f"local_port: expected a port from 1 to 65535, got {local_port}")
+    if not 0 <= remote_port <= 65535:
+        raise ValueError(f"remote_port: expected 0 (server picks) or a port up to 65535, got {remote_port}")
+
+
+class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``client.toml``."""
+
+    version: int = CONFIG_VERSION
+    server_addr: str
+    server_port: int = DEFAULT_CONTROL_PORT
+    token: str = ""
+    #: A stable name for this client; a reconnect with the same id replaces the stale session.
+    client_id: str = ""
+    #: Ready work connections kept open, so a visitor's first byte does not wait for a TLS handshake.
+    pool_count: int = DEFAULT_POOL_COUNT
+    #: Pin the server certificate by its SHA-256 fingerprint (printed by the server at start).
+    server_fingerprint: str = ""
+    #: Or verify the server certificate against this CA bundle.
+    trusted_ca_file: str = ""
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    #: Local admin API (status, reload, stop); off unless admin_port is set.
+    admin_addr: str = "127.0.0.1"
+    admin_port: int = 0
+    transport: TransportOptions = msgspec.field(default_factory=TransportOptions)
+    proxies: list[ProxyConfig] = []
+
+    def __post_init__(self) -> None:
+        if not self.token:
+            raise ValueError("token: expected the server's shared secret")
+        if not 1 <= self.server_port <= 65535:
+            raise ValueError(f"server_port: expected a port from 1 to 65535, got {self.server_port}")
+        if not 0 <= self.pool_count <= 64:
+            raise ValueError(f"pool_count: expected 0 to 64, got {self.pool_count}")
+        if self.heartbeat_interval <= 0 or self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError("heartbeat_timeout: expected heartbeat_timeout > heartbeat_interval > 0")
+        names = [p.name for p in self.proxies]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"proxies: duplicate proxy name {dupes[0]!r}")
+
+    def __repr__(self) -> str:
+        return _masked_repr(self)
+
+
+def _masked_repr(cfg: msgspec.Struct) -> str:
+    """Configs print without their secrets (logs, tracebacks, debuggers)."""
+    fields = ", ".join(
+        f"{f}={'MASKED' if f == 'token' else repr(getattr(cfg, f))}" for f in cfg.__struct_fields__
+    )
+    return f"{type(cfg).__name__}({fields})"
+
+
+# --------------------------------------------------------------------------------------------------
 # Decoding
 
 
@@ -92,6 +280,8 @@ def _dec_hook(typ: type, obj: Any) -> Any:
         return parse_host_port(obj)
     if typ is Network:
         return parse_network(obj)
+    if typ is PortRange:
+        return parse_port_range(obj)
     raise NotImplementedError(f"no decoder for {typ!r}")
 
 
@@ -117,6 +307,10 @@ def _describe(err: str, struct: type[msgspec.Struct] | None) -> str:
         return f"{_join(path, key)}: unknown key{hint}"
     if u := re.match(r"Object missing required field `(.+)`", msg):
         return f"{_join(path, u.group(1))}: missing required key"
+    if u := re.match(r"Invalid value '(.+)'", msg):
+        tags = _union_tags_at(struct, path)
+        want = f"expected one of {tags}" if tags else "unknown value"
+        return f'{path}: {want}, got "{u.group(1)}"'
     if u := re.match(r"Invalid enum value (.+)", msg):
         choices = _enum_choices_at(struct, path)
         want = f"expected one of {choices}" if choices else "unknown value"
@@ -159,6 +353,21 @@ def _struct_at(struct: type[msgspec.Struct] | None, path: str) -> type[msgspec.S
 def _fields_at(struct: type[msgspec.Struct] | None, path: str) -> list[str]:
     target = _struct_at(struct, path)
     return list(target.__struct_fields__) if target else []
+
+
+def _union_tags_at(struct: type[msgspec.Struct] | None, path: str) -> str:
+    """For ``proxies[0].type``: the tags of the tagged union stored under ``proxies``."""
+    import typing
+
+    parent = re.sub(r"\[\d+\]$", "", path.rpartition(".")[0])
+    owner_path, _, field_name = parent.rpartition(".")
+    owner = _struct_at(struct, owner_path) if owner_path else struct
+    if owner is None:
+        return ""
+    hint = typing.get_type_hints(owner).get(field_name)
+    members = typing.get_args(typing.get_args(hint)[0]) if typing.get_origin(hint) is list else ()
+    tags = [m.__struct_config__.tag for m in members if isinstance(m, type) and issubclass(m, msgspec.Struct)]
+    return ", ".join(f'"{t}"' for t in tags if isinstance(t, str))
 
 
 def _enum_choices_at(struct: type[msgspec.Struct] | None, path: str) -> str:
@@ -253,6 +462,8 @@ def load(path: str | Path, kind: type[S]) -> S:
 #: What ``pierce verify`` can check, by the top-level keys that tell the kinds apart.
 KINDS: dict[str, tuple[type[msgspec.Struct], Callable[[dict[str, Any]], bool]]] = {
     "map": (MapConfig, lambda doc: "rules" in doc),
+    "client": (ClientConfig, lambda doc: "server_addr" in doc or "proxies" in doc),
+    "server": (ServerConfig, lambda doc: "bind_port" in doc or "allow_ports" in doc or "token" in doc),
 }
 
 

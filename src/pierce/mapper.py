@@ -11,8 +11,6 @@ after ``idle_timeout`` seconds without traffic either way. Datagram boundaries a
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import logging
 import os
 import socket
@@ -23,20 +21,16 @@ from typing import Any
 from pierce.addr import HostPort, allowed, format_sockaddr
 from pierce.config import MapConfig, MapRule, Transport
 from pierce.errors import LocalError
+from pierce.listeners import TcpListener, bind_socket, grow_udp_buffers, set_nodelay
 from pierce.logs import event, human_bytes
 from pierce.relay import RelayStats, SocketEnd, relay
 
 log = logging.getLogger("pierce.map")
 
-LISTEN_BACKLOG = 1024
-#: Connections accepted per wake-up before yielding to the loop, so one busy rule cannot starve others.
-ACCEPT_BATCH = 64
 #: Datagrams queued for a UDP session whose upstream socket is still being set up.
 UDP_PENDING_LIMIT = 256
 #: Concurrent UDP sessions per rule; new clients beyond it are dropped with a warning.
 UDP_MAX_SESSIONS = 16384
-#: Socket buffer size asked for on UDP sockets.
-UDP_SOCKET_BUFFER = 4 * 1024 * 1024
 
 
 class TargetUnreachable(LocalError):
@@ -76,49 +70,9 @@ async def connect_tcp(target: HostPort, timeout: float) -> socket.socket:
         except BaseException:
             sock.close()
             raise
-        _nodelay(sock)
+        set_nodelay(sock)
         return sock
     raise TargetUnreachable(f"connect to {target} failed: {'; '.join(errors) or 'no address'}")
-
-
-def _nodelay(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def bind_socket(listen: HostPort, kind: socket.SocketKind) -> socket.socket:
-    """A bound socket for ``listen``; ``[::]`` also accepts IPv4. Errors name the address."""
-    sock = socket.socket(listen.family, kind)
-    try:
-        if kind == socket.SOCK_STREAM and hasattr(socket, "SO_REUSEADDR"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if listen.family == socket.AF_INET6:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((listen.host, listen.port))
-    except OSError as exc:
-        sock.close()
-        what = {
-            errno.EADDRINUSE: "address already in use",
-            errno.EACCES: "permission denied (ports below 1024 need privileges)",
-            errno.EADDRNOTAVAIL: "no such local address",
-        }.get(exc.errno or 0, exc.strerror or str(exc))
-        raise LocalError(f"cannot listen on {listen} ({kind_name(kind)}): {what}") from exc
-    sock.setblocking(False)
-    if kind == socket.SOCK_DGRAM:
-        grow_udp_buffers(sock)
-    return sock
-
-
-def grow_udp_buffers(sock: socket.socket) -> None:
-    """Ask for large UDP buffers so bursts of big datagrams are not dropped (capped by net.core.*mem_max)."""
-    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, opt, UDP_SOCKET_BUFFER)
-
-
-def kind_name(kind: socket.SocketKind) -> str:
-    return "udp" if kind == socket.SOCK_DGRAM else "tcp"
 
 
 class TcpForwarder:
@@ -127,81 +81,16 @@ class TcpForwarder:
     def __init__(self, rule: MapRule) -> None:
         self.rule = rule
         self.bound = ""
-        self.active: dict[asyncio.Task[None], RelayStats | None] = {}
-        self._sock: socket.socket | None = None
-        self._accept_task: asyncio.Task[None] | None = None
-        self._reader_installed = False
+        self._listener: TcpListener | None = None
 
     async def start(self) -> str:
-        sock = bind_socket(self.rule.listen, socket.SOCK_STREAM)
-        sock.listen(LISTEN_BACKLOG)
-        self._sock = sock
-        self.bound = format_sockaddr(sock.getsockname())
-        loop = asyncio.get_running_loop()
-        try:
-            loop.add_reader(sock.fileno(), self._on_acceptable)
-            self._reader_installed = True
-        except NotImplementedError:  # pragma: no cover - Windows proactor loop
-            self._accept_task = asyncio.create_task(self._accept_loop())
+        self._listener = TcpListener.open(self.rule.listen, self._serve, name=self.rule.name)
+        self.bound = self._listener.address
         return self.bound
-
-    def _on_acceptable(self) -> None:
-        assert self._sock is not None
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, addr = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._accept_failed(exc)
-                return
-            self._spawn(conn, addr)
-
-    async def _accept_loop(self) -> None:  # pragma: no cover - Windows proactor loop
-        loop = asyncio.get_running_loop()
-        assert self._sock is not None
-        while True:
-            try:
-                conn, addr = await loop.sock_accept(self._sock)
-            except OSError as exc:
-                self._accept_failed(exc)
-                await asyncio.sleep(0.1)
-                continue
-            self._spawn(conn, addr)
-
-    def _accept_failed(self, exc: OSError) -> None:
-        event(
-            log,
-            logging.ERROR,
-            "tcp.accept_error",
-            f"{self.rule.name}: accept failed: {exc}",
-            rule=self.rule.name,
-            error=str(exc),
-        )
-        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) and self._reader_installed:
-            # Out of descriptors: stop accepting for a moment instead of spinning on a readable socket.
-            loop = asyncio.get_running_loop()
-            assert self._sock is not None
-            fd = self._sock.fileno()
-            loop.remove_reader(fd)
-            loop.call_later(0.1, self._resume_accepting)
-
-    def _resume_accepting(self) -> None:
-        if self._sock is not None and self._sock.fileno() >= 0:
-            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._on_acceptable)
-
-    def _spawn(self, conn: socket.socket, addr: Any) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(conn, addr))
-        self.active[task] = None
-        task.add_done_callback(self._forget)
-
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self.active.pop(task, None)
 
     async def _serve(self, conn: socket.socket, addr: Any) -> None:
         rule = self.rule
         client = format_sockaddr(addr)
-        conn.setblocking(False)
         if not allowed(addr[0], rule.allow):
             conn.close()
             event(
@@ -232,7 +121,7 @@ class TcpForwarder:
         except BaseException:
             conn.close()
             raise
-        _nodelay(conn)
+        set_nodelay(conn)
         target = format_sockaddr(upstream.getpeername())
         event(
             log,
@@ -244,9 +133,6 @@ class TcpForwarder:
             target=target,
         )
         stats = RelayStats(started=started)
-        task = asyncio.current_task()
-        if task is not None:
-            self.active[task] = stats
         await relay(SocketEnd(conn), SocketEnd(upstream), stats)
         fields: dict[str, Any] = {
             "rule": rule.name,
@@ -270,18 +156,9 @@ class TcpForwarder:
         )
 
     async def close(self) -> None:
-        if self._sock is not None:
-            if self._reader_installed:
-                with contextlib.suppress(Exception):
-                    asyncio.get_running_loop().remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
-        if self._accept_task is not None:
-            self._accept_task.cancel()
-        tasks = list(self.active)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
 
 
 class _UdpListenProtocol(asyncio.DatagramProtocol):

@@ -1,0 +1,188 @@
+"""Listening sockets: bind with clear errors, and a TCP accept loop that hands each connection to a task.
+
+Used by every role that accepts TCP: the port mapper, the server's control port and its public proxy
+ports. Accepting happens in a reader callback (no future per connection) in batches, with a pause
+when the process runs out of descriptors instead of spinning on a readable socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pierce.addr import HostPort, format_sockaddr
+from pierce.errors import LocalError
+from pierce.logs import event
+
+log = logging.getLogger("pierce.listen")
+
+LISTEN_BACKLOG = 1024
+#: Connections accepted per wake-up before yielding to the loop, so one busy port cannot starve others.
+ACCEPT_BATCH = 64
+#: Socket buffer size asked for on UDP sockets (capped by net.core.rmem_max / wmem_max).
+UDP_SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+class PortInUse(LocalError):
+    """The address is already taken by another socket."""
+
+
+def bind_socket(listen: HostPort, kind: socket.SocketKind) -> socket.socket:
+    """A bound, non-blocking socket for ``listen``; ``[::]`` also accepts IPv4. Errors name the address."""
+    sock = socket.socket(listen.family, kind)
+    try:
+        if kind == socket.SOCK_STREAM and hasattr(socket, "SO_REUSEADDR"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if listen.family == socket.AF_INET6:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((listen.host, listen.port))
+    except OSError as exc:
+        sock.close()
+        what = {
+            errno.EADDRINUSE: "address already in use",
+            errno.EACCES: "permission denied (ports below 1024 need privileges)",
+            errno.EADDRNOTAVAIL: "no such local address",
+        }.get(exc.errno or 0, exc.strerror or str(exc))
+        cls = PortInUse if exc.errno == errno.EADDRINUSE else LocalError
+        raise cls(f"cannot listen on {listen} ({kind_name(kind)}): {what}") from exc
+    sock.setblocking(False)
+    if kind == socket.SOCK_DGRAM:
+        grow_udp_buffers(sock)
+    return sock
+
+
+def grow_udp_buffers(sock: socket.socket) -> None:
+    """Ask for large UDP buffers so bursts of big datagrams are not dropped."""
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, opt, UDP_SOCKET_BUFFER)
+
+
+def kind_name(kind: socket.SocketKind) -> str:
+    return "udp" if kind == socket.SOCK_DGRAM else "tcp"
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+Handler = Callable[[socket.socket, Any], Awaitable[None]]
+
+
+class TcpListener:
+    """Accepts on a bound socket and runs ``handler(conn, addr)`` as a tracked task per connection.
+
+    ``close()`` stops accepting and cancels every handler still running.
+    """
+
+    def __init__(self, sock: socket.socket, handler: Handler, *, name: str) -> None:
+        self.sock: socket.socket | None = sock
+        self.name = name
+        self.address = format_sockaddr(sock.getsockname())
+        self.port = int(sock.getsockname()[1])
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._handler = handler
+        self._accept_task: asyncio.Task[None] | None = None
+        self._reader_installed = False
+
+    @classmethod
+    def open(cls, listen: HostPort, handler: Handler, *, name: str) -> TcpListener:
+        sock = bind_socket(listen, socket.SOCK_STREAM)
+        try:
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:  # pragma: no cover - bind succeeded, listen failing is exotic
+            sock.close()
+            raise LocalError(f"cannot listen on {listen}: {exc.strerror}") from exc
+        listener = cls(sock, handler, name=name)
+        listener.start()
+        return listener
+
+    def start(self) -> None:
+        assert self.sock is not None
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_reader(self.sock.fileno(), self._on_acceptable)
+            self._reader_installed = True
+        except NotImplementedError:  # pragma: no cover - Windows proactor loop
+            self._accept_task = loop.create_task(self._accept_loop())
+
+    def _on_acceptable(self) -> None:
+        if self.sock is None:
+            return
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._accept_failed(exc)
+                return
+            self._spawn(conn, addr)
+
+    async def _accept_loop(self) -> None:  # pragma: no cover - Windows proactor loop
+        loop = asyncio.get_running_loop()
+        while self.sock is not None:
+            try:
+                conn, addr = await loop.sock_accept(self.sock)
+            except OSError as exc:
+                self._accept_failed(exc)
+                await asyncio.sleep(0.1)
+                continue
+            self._spawn(conn, addr)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        event(
+            log,
+            logging.ERROR,
+            "tcp.accept_error",
+            f"{self.name}: accept failed: {exc}",
+            rule=self.name,
+            error=str(exc),
+        )
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) and self._reader_installed:
+            # Out of descriptors: stop accepting for a moment instead of spinning on a readable socket.
+            assert self.sock is not None
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self.sock.fileno())
+            loop.call_later(0.1, self._resume)
+
+    def _resume(self) -> None:
+        if self.sock is not None:
+            asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_acceptable)
+
+    def _spawn(self, conn: socket.socket, addr: Any) -> None:
+        conn.setblocking(False)
+        task = asyncio.get_running_loop().create_task(self._run(conn, addr))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, conn: socket.socket, addr: Any) -> None:
+        try:
+            await self._handler(conn, addr)
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+        except Exception:
+            conn.close()
+            log.exception("%s: connection from %s failed", self.name, format_sockaddr(addr))
+
+    async def close(self) -> None:
+        if self.sock is not None:
+            if self._reader_installed:
+                with contextlib.suppress(Exception):
+                    asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,225 @@
+"""Tunnel connections on asyncio streams: framed messages, and the data framing used over TLS.
+
+`MessageChannel` carries control messages (`pierce.protocol`): length-prefixed frames read exactly,
+with a frame-size limit that starts small and is raised after authentication; `StreamChannel` runs it
+over asyncio streams (TLS), `SocketChannel` over a raw socket (plain data connections).
+
+`FramedEnd` is a relay end for data that flows over TLS. asyncio's TLS transport cannot half-close
+(no ``write_eof``), so after `StartWork` the bytes travel in chunks ``[u32 length][bytes]`` and an empty
+chunk means "no more data this way". That keeps half-close working through encrypted tunnels at the
+cost of 4 bytes per chunk of up to 256 KiB. Plain (unencrypted) data connections skip this and are
+relayed as raw sockets, so both hops can splice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from abc import ABC, abstractmethod
+
+from pierce.addr import format_sockaddr
+from pierce.errors import RemoteError
+from pierce.protocol import (
+    HEADER_SIZE,
+    PRE_AUTH_MAX_FRAME_SIZE,
+    FrameDecoder,
+    Message,
+    ProtocolError,
+    encode_frame,
+)
+from pierce.relay import End
+
+_CHUNK_HEADER = struct.Struct(">I")
+#: The largest data chunk a peer may announce on a framed data connection.
+MAX_DATA_CHUNK = 1024 * 1024
+
+
+class ConnectionClosed(RemoteError):
+    """The peer closed the connection (possibly between two messages)."""
+
+
+class MessageChannel(ABC):
+    """Framed protocol messages over a connection.
+
+    Frames are read exactly (header, then payload), never past the end of a message, so after the
+    last message the same connection can carry raw data (`StartWork` is followed by the visitor's bytes).
+    """
+
+    def __init__(self, *, max_frame_size: int = PRE_AUTH_MAX_FRAME_SIZE) -> None:
+        self._decoder = FrameDecoder(max_frame_size)
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._decoder.max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        self._decoder.max_frame_size = value
+
+    @abstractmethod
+    async def _read_exactly(self, n: int, *, first: bool = False) -> bytes: ...
+
+    @abstractmethod
+    def _write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    async def _drain(self) -> None: ...
+
+    @abstractmethod
+    def peer(self) -> str: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    async def send(self, msg: Message) -> None:
+        self._write(encode_frame(msg))
+        await self._drain()
+
+    def send_nowait(self, msg: Message) -> None:
+        """Queue a message without waiting for the socket buffer (for callbacks)."""
+        self._write(encode_frame(msg))
+
+    async def recv(self) -> Message:
+        """The next message; raises ConnectionClosed at EOF and ProtocolError on garbage."""
+        header = await self._read_exactly(HEADER_SIZE, first=True)
+        if msgs := self._decoder.feed(header):  # pragma: no cover - a header alone is never a message
+            return msgs[0]
+        (length,) = struct.unpack(">I", header)
+        msgs = self._decoder.feed(await self._read_exactly(length, first=False))
+        assert len(msgs) == 1
+        return msgs[0]
+
+
+class StreamChannel(MessageChannel):
+    """Messages over asyncio streams (TLS connections)."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        max_frame_size: int = PRE_AUTH_MAX_FRAME_SIZE,
+    ) -> None:
+        super().__init__(max_frame_size=max_frame_size)
+        self.reader = reader
+        self.writer = writer
+
+    async def _read_exactly(self, n: int, *, first: bool = False) -> bytes:
+        try:
+            return await self.reader.readexactly(n)
+        except asyncio.IncompleteReadError as exc:
+            if first and not exc.partial:
+                raise ConnectionClosed("connection closed by peer") from None
+            raise ProtocolError("connection closed in the middle of a frame") from None
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionClosed(f"connection lost: {exc}") from exc
+
+    def _write(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def _drain(self) -> None:
+        try:
+            await self.writer.drain()
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionClosed(f"connection lost: {exc}") from exc
+
+    def peer(self) -> str:
+        return format_sockaddr(self.writer.get_extra_info("peername"))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class SocketChannel(MessageChannel):
+    """Messages over a raw non-blocking socket (plain data connections, so the relay can splice)."""
+
+    def __init__(self, sock: socket.socket, *, max_frame_size: int = PRE_AUTH_MAX_FRAME_SIZE) -> None:
+        super().__init__(max_frame_size=max_frame_size)
+        sock.setblocking(False)
+        self.sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._out = bytearray()
+
+    async def _read_exactly(self, n: int, *, first: bool = False) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            try:
+                k = await self._loop.sock_recv_into(self.sock, view[got:])
+            except (ConnectionError, OSError) as exc:
+                raise ConnectionClosed(f"connection lost: {exc}") from exc
+            if not k:
+                if first and got == 0:
+                    raise ConnectionClosed("connection closed by peer")
+                raise ProtocolError("connection closed in the middle of a frame")
+            got += k
+        return bytes(buf)
+
+    def _write(self, data: bytes) -> None:
+        self._out += data
+
+    async def _drain(self) -> None:
+        data, self._out = bytes(self._out), bytearray()
+        try:
+            await self._loop.sock_sendall(self.sock, data)
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionClosed(f"connection lost: {exc}") from exc
+
+    def send_nowait(self, msg: Message) -> None:  # pragma: no cover - plain channels only send awaited
+        raise NotImplementedError("SocketChannel.send_nowait")
+
+    def peer(self) -> str:
+        try:
+            return format_sockaddr(self.sock.getpeername())
+        except OSError:
+            return "?"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class FramedEnd(End):
+    """Relay end for data over TLS: ``[u32 length][bytes]`` chunks, an empty chunk is EOF."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._left = 0  # bytes of the current chunk not yet read
+        self._eof = False
+
+    async def read_into(self, buf: memoryview) -> int:
+        if self._eof:
+            return 0
+        try:
+            if not self._left:
+                header = await self._reader.readexactly(_CHUNK_HEADER.size)
+                (self._left,) = _CHUNK_HEADER.unpack(header)
+                if self._left == 0:
+                    self._eof = True
+                    return 0
+                if self._left > MAX_DATA_CHUNK:
+                    raise ProtocolError(f"data chunk of {self._left} bytes exceeds {MAX_DATA_CHUNK}")
+            data = await self._reader.read(min(len(buf), self._left))
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionResetError("tunnel closed without end-of-data marker") from exc
+        if not data:
+            raise ConnectionResetError("tunnel closed in the middle of a data chunk")
+        n = len(data)
+        buf[:n] = data
+        self._left -= n
+        return n
+
+    async def write(self, data: memoryview) -> None:
+        self._writer.write(_CHUNK_HEADER.pack(len(data)))
+        self._writer.write(data)
+        await self._writer.drain()
+
+    def write_eof(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.write(_CHUNK_HEADER.pack(0))
+
+    def close(self) -> None:
+        self._writer.close()
