@@ -93,6 +93,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_map.set_defaults(func=cmd_map)
 
+    p_server = sub.add_parser(
+        "server",
+        help="run the public server: control port, proxies' public ports",
+        description="Run the pierce server. Settings from -c FILE; flags override the file.",
+    )
+    _add_logging_flags(p_server, suppress=True)
+    p_server.add_argument("-c", "--config", type=Path, help="server.toml")
+    p_server.add_argument("--bind-addr", help="control port address (default 0.0.0.0)")
+    p_server.add_argument("--bind-port", type=int, help="control port (default 7000)")
+    p_server.add_argument("--token", help="shared secret (or PIERCE_TOKEN)")
+    p_server.add_argument(
+        "--allow-ports", action="append", metavar="RANGE", help='e.g. "6000-7000" (repeatable)'
+    )
+    p_server.add_argument("--state-dir", help="where the generated certificate is kept")
+    p_server.set_defaults(func=cmd_server)
+
+    p_client = sub.add_parser(
+        "client",
+        help="run the client behind NAT: expose local services through the server",
+        description=(
+            "Run the pierce client from -c client.toml, or one proxy from the command line:\n"
+            "  pierce client --server H:7000 --token T tcp 22 --remote-port 6022\n"
+            "Control a running client through its admin API: pierce client reload|status|stop -c client.toml"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_logging_flags(p_client, suppress=True)
+    p_client.add_argument("-c", "--config", type=Path, help="client.toml")
+    p_client.add_argument("--server", metavar="HOST:PORT", help="the server's control address")
+    p_client.add_argument("--token", help="shared secret (or PIERCE_TOKEN)")
+    p_client.add_argument("--pool-count", type=int, help="ready work connections (default 4)")
+    p_client.add_argument("--server-fingerprint", help="pin the server certificate (SHA-256)")
+    p_client.add_argument("--client-id", help="stable name of this client")
+    p_client.add_argument(
+        "--no-encrypt-data",
+        action="store_true",
+        help="send data unencrypted after login (the server must agree)",
+    )
+    actions = p_client.add_subparsers(dest="action", metavar="ACTION")
+    for kind in ("tcp", "udp"):
+        p_kind = actions.add_parser(kind, help=f"expose one local {kind.upper()} port")
+        p_kind.add_argument("local_port", type=int)
+        p_kind.add_argument("--local-ip", default="127.0.0.1")
+        p_kind.add_argument("--remote-port", type=int, default=0, help="public port (0 = the server picks)")
+        p_kind.add_argument("--name", help=f"proxy name (default {kind}-LOCAL_PORT)")
+    for action in ("reload", "status", "stop"):
+        actions.add_parser(action, help=f"{action} the running client (needs admin_port in its config)")
+    p_client.set_defaults(func=cmd_client)
+
     p_verify = sub.add_parser("verify", help="check a config file without starting anything")
     _add_logging_flags(p_verify, suppress=True)
     p_verify.add_argument("-c", "--config", type=Path, required=True, help="the file to check")
@@ -127,6 +176,82 @@ def cmd_map(args: argparse.Namespace) -> int:
 
     cfg = map_config_from_args(args)
     run(run_map(cfg))
+    return EXIT_OK
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    import os
+
+    return args.token or os.environ.get("PIERCE_TOKEN") or None
+
+
+def server_config_from_args(args: argparse.Namespace) -> config.ServerConfig:
+    doc: dict[str, Any] = config.load_toml(args.config) if args.config else {}
+    source = str(args.config) if args.config else "command line"
+    overrides = {
+        "bind_addr": args.bind_addr,
+        "bind_port": args.bind_port,
+        "token": _token(args),
+        "allow_ports": args.allow_ports,
+        "state_dir": args.state_dir,
+    }
+    doc.update({k: v for k, v in overrides.items() if v is not None})
+    return config.convert(doc, config.ServerConfig, source)
+
+
+def client_config_from_args(args: argparse.Namespace) -> config.ClientConfig:
+    doc: dict[str, Any] = config.load_toml(args.config) if args.config else {}
+    source = str(args.config) if args.config else "command line"
+    if args.server:
+        from pierce.addr import parse_host_port
+
+        try:
+            hp = parse_host_port(args.server)
+        except ValueError as exc:
+            raise ConfigError([f"--server: {exc}"]) from None
+        doc["server_addr"], doc["server_port"] = hp.host, hp.port
+    overrides = {
+        "token": _token(args),
+        "pool_count": args.pool_count,
+        "server_fingerprint": args.server_fingerprint,
+        "client_id": args.client_id,
+    }
+    doc.update({k: v for k, v in overrides.items() if v is not None})
+    if args.no_encrypt_data:
+        doc.setdefault("transport", {})["encrypt_data"] = False
+    if args.action in ("tcp", "udp"):
+        doc.setdefault("proxies", []).append(
+            {
+                "type": args.action,
+                "name": args.name or f"{args.action}-{args.local_port}",
+                "local_ip": args.local_ip,
+                "local_port": args.local_port,
+                "remote_port": args.remote_port,
+            }
+        )
+    if "server_addr" not in doc:
+        raise ConfigError([f"{source}: server_addr: missing (give -c FILE or --server HOST:PORT)"])
+    return config.convert(doc, config.ClientConfig, source)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from pierce.runtime import run
+    from pierce.server.app import run_server
+
+    run(run_server(server_config_from_args(args)))
+    return EXIT_OK
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from pierce.client.app import run_client
+    from pierce.runtime import run
+
+    cfg = client_config_from_args(args)
+    if args.action in ("reload", "status", "stop"):
+        from pierce.client.admin import call_admin
+
+        return call_admin(cfg, args.action)
+    run(run_client(cfg, args.config))
     return EXIT_OK
 
 

@@ -78,3 +78,34 @@ def human_bytes(n: int) -> str:
 
 def monotonic() -> float:
     return time.monotonic()
+
+
+def log_relay_closed(
+    logger: logging.Logger, name: str, label: str, client: str, target: str, stats: Any, **extra: Any
+) -> None:
+    # name: the event name (e.g. "tcp.close"); label: the rule or proxy the connection belongs to.
+    """The one "connection closed" line: bytes each way, duration, and the error if it ended early.
+
+    ``stats`` is a `pierce.relay.RelayStats` whose ``a_to_b`` runs from ``client`` towards ``target``.
+    """
+    fields: dict[str, Any] = {
+        "rule": label,
+        "client": client,
+        "target": target,
+        "up_bytes": stats.a_to_b,
+        "down_bytes": stats.b_to_a,
+        "duration_s": round(stats.duration, 6),
+        **extra,
+    }
+    suffix = ""
+    if stats.error is not None:
+        fields["error"] = str(stats.error) or type(stats.error).__name__
+        suffix = f" ({fields['error']})"
+    event(
+        logger,
+        logging.INFO,
+        name,
+        f"{label}: {client} -> {target} closed after {stats.duration:.2f}s, "
+        f"up {human_bytes(stats.a_to_b)}, down {human_bytes(stats.b_to_a)}{suffix}",
+        **fields,
+    )

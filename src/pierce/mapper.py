@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import time
 from collections import deque
 from typing import Any
 
-from pierce.addr import HostPort, allowed, format_sockaddr
+from pierce.addr import allowed, format_sockaddr
 from pierce.config import MapConfig, MapRule, Transport
-from pierce.errors import LocalError
+from pierce.dial import TargetUnreachable, connect_tcp, resolve
 from pierce.listeners import TcpListener, bind_socket, grow_udp_buffers, set_nodelay
-from pierce.logs import event, human_bytes
+from pierce.logs import event, human_bytes, log_relay_closed
 from pierce.relay import RelayStats, SocketEnd, relay
 
 log = logging.getLogger("pierce.map")
@@ -31,48 +30,6 @@ log = logging.getLogger("pierce.map")
 UDP_PENDING_LIMIT = 256
 #: Concurrent UDP sessions per rule; new clients beyond it are dropped with a warning.
 UDP_MAX_SESSIONS = 16384
-
-
-class TargetUnreachable(LocalError):
-    """The target did not accept a connection (refused, timed out, no route, name not found)."""
-
-
-async def resolve(target: HostPort, kind: socket.SocketKind) -> list[tuple[socket.AddressFamily, Any]]:
-    """Addresses for ``target``; IP literals skip the resolver."""
-    if target.ip is not None:
-        return [(target.family, (target.host, target.port))]
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(target.host, target.port, type=kind)
-    except socket.gaierror as exc:
-        raise TargetUnreachable(f"cannot resolve {target.host}: {exc.strerror}") from exc
-    return [(family, addr) for family, _, _, _, addr in infos]
-
-
-async def connect_tcp(target: HostPort, timeout: float) -> socket.socket:
-    """Connect to ``target`` trying each resolved address in turn within ``timeout`` seconds overall."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    errors: list[str] = []
-    for family, addr in await resolve(target, socket.SOCK_STREAM):
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            async with asyncio.timeout_at(deadline):
-                await loop.sock_connect(sock, addr)
-        except TimeoutError:
-            sock.close()
-            raise TargetUnreachable(f"connect to {target} timed out after {timeout:g}s") from None
-        except OSError as exc:
-            sock.close()
-            errors.append(f"{format_sockaddr(addr)}: {os.strerror(exc.errno) if exc.errno else exc}")
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        set_nodelay(sock)
-        return sock
-    raise TargetUnreachable(f"connect to {target} failed: {'; '.join(errors) or 'no address'}")
 
 
 class TcpForwarder:
@@ -134,26 +91,7 @@ class TcpForwarder:
         )
         stats = RelayStats(started=started)
         await relay(SocketEnd(conn), SocketEnd(upstream), stats)
-        fields: dict[str, Any] = {
-            "rule": rule.name,
-            "client": client,
-            "target": target,
-            "up_bytes": stats.a_to_b,
-            "down_bytes": stats.b_to_a,
-            "duration_s": round(stats.duration, 6),
-        }
-        suffix = ""
-        if stats.error is not None:
-            fields["error"] = str(stats.error) or type(stats.error).__name__
-            suffix = f" ({fields['error']})"
-        event(
-            log,
-            logging.INFO,
-            "tcp.close",
-            f"{rule.name}: {client} -> {target} closed after {stats.duration:.2f}s, "
-            f"up {human_bytes(stats.a_to_b)}, down {human_bytes(stats.b_to_a)}{suffix}",
-            **fields,
-        )
+        log_relay_closed(log, "tcp.close", rule.name, client, target, stats)
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -244,7 +244,7 @@ async def _socket_copy_pump(src: socket.socket, dst: socket.socket, stats: Relay
                 size = COPY_BUFFER_MIN  # quiet connection: give the big buffer back
                 buf = bytearray(size)
                 view = memoryview(buf)
-            await _wait_fd(loop, src_fd, writable=False)
+            await wait_fd(loop, src_fd, writable=False)
             continue
         if not n:
             return
@@ -257,7 +257,7 @@ async def _socket_copy_pump(src: socket.socket, dst: socket.socket, stats: Relay
             try:
                 sent += send(view[sent:n])
             except (BlockingIOError, InterruptedError):
-                await _wait_fd(loop, dst_fd, writable=True)
+                await wait_fd(loop, dst_fd, writable=True)
         if n == size:
             last_full = time.monotonic()
             if size < COPY_BUFFER_SIZE:  # a bulk transfer: read bigger chunks
@@ -331,17 +331,17 @@ async def _splice_pump(src: socket.socket, dst: socket.socket, stats: RelayStats
                 continue
             # Nothing moved: sleep until the side that blocks us is ready.
             if pending and (eof or pending >= capacity):
-                await _wait_fd(loop, dst_fd, writable=True)
+                await wait_fd(loop, dst_fd, writable=True)
             elif pending:
                 await _wait_either(loop, src_fd, dst_fd)
             else:
-                await _wait_fd(loop, src_fd, writable=False)
+                await wait_fd(loop, src_fd, writable=False)
     finally:
         os.close(pipe_r)
         os.close(pipe_w)
 
 
-async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, writable: bool) -> None:
+async def wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, writable: bool) -> None:
     fut: asyncio.Future[None] = loop.create_future()
 
     def wake() -> None:

@@ -1,0 +1,285 @@
+"""``pierce client``: dials out to the server, registers proxies, reconnects forever, reloads its config."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import platform
+import random
+import signal
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from pierce import config as config_mod
+from pierce.client.session import ClientSession, Dialer
+from pierce.config import ClientConfig, ProxyConfig
+from pierce.errors import ConfigError, PierceError
+from pierce.handshake import AuthenticationFailed, HandshakeRefused
+from pierce.logs import event
+from pierce.protocol import ErrorCode
+from pierce.tls import FingerprintMismatch
+
+log = logging.getLogger("pierce.client")
+
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 20.0
+
+
+@dataclass
+class ProxyState:
+    """What the client knows about one proxy, for logs, status and the admin API."""
+
+    name: str
+    type: str
+    local: str
+    remote_port: int | None = None
+    state: str = "pending"  # pending | running | refused
+    error: str = ""
+
+
+@dataclass
+class ClientStatus:
+    connected: bool = False
+    run_id: str = ""
+    attempts: int = 0
+    last_error: str = ""
+    connected_since: float | None = None
+    proxies: dict[str, ProxyState] = field(default_factory=dict)
+
+
+def default_client_id(config_path: Path | None) -> str:
+    node = platform.node() or "client"
+    if config_path is None:
+        return node
+    import hashlib
+
+    digest = hashlib.sha256(str(config_path.resolve()).encode()).hexdigest()[:6]
+    return f"{node}-{digest}"
+
+
+class Client:
+    """Owns the reconnect loop, the current session, live relays, and the config."""
+
+    def __init__(self, config: ClientConfig, *, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.client_id = config.client_id or default_client_id(config_path)
+        self.status = ClientStatus()
+        self.session: ClientSession | None = None
+        self.active: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+        self._sync_states()
+
+    # -- proxy bookkeeping -------------------------------------------------------------------------
+
+    def _sync_states(self) -> None:
+        states = {}
+        for p in self.config.proxies:
+            old = self.status.proxies.get(p.name)
+            kind = "tcp" if isinstance(p, config_mod.TcpProxyConfig) else "udp"
+            states[p.name] = old or ProxyState(p.name, kind, f"{p.local_ip}:{p.local_port}")
+        self.status.proxies = states
+
+    def _on_proxy_state(self, name: str, state: str, port: int | None, error: str) -> None:
+        proxy = self.status.proxies.get(name)
+        if proxy is None:
+            return
+        proxy.state, proxy.remote_port, proxy.error = state, port, error
+        if state == "running":
+            host = self.config.server_addr
+            event(
+                log,
+                logging.INFO,
+                "proxy.ready",
+                f"proxy {name}: {proxy.local} is reachable at {host}:{port}",
+                proxy=name,
+                remote_port=port,
+                server=host,
+            )
+        else:
+            event(
+                log,
+                logging.ERROR,
+                "proxy.refused",
+                f"proxy {name}: refused by the server: {error}",
+                proxy=name,
+                error=error,
+            )
+
+    def _spawn_active(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.active.add(task)
+        task.add_done_callback(self.active.discard)
+
+    # -- main loop ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, serve, and reconnect with capped exponential backoff plus jitter, until stopped."""
+        backoff = BACKOFF_FIRST
+        dialer = Dialer(self.config, self.client_id)
+        while not self._stop.is_set():
+            self.status.attempts += 1
+            started = time.monotonic()
+            try:
+                channel, run_id = await dialer.control(self.status.run_id)
+            except (AuthenticationFailed, FingerprintMismatch) as exc:
+                self._failed(exc, fatal_hint=True)
+            except HandshakeRefused as exc:
+                self._failed(
+                    exc, fatal_hint=exc.code in (ErrorCode.VERSION_MISMATCH, ErrorCode.FEATURE_MISMATCH)
+                )
+            except (PierceError, OSError, TimeoutError) as exc:
+                self._failed(exc)
+            else:
+                self.status.connected, self.status.run_id = True, run_id
+                self.status.connected_since = time.time()
+                event(
+                    log,
+                    logging.INFO,
+                    "client.connected",
+                    f"logged in to {dialer.server} as {self.client_id}",
+                    server=str(dialer.server),
+                    run_id=run_id,
+                )
+                self.session = ClientSession(
+                    dialer,
+                    channel,
+                    run_id,
+                    {p.name: p for p in self.config.proxies},
+                    self._on_proxy_state,
+                    self._spawn_active,
+                )
+                try:
+                    await self.session.run()
+                except (PierceError, OSError) as exc:
+                    self.status.last_error = str(exc)
+                    event(
+                        log, logging.WARNING, "client.disconnected", f"lost the server: {exc}", error=str(exc)
+                    )
+                finally:
+                    self.session = None
+                    self.status.connected = False
+                    for proxy in self.status.proxies.values():
+                        proxy.state = "pending"
+                if time.monotonic() - started > BACKOFF_MAX:
+                    backoff = BACKOFF_FIRST  # it was a healthy session: start the backoff over
+            if self._stop.is_set():
+                break
+            delay = backoff * random.uniform(0.8, 1.2)
+            event(log, logging.INFO, "client.retry", f"reconnecting in {delay:.1f}s", delay_s=round(delay, 2))
+            try:
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _failed(self, exc: BaseException, *, fatal_hint: bool = False) -> None:
+        self.status.last_error = str(exc)
+        if isinstance(exc, AuthenticationFailed) and "man in the middle" not in str(exc):
+            msg = f"authentication failed: {exc}"
+        else:
+            msg = f"cannot log in to {self.config.server_addr}:{self.config.server_port}: {exc}"
+        event(
+            log, logging.ERROR if fatal_hint else logging.WARNING, "client.login_failed", msg, error=str(exc)
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.session is not None:
+            self.session.channel.close()
+
+    async def close(self) -> None:
+        self.stop()
+        tasks = list(self.active)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- reload ------------------------------------------------------------------------------------
+
+    async def reload(self) -> dict[str, list[str]]:
+        """Re-read the config file and apply proxy changes; unchanged proxies and live connections stay.
+
+        Raises ConfigError (the running config is kept) when the file is invalid.
+        """
+        if self.config_path is None:
+            raise ConfigError(["reload: this client was started without a config file"])
+        new = config_mod.load(self.config_path, ClientConfig)
+        old_by_name = {p.name: p for p in self.config.proxies}
+        new_by_name = {p.name: p for p in new.proxies}
+        removed = [n for n in old_by_name if n not in new_by_name]
+        added = [n for n in new_by_name if n not in old_by_name]
+        changed = [n for n in new_by_name if n in old_by_name and not _same(old_by_name[n], new_by_name[n])]
+        self.config = msgspec.structs.replace(self.config, proxies=new.proxies)
+        self._sync_states()
+        session = self.session
+        if session is not None:
+            for name in removed + changed:
+                await session.unregister(name)
+            for name in added + changed:
+                await session.register(new_by_name[name])
+        result = {"added": added, "removed": removed, "changed": changed}
+        event(
+            log,
+            logging.INFO,
+            "client.reloaded",
+            f"config reloaded: {len(added)} added, {len(removed)} removed, {len(changed)} changed",
+            **result,
+        )
+        return result
+
+
+def _same(a: ProxyConfig, b: ProxyConfig) -> bool:
+    return type(a) is type(b) and msgspec.structs.asdict(a) == msgspec.structs.asdict(b)
+
+
+async def reload_logged(client: Client) -> dict[str, list[str]] | None:
+    """Reload, logging (not raising) a bad file: the running config stays."""
+    try:
+        return await client.reload()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            event(
+                log,
+                logging.ERROR,
+                "client.reload_failed",
+                f"reload failed, keeping the running config: {problem}",
+                error=problem,
+            )
+        return None
+
+
+async def run_client(config: ClientConfig, config_path: Path | None = None) -> None:
+    """Run until SIGINT/SIGTERM; SIGHUP reloads the config file."""
+    from pierce.runtime import wait_for_stop_signal
+
+    client = Client(config, config_path=config_path)
+    loop = asyncio.get_running_loop()
+
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload_logged(client))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    with contextlib.suppress(NotImplementedError, AttributeError, RuntimeError):  # Windows has no SIGHUP
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    runner = loop.create_task(client.run())
+    stopper = loop.create_task(wait_for_stop_signal())
+    try:
+        done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if stopper in done:
+            log.info("stopping on %s", stopper.result().name)
+    finally:
+        stopper.cancel()
+        await client.close()
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)

@@ -1,0 +1,270 @@
+"""One logged-in session of the client: control channel, proxies, heartbeats, work-connection pool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from pierce.addr import HostPort
+from pierce.config import ClientConfig, ProxyConfig, TcpProxyConfig
+from pierce.dial import connect_tcp
+from pierce.errors import PierceError, RemoteError
+from pierce.handshake import client_handshake, plain_binding
+from pierce.logs import event
+from pierce.protocol import (
+    CloseProxy,
+    Error,
+    Feature,
+    NewTcpProxy,
+    NewUdpProxy,
+    Ping,
+    Pong,
+    ProtocolError,
+    ProxyReady,
+    ProxyRefused,
+    ReqWorkConn,
+    Role,
+    StartWork,
+    UdpPacket,
+    certificate_binding,
+)
+from pierce.proxies.tcp import serve_tcp_work
+from pierce.relay import End, SocketEnd
+from pierce.tls import check_peer, client_context
+from pierce.transport import ConnectionClosed, FramedEnd, MessageChannel, SocketChannel, StreamChannel
+
+log = logging.getLogger("pierce.client")
+
+DIAL_TIMEOUT = 10.0
+#: The name TLS is checked against when a CA file is configured (generated certificates carry it).
+SERVER_NAME = "pierce"
+
+
+class ServerUnreachable(PierceError):
+    """Could not reach or log in to the server (retried with backoff)."""
+
+
+def features_of(config: ClientConfig) -> frozenset[str]:
+    return frozenset({Feature.ENCRYPT_DATA} if config.transport.encrypt_data else set())
+
+
+class Dialer:
+    """Opens authenticated connections to the server (control and work)."""
+
+    def __init__(self, config: ClientConfig, client_id: str) -> None:
+        self.config = config
+        self.client_id = client_id
+        self.server = HostPort(config.server_addr, config.server_port)
+        self._ssl = client_context(
+            fingerprint=config.server_fingerprint or None,
+            ca_file=Path(config.trusted_ca_file) if config.trusted_ca_file else None,
+        )
+
+    async def _tls(self) -> tuple[StreamChannel, bytes]:
+        sock = await connect_tcp(self.server, DIAL_TIMEOUT)
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(sock=sock, ssl=self._ssl, server_hostname=SERVER_NAME, limit=2**20),
+                DIAL_TIMEOUT,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            sock.close()
+            raise ServerUnreachable(f"TLS handshake with {self.server} failed: {exc}") from exc
+        channel = StreamChannel(reader, writer)
+        try:
+            der = check_peer(
+                writer.get_extra_info("ssl_object"), fingerprint=self.config.server_fingerprint or None
+            )
+        except RemoteError:
+            channel.close()
+            raise
+        return channel, certificate_binding(der)
+
+    async def control(self, previous_run_id: str) -> tuple[MessageChannel, str]:
+        channel, binding = await self._tls()
+        try:
+            run_id = await asyncio.wait_for(
+                client_handshake(
+                    channel,
+                    token=self.config.token,
+                    features=features_of(self.config),
+                    client_id=self.client_id,
+                    role=Role.CONTROL,
+                    run_id=previous_run_id,
+                    binding=binding,
+                ),
+                DIAL_TIMEOUT,
+            )
+        except BaseException:
+            channel.close()
+            raise
+        return channel, run_id
+
+    async def work(self, run_id: str) -> MessageChannel:
+        channel: MessageChannel
+        if self.config.transport.encrypt_data:
+            channel, binding = await self._tls()
+        else:
+            sock = await connect_tcp(self.server, DIAL_TIMEOUT)
+            channel, binding = SocketChannel(sock), plain_binding(run_id)
+        try:
+            await asyncio.wait_for(
+                client_handshake(
+                    channel,
+                    token=self.config.token,
+                    features=features_of(self.config),
+                    client_id=self.client_id,
+                    role=Role.WORK,
+                    run_id=run_id,
+                    binding=binding,
+                ),
+                DIAL_TIMEOUT,
+            )
+        except BaseException:
+            channel.close()
+            raise
+        return channel
+
+
+class ClientSession:
+    """Runs one login until the connection dies; the `Client` reconnects around it."""
+
+    def __init__(
+        self,
+        dialer: Dialer,
+        channel: MessageChannel,
+        run_id: str,
+        proxies: dict[str, ProxyConfig],
+        on_proxy_state: Callable[[str, str, int | None, str], None],
+        spawn_active: Callable[[Coroutine[Any, Any, None]], None],
+    ) -> None:
+        self.dialer = dialer
+        self.config = dialer.config
+        self.channel = channel
+        self.run_id = run_id
+        self.proxies = dict(proxies)
+        self.on_proxy_state = on_proxy_state
+        #: Runs a visitor's relay outside this session, so it survives a reconnect or a reload.
+        self.spawn_active = spawn_active
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.idle_work = 0
+        self.last_pong = time.monotonic()
+        self._ping_seq = 0
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def run(self) -> None:
+        """Register proxies, keep the pool full and heartbeats going; return or raise when the link dies."""
+        for proxy in self.proxies.values():
+            await self.register(proxy)
+        for _ in range(self.config.pool_count):
+            self._spawn(self._work_conn(), "work")
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat())
+        try:
+            while True:
+                msg = await self.channel.recv()
+                await self._handle(msg)
+                if heartbeat.done():
+                    heartbeat.result()
+        finally:
+            heartbeat.cancel()
+            await self.close()
+
+    async def _handle(self, msg: object) -> None:
+        match msg:
+            case Pong():
+                self.last_pong = time.monotonic()
+            case ProxyReady(name=name, remote_port=port):
+                self.on_proxy_state(name, "running", port, "")
+            case ProxyRefused(name=name, code=code, reason=reason):
+                self.on_proxy_state(name, "refused", None, f"{code.value}: {reason}")
+            case ReqWorkConn(count=count):
+                for _ in range(min(count, 64)):
+                    self._spawn(self._work_conn(), "work")
+            case UdpPacket():
+                pass
+            case Error(code=code, reason=reason):
+                raise ConnectionClosed(f"server closed the session: {reason} ({code.value})")
+            case _:
+                raise ProtocolError(f"unexpected {type(msg).__name__} on the control channel")
+
+    async def _heartbeat(self) -> None:
+        interval, timeout = self.config.heartbeat_interval, self.config.heartbeat_timeout
+        while True:
+            await asyncio.sleep(interval)
+            if time.monotonic() - self.last_pong > timeout:
+                self.channel.close()  # wakes the control loop with ConnectionClosed
+                raise ConnectionClosed(f"no answer from the server for {timeout:g}s")
+            self._ping_seq += 1
+            await self.channel.send(Ping(seq=self._ping_seq))
+
+    async def register(self, proxy: ProxyConfig) -> None:
+        self.proxies[proxy.name] = proxy
+        if isinstance(proxy, TcpProxyConfig):
+            await self.channel.send(NewTcpProxy(name=proxy.name, remote_port=proxy.remote_port))
+        else:
+            await self.channel.send(NewUdpProxy(name=proxy.name, remote_port=proxy.remote_port))
+
+    async def unregister(self, name: str) -> None:
+        self.proxies.pop(name, None)
+        await self.channel.send(CloseProxy(name=name))
+
+    async def _work_conn(self) -> None:
+        """Open one work connection, wait in the pool for a visitor, serve it; replace itself when used."""
+        try:
+            channel = await self.dialer.work(self.run_id)
+        except (PierceError, OSError, TimeoutError) as exc:
+            event(log, logging.DEBUG, "work.failed", f"work connection failed: {exc}", error=str(exc))
+            return
+        self.idle_work += 1
+        try:
+            msg = await channel.recv()
+        except (PierceError, OSError):
+            channel.close()
+            return
+        finally:
+            self.idle_work -= 1
+        if not isinstance(msg, StartWork):
+            channel.close()
+            event(log, logging.WARNING, "work.unexpected", f"work connection got {type(msg).__name__}")
+            return
+        # Used: open a replacement right away so the pool stays full.
+        self._spawn(self._work_conn(), "work")
+        proxy = self.proxies.get(msg.proxy)
+        end: End
+        if isinstance(channel, StreamChannel):
+            end = FramedEnd(channel.reader, channel.writer)
+        else:
+            assert isinstance(channel, SocketChannel)
+            end = SocketEnd(channel.sock)
+        if proxy is None:
+            end.close()
+            event(
+                log,
+                logging.WARNING,
+                "work.unknown_proxy",
+                f"visitor for unknown proxy {msg.proxy!r}",
+                proxy=msg.proxy,
+            )
+            return
+        if isinstance(proxy, TcpProxyConfig):
+            self.spawn_active(
+                serve_tcp_work(proxy.name, HostPort(proxy.local_ip, proxy.local_port), msg, end)
+            )
+        else:
+            end.close()
+
+    async def close(self) -> None:
+        self.channel.close()
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

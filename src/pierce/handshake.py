@@ -1,0 +1,157 @@
+"""The login handshake of every tunnel connection, both sides, over a `MessageChannel`.
+
+    client                                   server
+    Hello(version, features, id, role) -->
+                                         <-- Challenge(server_nonce, version, features)  | Error
+    AuthResponse(proof, client_nonce)  -->
+                                         <-- AuthOk(run_id, server_proof)                | Error
+
+``proof`` and ``server_proof`` are HMACs over both nonces and a *channel binding*: for TLS connections
+the SHA-256 of the server certificate the client actually saw, so a man in the middle who presents
+another certificate cannot produce a proof either side accepts, even when the client pins nothing.
+The token itself never crosses the wire. Version and feature mismatches are named errors on both ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+from pierce.errors import RemoteError
+from pierce.protocol import (
+    MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    AuthOk,
+    AuthResponse,
+    Challenge,
+    Error,
+    ErrorCode,
+    Feature,
+    Hello,
+    Role,
+    UnexpectedMessage,
+    client_proof,
+    new_nonce,
+    server_proof,
+    verify_client_proof,
+    verify_server_proof,
+)
+from pierce.transport import MessageChannel
+
+
+class HandshakeRefused(RemoteError):
+    """The peer refused the login and said why (an `Error` message)."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(reason)
+
+
+class AuthenticationFailed(RemoteError):
+    """The token did not match (on the server: the client's proof; on the client: the server's)."""
+
+
+def plain_binding(run_id: str) -> bytes:
+    """Channel binding of an unencrypted work connection: tied to its control session."""
+    return hashlib.sha256(b"pierce plain work connection\0" + run_id.encode()).digest()
+
+
+def encrypt_data_text(features: frozenset[str]) -> str:
+    return "true" if Feature.ENCRYPT_DATA in features else "false"
+
+
+def mismatch(ours: frozenset[str], theirs: frozenset[str], *, we: str, they: str) -> str | None:
+    """Why the two feature sets cannot work together, or None."""
+    if (Feature.ENCRYPT_DATA in ours) != (Feature.ENCRYPT_DATA in theirs):
+        return (
+            f"transport.encrypt_data differs: {we} has {encrypt_data_text(ours)}, "
+            f"{they} has {encrypt_data_text(theirs)}; set the same value on both"
+        )
+    return None
+
+
+async def server_handshake(
+    channel: MessageChannel,
+    hello: Hello,
+    *,
+    token: str,
+    features: frozenset[str],
+    binding: bytes,
+    run_id: str,
+) -> None:
+    """Answer ``hello`` (already read); raise after telling the client why when it must be refused."""
+    if hello.version != PROTOCOL_VERSION:
+        reason = (
+            f"client speaks pierce protocol {hello.version}, server speaks {PROTOCOL_VERSION}; "
+            "run the same pierce version on both"
+        )
+        await channel.send(Error(code=ErrorCode.VERSION_MISMATCH, reason=reason))
+        raise HandshakeRefused(ErrorCode.VERSION_MISMATCH, reason)
+    nonce = new_nonce()
+    await channel.send(Challenge(server_nonce=nonce, version=PROTOCOL_VERSION, features=features))
+    answer = await channel.recv()
+    if isinstance(answer, Error):
+        raise HandshakeRefused(answer.code, answer.reason)
+    if not isinstance(answer, AuthResponse):
+        raise UnexpectedMessage(answer, "AuthResponse")
+    if not verify_client_proof(
+        token, answer.proof, server_nonce=nonce, client_nonce=answer.client_nonce, channel_binding=binding
+    ):
+        await channel.send(Error(code=ErrorCode.AUTH_FAILED, reason="authentication failed: wrong token"))
+        raise AuthenticationFailed("authentication failed: wrong token")
+    if hello.role is Role.CONTROL and (why := mismatch(features, hello.features, we="server", they="client")):
+        await channel.send(Error(code=ErrorCode.FEATURE_MISMATCH, reason=why))
+        raise HandshakeRefused(ErrorCode.FEATURE_MISMATCH, why)
+    proof = server_proof(token, server_nonce=nonce, client_nonce=answer.client_nonce, channel_binding=binding)
+    await channel.send(AuthOk(run_id=run_id, server_proof=proof))
+    channel.max_frame_size = MAX_FRAME_SIZE
+
+
+async def client_handshake(
+    channel: MessageChannel,
+    *,
+    token: str,
+    features: frozenset[str],
+    client_id: str,
+    role: Role,
+    run_id: str = "",
+    binding: bytes | Callable[[], bytes],
+) -> str:
+    """Log in; return the server's run id. Raises HandshakeRefused / AuthenticationFailed by name."""
+    await channel.send(
+        Hello(version=PROTOCOL_VERSION, features=features, client_id=client_id, role=role, run_id=run_id)
+    )
+    msg = await channel.recv()
+    if isinstance(msg, Error):
+        raise HandshakeRefused(msg.code, msg.reason)
+    if not isinstance(msg, Challenge):
+        raise UnexpectedMessage(msg, "Challenge")
+    if msg.version != PROTOCOL_VERSION:
+        reason = (
+            f"server speaks pierce protocol {msg.version}, client speaks {PROTOCOL_VERSION}; "
+            "run the same pierce version on both"
+        )
+        await channel.send(Error(code=ErrorCode.VERSION_MISMATCH, reason=reason))
+        raise HandshakeRefused(ErrorCode.VERSION_MISMATCH, reason)
+    if role is Role.CONTROL and (why := mismatch(features, msg.features, we="client", they="server")):
+        await channel.send(Error(code=ErrorCode.FEATURE_MISMATCH, reason=why))
+        raise HandshakeRefused(ErrorCode.FEATURE_MISMATCH, why)
+    bound = binding() if callable(binding) else binding
+    nonce = new_nonce()
+    proof = client_proof(token, server_nonce=msg.server_nonce, client_nonce=nonce, channel_binding=bound)
+    await channel.send(AuthResponse(proof=proof, client_nonce=nonce))
+    reply = await channel.recv()
+    if isinstance(reply, Error):
+        raise HandshakeRefused(reply.code, reply.reason)
+    if not isinstance(reply, AuthOk):
+        raise UnexpectedMessage(reply, "AuthOk")
+    if not verify_server_proof(
+        token, reply.server_proof, server_nonce=msg.server_nonce, client_nonce=nonce, channel_binding=bound
+    ):
+        raise AuthenticationFailed(
+            "the server could not prove it knows the token for the certificate we saw: "
+            "a man in the middle, or a server with another token"
+        )
+    channel.max_frame_size = MAX_FRAME_SIZE
+    return reply.run_id

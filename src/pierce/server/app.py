@@ -1,0 +1,257 @@
+"""``pierce server``: the public side. Accepts clients on one control port and opens their proxies.
+
+Every connection to the control port starts with a `Hello` naming its role. TLS connections (first
+byte 0x16) carry control channels and encrypted work connections; a plain connection may only be a
+work connection of a client whose data is unencrypted by agreement (``transport.encrypt_data = false``
+on both ends), so the relay can splice it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+from pierce.addr import HostPort, format_sockaddr
+from pierce.config import ServerConfig
+from pierce.errors import PierceError
+from pierce.handshake import AuthenticationFailed, HandshakeRefused, plain_binding, server_handshake
+from pierce.listeners import TcpListener
+from pierce.logs import event
+from pierce.protocol import (
+    Error,
+    ErrorCode,
+    Feature,
+    Hello,
+    ProtocolError,
+    Role,
+    UnexpectedMessage,
+    certificate_binding,
+)
+from pierce.relay import wait_fd
+from pierce.server.session import ControlSession
+from pierce.server.workconn import WorkConn
+from pierce.tls import ServerCertificate, default_state_dir, ensure_server_certificate, server_context
+from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, StreamChannel
+
+log = logging.getLogger("pierce.server")
+
+#: Seconds a new connection has to complete its login.
+LOGIN_TIMEOUT = 10.0
+_TLS_HANDSHAKE_BYTE = 0x16
+
+
+class Server:
+    """Owns the control listener, the TLS identity and every client session."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.sessions: dict[str, ControlSession] = {}  # by run id
+        self.proxy_owners: dict[str, ControlSession] = {}  # by proxy name
+        self.features = frozenset({Feature.ENCRYPT_DATA} if config.transport.encrypt_data else set())
+        self.certificate: ServerCertificate | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._listener: TcpListener | None = None
+        self._session_tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        cfg = self.config
+        state = Path(cfg.state_dir) if cfg.state_dir else default_state_dir("server")
+        self.certificate = ensure_server_certificate(
+            state,
+            cert_file=Path(cfg.tls_cert_file) if cfg.tls_cert_file else None,
+            key_file=Path(cfg.tls_key_file) if cfg.tls_key_file else None,
+        )
+        self._ssl = server_context(self.certificate)
+        self._listener = TcpListener.open(
+            HostPort(cfg.bind_addr, cfg.bind_port), self._accept, name="control"
+        )
+        event(
+            log,
+            logging.INFO,
+            "server.listening",
+            f"pierce server listening on {self._listener.address}; certificate SHA-256 fingerprint "
+            f"{self.certificate.fingerprint}" + (" (new, generated)" if self.certificate.generated else ""),
+            listen=self._listener.address,
+            port=self._listener.port,
+            fingerprint=self.certificate.fingerprint,
+            generated=self.certificate.generated,
+        )
+        return self._listener.address
+
+    @property
+    def port(self) -> int:
+        assert self._listener is not None
+        return self._listener.port
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+        for session in list(self.sessions.values()):
+            await session.close("server shutting down")
+
+    # -- new connections ---------------------------------------------------------------------------
+
+    async def _accept(self, sock: socket.socket, addr: Any) -> None:
+        peer = format_sockaddr(addr)
+        try:
+            async with asyncio.timeout(LOGIN_TIMEOUT):
+                channel, binding = await self._open_channel(sock)
+                hello = await channel.recv()
+                if not isinstance(hello, Hello):
+                    raise UnexpectedMessage(hello, "Hello")
+        except (TimeoutError, PierceError, OSError) as exc:
+            sock.close()
+            event(
+                log,
+                logging.WARNING,
+                "login.failed",
+                f"connection from {peer} dropped before login: {exc}",
+                peer=peer,
+                error=str(exc) or type(exc).__name__,
+            )
+            return
+        try:
+            if hello.role is Role.CONTROL:
+                await self._control(channel, hello, binding, peer)
+            elif hello.role is Role.WORK:
+                await self._work(channel, hello, binding, peer)
+            else:
+                await channel.send(
+                    Error(code=ErrorCode.BAD_MESSAGE, reason=f"role {hello.role.value} is not served")
+                )
+                channel.close()
+        except (
+            HandshakeRefused,
+            AuthenticationFailed,
+            ProtocolError,
+            ConnectionClosed,
+            TimeoutError,
+            OSError,
+        ) as exc:
+            channel.close()
+            level = logging.WARNING
+            name = "login.refused"
+            if isinstance(exc, AuthenticationFailed):
+                name = "auth.failed"
+            event(
+                log,
+                level,
+                name,
+                f"{hello.role.value} connection from {peer} ({hello.client_id}) refused: {exc}",
+                peer=peer,
+                client_id=hello.client_id,
+                role=hello.role.value,
+                error=str(exc),
+            )
+
+    async def _open_channel(self, sock: socket.socket) -> tuple[MessageChannel, bytes | None]:
+        loop = asyncio.get_running_loop()
+        first = await _peek_byte(loop, sock)
+        if first == _TLS_HANDSHAKE_BYTE:
+            assert self._ssl is not None and self.certificate is not None
+            reader = asyncio.StreamReader(limit=2**20)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock, ssl=self._ssl)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            return StreamChannel(reader, writer), certificate_binding(self.certificate.der)
+        return SocketChannel(sock), None
+
+    async def _control(self, channel: MessageChannel, hello: Hello, binding: bytes | None, peer: str) -> None:
+        if binding is None:
+            await channel.send(Error(code=ErrorCode.BAD_MESSAGE, reason="control connections must use TLS"))
+            raise HandshakeRefused(ErrorCode.BAD_MESSAGE, "plain control connection")
+        run_id = secrets.token_hex(8)
+        async with asyncio.timeout(LOGIN_TIMEOUT):
+            await server_handshake(
+                channel,
+                hello,
+                token=self.config.token,
+                features=self.features,
+                binding=binding,
+                run_id=run_id,
+            )
+        # A client that comes back (same previous run id, or same client id) replaces its stale session,
+        # so its proxies are taken over cleanly instead of being refused as duplicates.
+        for old in list(self.sessions.values()):
+            if old.run_id == hello.run_id or old.client_id == hello.client_id:
+                event(
+                    log,
+                    logging.INFO,
+                    "client.replaced",
+                    f"client {hello.client_id} reconnected from {peer}; closing its previous session",
+                    client_id=hello.client_id,
+                    peer=peer,
+                )
+                await self._end_session(old, "replaced by a new login")
+        session = ControlSession(self, channel, client_id=hello.client_id, run_id=run_id, peer=peer)
+        self.sessions[run_id] = session
+        event(
+            log,
+            logging.INFO,
+            "client.login",
+            f"client {hello.client_id} logged in from {peer}",
+            client_id=hello.client_id,
+            peer=peer,
+            run_id=run_id,
+        )
+        try:
+            await session.run()
+        finally:
+            await self._end_session(session, "client disconnected")
+
+    async def _end_session(self, session: ControlSession, reason: str) -> None:
+        if self.sessions.get(session.run_id) is session:
+            del self.sessions[session.run_id]
+        await session.close(reason)
+
+    async def _work(self, channel: MessageChannel, hello: Hello, binding: bytes | None, peer: str) -> None:
+        session = self.sessions.get(hello.run_id)
+        if session is None:
+            reason = "unknown or expired session; log in again"
+            await channel.send(Error(code=ErrorCode.UNKNOWN_SESSION, reason=reason))
+            raise HandshakeRefused(ErrorCode.UNKNOWN_SESSION, reason)
+        plain = binding is None
+        if plain and self.config.transport.encrypt_data:
+            reason = "plain work connection refused: transport.encrypt_data is true on the server"
+            await channel.send(Error(code=ErrorCode.FEATURE_MISMATCH, reason=reason))
+            raise HandshakeRefused(ErrorCode.FEATURE_MISMATCH, reason)
+        async with asyncio.timeout(LOGIN_TIMEOUT):
+            await server_handshake(
+                channel,
+                hello,
+                token=self.config.token,
+                features=self.features,
+                binding=plain_binding(hello.run_id) if plain else binding or b"",
+                run_id=session.run_id,
+            )
+        session.add_work_conn(WorkConn(channel))
+
+
+async def _peek_byte(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> int:
+    """The first byte the peer sent, left in the socket."""
+    while True:
+        try:
+            data = sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            await wait_fd(loop, sock.fileno(), writable=False)
+            continue
+        if not data:
+            raise ConnectionClosed("closed before sending anything")
+        return data[0]
+
+
+async def run_server(config: ServerConfig) -> None:
+    from pierce.runtime import wait_for_stop_signal
+
+    server = Server(config)
+    await server.start()
+    try:
+        sig = await wait_for_stop_signal()
+        log.info("stopping on %s", sig.name)
+    finally:
+        await server.close()

@@ -1,0 +1,238 @@
+"""One logged-in client on the server: its control channel, its proxies and its work-connection pool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+from pierce.addr import HostPort
+from pierce.errors import LocalError, PierceError
+from pierce.listeners import PortInUse
+from pierce.logs import event
+from pierce.protocol import (
+    CloseProxy,
+    Error,
+    ErrorCode,
+    NewTcpProxy,
+    NewUdpProxy,
+    Ping,
+    Pong,
+    ProtocolError,
+    ProxyReady,
+    ProxyRefused,
+    UdpPacket,
+)
+from pierce.proxies.tcp import TcpProxyServer
+from pierce.server.workconn import WorkConn, WorkConnPool
+from pierce.transport import ConnectionClosed, MessageChannel
+
+if TYPE_CHECKING:
+    from pierce.server.app import Server
+
+log = logging.getLogger("pierce.server")
+
+
+class ProxyRefusal(PierceError):
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        self.code = code
+        super().__init__(reason)
+
+
+class ControlSession:
+    """Owns everything one client registered; ``close()`` frees its ports and connections."""
+
+    def __init__(
+        self, server: Server, channel: MessageChannel, *, client_id: str, run_id: str, peer: str
+    ) -> None:
+        self.server = server
+        self.channel = channel
+        self.client_id = client_id
+        self.run_id = run_id
+        self.peer = peer
+        self.pool = WorkConnPool(channel)
+        self.proxies: dict[str, TcpProxyServer] = {}
+        self.started = time.time()
+        self.last_seen = time.monotonic()
+        self.closed = asyncio.Event()
+
+    # -- work connections --------------------------------------------------------------------------
+
+    def add_work_conn(self, conn: WorkConn) -> None:
+        self.pool.put(conn)
+
+    async def take_work_conn(self) -> WorkConn:
+        return await self.pool.get(self.server.config.user_conn_timeout)
+
+    # -- control loop ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the control channel until the client leaves, goes silent, or breaks the protocol."""
+        timeout = self.server.config.heartbeat_timeout
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(timeout):
+                        msg = await self.channel.recv()
+                except TimeoutError:
+                    event(
+                        log,
+                        logging.WARNING,
+                        "client.timeout",
+                        f"client {self.client_id} ({self.peer}) silent for {timeout:g}s, dropping it",
+                        client_id=self.client_id,
+                        peer=self.peer,
+                    )
+                    return
+                self.last_seen = time.monotonic()
+                await self._handle(msg)
+        except ConnectionClosed:
+            event(
+                log,
+                logging.INFO,
+                "client.gone",
+                f"client {self.client_id} ({self.peer}) disconnected",
+                client_id=self.client_id,
+                peer=self.peer,
+            )
+        except ProtocolError as exc:
+            event(
+                log,
+                logging.WARNING,
+                "client.protocol_error",
+                f"client {self.client_id} ({self.peer}) broke the protocol: {exc}",
+                client_id=self.client_id,
+                peer=self.peer,
+                error=str(exc),
+            )
+            with contextlib.suppress(PierceError):
+                await self.channel.send(Error(code=exc.code, reason=str(exc)))
+
+    async def _handle(self, msg: object) -> None:
+        match msg:
+            case Ping(seq=seq):
+                await self.channel.send(Pong(seq=seq))
+            case NewTcpProxy(name=name, remote_port=port):
+                await self._new_tcp_proxy(name, port)
+            case NewUdpProxy(name=name):
+                await self.channel.send(
+                    ProxyRefused(
+                        name=name, code=ErrorCode.INTERNAL, reason="udp proxies are not supported yet"
+                    )
+                )
+            case CloseProxy(name=name):
+                await self._close_proxy(name, reason="closed by client")
+            case UdpPacket():
+                pass
+            case Error(code=code, reason=reason):
+                event(
+                    log,
+                    logging.WARNING,
+                    "client.error",
+                    f"client {self.client_id} says: {reason}",
+                    client_id=self.client_id,
+                    code=code.value,
+                )
+                raise ConnectionClosed(reason)
+            case _:
+                raise ProtocolError(f"unexpected {type(msg).__name__} on the control channel")
+
+    async def _new_tcp_proxy(self, name: str, port: int) -> None:
+        try:
+            proxy = self._open_tcp_proxy(name, port)
+        except ProxyRefusal as exc:
+            event(
+                log,
+                logging.WARNING,
+                "proxy.refused",
+                f"client {self.client_id}: proxy {name}: {exc}",
+                client_id=self.client_id,
+                proxy=name,
+                code=exc.code.value,
+                reason=str(exc),
+            )
+            await self.channel.send(ProxyRefused(name=name, code=exc.code, reason=str(exc)))
+            return
+        self.proxies[name] = proxy
+        self.server.proxy_owners[name] = self
+        event(
+            log,
+            logging.INFO,
+            "proxy.ready",
+            f"client {self.client_id}: proxy {name} listening on tcp port {proxy.port}",
+            client_id=self.client_id,
+            proxy=name,
+            type="tcp",
+            remote_port=proxy.port,
+        )
+        await self.channel.send(ProxyReady(name=name, remote_port=proxy.port))
+
+    def _open_tcp_proxy(self, name: str, port: int) -> TcpProxyServer:
+        cfg = self.server.config
+        owner = self.server.proxy_owners.get(name)
+        if owner is not None and owner is not self:
+            raise ProxyRefusal(
+                ErrorCode.DUPLICATE_NAME, f"proxy name {name!r} is already used by client {owner.client_id}"
+            )
+        if name in self.proxies:
+            raise ProxyRefusal(ErrorCode.DUPLICATE_NAME, f"proxy name {name!r} is already registered")
+        if cfg.max_ports_per_client and len(self.proxies) >= cfg.max_ports_per_client:
+            raise ProxyRefusal(
+                ErrorCode.LIMIT_REACHED,
+                f"client already holds {len(self.proxies)} ports (max_ports_per_client)",
+            )
+        bind = cfg.proxy_bind_addr
+        if port:
+            if not cfg.port_allowed(port):
+                allowed = ", ".join(str(r) for r in cfg.allow_ports)
+                raise ProxyRefusal(
+                    ErrorCode.PORT_NOT_ALLOWED, f"port {port} is not allowed (allow_ports: {allowed})"
+                )
+            candidates = [port]
+        elif cfg.allow_ports:
+            candidates = [p for r in cfg.allow_ports for p in r]
+            random.shuffle(candidates)
+            candidates = candidates[:256]
+        else:
+            candidates = [0]
+        last: LocalError | None = None
+        for candidate in candidates:
+            try:
+                return TcpProxyServer(name, self, HostPort(bind, candidate))
+            except PortInUse as exc:
+                last = exc
+            except LocalError as exc:
+                raise ProxyRefusal(ErrorCode.INTERNAL, str(exc)) from exc
+        if port:
+            raise ProxyRefusal(ErrorCode.PORT_IN_USE, f"port {port} is already in use on the server")
+        raise ProxyRefusal(ErrorCode.PORT_IN_USE, f"no free port in allow_ports ({last})")
+
+    async def _close_proxy(self, name: str, *, reason: str) -> None:
+        proxy = self.proxies.pop(name, None)
+        if proxy is None:
+            return
+        if self.server.proxy_owners.get(name) is self:
+            del self.server.proxy_owners[name]
+        await proxy.close()
+        event(
+            log,
+            logging.INFO,
+            "proxy.closed",
+            f"client {self.client_id}: proxy {name} closed ({reason})",
+            client_id=self.client_id,
+            proxy=name,
+            reason=reason,
+        )
+
+    async def close(self, reason: str) -> None:
+        """Free every port and connection of this client."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        self.pool.close()
+        for name in list(self.proxies):
+            await self._close_proxy(name, reason=reason)
+        self.channel.close()

@@ -1,0 +1,103 @@
+"""Work connections on the server side: authenticated data connections a client keeps ready."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import deque
+
+from pierce.protocol import ReqWorkConn, StartWork
+from pierce.relay import End, SocketEnd
+from pierce.transport import FramedEnd, MessageChannel, SocketChannel, StreamChannel
+
+#: Idle work connections the server keeps per client at most; extra ones are closed.
+MAX_IDLE_WORK_CONNS = 64
+
+
+class WorkConn:
+    """One pooled data connection: TLS (framed data) or plain (raw socket, spliceable)."""
+
+    def __init__(self, channel: MessageChannel) -> None:
+        self.channel = channel
+
+    def alive(self) -> bool:
+        """False when the client closed it while it sat in the pool."""
+        ch = self.channel
+        if isinstance(ch, StreamChannel):
+            return not (ch.reader.at_eof() or ch.writer.is_closing())
+        assert isinstance(ch, SocketChannel)
+        try:
+            data = ch.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return bool(data)  # b"" = EOF; data before StartWork would be a protocol error anyway
+
+    async def start(self, msg: StartWork) -> End:
+        """Hand the connection a visitor; return the relay end for its data."""
+        await self.channel.send(msg)
+        ch = self.channel
+        if isinstance(ch, StreamChannel):
+            return FramedEnd(ch.reader, ch.writer)
+        assert isinstance(ch, SocketChannel)
+        return SocketEnd(ch.sock)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class WorkConnPool:
+    """Idle work connections of one client, and visitors waiting for one."""
+
+    def __init__(self, control: MessageChannel) -> None:
+        self._control = control
+        self._idle: deque[WorkConn] = deque()
+        self._waiters: deque[asyncio.Future[WorkConn]] = deque()
+        self.closed = False
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    def put(self, conn: WorkConn) -> None:
+        if self.closed:
+            conn.close()
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        if len(self._idle) >= MAX_IDLE_WORK_CONNS:
+            conn.close()
+            return
+        self._idle.append(conn)
+
+    async def get(self, timeout: float) -> WorkConn:
+        """An idle connection, asking the client for more when the pool runs dry."""
+        while self._idle:
+            conn = self._idle.popleft()
+            if conn.alive():
+                return conn
+            conn.close()
+        waiter: asyncio.Future[WorkConn] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        with contextlib.suppress(Exception):
+            self._control.send_nowait(ReqWorkConn(count=1))
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def close(self) -> None:
+        self.closed = True
+        while self._idle:
+            self._idle.popleft().close()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.cancel()
