@@ -263,7 +263,7 @@ async def run_client(config: ClientConfig, config_path: Path | None = None) -> N
     client = Client(config, config_path=config_path)
     loop = asyncio.get_running_loop()
 
-    reloads: set[asyncio.Task[None]] = set()
+    reloads: set[asyncio.Task[Any]] = set()
 
     def on_hup() -> None:
         task = loop.create_task(reload_logged(client))
