@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pierce.errors import RemoteError
 from pierce.protocol import (
     MAX_FRAME_SIZE,
+    NO_CHANNEL_BINDING,
     PROTOCOL_VERSION,
     AuthOk,
     AuthResponse,
@@ -37,6 +38,12 @@ from pierce.protocol import (
     verify_server_proof,
 )
 from pierce.transport import MessageChannel
+
+MITM_REASON = (
+    "authentication failed: the token is right, but the server's certificate is not the one this client "
+    "saw: a man in the middle is intercepting the connection (or a TLS-terminating proxy sits in front "
+    "of the server); pin server_fingerprint or trusted_ca_file"
+)
 
 
 class HandshakeRefused(RemoteError):
@@ -98,8 +105,17 @@ async def server_handshake(
     if not verify_client_proof(
         token, answer.proof, server_nonce=nonce, client_nonce=answer.client_nonce, channel_binding=binding
     ):
-        await channel.send(Error(code=ErrorCode.AUTH_FAILED, reason="authentication failed: wrong token"))
-        raise AuthenticationFailed("authentication failed: wrong token")
+        reason = "authentication failed: wrong token"
+        if answer.unbound_proof is not None and verify_client_proof(
+            token,
+            answer.unbound_proof,
+            server_nonce=nonce,
+            client_nonce=answer.client_nonce,
+            channel_binding=NO_CHANNEL_BINDING,
+        ):
+            reason = MITM_REASON
+        await channel.send(Error(code=ErrorCode.AUTH_FAILED, reason=reason))
+        raise AuthenticationFailed(reason)
     if hello.role is Role.CONTROL and (why := mismatch(features, hello.features, we="server", they="client")):
         await channel.send(Error(code=ErrorCode.FEATURE_MISMATCH, reason=why))
         raise HandshakeRefused(ErrorCode.FEATURE_MISMATCH, why)
@@ -140,9 +156,14 @@ async def client_handshake(
     bound = binding() if callable(binding) else binding
     nonce = new_nonce()
     proof = client_proof(token, server_nonce=msg.server_nonce, client_nonce=nonce, channel_binding=bound)
-    await channel.send(AuthResponse(proof=proof, client_nonce=nonce))
+    unbound = client_proof(
+        token, server_nonce=msg.server_nonce, client_nonce=nonce, channel_binding=NO_CHANNEL_BINDING
+    )
+    await channel.send(AuthResponse(proof=proof, client_nonce=nonce, unbound_proof=unbound))
     reply = await channel.recv()
     if isinstance(reply, Error):
+        if reply.code is ErrorCode.AUTH_FAILED:
+            raise AuthenticationFailed(reply.reason)
         raise HandshakeRefused(reply.code, reply.reason)
     if not isinstance(reply, AuthOk):
         raise UnexpectedMessage(reply, "AuthOk")
@@ -150,8 +171,8 @@ async def client_handshake(
         token, reply.server_proof, server_nonce=msg.server_nonce, client_nonce=nonce, channel_binding=bound
     ):
         raise AuthenticationFailed(
-            "the server could not prove it knows the token for the certificate we saw: "
-            "a man in the middle, or a server with another token"
+            "authentication failed: the server could not prove it knows the token for the certificate "
+            "this client saw: a man in the middle, or a server with another token"
         )
     channel.max_frame_size = MAX_FRAME_SIZE
     return reply.run_id

@@ -182,10 +182,7 @@ class Client:
 
     def _failed(self, exc: BaseException, *, fatal_hint: bool = False) -> None:
         self.status.last_error = str(exc)
-        if isinstance(exc, AuthenticationFailed) and "man in the middle" not in str(exc):
-            msg = f"authentication failed: {exc}"
-        else:
-            msg = f"cannot log in to {self.config.server_addr}:{self.config.server_port}: {exc}"
+        msg = f"cannot log in to {self.config.server_addr}:{self.config.server_port}: {exc}"
         event(
             log, logging.ERROR if fatal_hint else logging.WARNING, "client.login_failed", msg, error=str(exc)
         )

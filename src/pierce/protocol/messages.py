@@ -113,6 +113,9 @@ class AuthResponse(_Message, frozen=True, kw_only=True, tag="auth"):
 
     proof: Proof
     client_nonce: Nonce
+    #: The same proof without the channel binding. Never accepted as a login; it lets the server tell
+    #: "wrong token" from "right token, but the client saw another certificate" (a man in the middle).
+    unbound_proof: Proof | None = None
 
 
 class NewTcpProxy(_Message, frozen=True, kw_only=True, tag="new_tcp"):

@@ -1,0 +1,253 @@
+"""Reverse tunnels with real `pierce server` and `pierce client` processes on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+from support.tunnel import TOKEN, start_client, start_server
+from test_map_tcp import CHUNK, echo, payload, read_digest, send_all, tcp_server
+
+from pierce.protocol import (
+    PROTOCOL_VERSION,
+    Challenge,
+    Error,
+    ErrorCode,
+    FrameDecoder,
+    Hello,
+    Role,
+    encode_frame,
+)
+
+MiB = 1024 * 1024
+
+
+def tcp_proxy(name: str, local: str, remote_port: int = 0) -> dict[str, object]:
+    host, _, port = local.rpartition(":")
+    return {
+        "type": "tcp",
+        "name": name,
+        "local_ip": host,
+        "local_port": int(port),
+        "remote_port": remote_port,
+    }
+
+
+async def proxy_port(client, name: str) -> int:
+    (ready,) = await client.wait_event("proxy.ready", lambda e: e.get("proxy") == name)
+    return int(ready["remote_port"])
+
+
+@pytest.mark.parametrize("encrypt", [True, False], ids=["tls-data", "plain-data"])
+async def test_64mib_both_ways_with_half_close(pierce, tmp_path: Path, encrypt: bool) -> None:
+    size = 64 * MiB
+    down, up = payload(size, 11), payload(size, 12)
+    server_got: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+
+    async def service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sending = asyncio.create_task(send_all(writer, down))
+        server_got.set_result(await read_digest(reader))
+        await sending
+        writer.write_eof()
+        await writer.drain()
+        writer.close()
+
+    async with tcp_server(service) as local:
+        transport = {"encrypt_data": encrypt}
+        server, port = await start_server(pierce, tmp_path, transport=transport)
+        client = await start_client(pierce, tmp_path, port, [tcp_proxy("svc", local)], transport=transport)
+        public = await proxy_port(client, "svc")
+        reader, writer = await asyncio.open_connection("127.0.0.1", public)
+
+        async def upload() -> None:
+            await send_all(writer, up)
+            writer.write_eof()
+
+        sending = asyncio.create_task(upload())
+        got_down = await read_digest(reader)
+        await sending
+        got_up = await server_got
+        writer.close()
+    assert got_up == (hashlib.sha256(up).hexdigest(), size)
+    assert got_down == (hashlib.sha256(down).hexdigest(), size)
+    (closed,) = await server.wait_event("proxy.close")
+    assert (closed["up_bytes"], closed["down_bytes"]) == (size, size)
+
+
+async def test_100_concurrent_visitors_and_server_picked_port(pierce, tmp_path: Path) -> None:
+    async with tcp_server(echo) as local:
+        _, port = await start_server(pierce, tmp_path)
+        client = await start_client(pierce, tmp_path, port, [tcp_proxy("echo", local, remote_port=0)])
+        public = await proxy_port(client, "echo")
+        assert public > 0
+
+        async def visit(i: int) -> bool:
+            data = payload(32 * 1024 + i, 500 + i)
+            reader, writer = await asyncio.open_connection("127.0.0.1", public)
+            await send_all(writer, data)
+            writer.write_eof()
+            back = await reader.read(-1)
+            writer.close()
+            return back == data
+
+        results = await asyncio.gather(*(visit(i) for i in range(100)))
+    assert results.count(True) == 100
+
+
+async def test_port_outside_allow_ports_is_refused_with_reason(pierce, tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    allowed = f"{free}-{free}"
+    _, port = await start_server(pierce, tmp_path, allow_ports=[allowed])
+    outside = free - 1 if free > 1024 else free + 1
+    client = await start_client(
+        pierce,
+        tmp_path,
+        port,
+        [tcp_proxy("bad", "127.0.0.1:9", outside), tcp_proxy("good", "127.0.0.1:9", 0)],
+    )
+    (refused,) = await client.wait_event("proxy.refused", lambda e: e.get("proxy") == "bad")
+    assert f"port {outside} is not allowed (allow_ports: {free})" in refused["error"]
+    assert await proxy_port(client, "good") == free  # 0 = the server picks from allow_ports
+
+
+async def test_wrong_token_is_refused_on_both_ends(pierce, tmp_path: Path) -> None:
+    server, port = await start_server(pierce, tmp_path)
+    client = await start_client(
+        pierce, tmp_path, port, [tcp_proxy("x", "127.0.0.1:9")], token="not-the-token"
+    )
+    (failed,) = await client.wait_event("client.login_failed")
+    assert "authentication failed" in failed["msg"]
+    (logged,) = await server.wait_event("auth.failed")
+    assert logged["peer"].startswith("127.0.0.1:")
+    assert server.matching("proxy.ready") == []
+
+
+async def test_duplicate_proxy_name_from_another_client(pierce, tmp_path: Path) -> None:
+    _, port = await start_server(pierce, tmp_path)
+    first = await start_client(pierce, tmp_path, port, [tcp_proxy("web", "127.0.0.1:9")], name="one")
+    await proxy_port(first, "web")
+    second = await start_client(pierce, tmp_path, port, [tcp_proxy("web", "127.0.0.1:9")], name="two")
+    (refused,) = await second.wait_event("proxy.refused")
+    assert "already used by client one" in refused["error"]
+
+
+async def test_encrypt_data_mismatch_is_named_on_both_ends(pierce, tmp_path: Path) -> None:
+    server, port = await start_server(pierce, tmp_path)  # encrypt_data = true (default)
+    client = await start_client(pierce, tmp_path, port, [], transport={"encrypt_data": False})
+    (failed,) = await client.wait_event("client.login_failed")
+    assert "transport.encrypt_data differs" in failed["error"]
+    (refused,) = await server.wait_event("login.refused")
+    assert "transport.encrypt_data differs" in refused["error"]
+
+
+async def test_local_service_refused_keeps_proxy_up(pierce, tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    _, port = await start_server(pierce, tmp_path)
+    client = await start_client(pierce, tmp_path, port, [tcp_proxy("dead", f"127.0.0.1:{dead}")])
+    public = await proxy_port(client, "dead")
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection("127.0.0.1", public)
+        with contextlib.suppress(ConnectionError):
+            assert await reader.read(-1) == b""
+        writer.close()
+    failures = await client.wait_event("proxy.local_failed", count=2)
+    assert all("refused" in f["error"].lower() for f in failures)
+    assert client.proc.returncode is None
+
+
+async def raw_login(port: int, hello: Hello) -> list[object]:
+    """Speak the protocol by hand over TLS; return what the server answers."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    writer.write(encode_frame(hello))
+    await writer.drain()
+    decoder = FrameDecoder()
+    out: list[object] = []
+    while chunk := await reader.read(CHUNK):
+        out.extend(decoder.feed(chunk))
+        if out:
+            break
+    writer.close()
+    return out
+
+
+async def test_version_mismatch_is_named(pierce, tmp_path: Path) -> None:
+    server, port = await start_server(pierce, tmp_path)
+    answer = await raw_login(
+        port, Hello(version=PROTOCOL_VERSION + 1, features=frozenset(), client_id="future", role=Role.CONTROL)
+    )
+    assert isinstance(answer[0], Error)
+    assert answer[0].code is ErrorCode.VERSION_MISMATCH
+    assert f"client speaks pierce protocol {PROTOCOL_VERSION + 1}" in answer[0].reason
+    await server.wait_event("login.refused", lambda e: "protocol" in e["error"])
+    ok = await raw_login(
+        port,
+        Hello(
+            version=PROTOCOL_VERSION, features=frozenset({"encrypt_data"}), client_id="c", role=Role.CONTROL
+        ),
+    )
+    assert isinstance(ok[0], Challenge)
+
+
+async def test_garbage_and_oversized_frames_do_not_hurt_the_server(pierce, tmp_path: Path) -> None:
+    server, port = await start_server(pierce, tmp_path)
+    for junk in (b"\x00\x00\x00\x05hello", b"\xff\xff\xff\xff" + b"x" * 100, b"GET / HTTP/1.1\r\n\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(junk)
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            await reader.read(-1)
+        writer.close()
+    await server.wait_event("login.failed", count=3)
+    async with tcp_server(echo) as local:
+        client = await start_client(pierce, tmp_path, port, [tcp_proxy("echo", local)])
+        public = await proxy_port(client, "echo")
+        reader, writer = await asyncio.open_connection("127.0.0.1", public)
+        writer.write(b"still fine")
+        writer.write_eof()
+        assert await reader.read(-1) == b"still fine"
+        writer.close()
+
+
+async def test_man_in_the_middle_is_detected_without_pinning(pierce, tmp_path: Path) -> None:
+    """A TLS-terminating relay with its own certificate: the right token still cannot log in through it."""
+    from pierce.tls import ensure_server_certificate, server_context
+
+    _, port = await start_server(pierce, tmp_path)
+    mitm_cert = ensure_server_certificate(tmp_path / "mitm")
+    upstream_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    upstream_ctx.check_hostname = False
+    upstream_ctx.verify_mode = ssl.CERT_NONE
+
+    async def mitm(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port, ssl=upstream_ctx)
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await r.read(CHUNK):
+                    w.write(data)
+                    await w.drain()
+            w.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    relay = await asyncio.start_server(mitm, "127.0.0.1", 0, ssl=server_context(mitm_cert))
+    try:
+        mitm_port = relay.sockets[0].getsockname()[1]
+        client = await start_client(pierce, tmp_path, mitm_port, [tcp_proxy("x", "127.0.0.1:9")], token=TOKEN)
+        (failed,) = await client.wait_event("client.login_failed")
+        assert "man in the middle" in failed["error"]
+        assert client.matching("client.connected") == []
+    finally:
+        relay.close()

@@ -1,0 +1,78 @@
+"""Start a real pierce server and client for tunnel tests."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from support.procs import PierceProcess
+
+StartPierce = Callable[..., Awaitable[PierceProcess]]
+
+TOKEN = "test-token-5f2c"
+
+
+def write_toml(path: Path, doc: dict[str, Any]) -> Path:
+    """A tiny TOML writer for the flat tables the tests need."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    arrays: list[tuple[str, list[dict[str, Any]]]] = []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            arrays.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml(value)}")
+    for key, table in tables:
+        lines.append(f"[{key}]")
+        lines.extend(f"{k} = {_toml(v)}" for k, v in table.items())
+    for key, items in arrays:
+        for item in items:
+            lines.append(f"[[{key}]]")
+            lines.extend(f"{k} = {_toml(v)}" for k, v in item.items())
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+async def start_server(pierce: StartPierce, tmp_path: Path, **settings: Any) -> tuple[PierceProcess, int]:
+    """A server on 127.0.0.1 with a free control port; returns it and the port."""
+    doc: dict[str, Any] = {"bind_addr": "127.0.0.1", "bind_port": 0, "token": TOKEN, **settings}
+    conf = write_toml(tmp_path / "server.toml", doc)
+    proc = await pierce("server", "-c", str(conf), env={"PIERCE_STATE_DIR": str(tmp_path / "state")})
+    (ready,) = await proc.wait_event("server.listening")
+    return proc, int(ready["port"])
+
+
+async def start_client(
+    pierce: StartPierce,
+    tmp_path: Path,
+    server_port: int,
+    proxies: list[dict[str, Any]],
+    *,
+    name: str = "client",
+    **settings: Any,
+) -> PierceProcess:
+    doc: dict[str, Any] = {
+        "server_addr": "127.0.0.1",
+        "server_port": server_port,
+        "token": TOKEN,
+        "client_id": name,
+        **settings,
+        "proxies": proxies,
+    }
+    conf = write_toml(tmp_path / f"{name}.toml", doc)
+    return await pierce("client", "-c", str(conf), env={"PIERCE_STATE_DIR": str(tmp_path / f"{name}-state")})
