@@ -230,6 +230,9 @@ class ClientSession:
         except (PierceError, OSError):
             channel.close()
             return
+        except BaseException:  # this session is closing (cancelled): do not leave the connection open
+            channel.close()
+            raise
         finally:
             self.idle_work -= 1
         if not isinstance(msg, StartWork):
