@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import NoReturn
 
 from pierce.errors import RemoteError
 from pierce.protocol import (
@@ -68,6 +69,20 @@ def encrypt_data_text(features: frozenset[str]) -> str:
     return "true" if Feature.ENCRYPT_DATA in features else "false"
 
 
+def version_mismatch(theirs: int, *, we: str) -> str:
+    they = "client" if we == "server" else "server"
+    return (
+        f"{they} speaks pierce protocol {theirs}, {we} speaks {PROTOCOL_VERSION}; "
+        "run the same pierce version on both"
+    )
+
+
+async def _refuse(channel: MessageChannel, code: ErrorCode, reason: str) -> NoReturn:
+    """Tell the peer why, then fail the handshake."""
+    await channel.send(Error(code=code, reason=reason))
+    raise HandshakeRefused(code, reason)
+
+
 def mismatch(ours: frozenset[str], theirs: frozenset[str], *, we: str, they: str) -> str | None:
     """Why the two feature sets cannot work together, or None."""
     if (Feature.ENCRYPT_DATA in ours) != (Feature.ENCRYPT_DATA in theirs):
@@ -89,12 +104,7 @@ async def server_handshake(
 ) -> None:
     """Answer ``hello`` (already read); raise after telling the client why when it must be refused."""
     if hello.version != PROTOCOL_VERSION:
-        reason = (
-            f"client speaks pierce protocol {hello.version}, server speaks {PROTOCOL_VERSION}; "
-            "run the same pierce version on both"
-        )
-        await channel.send(Error(code=ErrorCode.VERSION_MISMATCH, reason=reason))
-        raise HandshakeRefused(ErrorCode.VERSION_MISMATCH, reason)
+        await _refuse(channel, ErrorCode.VERSION_MISMATCH, version_mismatch(hello.version, we="server"))
     nonce = new_nonce()
     await channel.send(Challenge(server_nonce=nonce, version=PROTOCOL_VERSION, features=features))
     answer = await channel.recv()
@@ -117,8 +127,7 @@ async def server_handshake(
         await channel.send(Error(code=ErrorCode.AUTH_FAILED, reason=reason))
         raise AuthenticationFailed(reason)
     if hello.role is Role.CONTROL and (why := mismatch(features, hello.features, we="server", they="client")):
-        await channel.send(Error(code=ErrorCode.FEATURE_MISMATCH, reason=why))
-        raise HandshakeRefused(ErrorCode.FEATURE_MISMATCH, why)
+        await _refuse(channel, ErrorCode.FEATURE_MISMATCH, why)
     proof = server_proof(token, server_nonce=nonce, client_nonce=answer.client_nonce, channel_binding=binding)
     await channel.send(AuthOk(run_id=run_id, server_proof=proof))
     channel.max_frame_size = MAX_FRAME_SIZE
@@ -144,15 +153,9 @@ async def client_handshake(
     if not isinstance(msg, Challenge):
         raise UnexpectedMessage(msg, "Challenge")
     if msg.version != PROTOCOL_VERSION:
-        reason = (
-            f"server speaks pierce protocol {msg.version}, client speaks {PROTOCOL_VERSION}; "
-            "run the same pierce version on both"
-        )
-        await channel.send(Error(code=ErrorCode.VERSION_MISMATCH, reason=reason))
-        raise HandshakeRefused(ErrorCode.VERSION_MISMATCH, reason)
+        await _refuse(channel, ErrorCode.VERSION_MISMATCH, version_mismatch(msg.version, we="client"))
     if role is Role.CONTROL and (why := mismatch(features, msg.features, we="client", they="server")):
-        await channel.send(Error(code=ErrorCode.FEATURE_MISMATCH, reason=why))
-        raise HandshakeRefused(ErrorCode.FEATURE_MISMATCH, why)
+        await _refuse(channel, ErrorCode.FEATURE_MISMATCH, why)
     bound = binding() if callable(binding) else binding
     nonce = new_nonce()
     proof = client_proof(token, server_nonce=msg.server_nonce, client_nonce=nonce, channel_binding=bound)

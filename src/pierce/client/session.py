@@ -85,41 +85,15 @@ class Dialer:
             raise
         return channel, certificate_binding(der)
 
-    async def control(self, previous_run_id: str) -> tuple[MessageChannel, str]:
-        channel, binding = await self._tls()
+    async def _login(self, channel: MessageChannel, binding: bytes, role: Role, run_id: str) -> str:
         try:
-            run_id = await asyncio.wait_for(
+            return await asyncio.wait_for(
                 client_handshake(
                     channel,
                     token=self.config.token,
                     features=features_of(self.config),
                     client_id=self.client_id,
-                    role=Role.CONTROL,
-                    run_id=previous_run_id,
-                    binding=binding,
-                ),
-                DIAL_TIMEOUT,
-            )
-        except BaseException:
-            channel.close()
-            raise
-        return channel, run_id
-
-    async def work(self, run_id: str) -> MessageChannel:
-        channel: MessageChannel
-        if self.config.transport.encrypt_data:
-            channel, binding = await self._tls()
-        else:
-            sock = await connect_tcp(self.server, DIAL_TIMEOUT)
-            channel, binding = SocketChannel(sock), plain_binding(run_id)
-        try:
-            await asyncio.wait_for(
-                client_handshake(
-                    channel,
-                    token=self.config.token,
-                    features=features_of(self.config),
-                    client_id=self.client_id,
-                    role=Role.WORK,
+                    role=role,
                     run_id=run_id,
                     binding=binding,
                 ),
@@ -128,6 +102,21 @@ class Dialer:
         except BaseException:
             channel.close()
             raise
+
+    async def control(self, previous_run_id: str) -> tuple[MessageChannel, str]:
+        """A logged-in control channel and its run id (``previous_run_id`` resumes a session)."""
+        channel, binding = await self._tls()
+        return channel, await self._login(channel, binding, Role.CONTROL, previous_run_id)
+
+    async def work(self, run_id: str) -> MessageChannel:
+        """A logged-in work connection of session ``run_id``: TLS, or plain when data is unencrypted."""
+        channel: MessageChannel
+        if self.config.transport.encrypt_data:
+            channel, binding = await self._tls()
+        else:
+            sock = await connect_tcp(self.server, DIAL_TIMEOUT)
+            channel, binding = SocketChannel(sock), plain_binding(run_id)
+        await self._login(channel, binding, Role.WORK, run_id)
         return channel
 
 
