@@ -139,8 +139,28 @@ def build_parser() -> argparse.ArgumentParser:
         p_kind.add_argument("--remote-port", type=int, default=0, help="public port (0 = the server picks)")
         p_kind.add_argument("--name", help=f"proxy name (default {kind}-LOCAL_PORT)")
     for action in ("reload", "status", "stop"):
-        actions.add_parser(action, help=f"{action} the running client (needs admin_port in its config)")
+        p_action = actions.add_parser(
+            action, help=f"{action} the running client (needs admin_port in its config)"
+        )
+        # `pierce client reload -c client.toml` as well as `pierce client -c client.toml reload`
+        p_action.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, help="client.toml")
     p_client.set_defaults(func=cmd_client)
+
+    p_demo = sub.add_parser(
+        "demo",
+        help="see a tunnel work: server, client and a web service on loopback, no config",
+        description=(
+            "Start a server, a client and a small web service on loopback (free ports, a random token, a "
+            "temporary certificate), expose the service, fetch it through the tunnel and show a live panel. "
+            "With --check: run verified requests, print one line per step and exit 0 or 1."
+        ),
+    )
+    _add_logging_flags(p_demo, suppress=True)
+    p_demo.add_argument("--check", action="store_true", help="verify end to end, print the result, exit 0/1")
+    p_demo.add_argument(
+        "--duration", type=float, default=0.0, metavar="S", help="stop the panel after S seconds (0 = Ctrl-C)"
+    )
+    p_demo.set_defaults(func=cmd_demo)
 
     p_verify = sub.add_parser("verify", help="check a config file without starting anything")
     _add_logging_flags(p_verify, suppress=True)
@@ -246,13 +266,20 @@ def cmd_client(args: argparse.Namespace) -> int:
     from pierce.client.app import run_client
     from pierce.runtime import run
 
-    cfg = client_config_from_args(args)
     if args.action in ("reload", "status", "stop"):
         from pierce.client.admin import call_admin
 
-        return call_admin(cfg, args.action)
+        return call_admin(args.config, args.action)  # reads only the admin address: the file may be broken
+    cfg = client_config_from_args(args)
     run(run_client(cfg, args.config))
     return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pierce.demo import run_demo
+    from pierce.runtime import run
+
+    return run(run_demo(check=args.check, duration=args.duration, json_logs=args.json_logs))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -73,6 +73,10 @@ class MessageChannel(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def abort(self) -> None:
+        """Close at once, without a goodbye: for a peer that is gone (a dead link never answers one)."""
+        self.close()
+
     async def send(self, msg: Message) -> None:
         self._write(encode_frame(msg))
         await self._drain()
@@ -130,6 +134,11 @@ class StreamChannel(MessageChannel):
 
     def close(self) -> None:
         self.writer.close()
+
+    def abort(self) -> None:
+        # writer.close() on TLS waits for the peer's close_notify (ssl_shutdown_timeout, 30 s) before the
+        # reader sees the end; abort() drops the connection now.
+        self.writer.transport.abort()
 
 
 class SocketChannel(MessageChannel):

@@ -23,6 +23,7 @@ from pierce.errors import ConfigError, PierceError
 from pierce.handshake import AuthenticationFailed, HandshakeRefused
 from pierce.logs import event
 from pierce.protocol import ErrorCode
+from pierce.proxies.udp import UdpProxies
 from pierce.tls import FingerprintMismatch
 
 log = logging.getLogger("pierce.client")
@@ -73,6 +74,8 @@ class Client:
         self.status = ClientStatus()
         self.session: ClientSession | None = None
         self.active: set[asyncio.Task[None]] = set()
+        #: UDP proxies and their visitor flows, kept across reconnects like `active` relays.
+        self.udp = UdpProxies()
         self._stop = asyncio.Event()
         self._sync_states()
 
@@ -154,6 +157,7 @@ class Client:
                     {p.name: p for p in self.config.proxies},
                     self._on_proxy_state,
                     self._spawn_active,
+                    udp=self.udp,
                 )
                 try:
                     await self.session.run()
@@ -198,6 +202,7 @@ class Client:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.udp.close()
 
     # -- reload ------------------------------------------------------------------------------------
 
@@ -255,10 +260,14 @@ async def reload_logged(client: Client) -> dict[str, list[str]] | None:
 
 async def run_client(config: ClientConfig, config_path: Path | None = None) -> None:
     """Run until SIGINT/SIGTERM; SIGHUP reloads the config file."""
+    from pierce.client.admin import AdminApi
     from pierce.runtime import wait_for_stop_signal
 
     client = Client(config, config_path=config_path)
     loop = asyncio.get_running_loop()
+    admin = AdminApi(client) if config.admin_port else None
+    if admin is not None:
+        await admin.start()  # POST /api/stop ends client.run(), which ends this function
 
     reloads: set[asyncio.Task[Any]] = set()
 
@@ -280,3 +289,5 @@ async def run_client(config: ClientConfig, config_path: Path | None = None) -> N
         await client.close()
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+        if admin is not None:
+            await admin.close()

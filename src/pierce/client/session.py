@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pierce.addr import HostPort
-from pierce.config import ClientConfig, ProxyConfig, TcpProxyConfig
+from pierce.config import ClientConfig, ProxyConfig, TcpProxyConfig, UdpProxyConfig
 from pierce.dial import connect_tcp
 from pierce.errors import PierceError, RemoteError
 from pierce.handshake import client_handshake, plain_binding
@@ -34,6 +34,7 @@ from pierce.protocol import (
     certificate_binding,
 )
 from pierce.proxies.tcp import serve_tcp_work
+from pierce.proxies.udp import UdpProxies
 from pierce.relay import End, SocketEnd
 from pierce.tls import check_peer, client_context
 from pierce.transport import ConnectionClosed, FramedEnd, MessageChannel, SocketChannel, StreamChannel
@@ -131,6 +132,7 @@ class ClientSession:
         proxies: dict[str, ProxyConfig],
         on_proxy_state: Callable[[str, str, int | None, str], None],
         spawn_active: Callable[[Coroutine[Any, Any, None]], None],
+        udp: UdpProxies | None = None,
     ) -> None:
         self.dialer = dialer
         self.config = dialer.config
@@ -140,6 +142,10 @@ class ClientSession:
         self.on_proxy_state = on_proxy_state
         #: Runs a visitor's relay outside this session, so it survives a reconnect or a reload.
         self.spawn_active = spawn_active
+        #: The client's UDP proxies and their visitor flows; they outlive this session when the client
+        #: passes its own (this session only lends them its channel).
+        self.udp = udp if udp is not None else UdpProxies()
+        self._owns_udp = udp is None
         self.tasks: set[asyncio.Task[None]] = set()
         self.idle_work = 0
         self.last_pong = time.monotonic()
@@ -152,6 +158,8 @@ class ClientSession:
 
     async def run(self) -> None:
         """Register proxies, keep the pool full and heartbeats going; return or raise when the link dies."""
+        self.udp.attach(self.channel)
+        await self.udp.retain([p.name for p in self.proxies.values() if isinstance(p, UdpProxyConfig)])
         for proxy in self.proxies.values():
             await self.register(proxy)
         for _ in range(self.config.pool_count):
@@ -179,7 +187,7 @@ class ClientSession:
                 for _ in range(min(count, 64)):
                     self._spawn(self._work_conn(), "work")
             case UdpPacket():
-                pass
+                self.udp.deliver(msg)
             case Error(code=code, reason=reason):
                 raise ConnectionClosed(f"server closed the session: {reason} ({code.value})")
             case _:
@@ -190,7 +198,7 @@ class ClientSession:
         while True:
             await asyncio.sleep(interval)
             if time.monotonic() - self.last_pong > timeout:
-                self.channel.close()  # wakes the control loop with ConnectionClosed
+                self.channel.abort()  # wakes the control loop with ConnectionClosed, now
                 raise ConnectionClosed(f"no answer from the server for {timeout:g}s")
             self._ping_seq += 1
             await self.channel.send(Ping(seq=self._ping_seq))
@@ -200,10 +208,12 @@ class ClientSession:
         if isinstance(proxy, TcpProxyConfig):
             await self.channel.send(NewTcpProxy(name=proxy.name, remote_port=proxy.remote_port))
         else:
+            await self.udp.register(proxy)
             await self.channel.send(NewUdpProxy(name=proxy.name, remote_port=proxy.remote_port))
 
     async def unregister(self, name: str) -> None:
         self.proxies.pop(name, None)
+        await self.udp.unregister(name)
         await self.channel.send(CloseProxy(name=name))
 
     async def _work_conn(self) -> None:
@@ -256,6 +266,9 @@ class ClientSession:
 
     async def close(self) -> None:
         self.channel.close()
+        self.udp.detach(self.channel)
+        if self._owns_udp:
+            await self.udp.close()
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()

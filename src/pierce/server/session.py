@@ -7,7 +7,8 @@ import contextlib
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from pierce.addr import HostPort
 from pierce.errors import LocalError, PierceError
@@ -17,6 +18,7 @@ from pierce.protocol import (
     CloseProxy,
     Error,
     ErrorCode,
+    NewProxy,
     NewTcpProxy,
     NewUdpProxy,
     Ping,
@@ -27,8 +29,10 @@ from pierce.protocol import (
     UdpPacket,
 )
 from pierce.proxies.tcp import TcpProxyServer
+from pierce.proxies.udp import UdpProxyServer
 from pierce.server.workconn import WorkConn, WorkConnPool
 from pierce.transport import ConnectionClosed, MessageChannel
+from pierce.udpflow import DropCounter
 
 if TYPE_CHECKING:
     from pierce.server.app import Server
@@ -40,6 +44,15 @@ class ProxyRefusal(PierceError):
     def __init__(self, code: ErrorCode, reason: str) -> None:
         self.code = code
         super().__init__(reason)
+
+
+class PublicProxy(Protocol):
+    """What a session needs from a proxy of any kind (`TcpProxyServer`, `UdpProxyServer`)."""
+
+    name: str
+    port: int
+
+    async def close(self) -> None: ...
 
 
 class ControlSession:
@@ -54,10 +67,11 @@ class ControlSession:
         self.run_id = run_id
         self.peer = peer
         self.pool = WorkConnPool(channel)
-        self.proxies: dict[str, TcpProxyServer] = {}
+        self.proxies: dict[str, PublicProxy] = {}
         self.started = time.time()
         self.last_seen = time.monotonic()
         self.closed = asyncio.Event()
+        self._foreign_udp = DropCounter(log, "udp.unknown_proxy", f"client {client_id}: UDP packets")
 
     # -- work connections --------------------------------------------------------------------------
 
@@ -115,18 +129,16 @@ class ControlSession:
         match msg:
             case Ping(seq=seq):
                 await self.channel.send(Pong(seq=seq))
-            case NewTcpProxy(name=name, remote_port=port):
-                await self._new_tcp_proxy(name, port)
-            case NewUdpProxy(name=name):
-                await self.channel.send(
-                    ProxyRefused(
-                        name=name, code=ErrorCode.INTERNAL, reason="udp proxies are not supported yet"
-                    )
-                )
+            case NewTcpProxy() | NewUdpProxy():
+                await self._new_proxy(msg)
             case CloseProxy(name=name):
                 await self._close_proxy(name, reason="closed by client")
             case UdpPacket():
-                pass
+                proxy = self.proxies.get(msg.proxy)
+                if isinstance(proxy, UdpProxyServer):
+                    proxy.deliver(msg)
+                else:  # only this client's own UDP proxies: never another client's port
+                    self._foreign_udp.drop(f"not a UDP proxy of this client: {msg.proxy!r}", proxy=msg.proxy)
             case Error(code=code, reason=reason):
                 event(
                     log,
@@ -140,9 +152,11 @@ class ControlSession:
             case _:
                 raise ProtocolError(f"unexpected {type(msg).__name__} on the control channel")
 
-    async def _new_tcp_proxy(self, name: str, port: int) -> None:
+    async def _new_proxy(self, msg: NewProxy) -> None:
+        name, kind = msg.name, "udp" if isinstance(msg, NewUdpProxy) else "tcp"
+        server_kind = UdpProxyServer if kind == "udp" else TcpProxyServer
         try:
-            proxy = self._open_tcp_proxy(name, port)
+            proxy = self._open_proxy(name, msg.remote_port, lambda addr: server_kind(name, self, addr))
         except ProxyRefusal as exc:
             event(
                 log,
@@ -162,15 +176,16 @@ class ControlSession:
             log,
             logging.INFO,
             "proxy.ready",
-            f"client {self.client_id}: proxy {name} listening on tcp port {proxy.port}",
+            f"client {self.client_id}: proxy {name} listening on {kind} port {proxy.port}",
             client_id=self.client_id,
             proxy=name,
-            type="tcp",
+            type=kind,
             remote_port=proxy.port,
         )
         await self.channel.send(ProxyReady(name=name, remote_port=proxy.port))
 
-    def _open_tcp_proxy(self, name: str, port: int) -> TcpProxyServer:
+    def _open_proxy(self, name: str, port: int, opener: Callable[[HostPort], PublicProxy]) -> PublicProxy:
+        """Check the name, the limits and the port rules, then bind with ``opener`` (port 0: any allowed)."""
         cfg = self.server.config
         owner = self.server.proxy_owners.get(name)
         if owner is not None and owner is not self:
@@ -201,7 +216,7 @@ class ControlSession:
         last: LocalError | None = None
         for candidate in candidates:
             try:
-                return TcpProxyServer(name, self, HostPort(bind, candidate))
+                return opener(HostPort(bind, candidate))
             except PortInUse as exc:
                 last = exc
             except LocalError as exc:

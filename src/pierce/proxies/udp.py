@@ -1,0 +1,240 @@
+"""UDP proxies: a public UDP port on the server whose datagrams reach a local UDP service of the client.
+
+Datagrams travel on the control channel as `UdpPacket` messages, each carrying the visitor's address,
+so a datagram stays one datagram end to end (any size a UDP socket takes, up to 65,507 bytes over IPv4:
+`MAX_FRAME_SIZE` leaves room for it).
+
+Server side: `UdpProxyServer` binds the public port, wraps each datagram in a `UdpPacket` for the owning
+client, and sends the client's packets back to their visitors. Replies go only to addresses that have
+sent to the port (the last `MAX_VISITORS` of them), so a client cannot make the server send datagrams to
+anyone else.
+
+Client side: `UdpProxyClient` keeps a flow per visitor (`pierce.udpflow`): a socket of its own connected
+to ``local_ip:local_port``, ended after the proxy's ``idle_timeout`` without traffic, so the local service
+sees one source port per visitor and each reply goes back to the visitor that caused it. `UdpProxies`
+holds a client's UDP proxies across control sessions: after a reconnect it sends on the new channel and
+the flows of unchanged proxies carry on.
+
+Neither side queues without limit: a datagram that finds the control channel's send buffer over
+`SEND_BACKLOG_LIMIT` is dropped and counted, as a congested network would drop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import OrderedDict
+from collections.abc import Callable, Collection
+from typing import Any, Protocol
+
+from pierce.addr import HostPort, format_sockaddr
+from pierce.config import UdpProxyConfig
+from pierce.listeners import bind_socket
+from pierce.protocol import MAX_HOST_LENGTH, UdpPacket
+from pierce.transport import MessageChannel, StreamChannel
+from pierce.udpflow import SEND_BACKLOG_LIMIT, DropCounter, UdpFlow, UdpFlows, send_backlog
+
+log = logging.getLogger("pierce.proxy")
+
+#: Visitor addresses a server-side UDP proxy remembers as allowed destinations for replies.
+MAX_VISITORS = 65536
+
+
+def send_packet(channel: MessageChannel, packet: UdpPacket) -> bool:
+    """Queue ``packet`` on a control channel; False (not sent) when the channel is closing or its send
+    buffer is over `SEND_BACKLOG_LIMIT`."""
+    if isinstance(channel, StreamChannel):
+        transport = channel.writer.transport
+        if transport.is_closing() or transport.get_write_buffer_size() > SEND_BACKLOG_LIMIT:
+            return False
+    channel.send_nowait(packet)
+    return True
+
+
+# -- server side ------------------------------------------------------------------------------------
+
+
+class ControlLink(Protocol):
+    """What a server-side UDP proxy needs from its client's session."""
+
+    client_id: str
+    channel: MessageChannel
+
+
+class _PublicProtocol(asyncio.DatagramProtocol):
+    def __init__(self, proxy: UdpProxyServer) -> None:
+        self.proxy = proxy
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.proxy.from_visitor(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("%s: public socket error: %s", self.proxy.name, exc)
+
+
+class UdpProxyServer:
+    """The public UDP port of one proxy on the server.
+
+    The port is bound in the constructor (so a taken port fails right away, like a TCP proxy's); the
+    datagram endpoint is set up in the background, while the kernel queues early datagrams.
+    """
+
+    def __init__(self, name: str, link: ControlLink, listen: HostPort) -> None:
+        self.name = name
+        self.link = link
+        sock = bind_socket(listen, socket.SOCK_DGRAM)
+        self.port = int(sock.getsockname()[1])
+        self.visitors: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self.up_packets = self.up_bytes = self.down_packets = self.down_bytes = 0
+        self._transport: asyncio.DatagramTransport | None = None
+        self._dropped = DropCounter(log, "udp.dropped", f"proxy {name} (client {link.client_id})", proxy=name)
+        self._starting = asyncio.get_running_loop().create_task(self._start(sock))
+
+    async def _start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._transport, _ = await loop.create_datagram_endpoint(lambda: _PublicProtocol(self), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    def from_visitor(self, data: bytes, addr: Any) -> None:
+        visitor = (str(addr[0]), int(addr[1]))
+        if len(visitor[0]) > MAX_HOST_LENGTH:  # cannot be encoded for the client; no real address is
+            return
+        if visitor in self.visitors:
+            self.visitors.move_to_end(visitor)
+        else:
+            self.visitors[visitor] = None
+            if len(self.visitors) > MAX_VISITORS:
+                self.visitors.popitem(last=False)
+        packet = UdpPacket(proxy=self.name, peer_host=visitor[0], peer_port=visitor[1], data=data)
+        if send_packet(self.link.channel, packet):
+            self.up_packets += 1
+            self.up_bytes += len(data)
+        else:
+            self._dropped.drop("tunnel send buffer full", client=format_sockaddr(visitor))
+
+    def deliver(self, packet: UdpPacket) -> None:
+        """A datagram from the client, for the visitor it names."""
+        visitor = (packet.peer_host, packet.peer_port)
+        if visitor not in self.visitors:
+            self._dropped.drop("reply to an address that never sent here", client=format_sockaddr(visitor))
+            return
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._dropped.drop("public port not open", client=format_sockaddr(visitor))
+            return
+        if send_backlog(transport) > SEND_BACKLOG_LIMIT:
+            self._dropped.drop("socket send buffer full", client=format_sockaddr(visitor))
+            return
+        transport.sendto(packet.data, visitor)
+        self.down_packets += 1
+        self.down_bytes += len(packet.data)
+
+    async def close(self) -> None:
+        self._starting.cancel()
+        await asyncio.gather(self._starting, return_exceptions=True)
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+# -- client side ------------------------------------------------------------------------------------
+
+
+class UdpProxyClient:
+    """The client side of one UDP proxy: a flow to the local service per visitor."""
+
+    def __init__(self, config: UdpProxyConfig, proxies: UdpProxies) -> None:
+        self.config = config
+        self.proxies = proxies
+        self.local = HostPort(config.local_ip, config.local_port)
+        self.flows = UdpFlows(config.name, log)
+
+    def deliver(self, packet: UdpPacket) -> None:
+        """A visitor's datagram from the server, for the local service."""
+        visitor = (packet.peer_host, packet.peer_port)
+        flow = self.flows.get(visitor) or self.flows.open(visitor, lambda ended: self._flow(visitor, ended))
+        if flow is not None:
+            flow.send(packet.data)
+
+    def _flow(self, visitor: tuple[str, int], ended: Callable[[], None]) -> UdpFlow:
+        name = self.config.name
+        host, port = visitor
+
+        def reply(data: bytes) -> None:
+            self.proxies.send(UdpPacket(proxy=name, peer_host=host, peer_port=port, data=data))
+
+        return UdpFlow(
+            label=name,
+            peer=format_sockaddr(visitor),
+            target=self.local,
+            idle_timeout=self.config.idle_timeout,
+            reply=reply,
+            ended=ended,
+            logger=log,
+            fields={"proxy": name},
+        )
+
+    async def close(self, reason: str) -> None:
+        await self.flows.close(reason)
+
+
+class UdpProxies:
+    """Every UDP proxy of one client, kept across control sessions.
+
+    A session calls `attach` with its channel when it starts and `detach` when it ends; replies that
+    come while no channel is attached are dropped (and counted).
+    """
+
+    def __init__(self) -> None:
+        self.proxies: dict[str, UdpProxyClient] = {}
+        self.channel: MessageChannel | None = None
+        self._dropped = DropCounter(log, "udp.dropped", "UDP replies to the server")
+        self._unknown = DropCounter(log, "udp.unknown_proxy", "UDP packets from the server")
+
+    def attach(self, channel: MessageChannel) -> None:
+        self.channel = channel
+
+    def detach(self, channel: MessageChannel) -> None:
+        if self.channel is channel:
+            self.channel = None
+
+    async def register(self, config: UdpProxyConfig) -> None:
+        """Serve ``config``; the flows of a proxy registered again unchanged (a reconnect) carry on."""
+        old = self.proxies.get(config.name)
+        if old is not None:
+            if old.config == config:
+                return
+            await self.unregister(config.name, reason="proxy changed")
+        self.proxies[config.name] = UdpProxyClient(config, self)
+
+    async def unregister(self, name: str, *, reason: str = "proxy removed") -> None:
+        proxy = self.proxies.pop(name, None)
+        if proxy is not None:
+            await proxy.close(reason)
+
+    async def retain(self, names: Collection[str]) -> None:
+        """Close the proxies not in ``names`` (removed by a reload while disconnected)."""
+        for name in [n for n in self.proxies if n not in names]:
+            await self.unregister(name)
+
+    def deliver(self, packet: UdpPacket) -> None:
+        proxy = self.proxies.get(packet.proxy)
+        if proxy is None:
+            self._unknown.drop(f"unknown proxy {packet.proxy!r}", proxy=packet.proxy)
+        else:
+            proxy.deliver(packet)
+
+    def send(self, packet: UdpPacket) -> None:
+        if self.channel is None:
+            self._dropped.drop("not connected to the server", proxy=packet.proxy)
+        elif not send_packet(self.channel, packet):
+            self._dropped.drop("tunnel send buffer full", proxy=packet.proxy)
+
+    async def close(self) -> None:
+        for name in list(self.proxies):
+            await self.unregister(name, reason="shutdown")
+        self.channel = None
