@@ -440,7 +440,7 @@ def render_panel(stack: DemoStack, self_check: str) -> Panel:
             )
     web_line = Text(
         f"web service {stack.web.address}: {stack.web.requests} requests, "
-        f"{human_bytes(stack.web.bytes_served)} served  (in/out count a connection when it closes)",
+        f"{human_bytes(stack.web.bytes_served)} served ",
         style="dim",
     )
 

@@ -133,7 +133,7 @@ class StreamEnd(End):
         self._writer.close()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class RelayStats:
     """Live byte counters of one relay, readable while it runs."""
 

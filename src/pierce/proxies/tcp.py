@@ -42,9 +42,23 @@ class TcpProxyServer:
         self.session = session
         self.listener = TcpListener.open(listener_addr, self._visitor, name=f"proxy {name}")
         self.port = self.listener.port
-        self.connections = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
+        #: Relays in progress; their counters move while they run.
+        self.live: set[RelayStats] = set()
+        self._closed_in = 0
+        self._closed_out = 0
+
+    @property
+    def connections(self) -> int:
+        return len(self.live)
+
+    @property
+    def bytes_in(self) -> int:
+        """Visitor -> client bytes so far, live connections included."""
+        return self._closed_in + sum(s.a_to_b for s in self.live)
+
+    @property
+    def bytes_out(self) -> int:
+        return self._closed_out + sum(s.b_to_a for s in self.live)
 
     async def _visitor(self, conn: socket.socket, addr: Any) -> None:
         visitor = format_sockaddr(addr)
@@ -78,7 +92,6 @@ class TcpProxyServer:
                 error=str(exc),
             )
             return
-        self.connections += 1
         event(
             log,
             logging.INFO,
@@ -88,12 +101,13 @@ class TcpProxyServer:
             client=visitor,
         )
         stats = RelayStats(started=started)
+        self.live.add(stats)
         try:
             await relay(SocketEnd(conn), end, stats)
         finally:
-            self.connections -= 1
-            self.bytes_in += stats.a_to_b
-            self.bytes_out += stats.b_to_a
+            self.live.discard(stats)
+            self._closed_in += stats.a_to_b
+            self._closed_out += stats.b_to_a
         log_relay_closed(
             log, "proxy.close", self.name, visitor, f"client {self.session.client_id}", stats, proxy=self.name
         )
