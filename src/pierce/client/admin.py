@@ -123,14 +123,9 @@ class AdminApi:
             try:
                 result = await self.client.reload()
             except ConfigError as exc:
-                for problem in exc.problems:
-                    event(
-                        log,
-                        logging.ERROR,
-                        "client.reload_failed",
-                        f"reload failed, keeping the running config: {problem}",
-                        error=problem,
-                    )
+                from pierce.client.app import log_reload_failed  # app imports this module
+
+                log_reload_failed(exc)
                 return web.json_response(
                     {"error": "invalid config; the running config is kept", "problems": exc.problems},
                     status=400,

@@ -242,19 +242,23 @@ def _same(a: ProxyConfig, b: ProxyConfig) -> bool:
     return type(a) is type(b) and msgspec.structs.asdict(a) == msgspec.structs.asdict(b)
 
 
+def log_reload_failed(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        event(
+            log,
+            logging.ERROR,
+            "client.reload_failed",
+            f"reload failed, keeping the running config: {problem}",
+            error=problem,
+        )
+
+
 async def reload_logged(client: Client) -> dict[str, list[str]] | None:
     """Reload, logging (not raising) a bad file: the running config stays."""
     try:
         return await client.reload()
     except ConfigError as exc:
-        for problem in exc.problems:
-            event(
-                log,
-                logging.ERROR,
-                "client.reload_failed",
-                f"reload failed, keeping the running config: {problem}",
-                error=problem,
-            )
+        log_reload_failed(exc)
         return None
 
 
