@@ -16,59 +16,25 @@ Needs iperf3 and socat on PATH.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-ECHO_SERVER = r"""
-import asyncio, socket, sys
-try:
-    import uvloop
-except ImportError:
-    uvloop = None
-
-async def handle(reader, writer):
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-
-async def main():
-    server = await asyncio.start_server(handle, sys.argv[1], 0, backlog=1024)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    await server.serve_forever()
-
-(uvloop.run if uvloop else asyncio.run)(main())
-"""
-
-
-LATENCY_CLIENT = r"""
-import socket, statistics, sys, time
-host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-times = []
-for _ in range(count):
-    t0 = time.perf_counter()
-    with socket.create_connection((host, port)) as s:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.sendall(b"x")
-        if s.recv(1) != b"x":
-            raise SystemExit("echo mismatch")
-    times.append(time.perf_counter() - t0)
-print(statistics.median(times) * 1e6)
-"""
+from benchlib import (
+    Procs,
+    connect_latency,
+    free_port,
+    iperf,
+    missing_tools,
+    paired_ratio,
+    rotated,
+    start_echo,
+    wait_listening,
+)
 
 
 class Topology:
@@ -124,76 +90,6 @@ class Topology:
                 subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL, check=False)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Procs:
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, **kw)
-        self.procs.append(proc)
-        return proc
-
-    def close(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def wait_listening(topo: Topology, role: str, port: int, timeout: float = 10) -> None:
-    """Poll `ss` in the role's namespace until something listens on ``port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run(
-            [*topo.prefix(role), "ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True
-        )
-        if out.stdout.strip():
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
-def iperf(topo: Topology, host: str, port: int, seconds: float) -> float:
-    out = subprocess.run(
-        [*topo.prefix("client"), "iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-J"],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-    )
-    doc = json.loads(out.stdout)
-    if "error" in doc:
-        raise RuntimeError(doc["error"])
-    return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
-
-
-def connect_latency(topo: Topology, host: str, port: int, count: int) -> float:
-    """Median microseconds for connect + 1-byte echo + close, measured inside the client's namespace."""
-    out = subprocess.run(
-        [*topo.prefix("client"), sys.executable, "-c", LATENCY_CLIENT, host, str(port), str(count)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    return float(out.stdout)
-
-
-def rotated(items: list[str], k: int) -> Iterator[str]:
-    k %= len(items)
-    yield from items[k:] + items[:k]
-
-
 def run(topo: Topology, args: argparse.Namespace) -> dict[str, Any]:
     procs = Procs()
     try:
@@ -203,13 +99,8 @@ def run(topo: Topology, args: argparse.Namespace) -> dict[str, Any]:
             [*topo.prefix("server"), "iperf3", "-s", "-p", str(iperf_port), "-B", topo.server_ip],
             stdout=subprocess.DEVNULL,
         )
-        echo = procs.start(
-            [*topo.prefix("server"), sys.executable, "-c", ECHO_SERVER, topo.server_ip],
-            stdout=subprocess.PIPE,
-        )
-        assert echo.stdout is not None
-        echo_port = int(echo.stdout.readline())
-        wait_listening(topo, "server", iperf_port)
+        echo_port = start_echo(procs, topo.server_ip, topo.prefix("server"))
+        wait_listening(iperf_port, topo.prefix("server"))
 
         def pierce(env: dict[str, str]) -> Callable[[int, int], list[str]]:
             def argv(listen: int, target: int) -> list[str]:
@@ -243,7 +134,7 @@ def run(topo: Topology, args: argparse.Namespace) -> dict[str, Any]:
             tp, ep = free_port(), free_port()
             for port, target in ((tp, iperf_port), (ep, echo_port)):
                 procs.start(argv(port, target), stderr=subprocess.DEVNULL)
-                wait_listening(topo, "relay", port)
+                wait_listening(port, topo.prefix("relay"))
             paths[name] = (topo.relay_ip, tp, ep)
 
         names = list(paths)
@@ -252,10 +143,11 @@ def run(topo: Topology, args: argparse.Namespace) -> dict[str, Any]:
         for r in range(args.rounds):
             for name in rotated(names, r):
                 host, tp, _ = paths[name]
-                gbps[name].append(iperf(topo, host, tp, args.seconds))
+                gbps[name].append(iperf(host, tp, args.seconds, topo.prefix("client")))
             for name in rotated(names, r):
                 host, _, ep = paths[name]
-                lat[name].append(connect_latency(topo, host, ep, max(1, args.connections // args.rounds)))
+                count = max(1, args.connections // args.rounds)
+                lat[name].append(connect_latency(host, ep, count, topo.prefix("client")))
             print(
                 f"{'netns' if topo.netns else 'loopback'} round {r + 1}/{args.rounds}: "
                 + ", ".join(f"{n} {gbps[n][-1]:.2f} Gbit/s {lat[n][-1]:.0f} us" for n in names),
@@ -265,10 +157,6 @@ def run(topo: Topology, args: argparse.Namespace) -> dict[str, Any]:
         procs.close()
         topo.teardown()
 
-    def ratio(a: list[float], b: list[float]) -> float:
-        # Pair by pair within each round, then the median: robust to drift between rounds.
-        return round(statistics.median(x / y for x, y in zip(a, b, strict=True)), 2)
-
     return {
         "path": "netns-veth" if topo.netns else "loopback",
         "rounds": args.rounds,
@@ -277,10 +165,10 @@ def run(topo: Topology, args: argparse.Namespace) -> dict[str, Any]:
         "throughput_gbps_median": {n: round(statistics.median(v), 2) for n, v in gbps.items()},
         "connect_latency_us_median": {n: round(statistics.median(v)) for n, v in lat.items()},
         "ratios": {
-            "throughput_pierce_vs_socat": ratio(gbps["pierce"], gbps["socat"]),
-            "throughput_pierce_vs_direct": ratio(gbps["pierce"], gbps["direct"]),
-            "throughput_pierce_splice_vs_socat": ratio(gbps["pierce-splice"], gbps["socat"]),
-            "connect_latency_pierce_vs_socat": ratio(lat["pierce"], lat["socat"]),
+            "throughput_pierce_vs_socat": paired_ratio(gbps["pierce"], gbps["socat"]),
+            "throughput_pierce_vs_direct": paired_ratio(gbps["pierce"], gbps["direct"]),
+            "throughput_pierce_splice_vs_socat": paired_ratio(gbps["pierce-splice"], gbps["socat"]),
+            "connect_latency_pierce_vs_socat": paired_ratio(lat["pierce"], lat["socat"]),
         },
     }
 
@@ -310,10 +198,9 @@ def main() -> int:
     )
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args()
-    for tool in ("iperf3", "socat", "ss"):
-        if shutil.which(tool) is None:
-            print(f"bench: {tool} is not installed", file=sys.stderr)
-            return 2
+    if missing := missing_tools("iperf3", "socat", "ss"):
+        print(f"bench: {missing} is not installed", file=sys.stderr)
+        return 2
     results = [run(Topology(netns=False), args)]
     if args.netns:
         results.append(run(Topology(netns=True), args))

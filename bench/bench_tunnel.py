@@ -1,0 +1,367 @@
+#!/usr/bin/env python3
+"""Benchmark pierce reverse tunnels against an OpenSSH reverse tunnel, socat and a direct connection.
+
+Everything runs on loopback, in one run, interleaved (the order of the paths rotates every round):
+- TCP throughput: single-stream ``iperf3 -t SECONDS`` to one iperf3 server through
+  ``pierce-tls`` (a pierce server + client, data connections over TLS, the default),
+  ``ssh-R`` (``ssh -N -R PORT:127.0.0.1:IPERF`` through a local sshd started here with its own keys),
+  ``pierce-plain`` (``transport.encrypt_data = false`` on both ends: the relay can splice),
+  ``socat`` (``TCP-LISTEN,fork`` to the target) and ``direct``.
+- Time to first byte of a new visitor connection: connect, send 1 byte, read the echo, close; sequential
+  connections to one echo service through every path; medians.
+- Memory: VmRSS of the pierce server + client at idle, then with ``--idle-conns`` visitor connections
+  held open through a TCP proxy to a local echo (each carried one byte both ways first).
+
+Prints absolute medians (context only: these machines are noisy) and the ratios the bars are about:
+pierce-tls / ssh-R throughput (bar >= 1.0x, goal 1.5x), pierce-plain / socat throughput (bar >= 1.5x),
+pierce-tls / socat first-byte time (bar <= 2.0x).
+Usage: ``python3 bench/bench_tunnel.py [--rounds 5] [--seconds 3] [--connections 500] [--idle-conns 1000]
+[--json]``. Needs iperf3, socat, ss, ssh, ssh-keygen and /usr/sbin/sshd; run as root or as a user sshd
+accepts (the sshd and its keys live in a temporary directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchlib import (
+    Procs,
+    connect_latency,
+    free_port,
+    iperf,
+    missing_tools,
+    paired_ratio,
+    rotated,
+    start_echo,
+    wait_listening,
+)
+
+HOST = "127.0.0.1"
+TOKEN = "bench-token"
+SSHD = "/usr/sbin/sshd"
+BARS = {
+    "throughput_pierce_tls_vs_ssh": (">=", 1.0),
+    "throughput_pierce_plain_vs_socat": (">=", 1.5),
+    "first_byte_pierce_tls_vs_socat": ("<=", 2.0),
+}
+
+
+def toml(doc: dict[str, Any]) -> str:
+    """Just enough TOML for the two config files (scalars, one [transport] table, [[proxies]])."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return json.dumps(v)
+
+    lines = [f"{k} = {value(v)}" for k, v in doc.items() if not isinstance(v, dict | list)]
+    for key, table in doc.items():
+        if isinstance(table, dict):
+            lines += [f"[{key}]", *(f"{k} = {value(v)}" for k, v in table.items())]
+    for item in doc.get("proxies", []):
+        lines += ["[[proxies]]", *(f"{k} = {value(v)}" for k, v in item.items())]
+    return "\n".join(lines) + "\n"
+
+
+class Tunnel:
+    """A `pierce server` and a `pierce client` on loopback exposing local TCP ports on fixed public ports."""
+
+    def __init__(self, procs: Procs, workdir: Path, name: str, *, encrypt: bool, targets: dict[str, int]):
+        self.public = {proxy: free_port() for proxy in targets}
+        control = free_port()
+        transport = {"encrypt_data": encrypt}
+        server_conf = workdir / f"{name}-server.toml"
+        server_conf.write_text(
+            toml({"bind_addr": HOST, "bind_port": control, "token": TOKEN, "transport": transport})
+        )
+        proxies = [
+            {"name": p, "type": "tcp", "local_ip": HOST, "local_port": port, "remote_port": self.public[p]}
+            for p, port in targets.items()
+        ]
+        client_conf = workdir / f"{name}-client.toml"
+        client_conf.write_text(
+            toml(
+                {
+                    "server_addr": HOST,
+                    "server_port": control,
+                    "token": TOKEN,
+                    "client_id": name,
+                    "transport": transport,
+                    "proxies": proxies,
+                }
+            )
+        )
+        env = {**os.environ, "PIERCE_STATE_DIR": str(workdir / f"{name}-state")}
+        self.server = self._start(procs, workdir, name, "server", server_conf, env)
+        wait_listening(control)
+        self.client = self._start(procs, workdir, name, "client", client_conf, env)
+        for port in self.public.values():
+            wait_listening(port)
+
+    @staticmethod
+    def _start(
+        procs: Procs, workdir: Path, name: str, role: str, conf: Path, env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "pierce", "--log-level", "warning", role, "-c", str(conf)]
+        with (workdir / f"{name}-{role}.log").open("wb") as log:
+            return procs.start(argv, env=env, stdout=log, stderr=log)
+
+    def rss_mib(self) -> float:
+        return (vm_rss_kib(self.server.pid) + vm_rss_kib(self.client.pid)) / 1024
+
+    def fds(self) -> int:
+        return sum(len(os.listdir(f"/proc/{p.pid}/fd")) for p in (self.server, self.client))
+
+
+def vm_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+class SshReverseTunnel:
+    """A private sshd on a free loopback port and ``ssh -N -R`` forwards through it."""
+
+    def __init__(self, procs: Procs, workdir: Path, targets: dict[str, int]) -> None:
+        d = workdir / "ssh"
+        d.mkdir()
+        for key in ("host_key", "user_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
+        (d / "authorized_keys").write_bytes((d / "user_key.pub").read_bytes())
+        port = free_port()
+        config = d / "sshd_config"
+        config.write_text(
+            f"Port {port}\nListenAddress {HOST}\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
+            f"AuthorizedKeysFile {d / 'authorized_keys'}\nUsePAM no\nStrictModes no\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+            "AllowTcpForwarding yes\nGatewayPorts no\nLogLevel ERROR\n"
+        )
+        # sshd insists on its privilege separation directory, which a container may lack.
+        with contextlib.suppress(OSError):
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
+        procs.start([SSHD, "-D", "-f", str(config), "-E", str(d / "sshd.log")])
+        wait_listening(port)
+        self.public = {name: free_port() for name in targets}
+        forwards = [a for n, t in targets.items() for a in ("-R", f"{self.public[n]}:{HOST}:{t}")]
+        self.argv = [
+            "ssh", "-N", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR",
+            "-i", str(d / "user_key"), "-p", str(port), *forwards, f"{getpass.getuser()}@{HOST}",
+        ]  # fmt: skip
+        procs.start(self.argv)
+        for public in self.public.values():
+            wait_listening(public)
+        # What this ssh negotiates by default (its first cipher), for the report.
+        out = subprocess.run(["ssh", "-G", "-p", str(port), HOST], capture_output=True, text=True)
+        ciphers = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("ciphers ")]
+        self.cipher = ciphers[0].split(",")[0] if ciphers else "?"
+
+
+def socat(procs: Procs, target: int) -> int:
+    port = free_port()
+    argv = ["socat", f"TCP-LISTEN:{port},fork,reuseaddr,bind={HOST}", f"TCP:{HOST}:{target}"]
+    procs.start(argv, stderr=subprocess.DEVNULL)  # quiet about visitors that reset
+    wait_listening(port)
+    return port
+
+
+def hold_connections(port: int, count: int) -> list[socket.socket]:
+    """``count`` visitor connections, each carried one byte both ways through the tunnel, left open."""
+    held = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection((HOST, port), timeout=15)
+            held.append(sock)
+            sock.sendall(b"x")
+            if sock.recv(1) != b"x":
+                raise RuntimeError("echo mismatch")
+    except BaseException:
+        for sock in held:
+            sock.close()
+        raise
+    return held
+
+
+def settled_rss(tunnel: Tunnel, timeout: float = 10) -> float:
+    """RSS once it stops moving (the pool refills in the background after a burst of visitors)."""
+    last, deadline = tunnel.rss_mib(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = tunnel.rss_mib()
+        if abs(now - last) < 0.1:
+            return now
+        last = now
+    return last
+
+
+def memory(procs: Procs, workdir: Path, echo_port: int, mode: str, count: int) -> dict[str, float]:
+    tunnel = Tunnel(procs, workdir, f"rss-{mode}", encrypt=mode == "tls", targets={"echo": echo_port})
+    public = tunnel.public["echo"]
+    hold_connections(public, 1)[0].close()  # logged in and the pool is full
+    idle = settled_rss(tunnel)
+    held = hold_connections(public, count)
+    try:
+        loaded = settled_rss(tunnel)
+        fds = tunnel.fds()
+    finally:
+        for sock in held:
+            sock.close()
+    return {
+        "idle_mib": round(idle, 1),
+        "conns": count,
+        "loaded_mib": round(loaded, 1),
+        "per_conn_kib": round((loaded - idle) * 1024 / count, 1),
+        "fds": fds,
+    }
+
+
+def raise_fd_limit(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    procs = Procs()
+    with tempfile.TemporaryDirectory(prefix="pierce-bench-") as tmp:
+        workdir = Path(tmp)
+        try:
+            iperf_port = free_port()
+            procs.start(
+                ["iperf3", "-s", "-p", str(iperf_port), "-B", HOST],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            echo_port = start_echo(procs, HOST)
+            wait_listening(iperf_port)
+            targets = {"iperf": iperf_port, "echo": echo_port}
+
+            tls = Tunnel(procs, workdir, "tls", encrypt=True, targets=targets)
+            ssh = SshReverseTunnel(procs, workdir, targets)
+            plain = Tunnel(procs, workdir, "plain", encrypt=False, targets=targets)
+            paths: dict[str, dict[str, int]] = {
+                "direct": targets,
+                "pierce-tls": tls.public,
+                "ssh-R": ssh.public,
+                "pierce-plain": plain.public,
+                "socat": {"iperf": socat(procs, iperf_port), "echo": socat(procs, echo_port)},
+            }
+            names = list(paths)
+            for ports in paths.values():  # warm up: logins done, pools full, sockets in the caches
+                connect_latency(HOST, ports["echo"], 20)
+
+            gbps: dict[str, list[float]] = {n: [] for n in names}
+            ttfb: dict[str, list[float]] = {n: [] for n in names}
+            for r in range(args.rounds):
+                for name in rotated(names, r):
+                    gbps[name].append(iperf(HOST, paths[name]["iperf"], args.seconds))
+                for name in rotated(names, r):
+                    ttfb[name].append(connect_latency(HOST, paths[name]["echo"], args.connections))
+                print(
+                    f"round {r + 1}/{args.rounds}: "
+                    + ", ".join(f"{n} {gbps[n][-1]:.2f} Gbit/s {ttfb[n][-1]:.0f} us" for n in names),
+                    file=sys.stderr,
+                )
+
+            raise_fd_limit(args.idle_conns + 256)
+            rss = {
+                mode: memory(procs, workdir, echo_port, mode, args.idle_conns) for mode in ("tls", "plain")
+            }
+        finally:
+            procs.close()
+
+    ratios = {
+        "throughput_pierce_tls_vs_ssh": paired_ratio(gbps["pierce-tls"], gbps["ssh-R"]),
+        "throughput_pierce_plain_vs_socat": paired_ratio(gbps["pierce-plain"], gbps["socat"]),
+        "throughput_pierce_tls_vs_direct": paired_ratio(gbps["pierce-tls"], gbps["direct"]),
+        "first_byte_pierce_tls_vs_socat": paired_ratio(ttfb["pierce-tls"], ttfb["socat"]),
+        "first_byte_pierce_plain_vs_socat": paired_ratio(ttfb["pierce-plain"], ttfb["socat"]),
+        "first_byte_ssh_vs_socat": paired_ratio(ttfb["ssh-R"], ttfb["socat"]),
+    }
+    return {
+        "path": "loopback",
+        "cpus": os.cpu_count(),
+        "rounds": args.rounds,
+        "iperf_seconds": args.seconds,
+        "connections_per_round": args.connections,
+        "ssh_cipher": ssh.cipher,
+        "throughput_gbps_median": {n: round(statistics.median(v), 2) for n, v in gbps.items()},
+        "first_byte_us_median": {n: round(statistics.median(v)) for n, v in ttfb.items()},
+        "rss": rss,
+        "ratios": ratios,
+        "bars": {
+            key: {
+                "bar": f"{op} {limit}x",
+                "met": ratios[key] >= limit if op == ">=" else ratios[key] <= limit,
+            }
+            for key, (op, limit) in BARS.items()
+        },
+    }
+
+
+def print_table(res: dict[str, Any]) -> None:
+    thr, ttfb, rat = res["throughput_gbps_median"], res["first_byte_us_median"], res["ratios"]
+    print(
+        f"\n{res['path']} ({res['cpus']} CPUs): {res['rounds']} rounds, iperf3 -t {res['iperf_seconds']}, "
+        f"{res['connections_per_round']} sequential connections per round; ssh cipher {res['ssh_cipher']}"
+    )
+    print(f"{'path':<14} {'throughput (Gbit/s)':>20} {'first byte (us)':>16}")
+    for n in thr:
+        print(f"{n:<14} {thr[n]:>20.2f} {ttfb[n]:>16.0f}")
+    print(f"\n{'RSS server+client':<18} {'idle (MiB)':>11} {'conns':>6} {'loaded (MiB)':>13} {'KiB/conn':>9}")
+    for mode, m in res["rss"].items():
+        print(
+            f"{'pierce-' + mode:<18} {m['idle_mib']:>11.1f} {m['conns']:>6} {m['loaded_mib']:>13.1f} "
+            f"{m['per_conn_kib']:>9.1f}"
+        )
+
+    def line(label: str, key: str) -> None:
+        bar = res["bars"].get(key)
+        verdict = f"   (bar {bar['bar']}: {'met' if bar['met'] else 'MISSED'})" if bar else ""
+        print(f"{label:<36} = {rat[key]:.2f}x{verdict}")
+
+    print()
+    line("throughput  pierce-tls/ssh-R", "throughput_pierce_tls_vs_ssh")
+    line("throughput  pierce-plain/socat", "throughput_pierce_plain_vs_socat")
+    line("throughput  pierce-tls/direct", "throughput_pierce_tls_vs_direct")
+    line("first byte  pierce-tls/socat", "first_byte_pierce_tls_vs_socat")
+    line("first byte  pierce-plain/socat", "first_byte_pierce_plain_vs_socat")
+    line("first byte  ssh-R/socat", "first_byte_ssh_vs_socat")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=3)
+    ap.add_argument("--connections", type=int, default=500, help="sequential connections per path and round")
+    ap.add_argument("--idle-conns", type=int, default=1000, help="connections held open for the RSS figure")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = ap.parse_args()
+    if missing := missing_tools("iperf3", "socat", "ss", "ssh", "ssh-keygen", SSHD):
+        print(f"bench: {missing} is not installed", file=sys.stderr)
+        return 2
+    res = run(args)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print_table(res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""Pieces shared by the benchmark scripts: processes, readiness, iperf3, connection latency, ratios.
+
+Every measurement can run inside a network namespace: pass the ``ip netns exec NS`` prefix as ``prefix``
+(an empty list means the current namespace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+#: A TCP echo (asyncio, uvloop when installed) on ``argv[1]``, any free port; prints the port.
+ECHO_SERVER = r"""
+import asyncio, resource, socket, sys
+try:
+    import uvloop
+except ImportError:
+    uvloop = None
+
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+async def handle(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+async def main():
+    server = await asyncio.start_server(handle, sys.argv[1], 0, backlog=1024)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+(uvloop.run if uvloop else asyncio.run)(main())
+"""
+
+#: ``count`` sequential connect / send 1 byte / read the echo / close; prints the median in microseconds.
+LATENCY_CLIENT = r"""
+import socket, statistics, sys, time
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+times = []
+for _ in range(count):
+    t0 = time.perf_counter()
+    with socket.create_connection((host, port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(b"x")
+        if s.recv(1) != b"x":
+            raise SystemExit("echo mismatch")
+    times.append(time.perf_counter() - t0)
+print(statistics.median(times) * 1e6)
+"""
+
+
+def missing_tools(*tools: str) -> str | None:
+    """The first tool not on PATH, or None."""
+    return next((tool for tool in tools if shutil.which(tool) is None), None)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class Procs:
+    """Background processes, each in its own process group; ``close()`` stops them all."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def start_echo(procs: Procs, host: str, prefix: Sequence[str] = ()) -> int:
+    """Start `ECHO_SERVER` on ``host``; return its port."""
+    echo = procs.start([*prefix, sys.executable, "-c", ECHO_SERVER, host], stdout=subprocess.PIPE)
+    assert echo.stdout is not None
+    return int(echo.stdout.readline())
+
+
+def wait_listening(port: int, prefix: Sequence[str] = (), timeout: float = 10) -> None:
+    """Poll `ss` (in the namespace of ``prefix``) until something listens on TCP ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([*prefix, "ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True)
+        if out.stdout.strip():
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def iperf(host: str, port: int, seconds: float, prefix: Sequence[str] = ()) -> float:
+    """One single-stream ``iperf3 -c`` run; received Gbit/s (``end.sum_received``)."""
+    out = subprocess.run(
+        [*prefix, "iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-J"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    )
+    doc = json.loads(out.stdout)
+    if "error" in doc:
+        raise RuntimeError(doc["error"])
+    return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def connect_latency(host: str, port: int, count: int, prefix: Sequence[str] = ()) -> float:
+    """Median microseconds for connect + 1-byte echo + close, measured in a fresh process."""
+    out = subprocess.run(
+        [*prefix, sys.executable, "-c", LATENCY_CLIENT, host, str(port), str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return float(out.stdout)
+
+
+def rotated(items: list[str], k: int) -> Iterator[str]:
+    """``items`` starting at index ``k``: each round runs the paths in another order."""
+    k %= len(items)
+    yield from items[k:] + items[:k]
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Pair by pair within each round, then the median: robust to drift between rounds."""
+    return round(statistics.median(x / y for x, y in zip(a, b, strict=True)), 2)
