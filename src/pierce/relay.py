@@ -41,6 +41,7 @@ COPY_BUFFER_MIN = 64 * 1024
 COPY_BUFFER_SIZE = 4 * 1024 * 1024
 #: Read size of the stream (TLS) copy loop.
 STREAM_BUFFER_SIZE = 256 * 1024
+STREAM_BUFFER_MIN = 16 * 1024
 #: Seconds without a full buffer after which a grown copy buffer is given back.
 COPY_BUFFER_SHRINK_AFTER = 2.0
 #: Pipe capacity asked for on the splice path (the default pipe is 64 KiB).
@@ -65,11 +66,11 @@ class End(ABC):
         return None
 
     @abstractmethod
-    async def read_into(self, buf: memoryview) -> int:
-        """Read into ``buf``; return the count, 0 at EOF."""
+    async def read(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` bytes as they arrive; ``b""`` at EOF."""
 
     @abstractmethod
-    async def write(self, data: memoryview) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         """Write all of ``data``."""
 
     @abstractmethod
@@ -93,10 +94,10 @@ class SocketEnd(End):
     def socket(self) -> socket.socket:
         return self._sock
 
-    async def read_into(self, buf: memoryview) -> int:
-        return await self._loop.sock_recv_into(self._sock, buf)
+    async def read(self, max_bytes: int) -> bytes:
+        return await self._loop.sock_recv(self._sock, max_bytes)
 
-    async def write(self, data: memoryview) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         await self._loop.sock_sendall(self._sock, data)
 
     def write_eof(self) -> None:
@@ -114,13 +115,10 @@ class StreamEnd(End):
         self._reader = reader
         self._writer = writer
 
-    async def read_into(self, buf: memoryview) -> int:
-        data = await self._reader.read(len(buf))
-        n = len(data)
-        buf[:n] = data
-        return n
+    async def read(self, max_bytes: int) -> bytes:
+        return await self._reader.read(max_bytes)
 
-    async def write(self, data: memoryview) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         self._writer.write(data)
         await self._writer.drain()
 
@@ -267,16 +265,21 @@ async def _socket_copy_pump(src: socket.socket, dst: socket.socket, stats: Relay
 
 
 async def _copy_pump(src: End, dst: End, stats: RelayStats, forward: bool) -> None:
-    buf = memoryview(bytearray(STREAM_BUFFER_SIZE))
+    # No buffer of our own: stream ends hand over the bytes objects they read. The read size starts
+    # small (most tunnelled connections are idle or interactive) and grows while reads come back full.
+    size = STREAM_BUFFER_MIN
     while True:
-        n = await src.read_into(buf)
-        if not n:
+        data = await src.read(size)
+        if not data:
             return
-        await dst.write(buf[:n])
+        await dst.write(data)
+        n = len(data)
         if forward:
             stats.a_to_b += n
         else:
             stats.b_to_a += n
+        if n == size and size < STREAM_BUFFER_SIZE:
+            size = min(size * 4, STREAM_BUFFER_SIZE)
 
 
 def _make_pipe() -> tuple[int, int, int]:

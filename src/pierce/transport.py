@@ -199,29 +199,27 @@ class FramedEnd(End):
         self._left = 0  # bytes of the current chunk not yet read
         self._eof = False
 
-    async def read_into(self, buf: memoryview) -> int:
+    async def read(self, max_bytes: int) -> bytes:
         if self._eof:
-            return 0
+            return b""
         try:
             if not self._left:
                 header = await self._reader.readexactly(_CHUNK_HEADER.size)
                 (self._left,) = _CHUNK_HEADER.unpack(header)
                 if self._left == 0:
                     self._eof = True
-                    return 0
+                    return b""
                 if self._left > MAX_DATA_CHUNK:
                     raise ProtocolError(f"data chunk of {self._left} bytes exceeds {MAX_DATA_CHUNK}")
-            data = await self._reader.read(min(len(buf), self._left))
+            data = await self._reader.read(min(max_bytes, self._left))
         except asyncio.IncompleteReadError as exc:
             raise ConnectionResetError("tunnel closed without end-of-data marker") from exc
         if not data:
             raise ConnectionResetError("tunnel closed in the middle of a data chunk")
-        n = len(data)
-        buf[:n] = data
-        self._left -= n
-        return n
+        self._left -= len(data)
+        return data
 
-    async def write(self, data: memoryview) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         self._writer.write(_CHUNK_HEADER.pack(len(data)))
         self._writer.write(data)
         await self._writer.drain()

@@ -195,13 +195,20 @@ class ClientSession:
 
     async def _heartbeat(self) -> None:
         interval, timeout = self.config.heartbeat_interval, self.config.heartbeat_timeout
+        next_ping = time.monotonic() + interval
         while True:
-            await asyncio.sleep(interval)
-            if time.monotonic() - self.last_pong > timeout:
+            # Wake for the next ping or the moment the server would count as dead, whichever is first,
+            # so a dead link is noticed heartbeat_timeout after the last answer, not up to an interval later.
+            now = time.monotonic()
+            await asyncio.sleep(max(0.0, min(next_ping, self.last_pong + timeout) - now))
+            now = time.monotonic()
+            if now - self.last_pong >= timeout:
                 self.channel.abort()  # wakes the control loop with ConnectionClosed, now
                 raise ConnectionClosed(f"no answer from the server for {timeout:g}s")
-            self._ping_seq += 1
-            await self.channel.send(Ping(seq=self._ping_seq))
+            if now >= next_ping:
+                next_ping = now + interval
+                self._ping_seq += 1
+                await self.channel.send(Ping(seq=self._ping_seq))
 
     async def register(self, proxy: ProxyConfig) -> None:
         self.proxies[proxy.name] = proxy

@@ -20,7 +20,7 @@ from pierce.addr import HostPort, format_sockaddr
 from pierce.config import ServerConfig
 from pierce.errors import PierceError
 from pierce.handshake import AuthenticationFailed, HandshakeRefused, plain_binding, server_handshake
-from pierce.listeners import TcpListener
+from pierce.listeners import TcpListener, set_nodelay
 from pierce.logs import event
 from pierce.protocol import (
     Error,
@@ -159,6 +159,7 @@ class Server:
             transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock, ssl=self._ssl)
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             return StreamChannel(reader, writer), certificate_binding(self.certificate.der)
+        set_nodelay(sock)  # StartWork and the visitor's first bytes must not wait for an ACK (Nagle)
         return SocketChannel(sock), None
 
     async def _control(self, channel: MessageChannel, hello: Hello, binding: bytes | None, peer: str) -> None:
