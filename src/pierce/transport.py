@@ -29,7 +29,7 @@ from pierce.protocol import (
     ProtocolError,
     encode_frame,
 )
-from pierce.relay import End
+from pierce.relay import End, wait_fd
 
 _CHUNK_HEADER = struct.Struct(">I")
 #: The largest data chunk a peer may announce on a framed data connection.
@@ -156,8 +156,14 @@ class SocketChannel(MessageChannel):
         view = memoryview(buf)
         got = 0
         while got < n:
+            # Plain recv + our own readiness wait (as the relay does), not loop.sock_recv_into: the
+            # socket goes on to the relay's add_reader-based pumps, and some loops (uvloop) keep
+            # internal state for sockets used through their sock_* methods.
             try:
-                k = await self._loop.sock_recv_into(self.sock, view[got:])
+                k = self.sock.recv_into(view[got:])
+            except (BlockingIOError, InterruptedError):
+                await wait_fd(self._loop, self.sock.fileno(), writable=False)
+                continue
             except (ConnectionError, OSError) as exc:
                 raise ConnectionClosed(f"connection lost: {exc}") from exc
             if not k:
