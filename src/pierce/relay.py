@@ -226,22 +226,32 @@ class PeerGone(ConnectionError):
 
 
 async def _socket_copy_pump(src: socket.socket, dst: socket.socket, stats: RelayStats, forward: bool) -> None:
-    """socket -> buffer -> socket with non-blocking calls, waking only when a side would block."""
+    """socket -> buffer -> socket with non-blocking calls, waking only when a side would block.
+
+    The buffer exists only while data flows: it is allocated when the source becomes readable, grows
+    while reads fill it, and is released when the connection has been quiet for a while, so thousands
+    of idle connections cost no buffer memory.
+    """
     loop = asyncio.get_running_loop()
     size = COPY_BUFFER_MIN
-    buf = bytearray(size)
-    view = memoryview(buf)
+    buf: bytearray | None = None
+    view = memoryview(b"")
     last_full = time.monotonic()
     src_fd, dst_fd = src.fileno(), dst.fileno()
     recv_into, send = src.recv_into, dst.send
     while True:
+        if buf is None:
+            await wait_fd(loop, src_fd, writable=False)
+            size = COPY_BUFFER_MIN
+            buf = bytearray(size)
+            view = memoryview(buf)
         try:
             n = recv_into(buf)
         except (BlockingIOError, InterruptedError):
-            if size > COPY_BUFFER_MIN and time.monotonic() - last_full > COPY_BUFFER_SHRINK_AFTER:
-                size = COPY_BUFFER_MIN  # quiet connection: give the big buffer back
-                buf = bytearray(size)
-                view = memoryview(buf)
+            if time.monotonic() - last_full > COPY_BUFFER_SHRINK_AFTER:
+                buf = None  # quiet connection: give the buffer back until data comes
+                view.release()
+                continue
             await wait_fd(loop, src_fd, writable=False)
             continue
         if not n:
@@ -259,6 +269,7 @@ async def _socket_copy_pump(src: socket.socket, dst: socket.socket, stats: Relay
         if n == size:
             last_full = time.monotonic()
             if size < COPY_BUFFER_SIZE:  # a bulk transfer: read bigger chunks
+                view.release()
                 size = min(size * 4, COPY_BUFFER_SIZE)
                 buf = bytearray(size)
                 view = memoryview(buf)
