@@ -248,8 +248,10 @@ async def _socket_copy_pump(src: socket.socket, dst: socket.socket, stats: Relay
         try:
             n = recv_into(buf)
         except (BlockingIOError, InterruptedError):
-            if time.monotonic() - last_full > COPY_BUFFER_SHRINK_AFTER:
-                buf = None  # quiet connection: give the buffer back until data comes
+            # Give the buffer back before waiting unless a bulk transfer is under way (a grown buffer
+            # filled recently): idle and interactive connections then hold no buffer at all.
+            if size == COPY_BUFFER_MIN or time.monotonic() - last_full > COPY_BUFFER_SHRINK_AFTER:
+                buf = None
                 view.release()
                 continue
             await wait_fd(loop, src_fd, writable=False)
