@@ -184,7 +184,10 @@ class ClientSession:
             case ProxyRefused(name=name, code=code, reason=reason):
                 self.on_proxy_state(name, "refused", None, f"{code.value}: {reason}")
             case ReqWorkConn(count=count):
-                for _ in range(min(count, 64)):
+                # The server's pool ran dry: visitors arrive faster than pool_count covers. Open what it
+                # asks for and as many again, so the pool grows with demand (the server keeps at most
+                # 64 idle connections per client and closes extras).
+                for _ in range(min(2 * count, 64)):
                     self._spawn(self._work_conn(), "work")
             case UdpPacket():
                 self.udp.deliver(msg)
