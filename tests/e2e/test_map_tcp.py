@@ -5,17 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import random
 import socket
 import struct
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from support.procs import host_port
-
-MiB = 1024 * 1024
-CHUNK = 256 * 1024
+from support.streams import (
+    CHUNK,
+    MiB,
+    duplex_service,
+    duplex_visit,
+    echo,
+    payload,
+    read_digest,
+    send_all,
+    tcp_server,
+)
 
 
 @pytest.fixture(autouse=True, params=["splice", "copy"])
@@ -28,84 +34,16 @@ def relay_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     return mode
 
 
-def payload(n: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
-async def send_all(writer: asyncio.StreamWriter, data: bytes) -> None:
-    view = memoryview(data)
-    for i in range(0, len(data), CHUNK):
-        writer.write(view[i : i + CHUNK])
-        await writer.drain()
-
-
-async def read_digest(reader: asyncio.StreamReader) -> tuple[str, int]:
-    h = hashlib.sha256()
-    total = 0
-    while chunk := await reader.read(CHUNK):
-        h.update(chunk)
-        total += len(chunk)
-    return h.hexdigest(), total
-
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@contextlib.asynccontextmanager
-async def tcp_server(handler: Handler, host: str = "127.0.0.1") -> AsyncIterator[str]:
-    """A target service in the test process; yields its ``host:port``."""
-    server = await asyncio.start_server(handler, host, 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
-                await server.wait_closed()
-
-
-async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(CHUNK):
-            writer.write(data)
-            await writer.drain()
-        writer.write_eof()
-        await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-
-
 async def test_64mib_both_directions_at_once(pierce) -> None:
     size = 64 * MiB
     down = payload(size, 1)
     up = payload(size, 2)
-    server_got: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
-
-    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sending = asyncio.create_task(send_all(writer, down))
-        server_got.set_result(await read_digest(reader))
-        await sending
-        writer.write_eof()
-        await writer.drain()
-        writer.close()
-
-    async with tcp_server(target) as addr:
+    service, server_got = duplex_service(down)
+    async with tcp_server(service) as addr:
         proc = await pierce("map", "127.0.0.1:0", addr)
         (listen,) = await proc.listening()
-        reader, writer = await asyncio.open_connection(*host_port(listen))
-
-        async def upload() -> None:
-            await send_all(writer, up)
-            writer.write_eof()
-
-        sending = asyncio.create_task(upload())
-        got_down = await read_digest(reader)
-        await sending
+        got_down = await duplex_visit(*host_port(listen), up)
         got_up = await server_got
-        writer.close()
 
     assert got_up == (hashlib.sha256(up).hexdigest(), size)
     assert got_down == (hashlib.sha256(down).hexdigest(), size)

@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import signal
-import socket
 from pathlib import Path
 
+from support.streams import CHUNK, MiB, free_port, payload, read_digest, send_all, tcp_server
 from support.tunnel import start_client, start_server
-from test_map_tcp import CHUNK, MiB, payload, read_digest, send_all, tcp_server
 from test_tunnel_tcp import tcp_proxy
 
 #: The interrupted download: this block, this many times (generated lazily, never held in memory).
@@ -41,12 +40,6 @@ async def service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         pass
     finally:
         writer.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def read_until_end(reader: asyncio.StreamReader) -> tuple[bytes, str]:

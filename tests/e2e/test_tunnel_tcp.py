@@ -5,13 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import socket
 import ssl
 from pathlib import Path
 
 import pytest
+from support.streams import (
+    CHUNK,
+    MiB,
+    duplex_service,
+    duplex_visit,
+    echo,
+    free_port,
+    payload,
+    send_all,
+    tcp_server,
+)
 from support.tunnel import TOKEN, start_client, start_server
-from test_map_tcp import CHUNK, echo, payload, read_digest, send_all, tcp_server
 
 from pierce.protocol import (
     PROTOCOL_VERSION,
@@ -23,8 +32,6 @@ from pierce.protocol import (
     Role,
     encode_frame,
 )
-
-MiB = 1024 * 1024
 
 
 def tcp_proxy(name: str, local: str, remote_port: int = 0) -> dict[str, object]:
@@ -47,32 +54,14 @@ async def proxy_port(client, name: str) -> int:
 async def test_64mib_both_ways_with_half_close(pierce, tmp_path: Path, encrypt: bool) -> None:
     size = 64 * MiB
     down, up = payload(size, 11), payload(size, 12)
-    server_got: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
-
-    async def service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sending = asyncio.create_task(send_all(writer, down))
-        server_got.set_result(await read_digest(reader))
-        await sending
-        writer.write_eof()
-        await writer.drain()
-        writer.close()
-
+    service, server_got = duplex_service(down)
     async with tcp_server(service) as local:
         transport = {"encrypt_data": encrypt}
         server, port = await start_server(pierce, tmp_path, transport=transport)
         client = await start_client(pierce, tmp_path, port, [tcp_proxy("svc", local)], transport=transport)
         public = await proxy_port(client, "svc")
-        reader, writer = await asyncio.open_connection("127.0.0.1", public)
-
-        async def upload() -> None:
-            await send_all(writer, up)
-            writer.write_eof()
-
-        sending = asyncio.create_task(upload())
-        got_down = await read_digest(reader)
-        await sending
+        got_down = await duplex_visit("127.0.0.1", public, up)
         got_up = await server_got
-        writer.close()
     assert got_up == (hashlib.sha256(up).hexdigest(), size)
     assert got_down == (hashlib.sha256(down).hexdigest(), size)
     (closed,) = await server.wait_event("proxy.close")
@@ -100,9 +89,7 @@ async def test_100_concurrent_visitors_and_server_picked_port(pierce, tmp_path: 
 
 
 async def test_port_outside_allow_ports_is_refused_with_reason(pierce, tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        free = probe.getsockname()[1]
+    free = free_port()
     allowed = f"{free}-{free}"
     _, port = await start_server(pierce, tmp_path, allow_ports=[allowed])
     outside = free - 1 if free > 1024 else free + 1
@@ -148,9 +135,7 @@ async def test_encrypt_data_mismatch_is_named_on_both_ends(pierce, tmp_path: Pat
 
 
 async def test_local_service_refused_keeps_proxy_up(pierce, tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead = probe.getsockname()[1]
+    dead = free_port()  # nothing listens there
     _, port = await start_server(pierce, tmp_path)
     client = await start_client(pierce, tmp_path, port, [tcp_proxy("dead", f"127.0.0.1:{dead}")])
     public = await proxy_port(client, "dead")
