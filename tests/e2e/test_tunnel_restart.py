@@ -11,7 +11,7 @@ import hashlib
 import signal
 from pathlib import Path
 
-from support.streams import CHUNK, MiB, free_port, payload, read_digest, send_all, tcp_server
+from support.streams import CHUNK, MiB, echo, free_port, payload, read_digest, send_all, tcp_server
 from support.tunnel import start_client, start_server
 from test_tunnel_tcp import tcp_proxy
 
@@ -31,9 +31,8 @@ async def service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 writer.write(BLOCK)
                 await writer.drain()
         elif command == b"echo\n":
-            while data := await reader.read(CHUNK):
-                writer.write(data)
-                await writer.drain()
+            await echo(reader, writer)
+            return
         writer.write_eof()
         await writer.drain()
     except ConnectionError:

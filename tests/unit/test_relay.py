@@ -52,13 +52,17 @@ async def exchange(
     return got_at_a, got_at_b
 
 
-@pytest.mark.parametrize("mode", ["splice", "copy"])
-async def test_socket_modes_move_exact_bytes_with_half_close(
-    mode: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture(params=["splice", "copy"])
+def socket_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Force each socket fast path of the relay in turn."""
+    mode = str(request.param)
     if mode == "splice" and not relay_mod.HAVE_SPLICE:
         pytest.skip("no splice on this platform")
     monkeypatch.setattr(relay_mod, "FORCED_MODE", mode)
+    return mode
+
+
+async def test_socket_modes_move_exact_bytes_with_half_close(socket_mode: str) -> None:
     outer_a, inner_a = await tcp_pair()
     inner_b, outer_b = await tcp_pair()
     a_data = random.Random(1).randbytes(5_000_003)
@@ -71,7 +75,7 @@ async def test_socket_modes_move_exact_bytes_with_half_close(
     assert hashlib.sha256(got_at_a).digest() == hashlib.sha256(b_data).digest()
     assert (stats.a_to_b, stats.b_to_a) == (len(a_data), len(b_data))
     assert stats.error is None
-    assert stats.spliced == (mode == "splice")
+    assert stats.spliced == (socket_mode == "splice")
     assert inner_a.fileno() == -1 and inner_b.fileno() == -1  # both ends closed
     outer_a.close()
     outer_b.close()
@@ -95,13 +99,7 @@ async def test_stream_ends_move_exact_bytes_with_half_close() -> None:
     outer_b.close()
 
 
-@pytest.mark.parametrize("mode", ["splice", "copy"])
-async def test_reset_ends_relay_with_error_and_closes_both(
-    mode: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if mode == "splice" and not relay_mod.HAVE_SPLICE:
-        pytest.skip("no splice on this platform")
-    monkeypatch.setattr(relay_mod, "FORCED_MODE", mode)
+async def test_reset_ends_relay_with_error_and_closes_both(socket_mode: str) -> None:
     outer_a, inner_a = await tcp_pair()
     inner_b, outer_b = await tcp_pair()
     task = asyncio.create_task(relay(SocketEnd(inner_a), SocketEnd(inner_b)))
