@@ -14,10 +14,10 @@ relayed as raw sockets, so both hops can splice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import struct
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from pierce.addr import format_sockaddr
 from pierce.errors import RemoteError
@@ -199,11 +199,26 @@ class SocketChannel(MessageChannel):
 class FramedEnd(End):
     """Relay end for data over TLS: ``[u32 length][bytes]`` chunks, an empty chunk is EOF."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        on_reuse: Callable[[], None] | None = None,
+    ) -> None:
         self._reader = reader
         self._writer = writer
         self._left = 0  # bytes of the current chunk not yet read
-        self._eof = False
+        self._eof = False  # the peer's end-of-data marker arrived
+        self._sent_eof = False  # ours went out
+        #: Called by ``close()`` instead of closing when the connection is clean (both markers
+        #: crossed, nothing half-read): the owner then serves the next visitor on it, no new handshake.
+        self._on_reuse = on_reuse
+        self._released = False
+
+    @property
+    def reusable(self) -> bool:
+        return self._eof and self._sent_eof and not self._left and not self._writer.is_closing()
 
     async def read(self, max_bytes: int) -> bytes:
         if self._eof:
@@ -231,8 +246,19 @@ class FramedEnd(End):
         await self._writer.drain()
 
     def write_eof(self) -> None:
-        with contextlib.suppress(Exception):
+        if self._sent_eof or self._writer.is_closing():
+            return
+        try:
             self._writer.write(_CHUNK_HEADER.pack(0))
+        except Exception:
+            return
+        self._sent_eof = True
 
     def close(self) -> None:
-        self._writer.close()
+        if self._released:
+            return
+        self._released = True
+        if self._on_reuse is not None and self.reusable:
+            self._on_reuse()
+        else:
+            self._writer.close()

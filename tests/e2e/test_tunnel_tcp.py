@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import socket
 import ssl
+import struct
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,43 @@ async def test_100_concurrent_visitors_and_server_picked_port(pierce, tmp_path: 
 
         results = await asyncio.gather(*(visit(i) for i in range(100)))
     assert results.count(True) == 100
+
+
+async def test_tls_work_connections_are_reused_after_clean_visits(pierce, tmp_path: Path) -> None:
+    """Sequential visitors share a few TLS work connections (no handshake each), bytes intact; a visitor
+    that resets mid-transfer poisons nothing: its connection is dropped, the next visitors verify."""
+    async with tcp_server(echo) as local:
+        server, port = await start_server(pierce, tmp_path)
+        client = await start_client(pierce, tmp_path, port, [tcp_proxy("echo", local)])
+        public = await proxy_port(client, "echo")
+
+        async def visit(i: int) -> None:
+            data = payload(64 * 1024 + i, 900 + i)
+            reader, writer = await asyncio.open_connection("127.0.0.1", public)
+            await send_all(writer, data)
+            writer.write_eof()
+            back = await reader.read(-1)
+            writer.close()
+            assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest(), f"visit {i}"
+
+        async def reset_midway() -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", public)
+            await send_all(writer, payload(CHUNK, 77))
+            await reader.readexactly(1024)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.close()
+
+        for i in range(10):
+            await visit(i)
+        await reset_midway()
+        for i in range(10, 20):
+            await visit(i)
+        opened = await server.wait_event("proxy.open", count=21)
+        closed = await server.wait_event("proxy.close", count=21)
+    serials = [e["work_conn"] for e in opened]
+    assert len(set(serials)) <= 8, serials  # pool_count 4 (+ refills), not one per visitor
+    assert sum(1 for e in closed if e.get("error")) == 1
 
 
 async def test_port_outside_allow_ports_is_refused_with_reason(pierce, tmp_path: Path) -> None:

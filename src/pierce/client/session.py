@@ -44,6 +44,8 @@ log = logging.getLogger("pierce.client")
 DIAL_TIMEOUT = 10.0
 #: The name TLS is checked against when a CA file is configured (generated certificates carry it).
 SERVER_NAME = "pierce"
+#: Idle work connections kept at most (the server keeps as many); extra returning ones are closed.
+MAX_IDLE_WORK = 64
 
 
 class ServerUnreachable(PierceError):
@@ -148,6 +150,7 @@ class ClientSession:
         self._owns_udp = udp is None
         self.tasks: set[asyncio.Task[None]] = set()
         self.idle_work = 0
+        self._closing = False
         self.last_pong = time.monotonic()
         self._ping_seq = 0
 
@@ -227,12 +230,27 @@ class ClientSession:
         await self.channel.send(CloseProxy(name=name))
 
     async def _work_conn(self) -> None:
-        """Open one work connection, wait in the pool for a visitor, serve it; replace itself when used."""
+        """Open one work connection and put it in the pool."""
         try:
             channel = await self.dialer.work(self.run_id)
         except (PierceError, OSError, TimeoutError) as exc:
             event(log, logging.DEBUG, "work.failed", f"work connection failed: {exc}", error=str(exc))
             return
+        await self._serve_work(channel)
+
+    def _low_water(self) -> int:
+        """Below this many idle work connections the client opens another when one is taken."""
+        return max(1, (self.config.pool_count + 1) // 2)
+
+    def _reuse_work(self, channel: MessageChannel) -> None:
+        """A TLS work connection whose visitor ended cleanly waits for the next visitor."""
+        if self._closing or self.idle_work >= MAX_IDLE_WORK:
+            channel.close()
+        else:
+            self._spawn(self._serve_work(channel), "work")
+
+    async def _serve_work(self, channel: MessageChannel) -> None:
+        """Wait in the pool for a visitor, then serve it; keep the pool above its low-water mark."""
         self.idle_work += 1
         try:
             msg = await channel.recv()
@@ -248,12 +266,15 @@ class ClientSession:
             channel.close()
             event(log, logging.WARNING, "work.unexpected", f"work connection got {type(msg).__name__}")
             return
-        # Used: open a replacement right away so the pool stays full.
-        self._spawn(self._work_conn(), "work")
+        # Used: open a replacement when the pool runs low. TLS connections come back after their
+        # visitor (``_reuse_work``), so a steady trickle of visitors costs no new handshakes; the server
+        # asks for more (ReqWorkConn) when visitors outrun the pool.
+        if self.idle_work < self._low_water():
+            self._spawn(self._work_conn(), "work")
         proxy = self.proxies.get(msg.proxy)
         end: End
         if isinstance(channel, StreamChannel):
-            end = FramedEnd(channel.reader, channel.writer)
+            end = FramedEnd(channel.reader, channel.writer, on_reuse=lambda: self._reuse_work(channel))
         else:
             assert isinstance(channel, SocketChannel)
             end = SocketEnd(channel.sock)
@@ -275,6 +296,7 @@ class ClientSession:
             end.close()
 
     async def close(self) -> None:
+        self._closing = True
         self.channel.close()
         self.udp.detach(self.channel)
         if self._owns_udp:

@@ -99,6 +99,7 @@ class TcpProxyServer:
             f"{self.name}: visitor {visitor}",
             proxy=self.name,
             client=visitor,
+            work_conn=work.serial,
         )
         stats = RelayStats(started=started)
         self.live.add(stats)

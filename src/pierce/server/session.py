@@ -67,6 +67,7 @@ class ControlSession:
         self.run_id = run_id
         self.peer = peer
         self.pool = WorkConnPool(channel)
+        self._work_serial = 0
         self.proxies: dict[str, PublicProxy] = {}
         self.started = time.time()
         self.last_seen = time.monotonic()
@@ -76,6 +77,8 @@ class ControlSession:
     # -- work connections --------------------------------------------------------------------------
 
     def add_work_conn(self, conn: WorkConn) -> None:
+        self._work_serial += 1
+        conn.serial = self._work_serial
         self.pool.put(conn)
 
     async def take_work_conn(self) -> WorkConn:

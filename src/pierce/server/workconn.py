@@ -20,6 +20,10 @@ class WorkConn:
 
     def __init__(self, channel: MessageChannel) -> None:
         self.channel = channel
+        #: The pool it came from; a TLS connection whose visitor ended cleanly goes back to it.
+        self.pool: WorkConnPool | None = None
+        #: Number of this connection within its client session (in logs: reuse shows as repeats).
+        self.serial = 0
 
     def alive(self) -> bool:
         """False when the client closed it while it sat in the pool."""
@@ -40,9 +44,15 @@ class WorkConn:
         await self.channel.send(msg)
         ch = self.channel
         if isinstance(ch, StreamChannel):
-            return FramedEnd(ch.reader, ch.writer)
+            return FramedEnd(ch.reader, ch.writer, on_reuse=self._reuse)
         assert isinstance(ch, SocketChannel)
         return SocketEnd(ch.sock)
+
+    def _reuse(self) -> None:
+        if self.pool is None:
+            self.close()
+        else:
+            self.pool.put(self)
 
     def close(self) -> None:
         self.channel.close()
@@ -62,6 +72,7 @@ class WorkConnPool:
         return len(self._idle)
 
     def put(self, conn: WorkConn) -> None:
+        conn.pool = self
         if self.closed:
             conn.close()
             return
