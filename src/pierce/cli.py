@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-ports", action="append", metavar="RANGE", help='e.g. "6000-7000" (repeatable)'
     )
     p_server.add_argument("--state-dir", help="where the generated certificate is kept")
+    p_server.add_argument("--vhost-http-port", type=int, help="public port of http proxies (by Host)")
+    p_server.add_argument("--vhost-https-port", type=int, help="public port of https proxies (by SNI)")
+    p_server.add_argument("--subdomain-host", help='e.g. "example.com": subdomain = "nas" => nas.example.com')
     p_server.set_defaults(func=cmd_server)
 
     p_client = sub.add_parser(
@@ -115,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run the pierce client from -c client.toml, or one proxy from the command line:\n"
             "  pierce client --server H:7000 --token T tcp 22 --remote-port 6022\n"
+            "  pierce client --server H:7000 --token T http 8080 --domain nas.example.com\n"
             "Control a running client through its admin API: pierce client reload|status|stop -c client.toml"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -137,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         p_kind.add_argument("local_port", type=int)
         p_kind.add_argument("--local-ip", default="127.0.0.1")
         p_kind.add_argument("--remote-port", type=int, default=0, help="public port (0 = the server picks)")
+        p_kind.add_argument("--name", help=f"proxy name (default {kind}-LOCAL_PORT)")
+    for kind in ("http", "https"):
+        p_kind = actions.add_parser(kind, help=f"expose one local web service by domain ({kind.upper()})")
+        p_kind.add_argument("local_port", type=int)
+        p_kind.add_argument("--local-ip", default="127.0.0.1")
+        p_kind.add_argument("--domain", action="append", dest="domains", metavar="DOMAIN", help="repeatable")
+        p_kind.add_argument("--subdomain", help="one label under the server's subdomain_host")
         p_kind.add_argument("--name", help=f"proxy name (default {kind}-LOCAL_PORT)")
     for action in ("reload", "status", "stop"):
         p_action = actions.add_parser(
@@ -161,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration", type=float, default=0.0, metavar="S", help="stop the panel after S seconds (0 = Ctrl-C)"
     )
     p_demo.set_defaults(func=cmd_demo)
+
+    _add_nat_command(sub)
 
     p_verify = sub.add_parser("verify", help="check a config file without starting anything")
     _add_logging_flags(p_verify, suppress=True)
@@ -214,6 +227,9 @@ def server_config_from_args(args: argparse.Namespace) -> config.ServerConfig:
         "token": _token(args),
         "allow_ports": args.allow_ports,
         "state_dir": args.state_dir,
+        "vhost_http_port": args.vhost_http_port,
+        "vhost_https_port": args.vhost_https_port,
+        "subdomain_host": args.subdomain_host,
     }
     doc.update({k: v for k, v in overrides.items() if v is not None})
     return config.convert(doc, config.ServerConfig, source)
@@ -249,6 +265,17 @@ def client_config_from_args(args: argparse.Namespace) -> config.ClientConfig:
                 "remote_port": args.remote_port,
             }
         )
+    if args.action in ("http", "https"):
+        web: dict[str, Any] = {
+            "type": args.action,
+            "name": args.name or f"{args.action}-{args.local_port}",
+            "local_ip": args.local_ip,
+            "local_port": args.local_port,
+            "custom_domains": args.domains or [],
+        }
+        if args.subdomain:
+            web["subdomain"] = args.subdomain
+        doc.setdefault("proxies", []).append(web)
     if "server_addr" not in doc:
         raise ConfigError([f"{source}: server_addr: missing (give -c FILE or --server HOST:PORT)"])
     return config.convert(doc, config.ClientConfig, source)
@@ -280,6 +307,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pierce.runtime import run
 
     return run(run_demo(check=args.check, duration=args.duration, json_logs=args.json_logs))
+
+
+def _add_nat_command(sub: Any) -> None:
+    p_nat = sub.add_parser(
+        "nat",
+        help="what NAT is this host behind, and can a direct (P2P) connection work?",
+        description=(
+            "Run the RFC 5780 NAT behaviour tests against a STUN server (a pierce server answers on UDP "
+            "3478): public and local address, mapping and filtering, hairpinning, carrier-grade NAT, and "
+            "the outlook for direct connections, in plain words or with --json."
+        ),
+    )
+    _add_logging_flags(p_nat, suppress=True)
+    p_nat.add_argument(
+        "--server",
+        metavar="HOST[:PORT]",
+        help="STUN server (default: server_addr of ~/.config/pierce/client.toml; port 3478)",
+    )
+    p_nat.add_argument("--json", action="store_true", help="print one JSON object")
+    p_nat.add_argument(
+        "--lifetime", action="store_true", help="also measure how long an idle UDP mapping lives (slow)"
+    )
+    p_nat.add_argument(
+        "--lifetime-max", type=float, default=120.0, metavar="S", help="longest idle gap tried (default 120)"
+    )
+    p_nat.add_argument(
+        "--timeout", type=float, default=3.0, metavar="S", help="wait for each test's answer (default 3)"
+    )
+    p_nat.set_defaults(func=cmd_nat)
+
+
+def cmd_nat(args: argparse.Namespace) -> int:
+    import json
+
+    from pierce.nat.discover import discover, stun_server
+    from pierce.runtime import run
+
+    if args.timeout <= 0 or args.lifetime_max <= 0:
+        raise ConfigError(["nat: --timeout and --lifetime-max: expected seconds > 0"])
+    report = run(
+        discover(
+            stun_server(args.server),
+            timeout=args.timeout,
+            lifetime=args.lifetime,
+            lifetime_max=args.lifetime_max,
+            lifetime_resolution=max(args.lifetime_max / 24, 0.5),
+        )
+    )
+    print(json.dumps(report.as_json()) if args.json else report.as_text())
+    return EXIT_OK if report.public_address is not None else EXIT_FAILURE
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

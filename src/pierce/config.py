@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import difflib
 import enum
+import ipaddress
 import re
 import tomllib
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +26,8 @@ from pierce.errors import ConfigError
 CONFIG_VERSION = 1
 
 DEFAULT_UDP_IDLE_TIMEOUT = 60.0
+DEFAULT_VHOST_HTTP_TIMEOUT = 60.0
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
@@ -88,6 +92,7 @@ DEFAULT_POOL_COUNT = 4
 DEFAULT_HEARTBEAT_INTERVAL = 10.0
 DEFAULT_HEARTBEAT_TIMEOUT = 30.0
 DEFAULT_USER_CONN_TIMEOUT = 10.0
+DEFAULT_STUN_PORT = 3478
 
 
 class PortRange:
@@ -155,11 +160,40 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
     #: How long a visitor waits for a work connection before it is closed.
     user_conn_timeout: float = DEFAULT_USER_CONN_TIMEOUT
+    #: UDP port of the STUN responder (``port + 1`` is used too, for RFC 5780 change-port tests); 0 = off.
+    stun_port: int = DEFAULT_STUN_PORT
+    #: A second IP address of this host for the STUN responder: enables RFC 5780 change-IP tests.
+    stun_alt_addr: str = ""
     transport: TransportOptions = msgspec.field(default_factory=TransportOptions)
+    #: Public port for HTTP proxies, routed by Host (0 = off).
+    vhost_http_port: int = 0
+    #: Public port for HTTPS proxies, routed by TLS SNI without terminating TLS (0 = off).
+    vhost_https_port: int = 0
+    #: Domain under which proxies with ``subdomain = "nas"`` are reachable (nas.<subdomain_host>).
+    subdomain_host: str = ""
+    #: Page served (404) for a host no proxy claims.
+    custom_404_file: str = ""
+    #: Seconds an HTTP visitor or inside service may stay silent while a request or response head is due.
+    vhost_http_timeout: float = DEFAULT_VHOST_HTTP_TIMEOUT
+    #: Automatic HTTPS certificates for ``https_auto`` proxies.
+    acme: AcmeConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.token:
             raise ValueError("token: expected a non-empty shared secret")
+        for key in ("vhost_http_port", "vhost_https_port"):
+            port = getattr(self, key)
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{key}: expected 0 (off) or a port up to 65535, got {port}")
+            if port and port == self.bind_port:
+                raise ValueError(f"{key}: expected a port other than bind_port ({port})")
+        if self.vhost_http_port and self.vhost_http_port == self.vhost_https_port:
+            raise ValueError("vhost_https_port: expected a port other than vhost_http_port")
+        if self.subdomain_host:
+            self.subdomain_host = self.subdomain_host.lower().rstrip(".")
+            _check_domain(self.subdomain_host, "subdomain_host", wildcard=False)
+        if self.vhost_http_timeout <= 0:
+            raise ValueError("vhost_http_timeout: expected a number of seconds > 0")
         if not 0 <= self.bind_port <= 65535:
             raise ValueError(f"bind_port: expected a port from 0 to 65535, got {self.bind_port}")
         if self.max_ports_per_client < 0:
@@ -168,6 +202,14 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("tls_cert_file: expected tls_cert_file and tls_key_file together")
         if self.heartbeat_timeout <= 0 or self.user_conn_timeout <= 0:
             raise ValueError("heartbeat_timeout: expected timeouts in seconds > 0")
+        if not (self.stun_port == 0 or 1 <= self.stun_port <= 65534):
+            raise ValueError(f"stun_port: expected 0 (off) or a port from 1 to 65534, got {self.stun_port}")
+        if self.stun_alt_addr:
+            try:
+                ipaddress.ip_address(self.stun_alt_addr)
+            except ValueError:
+                got = self.stun_alt_addr
+                raise ValueError(f'stun_alt_addr: expected an IP address, got "{got}"') from None
         if not self.proxy_bind_addr:
             self.proxy_bind_addr = self.bind_addr
 
@@ -178,6 +220,49 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return not self.allow_ports or any(port in r for r in self.allow_ports)
 
 
+class AcmeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[acme]`` in server.toml: obtain and renew certificates for ``https_auto`` proxies (HTTP-01)."""
+
+    #: Contact address given to the certificate authority (expiry warnings).
+    email: str
+    directory_url: str = LETS_ENCRYPT_DIRECTORY
+    #: Trust this CA bundle for the directory's own HTTPS (test authorities such as Pebble).
+    ca_file: str = ""
+    #: Renew this many days before a certificate expires.
+    renew_before_days: float = 30.0
+
+    def __post_init__(self) -> None:
+        if "@" not in self.email:
+            raise ValueError(
+                f'email: expected a contact address like "admin@example.com", got "{self.email}"'
+            )
+        if not self.directory_url.startswith(("https://", "http://")):
+            raise ValueError(f'directory_url: expected an https:// URL, got "{self.directory_url}"')
+        if self.renew_before_days <= 0:
+            raise ValueError("renew_before_days: expected a number of days > 0")
+
+
+class ProxyProtocolVersion(enum.Enum):
+    """PROXY protocol header the client sends to the local service before the visitor's bytes."""
+
+    V1 = "v1"
+    V2 = "v2"
+
+
+class HeaderOps(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``request_headers`` / ``response_headers`` of an http proxy."""
+
+    #: Headers set (replaced) on every message.
+    set: dict[str, str] = {}
+
+    def __post_init__(self) -> None:
+        for name, value in self.set.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f'set: expected header names of letters, digits and "-", got "{name}"')
+            if any(c in value for c in "\r\n\x00"):
+                raise ValueError(f'set: header "{name}" must not contain line breaks or NUL')
+
+
 class TcpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="tcp", tag_field="type"):
     """``[[proxies]] type = "tcp"``: a public TCP port on the server -> a local TCP service."""
 
@@ -186,9 +271,80 @@ class TcpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, t
     local_port: int
     #: 0 = the server picks a free allowed port (logged by the client).
     remote_port: int = 0
+    #: Send a PROXY protocol header with the visitor's address to the local service.
+    proxy_protocol_version: ProxyProtocolVersion | None = None
 
     def __post_init__(self) -> None:
         _check_proxy(self.name, self.local_port, self.remote_port)
+
+
+class HttpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="http", tag_field="type"):
+    """``[[proxies]] type = "http"``: requests for some domains (and paths) on vhost_http_port."""
+
+    name: str
+    local_ip: str = "127.0.0.1"
+    local_port: int
+    custom_domains: list[str] = []
+    #: ``"nas"`` => nas.<subdomain_host of the server>.
+    subdomain: str = ""
+    #: Path prefixes this proxy serves; the longest match wins across proxies of one domain.
+    locations: list[str] = msgspec.field(default_factory=lambda: ["/"])
+    #: Basic authentication, answered by the server before anything reaches this client.
+    http_user: str = ""
+    http_password: str = ""
+    #: Replace the Host header the local service sees.
+    host_header_rewrite: str = ""
+    request_headers: HeaderOps = msgspec.field(default_factory=HeaderOps)
+    response_headers: HeaderOps = msgspec.field(default_factory=HeaderOps)
+    #: The server obtains certificates for these domains (ACME) and serves them on vhost_https_port too.
+    https_auto: bool = False
+    proxy_protocol_version: ProxyProtocolVersion | None = None
+
+    def __post_init__(self) -> None:
+        _check_proxy(self.name, self.local_port, 0)
+        _check_domains(self.custom_domains, self.subdomain)
+        for i, loc in enumerate(self.locations):
+            if not loc.startswith("/") or any(c in loc for c in " ?#\r\n"):
+                raise ValueError(f'locations[{i}]: expected a path starting with "/", got "{loc}"')
+        if not self.locations:
+            raise ValueError('locations: expected at least one path, e.g. ["/"]')
+        if bool(self.http_user) != bool(self.http_password):
+            raise ValueError("http_password: expected http_user and http_password together")
+        if ":" in self.http_user:
+            raise ValueError('http_user: expected a user name without ":"')
+        if self.https_auto and any(d.startswith("*.") for d in self.custom_domains):
+            raise ValueError("https_auto: wildcard domains cannot get certificates by HTTP-01 validation")
+
+
+class Https2HttpPlugin(enum.Enum):
+    HTTPS2HTTP = "https2http"
+
+
+class HttpsProxyConfig(
+    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="https", tag_field="type"
+):
+    """``[[proxies]] type = "https"``: TLS connections for some domains on vhost_https_port, by SNI.
+
+    TLS is not terminated on the server; the local service keeps its own certificate, unless
+    ``plugin = "https2http"``: then this client terminates TLS with ``plugin_crt_path``/``plugin_key_path``
+    and the local service speaks plain HTTP.
+    """
+
+    name: str
+    local_ip: str = "127.0.0.1"
+    local_port: int
+    custom_domains: list[str] = []
+    subdomain: str = ""
+    proxy_protocol_version: ProxyProtocolVersion | None = None
+    plugin: Https2HttpPlugin | None = None
+    plugin_crt_path: str = ""
+    plugin_key_path: str = ""
+
+    def __post_init__(self) -> None:
+        _check_proxy(self.name, self.local_port, 0)
+        _check_domains(self.custom_domains, self.subdomain)
+        if self.plugin is not None and not (self.plugin_crt_path and self.plugin_key_path):
+            raise ValueError("plugin_crt_path: expected plugin_crt_path and plugin_key_path for https2http")
 
 
 class UdpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="udp", tag_field="type"):
@@ -207,7 +363,28 @@ class UdpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, t
             raise ValueError(f"idle_timeout: expected a number of seconds > 0, got {self.idle_timeout:g}")
 
 
-ProxyConfig = TcpProxyConfig | UdpProxyConfig
+ProxyConfig = TcpProxyConfig | UdpProxyConfig | HttpProxyConfig | HttpsProxyConfig
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def _check_domain(domain: str, key: str, *, wildcard: bool = True) -> None:
+    labels = domain.split(".")
+    if wildcard and labels[0] == "*":
+        labels = labels[1:]
+    if len(domain) > 253 or len(labels) < 1 or not all(_LABEL.fullmatch(x) for x in labels):
+        raise ValueError(f'{key}: expected a domain name like "nas.example.com", got "{domain}"')
+
+
+def _check_domains(domains: list[str], subdomain: str) -> None:
+    if not domains and not subdomain:
+        raise ValueError('custom_domains: expected custom_domains = ["..."] or subdomain = "..."')
+    for i, domain in enumerate(domains):
+        domains[i] = domain = domain.lower().rstrip(".")
+        _check_domain(domain, f"custom_domains[{i}]")
+    if subdomain and not _LABEL.fullmatch(subdomain.lower()):
+        raise ValueError(f'subdomain: expected one label like "nas", got "{subdomain}"')
 
 
 def _check_proxy(name: str, local_port: int, remote_port: int) -> None:
@@ -327,38 +504,52 @@ def _describe(err: str, struct: type[msgspec.Struct] | None) -> str:
             "bool": "true or false",
         }
         return f"{path or '(top level)'}: expected {names.get(want, want)}{rest}, got {names.get(got, got)}"
+    if path and (inner := re.match(r"([A-Za-z_][\w.\[\]]*): (.*)", msg, re.S)):
+        return f"{path}.{inner.group(1)}: {inner.group(2)}"
     return f"{path or '(top level)'}: {msg}" if path or not msg.split(":")[0].isidentifier() else msg
 
 
-def _struct_at(struct: type[msgspec.Struct] | None, path: str) -> type[msgspec.Struct] | None:
-    """Follow ``rules[1]`` style paths through Struct annotations."""
-    import typing
-
-    current: Any = struct
+def _structs_at(struct: type[msgspec.Struct] | None, path: str) -> list[type[msgspec.Struct]]:
+    """Follow ``rules[1]`` style paths through Struct annotations; a tagged union yields all its members."""
+    current: list[Any] = [struct] if struct is not None else []
     for part in filter(None, re.split(r"\.|\[\d+\]", path)):
-        if current is None:
-            return None
-        hints = typing.get_type_hints(current)
-        current = hints.get(part)
-        while typing.get_origin(current) in (list, tuple, dict) or (
-            typing.get_origin(current) is not None and typing.get_args(current)
-        ):
-            args = [a for a in typing.get_args(current) if a is not type(None)]
-            current = args[-1] if args else None
-    if isinstance(current, type) and issubclass(current, msgspec.Struct):
-        return current
-    return None
+        found: list[Any] = []
+        for owner in current:
+            if isinstance(owner, type) and issubclass(owner, msgspec.Struct):
+                hint = typing.get_type_hints(owner).get(part)
+                if hint is not None:
+                    found.extend(_leaf_types(hint))
+        current = found
+    return [c for c in current if isinstance(c, type) and issubclass(c, msgspec.Struct)]
+
+
+def _leaf_types(hint: Any) -> list[Any]:
+    """``list[A | B]`` -> [A, B]; ``A | None`` -> [A]; ``dict[str, A]`` -> [A]."""
+    origin = typing.get_origin(hint)
+    if origin is None:
+        return [hint]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin in (list, tuple, set, frozenset):
+        return [t for a in args for t in _leaf_types(a)]
+    if origin is dict:
+        return _leaf_types(args[-1]) if args else []
+    return [t for a in args for t in _leaf_types(a)]  # a union
+
+
+def _struct_at(struct: type[msgspec.Struct] | None, path: str) -> type[msgspec.Struct] | None:
+    found = _structs_at(struct, path)
+    return found[-1] if found else None
 
 
 def _fields_at(struct: type[msgspec.Struct] | None, path: str) -> list[str]:
-    target = _struct_at(struct, path)
-    return list(target.__struct_fields__) if target else []
+    fields: dict[str, None] = {}
+    for target in _structs_at(struct, path):
+        fields.update(dict.fromkeys(target.__struct_fields__))
+    return list(fields)
 
 
 def _union_tags_at(struct: type[msgspec.Struct] | None, path: str) -> str:
     """For ``proxies[0].type``: the tags of the tagged union stored under ``proxies``."""
-    import typing
-
     parent = re.sub(r"\[\d+\]$", "", path.rpartition(".")[0])
     owner_path, _, field_name = parent.rpartition(".")
     owner = _struct_at(struct, owner_path) if owner_path else struct
@@ -371,15 +562,12 @@ def _union_tags_at(struct: type[msgspec.Struct] | None, path: str) -> str:
 
 
 def _enum_choices_at(struct: type[msgspec.Struct] | None, path: str) -> str:
-    import typing
-
     parent, _, leaf = path.rpartition(".")
-    target = _struct_at(struct, parent)
-    if target is None:
-        return ""
-    typ = typing.get_type_hints(target).get(re.sub(r"\[\d+\]$", "", leaf))
-    if isinstance(typ, type) and issubclass(typ, enum.Enum):
-        return ", ".join(f'"{e.value}"' for e in typ)
+    for target in _structs_at(struct, parent):
+        hint = typing.get_type_hints(target).get(re.sub(r"\[\d+\]$", "", leaf))
+        for typ in _leaf_types(hint) if hint is not None else []:
+            if isinstance(typ, type) and issubclass(typ, enum.Enum):
+                return ", ".join(f'"{e.value}"' for e in typ)
     return ""
 
 

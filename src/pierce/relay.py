@@ -81,6 +81,10 @@ class End(ABC):
     def close(self) -> None:
         """Release the end. Idempotent."""
 
+    def peer_done(self) -> bool:
+        """True when the peer has already ended its side (seen without consuming data); False if unknown."""
+        return False
+
 
 class SocketEnd(End):
     """A connected, non-blocking socket owned by the relay."""

@@ -14,7 +14,9 @@ relayed as raw sockets, so both hops can splice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import ssl
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -216,6 +218,13 @@ class FramedEnd(End):
         self._on_reuse = on_reuse
         self._released = False
 
+    def peer_done(self) -> bool:
+        if self._eof or self._reader.at_eof():
+            return True
+        # An end-of-data marker already buffered (an idle keep-alive connection the far side closed).
+        buffered: bytearray = getattr(self._reader, "_buffer", bytearray())
+        return not self._left and buffered[: _CHUNK_HEADER.size] == b"\0\0\0\0"
+
     @property
     def reusable(self) -> bool:
         return self._eof and self._sent_eof and not self._left and not self._writer.is_closing()
@@ -241,8 +250,17 @@ class FramedEnd(End):
         return data
 
     async def write(self, data: bytes | memoryview) -> None:
-        self._writer.write(_CHUNK_HEADER.pack(len(data)))
-        self._writer.write(data)
+        if not data:
+            return  # an empty chunk would mean EOF
+        if len(data) > MAX_DATA_CHUNK:
+            view = memoryview(data)
+            for i in range(0, len(view), MAX_DATA_CHUNK):
+                piece = view[i : i + MAX_DATA_CHUNK]
+                self._writer.write(_CHUNK_HEADER.pack(len(piece)))
+                self._writer.write(piece)
+        else:
+            self._writer.write(_CHUNK_HEADER.pack(len(data)))
+            self._writer.write(data)
         await self._writer.drain()
 
     def write_eof(self) -> None:
@@ -262,3 +280,83 @@ class FramedEnd(End):
             self._on_reuse()
         else:
             self._writer.close()
+
+
+class TlsEnd(End):
+    """TLS spoken over another end (a work connection), e.g. the client terminating a visitor's HTTPS.
+
+    The record layer runs in memory (`ssl.MemoryBIO`), so any `End` can carry it: a framed TLS work
+    connection or a plain socket. Half-close sends ``close_notify`` and then passes EOF down.
+    """
+
+    def __init__(self, inner: End, context: ssl.SSLContext, *, server_side: bool) -> None:
+        self._inner = inner
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
+        self._closing: asyncio.Task[None] | None = None
+
+    async def _flush(self) -> None:
+        data = self._outgoing.read()
+        if data:
+            await self._inner.write(data)
+
+    async def _fill(self) -> bool:
+        """Feed more ciphertext from the inner end; False at its EOF."""
+        data = await self._inner.read(256 * 1024)
+        if not data:
+            self._incoming.write_eof()
+            return False
+        self._incoming.write(data)
+        return True
+
+    async def handshake(self, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    self._tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    await self._flush()
+                    if not await self._fill():
+                        raise ConnectionResetError("connection closed during the TLS handshake") from None
+            await self._flush()
+
+    async def read(self, max_bytes: int) -> bytes:
+        while True:
+            try:
+                return self._tls.read(max_bytes)
+            except ssl.SSLWantReadError:
+                await self._flush()  # post-handshake messages (tickets, key updates)
+                if not await self._fill():
+                    try:
+                        return self._tls.read(max_bytes)
+                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ssl.SSLWantReadError):
+                        return b""
+            except ssl.SSLZeroReturnError:  # close_notify: the peer's half-close
+                return b""
+
+    async def write(self, data: bytes | memoryview) -> None:
+        self._tls.write(data)
+        await self._flush()
+
+    def write_eof(self) -> None:
+        if self._closing is not None:
+            return
+        with contextlib.suppress(ssl.SSLError):  # close_notify is queued; the peer's may come later
+            self._tls.unwrap()
+        data = self._outgoing.read()
+
+        async def finish() -> None:
+            if data:
+                await self._inner.write(data)
+            self._inner.write_eof()
+
+        self._closing = asyncio.ensure_future(finish())
+
+    def close(self) -> None:
+        closing = self._closing
+        if closing is not None and not closing.done():
+            closing.add_done_callback(lambda _: self._inner.close())
+        else:
+            self._inner.close()

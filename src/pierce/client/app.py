@@ -9,7 +9,7 @@ import platform
 import random
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ class ProxyState:
     remote_port: int | None = None
     state: str = "pending"  # pending | running | refused
     error: str = ""
+    #: http/https proxies: where visitors reach it.
+    urls: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -89,21 +91,25 @@ class Client:
             states[p.name] = old or ProxyState(p.name, kind, f"{p.local_ip}:{p.local_port}")
         self.status.proxies = states
 
-    def _on_proxy_state(self, name: str, state: str, port: int | None, error: str) -> None:
+    def _on_proxy_state(
+        self, name: str, state: str, port: int | None, error: str, urls: Sequence[str] = ()
+    ) -> None:
         proxy = self.status.proxies.get(name)
         if proxy is None:
             return
-        proxy.state, proxy.remote_port, proxy.error = state, port, error
+        proxy.state, proxy.remote_port, proxy.error, proxy.urls = state, port, error, list(urls)
         if state == "running":
             host = self.config.server_addr
+            where = ", ".join(urls) if urls else f"{host}:{port}"
             event(
                 log,
                 logging.INFO,
                 "proxy.ready",
-                f"proxy {name}: {proxy.local} is reachable at {host}:{port}",
+                f"proxy {name}: {proxy.local} is reachable at {where}",
                 proxy=name,
                 remote_port=port,
                 server=host,
+                urls=list(urls),
             )
         else:
             event(

@@ -6,12 +6,20 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 from pierce.addr import HostPort
-from pierce.config import ClientConfig, ProxyConfig, TcpProxyConfig, UdpProxyConfig
+from pierce.config import (
+    ClientConfig,
+    HttpProxyConfig,
+    HttpsProxyConfig,
+    ProxyConfig,
+    ProxyProtocolVersion,
+    TcpProxyConfig,
+    UdpProxyConfig,
+)
 from pierce.dial import connect_tcp
 from pierce.errors import PierceError, RemoteError
 from pierce.handshake import client_handshake, plain_binding
@@ -20,6 +28,8 @@ from pierce.protocol import (
     CloseProxy,
     Error,
     Feature,
+    NewHttpProxy,
+    NewHttpsProxy,
     NewTcpProxy,
     NewUdpProxy,
     Ping,
@@ -38,6 +48,7 @@ from pierce.proxies.udp import UdpProxies
 from pierce.relay import End, SocketEnd
 from pierce.tls import check_peer, client_context
 from pierce.transport import ConnectionClosed, FramedEnd, MessageChannel, SocketChannel, StreamChannel
+from pierce.vhost.proxy_protocol import build_v1, build_v2
 
 log = logging.getLogger("pierce.client")
 
@@ -123,6 +134,14 @@ class Dialer:
         return channel
 
 
+def proxy_protocol_header(version: ProxyProtocolVersion, start: StartWork) -> bytes:
+    """The PROXY protocol header telling the local service who the visitor is."""
+    source = (start.visitor_host, start.visitor_port)
+    destination = (start.server_host or "0.0.0.0", start.server_port)
+    build = build_v1 if version is ProxyProtocolVersion.V1 else build_v2
+    return build(source, destination)
+
+
 class ClientSession:
     """Runs one login until the connection dies; the `Client` reconnects around it."""
 
@@ -132,7 +151,7 @@ class ClientSession:
         channel: MessageChannel,
         run_id: str,
         proxies: dict[str, ProxyConfig],
-        on_proxy_state: Callable[[str, str, int | None, str], None],
+        on_proxy_state: Callable[[str, str, int | None, str, Sequence[str]], None],
         spawn_active: Callable[[Coroutine[Any, Any, None]], None],
         udp: UdpProxies | None = None,
     ) -> None:
@@ -151,6 +170,7 @@ class ClientSession:
         self.tasks: set[asyncio.Task[None]] = set()
         self.idle_work = 0
         self._closing = False
+        self._plugin_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
         self.last_pong = time.monotonic()
         self._ping_seq = 0
 
@@ -182,10 +202,10 @@ class ClientSession:
         match msg:
             case Pong():
                 self.last_pong = time.monotonic()
-            case ProxyReady(name=name, remote_port=port):
-                self.on_proxy_state(name, "running", port, "")
+            case ProxyReady(name=name, remote_port=port, urls=urls):
+                self.on_proxy_state(name, "running", port, "", urls)
             case ProxyRefused(name=name, code=code, reason=reason):
-                self.on_proxy_state(name, "refused", None, f"{code.value}: {reason}")
+                self.on_proxy_state(name, "refused", None, f"{code.value}: {reason}", ())
             case ReqWorkConn(count=count):
                 # The server's pool ran dry: visitors arrive faster than pool_count covers. Open what it
                 # asks for and as many again, so the pool grows with demand (the server keeps at most
@@ -218,11 +238,33 @@ class ClientSession:
 
     async def register(self, proxy: ProxyConfig) -> None:
         self.proxies[proxy.name] = proxy
-        if isinstance(proxy, TcpProxyConfig):
-            await self.channel.send(NewTcpProxy(name=proxy.name, remote_port=proxy.remote_port))
-        else:
-            await self.udp.register(proxy)
-            await self.channel.send(NewUdpProxy(name=proxy.name, remote_port=proxy.remote_port))
+        match proxy:
+            case TcpProxyConfig():
+                await self.channel.send(NewTcpProxy(name=proxy.name, remote_port=proxy.remote_port))
+            case UdpProxyConfig():
+                await self.udp.register(proxy)
+                await self.channel.send(NewUdpProxy(name=proxy.name, remote_port=proxy.remote_port))
+            case HttpProxyConfig():
+                await self.channel.send(
+                    NewHttpProxy(
+                        name=proxy.name,
+                        custom_domains=proxy.custom_domains,
+                        subdomain=proxy.subdomain,
+                        locations=proxy.locations,
+                        http_user=proxy.http_user,
+                        http_password=proxy.http_password,
+                        host_header_rewrite=proxy.host_header_rewrite,
+                        request_headers=proxy.request_headers.set,
+                        response_headers=proxy.response_headers.set,
+                        https_auto=proxy.https_auto,
+                    )
+                )
+            case HttpsProxyConfig():
+                await self.channel.send(
+                    NewHttpsProxy(
+                        name=proxy.name, custom_domains=proxy.custom_domains, subdomain=proxy.subdomain
+                    )
+                )
 
     async def unregister(self, name: str) -> None:
         self.proxies.pop(name, None)
@@ -288,12 +330,43 @@ class ClientSession:
                 proxy=msg.proxy,
             )
             return
-        if isinstance(proxy, TcpProxyConfig):
-            self.spawn_active(
-                serve_tcp_work(proxy.name, HostPort(proxy.local_ip, proxy.local_port), msg, end)
-            )
+        if isinstance(proxy, TcpProxyConfig | HttpProxyConfig | HttpsProxyConfig):
+            local = HostPort(proxy.local_ip, proxy.local_port)
+            header = b""
+            if proxy.proxy_protocol_version is not None:
+                header = proxy_protocol_header(proxy.proxy_protocol_version, msg)
+            tls = None
+            if isinstance(proxy, HttpsProxyConfig) and proxy.plugin is not None:
+                tls = self._plugin_context(proxy)
+                if tls is None:
+                    end.close()
+                    return
+            self.spawn_active(serve_tcp_work(proxy.name, local, msg, end, header=header, tls=tls))
         else:
             end.close()
+
+    def _plugin_context(self, proxy: HttpsProxyConfig) -> ssl.SSLContext | None:
+        """The https2http plugin's TLS server context (loaded once per certificate/key pair)."""
+        key = (proxy.plugin_crt_path, proxy.plugin_key_path)
+        ctx = self._plugin_contexts.get(key)
+        if ctx is None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.set_alpn_protocols(["http/1.1"])
+            try:
+                ctx.load_cert_chain(proxy.plugin_crt_path, proxy.plugin_key_path)
+            except (OSError, ssl.SSLError) as exc:
+                event(
+                    log,
+                    logging.ERROR,
+                    "proxy.plugin_failed",
+                    f"proxy {proxy.name}: cannot load plugin_crt_path/plugin_key_path: {exc}",
+                    proxy=proxy.name,
+                    error=str(exc),
+                )
+                return None
+            self._plugin_contexts[key] = ctx
+        return ctx
 
     async def close(self) -> None:
         self._closing = True

@@ -29,7 +29,7 @@ import msgspec
 from pierce.protocol.auth import NONCE_SIZE, PROOF_SIZE
 
 #: Sent in `Hello` and `Challenge`; peers with different versions refuse each other with a named error.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: The longest proxy name, client id or run id accepted from a peer.
 MAX_NAME_LENGTH = 255
@@ -39,6 +39,13 @@ MAX_WORK_CONN_REQUEST = 256
 MAX_HOST_LENGTH = 64
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
+#: Domains and header values of http proxies (checked again by the server's router).
+DomainName = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
+PathPrefix = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern="^/")]
+HeaderText = Annotated[str, msgspec.Meta(max_length=4096)]
+#: Most domains / locations / set headers one proxy may carry.
+MAX_DOMAINS = 64
+MAX_HEADERS = 64
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Nonce = Annotated[bytes, msgspec.Meta(min_length=NONCE_SIZE, max_length=NONCE_SIZE)]
 Proof = Annotated[bytes, msgspec.Meta(min_length=PROOF_SIZE, max_length=PROOF_SIZE)]
@@ -78,6 +85,10 @@ class ErrorCode(enum.Enum):
     #: A work connection named a run id the server does not know (expired or never issued).
     UNKNOWN_SESSION = "unknown_session"
     LIMIT_REACHED = "limit_reached"
+    #: Another proxy already serves this domain (and location).
+    DOMAIN_TAKEN = "domain_taken"
+    #: The server does not offer what was asked (e.g. no vhost port configured).
+    NOT_AVAILABLE = "not_available"
     #: The peer sent a frame or message that breaks the protocol.
     BAD_MESSAGE = "bad_message"
     TIMEOUT = "timeout"
@@ -134,6 +145,33 @@ class NewUdpProxy(_Message, frozen=True, kw_only=True, tag="new_udp"):
     remote_port: Port
 
 
+class NewHttpProxy(_Message, frozen=True, kw_only=True, tag="new_http"):
+    """Route HTTP requests for these domains and path prefixes on the server's vhost port to this client."""
+
+    name: Name
+    custom_domains: Annotated[list[DomainName], msgspec.Meta(max_length=MAX_DOMAINS)] = []
+    #: One label; the server appends its ``subdomain_host``.
+    subdomain: Annotated[str, msgspec.Meta(max_length=63)] = ""
+    locations: Annotated[list[PathPrefix], msgspec.Meta(min_length=1, max_length=MAX_DOMAINS)] = (
+        msgspec.field(default_factory=lambda: ["/"])
+    )
+    http_user: HeaderText = ""
+    http_password: HeaderText = ""
+    host_header_rewrite: HeaderText = ""
+    request_headers: Annotated[dict[HeaderText, HeaderText], msgspec.Meta(max_length=MAX_HEADERS)] = {}
+    response_headers: Annotated[dict[HeaderText, HeaderText], msgspec.Meta(max_length=MAX_HEADERS)] = {}
+    #: Obtain certificates for the domains and serve them over HTTPS too (server needs ``[acme]``).
+    https_auto: bool = False
+
+
+class NewHttpsProxy(_Message, frozen=True, kw_only=True, tag="new_https"):
+    """Route TLS connections whose SNI names these domains on the server's vhost HTTPS port to this client."""
+
+    name: Name
+    custom_domains: Annotated[list[DomainName], msgspec.Meta(max_length=MAX_DOMAINS)] = []
+    subdomain: Annotated[str, msgspec.Meta(max_length=63)] = ""
+
+
 class CloseProxy(_Message, frozen=True, kw_only=True, tag="close_proxy"):
     """The client no longer serves this proxy; the server stops listening for it."""
 
@@ -170,6 +208,8 @@ class ProxyReady(_Message, frozen=True, kw_only=True, tag="proxy_ready"):
 
     name: Name
     remote_port: Port
+    #: Where visitors reach it, for logs (http/https proxies: one URL per domain).
+    urls: Annotated[list[str], msgspec.Meta(max_length=MAX_DOMAINS)] = []
 
 
 class ProxyRefused(_Message, frozen=True, kw_only=True, tag="proxy_refused"):
@@ -187,6 +227,9 @@ class StartWork(_Message, frozen=True, kw_only=True, tag="start_work"):
     proxy: Name
     visitor_host: IpLiteral
     visitor_port: Port
+    #: The server address the visitor connected to (the destination of a PROXY protocol header).
+    server_host: Annotated[str, msgspec.Meta(max_length=MAX_HOST_LENGTH)] = ""
+    server_port: Port = 0
 
 
 class ReqWorkConn(_Message, frozen=True, kw_only=True, tag="req_work"):
@@ -221,10 +264,19 @@ class Error(_Message, frozen=True, kw_only=True, tag="error"):
     reason: str
 
 
-NewProxy: TypeAlias = NewTcpProxy | NewUdpProxy
+NewProxy: TypeAlias = NewTcpProxy | NewUdpProxy | NewHttpProxy | NewHttpsProxy
 
 ClientMessage: TypeAlias = (
-    Hello | AuthResponse | NewTcpProxy | NewUdpProxy | CloseProxy | Ping | UdpPacket | Error
+    Hello
+    | AuthResponse
+    | NewTcpProxy
+    | NewUdpProxy
+    | NewHttpProxy
+    | NewHttpsProxy
+    | CloseProxy
+    | Ping
+    | UdpPacket
+    | Error
 )
 
 ServerMessage: TypeAlias = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ from pierce.listeners import TcpListener, set_nodelay
 from pierce.logs import event, log_relay_closed
 from pierce.protocol import StartWork
 from pierce.relay import End, RelayStats, SocketEnd, relay
+from pierce.transport import TlsEnd
 
 log = logging.getLogger("pierce.proxy")
 
@@ -117,9 +119,38 @@ class TcpProxyServer:
         await self.listener.close()
 
 
-async def serve_tcp_work(name: str, local: HostPort, start: StartWork, tunnel: End) -> None:
-    """Client side: connect the local service for one visitor and relay it with the tunnel end."""
+async def serve_tcp_work(
+    name: str,
+    local: HostPort,
+    start: StartWork,
+    tunnel: End,
+    *,
+    header: bytes = b"",
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """Client side: connect the local service for one visitor and relay it with the tunnel end.
+
+    ``header`` (a PROXY protocol header) goes to the local service before the visitor's bytes. With
+    ``tls`` the visitor's TLS ends here (the https2http plugin) and the local service gets plain bytes.
+    """
     visitor = format_sockaddr((start.visitor_host, start.visitor_port))
+    if tls is not None:
+        tls_end = TlsEnd(tunnel, tls, server_side=True)
+        try:
+            await tls_end.handshake(LOCAL_CONNECT_TIMEOUT)
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            tunnel.close()
+            event(
+                log,
+                logging.INFO,
+                "proxy.tls_failed",
+                f"{name}: visitor {visitor}: TLS handshake failed: {exc or type(exc).__name__}",
+                proxy=name,
+                client=visitor,
+                error=str(exc) or type(exc).__name__,
+            )
+            return
+        tunnel = tls_end
     try:
         sock = await connect_tcp(local, LOCAL_CONNECT_TIMEOUT)
     except TargetUnreachable as exc:
@@ -147,5 +178,23 @@ async def serve_tcp_work(name: str, local: HostPort, start: StartWork, tunnel: E
         client=visitor,
         target=str(local),
     )
-    stats = await relay(tunnel, SocketEnd(sock))
+    local_end = SocketEnd(sock)
+    if header:
+        try:
+            await local_end.write(header)
+        except OSError as exc:
+            tunnel.close()
+            local_end.close()
+            event(
+                log,
+                logging.WARNING,
+                "proxy.local_failed",
+                f"{name}: visitor {visitor}: local service {local} closed: {exc}",
+                proxy=name,
+                client=visitor,
+                target=str(local),
+                error=str(exc),
+            )
+            return
+    stats = await relay(tunnel, local_end)
     log_relay_closed(log, "proxy.close", name, visitor, str(local), stats, proxy=name)

@@ -14,14 +14,15 @@ import secrets
 import socket
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pierce.addr import HostPort, format_sockaddr
 from pierce.config import ServerConfig
-from pierce.errors import PierceError
+from pierce.errors import LocalError, PierceError
 from pierce.handshake import AuthenticationFailed, HandshakeRefused, plain_binding, server_handshake
 from pierce.listeners import TcpListener, set_nodelay
 from pierce.logs import event
+from pierce.nat.stun_server import StunServer
 from pierce.protocol import (
     Error,
     ErrorCode,
@@ -37,6 +38,9 @@ from pierce.server.session import ControlSession
 from pierce.server.workconn import WorkConn
 from pierce.tls import ServerCertificate, default_state_dir, ensure_server_certificate, server_context
 from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, StreamChannel
+
+if TYPE_CHECKING:
+    from pierce.server.vhost import VhostFront
 
 log = logging.getLogger("pierce.server")
 
@@ -57,6 +61,10 @@ class Server:
         self._ssl: ssl.SSLContext | None = None
         self._listener: TcpListener | None = None
         self._session_tasks: set[asyncio.Task[None]] = set()
+        #: The STUN responder (``stun_port``), when it could start.
+        self.stun: StunServer | None = None
+        #: The shared web ports (HTTP by Host, HTTPS by SNI), when configured.
+        self.vhost: VhostFront | None = None
 
     async def start(self) -> str:
         cfg = self.config
@@ -67,6 +75,12 @@ class Server:
             key_file=Path(cfg.tls_key_file) if cfg.tls_key_file else None,
         )
         self._ssl = server_context(self.certificate)
+        if cfg.vhost_http_port or cfg.vhost_https_port:
+            from pierce.server.vhost import VhostFront
+
+            self.vhost = VhostFront(cfg, state)
+            await self.vhost.start()
+        self._start_stun()
         self._listener = TcpListener.open(
             HostPort(cfg.bind_addr, cfg.bind_port), self._accept, name="control"
         )
@@ -88,11 +102,28 @@ class Server:
         assert self._listener is not None
         return self._listener.port
 
+    def _start_stun(self) -> None:
+        """STUN on ``stun_port`` and the next port; when they are taken the server runs without it."""
+        cfg = self.config
+        if not cfg.stun_port:
+            return
+        try:
+            stun = StunServer(cfg.bind_addr, cfg.stun_port, cfg.stun_alt_addr or None)
+            stun.start()
+        except (LocalError, ValueError) as exc:
+            event(log, logging.WARNING, "stun.unavailable", f"STUN not started: {exc}", error=str(exc))
+            return
+        self.stun = stun
+
     async def close(self) -> None:
         if self._listener is not None:
             await self._listener.close()
+        if self.stun is not None:
+            self.stun.close()
         for session in list(self.sessions.values()):
             await session.close("server shutting down")
+        if self.vhost is not None:
+            await self.vhost.close()
 
     # -- new connections ---------------------------------------------------------------------------
 

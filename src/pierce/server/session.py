@@ -18,6 +18,8 @@ from pierce.protocol import (
     CloseProxy,
     Error,
     ErrorCode,
+    NewHttpProxy,
+    NewHttpsProxy,
     NewProxy,
     NewTcpProxy,
     NewUdpProxy,
@@ -28,11 +30,13 @@ from pierce.protocol import (
     ProxyRefused,
     UdpPacket,
 )
+from pierce.proxies.http import HttpProxyServer, HttpsProxyServer, _VhostProxy
 from pierce.proxies.tcp import TcpProxyServer
 from pierce.proxies.udp import UdpProxyServer
 from pierce.server.workconn import WorkConn, WorkConnPool
 from pierce.transport import ConnectionClosed, MessageChannel
 from pierce.udpflow import DropCounter
+from pierce.vhost.router import RouteError, RouteTaken
 
 if TYPE_CHECKING:
     from pierce.server.app import Server
@@ -132,7 +136,7 @@ class ControlSession:
         match msg:
             case Ping(seq=seq):
                 await self.channel.send(Pong(seq=seq))
-            case NewTcpProxy() | NewUdpProxy():
+            case NewTcpProxy() | NewUdpProxy() | NewHttpProxy() | NewHttpsProxy():
                 await self._new_proxy(msg)
             case CloseProxy(name=name):
                 await self._close_proxy(name, reason="closed by client")
@@ -156,10 +160,19 @@ class ControlSession:
                 raise ProtocolError(f"unexpected {type(msg).__name__} on the control channel")
 
     async def _new_proxy(self, msg: NewProxy) -> None:
-        name, kind = msg.name, "udp" if isinstance(msg, NewUdpProxy) else "tcp"
-        server_kind = UdpProxyServer if kind == "udp" else TcpProxyServer
+        name = msg.name
+        proxy: PublicProxy
         try:
-            proxy = self._open_proxy(name, msg.remote_port, lambda addr: server_kind(name, self, addr))
+            match msg:
+                case NewTcpProxy(remote_port=port):
+                    kind = "tcp"
+                    proxy = self._open_proxy(name, port, lambda addr: TcpProxyServer(name, self, addr))
+                case NewUdpProxy(remote_port=port):
+                    kind = "udp"
+                    proxy = self._open_proxy(name, port, lambda addr: UdpProxyServer(name, self, addr))
+                case NewHttpProxy() | NewHttpsProxy():
+                    kind = "http" if isinstance(msg, NewHttpProxy) else "https"
+                    proxy = self._open_vhost_proxy(msg)
         except ProxyRefusal as exc:
             event(
                 log,
@@ -185,11 +198,10 @@ class ControlSession:
             type=kind,
             remote_port=proxy.port,
         )
-        await self.channel.send(ProxyReady(name=name, remote_port=proxy.port))
+        urls = proxy.urls() if isinstance(proxy, _VhostProxy) else []
+        await self.channel.send(ProxyReady(name=name, remote_port=proxy.port, urls=urls))
 
-    def _open_proxy(self, name: str, port: int, opener: Callable[[HostPort], PublicProxy]) -> PublicProxy:
-        """Check the name, the limits and the port rules, then bind with ``opener`` (port 0: any allowed)."""
-        cfg = self.server.config
+    def _check_name(self, name: str) -> None:
         owner = self.server.proxy_owners.get(name)
         if owner is not None and owner is not self:
             raise ProxyRefusal(
@@ -197,10 +209,57 @@ class ControlSession:
             )
         if name in self.proxies:
             raise ProxyRefusal(ErrorCode.DUPLICATE_NAME, f"proxy name {name!r} is already registered")
-        if cfg.max_ports_per_client and len(self.proxies) >= cfg.max_ports_per_client:
+
+    def _open_vhost_proxy(self, msg: NewHttpProxy | NewHttpsProxy) -> PublicProxy:
+        """Check the name and the domains, then add the proxy's routes on the shared web ports."""
+        self._check_name(msg.name)
+        front = self.server.vhost
+        if front is None:
             raise ProxyRefusal(
-                ErrorCode.LIMIT_REACHED,
-                f"client already holds {len(self.proxies)} ports (max_ports_per_client)",
+                ErrorCode.NOT_AVAILABLE, "this server has no web ports (vhost_http_port / vhost_https_port)"
+            )
+        vproxy: HttpProxyServer | HttpsProxyServer
+        try:
+            domains = front.domains_of(msg.custom_domains, msg.subdomain)
+            if isinstance(msg, NewHttpProxy):
+                vproxy = HttpProxyServer(
+                    msg.name,
+                    self,
+                    domains,
+                    front.front("http") if front.http_port else HostPort("", 0),
+                    front.remove,
+                    locations=msg.locations,
+                    http_user=msg.http_user,
+                    http_password=msg.http_password,
+                    host_header_rewrite=msg.host_header_rewrite,
+                    request_headers=msg.request_headers,
+                    response_headers=msg.response_headers,
+                    https_auto=msg.https_auto,
+                )
+                front.add_http(vproxy)
+            else:
+                vproxy = HttpsProxyServer(
+                    msg.name,
+                    self,
+                    domains,
+                    front.front("https") if front.https_port else HostPort("", 0),
+                    front.remove,
+                )
+                front.add_https(vproxy)
+        except RouteTaken as exc:
+            raise ProxyRefusal(ErrorCode.DOMAIN_TAKEN, str(exc)) from exc
+        except RouteError as exc:
+            raise ProxyRefusal(ErrorCode.NOT_AVAILABLE, str(exc)) from exc
+        return vproxy
+
+    def _open_proxy(self, name: str, port: int, opener: Callable[[HostPort], PublicProxy]) -> PublicProxy:
+        """Check the name, the limits and the port rules, then bind with ``opener`` (port 0: any allowed)."""
+        cfg = self.server.config
+        self._check_name(name)
+        held = sum(1 for p in self.proxies.values() if not isinstance(p, _VhostProxy))
+        if cfg.max_ports_per_client and held >= cfg.max_ports_per_client:
+            raise ProxyRefusal(
+                ErrorCode.LIMIT_REACHED, f"client already holds {held} ports (max_ports_per_client)"
             )
         bind = cfg.proxy_bind_addr
         if port:

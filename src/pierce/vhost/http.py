@@ -1,0 +1,1081 @@
+"""HTTP/1.1 virtual hosts: one browser connection, routed request by request to inside services.
+
+Theory of operation
+-------------------
+:func:`serve_http` owns one browser connection. Bytes from the browser go through an ``httptools``
+(llhttp) request parser whose callbacks only queue events: a head, body pieces, an end. Each head is
+routed by Host and path; the request goes to the route's backend connection (opened with
+``route.open`` on first use and kept, one per route, while the backend keeps it alive), and the
+response comes back through a response parser the same way. Bodies are never held: each read is parsed
+and written on before the next read, so memory stays at one read (at most :data:`READ_MAX`) per
+direction whatever the body size. The parser removes chunked framing; a chunked body is framed again on
+the way out, so both sides always see valid framing even when it changes (a close-delimited response
+becomes chunked for an HTTP/1.1 browser, a chunked one close-delimited for an HTTP/1.0 browser).
+
+A request body is sent by a task of its own while the response is read, so a backend may answer early
+(``Expect: 100-continue``, 401, 413) without a deadlock. After a ``101 Switching Protocols`` answer to
+an ``Upgrade`` request the two connections are handed to :func:`pierce.relay.relay`.
+
+Answers made here, before anything reaches a backend: 400 (malformed head), 408 (a head that stalls),
+431 (head over the limits), 401 (basic auth), 404 (no route), 405 (CONNECT), 501 (an upgrade request
+with a body); 502 and 504 when the backend cannot be opened, answers garbage or does not answer. After
+an error answer the connection is closed with a short lingering read, so the browser receives the
+answer instead of a reset.
+
+Cancel safety: :func:`serve_http` may be cancelled at any point; it closes the browser connection and
+every backend connection it opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import logging
+import posixpath
+import socket
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+from pierce.errors import RemoteError
+from pierce.logs import event
+from pierce.relay import End, relay
+
+log = logging.getLogger("pierce.vhost.http")
+
+#: Idle seconds allowed while waiting for a request head or a response head (``vhost_http_timeout``).
+DEFAULT_TIMEOUT = 60.0
+#: Largest request head accepted (request line and headers); larger heads are answered 431.
+DEFAULT_MAX_HEAD_SIZE = 64 * 1024
+#: Most header fields accepted in one request head; more are answered 431.
+DEFAULT_MAX_HEADER_COUNT = 100
+#: Bounds of a response head: a service behind a tunnel is a peer too, so its heads are limited.
+MAX_RESPONSE_HEAD_SIZE = 256 * 1024
+MAX_RESPONSE_HEADER_COUNT = 1000
+#: Read sizes: a message starts with small reads, which grow while they come back full (bulk bodies).
+#: A write is at most one read plus a head and chunk framing, well below the tunnel's 1 MiB data chunk.
+READ_MIN = 64 * 1024
+READ_MAX = 512 * 1024
+#: Backend connections one browser connection keeps open at most (one per route it has used).
+MAX_ROUTES_PER_CONNECTION = 8
+#: After an error answer: how long and how much the browser's remaining input is read and discarded.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 4 * 1024 * 1024
+
+ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+
+
+class HttpRoute(Protocol):
+    """Where a request goes, and what is done to it on the way (one http proxy)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def http_user(self) -> str | None:
+        """Basic auth user; None = no auth."""
+
+    @property
+    def http_password(self) -> str | None: ...
+    @property
+    def host_header_rewrite(self) -> str | None:
+        """The Host header the backend sees; None = the browser's."""
+
+    @property
+    def request_headers(self) -> Mapping[str, str]:
+        """Headers set (replaced or added) on every request."""
+
+    @property
+    def response_headers(self) -> Mapping[str, str]:
+        """Headers set (replaced or added) on every response."""
+
+    async def open(self, visitor: tuple[str, int]) -> End:
+        """A new connection to the inside service; raises when it cannot be had."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSettings:
+    """What one HTTP virtual-host port does beyond its routes."""
+
+    #: ``X-Forwarded-Proto`` sent to backends: how the browser reached us.
+    scheme: Literal["http", "https"] = "http"
+    #: Idle seconds waiting for a request head or a response head.
+    timeout: float = DEFAULT_TIMEOUT
+    #: Body of the 404 answer for unknown hosts (HTML); None = a built-in page.
+    not_found_page: bytes | None = None
+    max_head_size: int = DEFAULT_MAX_HEAD_SIZE
+    max_header_count: int = DEFAULT_MAX_HEADER_COUNT
+    #: Answers ``GET /.well-known/acme-challenge/<token>`` before routing; None = route as usual.
+    acme_challenge: Callable[[str], bytes | None] | None = None
+
+
+Resolve = Callable[[str, str], HttpRoute | None]
+
+
+async def serve_http(
+    browser: End, visitor: tuple[str, int], resolve: Resolve, settings: HttpSettings
+) -> None:
+    """Serve every request of one browser connection, then close it and its backend connections.
+
+    ``visitor`` is the browser's address; ``resolve(host, path)`` picks the route of each request
+    (``path`` without the query, percent-decoded and without dot segments).
+    """
+    conn = _BrowserConnection(browser, visitor, resolve, settings)
+    try:
+        await conn.run()
+    except (OSError, RemoteError, TimeoutError) as exc:
+        event(
+            log,
+            logging.DEBUG,
+            "vhost.http.aborted",
+            f"{visitor[0]}:{visitor[1]}: connection ended: {exc!r}",
+            client=f"{visitor[0]}:{visitor[1]}",
+            error=repr(exc),
+        )
+    finally:
+        await conn.close()
+
+
+# -- parsing ----------------------------------------------------------------------------------------
+
+
+class _Malformed(RemoteError):
+    """The peer sent bytes that are not HTTP/1.1."""
+
+
+class _HeadTooLarge(_Malformed):
+    """A head is longer, or has more fields, than its limits."""
+
+
+class _BodySkipped(Exception):
+    """Raised inside the response parser to end a response to HEAD at its head."""
+
+
+class _Head:
+    """A request or response head as parsed; names and values as sent."""
+
+    __slots__ = (
+        "authorization",
+        "headers",
+        "host",
+        "host_count",
+        "keep_alive",
+        "method",
+        "reason",
+        "status",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.status = 0
+        self.reason = b""
+        self.version = "1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.keep_alive = False
+        self.upgrade = False
+        self.host: bytes | None = None
+        self.host_count = 0
+        self.authorization: bytes | None = None
+
+
+class _End:
+    """The end of a message's body."""
+
+    __slots__ = ()
+
+
+_END = _End()
+_Event = _Head | bytes | _End
+
+
+class _Incoming:
+    """One direction of a connection: an llhttp parser whose callbacks queue heads, body pieces, ends.
+
+    Heads are held to a size and a field-count limit: by the callbacks (url, names, values) and by the
+    bytes fed while a head is incomplete, so an endless header line cannot grow unseen.
+    """
+
+    __slots__ = (
+        "_begun",
+        "_fed",
+        "_head",
+        "_in_head",
+        "_max_count",
+        "_max_size",
+        "_request",
+        "_size",
+        "clean",
+        "events",
+        "parser",
+        "rest",
+        "skip_body",
+    )
+
+    def __init__(self, *, request: bool, max_size: int, max_count: int) -> None:
+        self._request = request
+        self._max_size = max_size
+        self._max_count = max_count
+        self.events: deque[_Event] = deque()
+        self.parser = self._new_parser()
+        self._head = _Head()
+        self._in_head = False
+        self._begun = False
+        self._size = 0
+        self._fed = 0
+        #: Bytes after an upgrade head (already the other protocol), not parsed.
+        self.rest = b""
+        #: Set for a response to HEAD: the response ends at its head.
+        self.skip_body = False
+        #: False once bytes arrived after a skipped body (the connection cannot be reused).
+        self.clean = True
+
+    def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
+        if self._request:
+            return httptools.HttpRequestParser(self)
+        return httptools.HttpResponseParser(self)
+
+    @property
+    def in_head(self) -> bool:
+        return self._in_head
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data`` into events; raises _Malformed or _HeadTooLarge."""
+        self._begun = False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.rest = data[int(exc.args[0]) :]
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _BodySkipped):
+                self.parser = self._new_parser()
+                self.clean = data.endswith(b"\r\n\r\n")
+                return
+            if isinstance(cause, _HeadTooLarge):
+                raise cause from None
+            raise _Malformed(str(exc)) from exc
+        except httptools.HttpParserError as exc:
+            raise _Malformed(str(exc) or type(exc).__name__) from exc
+        if self._in_head and not self._begun:
+            self._fed += len(data)
+            if self._fed > self._max_size:
+                raise _HeadTooLarge(f"head larger than {self._max_size} bytes")
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._head = _Head()
+        self._in_head = self._begun = True
+        self._size = self._fed = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._head.target += url
+        self._size += len(url)
+
+    def on_status(self, reason: bytes) -> None:
+        self._head.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # trailer fields are not passed on
+        head = self._head
+        head.headers.append((name, value))
+        self._size += len(name) + len(value) + 4
+        if self._size > self._max_size or len(head.headers) > self._max_count:
+            raise _HeadTooLarge(f"head over {self._max_size} bytes or {self._max_count} fields")
+        n = len(name)
+        if n == 4 and name.lower() == b"host":
+            head.host = value
+            head.host_count += 1
+        elif n == 13 and name.lower() == b"authorization":
+            head.authorization = value
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        head = self._head
+        self._in_head = False
+        head.version = parser.get_http_version()
+        head.keep_alive = parser.should_keep_alive()
+        head.upgrade = parser.should_upgrade()
+        if isinstance(parser, httptools.HttpRequestParser):
+            head.method = parser.get_method()
+        else:
+            head.status = parser.get_status_code()
+        self.events.append(head)
+        if self.skip_body and head.status >= 200:
+            self.events.append(_END)
+            raise _BodySkipped
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(body)
+
+    def on_message_complete(self) -> None:
+        self.events.append(_END)
+
+
+def _take_body(events: deque[_Event], pieces: list[bytes], chunked: bool) -> bool:
+    """Move the queued body pieces of the current message to ``pieces``; True once its end was taken."""
+    while events:
+        item = events[0]
+        if isinstance(item, bytes):
+            events.popleft()
+            if chunked:
+                pieces += (b"%x\r\n" % len(item), item, b"\r\n")
+            else:
+                pieces.append(item)
+        elif isinstance(item, _End):
+            events.popleft()
+            if chunked:
+                pieces.append(b"0\r\n\r\n")
+            return True
+        else:
+            return False
+    return False
+
+
+# -- what a route does to heads ---------------------------------------------------------------------
+
+# Hop-by-hop fields, never passed on as received.
+_HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"})
+# Set by us on every request; a browser's own values are dropped (X-Forwarded-For is appended to).
+_FORWARDED = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"})
+_REQUEST_SKIP = _HOP_BY_HOP | _FORWARDED
+_RESPONSE_SKIP = frozenset({b"connection", b"keep-alive", b"proxy-connection"})
+
+
+def _field(name: str, value: str) -> bytes:
+    """One header line; fields that would break the head (CR, LF, NUL, colon in the name) give b""."""
+    if any(c in name for c in "\r\n\0: ") or any(c in value for c in "\r\n\0"):
+        return b""
+    return f"{name}: {value}\r\n".encode()
+
+
+class _Backend:
+    """A kept connection to one route's service and the parser of its responses."""
+
+    __slots__ = ("end", "responses")
+
+    def __init__(self, end: End) -> None:
+        self.end = end
+        self.responses = _Incoming(
+            request=False, max_size=MAX_RESPONSE_HEAD_SIZE, max_count=MAX_RESPONSE_HEADER_COUNT
+        )
+
+    def reusable(self) -> bool:
+        """False when the idle connection was closed or spoke out of turn (peeked, nothing consumed)."""
+        if self.responses.events or self.responses.rest:
+            return False
+        sock = self.end.socket
+        if sock is None:
+            return not self.end.peer_done()
+        try:
+            sock.recv(1, socket.MSG_PEEK)  # the socket is non-blocking
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        return False
+
+
+class _RouteUse:
+    """One route as used by one browser connection: its header edits, encoded once, and its backend."""
+
+    __slots__ = (
+        "auth",
+        "backend",
+        "host",
+        "request_drop",
+        "request_set",
+        "response_drop",
+        "response_set",
+        "route",
+    )
+
+    def __init__(self, route: HttpRoute) -> None:
+        self.route = route
+        self.backend: _Backend | None = None
+        user = route.http_user
+        self.auth = None if user is None else (user.encode(), (route.http_password or "").encode())
+        rewrite = route.host_header_rewrite
+        self.host = None if rewrite is None else rewrite.encode()
+        self.request_set = b"".join(_field(k, v) for k, v in route.request_headers.items())
+        self.request_drop = frozenset(k.lower().encode() for k in route.request_headers)
+        if self.auth is not None:
+            self.request_drop |= {b"authorization"}
+        self.response_set = b"".join(_field(k, v) for k, v in route.response_headers.items())
+        self.response_drop = frozenset(k.lower().encode() for k in route.response_headers)
+
+    def authorized(self, value: bytes | None) -> bool:
+        assert self.auth is not None
+        if value is None or value[:6].lower() != b"basic ":
+            return False
+        try:
+            decoded = base64.b64decode(value[6:].strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        user, sep, password = decoded.partition(b":")
+        ok_user = hmac.compare_digest(user, self.auth[0])
+        ok_password = hmac.compare_digest(password, self.auth[1])
+        return bool(sep) and ok_user and ok_password
+
+    def drop_backend(self) -> None:
+        if self.backend is not None:
+            self.backend.end.close()
+            self.backend = None
+
+
+def _declares_body(head: _Head) -> bool:
+    for name, value in head.headers:
+        key = name.lower()
+        if key == b"transfer-encoding" or (key == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+def _route_path(target: bytes) -> bytes:
+    """The path requests are routed by: no query, percent-decoded, without dot or empty segments."""
+    path = target.partition(b"?")[0]
+    if not path.startswith(b"/"):
+        return b"/"
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    if b"/." in path or b"//" in path:
+        trailing = path.endswith(b"/")
+        path = posixpath.normpath(path).lstrip(b"/")
+        path = b"/" + path + (b"/" if trailing and path else b"")
+    return path
+
+
+# -- answers made here ------------------------------------------------------------------------------
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    504: "Gateway Timeout",
+}
+
+
+def _page(status: int) -> bytes:
+    title = f"{status} {_REASONS[status]}"
+    html = f"<!DOCTYPE html>\n<html><head><title>{title}</title></head><body><h1>{title}</h1></body></html>\n"
+    return html.encode()
+
+
+_HTML = b"text/html; charset=utf-8"
+_WWW_AUTHENTICATE = b'WWW-Authenticate: Basic realm="pierce", charset="UTF-8"\r\n'
+
+
+class _UpstreamGone(Exception):
+    """The backend closed or reset before sending any byte of a response."""
+
+
+class _UpstreamFailed(Exception):
+    """The backend sent something that is not an HTTP response, or timed out; answered 502/504."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class _Aborted(RemoteError):
+    """A body cannot be finished: one side went away, stalled or broke the framing in the middle of it."""
+
+
+class _Watchdog:
+    """Idle timeouts for the waits of one task without a timer per wait.
+
+    Arming only records a deadline; the one timer handle, when it fires, re-arms itself for a later
+    deadline or cancels the task if the deadline has passed while armed. Like ``asyncio.timeout``, the
+    waiter turns that cancellation into TimeoutError (:meth:`expired` takes it back with ``uncancel``).
+    """
+
+    __slots__ = ("_deadline", "_fired", "_handle", "_loop", "_task")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._deadline: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._fired = False
+
+    def arm(self, seconds: float) -> None:
+        self._deadline = self._loop.time() + seconds
+        if self._handle is None:
+            self._handle = self._loop.call_at(self._deadline, self._check)
+
+    def disarm(self) -> None:
+        self._deadline = None
+
+    def expired(self) -> bool:
+        """True (once) when the current cancellation was the watchdog's own."""
+        if not self._fired:
+            return False
+        self._fired = False
+        self._task.uncancel()
+        return True
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        self._handle = None
+        if self._deadline is None:
+            return
+        if self._loop.time() < self._deadline:
+            self._handle = self._loop.call_at(self._deadline, self._check)
+            return
+        self._deadline = None
+        self._fired = True
+        self._task.cancel()
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    """Cancel a request body's sender and wait until it has stopped; its failure was acted on already."""
+    if task is None:
+        return
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()
+
+
+# -- one browser connection -------------------------------------------------------------------------
+
+
+class _BrowserConnection:
+    def __init__(
+        self, browser: End, visitor: tuple[str, int], resolve: Resolve, settings: HttpSettings
+    ) -> None:
+        self.browser = browser
+        self.visitor = visitor
+        self.visitor_ip = visitor[0].encode()
+        self.resolve = resolve
+        self.settings = settings
+        self.timeout = settings.timeout if settings.timeout > 0 else None
+        self.requests = _Incoming(
+            request=True, max_size=settings.max_head_size, max_count=settings.max_header_count
+        )
+        self.routes: dict[str, _RouteUse] = {}
+        #: Bytes to parse before reading again (after a refused upgrade).
+        self.pending = b""
+        #: True after an answer made here that ends the connection: the browser may still be sending.
+        self.linger = False
+        #: True once the connection was handed to the relay (which closes both ends).
+        self.handed_off = False
+        #: The current request's body: taken from the parser entirely / written to the backend entirely.
+        self.body_done = True
+        self.body_sent = True
+        self.status = 0
+        self.route_name = ""
+        self.watchdog = _Watchdog()
+
+    async def run(self) -> None:
+        while (head := await self._next_head()) is not None:
+            self.status = 0
+            self.route_name = ""
+            keep = await self._handle(head)
+            if head.upgrade and self.requests.rest and not self.handed_off:
+                self.pending, self.requests.rest = self.requests.rest, b""
+            if log.isEnabledFor(logging.DEBUG):
+                self._log_request(head)
+            if not keep:
+                return
+
+    async def close(self) -> None:
+        self.watchdog.close()
+        for use in self.routes.values():
+            use.drop_backend()
+        self.routes.clear()
+        if self.handed_off:
+            return
+        try:
+            if self.linger:
+                self.browser.write_eof()
+                with contextlib.suppress(OSError, TimeoutError):
+                    async with asyncio.timeout(LINGER_SECONDS):
+                        total = 0
+                        while total < LINGER_BYTES and (data := await self.browser.read(READ_MIN)):
+                            total += len(data)
+        finally:
+            self.browser.close()
+
+    def _log_request(self, head: _Head) -> None:
+        host = (head.host or b"").decode("latin-1")
+        target = head.target.decode("latin-1")
+        method = head.method.decode("latin-1")
+        event(
+            log,
+            logging.DEBUG,
+            "vhost.http.request",
+            f"{self.visitor[0]}: {method} {host}{target} -> {self.route_name or '-'} {self.status}",
+            client=f"{self.visitor[0]}:{self.visitor[1]}",
+            proxy=self.route_name,
+            method=method,
+            host=host,
+            target=target,
+            status=self.status,
+        )
+
+    # -- requests from the browser
+
+    async def _next_head(self) -> _Head | None:
+        """The next request head; None when the browser is done (EOF, idle timeout, bad head answered)."""
+        events = self.requests.events
+        while True:
+            while events:
+                item = events.popleft()
+                if isinstance(item, _Head):
+                    return item
+            if self.pending:
+                data, self.pending = self.pending, b""
+            else:
+                try:
+                    data = await self._read_within(self.browser, READ_MIN)
+                except TimeoutError:
+                    if self.requests.in_head:
+                        await self._answer(None, 408)
+                    return None
+                if not data:
+                    return None
+            try:
+                self.requests.feed(data)
+            except _HeadTooLarge:
+                await self._answer(None, 431)
+                return None
+            except _Malformed:
+                await self._answer(None, 400)
+                return None
+
+    async def _handle(self, head: _Head) -> bool:
+        """Answer one request; True when the browser connection stays open for the next one."""
+        events = self.requests.events
+        has_body = not (events and isinstance(events[0], _End))
+        if head.method == b"CONNECT":
+            return await self._answer(head, 405, has_body=has_body)
+        target = head.target
+        host = head.host
+        if target[:1] != b"/" and target != b"*":
+            if not target.startswith((b"http://", b"https://")):
+                return await self._answer(head, 400, has_body=has_body)
+            try:
+                url = httptools.parse_url(target)
+            except httptools.HttpParserInvalidURLError:
+                return await self._answer(head, 400, has_body=has_body)
+            host = url.host + (b":%d" % url.port if url.port else b"")
+            target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
+        elif head.host_count > 1 or (host is None and head.version != "1.0"):
+            return await self._answer(head, 400, has_body=has_body)
+        if head.upgrade and _declares_body(head):
+            # llhttp ends an upgrade request at its head: a body would be taken for the new protocol.
+            return await self._answer(head, 501)
+        host = host or b""
+        path = _route_path(target).decode("latin-1")
+        challenge = self.settings.acme_challenge
+        if (
+            challenge is not None
+            and path.startswith(ACME_CHALLENGE_PREFIX)
+            and head.method in (b"GET", b"HEAD")
+        ):
+            answer = challenge(path[len(ACME_CHALLENGE_PREFIX) :])
+            if answer is not None:
+                return await self._answer(head, 200, answer, content_type=b"text/plain", has_body=has_body)
+        route = self.resolve(host.decode("latin-1"), path)
+        if route is None:
+            page = self.settings.not_found_page
+            return await self._answer(head, 404, page, has_body=has_body)
+        use = self._use(route)
+        self.route_name = route.name
+        if use.auth is not None and not use.authorized(head.authorization):
+            return await self._answer(head, 401, extra=_WWW_AUTHENTICATE, has_body=has_body)
+        request = self._request_head(head, target, host, use)
+        return await self._exchange(head, use, request, has_body)
+
+    def _use(self, route: HttpRoute) -> _RouteUse:
+        use = self.routes.get(route.name)
+        if use is not None and use.route is route:
+            return use
+        if use is not None:
+            use.drop_backend()
+            del self.routes[route.name]
+        elif len(self.routes) >= MAX_ROUTES_PER_CONNECTION:
+            oldest = next(iter(self.routes))
+            self.routes.pop(oldest).drop_backend()
+        use = self.routes[route.name] = _RouteUse(route)
+        return use
+
+    def _request_head(self, head: _Head, target: bytes, host: bytes, use: _RouteUse) -> bytes:
+        drop = use.request_drop
+        out = [head.method, b" ", target, b" HTTP/1.1\r\n"]
+        if b"host" not in drop:
+            out += (b"Host: ", use.host or host, b"\r\n")
+        forwarded_for: bytes | None = None
+        for name, value in head.headers:
+            key = name.lower()
+            if key in _REQUEST_SKIP or key in drop:
+                if key == b"upgrade" and head.upgrade:
+                    out += (name, b": ", value, b"\r\n")
+                continue
+            if key == b"x-forwarded-for":
+                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+                continue
+            out += (name, b": ", value, b"\r\n")
+        if head.upgrade:
+            out.append(b"Connection: upgrade\r\n")
+        ip = self.visitor_ip
+        if b"x-forwarded-for" not in drop:
+            out += (
+                b"X-Forwarded-For: ",
+                ip if forwarded_for is None else forwarded_for + b", " + ip,
+                b"\r\n",
+            )
+        if b"x-forwarded-proto" not in drop:
+            out += (b"X-Forwarded-Proto: ", self.settings.scheme.encode(), b"\r\n")
+        if b"x-forwarded-host" not in drop:
+            out += (b"X-Forwarded-Host: ", host, b"\r\n")
+        if b"x-real-ip" not in drop:
+            out += (b"X-Real-IP: ", ip, b"\r\n")
+        out += (use.request_set, b"\r\n")
+        return b"".join(out)
+
+    async def _answer(
+        self,
+        head: _Head | None,
+        status: int,
+        body: bytes | None = None,
+        *,
+        content_type: bytes = _HTML,
+        extra: bytes = b"",
+        has_body: bool = False,
+    ) -> bool:
+        """Send an answer made here; True when the connection can go on to the next request."""
+        keep = head is not None and head.keep_alive and status not in (400, 405, 408, 431, 501)
+        if keep and has_body:
+            keep = self._discard_body()
+        if body is None:
+            body = _page(status)
+        lines = [
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status].encode()),
+            b"Content-Type: ",
+            content_type,
+            b"\r\nContent-Length: %d\r\n" % len(body),
+            extra,
+            b"Cache-Control: no-store\r\n" if status != 200 else b"",
+            b"" if keep else b"Connection: close\r\n",
+            b"\r\n",
+        ]
+        if head is None or head.method != b"HEAD":
+            lines.append(body)
+        self.status = status
+        self.linger = not keep
+        await self.browser.write(b"".join(lines))
+        return keep
+
+    def _discard_body(self) -> bool:
+        """Drop a request body that has arrived whole; False when it has not (the connection must end)."""
+        events = self.requests.events
+        if not any(isinstance(item, _End) for item in events):
+            return False
+        while not isinstance(events.popleft(), _End):
+            pass
+        return True
+
+    # -- one request through a backend
+
+    async def _exchange(self, head: _Head, use: _RouteUse, request: bytes, has_body: bool) -> bool:
+        if not has_body:
+            self.requests.events.popleft()  # the request's end
+        self.body_done = self.body_sent = not has_body
+        for attempt in (0, 1):
+            backend = use.backend
+            if backend is not None and not backend.reusable():
+                use.drop_backend()
+                backend = None
+            reused = backend is not None
+            if backend is None:
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        backend = _Backend(await use.route.open(self.visitor))
+                except TimeoutError:
+                    return await self._answer(head, 504, has_body=has_body)
+                except Exception as exc:
+                    event(
+                        log,
+                        logging.INFO,
+                        "vhost.http.backend_failed",
+                        f"{use.route.name}: cannot reach the service: {exc or type(exc).__name__}",
+                        proxy=use.route.name,
+                        client=f"{self.visitor[0]}:{self.visitor[1]}",
+                        error=str(exc) or type(exc).__name__,
+                    )
+                    return await self._answer(head, 502, has_body=has_body)
+                use.backend = backend
+            sender: asyncio.Task[None] | None = None
+            try:
+                if has_body:
+                    chunked = any(k.lower() == b"transfer-encoding" for k, _ in head.headers)
+                    sender = asyncio.ensure_future(self._send_body(backend.end, request, chunked))
+                else:
+                    try:
+                        await backend.end.write(request)
+                    except OSError as exc:
+                        raise _UpstreamGone from exc
+                return await self._respond(head, use, backend, sender)
+            except _UpstreamGone:
+                use.drop_backend()
+                await _stop(sender)
+                if reused and attempt == 0 and not has_body:
+                    continue  # a kept connection the service had closed: once more on a new one
+                return await self._answer(head, 502, has_body=not self.body_done)
+            except _UpstreamFailed as exc:
+                use.drop_backend()
+                await _stop(sender)
+                event(
+                    log,
+                    logging.INFO,
+                    "vhost.http.bad_response",
+                    f"{use.route.name}: {exc}",
+                    proxy=use.route.name,
+                    error=str(exc),
+                )
+                return await self._answer(head, exc.status, has_body=not self.body_done)
+            finally:
+                await _stop(sender)
+        raise AssertionError("unreachable")
+
+    async def _send_body(self, end: End, request: bytes, chunked: bool) -> None:
+        """Send the request head and body to the backend as the body arrives (a task of its own)."""
+        events = self.requests.events
+        pieces = [request]
+        size = READ_MIN
+        while True:
+            done = _take_body(events, pieces, chunked)
+            if done:
+                self.body_done = True
+            if pieces:
+                data = b"".join(pieces)
+                pieces.clear()
+                try:
+                    await end.write(data)
+                except OSError:
+                    return  # the service stopped reading; its answer (if any) is still read
+            if done:
+                self.body_sent = True
+                return
+            try:
+                async with asyncio.timeout(self.timeout):
+                    data = await self.browser.read(size)
+            except TimeoutError as exc:
+                raise _Aborted("request body stalled") from exc
+            if not data:
+                raise _Aborted("browser closed in the middle of a request body")
+            if len(data) == size and size < READ_MAX:
+                size = min(size * 4, READ_MAX)
+            try:
+                self.requests.feed(data)
+            except _Malformed as exc:
+                raise _Aborted(f"bad request body: {exc}") from exc
+
+    async def _read_within(self, end: End, size: int) -> bytes:
+        """``end.read(size)`` within the idle timeout; raises TimeoutError when it passes."""
+        if self.timeout is None:
+            return await end.read(size)
+        watchdog = self.watchdog
+        watchdog.arm(self.timeout)
+        try:
+            return await end.read(size)
+        except asyncio.CancelledError:
+            if watchdog.expired():
+                raise TimeoutError from None
+            raise
+        finally:
+            watchdog.disarm()
+
+    async def _read_backend(
+        self, backend: _Backend, size: int, sender: asyncio.Task[None] | None, *, head: bool
+    ) -> bytes:
+        """The next bytes of a response (b"" at EOF or reset), watching the request body's sender.
+
+        While a head is awaited the idle timeout applies (TimeoutError); a body may take its time.
+        """
+        end = backend.end
+        try:
+            if sender is None or sender.done():
+                if sender is not None and sender.exception() is not None:
+                    raise _Aborted from sender.exception()
+                return await (self._read_within(end, size) if head else end.read(size))
+            reader = asyncio.ensure_future(end.read(size))
+            try:
+                async with asyncio.timeout(self.timeout if head else None):
+                    await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
+                    if not reader.done():
+                        failure = sender.exception()
+                        if failure is not None:
+                            raise _Aborted from failure
+                    return await reader
+            finally:
+                if not reader.done():
+                    reader.cancel()
+                    await asyncio.wait({reader})
+        except TimeoutError:
+            raise
+        except OSError:
+            return b""
+
+    async def _respond(
+        self, request: _Head, use: _RouteUse, backend: _Backend, sender: asyncio.Task[None] | None
+    ) -> bool:
+        """Pass the backend's answer to the browser; True when the browser connection stays open."""
+        responses = backend.responses
+        events = responses.events
+        responses.skip_body = request.method == b"HEAD"
+        head = await self._final_head(request, use, backend, sender)
+        if head is None:
+            return False  # switched protocols: the relay has had both connections
+        self.status = head.status
+        # Framing towards the browser, decided while the head is written out in one pass.
+        no_body = bool(events) and isinstance(events[0], _End)
+        out = [b"HTTP/1.1 %d " % head.status, head.reason, b"\r\n"]
+        drop = use.response_drop
+        coding: bytes | None = None
+        content_length = False
+        for name, value in head.headers:
+            key = name.lower()
+            if key in _RESPONSE_SKIP or key in drop:
+                continue
+            if key == b"transfer-encoding":
+                coding = value if coding is None else coding + b", " + value
+                continue
+            if key == b"content-length":
+                content_length = True
+            out += (name, b": ", value, b"\r\n")
+        te_chunked = coding is not None and coding.lower().rstrip().endswith(b"chunked")
+        to_eof = not (no_body or te_chunked or content_length)
+        rechunk = (te_chunked or to_eof) and request.version == "1.1" and not no_body
+        ends_by_close = (te_chunked or to_eof) and not rechunk and not no_body
+        if rechunk and not te_chunked:
+            coding = b"chunked" if coding is None else coding + b", chunked"
+        if coding is not None and (rechunk or no_body):
+            out += (b"Transfer-Encoding: ", coding, b"\r\n")
+        close = not request.keep_alive or not self.body_done or ends_by_close
+        if close:
+            out.append(b"Connection: close\r\n")
+        elif request.version != "1.1":
+            out.append(b"Connection: keep-alive\r\n")
+        out += (use.response_set, b"\r\n")
+        pieces = [b"".join(out)]
+        # The body, as it arrives.
+        size = READ_MIN
+        while True:
+            done = _take_body(events, pieces, rechunk)
+            if pieces:
+                data = b"".join(pieces)
+                pieces.clear()
+                await self.browser.write(data)
+            if done:
+                break
+            data = await self._read_backend(backend, size, sender, head=False)
+            if not data:
+                if not to_eof:
+                    raise _Aborted("the service closed in the middle of a response")
+                if rechunk:
+                    await self.browser.write(b"0\r\n\r\n")
+                break
+            if len(data) == size and size < READ_MAX:
+                size = min(size * 4, READ_MAX)
+            try:
+                responses.feed(data)
+            except _Malformed as exc:
+                raise _Aborted(f"malformed response body: {exc}") from exc
+        if sender is not None:
+            if not sender.done() and self.body_done:
+                async with asyncio.timeout(self.timeout):
+                    await asyncio.wait({sender})  # only its last write is left
+            if not sender.done() or sender.exception() is not None or not self.body_done:
+                close = True
+            if not self.body_done:
+                self.linger = True  # the browser may still be sending the rest of the body
+        reusable = head.keep_alive and not to_eof and responses.clean and not events and self.body_sent
+        responses.skip_body = False
+        if not reusable:
+            use.drop_backend()
+        return not close
+
+    async def _final_head(
+        self, request: _Head, use: _RouteUse, backend: _Backend, sender: asyncio.Task[None] | None
+    ) -> _Head | None:
+        """The final response head; interim (1xx) ones are passed on. None after a protocol switch."""
+        events = backend.responses.events
+        received = False
+        while True:
+            while events:
+                item = events.popleft()
+                if not isinstance(item, _Head):
+                    continue
+                if item.status == 101:
+                    if not request.upgrade:
+                        raise _UpstreamFailed(502, "101 Switching Protocols without an upgrade request")
+                    await self._switch(item, use, backend)
+                    return None
+                if item.status >= 200:
+                    return item
+                interim = [b"HTTP/1.1 %d " % item.status, item.reason, b"\r\n"]
+                for name, value in item.headers:
+                    interim += (name, b": ", value, b"\r\n")
+                interim.append(b"\r\n")
+                await self.browser.write(b"".join(interim))
+            try:
+                data = await self._read_backend(backend, READ_MIN, sender, head=True)
+            except TimeoutError:
+                raise _UpstreamFailed(504, "no response within the timeout") from None
+            if not data:
+                if received:
+                    raise _UpstreamFailed(502, "connection closed in the middle of a response head")
+                raise _UpstreamGone
+            received = True
+            try:
+                backend.responses.feed(data)
+            except _Malformed as exc:
+                raise _UpstreamFailed(502, f"malformed response: {exc}") from exc
+
+    async def _switch(self, head: _Head, use: _RouteUse, backend: _Backend) -> None:
+        """After ``101 Switching Protocols``: both connections go to the relay as they are."""
+        drop = use.response_drop
+        out = [b"HTTP/1.1 101 ", head.reason, b"\r\n"]
+        for name, value in head.headers:
+            if name.lower() not in drop:
+                out += (name, b": ", value, b"\r\n")
+        out += (use.response_set, b"\r\n", backend.responses.rest)
+        self.status = 101
+        await self.browser.write(b"".join(out))
+        rest, self.requests.rest = self.requests.rest, b""
+        if rest:
+            await backend.end.write(rest)
+        use.backend = None
+        for other in self.routes.values():
+            other.drop_backend()
+        self.handed_off = True
+        await relay(self.browser, backend.end)  # owns and closes both from its first step
