@@ -190,3 +190,73 @@ async def test_nginx_refuses_a_connection_without_header(nginx: Nginx) -> None:
     status, _ = await get_through_header(nginx.port, b"", f"/{FILE_NAME}")
     assert status == b""
     assert nginx.access_log() == []
+
+
+# -- through the tunnel: the client sends the header with the real visitor's address -------------------
+
+
+async def visit_through(port: int, path: str, host: str = "nas.example.com") -> tuple[int, bytes, bytes]:
+    """GET ``path`` from the public ``port``; (visitor's source port, status line, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    source_port = writer.get_extra_info("sockname")[1]
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        async with asyncio.timeout(20):
+            response = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return source_port, head.split(b"\r\n", 1)[0], body
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_tcp_proxy_tells_nginx_the_visitor_address(
+    pierce, tmp_path: Path, nginx: Nginx, version: str
+) -> None:
+    from support.tunnel import start_client, start_server
+
+    _, control = await start_server(pierce, tmp_path)
+    public = free_port()
+    proxy = {
+        "type": "tcp",
+        "name": "web",
+        "local_port": nginx.port,
+        "remote_port": public,
+        "proxy_protocol_version": version,
+    }
+    client = await start_client(pierce, tmp_path, control, [proxy])
+    await client.wait_event("proxy.ready")
+    path = f"/{FILE_NAME}?via=tcp-{version}"
+    source_port, status, body = await visit_through(public, path)
+    assert status == b"HTTP/1.1 200 OK"
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(FILE).hexdigest()
+    assert nginx.access_log() == [
+        f'127.0.0.1 {source_port} 127.0.0.1 {public} "GET {path} HTTP/1.1" 200 {len(FILE)}'
+    ], nginx.output
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_http_proxy_tells_nginx_the_visitor_address(
+    pierce, tmp_path: Path, nginx: Nginx, version: str
+) -> None:
+    from support.tunnel import start_client, start_server
+
+    vhost = free_port()
+    _, control = await start_server(pierce, tmp_path, vhost_http_port=vhost)
+    proxy = {
+        "type": "http",
+        "name": "web",
+        "local_port": nginx.port,
+        "custom_domains": ["nas.example.com"],
+        "proxy_protocol_version": version,
+    }
+    client = await start_client(pierce, tmp_path, control, [proxy])
+    await client.wait_event("proxy.ready")
+    path = f"/{FILE_NAME}?via=http-{version}"
+    source_port, status, body = await visit_through(vhost, path)
+    assert status == b"HTTP/1.1 200 OK"
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(FILE).hexdigest()
+    assert nginx.access_log() == [
+        f'127.0.0.1 {source_port} 127.0.0.1 {vhost} "GET {path} HTTP/1.1" 200 {len(FILE)}'
+    ], nginx.output

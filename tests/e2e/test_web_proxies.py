@@ -267,3 +267,39 @@ async def test_automatic_https_with_acme(pierce, tmp_path: Path) -> None:
             assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"
             # Plain HTTP keeps working on the same domain.
             assert (await get_json(domain, http_port, "/plain"))["service"] == "auto"
+
+
+async def test_https2http_plugin_terminates_tls_on_the_client(pierce, tmp_path: Path) -> None:
+    """The inside app speaks plain HTTP; the client holds the certificate and ends TLS itself."""
+    from support.certs import self_signed
+
+    domain = "plug.example.com"
+    crt, key = self_signed(tmp_path, domain)
+    https_port = free_port()
+    async with web_service("plain-app") as inside:
+        _, control = await start_server(pierce, tmp_path, vhost_https_port=https_port)
+        proxy = {
+            "type": "https",
+            "name": "plug",
+            "local_port": inside,
+            "custom_domains": [domain],
+            "plugin": "https2http",
+            "plugin_crt_path": str(crt),
+            "plugin_key_path": str(key),
+        }
+        client = await start_client(pierce, tmp_path, control, [proxy])
+        await ready(client, "plug")
+        big = tmp_path / "up.bin"
+        big.write_bytes(payload(8 * MiB, 3))
+        for _ in range(2):  # the second request reuses the TLS work connection of the first
+            code, out, err = await curl(
+                "--cacert", str(crt), *resolve(domain, https_port), f"https://{domain}:{https_port}/hello"
+            )
+            assert code == 0, err
+            assert json.loads(out)["service"] == "plain-app"
+        code, out, err = await curl(
+            "--cacert", str(crt), *resolve(domain, https_port), "--data-binary", f"@{big}",
+            f"https://{domain}:{https_port}/upload",
+        )  # fmt: skip
+        assert code == 0, err
+        assert json.loads(out) == {"sha256": hashlib.sha256(big.read_bytes()).hexdigest(), "size": 8 * MiB}

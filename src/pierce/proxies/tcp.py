@@ -80,7 +80,16 @@ class TcpProxyServer:
             return
         set_nodelay(conn)
         try:
-            end = await work.start(StartWork(proxy=self.name, visitor_host=addr[0], visitor_port=addr[1]))
+            here = conn.getsockname()
+            end = await work.start(
+                StartWork(
+                    proxy=self.name,
+                    visitor_host=addr[0],
+                    visitor_port=addr[1],
+                    server_host=here[0],
+                    server_port=here[1],
+                )
+            )
         except Exception as exc:
             conn.close()
             work.close()
