@@ -254,11 +254,11 @@ def ensure_server_certificate(
             )
         return _load(cert_path, key_path, generated=False)
     # No certificate yet (a key without one is the remains of an interrupted first start: replace it).
-    _make_private_dir(state_dir)
+    make_private_dir(state_dir)
     cert_pem, key_pem = _generate([DEFAULT_SERVER_NAME, *(hostnames or [])])
     # The key goes first, so a certificate on disk always has its key next to it.
-    _write_private(key_path, key_pem)
-    _write_private(cert_path, cert_pem)
+    write_private(key_path, key_pem)
+    write_private(cert_path, cert_pem)
     return _load(cert_path, key_path, generated=True)
 
 
@@ -348,7 +348,7 @@ def _generate(names: list[str]) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def _make_private_dir(path: Path) -> None:
+def make_private_dir(path: Path) -> None:
     if path.is_dir():
         return
     try:
@@ -358,7 +358,7 @@ def _make_private_dir(path: Path) -> None:
         raise LocalError(f"cannot create state directory {path}: {exc.strerror or exc}") from exc
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     """Write `path` readable by its owner only, atomically: a crash leaves the old file or the new one."""
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600

@@ -211,52 +211,28 @@ async def visit_through(port: int, path: str, host: str = "nas.example.com") -> 
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-async def test_tcp_proxy_tells_nginx_the_visitor_address(
-    pierce, tmp_path: Path, nginx: Nginx, version: str
+@pytest.mark.parametrize("kind", ["tcp", "http"])
+async def test_proxy_tells_nginx_the_visitor_address(
+    pierce, tmp_path: Path, nginx: Nginx, kind: str, version: str
 ) -> None:
+    """The client puts the real visitor's address (and the public port it came to) in front of the bytes."""
     from support.tunnel import start_client, start_server
 
-    _, control = await start_server(pierce, tmp_path)
+    proxy: dict[str, object] = {"type": kind, "name": "web", "local_port": nginx.port}
+    proxy["proxy_protocol_version"] = version
     public = free_port()
-    proxy = {
-        "type": "tcp",
-        "name": "web",
-        "local_port": nginx.port,
-        "remote_port": public,
-        "proxy_protocol_version": version,
-    }
+    if kind == "tcp":
+        _, control = await start_server(pierce, tmp_path)
+        proxy["remote_port"] = public
+    else:
+        _, control = await start_server(pierce, tmp_path, vhost_http_port=public)
+        proxy["custom_domains"] = ["nas.example.com"]
     client = await start_client(pierce, tmp_path, control, [proxy])
     await client.wait_event("proxy.ready")
-    path = f"/{FILE_NAME}?via=tcp-{version}"
+    path = f"/{FILE_NAME}?via={kind}-{version}"
     source_port, status, body = await visit_through(public, path)
     assert status == b"HTTP/1.1 200 OK"
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(FILE).hexdigest()
     assert nginx.access_log() == [
         f'127.0.0.1 {source_port} 127.0.0.1 {public} "GET {path} HTTP/1.1" 200 {len(FILE)}'
-    ], nginx.output
-
-
-@pytest.mark.parametrize("version", ["v1", "v2"])
-async def test_http_proxy_tells_nginx_the_visitor_address(
-    pierce, tmp_path: Path, nginx: Nginx, version: str
-) -> None:
-    from support.tunnel import start_client, start_server
-
-    vhost = free_port()
-    _, control = await start_server(pierce, tmp_path, vhost_http_port=vhost)
-    proxy = {
-        "type": "http",
-        "name": "web",
-        "local_port": nginx.port,
-        "custom_domains": ["nas.example.com"],
-        "proxy_protocol_version": version,
-    }
-    client = await start_client(pierce, tmp_path, control, [proxy])
-    await client.wait_event("proxy.ready")
-    path = f"/{FILE_NAME}?via=http-{version}"
-    source_port, status, body = await visit_through(vhost, path)
-    assert status == b"HTTP/1.1 200 OK"
-    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(FILE).hexdigest()
-    assert nginx.access_log() == [
-        f'127.0.0.1 {source_port} 127.0.0.1 {vhost} "GET {path} HTTP/1.1" 200 {len(FILE)}'
     ], nginx.output

@@ -12,9 +12,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from helpers.http_services import web_service as served
 from support.streams import MiB, free_port, payload
 from support.tunnel import start_client, start_server
-from support.web import curl, web_service
+from support.web import curl
 
 NAS, HA = "nas.example.com", "ha.example.com"
 
@@ -51,7 +52,7 @@ async def status(domain: str, port: int, *extra: str) -> str:
 
 
 async def test_two_domains_paths_auth_and_headers_on_one_port(pierce, tmp_path: Path) -> None:
-    async with web_service("nas") as nas, web_service("ha") as ha, web_service("api") as api:
+    async with served("nas") as (nas, _), served("ha") as (ha, _), served("api") as (api, _):
         server, control, port = await vhost_server(pierce, tmp_path)
         home = await start_client(
             pierce,
@@ -85,7 +86,7 @@ async def test_two_domains_paths_auth_and_headers_on_one_port(pierce, tmp_path: 
 
         seen = await get_json(NAS, port, "/index.html")
         assert seen["service"] == "nas"
-        assert seen["host"] == "nas.internal"
+        assert seen["headers"]["host"] == "nas.internal"
         headers = seen["headers"]
         assert headers["x-from-pierce"] == "yes"
         assert headers["x-forwarded-for"] == "127.0.0.1"
@@ -127,7 +128,7 @@ async def test_two_domains_paths_auth_and_headers_on_one_port(pierce, tmp_path: 
 async def test_subdomain_custom_404_and_bad_heads(pierce, tmp_path: Path) -> None:
     page = tmp_path / "404.html"
     page.write_text("<h1>nothing here</h1>")
-    async with web_service("nas") as nas:
+    async with served("nas") as (nas, _):
         _, control, port = await vhost_server(
             pierce, tmp_path, subdomain_host="example.com", custom_404_file=str(page)
         )
@@ -154,7 +155,7 @@ async def test_subdomain_custom_404_and_bad_heads(pierce, tmp_path: Path) -> Non
 
 async def test_large_bodies_and_websocket(pierce, tmp_path: Path) -> None:
     size = 100 * MiB
-    async with web_service("nas") as nas:
+    async with served("nas") as (nas, _):
         _, control, port = await vhost_server(pierce, tmp_path)
         client = await start_client(pierce, tmp_path, control, [http_proxy("nas", nas, custom_domains=[NAS])])
         await ready(client, "nas")
@@ -173,14 +174,16 @@ async def test_large_bodies_and_websocket(pierce, tmp_path: Path) -> None:
             code, out, err = await curl(*resolve(NAS, port), *args, f"@{up}", f"http://{NAS}:{port}/upload")
             assert code == 0, err
             assert out.startswith("{"), (mode, out, err)
-            assert json.loads(out) == {"sha256": hashlib.sha256(up.read_bytes()).hexdigest(), "size": size}
+            got = json.loads(out)
+            assert (got["sha256"], got["size"]) == (hashlib.sha256(up.read_bytes()).hexdigest(), size)
+            assert got["chunked"] == (mode == "chunked")
 
         # A websocket through the vhost: the Upgrade passes and frames flow both ways.
         url = f"http://127.0.0.1:{port}/ws"
         async with aiohttp.ClientSession() as http, http.ws_connect(url, headers={"Host": NAS}) as ws:
             for i in range(20):
                 await ws.send_str(f"hello {i}")
-                assert (await ws.receive_str()) == f"hello {i}"
+                assert (await ws.receive_str()) == f"nas:hello {i}"
             blob = payload(1 * MiB, 8)
             await ws.send_bytes(blob)
             assert (await ws.receive_bytes()) == blob
@@ -237,7 +240,7 @@ async def test_automatic_https_with_acme(pierce, tmp_path: Path) -> None:
     with running_pebble(tmp_path / "pebble", http_port=http_port) as ca:
         root = tmp_path / "pebble-root.pem"
         root.write_bytes(ca.root_pem)
-        async with web_service("auto") as inside:
+        async with served("auto") as (inside, _):
             server, control = await start_server(
                 pierce,
                 tmp_path,
@@ -276,7 +279,7 @@ async def test_https2http_plugin_terminates_tls_on_the_client(pierce, tmp_path: 
     domain = "plug.example.com"
     crt, key = self_signed(tmp_path, domain)
     https_port = free_port()
-    async with web_service("plain-app") as inside:
+    async with served("plain-app") as (inside, _):
         _, control = await start_server(pierce, tmp_path, vhost_https_port=https_port)
         proxy = {
             "type": "https",
@@ -302,4 +305,5 @@ async def test_https2http_plugin_terminates_tls_on_the_client(pierce, tmp_path: 
             f"https://{domain}:{https_port}/upload",
         )  # fmt: skip
         assert code == 0, err
-        assert json.loads(out) == {"sha256": hashlib.sha256(big.read_bytes()).hexdigest(), "size": 8 * MiB}
+        got = json.loads(out)
+        assert (got["sha256"], got["size"]) == (hashlib.sha256(big.read_bytes()).hexdigest(), 8 * MiB)

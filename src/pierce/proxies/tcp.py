@@ -161,7 +161,13 @@ async def serve_tcp_work(
             return
         tunnel = tls_end
     try:
-        sock = await connect_tcp(local, LOCAL_CONNECT_TIMEOUT)
+        local_end = SocketEnd(await connect_tcp(local, LOCAL_CONNECT_TIMEOUT))
+        if header:
+            try:
+                await local_end.write(header)
+            except OSError as exc:
+                local_end.close()
+                raise TargetUnreachable(f"closed before the PROXY protocol header went out: {exc}") from exc
     except TargetUnreachable as exc:
         tunnel.close()
         event(
@@ -187,23 +193,5 @@ async def serve_tcp_work(
         client=visitor,
         target=str(local),
     )
-    local_end = SocketEnd(sock)
-    if header:
-        try:
-            await local_end.write(header)
-        except OSError as exc:
-            tunnel.close()
-            local_end.close()
-            event(
-                log,
-                logging.WARNING,
-                "proxy.local_failed",
-                f"{name}: visitor {visitor}: local service {local} closed: {exc}",
-                proxy=name,
-                client=visitor,
-                target=str(local),
-                error=str(exc),
-            )
-            return
     stats = await relay(tunnel, local_end)
     log_relay_closed(log, "proxy.close", name, visitor, str(local), stats, proxy=name)

@@ -34,10 +34,8 @@ import datetime
 import hashlib
 import ipaddress
 import logging
-import os
 import re
 import ssl
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -53,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pierce.errors import LocalError
 from pierce.logs import event
+from pierce.tls import make_private_dir, write_private
 from pierce.vhost.acme_order import AcmeOrderer, IssuanceFailed
 
 __all__ = [
@@ -474,10 +473,10 @@ class CertificateManager:
                 raise ValueError(f"the CA issued a certificate for {', '.join(got)}")
             digest = hashlib.sha256(",".join(sorted(names)).encode()).hexdigest()[:8]
             path = self.dir / "certs" / f"{names[0]}-{digest}.pem"
-            _make_private_dir(path.parent)
-            _write_private(path, data)
+            make_private_dir(path.parent)
+            write_private(path, data)
             return _load_certificate(path)
-        except (OSError, ValueError, ssl.SSLError) as exc:
+        except (OSError, LocalError, ValueError, ssl.SSLError) as exc:
             raise IssuanceFailed(names, "error", f"cannot use the certificate: {exc}") from exc
 
     def _account_key(self) -> ec.EllipticCurvePrivateKey:
@@ -488,8 +487,8 @@ class CertificateManager:
                 raise ValueError(f"{path} is not an EC private key")
             return key
         key = ec.generate_private_key(ec.SECP256R1())
-        _make_private_dir(self.dir)
-        _write_private(path, _key_pem(key))
+        make_private_dir(self.dir)
+        write_private(path, _key_pem(key))
         return key
 
 
@@ -534,21 +533,3 @@ def _load_certificate(path: Path) -> Certificate:
     )
 
 
-def _make_private_dir(path: Path) -> None:
-    if not path.is_dir():
-        path.mkdir(mode=0o700, parents=True)
-        path.chmod(0o700)  # mkdir's mode is filtered by the umask
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``path`` readable by its owner only, atomically."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -21,7 +21,7 @@ from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
 from pierce import __version__
-from pierce.errors import PierceError
+from pierce.errors import LocalError, PierceError
 
 if TYPE_CHECKING:
     import requests
@@ -83,7 +83,7 @@ class AcmeOrderer:
             if self._client is None:
                 try:
                     key = self._account_key()
-                except (OSError, ValueError) as exc:
+                except (OSError, LocalError, ValueError) as exc:
                     raise IssuanceFailed(names, "account", f"cannot use the account key: {exc}") from exc
                 self._client = self._connect(key)
             return self._order(self._client, names)
