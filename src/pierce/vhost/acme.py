@@ -531,5 +531,3 @@ def _load_certificate(path: Path) -> Certificate:
         path=path,
         context=context,
     )
-
-
