@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.set_defaults(func=cmd_demo)
 
     _add_nat_command(sub)
+    _add_visit_command(sub)
 
     p_verify = sub.add_parser("verify", help="check a config file without starting anything")
     _add_logging_flags(p_verify, suppress=True)
@@ -357,6 +358,85 @@ def cmd_nat(args: argparse.Namespace) -> int:
     )
     print(json.dumps(report.as_json()) if args.json else report.as_text())
     return EXIT_OK if report.public_address is not None else EXIT_FAILURE
+
+
+def _add_visit_command(sub: Any) -> None:
+    p_visit = sub.add_parser(
+        "visit",
+        help="reach a secret (stcp/sudp) proxy of another client through the server, on a local port",
+        description=(
+            "Open a local port whose connections (or datagrams, with --udp) reach the secret proxy NAME "
+            "through the server. The secret is checked at start: a wrong secret or an unknown name exits "
+            "with status 1."
+        ),
+        epilog=(
+            "example:\n"
+            "  pierce visit --server H:7000 --token T --name ssh --secret K --bind 127.0.0.1:9000\n"
+            "  ssh -p 9000 127.0.0.1"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_logging_flags(p_visit, suppress=True)
+    p_visit.add_argument("--server", metavar="HOST:PORT", required=True, help="the server's control address")
+    p_visit.add_argument("--token", help="the server's shared secret (or PIERCE_TOKEN)")
+    p_visit.add_argument("--name", required=True, help="the secret proxy to reach")
+    p_visit.add_argument("--secret", help="the proxy's secret_key (or PIERCE_SECRET)")
+    p_visit.add_argument(
+        "--bind",
+        metavar="HOST:PORT",
+        default="127.0.0.1:0",
+        help="local address to open (port 0 = any; logged)",
+    )
+    p_visit.add_argument("--udp", action="store_true", help="the proxy is sudp: carry UDP datagrams")
+    p_visit.add_argument("--client-id", help="the name this visitor gives (checked against allow_users)")
+    p_visit.add_argument("--server-fingerprint", help="pin the server certificate (SHA-256)")
+    p_visit.set_defaults(func=cmd_visit)
+
+
+def visit_config_from_args(args: argparse.Namespace) -> config.ClientConfig:
+    import os
+
+    from pierce.addr import parse_host_port
+
+    problems = []
+    try:
+        server = parse_host_port(args.server)
+    except ValueError as exc:
+        problems.append(f"--server: {exc}")
+    try:
+        bind = parse_host_port(args.bind, allow_port_zero=True)
+    except ValueError as exc:
+        problems.append(f"--bind: {exc}")
+    secret = args.secret or os.environ.get("PIERCE_SECRET")
+    if not secret:
+        problems.append("--secret: expected the proxy's secret_key (or set PIERCE_SECRET)")
+    if problems:
+        raise ConfigError(problems)
+    doc: dict[str, Any] = {
+        "server_addr": server.host,
+        "server_port": server.port,
+        "token": _token(args) or "",
+        "client_id": args.client_id or "",
+        "server_fingerprint": args.server_fingerprint or "",
+        "visitors": [
+            {
+                "type": "sudp" if args.udp else "stcp",
+                "name": f"visit-{args.name}",
+                "server_name": args.name,
+                "secret_key": secret,
+                "bind_addr": bind.host,
+                "bind_port": bind.port,
+            }
+        ],
+    }
+    return config.convert(doc, config.ClientConfig, "command line")
+
+
+def cmd_visit(args: argparse.Namespace) -> int:
+    from pierce.client.visitor import run_visit
+    from pierce.runtime import run
+
+    return run(run_visit(visit_config_from_args(args)))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

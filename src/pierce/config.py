@@ -363,7 +363,91 @@ class UdpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, t
             raise ValueError(f"idle_timeout: expected a number of seconds > 0, got {self.idle_timeout:g}")
 
 
-ProxyConfig = TcpProxyConfig | UdpProxyConfig | HttpProxyConfig | HttpsProxyConfig
+class StcpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="stcp", tag_field="type"):
+    """``[[proxies]] type = "stcp"``: a secret TCP service. No public port: visitors that know
+    ``secret_key`` reach it through the server (``pierce visit`` or ``[[visitors]]``)."""
+
+    name: str
+    local_ip: str = "127.0.0.1"
+    local_port: int
+    #: Shared with the visitors; it never leaves this client (visitors send an HMAC proof of it).
+    secret_key: str
+    #: Client ids of the visitors allowed in; empty or ``"*"`` lets in every visitor with the secret.
+    allow_users: list[str] = []
+
+    def __post_init__(self) -> None:
+        _check_secret_proxy(self.name, self.local_port, self.secret_key)
+
+    def __repr__(self) -> str:
+        return _masked_repr(self)
+
+
+class SudpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="sudp", tag_field="type"):
+    """``[[proxies]] type = "sudp"``: a secret UDP service, reached like an stcp proxy."""
+
+    name: str
+    local_ip: str = "127.0.0.1"
+    local_port: int
+    secret_key: str
+    allow_users: list[str] = []
+    #: Seconds a visiting application's UDP flow lives without traffic.
+    idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        _check_secret_proxy(self.name, self.local_port, self.secret_key)
+        if self.idle_timeout <= 0:
+            raise ValueError(f"idle_timeout: expected a number of seconds > 0, got {self.idle_timeout:g}")
+
+    def __repr__(self) -> str:
+        return _masked_repr(self)
+
+
+ProxyConfig = (
+    TcpProxyConfig | UdpProxyConfig | HttpProxyConfig | HttpsProxyConfig | StcpProxyConfig | SudpProxyConfig
+)
+SecretProxyConfig = StcpProxyConfig | SudpProxyConfig
+
+
+class StcpVisitorConfig(
+    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="stcp", tag_field="type"
+):
+    """``[[visitors]] type = "stcp"``: a local port whose connections reach a secret TCP proxy."""
+
+    #: A label for logs.
+    name: str
+    #: The proxy to reach (its ``name`` in the owner's client.toml).
+    server_name: str
+    secret_key: str
+    bind_addr: str = "127.0.0.1"
+    #: 0 = any free port (logged).
+    bind_port: int
+
+    def __post_init__(self) -> None:
+        _check_visitor(self.name, self.server_name, self.secret_key, self.bind_port)
+
+    def __repr__(self) -> str:
+        return _masked_repr(self)
+
+
+class SudpVisitorConfig(
+    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="sudp", tag_field="type"
+):
+    """``[[visitors]] type = "sudp"``: a local UDP port whose datagrams reach a secret UDP proxy."""
+
+    name: str
+    server_name: str
+    secret_key: str
+    bind_addr: str = "127.0.0.1"
+    bind_port: int
+
+    def __post_init__(self) -> None:
+        _check_visitor(self.name, self.server_name, self.secret_key, self.bind_port)
+
+    def __repr__(self) -> str:
+        return _masked_repr(self)
+
+
+VisitorConfig = StcpVisitorConfig | SudpVisitorConfig
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
@@ -385,6 +469,23 @@ def _check_domains(domains: list[str], subdomain: str) -> None:
         _check_domain(domain, f"custom_domains[{i}]")
     if subdomain and not _LABEL.fullmatch(subdomain.lower()):
         raise ValueError(f'subdomain: expected one label like "nas", got "{subdomain}"')
+
+
+def _check_secret_proxy(name: str, local_port: int, secret_key: str) -> None:
+    _check_proxy(name, local_port, 0)
+    if not secret_key:
+        raise ValueError("secret_key: expected a non-empty secret shared with the visitors")
+
+
+def _check_visitor(name: str, server_name: str, secret_key: str, bind_port: int) -> None:
+    if not name or len(name) > 255:
+        raise ValueError("name: expected 1 to 255 characters")
+    if not server_name or len(server_name) > 255:
+        raise ValueError("server_name: expected the name of a proxy (1 to 255 characters)")
+    if not secret_key:
+        raise ValueError("secret_key: expected the proxy's secret")
+    if not 0 <= bind_port <= 65535:
+        raise ValueError(f"bind_port: expected 0 (any free port) or a port up to 65535, got {bind_port}")
 
 
 def _check_proxy(name: str, local_port: int, remote_port: int) -> None:
@@ -418,6 +519,8 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     admin_port: int = 0
     transport: TransportOptions = msgspec.field(default_factory=TransportOptions)
     proxies: list[ProxyConfig] = []
+    #: Local ports that reach other clients' secret (stcp/sudp) proxies; read at start.
+    visitors: list[VisitorConfig] = []
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -432,15 +535,22 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"proxies: duplicate proxy name {dupes[0]!r}")
+        names = [v.name for v in self.visitors]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"visitors: duplicate visitor name {dupes[0]!r}")
 
     def __repr__(self) -> str:
         return _masked_repr(self)
 
 
+_SECRET_FIELDS = frozenset({"token", "secret_key"})
+
+
 def _masked_repr(cfg: msgspec.Struct) -> str:
     """Configs print without their secrets (logs, tracebacks, debuggers)."""
     fields = ", ".join(
-        f"{f}={'MASKED' if f == 'token' else repr(getattr(cfg, f))}" for f in cfg.__struct_fields__
+        f"{f}={'MASKED' if f in _SECRET_FIELDS else repr(getattr(cfg, f))}" for f in cfg.__struct_fields__
     )
     return f"{type(cfg).__name__}({fields})"
 

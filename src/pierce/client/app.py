@@ -18,6 +18,7 @@ import msgspec
 
 from pierce import config as config_mod
 from pierce.client.session import ClientSession, Dialer
+from pierce.client.visitor import Visitors
 from pierce.config import ClientConfig, ProxyConfig
 from pierce.errors import ConfigError, PierceError
 from pierce.handshake import AuthenticationFailed, HandshakeRefused
@@ -78,6 +79,9 @@ class Client:
         self.active: set[asyncio.Task[None]] = set()
         #: UDP proxies and their visitor flows, kept across reconnects like `active` relays.
         self.udp = UdpProxies()
+        #: The ``[[visitors]]`` of the config: local ports reaching other clients' secret proxies.
+        self.visitors = Visitors(config, self.client_id)
+        self._visitors_started: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._sync_states()
 
@@ -87,7 +91,7 @@ class Client:
         states = {}
         for p in self.config.proxies:
             old = self.status.proxies.get(p.name)
-            kind = "tcp" if isinstance(p, config_mod.TcpProxyConfig) else "udp"
+            kind = str(type(p).__struct_config__.tag)
             states[p.name] = old or ProxyState(p.name, kind, f"{p.local_ip}:{p.local_port}")
         self.status.proxies = states
 
@@ -100,12 +104,14 @@ class Client:
         proxy.state, proxy.remote_port, proxy.error, proxy.urls = state, port, error, list(urls)
         if state == "running":
             host = self.config.server_addr
-            where = ", ".join(urls) if urls else f"{host}:{port}"
+            where = "at " + (", ".join(urls) if urls else f"{host}:{port}")
+            if proxy.type in ("stcp", "sudp"):
+                where = f"by visitors of {host} that know its secret (no public port)"
             event(
                 log,
                 logging.INFO,
                 "proxy.ready",
-                f"proxy {name}: {proxy.local} is reachable at {where}",
+                f"proxy {name}: {proxy.local} is reachable {where}",
                 proxy=name,
                 remote_port=port,
                 server=host,
@@ -132,6 +138,8 @@ class Client:
         """Connect, serve, and reconnect with capped exponential backoff plus jitter, until stopped."""
         backoff = BACKOFF_FIRST
         dialer = Dialer(self.config, self.client_id)
+        if self.visitors.visitors and self._visitors_started is None:
+            self._visitors_started = asyncio.get_running_loop().create_task(self.visitors.start(strict=False))
         while not self._stop.is_set():
             self.status.attempts += 1
             started = time.monotonic()
@@ -209,6 +217,10 @@ class Client:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.udp.close()
+        if self._visitors_started is not None:
+            self._visitors_started.cancel()
+            await asyncio.gather(self._visitors_started, return_exceptions=True)
+        await self.visitors.close()
 
     # -- reload ------------------------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ from pierce.config import (
     HttpsProxyConfig,
     ProxyConfig,
     ProxyProtocolVersion,
+    StcpProxyConfig,
+    SudpProxyConfig,
     TcpProxyConfig,
     UdpProxyConfig,
 )
@@ -30,6 +32,8 @@ from pierce.protocol import (
     Feature,
     NewHttpProxy,
     NewHttpsProxy,
+    NewStcpProxy,
+    NewSudpProxy,
     NewTcpProxy,
     NewUdpProxy,
     Ping,
@@ -41,8 +45,11 @@ from pierce.protocol import (
     Role,
     StartWork,
     UdpPacket,
+    VisitorCheck,
     certificate_binding,
 )
+from pierce.proxies.stcp import check_visitor
+from pierce.proxies.sudp import serve_sudp_work
 from pierce.proxies.tcp import serve_tcp_work
 from pierce.proxies.udp import UdpProxies
 from pierce.relay import End, SocketEnd
@@ -121,6 +128,11 @@ class Dialer:
         """A logged-in control channel and its run id (``previous_run_id`` resumes a session)."""
         channel, binding = await self._tls()
         return channel, await self._login(channel, binding, Role.CONTROL, previous_run_id)
+
+    async def visitor(self) -> tuple[StreamChannel, str]:
+        """A logged-in visitor connection (always TLS) and the visit id the server issued for it."""
+        channel, binding = await self._tls()
+        return channel, await self._login(channel, binding, Role.VISITOR, "")
 
     async def work(self, run_id: str) -> MessageChannel:
         """A logged-in work connection of session ``run_id``: TLS, or plain when data is unencrypted."""
@@ -214,6 +226,8 @@ class ClientSession:
                     self._spawn(self._work_conn(), "work")
             case UdpPacket():
                 self.udp.deliver(msg)
+            case VisitorCheck():
+                await self.channel.send(check_visitor(self.proxies.get(msg.proxy), msg))
             case Error(code=code, reason=reason):
                 raise ConnectionClosed(f"server closed the session: {reason} ({code.value})")
             case _:
@@ -265,6 +279,10 @@ class ClientSession:
                         name=proxy.name, custom_domains=proxy.custom_domains, subdomain=proxy.subdomain
                     )
                 )
+            case StcpProxyConfig():
+                await self.channel.send(NewStcpProxy(name=proxy.name))
+            case SudpProxyConfig():
+                await self.channel.send(NewSudpProxy(name=proxy.name))
 
     async def unregister(self, name: str) -> None:
         self.proxies.pop(name, None)
@@ -342,6 +360,11 @@ class ClientSession:
                     end.close()
                     return
             self.spawn_active(serve_tcp_work(proxy.name, local, msg, end, header=header, tls=tls))
+        elif isinstance(proxy, StcpProxyConfig):
+            local = HostPort(proxy.local_ip, proxy.local_port)
+            self.spawn_active(serve_tcp_work(proxy.name, local, msg, end))
+        elif isinstance(proxy, SudpProxyConfig):
+            self.spawn_active(serve_sudp_work(proxy, msg, end))
         else:
             end.close()
 

@@ -14,6 +14,8 @@ from pierce.protocol.auth import (
     server_proof,
     verify_client_proof,
     verify_server_proof,
+    verify_visitor_proof,
+    visitor_proof,
 )
 from pierce.protocol.errors import FrameTooLarge, MalformedFrame, ProtocolError, UnexpectedMessage
 from pierce.protocol.frames import (
@@ -41,6 +43,8 @@ from pierce.protocol.messages import (
     NewHttpProxy,
     NewHttpsProxy,
     NewProxy,
+    NewStcpProxy,
+    NewSudpProxy,
     NewTcpProxy,
     NewUdpProxy,
     Ping,
@@ -49,9 +53,14 @@ from pierce.protocol.messages import (
     ProxyRefused,
     ReqWorkConn,
     Role,
+    SecretKind,
     ServerMessage,
     StartWork,
     UdpPacket,
+    Visit,
+    VisitorCheck,
+    VisitorVerdict,
+    VisitReady,
 )
 
 __all__ = [
@@ -81,6 +90,8 @@ __all__ = [
     "NewHttpProxy",
     "NewHttpsProxy",
     "NewProxy",
+    "NewStcpProxy",
+    "NewSudpProxy",
     "NewTcpProxy",
     "NewUdpProxy",
     "Ping",
@@ -90,10 +101,15 @@ __all__ = [
     "ProxyRefused",
     "ReqWorkConn",
     "Role",
+    "SecretKind",
     "ServerMessage",
     "StartWork",
     "UdpPacket",
     "UnexpectedMessage",
+    "Visit",
+    "VisitReady",
+    "VisitorCheck",
+    "VisitorVerdict",
     "certificate_binding",
     "client_proof",
     "encode_frame",
@@ -101,4 +117,6 @@ __all__ = [
     "server_proof",
     "verify_client_proof",
     "verify_server_proof",
+    "verify_visitor_proof",
+    "visitor_proof",
 ]

@@ -34,6 +34,7 @@ NO_CHANNEL_BINDING = b""
 # Domain-separation labels: a proof computed for one direction never verifies for the other.
 _CLIENT_LABEL = b"pierce/1 client proof"
 _SERVER_LABEL = b"pierce/1 server proof"
+_VISITOR_LABEL = b"pierce/1 visitor proof"
 
 
 def new_nonce() -> bytes:
@@ -77,6 +78,29 @@ def verify_server_proof(
     expected = server_proof(
         token, server_nonce=server_nonce, client_nonce=client_nonce, channel_binding=channel_binding
     )
+    return hmac.compare_digest(expected, proof)
+
+
+def visitor_proof(secret: str, *, proxy: str, visit_id: str, client_nonce: bytes) -> bytes:
+    """The proof a visitor sends in `Visit`: that it knows a secret proxy's ``secret_key``.
+
+    It covers the proxy name and the visit id the server issued for this connection, so it is good for
+    one visit of one proxy; only the proxy's owner, which holds the secret, can check it.
+    """
+    if len(client_nonce) != NONCE_SIZE:
+        raise ValueError(f"client nonce must be {NONCE_SIZE} bytes, got {len(client_nonce)}")
+    mac = hmac.new(secret.encode(), digestmod=hashlib.sha256)
+    for part in (_VISITOR_LABEL, proxy.encode(), visit_id.encode(), client_nonce):
+        mac.update(len(part).to_bytes(4, "big"))
+        mac.update(part)
+    return mac.digest()
+
+
+def verify_visitor_proof(
+    secret: str, proof: bytes, *, proxy: str, visit_id: str, client_nonce: bytes
+) -> bool:
+    """Whether `proof` (from `Visit`) shows the visitor knows ``secret``; constant-time."""
+    expected = visitor_proof(secret, proxy=proxy, visit_id=visit_id, client_nonce=client_nonce)
     return hmac.compare_digest(expected, proof)
 
 

@@ -72,6 +72,15 @@ class Role(enum.Enum):
     VISITOR = "visitor"
 
 
+class SecretKind(enum.Enum):
+    """The kinds of secret proxy: no public port, reached by visitors that prove the proxy's secret."""
+
+    #: A TCP service; each visitor connection becomes one stream.
+    STCP = "stcp"
+    #: A UDP service; a visitor's datagrams travel as `UdpPacket` frames inside one stream.
+    SUDP = "sudp"
+
+
 class ErrorCode(enum.Enum):
     """Why a peer refused something; sent in `Error` and `ProxyRefused`."""
 
@@ -85,6 +94,8 @@ class ErrorCode(enum.Enum):
     #: A work connection named a run id the server does not know (expired or never issued).
     UNKNOWN_SESSION = "unknown_session"
     LIMIT_REACHED = "limit_reached"
+    #: A visitor's client id is not in the secret proxy's ``allow_users``.
+    NOT_ALLOWED = "not_allowed"
     #: Another proxy already serves this domain (and location).
     DOMAIN_TAKEN = "domain_taken"
     #: The server does not offer what was asked (e.g. no vhost port configured).
@@ -115,7 +126,7 @@ class Hello(_Message, frozen=True, kw_only=True, tag="hello"):
     client_id: Name
     role: Role
     #: CONTROL: the run id of the previous session, to resume it (empty for a fresh start).
-    #: WORK: the run id of the control session this connection joins.
+    #: WORK: the run id of the control session this connection joins. VISITOR: empty.
     run_id: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)] = ""
 
 
@@ -178,6 +189,47 @@ class CloseProxy(_Message, frozen=True, kw_only=True, tag="close_proxy"):
     name: Name
 
 
+class NewStcpProxy(_Message, frozen=True, kw_only=True, tag="new_stcp"):
+    """Register a secret TCP proxy: no public port; visitors reach it through the control port.
+
+    The secret stays with the client, which checks each visitor's proof (`VisitorCheck`).
+    """
+
+    name: Name
+
+
+class NewSudpProxy(_Message, frozen=True, kw_only=True, tag="new_sudp"):
+    """Register a secret UDP proxy, like `NewStcpProxy`."""
+
+    name: Name
+
+
+class Visit(_Message, frozen=True, kw_only=True, tag="visit"):
+    """A visitor connection (after `AuthOk`) asks for a secret proxy and proves it knows the secret.
+
+    ``proof`` is `pierce.protocol.auth.visitor_proof` over the proxy name, the visit id the server issued
+    in `AuthOk` and ``client_nonce``. The server answers `VisitReady` (then the connection carries data)
+    or `Error` (then it closes).
+    """
+
+    proxy: Name
+    kind: SecretKind
+    client_nonce: Nonce
+    proof: Proof
+    #: Only check the secret and the permissions; no data follows (`pierce visit` does this at start).
+    check_only: bool = False
+
+
+class VisitorVerdict(_Message, frozen=True, kw_only=True, tag="visitor_verdict"):
+    """The owning client's answer to `VisitorCheck`: ``code`` is None when the visitor may pass."""
+
+    proxy: Name
+    check_id: Annotated[int, msgspec.Meta(ge=0)]
+    code: ErrorCode | None = None
+    #: Why the visitor was refused, for the visitor and the server's log.
+    reason: str = ""
+
+
 class Ping(_Message, frozen=True, kw_only=True, tag="ping"):
     """Heartbeat from the client; the server answers `Pong` with the same sequence number."""
 
@@ -198,7 +250,8 @@ class Challenge(_Message, frozen=True, kw_only=True, tag="challenge"):
 class AuthOk(_Message, frozen=True, kw_only=True, tag="auth_ok"):
     """The client's proof was right; the server proves in turn that it knows the token."""
 
-    #: The control session's id; work connections quote it in their `Hello`.
+    #: The control session's id; work connections quote it in their `Hello`. On a visitor connection:
+    #: a fresh random visit id, which the visitor's secret proof covers (`Visit`).
     run_id: Name
     server_proof: Proof
 
@@ -230,6 +283,34 @@ class StartWork(_Message, frozen=True, kw_only=True, tag="start_work"):
     #: The server address the visitor connected to (the destination of a PROXY protocol header).
     server_host: Annotated[str, msgspec.Meta(max_length=MAX_HOST_LENGTH)] = ""
     server_port: Port = 0
+
+
+class VisitorCheck(_Message, frozen=True, kw_only=True, tag="visitor_check"):
+    """A visitor asks for one of this client's secret proxies: check its proof and its client id.
+
+    The client answers `VisitorVerdict` with the same ``check_id``; the server pairs the visitor with a
+    work connection only after a verdict without a code.
+    """
+
+    proxy: Name
+    check_id: Annotated[int, msgspec.Meta(ge=0)]
+    kind: SecretKind
+    #: The client id the visitor logged in with (for ``allow_users``).
+    visitor_id: Name
+    #: The visitor's address as the server sees it, for the owner's log.
+    visitor_host: IpLiteral
+    visitor_port: Port
+    #: The visit id the server issued to that visitor connection (in its `AuthOk`).
+    visit_id: Name
+    client_nonce: Nonce
+    proof: Proof
+
+
+class VisitReady(_Message, frozen=True, kw_only=True, tag="visit_ready"):
+    """The visitor was accepted; after this message the connection carries its data (or, for a
+    ``check_only`` visit, closes)."""
+
+    proxy: Name
 
 
 class ReqWorkConn(_Message, frozen=True, kw_only=True, tag="req_work"):
@@ -264,7 +345,7 @@ class Error(_Message, frozen=True, kw_only=True, tag="error"):
     reason: str
 
 
-NewProxy: TypeAlias = NewTcpProxy | NewUdpProxy | NewHttpProxy | NewHttpsProxy
+NewProxy: TypeAlias = NewTcpProxy | NewUdpProxy | NewHttpProxy | NewHttpsProxy | NewStcpProxy | NewSudpProxy
 
 ClientMessage: TypeAlias = (
     Hello
@@ -273,14 +354,28 @@ ClientMessage: TypeAlias = (
     | NewUdpProxy
     | NewHttpProxy
     | NewHttpsProxy
+    | NewStcpProxy
+    | NewSudpProxy
     | CloseProxy
+    | Visit
+    | VisitorVerdict
     | Ping
     | UdpPacket
     | Error
 )
 
 ServerMessage: TypeAlias = (
-    Challenge | AuthOk | ProxyReady | ProxyRefused | StartWork | ReqWorkConn | Pong | UdpPacket | Error
+    Challenge
+    | AuthOk
+    | ProxyReady
+    | ProxyRefused
+    | StartWork
+    | VisitorCheck
+    | VisitReady
+    | ReqWorkConn
+    | Pong
+    | UdpPacket
+    | Error
 )
 
 #: Everything that can appear on the wire, in either direction.

@@ -31,8 +31,10 @@ from pierce.protocol import (
     ProtocolError,
     Role,
     UnexpectedMessage,
+    Visit,
     certificate_binding,
 )
+from pierce.proxies.stcp import SecretProxyServer, serve_visit
 from pierce.relay import wait_fd
 from pierce.server.session import ControlSession
 from pierce.server.workconn import WorkConn
@@ -152,10 +154,7 @@ class Server:
             elif hello.role is Role.WORK:
                 await self._work(channel, hello, binding, peer)
             else:
-                await channel.send(
-                    Error(code=ErrorCode.BAD_MESSAGE, reason=f"role {hello.role.value} is not served")
-                )
-                channel.close()
+                await self._visitor(channel, hello, binding, (str(addr[0]), int(addr[1])))
         except (
             HandshakeRefused,
             AuthenticationFailed,
@@ -262,6 +261,35 @@ class Server:
                 run_id=session.run_id,
             )
         session.add_work_conn(WorkConn(channel))
+
+    async def _visitor(
+        self, channel: MessageChannel, hello: Hello, binding: bytes | None, peer: tuple[str, int]
+    ) -> None:
+        """A visitor of a secret proxy: log in, read its `Visit`, then refuse it or relay it."""
+        if binding is None or not isinstance(channel, StreamChannel):
+            await channel.send(Error(code=ErrorCode.BAD_MESSAGE, reason="visitor connections must use TLS"))
+            raise HandshakeRefused(ErrorCode.BAD_MESSAGE, "plain visitor connection")
+        visit_id = secrets.token_hex(16)
+        async with asyncio.timeout(LOGIN_TIMEOUT):
+            await server_handshake(
+                channel,
+                hello,
+                token=self.config.token,
+                features=self.features,
+                binding=binding,
+                run_id=visit_id,
+            )
+            visit = await channel.recv()
+        if not isinstance(visit, Visit):
+            raise UnexpectedMessage(visit, "Visit")
+        await serve_visit(
+            self._secret_proxy, channel, visit, visit_id=visit_id, visitor_id=hello.client_id, visitor=peer
+        )
+
+    def _secret_proxy(self, name: str) -> SecretProxyServer | None:
+        owner = self.proxy_owners.get(name)
+        proxy = owner.proxies.get(name) if owner is not None else None
+        return proxy if isinstance(proxy, SecretProxyServer) else None
 
 
 async def _peek_byte(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> int:

@@ -21,6 +21,8 @@ from pierce.protocol import (
     NewHttpProxy,
     NewHttpsProxy,
     NewProxy,
+    NewStcpProxy,
+    NewSudpProxy,
     NewTcpProxy,
     NewUdpProxy,
     Ping,
@@ -28,9 +30,12 @@ from pierce.protocol import (
     ProtocolError,
     ProxyReady,
     ProxyRefused,
+    SecretKind,
     UdpPacket,
+    VisitorVerdict,
 )
 from pierce.proxies.http import HttpProxyServer, HttpsProxyServer, _VhostProxy
+from pierce.proxies.stcp import SecretProxyServer
 from pierce.proxies.tcp import TcpProxyServer
 from pierce.proxies.udp import UdpProxyServer
 from pierce.server.workconn import WorkConn, WorkConnPool
@@ -136,8 +141,19 @@ class ControlSession:
         match msg:
             case Ping(seq=seq):
                 await self.channel.send(Pong(seq=seq))
-            case NewTcpProxy() | NewUdpProxy() | NewHttpProxy() | NewHttpsProxy():
+            case (
+                NewTcpProxy()
+                | NewUdpProxy()
+                | NewHttpProxy()
+                | NewHttpsProxy()
+                | NewStcpProxy()
+                | NewSudpProxy()
+            ):
                 await self._new_proxy(msg)
+            case VisitorVerdict():
+                secret = self.proxies.get(msg.proxy)
+                if isinstance(secret, SecretProxyServer):
+                    secret.verdict(msg)
             case CloseProxy(name=name):
                 await self._close_proxy(name, reason="closed by client")
             case UdpPacket():
@@ -173,6 +189,11 @@ class ControlSession:
                 case NewHttpProxy() | NewHttpsProxy():
                     kind = "http" if isinstance(msg, NewHttpProxy) else "https"
                     proxy = self._open_vhost_proxy(msg)
+                case NewStcpProxy() | NewSudpProxy():
+                    secret = SecretKind.STCP if isinstance(msg, NewStcpProxy) else SecretKind.SUDP
+                    kind = secret.value
+                    self._check_name(name)
+                    proxy = SecretProxyServer(name, secret, self)
         except ProxyRefusal as exc:
             event(
                 log,
@@ -188,11 +209,14 @@ class ControlSession:
             return
         self.proxies[name] = proxy
         self.server.proxy_owners[name] = self
+        where = f"listening on {kind} port {proxy.port}"
+        if isinstance(proxy, SecretProxyServer):
+            where = f"registered ({kind}: no public port, for visitors with its secret)"
         event(
             log,
             logging.INFO,
             "proxy.ready",
-            f"client {self.client_id}: proxy {name} listening on {kind} port {proxy.port}",
+            f"client {self.client_id}: proxy {name} {where}",
             client_id=self.client_id,
             proxy=name,
             type=kind,
@@ -256,7 +280,7 @@ class ControlSession:
         """Check the name, the limits and the port rules, then bind with ``opener`` (port 0: any allowed)."""
         cfg = self.server.config
         self._check_name(name)
-        held = sum(1 for p in self.proxies.values() if not isinstance(p, _VhostProxy))
+        held = sum(1 for p in self.proxies.values() if not isinstance(p, _VhostProxy | SecretProxyServer))
         if cfg.max_ports_per_client and held >= cfg.max_ports_per_client:
             raise ProxyRefusal(
                 ErrorCode.LIMIT_REACHED, f"client already holds {held} ports (max_ports_per_client)"

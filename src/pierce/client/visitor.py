@@ -1,0 +1,418 @@
+"""Visitors: local ports that reach secret (stcp, sudp) proxies of other clients through the server.
+
+``pierce visit`` runs one visitor; the ``[[visitors]]`` tables of client.toml run beside ``pierce client``.
+Each tunnel is a TLS connection of its own to the server's control port, logged in with the token as
+`Role.VISITOR`. Its `Visit` names the proxy and proves the secret with an HMAC over the visit id the
+server issued for that connection (`pierce.protocol.auth.visitor_proof`); the secret never crosses the
+wire. The proxy's owner checks the proof and its ``allow_users``, and logs a refusal; the visitor gets
+the owner's reason and logs ``visitor.refused``.
+
+- stcp: `StcpVisitor` accepts on ``bind_addr:bind_port``; every connection gets a tunnel of its own and
+  is relayed by `pierce.relay.relay`, half-close included.
+- sudp: `SudpVisitor` binds a UDP port. Every local application shares one tunnel, opened at the first
+  datagram and again at the next datagram after it broke; replies go only to addresses that sent here.
+
+`Visitors.start` first runs a ``check_only`` visit per visitor, so a wrong secret or name shows at start
+and not at the first connection; ``pierce visit`` exits non-zero on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import socket
+import time
+from collections import OrderedDict
+from typing import Any
+
+from pierce.addr import HostPort, format_sockaddr
+from pierce.client.session import Dialer, ServerUnreachable
+from pierce.config import ClientConfig, StcpVisitorConfig, SudpVisitorConfig, VisitorConfig
+from pierce.errors import PierceError, RemoteError
+from pierce.listeners import TcpListener, bind_socket, set_nodelay
+from pierce.logs import event, log_relay_closed
+from pierce.protocol import (
+    MAX_HOST_LENGTH,
+    Error,
+    ErrorCode,
+    SecretKind,
+    UdpPacket,
+    UnexpectedMessage,
+    Visit,
+    VisitReady,
+    new_nonce,
+    visitor_proof,
+)
+from pierce.proxies.sudp import DatagramTunnel
+from pierce.relay import RelayStats, SocketEnd, relay
+from pierce.transport import FramedEnd, StreamChannel
+from pierce.udpflow import PENDING_LIMIT, DropCounter
+
+log = logging.getLogger("pierce.visitor")
+
+#: Seconds to wait for the server's answer to `Visit` (it asks the proxy's owner, then takes a work
+#: connection: each may take up to 10 s on the server).
+VISIT_TIMEOUT = 30.0
+#: Seconds an sudp visitor waits after a failed tunnel before it tries again.
+SUDP_RETRY_DELAY = 1.0
+#: Local applications an sudp visitor remembers as destinations for replies.
+MAX_APPS = 4096
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+
+
+class VisitRefused(RemoteError):
+    """The server or the proxy's owner turned the visitor away, and said why."""
+
+    def __init__(self, proxy: str, code: ErrorCode, reason: str) -> None:
+        self.proxy = proxy
+        self.code = code
+        self.reason = reason
+        super().__init__(f"visit to proxy {proxy!r} refused: {reason}")
+
+
+def kind_of(config: VisitorConfig) -> SecretKind:
+    return SecretKind.STCP if isinstance(config, StcpVisitorConfig) else SecretKind.SUDP
+
+
+async def open_visit(dialer: Dialer, config: VisitorConfig, *, check_only: bool = False) -> StreamChannel:
+    """A visitor connection the server accepted (`VisitReady` read): data may flow on it.
+
+    Raises VisitRefused with the reason, or another PierceError when the server cannot be reached or
+    the login fails.
+    """
+    try:
+        channel, visit_id = await dialer.visitor()
+    except (OSError, TimeoutError) as exc:
+        raise ServerUnreachable(
+            f"cannot reach the server {dialer.server}: {exc or type(exc).__name__}"
+        ) from exc
+    try:
+        nonce = new_nonce()
+        proof = visitor_proof(
+            config.secret_key, proxy=config.server_name, visit_id=visit_id, client_nonce=nonce
+        )
+        visit = Visit(
+            proxy=config.server_name,
+            kind=kind_of(config),
+            client_nonce=nonce,
+            proof=proof,
+            check_only=check_only,
+        )
+        await channel.send(visit)
+        async with asyncio.timeout(VISIT_TIMEOUT):
+            reply = await channel.recv()
+    except TimeoutError:
+        channel.close()
+        raise ServerUnreachable(f"no answer from the server {dialer.server} in {VISIT_TIMEOUT:g}s") from None
+    except BaseException:
+        channel.close()
+        raise
+    if isinstance(reply, Error):
+        channel.close()
+        raise VisitRefused(config.server_name, reply.code, reply.reason)
+    if not isinstance(reply, VisitReady):
+        channel.close()
+        raise UnexpectedMessage(reply, "VisitReady")
+    return channel
+
+
+def log_failure(config: VisitorConfig, exc: PierceError, level: int = logging.WARNING) -> None:
+    """``visitor.refused`` (with the owner's or server's reason) or ``visitor.failed``."""
+    if isinstance(exc, VisitRefused):
+        event(
+            log,
+            level,
+            "visitor.refused",
+            f"visitor {config.name}: {exc}",
+            visitor=config.name,
+            proxy=config.server_name,
+            code=exc.code.value,
+            reason=exc.reason,
+        )
+    else:
+        event(
+            log,
+            level,
+            "visitor.failed",
+            f"visitor {config.name} (proxy {config.server_name!r}): {exc}",
+            visitor=config.name,
+            proxy=config.server_name,
+            error=str(exc),
+        )
+
+
+class StcpVisitor:
+    """A local TCP port; each connection to it reaches the secret proxy through a tunnel of its own."""
+
+    def __init__(self, config: StcpVisitorConfig, dialer: Dialer) -> None:
+        self.config = config
+        self.dialer = dialer
+        self.listener: TcpListener | None = None
+
+    @property
+    def address(self) -> str:
+        return self.listener.address if self.listener is not None else ""
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.listener = TcpListener.open(
+            HostPort(cfg.bind_addr, cfg.bind_port), self._accepted, name=f"visitor {cfg.name}"
+        )
+        _log_listening(cfg, self.listener.address, self.listener.port)
+
+    async def _accepted(self, conn: socket.socket, addr: Any) -> None:
+        cfg = self.config
+        app = format_sockaddr(addr)
+        started = time.monotonic()
+        try:
+            channel = await open_visit(self.dialer, cfg)
+        except PierceError as exc:
+            conn.close()
+            log_failure(cfg, exc)
+            return
+        except BaseException:
+            conn.close()
+            raise
+        set_nodelay(conn)
+        event(
+            log,
+            logging.INFO,
+            "visitor.open",
+            f"visitor {cfg.name}: {app} -> proxy {cfg.server_name}",
+            visitor=cfg.name,
+            proxy=cfg.server_name,
+            client=app,
+        )
+        stats = await relay(
+            SocketEnd(conn), FramedEnd(channel.reader, channel.writer), RelayStats(started=started)
+        )
+        log_relay_closed(
+            log, "visitor.close", cfg.name, app, f"proxy {cfg.server_name}", stats, proxy=cfg.server_name
+        )
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            await self.listener.close()
+
+
+class _AppProtocol(asyncio.DatagramProtocol):
+    def __init__(self, visitor: SudpVisitor) -> None:
+        self.visitor = visitor
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.visitor.from_app(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("visitor %s: local socket error: %s", self.visitor.config.name, exc)
+
+
+class SudpVisitor:
+    """A local UDP port whose datagrams reach the secret proxy; one tunnel carries every application's."""
+
+    def __init__(self, config: SudpVisitorConfig, dialer: Dialer) -> None:
+        self.config = config
+        self.dialer = dialer
+        self.address = ""
+        self.apps: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._tunnel: DatagramTunnel | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pending: list[tuple[tuple[str, int], bytes]] = []
+        self._retry_at = 0.0
+        self._dropped = DropCounter(log, "udp.dropped", f"visitor {config.name}", visitor=config.name)
+
+    async def start(self) -> None:
+        cfg = self.config
+        sock = bind_socket(HostPort(cfg.bind_addr, cfg.bind_port), socket.SOCK_DGRAM)
+        try:
+            loop = asyncio.get_running_loop()
+            self._transport, _ = await loop.create_datagram_endpoint(lambda: _AppProtocol(self), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        name = sock.getsockname()
+        self.address = format_sockaddr(name)
+        _log_listening(cfg, self.address, int(name[1]))
+
+    def from_app(self, data: bytes, addr: Any) -> None:
+        app = (str(addr[0]), int(addr[1]))
+        if len(app[0]) > MAX_HOST_LENGTH:
+            return
+        if app in self.apps:
+            self.apps.move_to_end(app)
+        else:
+            self.apps[app] = None
+            if len(self.apps) > MAX_APPS:
+                self.apps.popitem(last=False)
+        if self._tunnel is not None:
+            self._tunnel.send(app[0], app[1], data)
+            return
+        if self._task is None and time.monotonic() < self._retry_at:
+            self._dropped.drop("the last tunnel failed; waiting before the next try")
+            return
+        if len(self._pending) >= PENDING_LIMIT:
+            self._dropped.drop("tunnel still opening")
+            return
+        self._pending.append((app, data))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run_tunnel())
+
+    def to_app(self, packet: UdpPacket) -> None:
+        app = (packet.peer_host, packet.peer_port)
+        if app not in self.apps:
+            self._dropped.drop("reply to an address that never sent here")
+            return
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(packet.data, app)
+
+    async def _run_tunnel(self) -> None:
+        cfg = self.config
+        try:
+            try:
+                channel = await open_visit(self.dialer, cfg)
+            except PierceError as exc:
+                log_failure(cfg, exc)
+                self._retry_at = time.monotonic() + SUDP_RETRY_DELAY
+                self._pending.clear()
+                return
+            tunnel = DatagramTunnel(
+                FramedEnd(channel.reader, channel.writer), cfg.server_name, self.to_app, self._dropped
+            )
+            self._tunnel = tunnel
+            pending, self._pending = self._pending, []
+            for app, data in pending:
+                tunnel.send(app[0], app[1], data)
+            event(
+                log,
+                logging.INFO,
+                "visitor.open",
+                f"visitor {cfg.name}: datagram tunnel to proxy {cfg.server_name} open",
+                visitor=cfg.name,
+                proxy=cfg.server_name,
+            )
+            error = ""
+            try:
+                await tunnel.run()
+            except (PierceError, OSError) as exc:
+                error = str(exc) or type(exc).__name__
+            event(
+                log,
+                logging.INFO,
+                "visitor.close",
+                f"visitor {cfg.name}: datagram tunnel to proxy {cfg.server_name} closed"
+                + (f" ({error})" if error else ""),
+                visitor=cfg.name,
+                proxy=cfg.server_name,
+                up_packets=tunnel.sent_packets,
+                up_bytes=tunnel.sent_bytes,
+                down_packets=tunnel.received_packets,
+                down_bytes=tunnel.received_bytes,
+                **({"error": error} if error else {}),
+            )
+        finally:
+            self._tunnel = None
+            self._task = None
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        if self._tunnel is not None:
+            self._tunnel.close()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+Visitor = StcpVisitor | SudpVisitor
+
+
+def _log_listening(config: VisitorConfig, address: str, port: int) -> None:
+    kind = kind_of(config).value
+    event(
+        log,
+        logging.INFO,
+        "visitor.listening",
+        f"visitor {config.name}: {kind} on {address} reaches proxy {config.server_name}",
+        visitor=config.name,
+        proxy=config.server_name,
+        type=kind,
+        listen=address,
+        port=port,
+    )
+
+
+class Visitors:
+    """Every visitor of one config, sharing one dialer; ``close()`` frees their ports and tunnels."""
+
+    def __init__(self, config: ClientConfig, client_id: str) -> None:
+        self.dialer = Dialer(config, client_id)
+        self.visitors: list[Visitor] = [
+            StcpVisitor(v, self.dialer) if isinstance(v, StcpVisitorConfig) else SudpVisitor(v, self.dialer)
+            for v in config.visitors
+        ]
+
+    async def check(self, visitor: Visitor) -> None:
+        """A ``check_only`` visit: raises as `open_visit` does when this visitor would be turned away."""
+        channel = await open_visit(self.dialer, visitor.config, check_only=True)
+        channel.close()
+        cfg = visitor.config
+        event(
+            log,
+            logging.INFO,
+            "visitor.checked",
+            f"visitor {cfg.name}: proxy {cfg.server_name} accepts this visitor",
+            visitor=cfg.name,
+            proxy=cfg.server_name,
+        )
+
+    async def start(self, *, strict: bool) -> None:
+        """Check every visitor, then open its local port.
+
+        ``strict``: a failed check raises (and no port is opened); otherwise it is logged and the port
+        opens anyway, since the proxy's owner may only log in later. Failures are logged either way.
+        """
+        for visitor in self.visitors:
+            try:
+                await self.check(visitor)
+            except PierceError as exc:
+                log_failure(visitor.config, exc, logging.ERROR)
+                if strict:
+                    raise
+        for visitor in self.visitors:
+            try:
+                await visitor.start()
+            except PierceError as exc:  # e.g. the port is taken
+                log_failure(visitor.config, exc, logging.ERROR)
+                if strict:
+                    raise
+
+    async def close(self) -> None:
+        for visitor in self.visitors:
+            await visitor.close()
+
+
+def default_visitor_id() -> str:
+    return platform.node() or "visitor"
+
+
+async def run_visit(config: ClientConfig) -> int:
+    """``pierce visit``: check the visitors, open their ports and serve until SIGINT/SIGTERM.
+
+    Returns `EXIT_REFUSED` at once (after logging why) when a check fails.
+    """
+    from pierce.runtime import wait_for_stop_signal
+
+    visitors = Visitors(config, config.client_id or default_visitor_id())
+    try:
+        try:
+            await visitors.start(strict=True)
+        except PierceError:
+            return EXIT_REFUSED
+        sig = await wait_for_stop_signal()
+        log.info("stopping on %s", sig.name)
+        return EXIT_OK
+    finally:
+        await visitors.close()
