@@ -29,7 +29,9 @@ def test_examples_parse() -> None:
         "HttpProxyConfig",
         "HttpsProxyConfig",
         "UdpProxyConfig",
+        "StcpProxyConfig",
     ]
+    assert [v.server_name for v in client.visitors] == ["office-rdp"]
     nas = client.proxies[1]
     assert isinstance(nas, config.HttpProxyConfig)
     assert nas.locations == ["/"] and nas.https_auto and nas.request_headers.set == {"X-From": "pierce"}
