@@ -408,11 +408,7 @@ ProxyConfig = (
 SecretProxyConfig = StcpProxyConfig | SudpProxyConfig
 
 
-class StcpVisitorConfig(
-    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="stcp", tag_field="type"
-):
-    """``[[visitors]] type = "stcp"``: a local port whose connections reach a secret TCP proxy."""
-
+class _VisitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: A label for logs.
     name: str
     #: The proxy to reach (its ``name`` in the owner's client.toml).
@@ -429,22 +425,12 @@ class StcpVisitorConfig(
         return _masked_repr(self)
 
 
-class SudpVisitorConfig(
-    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="sudp", tag_field="type"
-):
+class StcpVisitorConfig(_VisitorConfig, tag="stcp", tag_field="type"):
+    """``[[visitors]] type = "stcp"``: a local port whose connections reach a secret TCP proxy."""
+
+
+class SudpVisitorConfig(_VisitorConfig, tag="sudp", tag_field="type"):
     """``[[visitors]] type = "sudp"``: a local UDP port whose datagrams reach a secret UDP proxy."""
-
-    name: str
-    server_name: str
-    secret_key: str
-    bind_addr: str = "127.0.0.1"
-    bind_port: int
-
-    def __post_init__(self) -> None:
-        _check_visitor(self.name, self.server_name, self.secret_key, self.bind_port)
-
-    def __repr__(self) -> str:
-        return _masked_repr(self)
 
 
 VisitorConfig = StcpVisitorConfig | SudpVisitorConfig

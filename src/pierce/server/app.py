@@ -192,11 +192,13 @@ class Server:
         set_nodelay(sock)  # StartWork and the visitor's first bytes must not wait for an ACK (Nagle)
         return SocketChannel(sock), None
 
-    async def _control(self, channel: MessageChannel, hello: Hello, binding: bytes | None, peer: str) -> None:
-        if binding is None:
-            await channel.send(Error(code=ErrorCode.BAD_MESSAGE, reason="control connections must use TLS"))
-            raise HandshakeRefused(ErrorCode.BAD_MESSAGE, "plain control connection")
-        run_id = secrets.token_hex(8)
+    async def _tls_login(
+        self, channel: MessageChannel, hello: Hello, binding: bytes | None, run_id: str, role: str
+    ) -> None:
+        """Refuse a plain connection for ``role``; else run the login exchange, handing out ``run_id``."""
+        if binding is None or not isinstance(channel, StreamChannel):
+            await channel.send(Error(code=ErrorCode.BAD_MESSAGE, reason=f"{role} connections must use TLS"))
+            raise HandshakeRefused(ErrorCode.BAD_MESSAGE, f"plain {role} connection")
         async with asyncio.timeout(LOGIN_TIMEOUT):
             await server_handshake(
                 channel,
@@ -206,6 +208,10 @@ class Server:
                 binding=binding,
                 run_id=run_id,
             )
+
+    async def _control(self, channel: MessageChannel, hello: Hello, binding: bytes | None, peer: str) -> None:
+        run_id = secrets.token_hex(8)
+        await self._tls_login(channel, hello, binding, run_id, "control")
         # A client that comes back (same previous run id, or same client id) replaces its stale session,
         # so its proxies are taken over cleanly instead of being refused as duplicates.
         for old in list(self.sessions.values()):
@@ -266,19 +272,10 @@ class Server:
         self, channel: MessageChannel, hello: Hello, binding: bytes | None, peer: tuple[str, int]
     ) -> None:
         """A visitor of a secret proxy: log in, read its `Visit`, then refuse it or relay it."""
-        if binding is None or not isinstance(channel, StreamChannel):
-            await channel.send(Error(code=ErrorCode.BAD_MESSAGE, reason="visitor connections must use TLS"))
-            raise HandshakeRefused(ErrorCode.BAD_MESSAGE, "plain visitor connection")
         visit_id = secrets.token_hex(16)
+        await self._tls_login(channel, hello, binding, visit_id, "visitor")
+        assert isinstance(channel, StreamChannel)
         async with asyncio.timeout(LOGIN_TIMEOUT):
-            await server_handshake(
-                channel,
-                hello,
-                token=self.config.token,
-                features=self.features,
-                binding=binding,
-                run_id=visit_id,
-            )
             visit = await channel.recv()
         if not isinstance(visit, Visit):
             raise UnexpectedMessage(visit, "Visit")
