@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchlib import (
+    NetnsChain,
     Procs,
     connect_latency,
     free_port,
@@ -44,8 +45,10 @@ class Topology:
         self.netns = netns
         self.tag = f"pzb{os.getpid() % 100000}"
         if netns:
-            self.client_ns, self.relay_ns, self.server_ns = (f"{self.tag}-{r}" for r in "abc")
-            self.relay_ip, self.server_ip = "198.51.100.1", "203.0.113.3"
+            # "direct" here means routed by B's kernel: the baseline a relay is compared with.
+            self.chain = NetnsChain(self.tag)
+            self.client_ns, self.relay_ns, self.server_ns = self.chain.names
+            self.relay_ip, self.server_ip = NetnsChain.B_A_IP, NetnsChain.C_IP
         else:
             self.relay_ip = self.server_ip = "127.0.0.1"
 
@@ -60,34 +63,12 @@ class Topology:
         ]
 
     def build(self) -> None:
-        if not self.netns:
-            return
-        a, b, c = self.client_ns, self.relay_ns, self.server_ns
-        cmds = [
-            *(["ip", "netns", "add", n] for n in (a, b, c)),
-            *(["ip", "-n", n, "link", "set", "lo", "up"] for n in (a, b, c)),
-            ["ip", "-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b],
-            ["ip", "-n", b, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", c],
-            ["ip", "-n", a, "addr", "add", "198.51.100.2/24", "dev", "eth0"],
-            ["ip", "-n", b, "addr", "add", "198.51.100.1/24", "dev", "eth0"],
-            ["ip", "-n", b, "addr", "add", "203.0.113.1/24", "dev", "eth1"],
-            ["ip", "-n", c, "addr", "add", "203.0.113.3/24", "dev", "eth0"],
-            ["ip", "-n", a, "link", "set", "eth0", "up"],
-            ["ip", "-n", b, "link", "set", "eth0", "up"],
-            ["ip", "-n", b, "link", "set", "eth1", "up"],
-            ["ip", "-n", c, "link", "set", "eth0", "up"],
-            # "direct" here means routed by B's kernel: the baseline a relay is compared with.
-            ["ip", "netns", "exec", b, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
-            ["ip", "-n", a, "route", "add", "203.0.113.0/24", "via", "198.51.100.1"],
-            ["ip", "-n", c, "route", "add", "198.51.100.0/24", "via", "203.0.113.1"],
-        ]
-        for cmd in cmds:
-            subprocess.run(cmd, check=True)
+        if self.netns:
+            self.chain.build()
 
     def teardown(self) -> None:
         if self.netns:
-            for ns in (self.client_ns, self.relay_ns, self.server_ns):
-                subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL, check=False)
+            self.chain.close()
 
 
 def run(topo: Topology, args: argparse.Namespace) -> dict[str, Any]:

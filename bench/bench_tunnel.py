@@ -1,23 +1,31 @@
 #!/usr/bin/env python3
 """Benchmark pierce reverse tunnels against an OpenSSH reverse tunnel, socat and a direct connection.
 
-Everything runs on loopback, in one run, interleaved (the order of the paths rotates every round):
+Runs on loopback and (with ``--netns``, as root) again across three network namespaces, the deployment a
+tunnel is for: V (the visitor: iperf3 and latency clients) -> S (the public server host: pierce server,
+sshd, socat) -> L (the LAN host: iperf3 server, echo service, pierce client, ``ssh -R`` client), joined
+by veth links with a normal MTU, S routing between them. There every relay hop leaves the machine, so
+pierce splices, as it would between real hosts. In each topology, in one run, interleaved (the order of
+the paths rotates every round):
 - TCP throughput: single-stream ``iperf3 -t SECONDS`` to one iperf3 server through
   ``pierce-tls`` (a pierce server + client, data connections over TLS, the default),
   ``ssh-R`` (``ssh -N -R PORT:127.0.0.1:IPERF`` through a local sshd started here with its own keys),
   ``pierce-plain`` (``transport.encrypt_data = false`` on both ends: the relay can splice),
-  ``socat`` (``TCP-LISTEN,fork`` to the target) and ``direct``.
+  ``socat`` (``TCP-LISTEN,fork`` on the server host to the target: one hop) and ``direct`` (in the
+  namespaces: V -> L routed by S's kernel).
 - Time to first byte of a new visitor connection: connect, send 1 byte, read the echo, close; sequential
   connections to one echo service through every path; medians.
-- Memory: VmRSS of the pierce server + client at idle, then with ``--idle-conns`` visitor connections
-  held open through a TCP proxy to a local echo (each carried one byte both ways first).
+- Memory (loopback only): VmRSS of the pierce server + client at idle, then with ``--idle-conns`` visitor
+  connections held open through a TCP proxy to a local echo (each carried one byte both ways first).
 
 Prints absolute medians (context only: these machines are noisy) and the ratios the bars are about:
 pierce-tls / ssh-R throughput (bar >= 1.0x, goal 1.5x), pierce-plain / socat throughput (bar >= 1.5x),
 pierce-tls / socat first-byte time (bar <= 2.0x).
-Usage: ``python3 bench/bench_tunnel.py [--rounds 5] [--seconds 3] [--connections 500] [--idle-conns 1000]
-[--json]``. Needs iperf3, socat, ss, ssh, ssh-keygen and /usr/sbin/sshd; run as root or as a user sshd
-accepts (the sshd and its keys live in a temporary directory).
+Usage: ``python3 bench/bench_tunnel.py [--netns] [--rounds 5] [--seconds 3] [--connections 500]
+[--idle-conns 1000] [--json]``. Needs iperf3, socat, ss, ssh, ssh-keygen and /usr/sbin/sshd (and ip for
+``--netns``); run as root or as a user sshd accepts (the sshd and its keys live in a temporary directory).
+The namespaces, their veths and every process started are removed at the end, on errors, Ctrl-C and
+SIGTERM too.
 """
 
 from __future__ import annotations
@@ -28,16 +36,22 @@ import getpass
 import json
 import os
 import resource
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from benchlib import (
+    NetnsChain,
     Procs,
     connect_latency,
     free_port,
@@ -59,6 +73,34 @@ BARS = {
 }
 
 
+@dataclass(frozen=True)
+class Site:
+    """Where the visitor, the public server and the LAN host run, and the addresses between them."""
+
+    path: str  #: the name reported for this topology
+    layout: str  #: one line describing it, for the report
+    visitor: list[str]  #: command prefix of the visitor host (iperf3 and latency clients)
+    server: list[str]  #: of the public server host (pierce server, sshd, socat)
+    lan: list[str]  #: of the LAN host (iperf3 server, echo, pierce client, ssh -R client)
+    public_ip: str  #: server address visitors connect to
+    server_ip: str  #: server address the LAN host dials (control port, sshd)
+    lan_ip: str  #: LAN host address: the direct path and socat's target
+    service_ip: str  #: address the LAN services bind to (pierce and ssh reach them on 127.0.0.1)
+
+
+LOOPBACK = Site("loopback", "every role on 127.0.0.1", [], [], [], HOST, HOST, HOST, HOST)
+
+
+def netns_site(chain: NetnsChain) -> Site:
+    """V, S and L are the chain's namespaces a, b and c."""
+    v, s, lan = (chain.prefix(ns) for ns in chain.names)
+    layout = (
+        f"V {chain.A_IP} -> S {chain.B_A_IP} | {chain.B_C_IP} -> L {chain.C_IP}, veth links, MTU 1500, "
+        "S routes V <-> L"
+    )
+    return Site("netns-veth", layout, v, s, lan, chain.B_A_IP, chain.B_C_IP, chain.C_IP, "0.0.0.0")
+
+
 def toml(doc: dict[str, Any]) -> str:
     """Just enough TOML for the two config files (scalars, one [transport] table, [[proxies]])."""
 
@@ -77,15 +119,26 @@ def toml(doc: dict[str, Any]) -> str:
 
 
 class Tunnel:
-    """A `pierce server` and a `pierce client` on loopback exposing local TCP ports on fixed public ports."""
+    """A `pierce server` on the server host and a `pierce client` on the LAN host exposing the LAN's TCP
+    ports (on 127.0.0.1 there) on fixed public ports."""
 
-    def __init__(self, procs: Procs, workdir: Path, name: str, *, encrypt: bool, targets: dict[str, int]):
+    def __init__(
+        self, procs: Procs, workdir: Path, name: str, *, site: Site, encrypt: bool, targets: dict[str, int]
+    ) -> None:
         self.public = {proxy: free_port() for proxy in targets}
         control = free_port()
         transport = {"encrypt_data": encrypt}
         server_conf = workdir / f"{name}-server.toml"
         server_conf.write_text(
-            toml({"bind_addr": HOST, "bind_port": control, "token": TOKEN, "transport": transport})
+            toml(
+                {
+                    "bind_addr": site.server_ip,
+                    "bind_port": control,
+                    "proxy_bind_addr": site.public_ip,
+                    "token": TOKEN,
+                    "transport": transport,
+                }
+            )
         )
         proxies = [
             {"name": p, "type": "tcp", "local_ip": HOST, "local_port": port, "remote_port": self.public[p]}
@@ -95,7 +148,7 @@ class Tunnel:
         client_conf.write_text(
             toml(
                 {
-                    "server_addr": HOST,
+                    "server_addr": site.server_ip,
                     "server_port": control,
                     "token": TOKEN,
                     "client_id": name,
@@ -105,18 +158,19 @@ class Tunnel:
             )
         )
         env = {**os.environ, "PIERCE_STATE_DIR": str(workdir / f"{name}-state")}
-        self.server = self._start(procs, workdir, name, "server", server_conf, env)
-        wait_listening(control)
-        self.client = self._start(procs, workdir, name, "client", client_conf, env)
+        self.server = self._start(procs, site.server, workdir, f"{name}-server", server_conf, env)
+        wait_listening(control, site.server)
+        self.client = self._start(procs, site.lan, workdir, f"{name}-client", client_conf, env)
         for port in self.public.values():
-            wait_listening(port)
+            wait_listening(port, site.server)
 
     @staticmethod
     def _start(
-        procs: Procs, workdir: Path, name: str, role: str, conf: Path, env: dict[str, str]
+        procs: Procs, prefix: list[str], workdir: Path, name: str, conf: Path, env: dict[str, str]
     ) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "pierce", "--log-level", "warning", role, "-c", str(conf)]
-        with (workdir / f"{name}-{role}.log").open("wb") as log:
+        role = name.rsplit("-", 1)[1]
+        argv = [*prefix, sys.executable, "-m", "pierce", "--log-level", "warning", role, "-c", str(conf)]
+        with (workdir / f"{name}.log").open("wb") as log:
             return procs.start(argv, env=env, stdout=log, stderr=log)
 
     def rss_mib(self) -> float:
@@ -134,9 +188,9 @@ def vm_rss_kib(pid: int) -> int:
 
 
 class SshReverseTunnel:
-    """A private sshd on a free loopback port and ``ssh -N -R`` forwards through it."""
+    """A private sshd on the server host and ``ssh -N -R`` forwards to it from the LAN host."""
 
-    def __init__(self, procs: Procs, workdir: Path, targets: dict[str, int]) -> None:
+    def __init__(self, procs: Procs, workdir: Path, site: Site, targets: dict[str, int]) -> None:
         d = workdir / "ssh"
         d.mkdir()
         for key in ("host_key", "user_key"):
@@ -145,38 +199,47 @@ class SshReverseTunnel:
         port = free_port()
         config = d / "sshd_config"
         config.write_text(
-            f"Port {port}\nListenAddress {HOST}\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
+            f"Port {port}\nListenAddress {site.server_ip}\n"
+            f"HostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
             f"AuthorizedKeysFile {d / 'authorized_keys'}\nUsePAM no\nStrictModes no\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-            "AllowTcpForwarding yes\nGatewayPorts no\nLogLevel ERROR\n"
+            "AllowTcpForwarding yes\nGatewayPorts clientspecified\nLogLevel ERROR\n"
         )
         # sshd insists on its privilege separation directory, which a container may lack.
         with contextlib.suppress(OSError):
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
-        procs.start([SSHD, "-D", "-f", str(config), "-E", str(d / "sshd.log")])
-        wait_listening(port)
+        procs.start([*site.server, SSHD, "-D", "-f", str(config), "-E", str(d / "sshd.log")])
+        wait_listening(port, site.server)
         self.public = {name: free_port() for name in targets}
-        forwards = [a for n, t in targets.items() for a in ("-R", f"{self.public[n]}:{HOST}:{t}")]
+        forwards = [
+            a for n, t in targets.items() for a in ("-R", f"{site.public_ip}:{self.public[n]}:{HOST}:{t}")
+        ]
         self.argv = [
-            "ssh", "-N", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            *site.lan, "ssh", "-N", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR",
-            "-i", str(d / "user_key"), "-p", str(port), *forwards, f"{getpass.getuser()}@{HOST}",
+            "-i", str(d / "user_key"), "-p", str(port), *forwards, f"{getpass.getuser()}@{site.server_ip}",
         ]  # fmt: skip
         procs.start(self.argv)
         for public in self.public.values():
-            wait_listening(public)
+            wait_listening(public, site.server)
         # What this ssh negotiates by default (its first cipher), for the report.
-        out = subprocess.run(["ssh", "-G", "-p", str(port), HOST], capture_output=True, text=True)
+        out = subprocess.run(["ssh", "-G", "-p", str(port), site.server_ip], capture_output=True, text=True)
         ciphers = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("ciphers ")]
         self.cipher = ciphers[0].split(",")[0] if ciphers else "?"
 
 
-def socat(procs: Procs, target: int) -> int:
+def socat(procs: Procs, site: Site, target: int) -> int:
+    """``socat`` on the server host forwarding a public port to ``target`` on the LAN host."""
     port = free_port()
-    argv = ["socat", f"TCP-LISTEN:{port},fork,reuseaddr,bind={HOST}", f"TCP:{HOST}:{target}"]
+    argv = [
+        *site.server,
+        "socat",
+        f"TCP-LISTEN:{port},fork,reuseaddr,bind={site.public_ip}",
+        f"TCP:{site.lan_ip}:{target}",
+    ]
     procs.start(argv, stderr=subprocess.DEVNULL)  # quiet about visitors that reset
-    wait_listening(port)
+    wait_listening(port, site.server)
     return port
 
 
@@ -210,7 +273,8 @@ def settled_rss(tunnel: Tunnel, timeout: float = 10) -> float:
 
 
 def memory(procs: Procs, workdir: Path, echo_port: int, mode: str, count: int) -> dict[str, float]:
-    tunnel = Tunnel(procs, workdir, f"rss-{mode}", encrypt=mode == "tls", targets={"echo": echo_port})
+    targets = {"echo": echo_port}
+    tunnel = Tunnel(procs, workdir, f"rss-{mode}", site=LOOPBACK, encrypt=mode == "tls", targets=targets)
     public = tunnel.public["echo"]
     hold_connections(public, 1)[0].close()  # logged in and the pool is full
     idle = settled_rss(tunnel)
@@ -236,54 +300,69 @@ def raise_fd_limit(need: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, *, netns: bool) -> dict[str, Any]:
+    """Every path in one topology, interleaved; the RSS figure too on loopback."""
     procs = Procs()
-    with tempfile.TemporaryDirectory(prefix="pierce-bench-") as tmp:
-        workdir = Path(tmp)
-        try:
-            iperf_port = free_port()
-            procs.start(
-                ["iperf3", "-s", "-p", str(iperf_port), "-B", HOST],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+    chain = NetnsChain(f"pzt{os.getpid() % 100000}") if netns else None
+    workdir = Path(tempfile.mkdtemp(prefix="pierce-bench-"))
+    try:
+        if chain is not None:
+            chain.build()
+        site = netns_site(chain) if chain is not None else LOOPBACK
+        iperf_port = free_port()
+        procs.start(
+            [*site.lan, "iperf3", "-s", "-p", str(iperf_port), "-B", site.service_ip],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        echo_port = start_echo(procs, site.service_ip, site.lan)
+        wait_listening(iperf_port, site.lan)
+        targets = {"iperf": iperf_port, "echo": echo_port}
+
+        tls = Tunnel(procs, workdir, "tls", site=site, encrypt=True, targets=targets)
+        ssh = SshReverseTunnel(procs, workdir, site, targets)
+        plain = Tunnel(procs, workdir, "plain", site=site, encrypt=False, targets=targets)
+        paths: dict[str, tuple[str, dict[str, int]]] = {
+            "direct": (site.lan_ip, targets),
+            "pierce-tls": (site.public_ip, tls.public),
+            "ssh-R": (site.public_ip, ssh.public),
+            "pierce-plain": (site.public_ip, plain.public),
+            "socat": (
+                site.public_ip,
+                {"iperf": socat(procs, site, iperf_port), "echo": socat(procs, site, echo_port)},
+            ),
+        }
+        names = list(paths)
+        for host, ports in paths.values():  # warm up: logins done, pools full, sockets in the caches
+            connect_latency(host, ports["echo"], 20, site.visitor)
+
+        gbps: dict[str, list[float]] = {n: [] for n in names}
+        ttfb: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(args.rounds):
+            for name in rotated(names, r):
+                host, ports = paths[name]
+                gbps[name].append(iperf(host, ports["iperf"], args.seconds, site.visitor))
+            for name in rotated(names, r):
+                host, ports = paths[name]
+                ttfb[name].append(connect_latency(host, ports["echo"], args.connections, site.visitor))
+            print(
+                f"{site.path} round {r + 1}/{args.rounds}: "
+                + ", ".join(f"{n} {gbps[n][-1]:.2f} Gbit/s {ttfb[n][-1]:.0f} us" for n in names),
+                file=sys.stderr,
             )
-            echo_port = start_echo(procs, HOST)
-            wait_listening(iperf_port)
-            targets = {"iperf": iperf_port, "echo": echo_port}
 
-            tls = Tunnel(procs, workdir, "tls", encrypt=True, targets=targets)
-            ssh = SshReverseTunnel(procs, workdir, targets)
-            plain = Tunnel(procs, workdir, "plain", encrypt=False, targets=targets)
-            paths: dict[str, dict[str, int]] = {
-                "direct": targets,
-                "pierce-tls": tls.public,
-                "ssh-R": ssh.public,
-                "pierce-plain": plain.public,
-                "socat": {"iperf": socat(procs, iperf_port), "echo": socat(procs, echo_port)},
-            }
-            names = list(paths)
-            for ports in paths.values():  # warm up: logins done, pools full, sockets in the caches
-                connect_latency(HOST, ports["echo"], 20)
-
-            gbps: dict[str, list[float]] = {n: [] for n in names}
-            ttfb: dict[str, list[float]] = {n: [] for n in names}
-            for r in range(args.rounds):
-                for name in rotated(names, r):
-                    gbps[name].append(iperf(HOST, paths[name]["iperf"], args.seconds))
-                for name in rotated(names, r):
-                    ttfb[name].append(connect_latency(HOST, paths[name]["echo"], args.connections))
-                print(
-                    f"round {r + 1}/{args.rounds}: "
-                    + ", ".join(f"{n} {gbps[n][-1]:.2f} Gbit/s {ttfb[n][-1]:.0f} us" for n in names),
-                    file=sys.stderr,
-                )
-
+        rss = None
+        if chain is None:
             raise_fd_limit(args.idle_conns + 256)
             rss = {
                 mode: memory(procs, workdir, echo_port, mode, args.idle_conns) for mode in ("tls", "plain")
             }
-        finally:
+    finally:
+        with signals_held():
             procs.close()
+            if chain is not None:
+                chain.close()
+            shutil.rmtree(workdir, ignore_errors=True)
 
     ratios = {
         "throughput_pierce_tls_vs_ssh": paired_ratio(gbps["pierce-tls"], gbps["ssh-R"]),
@@ -294,7 +373,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "first_byte_ssh_vs_socat": paired_ratio(ttfb["ssh-R"], ttfb["socat"]),
     }
     return {
-        "path": "loopback",
+        "path": site.path,
+        "layout": site.layout,
         "cpus": os.cpu_count(),
         "rounds": args.rounds,
         "iperf_seconds": args.seconds,
@@ -302,7 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ssh_cipher": ssh.cipher,
         "throughput_gbps_median": {n: round(statistics.median(v), 2) for n, v in gbps.items()},
         "first_byte_us_median": {n: round(statistics.median(v)) for n, v in ttfb.items()},
-        "rss": rss,
+        **({"rss": rss} if rss is not None else {}),
         "ratios": ratios,
         "bars": {
             key: {
@@ -317,18 +397,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def print_table(res: dict[str, Any]) -> None:
     thr, ttfb, rat = res["throughput_gbps_median"], res["first_byte_us_median"], res["ratios"]
     print(
-        f"\n{res['path']} ({res['cpus']} CPUs): {res['rounds']} rounds, iperf3 -t {res['iperf_seconds']}, "
-        f"{res['connections_per_round']} sequential connections per round; ssh cipher {res['ssh_cipher']}"
+        f"\n{res['path']} ({res['layout']}; {res['cpus']} CPUs): {res['rounds']} rounds, "
+        f"iperf3 -t {res['iperf_seconds']}, {res['connections_per_round']} sequential connections per round; "
+        f"ssh cipher {res['ssh_cipher']}"
     )
     print(f"{'path':<14} {'throughput (Gbit/s)':>20} {'first byte (us)':>16}")
     for n in thr:
         print(f"{n:<14} {thr[n]:>20.2f} {ttfb[n]:>16.0f}")
-    print(f"\n{'RSS server+client':<18} {'idle (MiB)':>11} {'conns':>6} {'loaded (MiB)':>13} {'KiB/conn':>9}")
-    for mode, m in res["rss"].items():
-        print(
-            f"{'pierce-' + mode:<18} {m['idle_mib']:>11.1f} {m['conns']:>6} {m['loaded_mib']:>13.1f} "
-            f"{m['per_conn_kib']:>9.1f}"
-        )
+    if "rss" in res:
+        print(f"\n{'RSS server+client':<18} {'idle (MiB)':>11} {'conns':>6}", end="")
+        print(f" {'loaded (MiB)':>13} {'KiB/conn':>9}")
+        for mode, m in res["rss"].items():
+            print(
+                f"{'pierce-' + mode:<18} {m['idle_mib']:>11.1f} {m['conns']:>6} {m['loaded_mib']:>13.1f} "
+                f"{m['per_conn_kib']:>9.1f}"
+            )
 
     def line(label: str, key: str) -> None:
         bar = res["bars"].get(key)
@@ -344,22 +427,55 @@ def print_table(res: dict[str, Any]) -> None:
     line("first byte  ssh-R/socat", "first_byte_ssh_vs_socat")
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the enclosed cleanup is done, then take effect."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM unwinds like Ctrl-C does, so every ``finally`` removes what it set up."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=3)
     ap.add_argument("--connections", type=int, default=500, help="sequential connections per path and round")
     ap.add_argument("--idle-conns", type=int, default=1000, help="connections held open for the RSS figure")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument(
+        "--netns", action="store_true", help="also run across veth links between namespaces V, S, L (root)"
+    )
+    ap.add_argument(
+        "--json", action="store_true", help="print the results as JSON (a list, one per topology)"
+    )
     args = ap.parse_args()
-    if missing := missing_tools("iperf3", "socat", "ss", "ssh", "ssh-keygen", SSHD):
+    tools = ("iperf3", "socat", "ss", "ssh", "ssh-keygen", SSHD, *(("ip",) if args.netns else ()))
+    if missing := missing_tools(*tools):
         print(f"bench: {missing} is not installed", file=sys.stderr)
         return 2
-    res = run(args)
+    if args.netns and os.geteuid() != 0:
+        print("bench: --netns needs root (it creates network namespaces)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        results = [run(args, netns=False)]
+        if args.netns:
+            results.append(run(args, netns=True))
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything it started is stopped and removed", file=sys.stderr)
+        return 130
     if args.json:
-        print(json.dumps(res, indent=2))
+        print(json.dumps(results, indent=2))
     else:
-        print_table(res)
+        for res in results:
+            print_table(res)
     return 0
 
 

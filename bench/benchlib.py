@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 #: A TCP echo (asyncio, uvloop when installed) on ``argv[1]``, any free port; prints the port.
@@ -153,3 +154,74 @@ def rotated(items: list[str], k: int) -> Iterator[str]:
 def paired_ratio(a: list[float], b: list[float]) -> float:
     """Pair by pair within each round, then the median: robust to drift between rounds."""
     return round(statistics.median(x / y for x, y in zip(a, b, strict=True)), 2)
+
+
+def percentile(ordered: Sequence[int], q: float) -> int:
+    """The nearest-rank ``q``-th percentile of a sorted, non-empty sequence."""
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(rank) - 1]
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of the live processes in process group ``pgid`` (all their threads)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class NetnsChain:
+    """Network namespaces ``TAG-a``, ``TAG-b`` and ``TAG-c`` in a row, joined by two veth links (MTU 1500).
+
+    Link a-b is 198.51.100.0/24 (a .2, b .1), link b-c is 203.0.113.0/24 (b .1, c .3); b forwards between
+    them, so a and c reach each other routed by b's kernel. Needs root. ``close()`` kills what still runs
+    inside and deletes the namespaces (their veths go with them); it is safe after a partial ``build()``.
+    """
+
+    A_IP, B_A_IP, B_C_IP, C_IP = "198.51.100.2", "198.51.100.1", "203.0.113.1", "203.0.113.3"
+
+    def __init__(self, tag: str) -> None:
+        self.names = tuple(f"{tag}-{r}" for r in "abc")
+
+    @staticmethod
+    def prefix(ns: str) -> list[str]:
+        """The command prefix that runs a command inside namespace ``ns``."""
+        return ["ip", "netns", "exec", ns]
+
+    def build(self) -> None:
+        a, b, c = self.names
+        cmds = [
+            *(["ip", "netns", "add", n] for n in (a, b, c)),
+            *(["ip", "-n", n, "link", "set", "lo", "up"] for n in (a, b, c)),
+            ["ip", "-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b],
+            ["ip", "-n", b, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", c],
+            ["ip", "-n", a, "addr", "add", f"{self.A_IP}/24", "dev", "eth0"],
+            ["ip", "-n", b, "addr", "add", f"{self.B_A_IP}/24", "dev", "eth0"],
+            ["ip", "-n", b, "addr", "add", f"{self.B_C_IP}/24", "dev", "eth1"],
+            ["ip", "-n", c, "addr", "add", f"{self.C_IP}/24", "dev", "eth0"],
+            ["ip", "-n", a, "link", "set", "eth0", "up"],
+            ["ip", "-n", b, "link", "set", "eth0", "up"],
+            ["ip", "-n", b, "link", "set", "eth1", "up"],
+            ["ip", "-n", c, "link", "set", "eth0", "up"],
+            ["ip", "netns", "exec", b, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            ["ip", "-n", a, "route", "add", "203.0.113.0/24", "via", self.B_A_IP],
+            ["ip", "-n", c, "route", "add", "198.51.100.0/24", "via", self.B_C_IP],
+        ]
+        for cmd in cmds:
+            subprocess.run(cmd, check=True)
+
+    def close(self) -> None:
+        for ns in self.names:
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL, check=False)
