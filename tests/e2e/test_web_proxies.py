@@ -307,3 +307,16 @@ async def test_https2http_plugin_terminates_tls_on_the_client(pierce, tmp_path: 
         assert code == 0, err
         got = json.loads(out)
         assert (got["sha256"], got["size"]) == (hashlib.sha256(big.read_bytes()).hexdigest(), 8 * MiB)
+
+
+async def test_backend_streams_end_cleanly_when_browsers_leave(pierce, tmp_path: Path) -> None:
+    """After each browser connection, the server ends its stream to the service with an end-of-data
+    marker and waits for the service's, so the client sees a whole stream (no error) every time."""
+    async with served("nas") as (nas, _):
+        _, control, port = await vhost_server(pierce, tmp_path)
+        client = await start_client(pierce, tmp_path, control, [http_proxy("nas", nas, custom_domains=[NAS])])
+        await ready(client, "nas")
+        for i in range(3):
+            assert (await get_json(NAS, port, f"/visit/{i}"))["service"] == "nas"
+        closed = await client.wait_event("proxy.close", lambda e: e.get("proxy") == "nas", count=3)
+    assert [e.get("error") for e in closed] == [None, None, None]

@@ -68,6 +68,8 @@ MAX_ROUTES_PER_CONNECTION = 8
 #: After an error answer: how long and how much the browser's remaining input is read and discarded.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 4 * 1024 * 1024
+#: Seconds an idle backend connection has to answer our end-of-data when its browser has left.
+RELEASE_SECONDS = 5.0
 
 ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 
@@ -435,6 +437,39 @@ class _RouteUse:
             self.backend.end.close()
             self.backend = None
 
+    def release_backend(self, *, check_idle: bool = True) -> None:
+        """End the backend cleanly after a whole exchange (a tunnel connection can then serve again).
+
+        ``check_idle``: only if nothing arrived since (the browser left while the backend was kept).
+        """
+        backend, self.backend = self.backend, None
+        if backend is None:
+            return
+        if check_idle and not backend.reusable():
+            backend.end.close()
+            return
+        task = asyncio.get_running_loop().create_task(_release(backend.end))
+        _RELEASING.add(task)
+        task.add_done_callback(_RELEASING.discard)
+
+
+#: Backend connections being ended cleanly after their browser left.
+_RELEASING: set[asyncio.Task[None]] = set()
+
+
+async def _release(end: End) -> None:
+    """Send our end-of-data, wait for the service's, then close: both sides know the stream is whole."""
+    try:
+        end.write_eof()
+        async with asyncio.timeout(RELEASE_SECONDS):
+            total = 0
+            while total < LINGER_BYTES and (data := await end.read(READ_MIN)):
+                total += len(data)
+    except (OSError, RemoteError, TimeoutError):
+        pass
+    finally:
+        end.close()
+
 
 def _declares_body(head: _Head) -> bool:
     for name, value in head.headers:
@@ -608,7 +643,7 @@ class _BrowserConnection:
     async def close(self) -> None:
         self.watchdog.close()
         for use in self.routes.values():
-            use.drop_backend()
+            use.release_backend()
         self.routes.clear()
         if self.handed_off:
             return
@@ -1018,10 +1053,14 @@ class _BrowserConnection:
                 close = True
             if not self.body_done:
                 self.linger = True  # the browser may still be sending the rest of the body
-        reusable = head.keep_alive and not to_eof and responses.clean and not events and self.body_sent
+        whole = responses.clean and not events and self.body_sent
+        reusable = whole and head.keep_alive and not to_eof
         responses.skip_body = False
         if not reusable:
-            use.drop_backend()
+            if whole:  # e.g. "Connection: close" from the service: end the stream cleanly, not abruptly
+                use.release_backend(check_idle=False)
+            else:
+                use.drop_backend()
         return not close
 
     async def _final_head(
