@@ -198,6 +198,10 @@ class SocketChannel(MessageChannel):
         self.sock.close()
 
 
+#: Data up to this size is written with its chunk header in one piece (fits one 16 KiB TLS record).
+_ONE_RECORD = 16 * 1024 - 4
+
+
 class FramedEnd(End):
     """Relay end for data over TLS: ``[u32 length][bytes]`` chunks, an empty chunk is EOF."""
 
@@ -258,6 +262,9 @@ class FramedEnd(End):
                 piece = view[i : i + MAX_DATA_CHUNK]
                 self._writer.write(_CHUNK_HEADER.pack(len(piece)))
                 self._writer.write(piece)
+        elif len(data) <= _ONE_RECORD:
+            # Header and data in one write: one TLS record instead of two (requests, keystrokes).
+            self._writer.write(_CHUNK_HEADER.pack(len(data)) + data)
         else:
             self._writer.write(_CHUNK_HEADER.pack(len(data)))
             self._writer.write(data)
