@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -25,9 +27,33 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+#: glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def tune_allocator() -> None:
+    """Keep sub-megabyte buffers on the heap (glibc).
+
+    Every TLS read in asyncio and uvloop allocates a 256 KiB buffer and frees it at once. With glibc's
+    defaults such a block may be mapped and unmapped, or the heap trimmed, on every record: syscalls and
+    page faults per read, a third of the HTTP proxy's request rate on a 2-CPU machine. A 1 MiB threshold
+    keeps those buffers on the heap; the relay's large (4 MiB) buffers are still mapped and returned to
+    the system when a transfer ends. Users' own ``MALLOC_*`` settings win.
+    """
+    if sys.platform != "linux" or any(k.startswith("MALLOC_") for k in os.environ):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 1 << 20)
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run ``main`` on uvloop when it is installed, on the standard loop otherwise."""
     raise_fd_limit()
+    tune_allocator()
     try:
         import uvloop
     except ImportError:
