@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import mmap
 import os
 import socket
 import sys
@@ -238,7 +239,7 @@ async def _socket_copy_pump(src: socket.socket, dst: socket.socket, stats: Relay
     """
     loop = asyncio.get_running_loop()
     size = COPY_BUFFER_MIN
-    buf: bytearray | None = None
+    buf: bytearray | mmap.mmap | None = None
     view = memoryview(b"")
     last_full = time.monotonic()
     src_fd, dst_fd = src.fileno(), dst.fileno()
@@ -247,7 +248,7 @@ async def _socket_copy_pump(src: socket.socket, dst: socket.socket, stats: Relay
         if buf is None:
             await wait_fd(loop, src_fd, writable=False)
             size = COPY_BUFFER_MIN
-            buf = bytearray(size)
+            buf = _buffer(size)
             view = memoryview(buf)
         try:
             n = recv_into(buf)
@@ -255,8 +256,9 @@ async def _socket_copy_pump(src: socket.socket, dst: socket.socket, stats: Relay
             # Give the buffer back before waiting unless a bulk transfer is under way (a grown buffer
             # filled recently): idle and interactive connections then hold no buffer at all.
             if size == COPY_BUFFER_MIN or time.monotonic() - last_full > COPY_BUFFER_SHRINK_AFTER:
-                buf = None
                 view.release()
+                _free(buf)
+                buf = None
                 continue
             await wait_fd(loop, src_fd, writable=False)
             continue
@@ -276,9 +278,24 @@ async def _socket_copy_pump(src: socket.socket, dst: socket.socket, stats: Relay
             last_full = time.monotonic()
             if size < COPY_BUFFER_SIZE:  # a bulk transfer: read bigger chunks
                 view.release()
+                _free(buf)
                 size = min(size * 4, COPY_BUFFER_SIZE)
-                buf = bytearray(size)
+                buf = _buffer(size)
                 view = memoryview(buf)
+
+
+def _buffer(size: int) -> bytearray | mmap.mmap:
+    """A relay buffer; megabyte ones are mapped directly, so they go back to the system when freed
+    whatever the allocator keeps (see `pierce.runtime.tune_allocator`)."""
+    return mmap.mmap(-1, size) if size >= _MAPPED_BUFFER else bytearray(size)
+
+
+def _free(buf: bytearray | mmap.mmap | None) -> None:
+    if isinstance(buf, mmap.mmap):
+        buf.close()
+
+
+_MAPPED_BUFFER = 1024 * 1024
 
 
 async def _copy_pump(src: End, dst: End, stats: RelayStats, forward: bool) -> None:

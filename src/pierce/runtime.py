@@ -29,16 +29,18 @@ def raise_fd_limit() -> None:
 
 #: glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+ALLOCATOR_THRESHOLD = 8 * 1024 * 1024
 
 
 def tune_allocator() -> None:
-    """Keep sub-megabyte buffers on the heap (glibc).
+    """Keep the per-read buffers of TLS and HTTP on the heap (glibc).
 
-    Every TLS read in asyncio and uvloop allocates a 256 KiB buffer and frees it at once. With glibc's
-    defaults such a block may be mapped and unmapped, or the heap trimmed, on every record: syscalls and
-    page faults per read, a third of the HTTP proxy's request rate on a 2-CPU machine. A 1 MiB threshold
-    keeps those buffers on the heap; the relay's large (4 MiB) buffers are still mapped and returned to
-    the system when a transfer ends. Users' own ``MALLOC_*`` settings win.
+    Every TLS read in asyncio and uvloop allocates a 256 KiB buffer and frees it at once, and bulk
+    transfers make megabyte-sized ones. With glibc's default thresholds such blocks are often mapped and
+    unmapped, or the heap trimmed, per read: syscalls and page faults per record (a third of the HTTP
+    proxy's request rate on a 2-CPU machine). Fixed 8 MiB thresholds keep them on the heap; the relay maps
+    its own megabyte buffers directly (`pierce.relay`), so they still go back to the system when a
+    transfer ends. Users' own ``MALLOC_*`` settings win.
     """
     if sys.platform != "linux" or any(k.startswith("MALLOC_") for k in os.environ):
         return
@@ -46,8 +48,8 @@ def tune_allocator() -> None:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return
-    mallopt(_M_MMAP_THRESHOLD, 1 << 20)
-    mallopt(_M_TRIM_THRESHOLD, 1 << 20)
+    mallopt(_M_MMAP_THRESHOLD, ALLOCATOR_THRESHOLD)
+    mallopt(_M_TRIM_THRESHOLD, ALLOCATOR_THRESHOLD)
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
