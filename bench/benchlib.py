@@ -120,17 +120,26 @@ def wait_listening(port: int, prefix: Sequence[str] = (), timeout: float = 10) -
 
 
 def iperf(host: str, port: int, seconds: float, prefix: Sequence[str] = ()) -> float:
-    """One single-stream ``iperf3 -c`` run; received Gbit/s (``end.sum_received``)."""
-    out = subprocess.run(
-        [*prefix, "iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-J"],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-    )
-    doc = json.loads(out.stdout)
-    if "error" in doc:
-        raise RuntimeError(doc["error"])
-    return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
+    """One single-stream ``iperf3 -c`` run; received Gbit/s (``end.sum_received``).
+
+    iperf3's server runs one test at a time and may still be finishing the previous one (its
+    results exchange) when the next client arrives: "busy" is retried for a few seconds.
+    """
+    for attempt in range(20):
+        out = subprocess.run(
+            [*prefix, "iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-J"],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+        )
+        doc = json.loads(out.stdout)
+        if "busy" in str(doc.get("error", "")) and attempt < 19:
+            time.sleep(0.25)
+            continue
+        if "error" in doc:
+            raise RuntimeError(doc["error"])
+        return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
+    raise AssertionError("unreachable")
 
 
 def connect_latency(host: str, port: int, count: int, prefix: Sequence[str] = ()) -> float:
