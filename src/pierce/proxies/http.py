@@ -43,7 +43,6 @@ class _VhostProxy:
         self.port = front.port
         self._on_close = on_close
         self.live: set[RelayStats] = set()
-        self.requests = 0
 
     def urls(self) -> list[str]:
         default = 80 if self.kind == "http" else 443

@@ -250,7 +250,7 @@ class ControlSession:
                     msg.name,
                     self,
                     domains,
-                    front.front("http") if front.http_port else HostPort("", 0),
+                    front.front("http"),
                     front.remove,
                     locations=msg.locations,
                     http_user=msg.http_user,
@@ -266,7 +266,7 @@ class ControlSession:
                     msg.name,
                     self,
                     domains,
-                    front.front("https") if front.https_port else HostPort("", 0),
+                    front.front("https"),
                     front.remove,
                 )
                 front.add_https(vproxy)

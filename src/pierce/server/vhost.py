@@ -95,14 +95,6 @@ class VhostFront:
                     port=listener.port,
                 )
 
-    @property
-    def http_port(self) -> int:
-        return self._http.port if self._http is not None else 0
-
-    @property
-    def https_port(self) -> int:
-        return self._https.port if self._https is not None else 0
-
     async def close(self) -> None:
         for listener in (self._http, self._https):
             if listener is not None:
@@ -146,9 +138,9 @@ class VhostFront:
             self.https_routes.remove_value(proxy)
 
     def front(self, kind: str) -> HostPort:
+        """The public address of the ``kind`` port (port 0 when it is off: `add_http`/`add_https` refuse)."""
         listener = self._http if kind == "http" else self._https
-        assert listener is not None
-        return HostPort(self.config.proxy_bind_addr, listener.port)
+        return HostPort(self.config.proxy_bind_addr, listener.port if listener is not None else 0)
 
     # -- visitors ----------------------------------------------------------------------------------
 
