@@ -1,14 +1,14 @@
-"""Tunnel connections on asyncio streams: framed messages, and the data framing used over TLS.
+"""Tunnel connections: framed messages, and the one seam where a connection starts carrying data.
 
 `MessageChannel` carries control messages (`pierce.protocol`): length-prefixed frames read exactly,
-with a frame-size limit that starts small and is raised after authentication; `StreamChannel` runs it
-over asyncio streams (TLS), `SocketChannel` over a raw socket (plain data connections).
+with a frame-size limit that starts small and is raised after authentication. `StreamChannel` runs it
+over asyncio streams (TLS), `SocketChannel` over a raw socket (plain data connections),
+`MemoryChannel` over an in-memory pipe (tests of the handshake and the sessions, no sockets).
 
-`FramedEnd` is a relay end for data that flows over TLS. asyncio's TLS transport cannot half-close
-(no ``write_eof``), so after `StartWork` the bytes travel in chunks ``[u32 length][bytes]`` and an empty
-chunk means "no more data this way". That keeps half-close working through encrypted tunnels at the
-cost of 4 bytes per chunk of up to 256 KiB. Plain (unencrypted) data connections skip this and are
-relayed as raw sockets, so both hops can splice.
+Whether a connection is TLS or plain is decided once, when it is made; after its last message
+(`StartWork`, `VisitReady`) `MessageChannel.into_end` turns it into the relay `End` that fits: chunked
+data (`pierce.protocol.chunks`) in a `FramedEnd` over TLS, the raw socket for plain connections, so
+both hops can splice.
 """
 
 from __future__ import annotations
@@ -17,25 +17,20 @@ import asyncio
 import contextlib
 import socket
 import ssl
-import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from pierce.addr import format_sockaddr
 from pierce.errors import RemoteError
 from pierce.protocol import (
-    HEADER_SIZE,
     PRE_AUTH_MAX_FRAME_SIZE,
     FrameDecoder,
     Message,
     ProtocolError,
     encode_frame,
 )
-from pierce.relay import End, wait_fd
-
-_CHUNK_HEADER = struct.Struct(">I")
-#: The largest data chunk a peer may announce on a framed data connection.
-MAX_DATA_CHUNK = 1024 * 1024
+from pierce.protocol.chunks import END_OF_DATA, ChunkDecoder, chunk
+from pierce.relay import End, SocketEnd, wait_fd
 
 
 class ConnectionClosed(RemoteError):
@@ -75,6 +70,22 @@ class MessageChannel(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    @abstractmethod
+    def alive(self) -> bool:
+        """False once the peer has closed or the connection is closing (checked without reading)."""
+
+    @abstractmethod
+    def backlog(self) -> int:
+        """Bytes written but not yet handed to the kernel; -1 when the connection is closing."""
+
+    @abstractmethod
+    def into_end(self, *, on_reuse: Callable[[], None] | None = None) -> End:
+        """From now on the connection carries data: the relay end for it.
+
+        ``on_reuse`` is called instead of closing when the data ended cleanly both ways and the
+        connection can carry another visitor (TLS only: a plain socket's end is a real shutdown).
+        """
+
     def abort(self) -> None:
         """Close at once, without a goodbye: for a peer that is gone (a dead link never answers one)."""
         self.close()
@@ -89,13 +100,12 @@ class MessageChannel(ABC):
 
     async def recv(self) -> Message:
         """The next message; raises ConnectionClosed at EOF and ProtocolError on garbage."""
-        header = await self._read_exactly(HEADER_SIZE, first=True)
-        if msgs := self._decoder.feed(header):  # pragma: no cover - a header alone is never a message
-            return msgs[0]
-        (length,) = struct.unpack(">I", header)
-        msgs = self._decoder.feed(await self._read_exactly(length, first=False))
-        assert len(msgs) == 1
-        return msgs[0]
+        first = True
+        while True:
+            msgs = self._decoder.feed(await self._read_exactly(self._decoder.wanted, first=first))
+            if msgs:
+                return msgs[0]  # exact reads: one frame's bytes never hold a second message
+            first = False
 
 
 class StreamChannel(MessageChannel):
@@ -136,6 +146,16 @@ class StreamChannel(MessageChannel):
 
     def close(self) -> None:
         self.writer.close()
+
+    def alive(self) -> bool:
+        return not (self.reader.at_eof() or self.writer.is_closing())
+
+    def backlog(self) -> int:
+        transport = self.writer.transport
+        return -1 if transport.is_closing() else transport.get_write_buffer_size()
+
+    def into_end(self, *, on_reuse: Callable[[], None] | None = None) -> End:
+        return FramedEnd(self.reader, self.writer, on_reuse=on_reuse)
 
     def abort(self) -> None:
         # writer.close() on TLS waits for the peer's close_notify (ssl_shutdown_timeout, 30 s) before the
@@ -197,13 +217,24 @@ class SocketChannel(MessageChannel):
     def close(self) -> None:
         self.sock.close()
 
+    def alive(self) -> bool:
+        try:
+            data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return bool(data)  # b"" = EOF; data before StartWork would be a protocol error anyway
 
-#: Data up to this size is written with its chunk header in one piece (fits one 16 KiB TLS record).
-_ONE_RECORD = 16 * 1024 - 4
+    def backlog(self) -> int:
+        return -1 if self.sock.fileno() < 0 else len(self._out)
+
+    def into_end(self, *, on_reuse: Callable[[], None] | None = None) -> End:
+        return SocketEnd(self.sock)
 
 
 class FramedEnd(End):
-    """Relay end for data over TLS: ``[u32 length][bytes]`` chunks, an empty chunk is EOF."""
+    """Relay end for data in chunks (`pierce.protocol.chunks`) over a TLS stream; half-close included."""
 
     def __init__(
         self,
@@ -214,67 +245,51 @@ class FramedEnd(End):
     ) -> None:
         self._reader = reader
         self._writer = writer
-        self._left = 0  # bytes of the current chunk not yet read
-        self._eof = False  # the peer's end-of-data marker arrived
-        self._sent_eof = False  # ours went out
+        self._chunks = ChunkDecoder()
+        self._sent_eof = False  # our end-of-data marker went out
         #: Called by ``close()`` instead of closing when the connection is clean (both markers
         #: crossed, nothing half-read): the owner then serves the next visitor on it, no new handshake.
         self._on_reuse = on_reuse
         self._released = False
 
     def peer_done(self) -> bool:
-        if self._eof or self._reader.at_eof():
+        if self._chunks.ended or self._reader.at_eof():
             return True
         # An end-of-data marker already buffered (an idle keep-alive connection the far side closed).
         buffered: bytearray = getattr(self._reader, "_buffer", bytearray())
-        return not self._left and buffered[: _CHUNK_HEADER.size] == b"\0\0\0\0"
+        return self._chunks.at_boundary and buffered[: len(END_OF_DATA)] == END_OF_DATA
 
     @property
     def reusable(self) -> bool:
-        return self._eof and self._sent_eof and not self._left and not self._writer.is_closing()
+        return self._chunks.ended and self._sent_eof and not self._writer.is_closing()
 
     async def read(self, max_bytes: int) -> bytes:
-        if self._eof:
-            return b""
+        chunks = self._chunks
         try:
-            if not self._left:
-                header = await self._reader.readexactly(_CHUNK_HEADER.size)
-                (self._left,) = _CHUNK_HEADER.unpack(header)
-                if self._left == 0:
-                    self._eof = True
-                    return b""
-                if self._left > MAX_DATA_CHUNK:
-                    raise ProtocolError(f"data chunk of {self._left} bytes exceeds {MAX_DATA_CHUNK}")
-            data = await self._reader.read(min(max_bytes, self._left))
+            while chunks.in_header:
+                chunks.feed(await self._reader.readexactly(chunks.wanted))
+            if chunks.ended:
+                return b""
+            data = await self._reader.read(min(max_bytes, chunks.wanted))
         except asyncio.IncompleteReadError as exc:
             raise ConnectionResetError("tunnel closed without end-of-data marker") from exc
         if not data:
             raise ConnectionResetError("tunnel closed in the middle of a data chunk")
-        self._left -= len(data)
+        chunks.feed(data)  # all payload: nothing to copy
         return data
 
     async def write(self, data: bytes | memoryview) -> None:
         if not data:
             return  # an empty chunk would mean EOF
-        if len(data) > MAX_DATA_CHUNK:
-            view = memoryview(data)
-            for i in range(0, len(view), MAX_DATA_CHUNK):
-                piece = view[i : i + MAX_DATA_CHUNK]
-                self._writer.write(_CHUNK_HEADER.pack(len(piece)))
-                self._writer.write(piece)
-        elif len(data) <= _ONE_RECORD:
-            # Header and data in one write: one TLS record instead of two (requests, keystrokes).
-            self._writer.write(_CHUNK_HEADER.pack(len(data)) + data)
-        else:
-            self._writer.write(_CHUNK_HEADER.pack(len(data)))
-            self._writer.write(data)
+        for piece in chunk(data):
+            self._writer.write(piece)
         await self._writer.drain()
 
     def write_eof(self) -> None:
         if self._sent_eof or self._writer.is_closing():
             return
         try:
-            self._writer.write(_CHUNK_HEADER.pack(0))
+            self._writer.write(END_OF_DATA)
         except Exception:
             return
         self._sent_eof = True
@@ -367,3 +382,95 @@ class TlsEnd(End):
             closing.add_done_callback(lambda _: self._inner.close())
         else:
             self._inner.close()
+
+
+class MemoryEnd(End):
+    """One end of an in-memory byte pipe pair (`MemoryChannel.into_end`); half-close included."""
+
+    def __init__(self, inbox: asyncio.StreamReader, outbox: asyncio.StreamReader) -> None:
+        self._inbox = inbox
+        self._outbox = outbox
+
+    async def read(self, max_bytes: int) -> bytes:
+        return await self._inbox.read(max_bytes)
+
+    def write_nowait(self, data: bytes | memoryview) -> None:
+        if getattr(self._outbox, "_eof", False):
+            raise ConnectionResetError("in-memory pipe closed")
+        self._outbox.feed_data(bytes(data))
+
+    async def write(self, data: bytes | memoryview) -> None:
+        self.write_nowait(data)
+
+    def write_eof(self) -> None:
+        if not getattr(self._outbox, "_eof", False):
+            self._outbox.feed_eof()
+
+    def close(self) -> None:
+        self.write_eof()
+        if not getattr(self._inbox, "_eof", False):
+            self._inbox.feed_eof()
+
+
+class MemoryChannel(MessageChannel):
+    """Messages over an in-memory pipe; `memory_pair` makes two connected ones (no sockets, for tests)."""
+
+    def __init__(
+        self,
+        inbox: asyncio.StreamReader,
+        outbox: asyncio.StreamReader,
+        *,
+        name: str,
+        max_frame_size: int = PRE_AUTH_MAX_FRAME_SIZE,
+    ) -> None:
+        super().__init__(max_frame_size=max_frame_size)
+        self._end = MemoryEnd(inbox, outbox)
+        self._inbox = inbox
+        self._outbox = outbox
+        self._name = name
+        self._closed = False
+
+    async def _read_exactly(self, n: int, *, first: bool = False) -> bytes:
+        try:
+            return await self._inbox.readexactly(n)
+        except asyncio.IncompleteReadError as exc:
+            if first and not exc.partial:
+                raise ConnectionClosed("connection closed by peer") from None
+            raise ProtocolError("connection closed in the middle of a frame") from None
+
+    def _write(self, data: bytes) -> None:
+        if self._closed:
+            raise ConnectionClosed("connection closed")
+        try:
+            self._end.write_nowait(data)
+        except ConnectionResetError as exc:
+            raise ConnectionClosed(str(exc)) from None
+
+    async def _drain(self) -> None:
+        return None
+
+    def peer(self) -> str:
+        return self._name
+
+    def close(self) -> None:
+        self._closed = True
+        self._end.close()
+
+    def alive(self) -> bool:
+        return not (self._closed or self._inbox.at_eof())
+
+    def backlog(self) -> int:
+        return -1 if self._closed else 0
+
+    def into_end(self, *, on_reuse: Callable[[], None] | None = None) -> End:
+        return self._end
+
+
+def memory_pair(names: tuple[str, str] = ("memory-a", "memory-b")) -> tuple[MemoryChannel, MemoryChannel]:
+    """Two message channels joined in memory: what one sends, the other receives."""
+    a_to_b = asyncio.StreamReader()
+    b_to_a = asyncio.StreamReader()
+    return (
+        MemoryChannel(b_to_a, a_to_b, name=names[1]),
+        MemoryChannel(a_to_b, b_to_a, name=names[0]),
+    )

@@ -52,9 +52,8 @@ from pierce.proxies.stcp import check_visitor
 from pierce.proxies.sudp import serve_sudp_work
 from pierce.proxies.tcp import serve_tcp_work
 from pierce.proxies.udp import UdpProxies
-from pierce.relay import End, SocketEnd
 from pierce.tls import check_peer, client_context
-from pierce.transport import ConnectionClosed, FramedEnd, MessageChannel, SocketChannel, StreamChannel
+from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, StreamChannel
 from pierce.vhost.proxy_protocol import build_v1, build_v2
 
 log = logging.getLogger("pierce.client")
@@ -332,12 +331,7 @@ class ClientSession:
         if self.idle_work < self._low_water():
             self._spawn(self._work_conn(), "work")
         proxy = self.proxies.get(msg.proxy)
-        end: End
-        if isinstance(channel, StreamChannel):
-            end = FramedEnd(channel.reader, channel.writer, on_reuse=lambda: self._reuse_work(channel))
-        else:
-            assert isinstance(channel, SocketChannel)
-            end = SocketEnd(channel.sock)
+        end = channel.into_end(on_reuse=lambda: self._reuse_work(channel))
         if proxy is None:
             end.close()
             event(

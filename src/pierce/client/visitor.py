@@ -46,7 +46,7 @@ from pierce.protocol import (
 )
 from pierce.proxies.sudp import DatagramTunnel
 from pierce.relay import RelayStats, SocketEnd, relay
-from pierce.transport import FramedEnd, StreamChannel
+from pierce.transport import StreamChannel
 from pierce.udpflow import PENDING_LIMIT, DropCounter
 
 log = logging.getLogger("pierce.visitor")
@@ -186,9 +186,7 @@ class StcpVisitor:
             proxy=cfg.server_name,
             client=app,
         )
-        stats = await relay(
-            SocketEnd(conn), FramedEnd(channel.reader, channel.writer), RelayStats(started=started)
-        )
+        stats = await relay(SocketEnd(conn), channel.into_end(), RelayStats(started=started))
         log_relay_closed(
             log, "visitor.close", cfg.name, app, f"proxy {cfg.server_name}", stats, proxy=cfg.server_name
         )
@@ -278,9 +276,7 @@ class SudpVisitor:
                 self._retry_at = time.monotonic() + SUDP_RETRY_DELAY
                 self._pending.clear()
                 return
-            tunnel = DatagramTunnel(
-                FramedEnd(channel.reader, channel.writer), cfg.server_name, self.to_app, self._dropped
-            )
+            tunnel = DatagramTunnel(channel.into_end(), cfg.server_name, self.to_app, self._dropped)
             self._tunnel = tunnel
             pending, self._pending = self._pending, []
             for app, data in pending:

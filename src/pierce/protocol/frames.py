@@ -57,6 +57,7 @@ class FrameDecoder:
         self.max_frame_size = max_frame_size
         self._buffer = bytearray()
         self._error: ProtocolError | None = None
+        self._wanted = HEADER_SIZE
 
     @property
     def max_frame_size(self) -> int:
@@ -74,6 +75,15 @@ class FrameDecoder:
         """Bytes of an incomplete frame held back; nonzero at EOF means the peer stopped mid-frame."""
         return len(self._buffer)
 
+    @property
+    def wanted(self) -> int:
+        """Bytes that complete the current frame's header or payload.
+
+        A reader that asks for exactly this many bytes reads no further than the frame's end, so the
+        connection can carry raw data right after the last message (`StartWork`).
+        """
+        return self._wanted
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Add received bytes; return every message completed by them, in order (possibly none)."""
         if self._error is not None:
@@ -85,6 +95,7 @@ class FrameDecoder:
         end = len(buffer)
         try:
             with memoryview(buffer) as view:
+                wanted = HEADER_SIZE - (end - pos)
                 while end - pos >= HEADER_SIZE:
                     (length,) = _HEADER.unpack_from(buffer, pos)
                     if length > self._max_frame_size:
@@ -95,8 +106,10 @@ class FrameDecoder:
                         raise MalformedFrame("frame with a length of 0 (every frame holds one message)")
                     start = pos + HEADER_SIZE
                     if end - start < length:
+                        wanted = length - (end - start)
                         break
                     pos = start + length
+                    wanted = HEADER_SIZE - (end - pos)
                     with view[start:pos] as payload:
                         messages.append(_decode(payload, length))
         except ProtocolError as exc:
@@ -104,6 +117,7 @@ class FrameDecoder:
             buffer.clear()
             raise
         del buffer[:pos]
+        self._wanted = max(wanted, 1)
         return messages
 
 

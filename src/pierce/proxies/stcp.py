@@ -42,7 +42,7 @@ from pierce.protocol import (
     verify_visitor_proof,
 )
 from pierce.relay import RelayStats, relay
-from pierce.transport import FramedEnd, MessageChannel, StreamChannel
+from pierce.transport import MessageChannel, StreamChannel
 
 log = logging.getLogger("pierce.proxy")
 
@@ -199,7 +199,7 @@ class SecretProxyServer:
         stats = RelayStats(started=started)
         self.live.add(stats)
         try:
-            await relay(FramedEnd(channel.reader, channel.writer), end, stats)
+            await relay(channel.into_end(), end, stats)
         finally:
             self.live.discard(stats)
         target = f"client {self.owner.client_id}"

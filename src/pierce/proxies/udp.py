@@ -32,7 +32,7 @@ from pierce.addr import HostPort, format_sockaddr
 from pierce.config import UdpProxyConfig
 from pierce.listeners import bind_socket
 from pierce.protocol import MAX_HOST_LENGTH, UdpPacket
-from pierce.transport import MessageChannel, StreamChannel
+from pierce.transport import MessageChannel
 from pierce.udpflow import SEND_BACKLOG_LIMIT, DropCounter, UdpFlow, UdpFlows, send_backlog
 
 log = logging.getLogger("pierce.proxy")
@@ -44,10 +44,9 @@ MAX_VISITORS = 65536
 def send_packet(channel: MessageChannel, packet: UdpPacket) -> bool:
     """Queue ``packet`` on a control channel; False (not sent) when the channel is closing or its send
     buffer is over `SEND_BACKLOG_LIMIT`."""
-    if isinstance(channel, StreamChannel):
-        transport = channel.writer.transport
-        if transport.is_closing() or transport.get_write_buffer_size() > SEND_BACKLOG_LIMIT:
-            return False
+    backlog = channel.backlog()
+    if backlog < 0 or backlog > SEND_BACKLOG_LIMIT:
+        return False
     channel.send_nowait(packet)
     return True
 

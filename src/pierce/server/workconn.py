@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections import deque
 
 from pierce.protocol import ReqWorkConn, StartWork
-from pierce.relay import End, SocketEnd
-from pierce.transport import FramedEnd, MessageChannel, SocketChannel, StreamChannel
+from pierce.relay import End
+from pierce.transport import MessageChannel
 
 #: Idle work connections the server keeps per client at most; extra ones are closed.
 MAX_IDLE_WORK_CONNS = 64
@@ -27,26 +26,12 @@ class WorkConn:
 
     def alive(self) -> bool:
         """False when the client closed it while it sat in the pool."""
-        ch = self.channel
-        if isinstance(ch, StreamChannel):
-            return not (ch.reader.at_eof() or ch.writer.is_closing())
-        assert isinstance(ch, SocketChannel)
-        try:
-            data = ch.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        return bool(data)  # b"" = EOF; data before StartWork would be a protocol error anyway
+        return self.channel.alive()
 
     async def start(self, msg: StartWork) -> End:
         """Hand the connection a visitor; return the relay end for its data."""
         await self.channel.send(msg)
-        ch = self.channel
-        if isinstance(ch, StreamChannel):
-            return FramedEnd(ch.reader, ch.writer, on_reuse=self._reuse)
-        assert isinstance(ch, SocketChannel)
-        return SocketEnd(ch.sock)
+        return self.channel.into_end(on_reuse=self._reuse)
 
     def _reuse(self) -> None:
         if self.pool is None:
