@@ -21,11 +21,13 @@ import msgspec
 
 from pierce.addr import HostPort, Network, parse_host_port, parse_network
 from pierce.errors import ConfigError
+from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
+from pierce.proxies.base import masked_repr
+from pierce.proxies.registry import ProxyConfig
 
 #: The current config format version; files may say ``version = 1``.
 CONFIG_VERSION = 1
 
-DEFAULT_UDP_IDLE_TIMEOUT = 60.0
 DEFAULT_VHOST_HTTP_TIMEOUT = 60.0
 LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -214,7 +216,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             self.proxy_bind_addr = self.bind_addr
 
     def __repr__(self) -> str:
-        return _masked_repr(self)
+        return masked_repr(self)
 
     def port_allowed(self, port: int) -> bool:
         return not self.allow_ports or any(port in r for r in self.allow_ports)
@@ -242,172 +244,6 @@ class AcmeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("renew_before_days: expected a number of days > 0")
 
 
-class ProxyProtocolVersion(enum.Enum):
-    """PROXY protocol header the client sends to the local service before the visitor's bytes."""
-
-    V1 = "v1"
-    V2 = "v2"
-
-
-class HeaderOps(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """``request_headers`` / ``response_headers`` of an http proxy."""
-
-    #: Headers set (replaced) on every message.
-    set: dict[str, str] = {}
-
-    def __post_init__(self) -> None:
-        for name, value in self.set.items():
-            if not _HEADER_NAME.fullmatch(name):
-                raise ValueError(f'set: expected header names of letters, digits and "-", got "{name}"')
-            if any(c in value for c in "\r\n\x00"):
-                raise ValueError(f'set: header "{name}" must not contain line breaks or NUL')
-
-
-class TcpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="tcp", tag_field="type"):
-    """``[[proxies]] type = "tcp"``: a public TCP port on the server -> a local TCP service."""
-
-    name: str
-    local_ip: str = "127.0.0.1"
-    local_port: int
-    #: 0 = the server picks a free allowed port (logged by the client).
-    remote_port: int = 0
-    #: Send a PROXY protocol header with the visitor's address to the local service.
-    proxy_protocol_version: ProxyProtocolVersion | None = None
-
-    def __post_init__(self) -> None:
-        _check_proxy(self.name, self.local_port, self.remote_port)
-
-
-class HttpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="http", tag_field="type"):
-    """``[[proxies]] type = "http"``: requests for some domains (and paths) on vhost_http_port."""
-
-    name: str
-    local_ip: str = "127.0.0.1"
-    local_port: int
-    custom_domains: list[str] = []
-    #: ``"nas"`` => nas.<subdomain_host of the server>.
-    subdomain: str = ""
-    #: Path prefixes this proxy serves; the longest match wins across proxies of one domain.
-    locations: list[str] = msgspec.field(default_factory=lambda: ["/"])
-    #: Basic authentication, answered by the server before anything reaches this client.
-    http_user: str = ""
-    http_password: str = ""
-    #: Replace the Host header the local service sees.
-    host_header_rewrite: str = ""
-    request_headers: HeaderOps = msgspec.field(default_factory=HeaderOps)
-    response_headers: HeaderOps = msgspec.field(default_factory=HeaderOps)
-    #: The server obtains certificates for these domains (ACME) and serves them on vhost_https_port too.
-    https_auto: bool = False
-    proxy_protocol_version: ProxyProtocolVersion | None = None
-
-    def __post_init__(self) -> None:
-        _check_proxy(self.name, self.local_port, 0)
-        _check_domains(self.custom_domains, self.subdomain)
-        for i, loc in enumerate(self.locations):
-            if not loc.startswith("/") or any(c in loc for c in " ?#\r\n"):
-                raise ValueError(f'locations[{i}]: expected a path starting with "/", got "{loc}"')
-        if not self.locations:
-            raise ValueError('locations: expected at least one path, e.g. ["/"]')
-        if bool(self.http_user) != bool(self.http_password):
-            raise ValueError("http_password: expected http_user and http_password together")
-        if ":" in self.http_user:
-            raise ValueError('http_user: expected a user name without ":"')
-        if self.https_auto and any(d.startswith("*.") for d in self.custom_domains):
-            raise ValueError("https_auto: wildcard domains cannot get certificates by HTTP-01 validation")
-
-
-class Https2HttpPlugin(enum.Enum):
-    HTTPS2HTTP = "https2http"
-
-
-class HttpsProxyConfig(
-    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="https", tag_field="type"
-):
-    """``[[proxies]] type = "https"``: TLS connections for some domains on vhost_https_port, by SNI.
-
-    TLS is not terminated on the server; the local service keeps its own certificate, unless
-    ``plugin = "https2http"``: then this client terminates TLS with ``plugin_crt_path``/``plugin_key_path``
-    and the local service speaks plain HTTP.
-    """
-
-    name: str
-    local_ip: str = "127.0.0.1"
-    local_port: int
-    custom_domains: list[str] = []
-    subdomain: str = ""
-    proxy_protocol_version: ProxyProtocolVersion | None = None
-    plugin: Https2HttpPlugin | None = None
-    plugin_crt_path: str = ""
-    plugin_key_path: str = ""
-
-    def __post_init__(self) -> None:
-        _check_proxy(self.name, self.local_port, 0)
-        _check_domains(self.custom_domains, self.subdomain)
-        if self.plugin is not None and not (self.plugin_crt_path and self.plugin_key_path):
-            raise ValueError("plugin_crt_path: expected plugin_crt_path and plugin_key_path for https2http")
-
-
-class UdpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="udp", tag_field="type"):
-    """``[[proxies]] type = "udp"``: a public UDP port on the server -> a local UDP service."""
-
-    name: str
-    local_ip: str = "127.0.0.1"
-    local_port: int
-    remote_port: int = 0
-    #: Seconds a visitor's UDP session lives without traffic.
-    idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
-
-    def __post_init__(self) -> None:
-        _check_proxy(self.name, self.local_port, self.remote_port)
-        if self.idle_timeout <= 0:
-            raise ValueError(f"idle_timeout: expected a number of seconds > 0, got {self.idle_timeout:g}")
-
-
-class StcpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="stcp", tag_field="type"):
-    """``[[proxies]] type = "stcp"``: a secret TCP service. No public port: visitors that know
-    ``secret_key`` reach it through the server (``pierce visit`` or ``[[visitors]]``)."""
-
-    name: str
-    local_ip: str = "127.0.0.1"
-    local_port: int
-    #: Shared with the visitors; it never leaves this client (visitors send an HMAC proof of it).
-    secret_key: str
-    #: Client ids of the visitors allowed in; empty or ``"*"`` lets in every visitor with the secret.
-    allow_users: list[str] = []
-
-    def __post_init__(self) -> None:
-        _check_secret_proxy(self.name, self.local_port, self.secret_key)
-
-    def __repr__(self) -> str:
-        return _masked_repr(self)
-
-
-class SudpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="sudp", tag_field="type"):
-    """``[[proxies]] type = "sudp"``: a secret UDP service, reached like an stcp proxy."""
-
-    name: str
-    local_ip: str = "127.0.0.1"
-    local_port: int
-    secret_key: str
-    allow_users: list[str] = []
-    #: Seconds a visiting application's UDP flow lives without traffic.
-    idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
-
-    def __post_init__(self) -> None:
-        _check_secret_proxy(self.name, self.local_port, self.secret_key)
-        if self.idle_timeout <= 0:
-            raise ValueError(f"idle_timeout: expected a number of seconds > 0, got {self.idle_timeout:g}")
-
-    def __repr__(self) -> str:
-        return _masked_repr(self)
-
-
-ProxyConfig = (
-    TcpProxyConfig | UdpProxyConfig | HttpProxyConfig | HttpsProxyConfig | StcpProxyConfig | SudpProxyConfig
-)
-SecretProxyConfig = StcpProxyConfig | SudpProxyConfig
-
-
 class _VisitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: A label for logs.
     name: str
@@ -422,7 +258,7 @@ class _VisitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         _check_visitor(self.name, self.server_name, self.secret_key, self.bind_port)
 
     def __repr__(self) -> str:
-        return _masked_repr(self)
+        return masked_repr(self)
 
 
 class StcpVisitorConfig(_VisitorConfig, tag="stcp", tag_field="type"):
@@ -435,7 +271,6 @@ class SudpVisitorConfig(_VisitorConfig, tag="sudp", tag_field="type"):
 
 VisitorConfig = StcpVisitorConfig | SudpVisitorConfig
 
-_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
@@ -447,22 +282,6 @@ def _check_domain(domain: str, key: str, *, wildcard: bool = True) -> None:
         raise ValueError(f'{key}: expected a domain name like "nas.example.com", got "{domain}"')
 
 
-def _check_domains(domains: list[str], subdomain: str) -> None:
-    if not domains and not subdomain:
-        raise ValueError('custom_domains: expected custom_domains = ["..."] or subdomain = "..."')
-    for i, domain in enumerate(domains):
-        domains[i] = domain = domain.lower().rstrip(".")
-        _check_domain(domain, f"custom_domains[{i}]")
-    if subdomain and not _LABEL.fullmatch(subdomain.lower()):
-        raise ValueError(f'subdomain: expected one label like "nas", got "{subdomain}"')
-
-
-def _check_secret_proxy(name: str, local_port: int, secret_key: str) -> None:
-    _check_proxy(name, local_port, 0)
-    if not secret_key:
-        raise ValueError("secret_key: expected a non-empty secret shared with the visitors")
-
-
 def _check_visitor(name: str, server_name: str, secret_key: str, bind_port: int) -> None:
     if not name or len(name) > 255:
         raise ValueError("name: expected 1 to 255 characters")
@@ -472,15 +291,6 @@ def _check_visitor(name: str, server_name: str, secret_key: str, bind_port: int)
         raise ValueError("secret_key: expected the proxy's secret")
     if not 0 <= bind_port <= 65535:
         raise ValueError(f"bind_port: expected 0 (any free port) or a port up to 65535, got {bind_port}")
-
-
-def _check_proxy(name: str, local_port: int, remote_port: int) -> None:
-    if not name or len(name) > 255:
-        raise ValueError("name: expected 1 to 255 characters")
-    if not 1 <= local_port <= 65535:
-        raise ValueError(f"local_port: expected a port from 1 to 65535, got {local_port}")
-    if not 0 <= remote_port <= 65535:
-        raise ValueError(f"remote_port: expected 0 (server picks) or a port up to 65535, got {remote_port}")
 
 
 class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -527,18 +337,7 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError(f"visitors: duplicate visitor name {dupes[0]!r}")
 
     def __repr__(self) -> str:
-        return _masked_repr(self)
-
-
-_SECRET_FIELDS = frozenset({"token", "secret_key"})
-
-
-def _masked_repr(cfg: msgspec.Struct) -> str:
-    """Configs print without their secrets (logs, tracebacks, debuggers)."""
-    fields = ", ".join(
-        f"{f}={'MASKED' if f in _SECRET_FIELDS else repr(getattr(cfg, f))}" for f in cfg.__struct_fields__
-    )
-    return f"{type(cfg).__name__}({fields})"
+        return masked_repr(self)
 
 
 # --------------------------------------------------------------------------------------------------

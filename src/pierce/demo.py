@@ -35,11 +35,12 @@ from rich.text import Text
 
 from pierce.addr import HostPort
 from pierce.client.app import Client
-from pierce.config import ClientConfig, ServerConfig, TcpProxyConfig
+from pierce.config import ClientConfig, ServerConfig
 from pierce.errors import PierceError
 from pierce.logs import event, human_bytes
-from pierce.proxies.tcp import TcpProxyServer
+from pierce.proxies.tcp import TcpProxyConfig
 from pierce.server.app import Server
+from pierce.snapshot import ProxyStats
 
 log = logging.getLogger("pierce.demo")
 
@@ -255,13 +256,12 @@ class DemoStack:
         for step in (self.start_server, self.start_web, self.start_client):
             await step()
 
-    def proxy_counters(self) -> TcpProxyServer | None:
+    def proxy_counters(self) -> ProxyStats | None:
         """The server side of the demo proxy: its active connections and byte counters."""
         if self.server is None:
             return None
-        owner = self.server.proxy_owners.get(PROXY_NAME)
-        proxy = owner.proxies.get(PROXY_NAME) if owner is not None else None
-        return proxy if isinstance(proxy, TcpProxyServer) else None
+        found = [p.stats for p in self.server.snapshot().proxies if p.name == PROXY_NAME]
+        return found[0] if found else None
 
     async def close(self) -> None:
         if self.client is not None:
@@ -352,11 +352,14 @@ async def run_check(stack: DemoStack, say: Callable[[str], None]) -> bool:
         return f"{CONCURRENT_VISITORS} concurrent visitors: every page matches"
 
     async def counters() -> str:
-        proxy = stack.proxy_counters()
-        if proxy is None:
+        stats = stack.proxy_counters()
+        if stats is None:
             raise DemoFailure(f"the server has no proxy {PROXY_NAME!r}")
+        proxy: ProxyStats = stats
 
         def settled() -> bool:
+            nonlocal proxy
+            proxy = stack.proxy_counters() or proxy
             return proxy.connections == 0 and proxy.bytes_in >= totals.up and proxy.bytes_out >= totals.down
 
         try:

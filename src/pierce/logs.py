@@ -80,32 +80,60 @@ def monotonic() -> float:
     return time.monotonic()
 
 
-def log_relay_closed(
-    logger: logging.Logger, name: str, label: str, client: str, target: str, stats: Any, **extra: Any
-) -> None:
-    # name: the event name (e.g. "tcp.close"); label: the rule or proxy the connection belongs to.
-    """The one "connection closed" line: bytes each way, duration, and the error if it ended early.
-
-    ``stats`` is a `pierce.relay.RelayStats` whose ``a_to_b`` runs from ``client`` towards ``target``.
-    """
+def relay_summary(stats: Any) -> tuple[str, dict[str, Any]]:
+    """What every "connection closed" line says about a `pierce.relay.RelayStats`: the text after
+    "closed" and the fields (bytes each way, duration, the error if it ended early)."""
     fields: dict[str, Any] = {
-        "rule": label,
-        "client": client,
-        "target": target,
         "up_bytes": stats.a_to_b,
         "down_bytes": stats.b_to_a,
         "duration_s": round(stats.duration, 6),
-        **extra,
     }
     suffix = ""
     if stats.error is not None:
         fields["error"] = str(stats.error) or type(stats.error).__name__
         suffix = f" ({fields['error']})"
+    text = (
+        f"closed after {stats.duration:.2f}s, up {human_bytes(stats.a_to_b)}, "
+        f"down {human_bytes(stats.b_to_a)}{suffix}"
+    )
+    return text, fields
+
+
+def log_relay_closed(
+    logger: logging.Logger, name: str, label: str, client: str, target: str, stats: Any, **extra: Any
+) -> None:
+    """The one "connection closed" line of a relay between ``client`` and ``target``.
+
+    ``name`` is the event name (e.g. "tcp.close"); ``label`` the rule or proxy the connection belongs
+    to; ``stats`` a `pierce.relay.RelayStats` whose ``a_to_b`` runs from ``client`` towards ``target``.
+    """
+    text, fields = relay_summary(stats)
     event(
         logger,
         logging.INFO,
         name,
-        f"{label}: {client} -> {target} closed after {stats.duration:.2f}s, "
-        f"up {human_bytes(stats.a_to_b)}, down {human_bytes(stats.b_to_a)}{suffix}",
+        f"{label}: {client} -> {target} {text}",
+        rule=label,
+        client=client,
+        target=target,
         **fields,
+        **extra,
+    )
+
+
+def log_conn_closed(
+    logger: logging.Logger, proxy: str, visitor: str, target: str, stats: Any, **extra: Any
+) -> None:
+    """``proxy.conn_close``: one visitor's connection through a proxy ended (server or client side)."""
+    text, fields = relay_summary(stats)
+    event(
+        logger,
+        logging.INFO,
+        "proxy.conn_close",
+        f"{proxy}: visitor {visitor} -> {target} {text}",
+        proxy=proxy,
+        visitor=visitor,
+        target=target,
+        **fields,
+        **extra,
     )

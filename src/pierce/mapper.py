@@ -23,7 +23,7 @@ from pierce.dial import TargetUnreachable, connect_tcp
 from pierce.listeners import TcpListener, bind_socket, set_nodelay
 from pierce.logs import event, log_relay_closed
 from pierce.relay import RelayStats, SocketEnd, relay
-from pierce.udpflow import UdpFlow, UdpFlows
+from pierce.udpflow import DatagramProtocol, UdpFlow, UdpFlows
 
 log = logging.getLogger("pierce.map")
 
@@ -95,17 +95,6 @@ class TcpForwarder:
             self._listener = None
 
 
-class _UdpListenProtocol(asyncio.DatagramProtocol):
-    def __init__(self, forwarder: UdpForwarder) -> None:
-        self.forwarder = forwarder
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.forwarder.from_client(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("%s: listener error: %s", self.forwarder.rule.name, exc)
-
-
 class UdpForwarder:
     """Receives datagrams on one address and keeps a flow (`pierce.udpflow`) per client address."""
 
@@ -119,7 +108,9 @@ class UdpForwarder:
     async def start(self) -> str:
         sock = bind_socket(self.rule.listen, socket.SOCK_DGRAM)
         loop = asyncio.get_running_loop()
-        self._transport, _ = await loop.create_datagram_endpoint(lambda: _UdpListenProtocol(self), sock=sock)
+        self._transport, _ = await loop.create_datagram_endpoint(
+            lambda: DatagramProtocol(self.from_client, log, self.rule.name), sock=sock
+        )
         self.bound = format_sockaddr(sock.getsockname())
         return self.bound
 

@@ -74,16 +74,23 @@ class DropCounter:
         )
 
 
-class _FlowProtocol(asyncio.DatagramProtocol):
-    def __init__(self, flow: UdpFlow) -> None:
-        self.flow = flow
+class DatagramProtocol(asyncio.DatagramProtocol):
+    """The one datagram endpoint protocol: every datagram goes to ``received(data, addr)``.
+
+    Socket errors (ICMP port unreachable and friends) are logged at debug level under ``label``: UDP has
+    no connection to drop, so the endpoint carries on.
+    """
+
+    def __init__(self, received: Callable[[bytes, Any], None], logger: logging.Logger, label: str) -> None:
+        self.received = received
+        self.logger = logger
+        self.label = label
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.flow.received(data)
+        self.received(data, addr)
 
     def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and friends: UDP has no connection to drop, keep the flow.
-        self.flow.logger.debug("%s: %s: target error: %s", self.flow.label, self.flow.peer, exc)
+        self.logger.debug("%s: socket error: %s", self.label, exc)
 
 
 class UdpFlow:
@@ -145,7 +152,12 @@ class UdpFlow:
                 sock.setblocking(False)
                 grow_udp_buffers(sock)
                 sock.connect(addr)
-                transport, _ = await loop.create_datagram_endpoint(lambda: _FlowProtocol(self), sock=sock)
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: DatagramProtocol(
+                        lambda data, _: self.received(data), self.logger, f"{self.label}: {self.peer}"
+                    ),
+                    sock=sock,
+                )
             except BaseException:
                 sock.close()
                 raise

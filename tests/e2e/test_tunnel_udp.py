@@ -16,7 +16,9 @@ from test_map_udp import Collector, udp_client, udp_echo
 
 from pierce.client.session import Dialer
 from pierce.config import ClientConfig
-from pierce.protocol import NewUdpProxy, ProxyReady, UdpPacket
+from pierce.protocol import NewProxy, ProxyReady, UdpPacket
+from pierce.proxies.registry import encode_spec
+from pierce.proxies.udp import UdpSpec
 
 #: The largest UDP payload over IPv4.
 MAX_DATAGRAM = 65_507
@@ -220,7 +222,7 @@ async def test_server_sends_packets_only_to_own_proxies_and_their_visitors(pierc
         try:
             await visitor.exchange(b"legit")
             host, vport = visitor.transport.get_extra_info("sockname")
-            await channel.send(NewUdpProxy(name="rogue-udp", remote_port=0))
+            await channel.send(NewProxy(name="rogue-udp", spec=encode_spec(UdpSpec(remote_port=0))))
             while not isinstance(await channel.recv(), ProxyReady):
                 pass
             for proxy in ("victim", "rogue-udp"):

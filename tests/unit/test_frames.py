@@ -32,12 +32,7 @@ from pierce.protocol import (
     Hello,
     MalformedFrame,
     Message,
-    NewHttpProxy,
-    NewHttpsProxy,
-    NewStcpProxy,
-    NewSudpProxy,
-    NewTcpProxy,
-    NewUdpProxy,
+    NewProxy,
     Ping,
     Pong,
     ProtocolError,
@@ -56,6 +51,13 @@ from pierce.protocol import (
     VisitReady,
     encode_frame,
 )
+from pierce.proxies.http import HttpSpec
+from pierce.proxies.https import HttpsSpec
+from pierce.proxies.registry import decode_spec, encode_spec
+from pierce.proxies.stcp import StcpSpec
+from pierce.proxies.sudp import SudpSpec
+from pierce.proxies.tcp import TcpSpec
+from pierce.proxies.udp import UdpSpec
 
 NONCE = bytes(range(NONCE_SIZE))
 PROOF = b"\xaa" * PROOF_SIZE
@@ -70,20 +72,24 @@ SAMPLES: list[Message] = [
     Hello(version=PROTOCOL_VERSION, features=frozenset(), client_id="laptop", role=Role.WORK, run_id="r-1"),
     Hello(version=99, features=frozenset(), client_id="v", role=Role.VISITOR),
     AuthResponse(proof=PROOF, client_nonce=NONCE),
-    NewTcpProxy(name="ssh", remote_port=6000),
-    NewUdpProxy(name="dns", remote_port=0),
-    NewHttpProxy(
+    NewProxy(name="ssh", spec=encode_spec(TcpSpec(remote_port=6000))),
+    NewProxy(name="dns", spec=encode_spec(UdpSpec(remote_port=0))),
+    NewProxy(
         name="nas",
-        custom_domains=["nas.example.com", "*.dev.example.com"],
-        locations=["/", "/api"],
-        http_user="me",
-        http_password="secret",
-        request_headers={"X-From": "pierce"},
-        https_auto=True,
+        spec=encode_spec(
+            HttpSpec(
+                custom_domains=["nas.example.com", "*.dev.example.com"],
+                locations=["/", "/api"],
+                http_user="me",
+                http_password="secret",
+                request_headers={"X-From": "pierce"},
+                https_auto=True,
+            )
+        ),
     ),
-    NewHttpsProxy(name="web", subdomain="web"),
-    NewStcpProxy(name="ssh-secret"),
-    NewSudpProxy(name="dns-secret"),
+    NewProxy(name="web", spec=encode_spec(HttpsSpec(subdomain="web"))),
+    NewProxy(name="ssh-secret", spec=encode_spec(StcpSpec())),
+    NewProxy(name="dns-secret", spec=encode_spec(SudpSpec())),
     Visit(proxy="ssh-secret", kind=SecretKind.STCP, client_nonce=NONCE, proof=PROOF),
     Visit(proxy="dns-secret", kind=SecretKind.SUDP, client_nonce=NONCE, proof=PROOF, check_only=True),
     VisitorVerdict(proxy="ssh-secret", check_id=7),
@@ -330,8 +336,8 @@ def test_max_frame_size_must_be_sane(bad: int) -> None:
         (msgspec.msgpack.encode({"t": "ping", "seq": "one"}), r"\$\.seq"),
         (msgspec.msgpack.encode({"t": "ping", "seq": -1}), r"\$\.seq"),
         (msgspec.msgpack.encode({"t": "error", "code": "gremlins", "reason": ""}), r"\$\.code"),
-        (msgspec.msgpack.encode({"t": "new_tcp", "name": "x", "remote_port": 65536}), r"remote_port"),
-        (msgspec.msgpack.encode({"t": "new_tcp", "name": "", "remote_port": 1}), r"\$\.name"),
+            (msgspec.msgpack.encode({"t": "new_proxy", "name": "x"}), r"missing required field `spec`"),
+            (msgspec.msgpack.encode({"t": "new_proxy", "name": "", "spec": {}}), r"\$\.name"),
         (msgspec.msgpack.encode({"t": "req_work", "count": 10**6}), r"\$\.count"),
         (msgspec.msgpack.encode({"t": "auth", "proof": b"short", "client_nonce": NONCE}), r"\$\.proof"),
         (msgspec.msgpack.encode({"t": "auth", "proof": PROOF, "client_nonce": "text"}), r"client_nonce"),
@@ -385,3 +391,22 @@ def test_unexpected_message_names_both() -> None:
     err = UnexpectedMessage(Ping(seq=1), expected="AuthResponse")
     assert str(err) == "expected AuthResponse, got Ping"
     assert isinstance(err, ProtocolError)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"type": "tcp", "remote_port": 65536}, r"remote_port"),
+        ({"type": "teleport"}, r"Invalid value 'teleport'"),
+        ({"remote_port": 1}, r"missing required field `type`"),
+        ({"type": "http", "custom_domains": ["x"] * 65}, r"custom_domains"),
+    ],
+)
+def test_bad_proxy_specs_are_protocol_errors(spec: dict[str, object], match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        decode_spec(msgspec.Raw(msgspec.msgpack.encode(spec)))
+
+
+def test_proxy_specs_round_trip() -> None:
+    spec = HttpSpec(custom_domains=["a.example.com"], locations=["/api"], https_auto=True)
+    assert decode_spec(encode_spec(spec)) == spec

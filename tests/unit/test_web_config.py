@@ -8,6 +8,8 @@ import pytest
 
 from pierce import config
 from pierce.errors import ConfigError
+from pierce.proxies.base import ProxyProtocolVersion
+from pierce.proxies.http import HttpProxyConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,11 +35,11 @@ def test_examples_parse() -> None:
     ]
     assert [v.server_name for v in client.visitors] == ["office-rdp"]
     nas = client.proxies[1]
-    assert isinstance(nas, config.HttpProxyConfig)
+    assert isinstance(nas, HttpProxyConfig)
     assert nas.locations == ["/"] and nas.https_auto and nas.request_headers.set == {"X-From": "pierce"}
     api = client.proxies[2]
-    assert isinstance(api, config.HttpProxyConfig)
-    assert api.proxy_protocol_version is config.ProxyProtocolVersion.V2
+    assert isinstance(api, HttpProxyConfig)
+    assert api.proxy_protocol_version is ProxyProtocolVersion.V2
 
 
 CLIENT_HEAD = 'server_addr = "h"\ntoken = "t"\n[[proxies]]\nname = "w"\nlocal_port = 80\n'

@@ -90,30 +90,9 @@ class AdminApi:
     # -- endpoints ---------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """The document ``GET /api/status`` returns."""
-        client = self.client
-        st = client.status
-        return {
-            "connected": st.connected,
-            "client_id": client.client_id,
-            "run_id": st.run_id,
-            "server": f"{client.config.server_addr}:{client.config.server_port}",
-            "connected_since": st.connected_since,
-            "attempts": st.attempts,
-            "last_error": st.last_error,
-            "proxies": [
-                {
-                    "name": p.name,
-                    "type": p.type,
-                    "local": p.local,
-                    "remote_port": p.remote_port,
-                    "state": p.state,
-                    "error": p.error,
-                }
-                for p in st.proxies.values()
-            ],
-            "connections": len(client.active),
-        }
+        """The document ``GET /api/status`` returns: the client's snapshot."""
+        doc: dict[str, Any] = msgspec.to_builtins(self.client.snapshot())
+        return doc
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response(self.status())

@@ -16,15 +16,18 @@ from typing import Any
 
 import msgspec
 
+from pierce import __version__
 from pierce import config as config_mod
 from pierce.client.session import ClientSession, Dialer
 from pierce.client.visitor import Visitors
-from pierce.config import ClientConfig, ProxyConfig
+from pierce.config import ClientConfig
 from pierce.errors import ConfigError, PierceError
 from pierce.handshake import AuthenticationFailed, HandshakeRefused
 from pierce.logs import event
 from pierce.protocol import ErrorCode
+from pierce.proxies.registry import ProxyConfig
 from pierce.proxies.udp import UdpProxies
+from pierce.snapshot import ClientProxyInfo, ClientSnapshot, ProxyState
 from pierce.tls import FingerprintMismatch
 
 log = logging.getLogger("pierce.client")
@@ -34,14 +37,14 @@ BACKOFF_MAX = 20.0
 
 
 @dataclass
-class ProxyState:
-    """What the client knows about one proxy, for logs, status and the admin API."""
+class ProxyStatus:
+    """What the client knows about one proxy (read through `Client.snapshot`)."""
 
     name: str
     type: str
     local: str
     remote_port: int | None = None
-    state: str = "pending"  # pending | running | refused
+    state: ProxyState = ProxyState.PENDING
     error: str = ""
     #: http/https proxies: where visitors reach it.
     urls: list[str] = field(default_factory=list)
@@ -54,7 +57,7 @@ class ClientStatus:
     attempts: int = 0
     last_error: str = ""
     connected_since: float | None = None
-    proxies: dict[str, ProxyState] = field(default_factory=dict)
+    proxies: dict[str, ProxyStatus] = field(default_factory=dict)
 
 
 def default_client_id(config_path: Path | None) -> str:
@@ -92,20 +95,20 @@ class Client:
         for p in self.config.proxies:
             old = self.status.proxies.get(p.name)
             kind = str(type(p).__struct_config__.tag)
-            states[p.name] = old or ProxyState(p.name, kind, f"{p.local_ip}:{p.local_port}")
+            states[p.name] = old or ProxyStatus(p.name, kind, f"{p.local_ip}:{p.local_port}")
         self.status.proxies = states
 
     def _on_proxy_state(
-        self, name: str, state: str, port: int | None, error: str, urls: Sequence[str] = ()
+        self, name: str, state: ProxyState, port: int | None, error: str, urls: Sequence[str] = ()
     ) -> None:
         proxy = self.status.proxies.get(name)
         if proxy is None:
             return
         proxy.state, proxy.remote_port, proxy.error, proxy.urls = state, port, error, list(urls)
-        if state == "running":
+        if state is ProxyState.RUNNING:
             host = self.config.server_addr
             where = "at " + (", ".join(urls) if urls else f"{host}:{port}")
-            if proxy.type in ("stcp", "sudp"):
+            if not port and not urls:
                 where = f"by visitors of {host} that know its secret (no public port)"
             event(
                 log,
@@ -126,6 +129,33 @@ class Client:
                 proxy=name,
                 error=error,
             )
+
+    def snapshot(self) -> ClientSnapshot:
+        """What the client is doing now (the admin API and the demo read this)."""
+        st = self.status
+        return ClientSnapshot(
+            version=__version__,
+            client_id=self.client_id,
+            server=f"{self.config.server_addr}:{self.config.server_port}",
+            connected=st.connected,
+            run_id=st.run_id,
+            connected_since=st.connected_since,
+            attempts=st.attempts,
+            last_error=st.last_error,
+            proxies=[
+                ClientProxyInfo(
+                    name=p.name,
+                    type=p.type,
+                    local=p.local,
+                    state=p.state,
+                    remote_port=p.remote_port,
+                    urls=list(p.urls),
+                    error=p.error,
+                )
+                for p in st.proxies.values()
+            ],
+            connections=len(self.active),
+        )
 
     def _spawn_active(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -184,7 +214,7 @@ class Client:
                     self.session = None
                     self.status.connected = False
                     for proxy in self.status.proxies.values():
-                        proxy.state = "pending"
+                        proxy.state = ProxyState.PENDING
                 if time.monotonic() - started > BACKOFF_MAX:
                     backoff = BACKOFF_FIRST  # it was a healthy session: start the backoff over
             if self._stop.is_set():

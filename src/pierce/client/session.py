@@ -11,17 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pierce.addr import HostPort
-from pierce.config import (
-    ClientConfig,
-    HttpProxyConfig,
-    HttpsProxyConfig,
-    ProxyConfig,
-    ProxyProtocolVersion,
-    StcpProxyConfig,
-    SudpProxyConfig,
-    TcpProxyConfig,
-    UdpProxyConfig,
-)
+from pierce.config import ClientConfig
 from pierce.dial import connect_tcp
 from pierce.errors import PierceError, RemoteError
 from pierce.handshake import client_handshake, plain_binding
@@ -30,12 +20,7 @@ from pierce.protocol import (
     CloseProxy,
     Error,
     Feature,
-    NewHttpProxy,
-    NewHttpsProxy,
-    NewStcpProxy,
-    NewSudpProxy,
-    NewTcpProxy,
-    NewUdpProxy,
+    NewProxy,
     Ping,
     Pong,
     ProtocolError,
@@ -48,21 +33,19 @@ from pierce.protocol import (
     VisitorCheck,
     certificate_binding,
 )
-from pierce.proxies.stcp import check_visitor
-from pierce.proxies.sudp import serve_sudp_work
-from pierce.proxies.tcp import serve_tcp_work
+from pierce.proxies.registry import ProxyConfig, client_spec, encode_spec, work_handler
+from pierce.proxies.secret import check_visitor
 from pierce.proxies.udp import UdpProxies
+from pierce.server.workconn import MAX_IDLE_WORK_CONNS
+from pierce.snapshot import ProxyState
 from pierce.tls import check_peer, client_context
 from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, StreamChannel
-from pierce.vhost.proxy_protocol import build_v1, build_v2
 
 log = logging.getLogger("pierce.client")
 
 DIAL_TIMEOUT = 10.0
 #: The name TLS is checked against when a CA file is configured (generated certificates carry it).
 SERVER_NAME = "pierce"
-#: Idle work connections kept at most (the server keeps as many); extra returning ones are closed.
-MAX_IDLE_WORK = 64
 
 
 class ServerUnreachable(PierceError):
@@ -145,14 +128,6 @@ class Dialer:
         return channel
 
 
-def proxy_protocol_header(version: ProxyProtocolVersion, start: StartWork) -> bytes:
-    """The PROXY protocol header telling the local service who the visitor is."""
-    source = (start.visitor_host, start.visitor_port)
-    destination = (start.server_host or "0.0.0.0", start.server_port)
-    build = build_v1 if version is ProxyProtocolVersion.V1 else build_v2
-    return build(source, destination)
-
-
 class ClientSession:
     """Runs one login until the connection dies; the `Client` reconnects around it."""
 
@@ -162,7 +137,7 @@ class ClientSession:
         channel: MessageChannel,
         run_id: str,
         proxies: dict[str, ProxyConfig],
-        on_proxy_state: Callable[[str, str, int | None, str, Sequence[str]], None],
+        on_proxy_state: Callable[[str, ProxyState, int | None, str, Sequence[str]], None],
         spawn_active: Callable[[Coroutine[Any, Any, None]], None],
         udp: UdpProxies | None = None,
     ) -> None:
@@ -181,7 +156,8 @@ class ClientSession:
         self.tasks: set[asyncio.Task[None]] = set()
         self.idle_work = 0
         self._closing = False
-        self._plugin_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
+        #: TLS contexts of https2http plugins, by certificate and key file.
+        self._tls_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
         self.last_pong = time.monotonic()
         self._ping_seq = 0
 
@@ -193,7 +169,7 @@ class ClientSession:
     async def run(self) -> None:
         """Register proxies, keep the pool full and heartbeats going; return or raise when the link dies."""
         self.udp.attach(self.channel)
-        await self.udp.retain([p.name for p in self.proxies.values() if isinstance(p, UdpProxyConfig)])
+        await self.udp.retain(list(self.proxies))
         for proxy in self.proxies.values():
             await self.register(proxy)
         for _ in range(self.config.pool_count):
@@ -214,14 +190,14 @@ class ClientSession:
             case Pong():
                 self.last_pong = time.monotonic()
             case ProxyReady(name=name, remote_port=port, urls=urls):
-                self.on_proxy_state(name, "running", port, "", urls)
+                self.on_proxy_state(name, ProxyState.RUNNING, port, "", urls)
             case ProxyRefused(name=name, code=code, reason=reason):
-                self.on_proxy_state(name, "refused", None, f"{code.value}: {reason}", ())
+                self.on_proxy_state(name, ProxyState.REFUSED, None, f"{code.value}: {reason}", ())
             case ReqWorkConn(count=count):
                 # The server's pool ran dry: visitors arrive faster than pool_count covers. Open what it
                 # asks for and as many again, so the pool grows with demand (the server keeps at most
-                # 64 idle connections per client and closes extras).
-                for _ in range(min(2 * count, 64)):
+                # MAX_IDLE_WORK_CONNS idle connections per client and closes extras).
+                for _ in range(min(2 * count, MAX_IDLE_WORK_CONNS)):
                     self._spawn(self._work_conn(), "work")
             case UdpPacket():
                 self.udp.deliver(msg)
@@ -251,37 +227,8 @@ class ClientSession:
 
     async def register(self, proxy: ProxyConfig) -> None:
         self.proxies[proxy.name] = proxy
-        match proxy:
-            case TcpProxyConfig():
-                await self.channel.send(NewTcpProxy(name=proxy.name, remote_port=proxy.remote_port))
-            case UdpProxyConfig():
-                await self.udp.register(proxy)
-                await self.channel.send(NewUdpProxy(name=proxy.name, remote_port=proxy.remote_port))
-            case HttpProxyConfig():
-                await self.channel.send(
-                    NewHttpProxy(
-                        name=proxy.name,
-                        custom_domains=proxy.custom_domains,
-                        subdomain=proxy.subdomain,
-                        locations=proxy.locations,
-                        http_user=proxy.http_user,
-                        http_password=proxy.http_password,
-                        host_header_rewrite=proxy.host_header_rewrite,
-                        request_headers=proxy.request_headers.set,
-                        response_headers=proxy.response_headers.set,
-                        https_auto=proxy.https_auto,
-                    )
-                )
-            case HttpsProxyConfig():
-                await self.channel.send(
-                    NewHttpsProxy(
-                        name=proxy.name, custom_domains=proxy.custom_domains, subdomain=proxy.subdomain
-                    )
-                )
-            case StcpProxyConfig():
-                await self.channel.send(NewStcpProxy(name=proxy.name))
-            case SudpProxyConfig():
-                await self.channel.send(NewSudpProxy(name=proxy.name))
+        spec = await client_spec(proxy, self.udp)
+        await self.channel.send(NewProxy(name=proxy.name, spec=encode_spec(spec)))
 
     async def unregister(self, name: str) -> None:
         self.proxies.pop(name, None)
@@ -303,7 +250,7 @@ class ClientSession:
 
     def _reuse_work(self, channel: MessageChannel) -> None:
         """A TLS work connection whose visitor ended cleanly waits for the next visitor."""
-        if self._closing or self.idle_work >= MAX_IDLE_WORK:
+        if self._closing or self.idle_work >= MAX_IDLE_WORK_CONNS:
             channel.close()
         else:
             self._spawn(self._serve_work(channel), "work")
@@ -342,48 +289,18 @@ class ClientSession:
                 proxy=msg.proxy,
             )
             return
-        if isinstance(proxy, TcpProxyConfig | HttpProxyConfig | HttpsProxyConfig):
-            local = HostPort(proxy.local_ip, proxy.local_port)
-            header = b""
-            if proxy.proxy_protocol_version is not None:
-                header = proxy_protocol_header(proxy.proxy_protocol_version, msg)
-            tls = None
-            if isinstance(proxy, HttpsProxyConfig) and proxy.plugin is not None:
-                tls = self._plugin_context(proxy)
-                if tls is None:
-                    end.close()
-                    return
-            self.spawn_active(serve_tcp_work(proxy.name, local, msg, end, header=header, tls=tls))
-        elif isinstance(proxy, StcpProxyConfig):
-            local = HostPort(proxy.local_ip, proxy.local_port)
-            self.spawn_active(serve_tcp_work(proxy.name, local, msg, end))
-        elif isinstance(proxy, SudpProxyConfig):
-            self.spawn_active(serve_sudp_work(proxy, msg, end))
-        else:
+        handler = work_handler(proxy, msg, end, self._tls_contexts)
+        if handler is None:
             end.close()
-
-    def _plugin_context(self, proxy: HttpsProxyConfig) -> ssl.SSLContext | None:
-        """The https2http plugin's TLS server context (loaded once per certificate/key pair)."""
-        key = (proxy.plugin_crt_path, proxy.plugin_key_path)
-        ctx = self._plugin_contexts.get(key)
-        if ctx is None:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ctx.set_alpn_protocols(["http/1.1"])
-            try:
-                ctx.load_cert_chain(proxy.plugin_crt_path, proxy.plugin_key_path)
-            except (OSError, ssl.SSLError) as exc:
-                event(
-                    log,
-                    logging.ERROR,
-                    "proxy.plugin_failed",
-                    f"proxy {proxy.name}: cannot load plugin_crt_path/plugin_key_path: {exc}",
-                    proxy=proxy.name,
-                    error=str(exc),
-                )
-                return None
-            self._plugin_contexts[key] = ctx
-        return ctx
+            event(
+                log,
+                logging.WARNING,
+                "work.unexpected",
+                f"visitor for proxy {msg.proxy!r}, which takes no work connections",
+                proxy=msg.proxy,
+            )
+            return
+        self.spawn_active(handler)
 
     async def close(self) -> None:
         self._closing = True

@@ -47,7 +47,7 @@ from pierce.protocol import (
 from pierce.proxies.sudp import DatagramTunnel
 from pierce.relay import RelayStats, SocketEnd, relay
 from pierce.transport import StreamChannel
-from pierce.udpflow import PENDING_LIMIT, DropCounter
+from pierce.udpflow import PENDING_LIMIT, DatagramProtocol, DropCounter
 
 log = logging.getLogger("pierce.visitor")
 
@@ -196,17 +196,6 @@ class StcpVisitor:
             await self.listener.close()
 
 
-class _AppProtocol(asyncio.DatagramProtocol):
-    def __init__(self, visitor: SudpVisitor) -> None:
-        self.visitor = visitor
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.visitor.from_app(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("visitor %s: local socket error: %s", self.visitor.config.name, exc)
-
-
 class SudpVisitor:
     """A local UDP port whose datagrams reach the secret proxy; one tunnel carries every application's."""
 
@@ -227,7 +216,9 @@ class SudpVisitor:
         sock = bind_socket(HostPort(cfg.bind_addr, cfg.bind_port), socket.SOCK_DGRAM)
         try:
             loop = asyncio.get_running_loop()
-            self._transport, _ = await loop.create_datagram_endpoint(lambda: _AppProtocol(self), sock=sock)
+            self._transport, _ = await loop.create_datagram_endpoint(
+                lambda: DatagramProtocol(self.from_app, log, f"visitor {self.config.name}"), sock=sock
+            )
         except BaseException:
             sock.close()
             raise

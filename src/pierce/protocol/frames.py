@@ -110,8 +110,9 @@ class FrameDecoder:
                         break
                     pos = start + length
                     wanted = HEADER_SIZE - (end - pos)
-                    with view[start:pos] as payload:
-                        messages.append(_decode(payload, length))
+                    # A copy: a decoded message may keep its bytes (NewProxy's raw spec), and this
+                    # buffer is reused.
+                    messages.append(_decode(view[start:pos].tobytes(), length))
         except ProtocolError as exc:
             self._error = exc
             buffer.clear()
@@ -121,7 +122,7 @@ class FrameDecoder:
         return messages
 
 
-def _decode(payload: memoryview, length: int) -> Message:
+def _decode(payload: bytes, length: int) -> Message:
     try:
         return _decoder.decode(payload)
     except msgspec.ValidationError as exc:

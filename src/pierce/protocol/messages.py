@@ -29,7 +29,7 @@ import msgspec
 from pierce.protocol.auth import NONCE_SIZE, PROOF_SIZE
 
 #: Sent in `Hello` and `Challenge`; peers with different versions refuse each other with a named error.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 #: The longest proxy name, client id or run id accepted from a peer.
 MAX_NAME_LENGTH = 255
@@ -140,66 +140,16 @@ class AuthResponse(_Message, frozen=True, kw_only=True, tag="auth"):
     unbound_proof: Proof | None = None
 
 
-class NewTcpProxy(_Message, frozen=True, kw_only=True, tag="new_tcp"):
-    """Ask the server to listen on a TCP port and hand its connections to this client."""
+class NewProxy(_Message, frozen=True, kw_only=True, tag="new_proxy"):
+    """Ask the server to open a proxy. ``spec`` is the kind's own spec (`pierce.proxies`), MessagePack
+    tagged by ``"type"``; the server decodes it with the table of kinds, so this module names none."""
 
     name: Name
-    #: 0 lets the server pick a free port from its allowed range.
-    remote_port: Port
-
-
-class NewUdpProxy(_Message, frozen=True, kw_only=True, tag="new_udp"):
-    """Ask the server to listen on a UDP port and relay its datagrams as `UdpPacket` messages."""
-
-    name: Name
-    #: 0 lets the server pick a free port from its allowed range.
-    remote_port: Port
-
-
-class NewHttpProxy(_Message, frozen=True, kw_only=True, tag="new_http"):
-    """Route HTTP requests for these domains and path prefixes on the server's vhost port to this client."""
-
-    name: Name
-    custom_domains: Annotated[list[DomainName], msgspec.Meta(max_length=MAX_DOMAINS)] = []
-    #: One label; the server appends its ``subdomain_host``.
-    subdomain: Annotated[str, msgspec.Meta(max_length=63)] = ""
-    locations: Annotated[list[PathPrefix], msgspec.Meta(min_length=1, max_length=MAX_DOMAINS)] = (
-        msgspec.field(default_factory=lambda: ["/"])
-    )
-    http_user: HeaderText = ""
-    http_password: HeaderText = ""
-    host_header_rewrite: HeaderText = ""
-    request_headers: Annotated[dict[HeaderText, HeaderText], msgspec.Meta(max_length=MAX_HEADERS)] = {}
-    response_headers: Annotated[dict[HeaderText, HeaderText], msgspec.Meta(max_length=MAX_HEADERS)] = {}
-    #: Obtain certificates for the domains and serve them over HTTPS too (server needs ``[acme]``).
-    https_auto: bool = False
-
-
-class NewHttpsProxy(_Message, frozen=True, kw_only=True, tag="new_https"):
-    """Route TLS connections whose SNI names these domains on the server's vhost HTTPS port to this client."""
-
-    name: Name
-    custom_domains: Annotated[list[DomainName], msgspec.Meta(max_length=MAX_DOMAINS)] = []
-    subdomain: Annotated[str, msgspec.Meta(max_length=63)] = ""
+    spec: msgspec.Raw
 
 
 class CloseProxy(_Message, frozen=True, kw_only=True, tag="close_proxy"):
     """The client no longer serves this proxy; the server stops listening for it."""
-
-    name: Name
-
-
-class NewStcpProxy(_Message, frozen=True, kw_only=True, tag="new_stcp"):
-    """Register a secret TCP proxy: no public port; visitors reach it through the control port.
-
-    The secret stays with the client, which checks each visitor's proof (`VisitorCheck`).
-    """
-
-    name: Name
-
-
-class NewSudpProxy(_Message, frozen=True, kw_only=True, tag="new_sudp"):
-    """Register a secret UDP proxy, like `NewStcpProxy`."""
 
     name: Name
 
@@ -345,23 +295,8 @@ class Error(_Message, frozen=True, kw_only=True, tag="error"):
     reason: str
 
 
-NewProxy: TypeAlias = NewTcpProxy | NewUdpProxy | NewHttpProxy | NewHttpsProxy | NewStcpProxy | NewSudpProxy
-
 ClientMessage: TypeAlias = (
-    Hello
-    | AuthResponse
-    | NewTcpProxy
-    | NewUdpProxy
-    | NewHttpProxy
-    | NewHttpsProxy
-    | NewStcpProxy
-    | NewSudpProxy
-    | CloseProxy
-    | Visit
-    | VisitorVerdict
-    | Ping
-    | UdpPacket
-    | Error
+    Hello | AuthResponse | NewProxy | CloseProxy | Visit | VisitorVerdict | Ping | UdpPacket | Error
 )
 
 ServerMessage: TypeAlias = (

@@ -1,144 +1,248 @@
-"""HTTP and HTTPS proxies on the server: routes on the shared vhost ports, reaching one client each.
+"""HTTP proxies: requests for some domains (and path prefixes) on the server's shared HTTP port.
 
-An `HttpProxyServer` is what the vhost router hands a request to: it carries the proxy's options
-(basic auth, header rewrites) and opens connections to the client's local service through a work
-connection. An `HttpsProxyServer` takes whole TLS connections, chosen by SNI, and relays them untouched.
-The client side of both is `pierce.proxies.tcp.serve_tcp_work`: to the client they are TCP streams.
+Server side: an `HttpProxyServer` is a route of the `VhostFront` (`pierce.vhost.front`): the HTTP engine
+(`pierce.vhost.http`) hands it each request it claims, and it opens streams to the client's local service
+through work connections, with its options (basic auth, header rewrites) applied by the server. With
+``https_auto`` the server also obtains certificates for its domains and serves them on the HTTPS port.
+Client side: to the client an http proxy is a TCP stream (`pierce.proxies.tcp.serve_tcp_work`).
+
+`WebProxy` is what http and https proxies share: domains on a shared front instead of a port of their own.
 """
 
 from __future__ import annotations
 
-import logging
-import socket
-import time
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Mapping
+from typing import Annotated, ClassVar
 
-from pierce.addr import HostPort, format_sockaddr
-from pierce.logs import event, log_relay_closed
-from pierce.protocol import StartWork
-from pierce.proxies.tcp import WorkSource
-from pierce.relay import End, RelayStats, SocketEnd, relay
+import msgspec
 
-log = logging.getLogger("pierce.proxy")
+from pierce.addr import HostPort
+from pierce.protocol import ErrorCode, StartWork
+from pierce.protocol.messages import MAX_DOMAINS, MAX_HEADERS, DomainName, HeaderText, PathPrefix
+from pierce.proxies.base import (
+    ProxyOwner,
+    ProxyProtocolVersion,
+    ProxyRefusal,
+    ProxySite,
+    ProxySpec,
+    ProxyType,
+    check_proxy,
+    masked_repr,
+)
+from pierce.proxies.bridge import LiveConnections, open_work
+from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
+from pierce.relay import End
+from pierce.snapshot import ProxyStats
+from pierce.vhost.front import VhostFront
+from pierce.vhost.router import InvalidDomain, RouteError, RouteTaken, normalize_domain, proxy_domains
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
 
-class _VhostProxy:
-    """What http and https proxies share: a name, an owner, domains, and a way to reach the client."""
+class HeaderOps(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``request_headers`` / ``response_headers`` of an http proxy."""
 
-    kind = "http"
+    #: Headers set (replaced) on every message.
+    set: dict[str, str] = {}
 
-    def __init__(
-        self,
-        name: str,
-        session: WorkSource,
-        domains: list[str],
-        front: HostPort,
-        on_close: Callable[[_VhostProxy], None],
-    ) -> None:
+    def __post_init__(self) -> None:
+        for name, value in self.set.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f'set: expected header names of letters, digits and "-", got "{name}"')
+            if any(c in value for c in "\r\n\x00"):
+                raise ValueError(f'set: header "{name}" must not contain line breaks or NUL')
+
+
+def check_domains(domains: list[str], subdomain: str) -> None:
+    """``custom_domains`` / ``subdomain`` of a web proxy: at least one, each a domain name (normalised)."""
+    if not domains and not subdomain:
+        raise ValueError('custom_domains: expected custom_domains = ["..."] or subdomain = "..."')
+    for i, domain in enumerate(domains):
+        try:
+            domains[i] = normalize_domain(domain)
+        except InvalidDomain as exc:
+            raise ValueError(f"custom_domains[{i}]: {exc}") from None
+    if subdomain and ("." in subdomain or "*" in subdomain or not _is_domain(subdomain)):
+        raise ValueError(f'subdomain: expected one label like "nas", got "{subdomain}"')
+
+
+def _is_domain(text: str) -> bool:
+    try:
+        normalize_domain(text)
+    except InvalidDomain:
+        return False
+    return True
+
+
+class HttpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="http", tag_field="type"):
+    """``[[proxies]] type = "http"``: requests for some domains (and paths) on vhost_http_port."""
+
+    name: str
+    local_ip: str = "127.0.0.1"
+    local_port: int
+    custom_domains: list[str] = []
+    #: ``"nas"`` => nas.<subdomain_host of the server>.
+    subdomain: str = ""
+    #: Path prefixes this proxy serves; the longest match wins across proxies of one domain.
+    locations: list[str] = msgspec.field(default_factory=lambda: ["/"])
+    #: Basic authentication, answered by the server before anything reaches this client.
+    http_user: str = ""
+    http_password: str = ""
+    #: Replace the Host header the local service sees.
+    host_header_rewrite: str = ""
+    request_headers: HeaderOps = msgspec.field(default_factory=HeaderOps)
+    response_headers: HeaderOps = msgspec.field(default_factory=HeaderOps)
+    #: The server obtains certificates for these domains (ACME) and serves them on vhost_https_port too.
+    https_auto: bool = False
+    proxy_protocol_version: ProxyProtocolVersion | None = None
+
+    def __post_init__(self) -> None:
+        check_proxy(self.name, self.local_port)
+        check_domains(self.custom_domains, self.subdomain)
+        for i, loc in enumerate(self.locations):
+            if not loc.startswith("/") or any(c in loc for c in " ?#\r\n"):
+                raise ValueError(f'locations[{i}]: expected a path starting with "/", got "{loc}"')
+        if not self.locations:
+            raise ValueError('locations: expected at least one path, e.g. ["/"]')
+        if bool(self.http_user) != bool(self.http_password):
+            raise ValueError("http_password: expected http_user and http_password together")
+        if ":" in self.http_user:
+            raise ValueError('http_user: expected a user name without ":"')
+        if self.https_auto and any(d.startswith("*.") for d in self.custom_domains):
+            raise ValueError("https_auto: wildcard domains cannot get certificates by HTTP-01 validation")
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
+
+
+class HttpSpec(ProxySpec, frozen=True, kw_only=True, tag="http"):
+    """Route HTTP requests for these domains and path prefixes on the server's vhost port to this client."""
+
+    custom_domains: Annotated[list[DomainName], msgspec.Meta(max_length=MAX_DOMAINS)] = msgspec.field(
+        default_factory=list
+    )
+    #: One label; the server appends its ``subdomain_host``.
+    subdomain: Annotated[str, msgspec.Meta(max_length=63)] = ""
+    locations: Annotated[list[PathPrefix], msgspec.Meta(min_length=1, max_length=MAX_DOMAINS)] = (
+        msgspec.field(default_factory=lambda: ["/"])
+    )
+    http_user: HeaderText = ""
+    http_password: HeaderText = ""
+    host_header_rewrite: HeaderText = ""
+    request_headers: Annotated[dict[HeaderText, HeaderText], msgspec.Meta(max_length=MAX_HEADERS)] = (
+        msgspec.field(default_factory=dict)
+    )
+    response_headers: Annotated[dict[HeaderText, HeaderText], msgspec.Meta(max_length=MAX_HEADERS)] = (
+        msgspec.field(default_factory=dict)
+    )
+    #: Obtain certificates for the domains and serve them over HTTPS too (server needs ``[acme]``).
+    https_auto: bool = False
+
+
+def http_spec(config: HttpProxyConfig) -> HttpSpec:
+    return HttpSpec(
+        custom_domains=config.custom_domains,
+        subdomain=config.subdomain,
+        locations=config.locations,
+        http_user=config.http_user,
+        http_password=config.http_password,
+        host_header_rewrite=config.host_header_rewrite,
+        request_headers=config.request_headers.set,
+        response_headers=config.response_headers.set,
+        https_auto=config.https_auto,
+    )
+
+
+# -- server side ------------------------------------------------------------------------------------
+
+
+class WebProxy:
+    """A proxy reached by domain on a shared front (http, https) rather than on a port of its own."""
+
+    type: ClassVar[ProxyType]
+    #: The URL scheme, and the default port left out of URLs.
+    scheme: ClassVar[str]
+    default_port: ClassVar[int]
+
+    def __init__(self, name: str, owner: ProxyOwner, domains: list[str], front: HostPort) -> None:
         self.name = name
-        self.session = session
+        self.owner = owner
         self.domains = domains
         #: The public address visitors connect to (the destination of PROXY protocol headers).
-        self.front = front
+        self.front_address = front
         self.port = front.port
-        self._on_close = on_close
-        self.live: set[RelayStats] = set()
+        self.live = LiveConnections()
 
+    def __str__(self) -> str:
+        return f"proxy {self.name!r}"
+
+    @property
     def urls(self) -> list[str]:
-        default = 80 if self.kind == "http" else 443
-        suffix = "" if self.port == default else f":{self.port}"
-        return [f"{self.kind}://{d}{suffix}/" for d in self.domains]
+        suffix = "" if self.port == self.default_port else f":{self.port}"
+        return [f"{self.scheme}://{d}{suffix}/" for d in self.domains]
 
-    async def open(self, visitor: tuple[str, int]) -> End:
-        """A new stream to the client's local service for this visitor, through a work connection."""
-        work = await self.session.take_work_conn()
-        try:
-            return await work.start(  # type: ignore[no-any-return]
-                StartWork(
-                    proxy=self.name,
-                    visitor_host=visitor[0],
-                    visitor_port=visitor[1],
-                    server_host=self.front.host,
-                    server_port=self.front.port,
-                )
-            )
-        except BaseException:
-            work.close()
-            raise
+    def start_work(self, visitor: tuple[str, int]) -> StartWork:
+        return StartWork(
+            proxy=self.name,
+            visitor_host=visitor[0],
+            visitor_port=visitor[1],
+            server_host=self.front_address.host,
+            server_port=self.front_address.port,
+        )
 
-    async def close(self) -> None:
-        self._on_close(self)
+    def stats(self) -> ProxyStats:
+        return self.live.stats()
 
 
-class HttpProxyServer(_VhostProxy):
+def route_refusal(exc: RouteError) -> ProxyRefusal:
+    code = ErrorCode.DOMAIN_TAKEN if isinstance(exc, RouteTaken) else ErrorCode.NOT_AVAILABLE
+    return ProxyRefusal(code, str(exc))
+
+
+class HttpProxyServer(WebProxy):
     """An http proxy: requests whose Host and path it claims, with its options applied by the server."""
 
-    kind = "http"
+    type = ProxyType.HTTP
+    scheme = "http"
+    default_port = 80
 
-    def __init__(
-        self,
-        name: str,
-        session: WorkSource,
-        domains: list[str],
-        front: HostPort,
-        on_close: Callable[[_VhostProxy], None],
-        *,
-        locations: list[str],
-        http_user: str,
-        http_password: str,
-        host_header_rewrite: str,
-        request_headers: Mapping[str, str],
-        response_headers: Mapping[str, str],
-        https_auto: bool,
-    ) -> None:
-        super().__init__(name, session, domains, front, on_close)
-        self.locations = locations
-        self.http_user = http_user or None
-        self.http_password = http_password or None
-        self.host_header_rewrite = host_header_rewrite or None
-        self.request_headers = dict(request_headers)
-        self.response_headers = dict(response_headers)
-        self.https_auto = https_auto
+    def __init__(self, name: str, owner: ProxyOwner, front: VhostFront, domains: list[str], spec: HttpSpec):
+        super().__init__(name, owner, domains, front.http_address)
+        self._front = front
+        self.locations = spec.locations
+        self.http_user = spec.http_user or None
+        self.http_password = spec.http_password or None
+        self.host_header_rewrite = spec.host_header_rewrite or None
+        self.request_headers: Mapping[str, str] = dict(spec.request_headers)
+        self.response_headers: Mapping[str, str] = dict(spec.response_headers)
+        self.https_auto = spec.https_auto
 
-
-class HttpsProxyServer(_VhostProxy):
-    """An https proxy: TLS connections whose SNI it claims, relayed without being decrypted."""
-
-    kind = "https"
-
-    async def serve(self, conn: socket.socket, addr: tuple[str, int], server_name: str) -> None:
-        visitor = format_sockaddr(addr)
-        started = time.monotonic()
+    @classmethod
+    def create(cls, name: str, spec: HttpSpec, site: ProxySite) -> HttpProxyServer:
+        front = site.front(VhostFront)
         try:
-            end = await self.open((addr[0], addr[1]))
-        except Exception as exc:
-            conn.close()
-            event(
-                log,
-                logging.WARNING,
-                "proxy.work_failed",
-                f"{self.name}: {visitor} ({server_name}): {exc or type(exc).__name__}",
-                proxy=self.name,
-                client=visitor,
-                server_name=server_name,
-                error=str(exc) or type(exc).__name__,
-            )
-            return
-        event(
-            log,
-            logging.INFO,
-            "proxy.open",
-            f"{self.name}: visitor {visitor} for {server_name}",
-            proxy=self.name,
-            client=visitor,
-            server_name=server_name,
-        )
-        stats = RelayStats(started=started)
-        self.live.add(stats)
-        try:
-            await relay(SocketEnd(conn), end, stats)
-        finally:
-            self.live.discard(stats)
-        log_relay_closed(
-            log, "proxy.close", self.name, visitor, f"client {self.session.client_id}", stats, proxy=self.name
-        )
+            domains = proxy_domains(spec.custom_domains, spec.subdomain, front.config.subdomain_host)
+            proxy = cls(name, site.owner, front, domains, spec)
+            front.add_http(proxy, proxy.domains, proxy.locations, https_auto=proxy.https_auto)
+        except RouteError as exc:
+            raise route_refusal(exc) from exc
+        return proxy
+
+    async def open(self, visitor: tuple[str, int]) -> End:
+        """A new stream to the client's local service for this visitor (the HTTP engine's backend)."""
+        end, _ = await open_work(self.owner, self.start_work(visitor))
+        return self.live.counted(end)
+
+    async def close(self) -> None:
+        self._front.remove_http(self, self.domains, https_auto=self.https_auto)
+        await self.live.close()
+
+
+# -- client side ------------------------------------------------------------------------------------
+
+
+async def serve_http_work(config: HttpProxyConfig, start: StartWork, tunnel: End) -> None:
+    local = HostPort(config.local_ip, config.local_port)
+    header = proxy_protocol_header(config.proxy_protocol_version, start)
+    await serve_tcp_work(config.name, local, start, tunnel, header=header)

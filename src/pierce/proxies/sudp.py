@@ -1,6 +1,6 @@
 """Secret UDP proxies (sudp): a visitor's datagrams reach a local UDP service of the proxy's owner.
 
-The server treats an sudp visitor as any secret proxy's (`pierce.proxies.stcp`): the visitor's connection
+The server treats an sudp visitor as any secret proxy's (`pierce.proxies.secret`): the visitor's connection
 is paired with a work connection of the owner and relayed as a byte stream. Over that stream both ends
 exchange `UdpPacket` frames (`pierce.protocol.frames`, as a UDP proxy's datagrams travel on the control
 channel), so a datagram stays one datagram end to end. ``peer_host:peer_port`` is the address of the
@@ -21,12 +21,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import ClassVar
 
 from pierce.addr import HostPort, format_sockaddr
-from pierce.config import SudpProxyConfig
 from pierce.errors import PierceError
 from pierce.logs import event, human_bytes
-from pierce.protocol import FrameDecoder, ProtocolError, StartWork, UdpPacket, encode_frame
+from pierce.protocol import FrameDecoder, ProtocolError, SecretKind, StartWork, UdpPacket, encode_frame
+from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT, ProxyType, check_idle_timeout
+from pierce.proxies.secret import SecretProxyConfig, SecretProxyServer, SecretSpec
 from pierce.relay import End
 from pierce.udpflow import SEND_BACKLOG_LIMIT, DropCounter, UdpFlow, UdpFlows
 
@@ -34,6 +36,32 @@ log = logging.getLogger("pierce.proxy")
 
 #: Bytes asked for per read of the stream.
 READ_SIZE = 256 * 1024
+
+
+class SudpProxyConfig(SecretProxyConfig, tag="sudp", tag_field="type"):
+    """``[[proxies]] type = "sudp"``: a secret UDP service, reached like an stcp proxy."""
+
+    secret_kind: ClassVar[SecretKind] = SecretKind.SUDP
+
+    #: Seconds a visiting application's UDP flow lives without traffic.
+    idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_idle_timeout(self.idle_timeout)
+
+
+class SudpSpec(SecretSpec, frozen=True, kw_only=True, tag="sudp"):
+    """Register a secret UDP proxy."""
+
+
+def sudp_spec(config: SudpProxyConfig) -> SudpSpec:
+    return SudpSpec()
+
+
+class SudpProxyServer(SecretProxyServer):
+    type = ProxyType.SUDP
+    kind = SecretKind.SUDP
 
 
 class DatagramTunnel:
@@ -142,10 +170,10 @@ async def serve_sudp_work(config: SudpProxyConfig, start: StartWork, tunnel: End
     event(
         log,
         logging.INFO,
-        "proxy.open",
+        "proxy.conn_open",
         f"{name}: visitor {visitor} (datagrams) -> {local}",
         proxy=name,
-        client=visitor,
+        visitor=visitor,
         target=str(local),
     )
     started = time.monotonic()
@@ -160,13 +188,13 @@ async def serve_sudp_work(config: SudpProxyConfig, start: StartWork, tunnel: End
     event(
         log,
         logging.INFO,
-        "proxy.close",
+        "proxy.conn_close",
         f"{name}: visitor {visitor} (datagrams) closed after {duration:.2f}s, "
         f"up {datagrams.received_packets} pkts/{human_bytes(datagrams.received_bytes)}, "
         f"down {datagrams.sent_packets} pkts/{human_bytes(datagrams.sent_bytes)}"
         + (f" ({error})" if error else ""),
         proxy=name,
-        client=visitor,
+        visitor=visitor,
         target=str(local),
         up_packets=datagrams.received_packets,
         up_bytes=datagrams.received_bytes,

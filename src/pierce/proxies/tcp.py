@@ -1,8 +1,8 @@
-"""TCP proxies: a public port on the server whose connections reach a local service of the client.
+"""TCP proxies: a public port on the server whose connections reach a local TCP service of the client.
 
-Server side: `TcpProxyServer` accepts visitors and hands each one to a work connection of the owning
-client (`StartWork`), then relays. Client side: `serve_tcp_work` dials the local service for a work
-connection that received `StartWork`, and relays. Both use the one relay in `pierce.relay`.
+Server side: `TcpProxyServer` accepts visitors on its port and bridges each one to a work connection of
+the owning client (`pierce.proxies.bridge`). Client side: `serve_tcp_work` connects the local service
+for a started work connection and relays; every stream kind (http, https, stcp, tcpmux) uses it.
 """
 
 from __future__ import annotations
@@ -11,16 +11,29 @@ import asyncio
 import logging
 import socket
 import ssl
-import time
-from typing import Any, Protocol
+from typing import Any, ClassVar
+
+import msgspec
 
 from pierce.addr import HostPort, format_sockaddr
 from pierce.dial import TargetUnreachable, connect_tcp
-from pierce.listeners import TcpListener, set_nodelay
-from pierce.logs import event, log_relay_closed
+from pierce.listeners import TcpListener
+from pierce.logs import event, log_conn_closed
 from pierce.protocol import StartWork
-from pierce.relay import End, RelayStats, SocketEnd, relay
+from pierce.protocol.messages import Port
+from pierce.proxies.base import (
+    ProxyOwner,
+    ProxyProtocolVersion,
+    ProxySite,
+    ProxySpec,
+    ProxyType,
+    check_proxy,
+)
+from pierce.proxies.bridge import LiveConnections, SocketVisitor, bridge
+from pierce.relay import End, SocketEnd, relay
+from pierce.snapshot import ProxyStats
 from pierce.transport import TlsEnd
+from pierce.vhost.proxy_protocol import build_v1, build_v2
 
 log = logging.getLogger("pierce.proxy")
 
@@ -28,104 +41,82 @@ log = logging.getLogger("pierce.proxy")
 LOCAL_CONNECT_TIMEOUT = 10.0
 
 
-class WorkSource(Protocol):
-    """What a server-side proxy needs from its client session."""
+class TcpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="tcp", tag_field="type"):
+    """``[[proxies]] type = "tcp"``: a public TCP port on the server -> a local TCP service."""
 
-    client_id: str
+    name: str
+    local_ip: str = "127.0.0.1"
+    local_port: int
+    #: 0 = the server picks a free allowed port (logged by the client).
+    remote_port: int = 0
+    #: Send a PROXY protocol header with the visitor's address to the local service.
+    proxy_protocol_version: ProxyProtocolVersion | None = None
 
-    async def take_work_conn(self) -> Any: ...
+    def __post_init__(self) -> None:
+        check_proxy(self.name, self.local_port, self.remote_port)
+
+
+class TcpSpec(ProxySpec, frozen=True, kw_only=True, tag="tcp"):
+    """Listen on a TCP port and hand its connections to this client."""
+
+    #: 0 lets the server pick a free port from its allowed range.
+    remote_port: Port
+
+
+def tcp_spec(config: TcpProxyConfig) -> TcpSpec:
+    return TcpSpec(remote_port=config.remote_port)
+
+
+# -- server side ------------------------------------------------------------------------------------
 
 
 class TcpProxyServer:
     """The public listener of one TCP proxy on the server."""
 
-    def __init__(self, name: str, session: WorkSource, listener_addr: HostPort) -> None:
+    type: ClassVar[ProxyType] = ProxyType.TCP
+
+    def __init__(self, name: str, owner: ProxyOwner, listen: HostPort) -> None:
         self.name = name
-        self.session = session
-        self.listener = TcpListener.open(listener_addr, self._visitor, name=f"proxy {name}")
+        self.owner = owner
+        self.live = LiveConnections()
+        self.listener = TcpListener.open(listen, self._visitor, name=f"proxy {name}")
         self.port = self.listener.port
-        #: Relays in progress; their counters move while they run.
-        self.live: set[RelayStats] = set()
-        self._closed_in = 0
-        self._closed_out = 0
+        self.urls: list[str] = []
 
-    @property
-    def connections(self) -> int:
-        return len(self.live)
-
-    @property
-    def bytes_in(self) -> int:
-        """Visitor -> client bytes so far, live connections included."""
-        return self._closed_in + sum(s.a_to_b for s in self.live)
-
-    @property
-    def bytes_out(self) -> int:
-        return self._closed_out + sum(s.b_to_a for s in self.live)
+    @classmethod
+    def create(cls, name: str, spec: TcpSpec, site: ProxySite) -> TcpProxyServer:
+        return site.bind_public(name, spec.remote_port, lambda addr: cls(name, site.owner, addr))
 
     async def _visitor(self, conn: socket.socket, addr: Any) -> None:
-        visitor = format_sockaddr(addr)
-        started = time.monotonic()
-        try:
-            work = await self.session.take_work_conn()
-        except TimeoutError:
-            conn.close()
-            event(
-                log,
-                logging.WARNING,
-                "proxy.no_work_conn",
-                f"{self.name}: {visitor}: no work connection from client {self.session.client_id} in time",
-                proxy=self.name,
-                client=visitor,
-            )
-            return
-        set_nodelay(conn)
-        try:
-            here = conn.getsockname()
-            end = await work.start(
-                StartWork(
-                    proxy=self.name,
-                    visitor_host=addr[0],
-                    visitor_port=addr[1],
-                    server_host=here[0],
-                    server_port=here[1],
-                )
-            )
-        except Exception as exc:
-            conn.close()
-            work.close()
-            event(
-                log,
-                logging.WARNING,
-                "proxy.work_failed",
-                f"{self.name}: {visitor}: {exc}",
-                proxy=self.name,
-                client=visitor,
-                error=str(exc),
-            )
-            return
-        event(
-            log,
-            logging.INFO,
-            "proxy.open",
-            f"{self.name}: visitor {visitor}",
+        here = conn.getsockname()
+        start = StartWork(
             proxy=self.name,
-            client=visitor,
-            work_conn=work.serial,
+            visitor_host=addr[0],
+            visitor_port=addr[1],
+            server_host=here[0],
+            server_port=here[1],
         )
-        stats = RelayStats(started=started)
-        self.live.add(stats)
-        try:
-            await relay(SocketEnd(conn), end, stats)
-        finally:
-            self.live.discard(stats)
-            self._closed_in += stats.a_to_b
-            self._closed_out += stats.b_to_a
-        log_relay_closed(
-            log, "proxy.close", self.name, visitor, f"client {self.session.client_id}", stats, proxy=self.name
-        )
+        await bridge(self.name, self.owner, self.live, SocketVisitor(conn, (addr[0], addr[1])), start)
+
+    def stats(self) -> ProxyStats:
+        return self.live.stats()
 
     async def close(self) -> None:
         await self.listener.close()
+        await self.live.close()
+
+
+# -- client side ------------------------------------------------------------------------------------
+
+
+def proxy_protocol_header(version: ProxyProtocolVersion | None, start: StartWork) -> bytes:
+    """The PROXY protocol header telling the local service who the visitor is (empty when off)."""
+    if version is None:
+        return b""
+    source = (start.visitor_host, start.visitor_port)
+    destination = (start.server_host or "0.0.0.0", start.server_port)
+    build = build_v1 if version is ProxyProtocolVersion.V1 else build_v2
+    return build(source, destination)
 
 
 async def serve_tcp_work(
@@ -155,7 +146,7 @@ async def serve_tcp_work(
                 "proxy.tls_failed",
                 f"{name}: visitor {visitor}: TLS handshake failed: {exc or type(exc).__name__}",
                 proxy=name,
-                client=visitor,
+                visitor=visitor,
                 error=str(exc) or type(exc).__name__,
             )
             return
@@ -176,7 +167,7 @@ async def serve_tcp_work(
             "proxy.local_failed",
             f"{name}: visitor {visitor}: local service {local} unreachable: {exc}",
             proxy=name,
-            client=visitor,
+            visitor=visitor,
             target=str(local),
             error=str(exc),
         )
@@ -187,11 +178,17 @@ async def serve_tcp_work(
     event(
         log,
         logging.INFO,
-        "proxy.open",
+        "proxy.conn_open",
         f"{name}: visitor {visitor} -> {local}",
         proxy=name,
-        client=visitor,
+        visitor=visitor,
         target=str(local),
     )
     stats = await relay(tunnel, local_end)
-    log_relay_closed(log, "proxy.close", name, visitor, str(local), stats, proxy=name)
+    log_conn_closed(log, name, visitor, str(local), stats)
+
+
+async def serve_tcp_proxy_work(config: TcpProxyConfig, start: StartWork, tunnel: End) -> None:
+    local = HostPort(config.local_ip, config.local_port)
+    header = proxy_protocol_header(config.proxy_protocol_version, start)
+    await serve_tcp_work(config.name, local, start, tunnel, header=header)

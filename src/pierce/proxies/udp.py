@@ -26,14 +26,26 @@ import logging
 import socket
 from collections import OrderedDict
 from collections.abc import Callable, Collection
-from typing import Any, Protocol
+from typing import Any, ClassVar
+
+import msgspec
 
 from pierce.addr import HostPort, format_sockaddr
-from pierce.config import UdpProxyConfig
 from pierce.listeners import bind_socket
 from pierce.protocol import MAX_HOST_LENGTH, UdpPacket
+from pierce.protocol.messages import Port
+from pierce.proxies.base import (
+    DEFAULT_UDP_IDLE_TIMEOUT,
+    ProxyOwner,
+    ProxySite,
+    ProxySpec,
+    ProxyType,
+    check_idle_timeout,
+    check_proxy,
+)
+from pierce.snapshot import ProxyStats
 from pierce.transport import MessageChannel
-from pierce.udpflow import SEND_BACKLOG_LIMIT, DropCounter, UdpFlow, UdpFlows, send_backlog
+from pierce.udpflow import SEND_BACKLOG_LIMIT, DatagramProtocol, DropCounter, UdpFlow, UdpFlows, send_backlog
 
 log = logging.getLogger("pierce.proxy")
 
@@ -51,25 +63,33 @@ def send_packet(channel: MessageChannel, packet: UdpPacket) -> bool:
     return True
 
 
+class UdpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="udp", tag_field="type"):
+    """``[[proxies]] type = "udp"``: a public UDP port on the server -> a local UDP service."""
+
+    name: str
+    local_ip: str = "127.0.0.1"
+    local_port: int
+    remote_port: int = 0
+    #: Seconds a visitor's UDP session lives without traffic.
+    idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        check_proxy(self.name, self.local_port, self.remote_port)
+        check_idle_timeout(self.idle_timeout)
+
+
+class UdpSpec(ProxySpec, frozen=True, kw_only=True, tag="udp"):
+    """Listen on a UDP port and relay its datagrams as `UdpPacket` messages on the control channel."""
+
+    #: 0 lets the server pick a free port from its allowed range.
+    remote_port: Port
+
+
+def udp_spec(config: UdpProxyConfig) -> UdpSpec:
+    return UdpSpec(remote_port=config.remote_port)
+
+
 # -- server side ------------------------------------------------------------------------------------
-
-
-class ControlLink(Protocol):
-    """What a server-side UDP proxy needs from its client's session."""
-
-    client_id: str
-    channel: MessageChannel
-
-
-class _PublicProtocol(asyncio.DatagramProtocol):
-    def __init__(self, proxy: UdpProxyServer) -> None:
-        self.proxy = proxy
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.proxy.from_visitor(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("%s: public socket error: %s", self.proxy.name, exc)
 
 
 class UdpProxyServer:
@@ -79,24 +99,45 @@ class UdpProxyServer:
     datagram endpoint is set up in the background, while the kernel queues early datagrams.
     """
 
-    def __init__(self, name: str, link: ControlLink, listen: HostPort) -> None:
+    type: ClassVar[ProxyType] = ProxyType.UDP
+
+    def __init__(self, name: str, owner: ProxyOwner, listen: HostPort) -> None:
         self.name = name
-        self.link = link
+        self.owner = owner
         sock = bind_socket(listen, socket.SOCK_DGRAM)
         self.port = int(sock.getsockname()[1])
+        self.urls: list[str] = []
         self.visitors: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._seen = 0
         self.up_packets = self.up_bytes = self.down_packets = self.down_bytes = 0
         self._transport: asyncio.DatagramTransport | None = None
-        self._dropped = DropCounter(log, "udp.dropped", f"proxy {name} (client {link.client_id})", proxy=name)
+        self._dropped = DropCounter(
+            log, "udp.dropped", f"proxy {name} (client {owner.client_id})", proxy=name
+        )
         self._starting = asyncio.get_running_loop().create_task(self._start(sock))
+
+    @classmethod
+    def create(cls, name: str, spec: UdpSpec, site: ProxySite) -> UdpProxyServer:
+        return site.bind_public(name, spec.remote_port, lambda addr: cls(name, site.owner, addr))
 
     async def _start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         try:
-            self._transport, _ = await loop.create_datagram_endpoint(lambda: _PublicProtocol(self), sock=sock)
+            self._transport, _ = await loop.create_datagram_endpoint(
+                lambda: DatagramProtocol(self.from_visitor, log, self.name), sock=sock
+            )
         except BaseException:
             sock.close()
             raise
+
+    def stats(self) -> ProxyStats:
+        """``connections``: the visitor addresses it remembers as allowed reply destinations."""
+        return ProxyStats(
+            connections=len(self.visitors),
+            total_connections=self._seen,
+            bytes_in=self.up_bytes,
+            bytes_out=self.down_bytes,
+        )
 
     def from_visitor(self, data: bytes, addr: Any) -> None:
         visitor = (str(addr[0]), int(addr[1]))
@@ -106,27 +147,28 @@ class UdpProxyServer:
             self.visitors.move_to_end(visitor)
         else:
             self.visitors[visitor] = None
+            self._seen += 1
             if len(self.visitors) > MAX_VISITORS:
                 self.visitors.popitem(last=False)
         packet = UdpPacket(proxy=self.name, peer_host=visitor[0], peer_port=visitor[1], data=data)
-        if send_packet(self.link.channel, packet):
+        if send_packet(self.owner.channel, packet):
             self.up_packets += 1
             self.up_bytes += len(data)
         else:
-            self._dropped.drop("tunnel send buffer full", client=format_sockaddr(visitor))
+            self._dropped.drop("tunnel send buffer full", visitor=format_sockaddr(visitor))
 
     def deliver(self, packet: UdpPacket) -> None:
         """A datagram from the client, for the visitor it names."""
         visitor = (packet.peer_host, packet.peer_port)
         if visitor not in self.visitors:
-            self._dropped.drop("reply to an address that never sent here", client=format_sockaddr(visitor))
+            self._dropped.drop("reply to an address that never sent here", visitor=format_sockaddr(visitor))
             return
         transport = self._transport
         if transport is None or transport.is_closing():
-            self._dropped.drop("public port not open", client=format_sockaddr(visitor))
+            self._dropped.drop("public port not open", visitor=format_sockaddr(visitor))
             return
         if send_backlog(transport) > SEND_BACKLOG_LIMIT:
-            self._dropped.drop("socket send buffer full", client=format_sockaddr(visitor))
+            self._dropped.drop("socket send buffer full", visitor=format_sockaddr(visitor))
             return
         transport.sendto(packet.data, visitor)
         self.down_packets += 1

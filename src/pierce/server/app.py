@@ -14,7 +14,7 @@ import secrets
 import socket
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pierce.addr import HostPort, format_sockaddr
 from pierce.config import ServerConfig
@@ -34,15 +34,15 @@ from pierce.protocol import (
     Visit,
     certificate_binding,
 )
-from pierce.proxies.stcp import SecretProxyServer, serve_visit
+from pierce.proxies.base import Front
+from pierce.proxies.registry import FRONTS
+from pierce.proxies.secret import SecretProxyServer, serve_visit
 from pierce.relay import wait_fd
 from pierce.server.session import ControlSession
 from pierce.server.workconn import WorkConn
+from pierce.snapshot import ServerProxyInfo, ServerSnapshot
 from pierce.tls import ServerCertificate, default_state_dir, ensure_server_certificate, server_context
 from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, StreamChannel
-
-if TYPE_CHECKING:
-    from pierce.server.vhost import VhostFront
 
 log = logging.getLogger("pierce.server")
 
@@ -65,8 +65,8 @@ class Server:
         self._session_tasks: set[asyncio.Task[None]] = set()
         #: The STUN responder (``stun_port``), when it could start.
         self.stun: StunServer | None = None
-        #: The shared web ports (HTTP by Host, HTTPS by SNI), when configured.
-        self.vhost: VhostFront | None = None
+        #: Listeners shared between proxies (the web ports, ...), by type, when configured.
+        self.fronts: dict[type, Front] = {}
 
     async def start(self) -> str:
         cfg = self.config
@@ -77,11 +77,11 @@ class Server:
             key_file=Path(cfg.tls_key_file) if cfg.tls_key_file else None,
         )
         self._ssl = server_context(self.certificate)
-        if cfg.vhost_http_port or cfg.vhost_https_port:
-            from pierce.server.vhost import VhostFront
-
-            self.vhost = VhostFront(cfg, state)
-            await self.vhost.start()
+        for front_type in FRONTS:
+            if front_type.enabled(cfg):
+                front = front_type(cfg, state)
+                self.fronts[type(front)] = front
+                await front.start()
         self._start_stun()
         self._listener = TcpListener.open(
             HostPort(cfg.bind_addr, cfg.bind_port), self._accept, name="control"
@@ -124,8 +124,38 @@ class Server:
             self.stun.close()
         for session in list(self.sessions.values()):
             await session.close("server shutting down")
-        if self.vhost is not None:
-            await self.vhost.close()
+        for front in self.fronts.values():
+            await front.close()
+
+    def snapshot(self) -> ServerSnapshot:
+        """What the server is doing now: its clients, their proxies and the traffic through them."""
+        from pierce import __version__
+
+        ports = {"bind_port": self.port if self._listener is not None else 0}
+        for front in self.fronts.values():
+            ports.update(front.ports())
+        if self.stun is not None:
+            ports["stun_port"] = self.stun.layout.port
+        sessions = list(self.sessions.values())
+        return ServerSnapshot(
+            version=__version__,
+            address=self._listener.address if self._listener is not None else "",
+            fingerprint=self.certificate.fingerprint if self.certificate is not None else "",
+            ports=ports,
+            clients=[s.info() for s in sessions],
+            proxies=[
+                ServerProxyInfo(
+                    name=p.name,
+                    type=p.type.value,
+                    client_id=s.client_id,
+                    remote_port=p.port,
+                    urls=p.urls,
+                    stats=p.stats(),
+                )
+                for s in sessions
+                for p in s.proxies.values()
+            ],
+        )
 
     # -- new connections ---------------------------------------------------------------------------
 
@@ -274,7 +304,6 @@ class Server:
         """A visitor of a secret proxy: log in, read its `Visit`, then refuse it or relay it."""
         visit_id = secrets.token_hex(16)
         await self._tls_login(channel, hello, binding, visit_id, "visitor")
-        assert isinstance(channel, StreamChannel)
         async with asyncio.timeout(LOGIN_TIMEOUT):
             visit = await channel.recv()
         if not isinstance(visit, Visit):

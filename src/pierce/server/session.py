@@ -8,7 +8,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from pierce.addr import HostPort
 from pierce.errors import LocalError, PierceError
@@ -18,30 +18,23 @@ from pierce.protocol import (
     CloseProxy,
     Error,
     ErrorCode,
-    NewHttpProxy,
-    NewHttpsProxy,
     NewProxy,
-    NewStcpProxy,
-    NewSudpProxy,
-    NewTcpProxy,
-    NewUdpProxy,
     Ping,
     Pong,
     ProtocolError,
     ProxyReady,
     ProxyRefused,
-    SecretKind,
     UdpPacket,
     VisitorVerdict,
 )
-from pierce.proxies.http import HttpProxyServer, HttpsProxyServer, _VhostProxy
-from pierce.proxies.stcp import SecretProxyServer
-from pierce.proxies.tcp import TcpProxyServer
+from pierce.proxies.base import F, P, ProxyRefusal, ServerProxy
+from pierce.proxies.registry import decode_spec, open_proxy
+from pierce.proxies.secret import SecretProxyServer
 from pierce.proxies.udp import UdpProxyServer
 from pierce.server.workconn import WorkConn, WorkConnPool
+from pierce.snapshot import ClientInfo
 from pierce.transport import ConnectionClosed, MessageChannel
 from pierce.udpflow import DropCounter
-from pierce.vhost.router import RouteError, RouteTaken
 
 if TYPE_CHECKING:
     from pierce.server.app import Server
@@ -49,23 +42,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("pierce.server")
 
 
-class ProxyRefusal(PierceError):
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        self.code = code
-        super().__init__(reason)
-
-
-class PublicProxy(Protocol):
-    """What a session needs from a proxy of any kind (`TcpProxyServer`, `UdpProxyServer`)."""
-
-    name: str
-    port: int
-
-    async def close(self) -> None: ...
-
-
 class ControlSession:
-    """Owns everything one client registered; ``close()`` frees its ports and connections."""
+    """Owns everything one client registered; ``close()`` frees its ports and connections.
+
+    It is the owner (`pierce.proxies.base.ProxyOwner`) of its proxies and the site
+    (`pierce.proxies.base.ProxySite`) they open on: port rules and limits, the server's shared fronts.
+    """
 
     def __init__(
         self, server: Server, channel: MessageChannel, *, client_id: str, run_id: str, peer: str
@@ -77,7 +59,9 @@ class ControlSession:
         self.peer = peer
         self.pool = WorkConnPool(channel)
         self._work_serial = 0
-        self.proxies: dict[str, PublicProxy] = {}
+        self.proxies: dict[str, ServerProxy] = {}
+        #: Proxies holding a public port of their own (``max_ports_per_client`` counts them).
+        self._port_holders: set[str] = set()
         self.started = time.time()
         self.last_seen = time.monotonic()
         self.closed = asyncio.Event()
@@ -92,6 +76,21 @@ class ControlSession:
 
     async def take_work_conn(self) -> WorkConn:
         return await self.pool.get(self.server.config.user_conn_timeout)
+
+    @property
+    def owner(self) -> ControlSession:
+        return self
+
+    def info(self) -> ClientInfo:
+        return ClientInfo(
+            client_id=self.client_id,
+            run_id=self.run_id,
+            address=self.peer,
+            connected_since=self.started,
+            idle_s=round(time.monotonic() - self.last_seen, 3),
+            proxies=list(self.proxies),
+            idle_work_conns=self.pool.idle,
+        )
 
     # -- control loop ------------------------------------------------------------------------------
 
@@ -141,14 +140,7 @@ class ControlSession:
         match msg:
             case Ping(seq=seq):
                 await self.channel.send(Pong(seq=seq))
-            case (
-                NewTcpProxy()
-                | NewUdpProxy()
-                | NewHttpProxy()
-                | NewHttpsProxy()
-                | NewStcpProxy()
-                | NewSudpProxy()
-            ):
+            case NewProxy():
                 await self._new_proxy(msg)
             case VisitorVerdict():
                 secret = self.proxies.get(msg.proxy)
@@ -177,24 +169,12 @@ class ControlSession:
 
     async def _new_proxy(self, msg: NewProxy) -> None:
         name = msg.name
-        proxy: PublicProxy
         try:
-            match msg:
-                case NewTcpProxy(remote_port=port):
-                    kind = "tcp"
-                    proxy = self._open_proxy(name, port, lambda addr: TcpProxyServer(name, self, addr))
-                case NewUdpProxy(remote_port=port):
-                    kind = "udp"
-                    proxy = self._open_proxy(name, port, lambda addr: UdpProxyServer(name, self, addr))
-                case NewHttpProxy() | NewHttpsProxy():
-                    kind = "http" if isinstance(msg, NewHttpProxy) else "https"
-                    proxy = self._open_vhost_proxy(msg)
-                case NewStcpProxy() | NewSudpProxy():
-                    secret = SecretKind.STCP if isinstance(msg, NewStcpProxy) else SecretKind.SUDP
-                    kind = secret.value
-                    self._check_name(name)
-                    proxy = SecretProxyServer(name, secret, self)
-        except ProxyRefusal as exc:
+            spec = decode_spec(msg.spec)
+            self._check_name(name)
+            proxy = open_proxy(name, spec, self)
+        except (ProxyRefusal, ProtocolError) as exc:
+            code = exc.code if isinstance(exc, ProxyRefusal) else ErrorCode.BAD_MESSAGE
             event(
                 log,
                 logging.WARNING,
@@ -202,28 +182,28 @@ class ControlSession:
                 f"client {self.client_id}: proxy {name}: {exc}",
                 client_id=self.client_id,
                 proxy=name,
-                code=exc.code.value,
+                code=code.value,
                 reason=str(exc),
             )
-            await self.channel.send(ProxyRefused(name=name, code=exc.code, reason=str(exc)))
+            await self.channel.send(ProxyRefused(name=name, code=code, reason=str(exc)))
             return
         self.proxies[name] = proxy
         self.server.proxy_owners[name] = self
-        where = f"listening on {kind} port {proxy.port}"
-        if isinstance(proxy, SecretProxyServer):
-            where = f"registered ({kind}: no public port, for visitors with its secret)"
+        where = f"on port {proxy.port}" if proxy.port else "with no public port, for visitors with its secret"
+        if proxy.urls:
+            where = "at " + ", ".join(proxy.urls)
         event(
             log,
             logging.INFO,
             "proxy.ready",
-            f"client {self.client_id}: proxy {name} {where}",
+            f"client {self.client_id}: {proxy.type} proxy {name} open {where}",
             client_id=self.client_id,
             proxy=name,
-            type=kind,
+            type=proxy.type.value,
             remote_port=proxy.port,
+            urls=proxy.urls,
         )
-        urls = proxy.urls() if isinstance(proxy, _VhostProxy) else []
-        await self.channel.send(ProxyReady(name=name, remote_port=proxy.port, urls=urls))
+        await self.channel.send(ProxyReady(name=name, remote_port=proxy.port, urls=proxy.urls))
 
     def _check_name(self, name: str) -> None:
         owner = self.server.proxy_owners.get(name)
@@ -234,53 +214,19 @@ class ControlSession:
         if name in self.proxies:
             raise ProxyRefusal(ErrorCode.DUPLICATE_NAME, f"proxy name {name!r} is already registered")
 
-    def _open_vhost_proxy(self, msg: NewHttpProxy | NewHttpsProxy) -> PublicProxy:
-        """Check the name and the domains, then add the proxy's routes on the shared web ports."""
-        self._check_name(msg.name)
-        front = self.server.vhost
-        if front is None:
-            raise ProxyRefusal(
-                ErrorCode.NOT_AVAILABLE, "this server has no web ports (vhost_http_port / vhost_https_port)"
-            )
-        vproxy: HttpProxyServer | HttpsProxyServer
-        try:
-            domains = front.domains_of(msg.custom_domains, msg.subdomain)
-            if isinstance(msg, NewHttpProxy):
-                vproxy = HttpProxyServer(
-                    msg.name,
-                    self,
-                    domains,
-                    front.front("http"),
-                    front.remove,
-                    locations=msg.locations,
-                    http_user=msg.http_user,
-                    http_password=msg.http_password,
-                    host_header_rewrite=msg.host_header_rewrite,
-                    request_headers=msg.request_headers,
-                    response_headers=msg.response_headers,
-                    https_auto=msg.https_auto,
-                )
-                front.add_http(vproxy)
-            else:
-                vproxy = HttpsProxyServer(
-                    msg.name,
-                    self,
-                    domains,
-                    front.front("https"),
-                    front.remove,
-                )
-                front.add_https(vproxy)
-        except RouteTaken as exc:
-            raise ProxyRefusal(ErrorCode.DOMAIN_TAKEN, str(exc)) from exc
-        except RouteError as exc:
-            raise ProxyRefusal(ErrorCode.NOT_AVAILABLE, str(exc)) from exc
-        return vproxy
+    # -- the site proxies open on ------------------------------------------------------------------
 
-    def _open_proxy(self, name: str, port: int, opener: Callable[[HostPort], PublicProxy]) -> PublicProxy:
-        """Check the name, the limits and the port rules, then bind with ``opener`` (port 0: any allowed)."""
+    def front(self, kind: type[F]) -> F:
+        front = self.server.fronts.get(kind)
+        if front is None:
+            raise ProxyRefusal(ErrorCode.NOT_AVAILABLE, kind.missing)
+        assert isinstance(front, kind)
+        return front
+
+    def bind_public(self, name: str, port: int, opener: Callable[[HostPort], P]) -> P:
+        """Check the limits and the port rules, then bind with ``opener`` (port 0: any allowed)."""
         cfg = self.server.config
-        self._check_name(name)
-        held = sum(1 for p in self.proxies.values() if not isinstance(p, _VhostProxy | SecretProxyServer))
+        held = len(self._port_holders)
         if cfg.max_ports_per_client and held >= cfg.max_ports_per_client:
             raise ProxyRefusal(
                 ErrorCode.LIMIT_REACHED, f"client already holds {held} ports (max_ports_per_client)"
@@ -302,17 +248,21 @@ class ControlSession:
         last: LocalError | None = None
         for candidate in candidates:
             try:
-                return opener(HostPort(bind, candidate))
+                opened = opener(HostPort(bind, candidate))
             except PortInUse as exc:
                 last = exc
+                continue
             except LocalError as exc:
                 raise ProxyRefusal(ErrorCode.INTERNAL, str(exc)) from exc
+            self._port_holders.add(name)
+            return opened
         if port:
             raise ProxyRefusal(ErrorCode.PORT_IN_USE, f"port {port} is already in use on the server")
         raise ProxyRefusal(ErrorCode.PORT_IN_USE, f"no free port in allow_ports ({last})")
 
     async def _close_proxy(self, name: str, *, reason: str) -> None:
         proxy = self.proxies.pop(name, None)
+        self._port_holders.discard(name)
         if proxy is None:
             return
         if self.server.proxy_owners.get(name) is self:

@@ -156,6 +156,18 @@ def full_domain(subdomain: str, subdomain_host: str) -> str:
     return normalize_domain(f"{subdomain}.{host}")
 
 
+def proxy_domains(custom_domains: Iterable[str], subdomain: str, subdomain_host: str) -> list[str]:
+    """The full domain names a proxy asks for (``subdomain`` needs the server's ``subdomain_host``)."""
+    domains = list(custom_domains)
+    if subdomain:
+        if not subdomain_host:
+            raise RouteError(f'subdomain "{subdomain}" needs subdomain_host in the server config')
+        domains.append(full_domain(subdomain, subdomain_host))
+    if not domains:
+        raise RouteError("no domain: set custom_domains or subdomain")
+    return domains
+
+
 def location_matches(location: str, path: str) -> bool:
     """True when the normalised ``location`` is a prefix of ``path`` ending on a segment boundary."""
     if location == ROOT_LOCATION:

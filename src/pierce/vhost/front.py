@@ -1,9 +1,11 @@
 """The server's shared web ports: HTTP routed by Host and path, HTTPS routed by SNI.
 
 `VhostFront` owns the two listeners, the two domain routers and, with ``[acme]``, the certificate
-manager. On the HTTPS port the SNI decides: a name an ``https`` proxy claims is relayed untouched (TLS ends
-at the inside service); a name of an ``http`` proxy with ``https_auto`` is terminated here with its ACME
-certificate and then served like plain HTTP (``X-Forwarded-Proto: https``); anything else is closed.
+manager. It knows routes, not proxy kinds: an http proxy (`pierce.proxies.http`) adds an `HttpRoute`, an
+https proxy (`pierce.proxies.https`) an `SniRoute`. On the HTTPS port the SNI decides: a name an ``https``
+proxy claims is relayed untouched (TLS ends at the inside service); a name of an ``http`` proxy with
+``https_auto`` is terminated here with its ACME certificate and then served like plain HTTP
+(``X-Forwarded-Proto: https``); anything else is closed.
 """
 
 from __future__ import annotations
@@ -11,21 +13,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pierce.addr import HostPort, format_sockaddr
-from pierce.config import ServerConfig
 from pierce.errors import LocalError
 from pierce.listeners import TcpListener, set_nodelay
 from pierce.logs import event
-from pierce.proxies.http import HttpProxyServer, HttpsProxyServer, _VhostProxy
 from pierce.relay import SocketEnd, StreamEnd
-from pierce.vhost.http import HttpSettings, serve_http
-from pierce.vhost.router import DomainRouter, RouteError, full_domain
+from pierce.vhost.http import HttpRoute, HttpSettings, serve_http
+from pierce.vhost.router import DomainRouter, RouteError
 from pierce.vhost.sni import SniError, peek_client_hello
 
 if TYPE_CHECKING:
+    from pierce.config import ServerConfig
     from pierce.vhost.acme import CertificateManager
 
 log = logging.getLogger("pierce.vhost")
@@ -34,14 +36,26 @@ log = logging.getLogger("pierce.vhost")
 CLIENT_HELLO_TIMEOUT = 10.0
 
 
+class SniRoute(Protocol):
+    """Where TLS connections for a name go untouched (one https proxy)."""
+
+    async def serve(self, conn: socket.socket, addr: tuple[str, int], server_name: str) -> None: ...
+
+
 class VhostFront:
     """Listeners on ``vhost_http_port`` / ``vhost_https_port`` and the routes of every web proxy."""
+
+    missing: ClassVar[str] = "this server has no web ports (vhost_http_port / vhost_https_port)"
+
+    @staticmethod
+    def enabled(config: ServerConfig) -> bool:
+        return bool(config.vhost_http_port or config.vhost_https_port)
 
     def __init__(self, config: ServerConfig, state_dir: Path) -> None:
         self.config = config
         self.state_dir = state_dir
-        self.http_routes: DomainRouter[HttpProxyServer] = DomainRouter()
-        self.https_routes: DomainRouter[HttpsProxyServer] = DomainRouter()
+        self.http_routes: DomainRouter[HttpRoute] = DomainRouter()
+        self.https_routes: DomainRouter[SniRoute] = DomainRouter()
         self.acme: CertificateManager | None = None
         self._http: TcpListener | None = None
         self._https: TcpListener | None = None
@@ -102,45 +116,49 @@ class VhostFront:
         if self.acme is not None:
             await self.acme.close()
 
+    def ports(self) -> dict[str, int]:
+        ports = {}
+        if self._http is not None:
+            ports["vhost_http_port"] = self._http.port
+        if self._https is not None:
+            ports["vhost_https_port"] = self._https.port
+        return ports
+
     # -- routes ------------------------------------------------------------------------------------
 
-    def domains_of(self, custom_domains: list[str], subdomain: str) -> list[str]:
-        """The full domain names a proxy asks for (``subdomain`` needs the server's ``subdomain_host``)."""
-        domains = list(custom_domains)
-        if subdomain:
-            if not self.config.subdomain_host:
-                raise RouteError(f'subdomain "{subdomain}" needs subdomain_host in the server config')
-            domains.append(full_domain(subdomain, self.config.subdomain_host))
-        if not domains:
-            raise RouteError("no domain: set custom_domains or subdomain")
-        return domains
+    @property
+    def http_address(self) -> HostPort:
+        """The public address of the HTTP port (port 0 when it is off: `add_http` refuses)."""
+        return HostPort(self.config.proxy_bind_addr, self._http.port if self._http is not None else 0)
 
-    def add_http(self, proxy: HttpProxyServer) -> None:
+    @property
+    def https_address(self) -> HostPort:
+        return HostPort(self.config.proxy_bind_addr, self._https.port if self._https is not None else 0)
+
+    def add_http(
+        self, route: HttpRoute, domains: list[str], locations: list[str], *, https_auto: bool
+    ) -> None:
+        """Route requests for ``domains`` and ``locations`` to ``route``; RouteError when it cannot be."""
         if self._http is None:
             raise RouteError("this server serves no HTTP virtual hosts (vhost_http_port is 0)")
-        if proxy.https_auto and (self.acme is None or self._https is None):
+        if https_auto and (self.acme is None or self._https is None):
             raise RouteError("https_auto needs [acme] and vhost_https_port in the server config")
-        self.http_routes.add_all(proxy.domains, proxy.locations, proxy)
-        if proxy.https_auto and self.acme is not None:
-            self.acme.want(proxy.domains)
+        self.http_routes.add_all(domains, locations, route)
+        if https_auto and self.acme is not None:
+            self.acme.want(domains)
 
-    def add_https(self, proxy: HttpsProxyServer) -> None:
+    def remove_http(self, route: HttpRoute, domains: Iterable[str], *, https_auto: bool) -> None:
+        self.http_routes.remove_value(route)
+        if https_auto and self.acme is not None:
+            self.acme.forget(list(domains))
+
+    def add_https(self, route: SniRoute, domains: list[str]) -> None:
         if self._https is None:
             raise RouteError("this server serves no HTTPS virtual hosts (vhost_https_port is 0)")
-        self.https_routes.add_all(proxy.domains, ["/"], proxy)
+        self.https_routes.add_all(domains, ["/"], route)
 
-    def remove(self, proxy: _VhostProxy) -> None:
-        if isinstance(proxy, HttpProxyServer):
-            self.http_routes.remove_value(proxy)
-            if proxy.https_auto and self.acme is not None:
-                self.acme.forget(proxy.domains)
-        elif isinstance(proxy, HttpsProxyServer):
-            self.https_routes.remove_value(proxy)
-
-    def front(self, kind: str) -> HostPort:
-        """The public address of the ``kind`` port (port 0 when it is off: `add_http`/`add_https` refuse)."""
-        listener = self._http if kind == "http" else self._https
-        return HostPort(self.config.proxy_bind_addr, listener.port if listener is not None else 0)
+    def remove_https(self, route: SniRoute) -> None:
+        self.https_routes.remove_value(route)
 
     # -- visitors ----------------------------------------------------------------------------------
 

@@ -1,0 +1,179 @@
+"""What every proxy kind shares: its type, the shape of its config and wire spec, and the server-side seams.
+
+A proxy kind is one module in `pierce.proxies` holding its config struct (``[[proxies]] type = ...``),
+its wire spec (what the client sends in `NewProxy`), the server-side object and the client-side work
+handler. `pierce.proxies.registry` lists the kinds; both sessions dispatch through it and nothing else
+names a kind.
+
+The seams a kind sees, each a small Protocol so that it gets only what it uses:
+
+- `ProxyOwner`: the client session on the server that registered the proxy (its id, its control
+  channel, its work connections).
+- `ProxySite`: what opening a proxy on the server may use: the owner, the port policy for a public port
+  of its own, and the server's shared fronts (the web ports, the tcpmux port).
+- `ServerProxy`: what the session, the server and its snapshot need from an open proxy.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
+
+import msgspec
+
+from pierce.addr import HostPort
+from pierce.errors import PierceError
+from pierce.protocol import ErrorCode
+from pierce.server.workconn import WorkConn
+from pierce.snapshot import ProxyStats
+from pierce.transport import MessageChannel
+
+if TYPE_CHECKING:
+    from pierce.config import ServerConfig
+
+#: Seconds a visitor's UDP flow (udp, sudp) lives without traffic, unless its proxy says otherwise.
+DEFAULT_UDP_IDLE_TIMEOUT = 60.0
+
+
+class ProxyType(enum.StrEnum):
+    """The ``type`` of a ``[[proxies]]`` table, and of its wire spec."""
+
+    TCP = "tcp"
+    UDP = "udp"
+    HTTP = "http"
+    HTTPS = "https"
+    STCP = "stcp"
+    SUDP = "sudp"
+
+
+class ProxyProtocolVersion(enum.Enum):
+    """PROXY protocol header the client sends to the local service before the visitor's bytes."""
+
+    V1 = "v1"
+    V2 = "v2"
+
+
+class ProxySpec(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=False):
+    """Base of the wire specs: what the server needs to open a proxy of one kind (no local details).
+
+    Tagged by ``"type"`` with the kind's `ProxyType` value. Constraints on peer-controlled values are
+    part of each spec's types, so an out-of-range value fails to decode instead of reaching the kind.
+    """
+
+
+class ProxyRefusal(PierceError):
+    """The server will not open a proxy; the client hears ``code`` and ``reason`` (`ProxyRefused`)."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        self.code = code
+        super().__init__(reason)
+
+
+class ProxyOwner(Protocol):
+    """The session on the server of the client that registered a proxy."""
+
+    @property
+    def client_id(self) -> str: ...
+
+    @property
+    def channel(self) -> MessageChannel: ...
+
+    async def take_work_conn(self) -> WorkConn:
+        """A ready work connection; TimeoutError when none comes in time."""
+
+
+class ServerProxy(Protocol):
+    """An open proxy on the server, whatever its kind."""
+
+    type: ClassVar[ProxyType]
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def owner(self) -> ProxyOwner: ...
+
+    @property
+    def port(self) -> int:
+        """The public port visitors reach (a shared front's port for web proxies; 0 for secret ones)."""
+
+    @property
+    def urls(self) -> list[str]:
+        """Where visitors reach it, when that is more than a port (web proxies: one URL per domain)."""
+
+    def stats(self) -> ProxyStats: ...
+
+    async def close(self) -> None:
+        """Stop taking visitors and end the live connections."""
+
+
+class Front(Protocol):
+    """A listener the server shares between proxies (the web ports, the tcpmux port)."""
+
+    #: What a proxy that needs this front hears when the server has not configured it.
+    missing: ClassVar[str]
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def ports(self) -> dict[str, int]:
+        """Its listening ports by config key, for the server's snapshot."""
+
+
+class FrontType(Protocol):
+    """A front's class: told whether the server config wants it, and made from that config."""
+
+    def enabled(self, config: ServerConfig) -> bool: ...
+
+    def __call__(self, config: ServerConfig, state_dir: Path) -> Front: ...
+
+
+P = TypeVar("P")
+F = TypeVar("F", bound=Front)
+
+
+class ProxySite(Protocol):
+    """What opening a proxy on the server may use."""
+
+    @property
+    def owner(self) -> ProxyOwner: ...
+
+    def bind_public(self, name: str, port: int, opener: Callable[[HostPort], P]) -> P:
+        """Open a public port of the proxy's own through ``opener``, after the server's port rules and
+        limits (port 0: any allowed port). Raises `ProxyRefusal`."""
+
+    def front(self, kind: type[F]) -> F:
+        """The server's shared front of that kind; `ProxyRefusal` when it has none."""
+
+
+# -- config checks shared by the kinds --------------------------------------------------------------
+
+
+def check_proxy(name: str, local_port: int, remote_port: int = 0) -> None:
+    """The fields every proxy has; a ValueError names the key (see `pierce.config`)."""
+    if not name or len(name) > 255:
+        raise ValueError("name: expected 1 to 255 characters")
+    if not 1 <= local_port <= 65535:
+        raise ValueError(f"local_port: expected a port from 1 to 65535, got {local_port}")
+    if not 0 <= remote_port <= 65535:
+        raise ValueError(f"remote_port: expected 0 (server picks) or a port up to 65535, got {remote_port}")
+
+
+def check_idle_timeout(seconds: float) -> None:
+    if seconds <= 0:
+        raise ValueError(f"idle_timeout: expected a number of seconds > 0, got {seconds:g}")
+
+
+#: Config fields that never show in a repr (logs, tracebacks, debuggers).
+SECRET_FIELDS = frozenset({"token", "secret_key", "http_password"})
+
+
+def masked_repr(cfg: msgspec.Struct) -> str:
+    """A config struct's repr without its secrets."""
+    fields = ", ".join(
+        f"{f}={'MASKED' if f in SECRET_FIELDS else repr(getattr(cfg, f))}" for f in cfg.__struct_fields__
+    )
+    return f"{type(cfg).__name__}({fields})"

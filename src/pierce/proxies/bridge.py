@@ -1,0 +1,262 @@
+"""The one bridge on the server: visitor -> work connection -> relay -> counters -> log, for every kind.
+
+`bridge` takes a visitor that reached a proxy (a TCP connection on its public port, a TLS connection
+chosen by SNI or by an HTTP CONNECT, a secret proxy's visitor connection), asks the owner's session for
+a work connection, starts it with `StartWork`, accepts the visitor and relays the two until both ends
+finish. One error policy: no work connection in time or a work connection that fails is a refusal the
+visitor hears when it can (`Visitor.refuse`) and one log line; the visitor is never left open.
+
+`LiveConnections` is each proxy's lifecycle: it counts bytes while connections run and after they end,
+and `close` ends every live one, so closing any proxy ends its connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from typing import Any, Protocol
+
+from pierce.addr import format_sockaddr
+from pierce.errors import PierceError
+from pierce.listeners import set_nodelay
+from pierce.logs import event, log_conn_closed
+from pierce.protocol import Error, ErrorCode, StartWork, VisitReady
+from pierce.proxies.base import ProxyOwner
+from pierce.relay import End, RelayStats, SocketEnd, relay
+from pierce.server.workconn import WorkConn
+from pierce.snapshot import ProxyStats
+from pierce.transport import MessageChannel
+
+log = logging.getLogger("pierce.proxy")
+
+
+class LiveConnections:
+    """The connections of one server-side proxy: live counters, totals of the ended ones, and an end."""
+
+    def __init__(self) -> None:
+        self._live: dict[RelayStats, asyncio.Task[Any] | End] = {}
+        self._total = 0
+        self._ended_in = 0
+        self._ended_out = 0
+        self.closed = False
+
+    def stats(self) -> ProxyStats:
+        live = self._live
+        return ProxyStats(
+            connections=len(live),
+            total_connections=self._total,
+            bytes_in=self._ended_in + sum(s.a_to_b for s in live),
+            bytes_out=self._ended_out + sum(s.b_to_a for s in live),
+        )
+
+    def add(self, stats: RelayStats, holder: asyncio.Task[Any] | End) -> None:
+        """Count a connection until `done`; ``holder`` is what `close` cancels (a task) or closes."""
+        self._live[stats] = holder
+        self._total += 1
+
+    def done(self, stats: RelayStats) -> None:
+        if self._live.pop(stats, None) is not None:
+            self._ended_in += stats.a_to_b
+            self._ended_out += stats.b_to_a
+
+    def counted(self, end: End) -> End:
+        """``end`` (a stream to the service, used by the HTTP engine), counted and ended with the proxy."""
+        counted = CountedEnd(end, self)
+        self.add(counted.stats, counted)
+        return counted
+
+    async def close(self) -> None:
+        """End every live connection and wait for their tasks."""
+        self.closed = True
+        tasks = []
+        for holder in list(self._live.values()):
+            if isinstance(holder, End):
+                holder.close()
+            elif holder is not asyncio.current_task():
+                holder.cancel()
+                tasks.append(holder)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class CountedEnd(End):
+    """An end whose bytes count towards its proxy: read = out (towards the visitor), write = in."""
+
+    def __init__(self, inner: End, live: LiveConnections) -> None:
+        self._inner = inner
+        self._live = live
+        self.stats = RelayStats(started=time.monotonic())
+
+    async def read(self, max_bytes: int) -> bytes:
+        data = await self._inner.read(max_bytes)
+        self.stats.b_to_a += len(data)
+        return data
+
+    async def write(self, data: bytes | memoryview) -> None:
+        await self._inner.write(data)
+        self.stats.a_to_b += len(data)
+
+    def write_eof(self) -> None:
+        self._inner.write_eof()
+
+    def peer_done(self) -> bool:
+        return self._inner.peer_done()
+
+    def close(self) -> None:
+        self._live.done(self.stats)
+        self._inner.close()
+
+
+class Visitor(Protocol):
+    """The visitor side of a bridge."""
+
+    #: The visitor's address as the server sees it.
+    address: tuple[str, int]
+
+    async def accept(self) -> End:
+        """The visitor is through: its relay end (after telling it so, where the protocol says)."""
+
+    async def refuse(self, code: ErrorCode, reason: str) -> None:
+        """Turn the visitor away (telling it why, where the protocol can) and close it."""
+
+
+class SocketVisitor:
+    """A visitor's TCP connection, accepted on a public port (or handed on by a front)."""
+
+    def __init__(self, conn: socket.socket, address: tuple[str, int]) -> None:
+        self.conn = conn
+        self.address = address
+
+    async def accept(self) -> End:
+        set_nodelay(self.conn)
+        return SocketEnd(self.conn)
+
+    async def refuse(self, code: ErrorCode, reason: str) -> None:
+        self.conn.close()
+
+
+class ChannelVisitor:
+    """A logged-in visitor connection of a secret proxy: hears `VisitReady` or `Error`."""
+
+    def __init__(self, channel: MessageChannel, address: tuple[str, int], proxy: str) -> None:
+        self.channel = channel
+        self.address = address
+        self.proxy = proxy
+
+    async def accept(self) -> End:
+        await self.channel.send(VisitReady(proxy=self.proxy))
+        return self.channel.into_end()
+
+    async def refuse(self, code: ErrorCode, reason: str) -> None:
+        await refuse_channel(self.channel, code, reason)
+
+
+async def refuse_channel(channel: MessageChannel, code: ErrorCode, reason: str) -> None:
+    """Tell the peer why (if it still listens), then close."""
+    with contextlib.suppress(PierceError, OSError):
+        await channel.send(Error(code=code, reason=reason))
+    channel.close()
+
+
+async def open_work(owner: ProxyOwner, start: StartWork) -> tuple[End, WorkConn]:
+    """A work connection of ``owner`` started for one visitor: the relay end of its data."""
+    work = await owner.take_work_conn()
+    try:
+        return await work.start(start), work
+    except BaseException:
+        work.close()
+        raise
+
+
+async def bridge(
+    name: str,
+    owner: ProxyOwner,
+    live: LiveConnections,
+    visitor: Visitor,
+    start: StartWork,
+    **fields: Any,
+) -> None:
+    """Relay ``visitor`` with a work connection of ``owner`` for proxy ``name``; log open and close.
+
+    ``fields`` go into both log lines (e.g. ``server_name``, ``visitor_id``). Cancelling it (the proxy
+    closing) ends the connection.
+    """
+    who = format_sockaddr(visitor.address)
+    stats = RelayStats(started=time.monotonic())
+    task = asyncio.current_task()
+    assert task is not None
+    if live.closed:
+        await visitor.refuse(ErrorCode.UNKNOWN_PROXY, f"proxy {name!r} is closing")
+        return
+    live.add(stats, task)
+    try:
+        try:
+            end, work = await open_work(owner, start)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and task.cancelling():
+                await _quietly(visitor.refuse(ErrorCode.UNKNOWN_PROXY, f"proxy {name!r} closed"))
+                raise
+            # TimeoutError, or the owner's pool closed under us (its session ended).
+            reason = f"no work connection from client {owner.client_id} in time"
+            await _quietly(visitor.refuse(ErrorCode.TIMEOUT, reason))
+            event(
+                log,
+                logging.WARNING,
+                "proxy.no_work_conn",
+                f"{name}: visitor {who}: {reason}",
+                proxy=name,
+                visitor=who,
+                client_id=owner.client_id,
+                **fields,
+            )
+            return
+        except (PierceError, OSError) as exc:
+            await _quietly(visitor.refuse(ErrorCode.INTERNAL, "the work connection failed"))
+            _work_failed(name, who, owner, exc, fields)
+            return
+        try:
+            here = await visitor.accept()
+        except BaseException as exc:
+            end.close()
+            await _quietly(visitor.refuse(ErrorCode.INTERNAL, "closed"))
+            if not isinstance(exc, PierceError | OSError):
+                raise
+            _work_failed(name, who, owner, exc, fields)
+            return
+        event(
+            log,
+            logging.INFO,
+            "proxy.conn_open",
+            f"{name}: visitor {who}",
+            proxy=name,
+            visitor=who,
+            client_id=owner.client_id,
+            work_conn=work.serial,
+            **fields,
+        )
+        await relay(here, end, stats)
+    finally:
+        live.done(stats)
+    log_conn_closed(log, name, who, f"client {owner.client_id}", stats, client_id=owner.client_id, **fields)
+
+
+def _work_failed(name: str, who: str, owner: ProxyOwner, exc: BaseException, fields: dict[str, Any]) -> None:
+    error = str(exc) or type(exc).__name__
+    event(
+        log,
+        logging.WARNING,
+        "proxy.work_failed",
+        f"{name}: visitor {who}: {error}",
+        proxy=name,
+        visitor=who,
+        client_id=owner.client_id,
+        error=error,
+        **fields,
+    )
+
+
+async def _quietly(refusal: Any) -> None:
+    with contextlib.suppress(PierceError, OSError):
+        await refusal

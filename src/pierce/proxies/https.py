@@ -1,0 +1,155 @@
+"""HTTPS proxies: TLS connections for some domains on the server's shared HTTPS port, chosen by SNI.
+
+Server side: an `HttpsProxyServer` is an SNI route of the `VhostFront`; each connection whose ClientHello
+names one of its domains is bridged to a work connection untouched (TLS is not terminated on the
+server). Client side: the local service keeps its own certificate, unless ``plugin = "https2http"``: then
+the client ends TLS with ``plugin_crt_path``/``plugin_key_path`` and the local service speaks plain HTTP.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import socket
+import ssl
+from typing import Annotated
+
+import msgspec
+
+from pierce.addr import HostPort
+from pierce.logs import event
+from pierce.protocol import StartWork
+from pierce.protocol.messages import MAX_DOMAINS, DomainName
+from pierce.proxies.base import ProxyOwner, ProxyProtocolVersion, ProxySite, ProxySpec, ProxyType, check_proxy
+from pierce.proxies.bridge import SocketVisitor, bridge
+from pierce.proxies.http import WebProxy, check_domains, route_refusal
+from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
+from pierce.relay import End
+from pierce.vhost.front import VhostFront
+from pierce.vhost.router import RouteError, proxy_domains
+
+log = logging.getLogger("pierce.proxy")
+
+
+class Https2HttpPlugin(enum.Enum):
+    HTTPS2HTTP = "https2http"
+
+
+class HttpsProxyConfig(
+    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="https", tag_field="type"
+):
+    """``[[proxies]] type = "https"``: TLS connections for some domains on vhost_https_port, by SNI.
+
+    TLS is not terminated on the server; the local service keeps its own certificate, unless
+    ``plugin = "https2http"``: then this client terminates TLS with ``plugin_crt_path``/``plugin_key_path``
+    and the local service speaks plain HTTP.
+    """
+
+    name: str
+    local_ip: str = "127.0.0.1"
+    local_port: int
+    custom_domains: list[str] = []
+    subdomain: str = ""
+    proxy_protocol_version: ProxyProtocolVersion | None = None
+    plugin: Https2HttpPlugin | None = None
+    plugin_crt_path: str = ""
+    plugin_key_path: str = ""
+
+    def __post_init__(self) -> None:
+        check_proxy(self.name, self.local_port)
+        check_domains(self.custom_domains, self.subdomain)
+        if self.plugin is not None and not (self.plugin_crt_path and self.plugin_key_path):
+            raise ValueError("plugin_crt_path: expected plugin_crt_path and plugin_key_path for https2http")
+
+
+class HttpsSpec(ProxySpec, frozen=True, kw_only=True, tag="https"):
+    """Route TLS connections whose SNI names these domains on the server's vhost HTTPS port to this client."""
+
+    custom_domains: Annotated[list[DomainName], msgspec.Meta(max_length=MAX_DOMAINS)] = msgspec.field(
+        default_factory=list
+    )
+    subdomain: Annotated[str, msgspec.Meta(max_length=63)] = ""
+
+
+def https_spec(config: HttpsProxyConfig) -> HttpsSpec:
+    return HttpsSpec(custom_domains=config.custom_domains, subdomain=config.subdomain)
+
+
+# -- server side ------------------------------------------------------------------------------------
+
+
+class HttpsProxyServer(WebProxy):
+    """An https proxy: TLS connections whose SNI it claims, relayed without being decrypted."""
+
+    type = ProxyType.HTTPS
+    scheme = "https"
+    default_port = 443
+
+    def __init__(self, name: str, owner: ProxyOwner, front: VhostFront, domains: list[str]) -> None:
+        super().__init__(name, owner, domains, front.https_address)
+        self._front = front
+
+    @classmethod
+    def create(cls, name: str, spec: HttpsSpec, site: ProxySite) -> HttpsProxyServer:
+        front = site.front(VhostFront)
+        try:
+            domains = proxy_domains(spec.custom_domains, spec.subdomain, front.config.subdomain_host)
+            proxy = cls(name, site.owner, front, domains)
+            front.add_https(proxy, domains)
+        except RouteError as exc:
+            raise route_refusal(exc) from exc
+        return proxy
+
+    async def serve(self, conn: socket.socket, addr: tuple[str, int], server_name: str) -> None:
+        """A visitor's TLS connection whose ClientHello (peeked, not consumed) names ``server_name``."""
+        visitor = SocketVisitor(conn, addr)
+        await bridge(
+            self.name, self.owner, self.live, visitor, self.start_work(addr), server_name=server_name
+        )
+
+    async def close(self) -> None:
+        self._front.remove_https(self)
+        await self.live.close()
+
+
+# -- client side ------------------------------------------------------------------------------------
+
+
+def plugin_context(
+    config: HttpsProxyConfig, cache: dict[tuple[str, str], ssl.SSLContext]
+) -> ssl.SSLContext | None:
+    """The https2http plugin's TLS server context, loaded once per certificate/key pair (in ``cache``)."""
+    key = (config.plugin_crt_path, config.plugin_key_path)
+    ctx = cache.get(key)
+    if ctx is None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_alpn_protocols(["http/1.1"])
+        try:
+            ctx.load_cert_chain(config.plugin_crt_path, config.plugin_key_path)
+        except (OSError, ssl.SSLError) as exc:
+            event(
+                log,
+                logging.ERROR,
+                "proxy.plugin_failed",
+                f"proxy {config.name}: cannot load plugin_crt_path/plugin_key_path: {exc}",
+                proxy=config.name,
+                error=str(exc),
+            )
+            return None
+        cache[key] = ctx
+    return ctx
+
+
+async def serve_https_work(
+    config: HttpsProxyConfig, start: StartWork, tunnel: End, tls_cache: dict[tuple[str, str], ssl.SSLContext]
+) -> None:
+    tls = None
+    if config.plugin is not None:
+        tls = plugin_context(config, tls_cache)
+        if tls is None:
+            tunnel.close()
+            return
+    local = HostPort(config.local_ip, config.local_port)
+    header = proxy_protocol_header(config.proxy_protocol_version, start)
+    await serve_tcp_work(config.name, local, start, tunnel, header=header, tls=tls)

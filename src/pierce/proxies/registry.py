@@ -1,0 +1,116 @@
+"""The table of proxy kinds: both sessions dispatch through it, and nothing else names a kind.
+
+Adding a kind means a new module in `pierce.proxies` and an arm in each table below (the type checker
+insists: every table ends with `assert_never`), plus its `ProxyType` member and, when it needs a
+listener the server shares between proxies, its front in `FRONTS`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Coroutine
+from typing import Any, TypeAlias, assert_never
+
+import msgspec
+
+from pierce.protocol import ProtocolError, StartWork
+from pierce.proxies.base import FrontType, ProxySite, ServerProxy
+from pierce.proxies.http import HttpProxyConfig, HttpProxyServer, HttpSpec, http_spec, serve_http_work
+from pierce.proxies.https import HttpsProxyConfig, HttpsProxyServer, HttpsSpec, https_spec, serve_https_work
+from pierce.proxies.stcp import StcpProxyConfig, StcpProxyServer, StcpSpec, serve_stcp_work, stcp_spec
+from pierce.proxies.sudp import SudpProxyConfig, SudpProxyServer, SudpSpec, serve_sudp_work, sudp_spec
+from pierce.proxies.tcp import TcpProxyConfig, TcpProxyServer, TcpSpec, serve_tcp_proxy_work, tcp_spec
+from pierce.proxies.udp import UdpProxies, UdpProxyConfig, UdpProxyServer, UdpSpec, udp_spec
+from pierce.relay import End
+from pierce.vhost.front import VhostFront
+
+#: ``[[proxies]]`` tables, tagged by ``type``.
+ProxyConfig: TypeAlias = (
+    TcpProxyConfig | UdpProxyConfig | HttpProxyConfig | HttpsProxyConfig | StcpProxyConfig | SudpProxyConfig
+)
+#: What a client sends the server to open a proxy (inside `NewProxy`), tagged by ``type``.
+ProxySpecs: TypeAlias = TcpSpec | UdpSpec | HttpSpec | HttpsSpec | StcpSpec | SudpSpec
+
+#: Listeners the server shares between proxies, started when their config keys are set.
+FRONTS: tuple[FrontType, ...] = (VhostFront,)
+
+_spec_decoder = msgspec.msgpack.Decoder(ProxySpecs)
+_spec_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_spec(spec: ProxySpecs) -> msgspec.Raw:
+    return msgspec.Raw(_spec_encoder.encode(spec))
+
+
+def decode_spec(raw: msgspec.Raw) -> ProxySpecs:
+    """The spec inside a `NewProxy`; ProtocolError when it is no spec of a known kind."""
+    try:
+        return _spec_decoder.decode(raw)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ProtocolError(f"invalid proxy spec: {exc}") from exc
+
+
+# -- client side ------------------------------------------------------------------------------------
+
+
+async def client_spec(config: ProxyConfig, udp: UdpProxies) -> ProxySpecs:
+    """The spec to send for ``config``, after the client-side set-up its kind needs."""
+    match config:
+        case TcpProxyConfig():
+            return tcp_spec(config)
+        case UdpProxyConfig():
+            await udp.register(config)
+            return udp_spec(config)
+        case HttpProxyConfig():
+            return http_spec(config)
+        case HttpsProxyConfig():
+            return https_spec(config)
+        case StcpProxyConfig():
+            return stcp_spec(config)
+        case SudpProxyConfig():
+            return sudp_spec(config)
+        case _:
+            assert_never(config)
+
+
+def work_handler(
+    config: ProxyConfig, start: StartWork, tunnel: End, tls_cache: dict[tuple[str, str], ssl.SSLContext]
+) -> Coroutine[Any, Any, None] | None:
+    """What serves a started work connection of ``config`` (None: its kind takes no work connections)."""
+    match config:
+        case TcpProxyConfig():
+            return serve_tcp_proxy_work(config, start, tunnel)
+        case UdpProxyConfig():
+            return None  # datagrams travel on the control channel
+        case HttpProxyConfig():
+            return serve_http_work(config, start, tunnel)
+        case HttpsProxyConfig():
+            return serve_https_work(config, start, tunnel, tls_cache)
+        case StcpProxyConfig():
+            return serve_stcp_work(config, start, tunnel)
+        case SudpProxyConfig():
+            return serve_sudp_work(config, start, tunnel)
+        case _:
+            assert_never(config)
+
+
+# -- server side ------------------------------------------------------------------------------------
+
+
+def open_proxy(name: str, spec: ProxySpecs, site: ProxySite) -> ServerProxy:
+    """Open a proxy on the server; raises `pierce.proxies.base.ProxyRefusal`."""
+    match spec:
+        case TcpSpec():
+            return TcpProxyServer.create(name, spec, site)
+        case UdpSpec():
+            return UdpProxyServer.create(name, spec, site)
+        case HttpSpec():
+            return HttpProxyServer.create(name, spec, site)
+        case HttpsSpec():
+            return HttpsProxyServer.create(name, spec, site)
+        case StcpSpec():
+            return StcpProxyServer.create(name, spec, site)
+        case SudpSpec():
+            return SudpProxyServer.create(name, spec, site)
+        case _:
+            assert_never(spec)

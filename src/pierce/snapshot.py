@@ -1,0 +1,107 @@
+"""Typed snapshots of a running server and client: what the demo, the admin API, the dashboard, the JSON
+API and /metrics read, never the roles' internals.
+
+Every snapshot is a frozen msgspec Struct, so it encodes to JSON as it is (`msgspec.json.encode`) and its
+field names are a contract: add fields, rename none. Byte counters run in the visitor's direction: ``in``
+is visitor -> service, ``out`` is service -> visitor, and include the connections still open.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class ProxyState(enum.StrEnum):
+    """Where a proxy stands, as its client sees it."""
+
+    #: Sent to the server (or waiting for a connection to it).
+    PENDING = "pending"
+    #: Open on the server; visitors can reach it.
+    RUNNING = "running"
+    #: The server refused it (see ``error``).
+    REFUSED = "refused"
+
+
+class ProxyStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Traffic of one proxy since it opened."""
+
+    #: Connections (or, for datagram proxies, visitor flows) open now.
+    connections: int = 0
+    #: Connections accepted since the proxy opened, the open ones included.
+    total_connections: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class ServerProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One proxy open on the server."""
+
+    name: str
+    type: str
+    client_id: str
+    #: The public port visitors reach (a shared front's port for web proxies; 0 for secret ones).
+    remote_port: int
+    urls: list[str]
+    stats: ProxyStats
+
+
+class ClientInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One client logged in to the server."""
+
+    client_id: str
+    run_id: str
+    #: The address the client's control connection comes from.
+    address: str
+    #: Unix time of the login.
+    connected_since: float
+    #: Seconds since the client last sent anything.
+    idle_s: float
+    proxies: list[str]
+    #: Work connections waiting in the pool for a visitor.
+    idle_work_conns: int
+
+
+class ServerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A running server."""
+
+    version: str
+    #: The control port's address.
+    address: str
+    fingerprint: str
+    #: Ports of the shared fronts that are on (``vhost_http_port``, ``stun_port``, ...), by config key.
+    ports: dict[str, int]
+    clients: list[ClientInfo]
+    proxies: list[ServerProxyInfo]
+
+
+class ClientProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One proxy of a client, as the client sees it."""
+
+    name: str
+    type: str
+    #: The local service, ``host:port``.
+    local: str
+    state: ProxyState
+    remote_port: int | None = None
+    urls: list[str] = []
+    error: str = ""
+
+
+class ClientSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A running client."""
+
+    version: str
+    client_id: str
+    #: The server, ``host:port``.
+    server: str
+    connected: bool
+    run_id: str
+    connected_since: float | None
+    #: Login attempts since the start (1 for a client that logged in at once and stayed).
+    attempts: int
+    last_error: str
+    proxies: list[ClientProxyInfo]
+    #: Visitor connections being relayed now (they survive reconnects and reloads).
+    connections: int
