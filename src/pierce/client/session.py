@@ -52,10 +52,10 @@ from pierce.proxies.stcp import check_visitor
 from pierce.proxies.sudp import serve_sudp_work
 from pierce.proxies.tcp import serve_tcp_work
 from pierce.proxies.udp import UdpProxies
+from pierce.proxy_protocol import build_v1, build_v2
 from pierce.relay import End, SocketEnd
 from pierce.tls import check_peer, client_context
 from pierce.transport import ConnectionClosed, FramedEnd, MessageChannel, SocketChannel, StreamChannel
-from pierce.vhost.proxy_protocol import build_v1, build_v2
 
 log = logging.getLogger("pierce.client")
 
