@@ -13,12 +13,17 @@ responses before the final one); a response whose body ends with the connection 
 caller knows by the head and ends it at EOF). Parsing is done by ``httptools`` (llhttp); its callbacks
 only queue events, nothing is parsed twice.
 
-Limits: each head is held to a byte size and a field count, checked by the callbacks as the target and
-each field arrive (a field counts its name, value and 4 bytes of ``": "`` and CRLF) and, so that an endless
-line cannot grow unseen, by counting the bytes of every feed that leaves the head still incomplete
-(from the feed after the one it began in). Where exactly an oversized head is refused thus depends on how
-its bytes came in; a head well over a limit is refused however it is split. Trailer fields are not
-passed on and not counted.
+Upgrades: a head with ``upgrade`` set (an upgrade request, a ``101`` answer) is followed by its end
+event at once, and the bytes after it in the same feed are left in :attr:`MessageParser.rest`. They
+belong to the new protocol; bytes fed after that are parsed as HTTP again (a refused upgrade).
+
+Limits: each head is held to a byte size and a field count. The callbacks check both as each field
+arrives (the size is the target's length plus, per field, its name, value and 4 bytes for ``": "`` and
+CRLF); so that an endless line cannot grow unseen, the bytes of every feed that leaves the head still
+incomplete are counted too (from the feed after the one the head began in). Where exactly an oversized
+head is refused thus depends on how its bytes came in; a head with fields well over a limit is refused
+however it is split, but a request line without fields that arrives within one feed is not measured.
+Trailer fields are not passed on and not counted.
 
 Errors: :class:`Malformed` (not HTTP/1.1 as llhttp reads it) and its subclass :class:`HeadTooLarge`.
 
