@@ -75,7 +75,7 @@ class Head:
     """A request or response head as parsed; names and values as sent.
 
     Requests have ``method`` and ``target`` (``status`` 0), responses ``status`` and ``reason``.
-    ``version`` is ``"1.0"`` or ``"1.1"``; ``keep_alive`` and ``upgrade`` are llhttp's verdicts
+    ``version`` is as llhttp gives it (``"1.1"``, ``"1.0"``); ``keep_alive`` and ``upgrade`` are its verdicts
     (``Connection``, version, ``Upgrade`` on a request or a 101 answer). ``host`` is the last ``Host``
     field and ``host_count`` how many there were; ``authorization`` the last ``Authorization`` field.
     """
