@@ -21,7 +21,7 @@ import pytest
 from support.streams import MiB, free_port, payload
 
 from pierce.addr import SockAddr
-from pierce.vhost.proxy_protocol import build_v1, build_v2
+from pierce.proxy_protocol import build_v1, build_v2
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (Debian package nginx)")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pierce.addr import HostPort
 from pierce.errors import RemoteError
-from pierce.vhost.proxy_protocol import (
+from pierce.proxy_protocol import (
     V1_MAX_LENGTH,
     V2_SIGNATURE,
     Address,

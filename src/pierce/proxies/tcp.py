@@ -33,7 +33,7 @@ from pierce.proxies.bridge import LiveConnections, SocketVisitor, bridge
 from pierce.relay import End, SocketEnd, relay
 from pierce.snapshot import ProxyStats
 from pierce.transport import TlsEnd
-from pierce.vhost.proxy_protocol import build_v1, build_v2
+from pierce.proxy_protocol import build_v1, build_v2
 
 log = logging.getLogger("pierce.proxy")
 

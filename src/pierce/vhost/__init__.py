@@ -1,6 +1,10 @@
 """The web side of the server: many names on one public port.
 
 - `pierce.vhost.router`: domain and path routing table (exact names, wildcards, locations).
+- `pierce.vhost.http`: the HTTP/1.1 reverse-proxy engine, one browser connection at a time.
+- `pierce.vhost.http_parse`: sans-I/O HTTP/1.1 message parsing (llhttp) for that engine.
 - `pierce.vhost.sni`: TLS ClientHello parsing and peeking at it without consuming the socket.
-- `pierce.vhost.proxy_protocol`: PROXY protocol v1/v2 headers that carry the visitor's address.
+- `pierce.vhost.acme`, `pierce.vhost.acme_order`: certificates from an ACME CA (HTTP-01).
+
+The PROXY protocol headers that carry a visitor's address are in `pierce.proxy_protocol`.
 """

@@ -2,15 +2,16 @@
 
 Theory of operation
 -------------------
-:func:`serve_http` owns one browser connection. Bytes from the browser go through an ``httptools``
-(llhttp) request parser whose callbacks only queue events: a head, body pieces, an end. Each head is
-routed by Host and path; the request goes to the route's backend connection (opened with
-``route.open`` on first use and kept, one per route, while the backend keeps it alive), and the
-response comes back through a response parser the same way. Bodies are never held: each read is parsed
-and written on before the next read, so memory stays at one read (at most :data:`READ_MAX`) per
-direction whatever the body size. The parser removes chunked framing; a chunked body is framed again on
-the way out, so both sides always see valid framing even when it changes (a close-delimited response
-becomes chunked for an HTTP/1.1 browser, a chunked one close-delimited for an HTTP/1.0 browser).
+:func:`serve_http` owns one browser connection. Bytes from the browser go through a request parser of
+:mod:`pierce.vhost.http_parse` (sans-I/O, llhttp), which turns them into events: a head, body pieces,
+an end. Each head is routed by Host and path; the request goes to the route's backend connection
+(opened with ``route.open`` on first use and kept, one per route, while the backend keeps it alive),
+and the response comes back through a response parser the same way. Bodies are never held: each read
+is parsed and written on before the next read, so memory stays at one read (at most :data:`READ_MAX`)
+per direction whatever the body size. The parser removes chunked framing; a chunked body is framed
+again on the way out, so both sides always see valid framing even when it changes (a close-delimited
+response becomes chunked for an HTTP/1.1 browser, a chunked one close-delimited for an HTTP/1.0
+browser).
 
 A request body is sent by a task of its own while the response is read, so a backend may answer early
 (``Expect: 100-continue``, 401, 413) without a deadlock. After a ``101 Switching Protocols`` answer to
@@ -34,19 +35,26 @@ import binascii
 import contextlib
 import hmac
 import logging
-import posixpath
 import socket
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
-from urllib.parse import unquote_to_bytes
-
-import httptools
 
 from pierce.errors import RemoteError
 from pierce.logs import event
 from pierce.relay import End, relay
+from pierce.vhost.http_parse import (
+    EndOfMessage,
+    Head,
+    HeadTooLarge,
+    Malformed,
+    MessageParser,
+    declares_body,
+    field_line,
+    route_path,
+    split_absolute_form,
+    take_body,
+)
 
 log = logging.getLogger("pierce.vhost.http")
 
@@ -145,208 +153,6 @@ async def serve_http(
         await conn.close()
 
 
-# -- parsing ----------------------------------------------------------------------------------------
-
-
-class _Malformed(RemoteError):
-    """The peer sent bytes that are not HTTP/1.1."""
-
-
-class _HeadTooLarge(_Malformed):
-    """A head is longer, or has more fields, than its limits."""
-
-
-class _BodySkipped(Exception):
-    """Raised inside the response parser to end a response to HEAD at its head."""
-
-
-class _Head:
-    """A request or response head as parsed; names and values as sent."""
-
-    __slots__ = (
-        "authorization",
-        "headers",
-        "host",
-        "host_count",
-        "keep_alive",
-        "method",
-        "reason",
-        "status",
-        "target",
-        "upgrade",
-        "version",
-    )
-
-    def __init__(self) -> None:
-        self.method = b""
-        self.target = b""
-        self.status = 0
-        self.reason = b""
-        self.version = "1.1"
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.keep_alive = False
-        self.upgrade = False
-        self.host: bytes | None = None
-        self.host_count = 0
-        self.authorization: bytes | None = None
-
-
-class _End:
-    """The end of a message's body."""
-
-    __slots__ = ()
-
-
-_END = _End()
-_Event = _Head | bytes | _End
-
-
-class _Incoming:
-    """One direction of a connection: an llhttp parser whose callbacks queue heads, body pieces, ends.
-
-    Heads are held to a size and a field-count limit: by the callbacks (url, names, values) and by the
-    bytes fed while a head is incomplete, so an endless header line cannot grow unseen.
-    """
-
-    __slots__ = (
-        "_begun",
-        "_fed",
-        "_head",
-        "_in_head",
-        "_max_count",
-        "_max_size",
-        "_request",
-        "_size",
-        "clean",
-        "events",
-        "parser",
-        "rest",
-        "skip_body",
-    )
-
-    def __init__(self, *, request: bool, max_size: int, max_count: int) -> None:
-        self._request = request
-        self._max_size = max_size
-        self._max_count = max_count
-        self.events: deque[_Event] = deque()
-        self.parser = self._new_parser()
-        self._head = _Head()
-        self._in_head = False
-        self._begun = False
-        self._size = 0
-        self._fed = 0
-        #: Bytes after an upgrade head (already the other protocol), not parsed.
-        self.rest = b""
-        #: Set for a response to HEAD: the response ends at its head.
-        self.skip_body = False
-        #: False once bytes arrived after a skipped body (the connection cannot be reused).
-        self.clean = True
-
-    def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
-        if self._request:
-            return httptools.HttpRequestParser(self)
-        return httptools.HttpResponseParser(self)
-
-    @property
-    def in_head(self) -> bool:
-        return self._in_head
-
-    def feed(self, data: bytes) -> None:
-        """Parse ``data`` into events; raises _Malformed or _HeadTooLarge."""
-        self._begun = False
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self.rest = data[int(exc.args[0]) :]
-            return
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _BodySkipped):
-                self.parser = self._new_parser()
-                self.clean = data.endswith(b"\r\n\r\n")
-                return
-            if isinstance(cause, _HeadTooLarge):
-                raise cause from None
-            raise _Malformed(str(exc)) from exc
-        except httptools.HttpParserError as exc:
-            raise _Malformed(str(exc) or type(exc).__name__) from exc
-        if self._in_head and not self._begun:
-            self._fed += len(data)
-            if self._fed > self._max_size:
-                raise _HeadTooLarge(f"head larger than {self._max_size} bytes")
-
-    # httptools callbacks
-
-    def on_message_begin(self) -> None:
-        self._head = _Head()
-        self._in_head = self._begun = True
-        self._size = self._fed = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._head.target += url
-        self._size += len(url)
-
-    def on_status(self, reason: bytes) -> None:
-        self._head.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            return  # trailer fields are not passed on
-        head = self._head
-        head.headers.append((name, value))
-        self._size += len(name) + len(value) + 4
-        if self._size > self._max_size or len(head.headers) > self._max_count:
-            raise _HeadTooLarge(f"head over {self._max_size} bytes or {self._max_count} fields")
-        n = len(name)
-        if n == 4 and name.lower() == b"host":
-            head.host = value
-            head.host_count += 1
-        elif n == 13 and name.lower() == b"authorization":
-            head.authorization = value
-
-    def on_headers_complete(self) -> None:
-        parser = self.parser
-        head = self._head
-        self._in_head = False
-        head.version = parser.get_http_version()
-        head.keep_alive = parser.should_keep_alive()
-        head.upgrade = parser.should_upgrade()
-        if isinstance(parser, httptools.HttpRequestParser):
-            head.method = parser.get_method()
-        else:
-            head.status = parser.get_status_code()
-        self.events.append(head)
-        if self.skip_body and head.status >= 200:
-            self.events.append(_END)
-            raise _BodySkipped
-
-    def on_body(self, body: bytes) -> None:
-        self.events.append(body)
-
-    def on_message_complete(self) -> None:
-        self.events.append(_END)
-
-
-def _take_body(events: deque[_Event], pieces: list[bytes], chunked: bool) -> bool:
-    """Move the queued body pieces of the current message to ``pieces``; True once its end was taken."""
-    while events:
-        item = events[0]
-        if isinstance(item, bytes):
-            events.popleft()
-            if chunked:
-                pieces += (b"%x\r\n" % len(item), item, b"\r\n")
-            else:
-                pieces.append(item)
-        elif isinstance(item, _End):
-            events.popleft()
-            if chunked:
-                pieces.append(b"0\r\n\r\n")
-            return True
-        else:
-            return False
-    return False
-
-
 # -- what a route does to heads ---------------------------------------------------------------------
 
 # Hop-by-hop fields, never passed on as received.
@@ -357,13 +163,6 @@ _REQUEST_SKIP = _HOP_BY_HOP | _FORWARDED
 _RESPONSE_SKIP = frozenset({b"connection", b"keep-alive", b"proxy-connection"})
 
 
-def _field(name: str, value: str) -> bytes:
-    """One header line; fields that would break the head (CR, LF, NUL, colon in the name) give b""."""
-    if any(c in name for c in "\r\n\0: ") or any(c in value for c in "\r\n\0"):
-        return b""
-    return f"{name}: {value}\r\n".encode()
-
-
 class _Backend:
     """A kept connection to one route's service and the parser of its responses."""
 
@@ -371,7 +170,7 @@ class _Backend:
 
     def __init__(self, end: End) -> None:
         self.end = end
-        self.responses = _Incoming(
+        self.responses = MessageParser(
             request=False, max_size=MAX_RESPONSE_HEAD_SIZE, max_count=MAX_RESPONSE_HEADER_COUNT
         )
 
@@ -412,11 +211,11 @@ class _RouteUse:
         self.auth = None if user is None else (user.encode(), (route.http_password or "").encode())
         rewrite = route.host_header_rewrite
         self.host = None if rewrite is None else rewrite.encode()
-        self.request_set = b"".join(_field(k, v) for k, v in route.request_headers.items())
+        self.request_set = b"".join(field_line(k, v) for k, v in route.request_headers.items())
         self.request_drop = frozenset(k.lower().encode() for k in route.request_headers)
         if self.auth is not None:
             self.request_drop |= {b"authorization"}
-        self.response_set = b"".join(_field(k, v) for k, v in route.response_headers.items())
+        self.response_set = b"".join(field_line(k, v) for k, v in route.response_headers.items())
         self.response_drop = frozenset(k.lower().encode() for k in route.response_headers)
 
     def authorized(self, value: bytes | None) -> bool:
@@ -469,28 +268,6 @@ async def _release(end: End) -> None:
         pass
     finally:
         end.close()
-
-
-def _declares_body(head: _Head) -> bool:
-    for name, value in head.headers:
-        key = name.lower()
-        if key == b"transfer-encoding" or (key == b"content-length" and value.strip() != b"0"):
-            return True
-    return False
-
-
-def _route_path(target: bytes) -> bytes:
-    """The path requests are routed by: no query, percent-decoded, without dot or empty segments."""
-    path = target.partition(b"?")[0]
-    if not path.startswith(b"/"):
-        return b"/"
-    if b"%" in path:
-        path = unquote_to_bytes(path)
-    if b"/." in path or b"//" in path:
-        trailing = path.endswith(b"/")
-        path = posixpath.normpath(path).lstrip(b"/")
-        path = b"/" + path + (b"/" if trailing and path else b"")
-    return path
 
 
 # -- answers made here ------------------------------------------------------------------------------
@@ -611,7 +388,7 @@ class _BrowserConnection:
         self.resolve = resolve
         self.settings = settings
         self.timeout = settings.timeout if settings.timeout > 0 else None
-        self.requests = _Incoming(
+        self.requests = MessageParser(
             request=True, max_size=settings.max_head_size, max_count=settings.max_header_count
         )
         self.routes: dict[str, _RouteUse] = {}
@@ -658,7 +435,7 @@ class _BrowserConnection:
         finally:
             self.browser.close()
 
-    def _log_request(self, head: _Head) -> None:
+    def _log_request(self, head: Head) -> None:
         host = (head.host or b"").decode("latin-1")
         target = head.target.decode("latin-1")
         method = head.method.decode("latin-1")
@@ -677,13 +454,13 @@ class _BrowserConnection:
 
     # -- requests from the browser
 
-    async def _next_head(self) -> _Head | None:
+    async def _next_head(self) -> Head | None:
         """The next request head; None when the browser is done (EOF, idle timeout, bad head answered)."""
         events = self.requests.events
         while True:
             while events:
                 item = events.popleft()
-                if isinstance(item, _Head):
+                if isinstance(item, Head):
                     return item
             if self.pending:
                 data, self.pending = self.pending, b""
@@ -698,37 +475,33 @@ class _BrowserConnection:
                     return None
             try:
                 self.requests.feed(data)
-            except _HeadTooLarge:
+            except HeadTooLarge:
                 await self._answer(None, 431)
                 return None
-            except _Malformed:
+            except Malformed:
                 await self._answer(None, 400)
                 return None
 
-    async def _handle(self, head: _Head) -> bool:
+    async def _handle(self, head: Head) -> bool:
         """Answer one request; True when the browser connection stays open for the next one."""
         events = self.requests.events
-        has_body = not (events and isinstance(events[0], _End))
+        has_body = not (events and isinstance(events[0], EndOfMessage))
         if head.method == b"CONNECT":
             return await self._answer(head, 405, has_body=has_body)
         target = head.target
         host = head.host
         if target[:1] != b"/" and target != b"*":
-            if not target.startswith((b"http://", b"https://")):
+            absolute = split_absolute_form(target)
+            if absolute is None:
                 return await self._answer(head, 400, has_body=has_body)
-            try:
-                url = httptools.parse_url(target)
-            except httptools.HttpParserInvalidURLError:
-                return await self._answer(head, 400, has_body=has_body)
-            host = url.host + (b":%d" % url.port if url.port else b"")
-            target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
+            host, target = absolute
         elif head.host_count > 1 or (host is None and head.version != "1.0"):
             return await self._answer(head, 400, has_body=has_body)
-        if head.upgrade and _declares_body(head):
+        if head.upgrade and declares_body(head):
             # llhttp ends an upgrade request at its head: a body would be taken for the new protocol.
             return await self._answer(head, 501)
         host = host or b""
-        path = _route_path(target).decode("latin-1")
+        path = route_path(target).decode("latin-1")
         challenge = self.settings.acme_challenge
         if (
             challenge is not None
@@ -762,7 +535,7 @@ class _BrowserConnection:
         use = self.routes[route.name] = _RouteUse(route)
         return use
 
-    def _request_head(self, head: _Head, target: bytes, host: bytes, use: _RouteUse) -> bytes:
+    def _request_head(self, head: Head, target: bytes, host: bytes, use: _RouteUse) -> bytes:
         drop = use.request_drop
         out = [head.method, b" ", target, b" HTTP/1.1\r\n"]
         if b"host" not in drop:
@@ -798,7 +571,7 @@ class _BrowserConnection:
 
     async def _answer(
         self,
-        head: _Head | None,
+        head: Head | None,
         status: int,
         body: bytes | None = None,
         *,
@@ -832,15 +605,15 @@ class _BrowserConnection:
     def _discard_body(self) -> bool:
         """Drop a request body that has arrived whole; False when it has not (the connection must end)."""
         events = self.requests.events
-        if not any(isinstance(item, _End) for item in events):
+        if not any(isinstance(item, EndOfMessage) for item in events):
             return False
-        while not isinstance(events.popleft(), _End):
+        while not isinstance(events.popleft(), EndOfMessage):
             pass
         return True
 
     # -- one request through a backend
 
-    async def _exchange(self, head: _Head, use: _RouteUse, request: bytes, has_body: bool) -> bool:
+    async def _exchange(self, head: Head, use: _RouteUse, request: bytes, has_body: bool) -> bool:
         if not has_body:
             self.requests.events.popleft()  # the request's end
         self.body_done = self.body_sent = not has_body
@@ -907,7 +680,7 @@ class _BrowserConnection:
         pieces = [request]
         size = READ_MIN
         while True:
-            done = _take_body(events, pieces, chunked)
+            done = take_body(events, pieces, chunked)
             if done:
                 self.body_done = True
             if pieces:
@@ -931,7 +704,7 @@ class _BrowserConnection:
                 size = min(size * 4, READ_MAX)
             try:
                 self.requests.feed(data)
-            except _Malformed as exc:
+            except Malformed as exc:
                 raise _Aborted(f"bad request body: {exc}") from exc
 
     async def _read_within(self, end: End, size: int) -> bytes:
@@ -981,7 +754,7 @@ class _BrowserConnection:
             return b""
 
     async def _respond(
-        self, request: _Head, use: _RouteUse, backend: _Backend, sender: asyncio.Task[None] | None
+        self, request: Head, use: _RouteUse, backend: _Backend, sender: asyncio.Task[None] | None
     ) -> bool:
         """Pass the backend's answer to the browser; True when the browser connection stays open."""
         responses = backend.responses
@@ -992,7 +765,7 @@ class _BrowserConnection:
             return False  # switched protocols: the relay has had both connections
         self.status = head.status
         # Framing towards the browser, decided while the head is written out in one pass.
-        no_body = bool(events) and isinstance(events[0], _End)
+        no_body = bool(events) and isinstance(events[0], EndOfMessage)
         out = [b"HTTP/1.1 %d " % head.status, head.reason, b"\r\n"]
         drop = use.response_drop
         coding: bytes | None = None
@@ -1025,7 +798,7 @@ class _BrowserConnection:
         # The body, as it arrives.
         size = READ_MIN
         while True:
-            done = _take_body(events, pieces, rechunk)
+            done = take_body(events, pieces, rechunk)
             if pieces:
                 data = b"".join(pieces)
                 pieces.clear()
@@ -1043,7 +816,7 @@ class _BrowserConnection:
                 size = min(size * 4, READ_MAX)
             try:
                 responses.feed(data)
-            except _Malformed as exc:
+            except Malformed as exc:
                 raise _Aborted(f"malformed response body: {exc}") from exc
         if sender is not None:
             if not sender.done() and self.body_done:
@@ -1064,15 +837,15 @@ class _BrowserConnection:
         return not close
 
     async def _final_head(
-        self, request: _Head, use: _RouteUse, backend: _Backend, sender: asyncio.Task[None] | None
-    ) -> _Head | None:
+        self, request: Head, use: _RouteUse, backend: _Backend, sender: asyncio.Task[None] | None
+    ) -> Head | None:
         """The final response head; interim (1xx) ones are passed on. None after a protocol switch."""
         events = backend.responses.events
         received = False
         while True:
             while events:
                 item = events.popleft()
-                if not isinstance(item, _Head):
+                if not isinstance(item, Head):
                     continue
                 if item.status == 101:
                     if not request.upgrade:
@@ -1097,10 +870,10 @@ class _BrowserConnection:
             received = True
             try:
                 backend.responses.feed(data)
-            except _Malformed as exc:
+            except Malformed as exc:
                 raise _UpstreamFailed(502, f"malformed response: {exc}") from exc
 
-    async def _switch(self, head: _Head, use: _RouteUse, backend: _Backend) -> None:
+    async def _switch(self, head: Head, use: _RouteUse, backend: _Backend) -> None:
         """After ``101 Switching Protocols``: both connections go to the relay as they are."""
         drop = use.response_drop
         out = [b"HTTP/1.1 101 ", head.reason, b"\r\n"]

@@ -1,9 +1,11 @@
 """PROXY protocol headers (HAProxy's spec, versions 1 and 2): the visitor's address for the service.
 
-A tunnel hides the visitor: the local service sees a connection from the pierce client. When a proxy
-asks for it, the client first writes a PROXY protocol header naming the visitor's address and the
-address the visitor connected to; nginx, HAProxy, Traefik and others read it and log or use that
-address instead. Builders and the parser are sans-I/O.
+A tunnel hides the visitor: the local service sees a connection from the pierce client. For a tcp,
+http or https proxy with ``proxy_protocol_version``, the client builds a header here (in
+:mod:`pierce.client.session`) naming the visitor's address and the address the visitor connected to,
+and writes it to the local service before the visitor's first byte; nginx, HAProxy, Traefik and
+others read it and log or use that address instead. :func:`parse` reads a header back (pierce itself
+receives none; the tests check the builders with it). Everything here is sans-I/O: no sockets.
 
 Addresses are given as the socket module returns them (``("198.51.100.7", 4711)``, IPv6 4-tuples)
 or as `HostPort`. IPv4-mapped IPv6 addresses (dual-stack listeners) are written as IPv4; when the
