@@ -22,6 +22,7 @@ from typing import Any, TypeGuard, TypeVar
 import msgspec
 
 from pierce.addr import HostPort, Network, parse_host_port, parse_network
+from pierce.domains import InvalidDomain, normalize_domain, normalize_label
 from pierce.errors import ConfigError, InvalidValue, KeyPath, format_key_path
 
 #: The current config format version; files may say ``version = 1``.
@@ -192,8 +193,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if self.vhost_http_port and self.vhost_http_port == self.vhost_https_port:
             raise InvalidValue("vhost_https_port", "expected a port other than vhost_http_port")
         if self.subdomain_host:
-            self.subdomain_host = self.subdomain_host.lower().rstrip(".")
-            _check_domain(self.subdomain_host, "subdomain_host", wildcard=False)
+            self.subdomain_host = _check_domain(self.subdomain_host, "subdomain_host", wildcard=False)
         if self.vhost_http_timeout <= 0:
             raise InvalidValue("vhost_http_timeout", "expected a number of seconds > 0")
         if not 0 <= self.bind_port <= 65535:
@@ -442,25 +442,26 @@ class SudpVisitorConfig(_VisitorConfig, tag="sudp", tag_field="type"):
 VisitorConfig = StcpVisitorConfig | SudpVisitorConfig
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
-_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
-def _check_domain(domain: str, key: str | KeyPath, *, wildcard: bool = True) -> None:
-    labels = domain.split(".")
-    if wildcard and labels[0] == "*":
-        labels = labels[1:]
-    if len(domain) > 253 or len(labels) < 1 or not all(_LABEL.fullmatch(x) for x in labels):
-        raise InvalidValue(key, f'expected a domain name like "nas.example.com", got "{domain}"')
+def _check_domain(domain: str, key: str | KeyPath, *, wildcard: bool = True) -> str:
+    """``domain`` normalised by the rules the server's router applies too (`pierce.domains`)."""
+    try:
+        return normalize_domain(domain, wildcard=wildcard)
+    except InvalidDomain as exc:
+        raise InvalidValue(key, str(exc)) from None
 
 
 def _check_domains(domains: list[str], subdomain: str) -> None:
     if not domains and not subdomain:
         raise InvalidValue("custom_domains", 'expected custom_domains = ["..."] or subdomain = "..."')
     for i, domain in enumerate(domains):
-        domains[i] = domain = domain.lower().rstrip(".")
-        _check_domain(domain, ("custom_domains", i))
-    if subdomain and not _LABEL.fullmatch(subdomain.lower()):
-        raise InvalidValue("subdomain", f'expected one label like "nas", got "{subdomain}"')
+        domains[i] = _check_domain(domain, ("custom_domains", i))
+    if subdomain:
+        try:
+            normalize_label(subdomain)
+        except InvalidDomain as exc:
+            raise InvalidValue("subdomain", str(exc)) from None
 
 
 def _check_secret_proxy(name: str, local_port: int, secret_key: str) -> None:
