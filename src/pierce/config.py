@@ -11,6 +11,7 @@ import datetime
 import difflib
 import enum
 import ipaddress
+import os
 import re
 import tomllib
 import types
@@ -820,6 +821,30 @@ def load(path: str | Path, kind: type[S]) -> S:
     """Load ``path`` as ``kind`` (e.g. MapConfig)."""
     p = Path(path)
     return convert(load_toml(p), kind, str(p))
+
+
+def read_key(path: Path, kind: type[msgspec.Struct], key: str) -> Any:
+    """One top-level ``key`` of a config file, checked against its field in ``kind``; None when absent.
+
+    The rest of the file is not checked: a tool that needs one setting (``pierce nat`` needs the
+    client's ``server_addr``) still works while other parts of the file are being edited.
+    """
+    doc = load_toml(path)
+    (field,) = [f for f in msgspec.structs.fields(kind) if f.encode_name == key]
+    if key not in doc:
+        return None
+    walk = _Walk()
+    value = walk.value(doc[key], field.type, (key,))
+    if walk.problems:
+        raise ConfigError(walk.report(doc, str(path)))
+    return value
+
+
+def user_client_config() -> Path:
+    """Where the user's client.toml is: ``$XDG_CONFIG_HOME/pierce/client.toml``, else
+    ``~/.config/pierce/client.toml``."""
+    base = os.environ.get("XDG_CONFIG_HOME") or ""
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".config") / "pierce" / "client.toml"
 
 
 #: What ``pierce verify`` can check, by the top-level keys that tell the kinds apart.
