@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from pierce import __version__, config
+from pierce.addr import HostPort
 from pierce.errors import ConfigError, LocalError, PierceError
 
 log = logging.getLogger("pierce")
@@ -339,17 +340,38 @@ def _add_nat_command(sub: Any) -> None:
     p_nat.set_defaults(func=cmd_nat)
 
 
+def nat_server_from_args(args: argparse.Namespace) -> HostPort:
+    """``pierce nat``'s STUN server: ``--server HOST[:PORT]``, else ``server_addr`` of the user's
+    client.toml (only that key is read, so the rest of the file may be broken); port 3478 by default."""
+    from pierce.nat.discover import stun_server
+
+    if args.server:
+        text, source = args.server, "--server"
+    else:
+        path = config.user_client_config()
+        text = config.read_key(path, config.ClientConfig, "server_addr") if path.is_file() else None
+        if not text:
+            raise ConfigError(
+                [f"nat: no STUN server: pass --server HOST[:PORT], or set server_addr in {path}"]
+            )
+        source = f"{path}: server_addr"
+    try:
+        return stun_server(text, default_port=config.DEFAULT_STUN_PORT)
+    except ValueError as exc:
+        raise ConfigError([f"{source}: {exc}"]) from None
+
+
 def cmd_nat(args: argparse.Namespace) -> int:
     import json
 
-    from pierce.nat.discover import discover, stun_server
+    from pierce.nat.discover import discover
     from pierce.runtime import run
 
     if args.timeout <= 0 or args.lifetime_max <= 0:
         raise ConfigError(["nat: --timeout and --lifetime-max: expected seconds > 0"])
     report = run(
         discover(
-            stun_server(args.server),
+            nat_server_from_args(args),
             timeout=args.timeout,
             lifetime=args.lifetime,
             lifetime_max=args.lifetime_max,

@@ -7,20 +7,23 @@ reported in one pass, not only the first.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import enum
 import ipaddress
-import re
+import os
 import tomllib
+import types
 import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import msgspec
 
 from pierce.addr import HostPort, Network, parse_host_port, parse_network
-from pierce.errors import ConfigError
+from pierce.domains import InvalidDomain, normalize_domain
+from pierce.errors import ConfigError, InvalidValue, KeyPath, format_key_path
 from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
 from pierce.proxies.base import masked_repr
 from pierce.proxies.registry import ProxyConfig
@@ -64,10 +67,10 @@ class MapRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.idle_timeout <= 0:
-            raise ValueError(f"idle_timeout: expected a number of seconds > 0, got {self.idle_timeout:g}")
+            raise InvalidValue("idle_timeout", f"expected a number of seconds > 0, got {self.idle_timeout:g}")
         if self.connect_timeout <= 0:
-            raise ValueError(
-                f"connect_timeout: expected a number of seconds > 0, got {self.connect_timeout:g}"
+            raise InvalidValue(
+                "connect_timeout", f"expected a number of seconds > 0, got {self.connect_timeout:g}"
             )
         if not self.name:
             self.name = f"{self.protocol.value}:{self.listen}"
@@ -81,9 +84,9 @@ class MapConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.version != CONFIG_VERSION:
-            raise ValueError(f"version: expected {CONFIG_VERSION}, got {self.version}")
+            raise InvalidValue("version", f"expected {CONFIG_VERSION}, got {self.version}")
         if not self.rules:
-            raise ValueError("rules: expected at least one [[rules]] table")
+            raise InvalidValue("rules", "expected at least one [[rules]] table")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,36 +185,37 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if not self.token:
-            raise ValueError("token: expected a non-empty shared secret")
+            raise InvalidValue("token", "expected a non-empty shared secret")
         for key in ("vhost_http_port", "vhost_https_port"):
             port = getattr(self, key)
             if not 0 <= port <= 65535:
-                raise ValueError(f"{key}: expected 0 (off) or a port up to 65535, got {port}")
+                raise InvalidValue(key, f"expected 0 (off) or a port up to 65535, got {port}")
             if port and port == self.bind_port:
-                raise ValueError(f"{key}: expected a port other than bind_port ({port})")
+                raise InvalidValue(key, f"expected a port other than bind_port ({port})")
         if self.vhost_http_port and self.vhost_http_port == self.vhost_https_port:
-            raise ValueError("vhost_https_port: expected a port other than vhost_http_port")
+            raise InvalidValue("vhost_https_port", "expected a port other than vhost_http_port")
         if self.subdomain_host:
-            self.subdomain_host = self.subdomain_host.lower().rstrip(".")
-            _check_domain(self.subdomain_host, "subdomain_host", wildcard=False)
+            self.subdomain_host = _check_domain(self.subdomain_host, "subdomain_host", wildcard=False)
         if self.vhost_http_timeout <= 0:
-            raise ValueError("vhost_http_timeout: expected a number of seconds > 0")
+            raise InvalidValue("vhost_http_timeout", "expected a number of seconds > 0")
         if not 0 <= self.bind_port <= 65535:
-            raise ValueError(f"bind_port: expected a port from 0 to 65535, got {self.bind_port}")
+            raise InvalidValue("bind_port", f"expected a port from 0 to 65535, got {self.bind_port}")
         if self.max_ports_per_client < 0:
-            raise ValueError("max_ports_per_client: expected 0 (no limit) or more")
+            raise InvalidValue("max_ports_per_client", "expected 0 (no limit) or more")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ValueError("tls_cert_file: expected tls_cert_file and tls_key_file together")
+            raise InvalidValue("tls_cert_file", "expected tls_cert_file and tls_key_file together")
         if self.heartbeat_timeout <= 0 or self.user_conn_timeout <= 0:
-            raise ValueError("heartbeat_timeout: expected timeouts in seconds > 0")
+            raise InvalidValue("heartbeat_timeout", "expected timeouts in seconds > 0")
         if not (self.stun_port == 0 or 1 <= self.stun_port <= 65534):
-            raise ValueError(f"stun_port: expected 0 (off) or a port from 1 to 65534, got {self.stun_port}")
+            raise InvalidValue(
+                "stun_port", f"expected 0 (off) or a port from 1 to 65534, got {self.stun_port}"
+            )
         if self.stun_alt_addr:
             try:
                 ipaddress.ip_address(self.stun_alt_addr)
             except ValueError:
                 got = self.stun_alt_addr
-                raise ValueError(f'stun_alt_addr: expected an IP address, got "{got}"') from None
+                raise InvalidValue("stun_alt_addr", f'expected an IP address, got "{got}"') from None
         if not self.proxy_bind_addr:
             self.proxy_bind_addr = self.bind_addr
 
@@ -235,13 +239,13 @@ class AcmeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if "@" not in self.email:
-            raise ValueError(
-                f'email: expected a contact address like "admin@example.com", got "{self.email}"'
+            raise InvalidValue(
+                "email", f'expected a contact address like "admin@example.com", got "{self.email}"'
             )
         if not self.directory_url.startswith(("https://", "http://")):
-            raise ValueError(f'directory_url: expected an https:// URL, got "{self.directory_url}"')
+            raise InvalidValue("directory_url", f'expected an https:// URL, got "{self.directory_url}"')
         if self.renew_before_days <= 0:
-            raise ValueError("renew_before_days: expected a number of days > 0")
+            raise InvalidValue("renew_before_days", "expected a number of days > 0")
 
 
 class _VisitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -271,26 +275,24 @@ class SudpVisitorConfig(_VisitorConfig, tag="sudp", tag_field="type"):
 
 VisitorConfig = StcpVisitorConfig | SudpVisitorConfig
 
-_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
-
-def _check_domain(domain: str, key: str, *, wildcard: bool = True) -> None:
-    labels = domain.split(".")
-    if wildcard and labels[0] == "*":
-        labels = labels[1:]
-    if len(domain) > 253 or len(labels) < 1 or not all(_LABEL.fullmatch(x) for x in labels):
-        raise ValueError(f'{key}: expected a domain name like "nas.example.com", got "{domain}"')
+def _check_domain(domain: str, key: str | KeyPath, *, wildcard: bool = True) -> str:
+    """``domain`` normalised by the rules the server's router applies too (`pierce.domains`)."""
+    try:
+        return normalize_domain(domain, wildcard=wildcard)
+    except InvalidDomain as exc:
+        raise InvalidValue(key, str(exc)) from None
 
 
 def _check_visitor(name: str, server_name: str, secret_key: str, bind_port: int) -> None:
     if not name or len(name) > 255:
-        raise ValueError("name: expected 1 to 255 characters")
+        raise InvalidValue("name", "expected 1 to 255 characters")
     if not server_name or len(server_name) > 255:
-        raise ValueError("server_name: expected the name of a proxy (1 to 255 characters)")
+        raise InvalidValue("server_name", "expected the name of a proxy (1 to 255 characters)")
     if not secret_key:
-        raise ValueError("secret_key: expected the proxy's secret")
+        raise InvalidValue("secret_key", "expected the proxy's secret")
     if not 0 <= bind_port <= 65535:
-        raise ValueError(f"bind_port: expected 0 (any free port) or a port up to 65535, got {bind_port}")
+        raise InvalidValue("bind_port", f"expected 0 (any free port) or a port up to 65535, got {bind_port}")
 
 
 class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -320,21 +322,21 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if not self.token:
-            raise ValueError("token: expected the server's shared secret")
+            raise InvalidValue("token", "expected the server's shared secret")
         if not 1 <= self.server_port <= 65535:
-            raise ValueError(f"server_port: expected a port from 1 to 65535, got {self.server_port}")
+            raise InvalidValue("server_port", f"expected a port from 1 to 65535, got {self.server_port}")
         if not 0 <= self.pool_count <= 64:
-            raise ValueError(f"pool_count: expected 0 to 64, got {self.pool_count}")
+            raise InvalidValue("pool_count", f"expected 0 to 64, got {self.pool_count}")
         if self.heartbeat_interval <= 0 or self.heartbeat_timeout <= self.heartbeat_interval:
-            raise ValueError("heartbeat_timeout: expected heartbeat_timeout > heartbeat_interval > 0")
+            raise InvalidValue("heartbeat_timeout", "expected heartbeat_timeout > heartbeat_interval > 0")
         names = [p.name for p in self.proxies]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"proxies: duplicate proxy name {dupes[0]!r}")
+            raise InvalidValue("proxies", f"duplicate proxy name {dupes[0]!r}")
         names = [v.name for v in self.visitors]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"visitors: duplicate visitor name {dupes[0]!r}")
+            raise InvalidValue("visitors", f"duplicate visitor name {dupes[0]!r}")
 
     def __repr__(self) -> str:
         return masked_repr(self)
@@ -342,128 +344,239 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 # --------------------------------------------------------------------------------------------------
 # Decoding
+#
+# msgspec reports a failed conversion as one ValidationError whose only structure is its English text
+# ("Expected `int`, got `str` - at `$.rules[0].port`"), and it stops at the first problem. So config
+# documents are not handed to msgspec.convert: they are walked here against the Struct types (their
+# fields from msgspec.structs.fields, tagged unions by ``__struct_config__``). Every problem is recorded
+# with the key path the walk is at, in our own words, and the walk goes on, so one pass reports them all.
+# The walk also builds the result: a Struct is constructed from its checked fields, which runs its
+# ``__post_init__``; an InvalidValue raised there carries the key it is about.
 
 
-def _dec_hook(typ: type, obj: Any) -> Any:
-    if typ is ListenAddr:
-        hp = parse_host_port(obj, allow_port_zero=True)
-        return ListenAddr(hp.host, hp.port)
-    if typ is HostPort:
-        return parse_host_port(obj)
-    if typ is Network:
-        return parse_network(obj)
-    if typ is PortRange:
-        return parse_port_range(obj)
-    raise NotImplementedError(f"no decoder for {typ!r}")
+def _parse_listen_addr(obj: Any) -> ListenAddr:
+    hp = parse_host_port(obj, allow_port_zero=True)
+    return ListenAddr(hp.host, hp.port)
 
 
-_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+#: Types read from a string by our own parsers; their ValueError text is the problem's message.
+_PARSERS: dict[Any, Callable[[Any], Any]] = {
+    ListenAddr: _parse_listen_addr,
+    HostPort: parse_host_port,
+    Network: parse_network,
+    PortRange: parse_port_range,
+}
+
+#: What a value of a plain type is called in "expected ..." messages.
+_EXPECTED: dict[Any, str] = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+}
+
+_FAILED: Any = object()  # a value that could not be converted; its problem is already recorded
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+def _got(value: object) -> str:
+    """What a TOML value is, for "got ..." in messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    for typ, words in (
+        (str, "a string"),
+        (int, "an integer"),
+        (float, "a number"),
+        (list, "a list"),
+        (dict, "a table"),
+        (datetime.datetime, "a date-time"),
+        (datetime.date, "a date"),
+        (datetime.time, "a time"),
+    ):
+        if isinstance(value, typ):
+            return words
+    return "null" if value is None else type(value).__name__
 
 
-def _describe(err: str, struct: type[msgspec.Struct] | None) -> str:
-    """Turn one msgspec message into ``key.path: expectation``."""
-    m = _AT.match(err)
-    assert m is not None
-    msg, path = m.group("msg"), (m.group("path") or "").lstrip(".")
-    if u := re.match(r"Object contains unknown field `(.+)`", msg):
-        key = u.group(1)
-        known = _fields_at(struct, path)
-        hint = ""
-        if known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f' (did you mean "{close[0]}"?)' if close else f"; expected one of: {', '.join(known)}"
-        return f"{_join(path, key)}: unknown key{hint}"
-    if u := re.match(r"Object missing required field `(.+)`", msg):
-        return f"{_join(path, u.group(1))}: missing required key"
-    if u := re.match(r"Invalid value '(.+)'", msg):
-        tags = _union_tags_at(struct, path)
-        want = f"expected one of {tags}" if tags else "unknown value"
-        return f'{path}: {want}, got "{u.group(1)}"'
-    if u := re.match(r"Invalid enum value (.+)", msg):
-        choices = _enum_choices_at(struct, path)
-        want = f"expected one of {choices}" if choices else "unknown value"
-        got = u.group(1).strip("'")
-        return f'{path}: {want}, got "{got}"'
-    if u := re.match(r"Expected `(.+?)`, got `(.+?)`(.*)", msg):
-        want, got, rest = u.group(1), u.group(2), u.group(3)
-        names = {
-            "str": "a string",
-            "int": "an integer",
-            "float": "a number",
-            "array": "a list",
-            "object": "a table",
-            "bool": "true or false",
-        }
-        return f"{path or '(top level)'}: expected {names.get(want, want)}{rest}, got {names.get(got, got)}"
-    if path and (inner := re.match(r"([A-Za-z_][\w.\[\]]*): (.*)", msg, re.S)):
-        return f"{path}.{inner.group(1)}: {inner.group(2)}"
-    return f"{path or '(top level)'}: {msg}" if path or not msg.split(":")[0].isidentifier() else msg
+def _shown(value: object) -> str:
+    return f'"{value}"' if isinstance(value, str) else _got(value)
 
 
-def _structs_at(struct: type[msgspec.Struct] | None, path: str) -> list[type[msgspec.Struct]]:
-    """Follow ``rules[1]`` style paths through Struct annotations; a tagged union yields all its members."""
-    current: list[Any] = [struct] if struct is not None else []
-    for part in filter(None, re.split(r"\.|\[\d+\]", path)):
-        found: list[Any] = []
-        for owner in current:
-            if isinstance(owner, type) and issubclass(owner, msgspec.Struct):
-                hint = typing.get_type_hints(owner).get(part)
-                if hint is not None:
-                    found.extend(_leaf_types(hint))
-        current = found
-    return [c for c in current if isinstance(c, type) and issubclass(c, msgspec.Struct)]
+def _is_struct(hint: object) -> TypeGuard[type[msgspec.Struct]]:
+    return isinstance(hint, type) and issubclass(hint, msgspec.Struct)
 
 
-def _leaf_types(hint: Any) -> list[Any]:
-    """``list[A | B]`` -> [A, B]; ``A | None`` -> [A]; ``dict[str, A]`` -> [A]."""
-    origin = typing.get_origin(hint)
-    if origin is None:
-        return [hint]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin in (list, tuple, set, frozenset):
-        return [t for a in args for t in _leaf_types(a)]
-    if origin is dict:
-        return _leaf_types(args[-1]) if args else []
-    return [t for a in args for t in _leaf_types(a)]  # a union
+def _is_union(hint: object) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
 
 
-def _struct_at(struct: type[msgspec.Struct] | None, path: str) -> type[msgspec.Struct] | None:
-    found = _structs_at(struct, path)
-    return found[-1] if found else None
+def _holds_structs(hint: object) -> bool:
+    """A Struct, or a union of them: list items of such a type are dropped one by one when invalid."""
+    args = typing.get_args(hint) if _is_union(hint) else (hint,)
+    return all(_is_struct(a) or a is type(None) for a in args)
 
 
-def _fields_at(struct: type[msgspec.Struct] | None, path: str) -> list[str]:
-    fields: dict[str, None] = {}
-    for target in _structs_at(struct, path):
-        fields.update(dict.fromkeys(target.__struct_fields__))
-    return list(fields)
+class _Walk:
+    """One pass over a document: the problems found so far, and where items were dropped."""
+
+    def __init__(self) -> None:
+        self.problems: list[tuple[KeyPath, str]] = []
+        #: Lists of Structs that lost invalid items: their owner is still built (so its own checks run
+        #: too), but an owner's complaint about such a list is a consequence, not a new problem.
+        self.dropped: set[KeyPath] = set()
+
+    def problem(self, path: KeyPath, message: str) -> Any:
+        self.problems.append((path, message))
+        return _FAILED
+
+    def report(self, doc: object, source: str) -> list[str]:
+        """The problems as ``file: key.path: message``, in the order their keys appear in the file."""
+        ordered = sorted(self.problems, key=lambda problem: _position(doc, problem[0]))
+        return [f"{source}: {format_key_path(path) or '(top level)'}: {message}" for path, message in ordered]
+
+    def value(self, value: object, hint: Any, path: KeyPath) -> Any:
+        if _is_union(hint):
+            options = [a for a in typing.get_args(hint) if a is not type(None)]
+            if value is None and len(options) < len(typing.get_args(hint)):
+                return None
+            if len(options) == 1:
+                return self.value(value, options[0], path)
+            if all(_is_struct(a) and a.__struct_config__.tag_field for a in options):
+                return self.tagged(value, options, path)
+            return self.fallback(value, hint, path)
+        origin = typing.get_origin(hint)
+        if origin is list:
+            return self.array(value, typing.get_args(hint), path)
+        if origin is dict:
+            return self.table(value, typing.get_args(hint), path)
+        if _is_struct(hint):
+            return self.struct(value, hint, path)
+        if hint in _PARSERS:
+            try:
+                return _PARSERS[hint](value)
+            except ValueError as exc:
+                return self.problem(path, str(exc))
+        if isinstance(hint, type) and issubclass(hint, enum.Enum):
+            for member in hint:
+                if type(member.value) is type(value) and member.value == value:
+                    return member
+            choices = ", ".join(_shown(m.value) for m in hint)
+            return self.problem(path, f"expected one of {choices}, got {_shown(value)}")
+        if hint in _EXPECTED:
+            if isinstance(value, hint) and not (isinstance(value, bool) and hint is not bool):
+                return value
+            if hint is float and isinstance(value, int) and not isinstance(value, bool):
+                return float(value)
+            return self.problem(path, f"expected {_EXPECTED[hint]}, got {_got(value)}")
+        if hint is Any:
+            return value
+        return self.fallback(value, hint, path)
+
+    def fallback(self, value: object, hint: Any, path: KeyPath) -> Any:
+        """A type no config field has so far: msgspec converts it, and its own text is the message."""
+        try:
+            return msgspec.convert(value, hint)
+        except msgspec.ValidationError as exc:
+            return self.problem(path, str(exc))
+
+    def array(self, value: object, args: tuple[Any, ...], path: KeyPath) -> Any:
+        if not isinstance(value, list):
+            return self.problem(path, f"expected a list, got {_got(value)}")
+        item_type = args[0] if args else Any
+        items = [self.value(item, item_type, (*path, i)) for i, item in enumerate(value)]
+        kept = [item for item in items if item is not _FAILED]
+        if len(kept) == len(items):
+            return kept
+        if _holds_structs(item_type):
+            self.dropped.add(path)
+            return kept
+        return _FAILED
+
+    def table(self, value: object, args: tuple[Any, ...], path: KeyPath) -> Any:
+        if not isinstance(value, dict):
+            return self.problem(path, f"expected a table, got {_got(value)}")
+        key_type, item_type = args if args else (Any, Any)
+        out = {}
+        for key, item in value.items():
+            out[self.value(key, key_type, (*path, str(key)))] = self.value(item, item_type, (*path, str(key)))
+        return _FAILED if _FAILED in out or _FAILED in out.values() else out
+
+    def tagged(self, value: object, members: list[Any], path: KeyPath) -> Any:
+        """A table whose tag field (``type = "tcp"``) says which Struct of a union it is."""
+        if not isinstance(value, dict):
+            return self.problem(path, f"expected a table, got {_got(value)}")
+        tag_field = members[0].__struct_config__.tag_field
+        if tag_field not in value:
+            return self.problem((*path, tag_field), "missing required key")
+        tag = value[tag_field]
+        for member in members:
+            if type(member.__struct_config__.tag) is type(tag) and member.__struct_config__.tag == tag:
+                return self.struct(value, member, path)
+        choices = ", ".join(_shown(m.__struct_config__.tag) for m in members)
+        return self.problem((*path, tag_field), f"expected one of {choices}, got {_shown(tag)}")
+
+    def struct(self, value: object, kind: type[msgspec.Struct], path: KeyPath) -> Any:
+        if not isinstance(value, dict):
+            return self.problem(path, f"expected a table, got {_got(value)}")
+        struct_config = kind.__struct_config__
+        fields = {f.encode_name: f for f in msgspec.structs.fields(kind)}
+        kwargs: dict[str, Any] = {}
+        failed = False
+        for key, item in value.items():
+            if key == struct_config.tag_field and key not in fields:
+                if item != struct_config.tag:
+                    self.problem((*path, key), f"expected {_shown(struct_config.tag)}, got {_shown(item)}")
+                    failed = True
+                continue
+            field = fields.get(key)
+            if field is None:
+                if struct_config.forbid_unknown_fields:
+                    known = [*fields, *([struct_config.tag_field] if struct_config.tag_field else [])]
+                    self.problem((*path, key), f"unknown key{_did_you_mean(key, known)}")
+                    failed = True
+                continue
+            converted = self.value(item, field.type, (*path, key))
+            if converted is _FAILED:
+                failed = True
+            else:
+                kwargs[field.name] = converted
+        for key, field in fields.items():
+            if field.required and key not in value:
+                self.problem((*path, key), "missing required key")
+                failed = True
+        if failed:
+            return _FAILED
+        try:
+            return kind(**kwargs)
+        except InvalidValue as exc:
+            if (*path, *exc.key[:1]) in self.dropped:
+                return _FAILED
+            return self.problem((*path, *exc.key), exc.message)
+        except ValueError as exc:
+            return self.problem(path, str(exc))
 
 
-def _union_tags_at(struct: type[msgspec.Struct] | None, path: str) -> str:
-    """For ``proxies[0].type``: the tags of the tagged union stored under ``proxies``."""
-    parent = re.sub(r"\[\d+\]$", "", path.rpartition(".")[0])
-    owner_path, _, field_name = parent.rpartition(".")
-    owner = _struct_at(struct, owner_path) if owner_path else struct
-    if owner is None:
+def _position(doc: object, path: KeyPath) -> tuple[int, ...]:
+    """Where ``path`` is in the document, as indexes; a key the document lacks sorts after the others."""
+    position: list[int] = []
+    node = doc
+    for part in path:
+        if isinstance(node, dict):
+            keys = list(node)
+            position.append(keys.index(part) if part in keys else len(keys))
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int):
+            position.append(part)
+            node = node[part] if part < len(node) else None
+        else:
+            break
+    return tuple(position)
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    if not known:
         return ""
-    hint = typing.get_type_hints(owner).get(field_name)
-    members = typing.get_args(typing.get_args(hint)[0]) if typing.get_origin(hint) is list else ()
-    tags = [m.__struct_config__.tag for m in members if isinstance(m, type) and issubclass(m, msgspec.Struct)]
-    return ", ".join(f'"{t}"' for t in tags if isinstance(t, str))
-
-
-def _enum_choices_at(struct: type[msgspec.Struct] | None, path: str) -> str:
-    parent, _, leaf = path.rpartition(".")
-    for target in _structs_at(struct, parent):
-        hint = typing.get_type_hints(target).get(re.sub(r"\[\d+\]$", "", leaf))
-        for typ in _leaf_types(hint) if hint is not None else []:
-            if isinstance(typ, type) and issubclass(typ, enum.Enum):
-                return ", ".join(f'"{e.value}"' for e in typ)
-    return ""
+    close = difflib.get_close_matches(key, known, n=1)
+    return f' (did you mean "{close[0]}"?)' if close else f"; expected one of: {', '.join(known)}"
 
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -471,53 +584,12 @@ S = TypeVar("S", bound=msgspec.Struct)
 
 def convert(doc: dict[str, Any], kind: type[S], source: str) -> S:
     """Validate a parsed document against ``kind``; raise ConfigError listing every problem."""
-    try:
-        return msgspec.convert(doc, kind, dec_hook=_dec_hook)
-    except msgspec.ValidationError as exc:
-        first = str(exc)
-    problems = _all_problems(doc, kind) or [_describe(first, kind)]
-    raise ConfigError([f"{source}: {p}" for p in problems])
-
-
-def _all_problems(doc: dict[str, Any], kind: type[msgspec.Struct]) -> list[str]:
-    """msgspec stops at the first error; check list items one by one to report them all."""
-    import typing
-
-    problems: list[str] = []
-    hints = typing.get_type_hints(kind)
-    shallow = dict(doc)
-    for key, value in doc.items():
-        item_type = hints.get(key)
-        if typing.get_origin(item_type) is list and isinstance(value, list):
-            (elem,) = typing.get_args(item_type)
-            if isinstance(elem, type) and issubclass(elem, msgspec.Struct):
-                for i, item in enumerate(value):
-                    try:
-                        msgspec.convert(item, elem, dec_hook=_dec_hook)
-                    except msgspec.ValidationError as exc:
-                        problems.append(_describe(_prefix(str(exc), f"{key}[{i}]"), kind))
-                if problems:
-                    shallow[key] = []
-    if problems:
-        try:
-            msgspec.convert(shallow, kind, dec_hook=_dec_hook)
-        except msgspec.ValidationError as exc:
-            text = str(exc)
-            if "expected at least one" not in text:
-                problems.insert(0, _describe(text, kind))
-    return problems
-
-
-def _prefix(err: str, prefix: str) -> str:
-    m = _AT.match(err)
-    assert m is not None
-    path = (m.group("path") or "").lstrip(".")
-    full = prefix + path if path.startswith("[") or not path else f"{prefix}.{path}"
-    # Post-init errors carry their own "key: ..." prefix; fold it into the path.
-    msg = m.group("msg")
-    if p := re.match(r"^([a-z_]+): (.*)$", msg, re.S):
-        return f"{p.group(2)} - at `$.{full}.{p.group(1)}`"
-    return f"{msg} - at `$.{full}`"
+    walk = _Walk()
+    result = walk.struct(doc, kind, ())
+    if walk.problems:  # the result may exist when only list items were dropped
+        raise ConfigError(walk.report(doc, source))
+    assert isinstance(result, kind)
+    return result
 
 
 def load_toml(path: Path) -> dict[str, Any]:
@@ -540,6 +612,30 @@ def load(path: str | Path, kind: type[S]) -> S:
     """Load ``path`` as ``kind`` (e.g. MapConfig)."""
     p = Path(path)
     return convert(load_toml(p), kind, str(p))
+
+
+def read_key(path: Path, kind: type[msgspec.Struct], key: str) -> Any:
+    """One top-level ``key`` of a config file, checked against its field in ``kind``; None when absent.
+
+    The rest of the file is not checked: a tool that needs one setting (``pierce nat`` needs the
+    client's ``server_addr``) still works while other parts of the file are being edited.
+    """
+    doc = load_toml(path)
+    (field,) = [f for f in msgspec.structs.fields(kind) if f.encode_name == key]
+    if key not in doc:
+        return None
+    walk = _Walk()
+    value = walk.value(doc[key], field.type, (key,))
+    if walk.problems:
+        raise ConfigError(walk.report(doc, str(path)))
+    return value
+
+
+def user_client_config() -> Path:
+    """Where the user's client.toml is: ``$XDG_CONFIG_HOME/pierce/client.toml``, else
+    ``~/.config/pierce/client.toml``."""
+    base = os.environ.get("XDG_CONFIG_HOME") or ""
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".config") / "pierce" / "client.toml"
 
 
 #: What ``pierce verify`` can check, by the top-level keys that tell the kinds apart.

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
 from pierce import config
-from pierce.addr import HostPort, parse_host_port
-from pierce.errors import ConfigError
+from pierce.addr import HostPort, Network, parse_host_port, parse_network
+from pierce.errors import ConfigError, InvalidValue
+from pierce.proxies.http import HttpProxyConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 INVALID = sorted((Path(__file__).parent / "invalid").glob("*.toml"))
@@ -121,3 +125,108 @@ def test_map_cli_rejects_bad_target_with_exit_2() -> None:
     res = run_cli("map", "0.0.0.0:10022", "10.0.0.5")
     assert res.returncode == 2
     assert 'rules[0].target: expected "host:port", got "10.0.0.5"' in res.stderr
+
+
+# -- the key path comes from the walk, not from msgspec's message text ---------------------------------
+
+CLIENT = 'server_addr = "h"\ntoken = "t"\n'
+
+
+def problems_of(text: str, kind: type[msgspec.Struct] = config.ClientConfig) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config.convert(tomllib.loads(text), kind, "c.toml")
+    return info.value.problems
+
+
+def test_problems_at_every_depth_are_reported_in_file_order() -> None:
+    text = (
+        'server_addr = "h"\npool_count = 4.5\n'
+        '[[proxies]]\ntype = "http"\nname = "w"\nlocal_port = 80\nsubdomain = "a"\n'
+        'request_headers.set = { "X" = 1, "Bad Name" = "v" }\n'
+        '[[proxies]]\ntype = "tcp"\nname = "t"\nlocal_port = 0\n'
+        "[transport]\nencrypt_data = 1\n"
+    )
+    assert problems_of(text) == [
+        "c.toml: pool_count: expected an integer, got a number",
+        "c.toml: proxies[0].request_headers.set.X: expected a string, got an integer",
+        "c.toml: proxies[1].local_port: expected a port from 1 to 65535, got 0",
+        "c.toml: transport.encrypt_data: expected true or false, got an integer",
+    ]
+
+
+def test_a_files_own_checks_are_listed_where_their_key_is() -> None:
+    text = 'server_addr = "h"\ntoken = "t"\nserver_port = 0\n'
+    text += '[[proxies]]\ntype = "tcp"\nname = "t"\nlocal_port = 0\n'
+    assert problems_of(text) == [
+        "c.toml: server_port: expected a port from 1 to 65535, got 0",
+        "c.toml: proxies[0].local_port: expected a port from 1 to 65535, got 0",
+    ]
+
+
+def test_post_init_keys_are_placed_under_their_struct() -> None:
+    text = CLIENT + '[[proxies]]\ntype = "tcp"\nname = "a"\nlocal_port = 1\n'
+    text += (
+        '[[proxies]]\ntype = "http"\nname = "w"\nlocal_port = 80\ncustom_domains = ["ok.example", "a b"]\n'
+    )
+    (problem,) = problems_of(text)
+    assert problem.startswith(
+        'c.toml: proxies[1].custom_domains[1]: expected a domain name like "nas.example.com"'
+    )
+
+
+def test_invalid_value_carries_its_key_as_data() -> None:
+    with pytest.raises(InvalidValue) as info:
+        HttpProxyConfig(name="w", local_port=80, subdomain="a", locations=["/", "api"])
+    assert info.value.key == ("locations", 1)
+    assert info.value.message == 'expected a path starting with "/", got "api"'
+    assert str(info.value) == 'locations[1]: expected a path starting with "/", got "api"'
+
+
+def test_unknown_key_hint_lists_the_fields_of_the_chosen_proxy_type() -> None:
+    (problem,) = problems_of(CLIENT + '[[proxies]]\ntype = "tcp"\nname = "a"\nlocal_port = 1\nzzzz = 1\n')
+    assert problem == (
+        "c.toml: proxies[0].zzzz: unknown key; expected one of: "
+        "name, local_ip, local_port, remote_port, proxy_protocol_version, type"
+    )
+    (problem,) = problems_of(CLIENT + '[[proxies]]\ntyp = "tcp"\nname = "a"\nlocal_port = 1\n')
+    assert problem == "c.toml: proxies[0].type: missing required key"
+
+
+def test_dropped_items_do_not_also_count_as_an_empty_list() -> None:
+    assert problems_of('[[rules]]\nlisten = "x"\ntarget = "a:1"\n', config.MapConfig) == [
+        'c.toml: rules[0].listen: expected "host:port", got "x"'
+    ]
+    assert problems_of("rules = []\n", config.MapConfig) == [
+        "c.toml: rules: expected at least one [[rules]] table"
+    ]
+
+
+def test_every_item_of_a_plain_list_is_checked() -> None:
+    assert problems_of('token = "t"\nallow_ports = ["x", "1-2", 0]\n', config.ServerConfig) == [
+        'c.toml: allow_ports[0]: expected a port or range like "6000-7000", got "x"',
+        'c.toml: allow_ports[2]: expected ports from 1 to 65535 with the smaller first, got "0"',
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("map", "MapConfig"), ("server", "ServerConfig"), ("client", "ClientConfig")]
+)
+def test_the_walk_builds_what_msgspec_convert_builds(name: str, kind: str) -> None:
+    def listen_addr(obj: Any) -> config.ListenAddr:
+        hp = parse_host_port(obj, allow_port_zero=True)
+        return config.ListenAddr(hp.host, hp.port)
+
+    def dec_hook(typ: type, obj: Any) -> Any:
+        parsers: dict[type, Any] = {
+            config.ListenAddr: listen_addr,
+            HostPort: parse_host_port,
+            Network: parse_network,
+            config.PortRange: config.parse_port_range,
+        }
+        return parsers[typ](obj)
+
+    struct = getattr(config, kind)
+    walked = config.convert(config.load_toml(ROOT / "examples" / f"{name}.toml"), struct, name)
+    plain = msgspec.convert(config.load_toml(ROOT / "examples" / f"{name}.toml"), struct, dec_hook=dec_hook)
+    encode = msgspec.json.Encoder(enc_hook=lambda obj: f"{type(obj).__name__}:{obj}")
+    assert encode.encode(walked) == encode.encode(plain)

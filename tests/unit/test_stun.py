@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import ipaddress
+import re
 import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pierce import config
+from pierce.cli import build_parser, nat_server_from_args
 from pierce.errors import ConfigError
 from pierce.nat import stun
 from pierce.nat.classify import P2P, Behaviour, Observations, Outcome, classify
@@ -408,13 +413,44 @@ def test_server_stun_keys() -> None:
             config.convert({"token": "t", **bad}, config.ServerConfig, "server.toml")
 
 
-def test_stun_server_argument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert (stun_server("example.net").host, stun_server("example.net").port) == ("example.net", 3478)
-    assert stun_server("192.0.2.1:3000").port == 3000
-    assert (stun_server("2001:db8::1").host, stun_server("[2001:db8::1]").port) == ("2001:db8::1", 3478)
+def test_stun_server_argument() -> None:
+    assert str(stun_server("example.net", default_port=3478)) == "example.net:3478"
+    assert stun_server("192.0.2.1:3000", default_port=3478).port == 3000
+    assert stun_server("2001:db8::1", default_port=3478).host == "2001:db8::1"
+    assert stun_server("[2001:db8::1]", default_port=9).port == 9
+    with pytest.raises(ValueError, match="port number"):
+        stun_server("host:stun", default_port=3478)
+
+
+def test_discovery_does_not_read_config_files() -> None:
+    code = "import sys, pierce.nat.discover; print('pierce.config' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def nat_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["nat", *argv])
+
+
+def test_nat_server_comes_from_the_flag_or_the_users_client_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    with pytest.raises(ConfigError, match="--server"):
-        stun_server(None)
-    (tmp_path / "pierce").mkdir()
-    (tmp_path / "pierce" / "client.toml").write_text('server_addr = "relay.example.net"\ntoken = "t"\n')
-    assert str(stun_server(None)) == "relay.example.net:3478"
+    assert str(nat_server_from_args(nat_args("--server", "example.net"))) == "example.net:3478"
+    with pytest.raises(ConfigError, match=r"pass --server HOST\[:PORT\], or set server_addr in"):
+        nat_server_from_args(nat_args())
+    client_toml = tmp_path / "pierce" / "client.toml"
+    client_toml.parent.mkdir()
+    # Only server_addr is read: the proxies being wrong does not stop `pierce nat`.
+    client_toml.write_text('server_addr = "relay.example.net"\n[[proxies]]\ntype = "nope"\n')
+    assert str(nat_server_from_args(nat_args())) == "relay.example.net:3478"
+    assert str(nat_server_from_args(nat_args("--server", "[::1]:5000"))) == "[::1]:5000"
+    client_toml.write_text("server_addr = 5\n")
+    with pytest.raises(ConfigError) as info:
+        nat_server_from_args(nat_args())
+    assert info.value.problems == [f"{client_toml}: server_addr: expected a string, got an integer"]
+    client_toml.write_text('server_addr = "relay.example.net:x"\n')
+    with pytest.raises(ConfigError, match=re.escape(f"{client_toml}: server_addr: expected a port number")):
+        nat_server_from_args(nat_args())
+    with pytest.raises(ConfigError, match="--server: expected a port number"):
+        nat_server_from_args(nat_args("--server", "relay.example.net:x"))

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from pierce.addr import HostPort, parse_host_port
-from pierce.config import DEFAULT_STUN_PORT, load_toml
-from pierce.errors import ConfigError, LocalError
+from pierce.errors import LocalError
 from pierce.nat import hops, stun
 from pierce.nat.classify import NatReport, Observations, Outcome, classify
 from pierce.nat.stun import Endpoint, Message, StunParseError
@@ -361,27 +358,13 @@ async def _mapping_alive(
     return reply is not None and reply.sock is sock
 
 
-def default_client_config() -> Path:
-    """``$XDG_CONFIG_HOME/pierce/client.toml``, else ``~/.config/pierce/client.toml``."""
-    base = os.environ.get("XDG_CONFIG_HOME") or ""
-    return (Path(base) if os.path.isabs(base) else Path.home() / ".config") / "pierce" / "client.toml"
+def stun_server(text: str, *, default_port: int) -> HostPort:
+    """``HOST[:PORT]``, ``[IPv6][:PORT]`` or a bare IPv6 address; ``default_port`` when none is given.
 
-
-def stun_server(text: str | None) -> HostPort:
-    """``HOST[:PORT]`` (port 3478 when left out), else the ``server_addr`` of the user's client.toml."""
-    if not text:
-        path = default_client_config()
-        doc = load_toml(path) if path.is_file() else {}
-        text = doc.get("server_addr")
-        if not isinstance(text, str) or not text:
-            raise ConfigError(
-                [f"nat: no STUN server: pass --server HOST[:PORT], or set server_addr in {path}"]
-            )
+    Raises ValueError saying what was expected.
+    """
     if text.endswith("]") or text.count(":") == 0:
-        text = f"{text}:{DEFAULT_STUN_PORT}"
+        text = f"{text}:{default_port}"
     elif text.count(":") > 1 and not text.startswith("["):
-        text = f"[{text}]:{DEFAULT_STUN_PORT}"  # a bare IPv6 address
-    try:
-        return parse_host_port(text)
-    except ValueError as exc:
-        raise ConfigError([f"--server: {exc}"]) from None
+        text = f"[{text}]:{default_port}"  # a bare IPv6 address
+    return parse_host_port(text)

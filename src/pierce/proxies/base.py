@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 import msgspec
 
 from pierce.addr import HostPort
-from pierce.errors import PierceError
+from pierce.errors import InvalidValue, PierceError
 from pierce.protocol import ErrorCode
 from pierce.server.workconn import WorkConn
 from pierce.snapshot import ProxyStats
@@ -153,18 +153,20 @@ class ProxySite(Protocol):
 
 
 def check_proxy(name: str, local_port: int, remote_port: int = 0) -> None:
-    """The fields every proxy has; a ValueError names the key (see `pierce.config`)."""
+    """The fields every proxy has; `InvalidValue` names the key (see `pierce.config`)."""
     if not name or len(name) > 255:
-        raise ValueError("name: expected 1 to 255 characters")
+        raise InvalidValue("name", "expected 1 to 255 characters")
     if not 1 <= local_port <= 65535:
-        raise ValueError(f"local_port: expected a port from 1 to 65535, got {local_port}")
+        raise InvalidValue("local_port", f"expected a port from 1 to 65535, got {local_port}")
     if not 0 <= remote_port <= 65535:
-        raise ValueError(f"remote_port: expected 0 (server picks) or a port up to 65535, got {remote_port}")
+        raise InvalidValue(
+            "remote_port", f"expected 0 (server picks) or a port up to 65535, got {remote_port}"
+        )
 
 
 def check_idle_timeout(seconds: float) -> None:
     if seconds <= 0:
-        raise ValueError(f"idle_timeout: expected a number of seconds > 0, got {seconds:g}")
+        raise InvalidValue("idle_timeout", f"expected a number of seconds > 0, got {seconds:g}")
 
 
 #: Config fields that never show in a repr (logs, tracebacks, debuggers).

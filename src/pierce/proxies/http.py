@@ -18,6 +18,8 @@ from typing import Annotated, ClassVar
 import msgspec
 
 from pierce.addr import HostPort
+from pierce.domains import InvalidDomain, normalize_domain, normalize_label
+from pierce.errors import InvalidValue
 from pierce.protocol import ErrorCode, StartWork
 from pierce.protocol.messages import MAX_DOMAINS, MAX_HEADERS, DomainName, HeaderText, PathPrefix
 from pierce.proxies.base import (
@@ -35,7 +37,7 @@ from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
 from pierce.relay import End
 from pierce.snapshot import ProxyStats
 from pierce.vhost.front import VhostFront
-from pierce.vhost.router import InvalidDomain, RouteError, RouteTaken, normalize_domain, proxy_domains
+from pierce.vhost.router import RouteError, RouteTaken, proxy_domains
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
@@ -49,30 +51,25 @@ class HeaderOps(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         for name, value in self.set.items():
             if not _HEADER_NAME.fullmatch(name):
-                raise ValueError(f'set: expected header names of letters, digits and "-", got "{name}"')
+                raise InvalidValue("set", f'expected header names of letters, digits and "-", got "{name}"')
             if any(c in value for c in "\r\n\x00"):
-                raise ValueError(f'set: header "{name}" must not contain line breaks or NUL')
+                raise InvalidValue("set", f'header "{name}" must not contain line breaks or NUL')
 
 
 def check_domains(domains: list[str], subdomain: str) -> None:
     """``custom_domains`` / ``subdomain`` of a web proxy: at least one, each a domain name (normalised)."""
     if not domains and not subdomain:
-        raise ValueError('custom_domains: expected custom_domains = ["..."] or subdomain = "..."')
+        raise InvalidValue("custom_domains", 'expected custom_domains = ["..."] or subdomain = "..."')
     for i, domain in enumerate(domains):
         try:
             domains[i] = normalize_domain(domain)
         except InvalidDomain as exc:
-            raise ValueError(f"custom_domains[{i}]: {exc}") from None
-    if subdomain and ("." in subdomain or "*" in subdomain or not _is_domain(subdomain)):
-        raise ValueError(f'subdomain: expected one label like "nas", got "{subdomain}"')
-
-
-def _is_domain(text: str) -> bool:
-    try:
-        normalize_domain(text)
-    except InvalidDomain:
-        return False
-    return True
+            raise InvalidValue(("custom_domains", i), str(exc)) from None
+    if subdomain:
+        try:
+            normalize_label(subdomain)
+        except InvalidDomain as exc:
+            raise InvalidValue("subdomain", str(exc)) from None
 
 
 class HttpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="http", tag_field="type"):
@@ -102,15 +99,15 @@ class HttpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, 
         check_domains(self.custom_domains, self.subdomain)
         for i, loc in enumerate(self.locations):
             if not loc.startswith("/") or any(c in loc for c in " ?#\r\n"):
-                raise ValueError(f'locations[{i}]: expected a path starting with "/", got "{loc}"')
+                raise InvalidValue(("locations", i), f'expected a path starting with "/", got "{loc}"')
         if not self.locations:
-            raise ValueError('locations: expected at least one path, e.g. ["/"]')
+            raise InvalidValue("locations", 'expected at least one path, e.g. ["/"]')
         if bool(self.http_user) != bool(self.http_password):
-            raise ValueError("http_password: expected http_user and http_password together")
+            raise InvalidValue("http_password", "expected http_user and http_password together")
         if ":" in self.http_user:
-            raise ValueError('http_user: expected a user name without ":"')
+            raise InvalidValue("http_user", 'expected a user name without ":"')
         if self.https_auto and any(d.startswith("*.") for d in self.custom_domains):
-            raise ValueError("https_auto: wildcard domains cannot get certificates by HTTP-01 validation")
+            raise InvalidValue("https_auto", "wildcard domains cannot get certificates by HTTP-01 validation")
 
     def __repr__(self) -> str:
         return masked_repr(self)

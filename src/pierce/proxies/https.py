@@ -17,6 +17,7 @@ from typing import Annotated
 import msgspec
 
 from pierce.addr import HostPort
+from pierce.errors import InvalidValue
 from pierce.logs import event
 from pierce.protocol import StartWork
 from pierce.protocol.messages import MAX_DOMAINS, DomainName
@@ -59,7 +60,9 @@ class HttpsProxyConfig(
         check_proxy(self.name, self.local_port)
         check_domains(self.custom_domains, self.subdomain)
         if self.plugin is not None and not (self.plugin_crt_path and self.plugin_key_path):
-            raise ValueError("plugin_crt_path: expected plugin_crt_path and plugin_key_path for https2http")
+            raise InvalidValue(
+                "plugin_crt_path", "expected plugin_crt_path and plugin_key_path for https2http"
+            )
 
 
 class HttpsSpec(ProxySpec, frozen=True, kw_only=True, tag="https"):

@@ -26,7 +26,7 @@ from typing import ClassVar
 import msgspec
 
 from pierce.addr import format_sockaddr
-from pierce.errors import PierceError
+from pierce.errors import InvalidValue, PierceError
 from pierce.logs import event
 from pierce.protocol import (
     ErrorCode,
@@ -68,7 +68,7 @@ class SecretProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
         if not self.secret_key:
-            raise ValueError("secret_key: expected a non-empty secret shared with the visitors")
+            raise InvalidValue("secret_key", "expected a non-empty secret shared with the visitors")
 
     def __repr__(self) -> str:
         return masked_repr(self)

@@ -30,10 +30,10 @@ from pierce.proxies.base import (
     check_proxy,
 )
 from pierce.proxies.bridge import LiveConnections, SocketVisitor, bridge
+from pierce.proxy_protocol import build_v1, build_v2
 from pierce.relay import End, SocketEnd, relay
 from pierce.snapshot import ProxyStats
 from pierce.transport import TlsEnd
-from pierce.proxy_protocol import build_v1, build_v2
 
 log = logging.getLogger("pierce.proxy")
 

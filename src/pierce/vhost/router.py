@@ -24,19 +24,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from pierce import domains
 from pierce.errors import PierceError
 
 T = TypeVar("T")
 
-#: Longest DNS name in its text form (RFC 1035 section 2.3.4, without the trailing dot).
-MAX_DOMAIN_LENGTH = 253
 #: The location every request path matches.
 ROOT_LOCATION = "/"
 
-_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _HOST = re.compile(r"[a-z0-9._:-]{1,253}")
 _LOCATION_FORBIDDEN = re.compile(r"[\x00-\x20\x7f?#]")
-_WILDCARD_PREFIX = "*."
+_WILDCARD_PREFIX = domains.WILDCARD_PREFIX
 
 
 class RouteError(PierceError):
@@ -47,8 +45,8 @@ class RouteError(PierceError):
     """
 
 
-class InvalidDomain(RouteError, ValueError):
-    """A domain is not a valid DNS name or wildcard (``*.`` followed by a name)."""
+class InvalidDomain(RouteError, domains.InvalidDomain):
+    """A domain is not a valid DNS name or wildcard (``*.`` followed by a name); see `pierce.domains`."""
 
 
 class InvalidLocation(RouteError, ValueError):
@@ -77,37 +75,12 @@ class Route(Generic[T]):
 def normalize_domain(domain: str) -> str:
     """The canonical form of a configured domain (lower case, no trailing dot); raises InvalidDomain.
 
-    Allowed: DNS names of labels of letters, digits, ``-`` and ``_`` (no ``-`` at either end of a
-    label), optionally with one leading ``*.``. Internationalised names must be written in their
-    ``xn--`` form.
+    The rules (and why ``_`` is allowed) are those of `pierce.domains`, shared with config checks.
     """
-    if not isinstance(domain, str):
-        raise InvalidDomain(f"expected a domain name as a string, got {domain!r}")
-    text = domain.strip()
-    name = text[:-1] if text.endswith(".") else text
-    if not name:
-        raise InvalidDomain(f'expected a domain name such as "nas.example.com", got "{domain}"')
-    if not name.isascii():
-        raise InvalidDomain(f'"{domain}" is not ASCII; write internationalised names in their xn-- form')
-    name = name.lower()
-    if len(name) > MAX_DOMAIN_LENGTH:
-        raise InvalidDomain(f'"{domain}" is longer than {MAX_DOMAIN_LENGTH} characters')
-    rest = name[len(_WILDCARD_PREFIX) :] if name.startswith(_WILDCARD_PREFIX) else name
-    if "*" in rest:
-        raise InvalidDomain(
-            f'"{domain}": a wildcard is allowed only once, as the leading "*." (as in "*.dev.example.com")'
-        )
-    for label in rest.split("."):
-        if not label:
-            raise InvalidDomain(f'"{domain}" has an empty label (two dots in a row, or a leading dot)')
-        if len(label) > 63:
-            raise InvalidDomain(f'"{domain}": label "{label}" is longer than 63 characters')
-        if not _LABEL.fullmatch(label):
-            raise InvalidDomain(
-                f'"{domain}": label "{label}" may hold only letters, digits, "-" and "_", '
-                'and must not start or end with "-"'
-            )
-    return name
+    try:
+        return domains.normalize_domain(domain)
+    except domains.InvalidDomain as exc:
+        raise InvalidDomain(str(exc)) from None
 
 
 def normalize_location(location: str) -> str:
@@ -146,14 +119,12 @@ def full_domain(subdomain: str, subdomain_host: str) -> str:
     """``subdomain`` of a proxy under the server's ``subdomain_host``: ``nas`` + ``example.com``."""
     if not subdomain_host:
         raise InvalidDomain(f'subdomain "{subdomain}" needs subdomain_host to be set on the server')
-    if not subdomain or "." in subdomain or "*" in subdomain:
-        raise InvalidDomain(
-            f'subdomain "{subdomain}" must be a single label such as "nas", without "." or "*"'
-        )
-    host = normalize_domain(subdomain_host)
-    if host.startswith(_WILDCARD_PREFIX):
-        raise InvalidDomain(f'subdomain_host "{subdomain_host}" must be a plain name, not a wildcard')
-    return normalize_domain(f"{subdomain}.{host}")
+    try:
+        label = domains.normalize_label(subdomain)
+        host = domains.normalize_domain(subdomain_host, wildcard=False)
+        return domains.normalize_domain(f"{label}.{host}")
+    except domains.InvalidDomain as exc:
+        raise InvalidDomain(str(exc)) from None
 
 
 def proxy_domains(custom_domains: Iterable[str], subdomain: str, subdomain_host: str) -> list[str]:
