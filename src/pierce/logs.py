@@ -86,7 +86,8 @@ def log_relay_closed(
     # name: the event name (e.g. "tcp.close"); label: the rule or proxy the connection belongs to.
     """The one "connection closed" line: bytes each way, duration, and the error if it ended early.
 
-    ``stats`` is a `pierce.relay.RelayStats` whose ``a_to_b`` runs from ``client`` towards ``target``.
+    ``stats`` is a `pierce.relay.RelayStats` whose ``a_to_b`` runs from ``client`` towards ``target``;
+    ``mode`` is the `pierce.relay.RelayMode` value that moved the bytes (null if the relay never started).
     """
     fields: dict[str, Any] = {
         "rule": label,
@@ -95,6 +96,7 @@ def log_relay_closed(
         "up_bytes": stats.a_to_b,
         "down_bytes": stats.b_to_a,
         "duration_s": round(stats.duration, 6),
+        "mode": None if stats.mode is None else stats.mode.value,
         **extra,
     }
     suffix = ""
