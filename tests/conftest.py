@@ -1,11 +1,38 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 
 import pytest
 from support.procs import PierceProcess
 
 StartPierce = Callable[..., Awaitable[PierceProcess]]
+
+#: ``PIERCE_TEST_NO_SKIP=1`` (set by .ci/run): a skipped test fails the run, with the skip's reason, so a
+#: missing tool or privilege cannot hide a test behind a green run.
+NO_SKIP = os.environ.get("PIERCE_TEST_NO_SKIP", "") not in ("", "0")
+
+
+def _no_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if not (NO_SKIP and report.skipped) or hasattr(report, "wasxfail"):  # an xfail is no skip
+        return
+    longrepr = report.longrepr
+    reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr).removeprefix("Skipped: ")
+    report.outcome = "failed"
+    report.longrepr = f"skipped, and PIERCE_TEST_NO_SKIP=1 forbids skips: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
+    outcome = yield
+    _no_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None]:
+    """Module-level skips (``pytest.skip(allow_module_level=True)``, a module-level importorskip)."""
+    outcome = yield
+    _no_skip(outcome.get_result())
 
 
 @pytest.fixture

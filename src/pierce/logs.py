@@ -87,6 +87,7 @@ def relay_summary(stats: Any) -> tuple[str, dict[str, Any]]:
         "up_bytes": stats.a_to_b,
         "down_bytes": stats.b_to_a,
         "duration_s": round(stats.duration, 6),
+        "mode": None if stats.mode is None else stats.mode.value,
     }
     suffix = ""
     if stats.error is not None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import mmap
 import os
@@ -56,6 +57,14 @@ _F_GETPIPE_SZ = 1032
 
 # Errors that mean "the peer went away"; they end the relay quietly rather than as a failure.
 _GONE_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ENOTCONN, errno.ETIMEDOUT}
+
+
+class RelayMode(enum.Enum):
+    """How a relay moved the bytes (see the module docstring); logged as ``mode`` when it closes."""
+
+    SPLICE = "splice"
+    COPY = "copy"
+    STREAM = "stream"
 
 
 class End(ABC):
@@ -146,8 +155,13 @@ class RelayStats:
     ended: float | None = None
     #: The error that ended the relay early, or None when both directions reached EOF.
     error: BaseException | None = None
-    #: True when at least one direction went through the kernel (splice).
-    spliced: bool = False
+    #: The mode the relay chose for this pair of ends; None until it has started.
+    mode: RelayMode | None = None
+
+    @property
+    def spliced(self) -> bool:
+        """True when the bytes went through the kernel (splice)."""
+        return self.mode is RelayMode.SPLICE
 
     @property
     def duration(self) -> float:
@@ -192,29 +206,28 @@ def _is_loopback(sock: socket.socket) -> bool:
     return isinstance(host, str) and (host.startswith("127.") or host in ("::1", "::ffff:127.0.0.1"))
 
 
-def choose_mode(a: socket.socket | None, b: socket.socket | None) -> str:
-    """``"splice"``, ``"copy"`` (socket fast paths) or ``"stream"`` for this pair of ends."""
+def choose_mode(a: socket.socket | None, b: socket.socket | None) -> RelayMode:
+    """`RelayMode.SPLICE`, `RelayMode.COPY` (socket fast paths) or `RelayMode.STREAM` for this pair."""
     if a is None or b is None:
-        return "stream"
+        return RelayMode.STREAM
     loop = asyncio.get_running_loop()
     if not hasattr(loop, "add_reader") or sys.platform == "win32":
-        return "stream"
+        return RelayMode.STREAM
     if FORCED_MODE in ("splice", "copy"):
-        return "splice" if FORCED_MODE == "splice" and HAVE_SPLICE else "copy"
+        return RelayMode.SPLICE if FORCED_MODE == "splice" and HAVE_SPLICE else RelayMode.COPY
     if HAVE_SPLICE and not (_is_loopback(a) and _is_loopback(b)):
-        return "splice"
-    return "copy"
+        return RelayMode.SPLICE
+    return RelayMode.COPY
 
 
 async def _pump(src: End, dst: End, stats: RelayStats, *, forward: bool) -> None:
     src_sock, dst_sock = src.socket, dst.socket
     try:
-        mode = choose_mode(src_sock, dst_sock)
-        if mode == "splice":
+        mode = stats.mode = choose_mode(src_sock, dst_sock)
+        if mode is RelayMode.SPLICE:
             assert src_sock is not None and dst_sock is not None
-            stats.spliced = True
             await _splice_pump(src_sock, dst_sock, stats, forward)
-        elif mode == "copy":
+        elif mode is RelayMode.COPY:
             assert src_sock is not None and dst_sock is not None
             await _socket_copy_pump(src_sock, dst_sock, stats, forward)
         else:

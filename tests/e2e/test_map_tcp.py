@@ -34,7 +34,7 @@ def relay_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     return mode
 
 
-async def test_64mib_both_directions_at_once(pierce) -> None:
+async def test_64mib_both_directions_at_once(pierce, relay_mode: str) -> None:
     size = 64 * MiB
     down = payload(size, 1)
     up = payload(size, 2)
@@ -52,9 +52,10 @@ async def test_64mib_both_directions_at_once(pierce) -> None:
     assert closed["down_bytes"] == size
     assert closed["duration_s"] > 0
     assert "error" not in closed
+    assert closed["mode"] == relay_mode  # the forced fast path is the one that ran
 
 
-async def test_half_close_client_still_gets_whole_reply(pierce) -> None:
+async def test_half_close_client_still_gets_whole_reply(pierce, relay_mode: str) -> None:
     request = payload(3 * MiB + 17, 3)
 
     async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -74,9 +75,11 @@ async def test_half_close_client_still_gets_whole_reply(pierce) -> None:
         writer.close()
 
     assert reply == hashlib.sha256(request).digest() * (5 * MiB // 32)
+    (closed,) = await proc.wait_event("tcp.close")
+    assert (closed["up_bytes"], closed["mode"]) == (len(request), relay_mode)
 
 
-async def test_200_concurrent_connections(pierce) -> None:
+async def test_200_concurrent_connections(pierce, relay_mode: str) -> None:
     async with tcp_server(echo) as addr:
         proc = await pierce("map", "127.0.0.1:0", addr)
         (listen,) = await proc.listening()
@@ -94,6 +97,7 @@ async def test_200_concurrent_connections(pierce) -> None:
     assert all(results), f"{results.count(False)} of 200 connections returned wrong bytes"
     closes = await proc.wait_event("tcp.close", count=200)
     assert all("error" not in e for e in closes)
+    assert {e["mode"] for e in closes} == {relay_mode}
 
 
 async def test_target_refused_is_logged_and_rule_stays_up(pierce) -> None:
@@ -140,7 +144,7 @@ async def test_target_connect_timeout(pierce) -> None:
         full.close()
 
 
-async def test_no_fd_left_behind_when_either_side_vanishes(pierce) -> None:
+async def test_no_fd_left_behind_when_either_side_vanishes(pierce, relay_mode: str) -> None:
     target_writers: list[asyncio.StreamWriter] = []
     target_seen = asyncio.Queue[asyncio.StreamWriter]()
 
@@ -175,7 +179,8 @@ async def test_no_fd_left_behind_when_either_side_vanishes(pierce) -> None:
                 ts = target_writer.get_extra_info("socket")
                 ts.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 target_writer.transport.abort()
-        await proc.wait_event("tcp.close", count=30)
+        closes = await proc.wait_event("tcp.close", count=30)
+        assert {e["mode"] for e in closes} == {relay_mode}
         assert proc.fd_count() == baseline
         for _, writer, _ in clients:
             writer.close()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from pathlib import Path
 from typing import Any
 
 from support.procs import host_port
+from support.tunnel import write_toml
 
 
 class Collector(asyncio.DatagramProtocol):
@@ -24,16 +27,20 @@ class Collector(asyncio.DatagramProtocol):
 
 
 class EchoServer(Collector):
-    """Echoes each datagram back and remembers which addresses it saw."""
+    """Echoes each datagram back (or, with ``echo`` off, queues it) and remembers the addresses it saw."""
 
     def __init__(self) -> None:
         super().__init__()
         self.peers: set[Any] = set()
+        self.echo = True
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.peers.add(addr)
         assert self.transport is not None
-        self.transport.sendto(data, addr)
+        if self.echo:
+            self.transport.sendto(data, addr)
+        else:
+            self.queue.put_nowait((data, addr))
 
 
 async def udp_echo() -> tuple[asyncio.DatagramTransport, EchoServer, str]:
@@ -124,21 +131,79 @@ async def test_idle_session_expires_and_a_new_one_starts(pierce) -> None:
         server_transport.close()
 
 
-async def test_replies_keep_flowing_while_session_is_active(pierce) -> None:
-    server_transport, _, target = await udp_echo()
+#: Idle timeout of the session-refresh tests, and the gap between their datagrams: well under one
+#: timeout (so a refreshed session never expires, even on a loaded machine), while the whole exchange
+#: lasts several timeouts (so a session that is not refreshed must expire during it).
+IDLE = 0.8
+GAP = IDLE / 4
+ROUNDS = 16  # 16 x 0.2 s = 4 idle timeouts
+
+
+async def map_udp_rule(pierce, tmp_path: Path, target: str):
+    """``pierce map -c`` with one UDP rule with the short ``IDLE`` timeout; the process and its address."""
+    conf = write_toml(
+        tmp_path / "map.toml",
+        {"rules": [{"listen": "127.0.0.1:0", "target": target, "protocol": "udp", "idle_timeout": IDLE}]},
+    )
+    proc = await pierce("map", "-c", str(conf))
+    (listen,) = await proc.listening()
+    return proc, listen
+
+
+async def test_replies_keep_flowing_while_session_is_active(pierce, tmp_path: Path) -> None:
+    server_transport, server, target = await udp_echo()
     try:
-        proc = await pierce("map", "--udp", "--idle-timeout", "0.5", "127.0.0.1:0", target)
-        (listen,) = await proc.listening()
+        proc, listen = await map_udp_rule(pierce, tmp_path, target)
         transport, proto = await udp_client(listen)
         try:
-            # Each exchange refreshes the idle timer: however long this takes, there is one session.
-            for i in range(20):
+            # Each exchange refreshes the idle timer: the exchanges span several idle timeouts, each gap
+            # is well under one, so there is one session throughout.
+            started = time.monotonic()
+            for i in range(ROUNDS):
+                await asyncio.sleep(GAP)  # spacing the traffic is the point here, not synchronisation
                 transport.sendto(b"%d" % i)
                 async with asyncio.timeout(10):
                     assert (await proto.queue.get())[0] == b"%d" % i
+            assert time.monotonic() - started >= 3 * IDLE
         finally:
             transport.close()
+        assert proc.matching("udp.close") == []
         assert len(proc.matching("udp.open")) == 1
+        assert len(server.peers) == 1
+    finally:
+        server_transport.close()
+
+
+async def test_traffic_either_way_alone_keeps_the_session(pierce, tmp_path: Path) -> None:
+    """Datagrams only from the client, then only from the target: each direction refreshes the timer."""
+    server_transport, server, target = await udp_echo()
+    try:
+        proc, listen = await map_udp_rule(pierce, tmp_path, target)
+        transport, proto = await udp_client(listen)
+        try:
+            transport.sendto(b"hello")
+            async with asyncio.timeout(10):
+                assert (await proto.queue.get())[0] == b"hello"
+            (upstream,) = server.peers
+            server.echo = False
+            started = time.monotonic()
+            for i in range(ROUNDS):  # client -> target only
+                await asyncio.sleep(GAP)
+                transport.sendto(b"up %d" % i)
+                async with asyncio.timeout(10):
+                    assert (await server.queue.get())[0] == b"up %d" % i
+            for i in range(ROUNDS):  # target -> client only, to the session's upstream socket
+                await asyncio.sleep(GAP)
+                assert server.transport is not None
+                server.transport.sendto(b"down %d" % i, upstream)
+                async with asyncio.timeout(10):
+                    assert (await proto.queue.get())[0] == b"down %d" % i
+            assert time.monotonic() - started >= 6 * IDLE
+        finally:
+            transport.close()
+        assert proc.matching("udp.close") == []
+        assert len(proc.matching("udp.open")) == 1
+        assert server.peers == {upstream}
     finally:
         server_transport.close()
 

@@ -3,12 +3,13 @@
 Prints ``READY <port>`` once listening, then JSON lines on stdout, one per connection when accepted,
 ``{"event": "accepted", "peer": [ip, port]}``, and one when the client's stream has ended and everything
 was echoed (the server then shuts down its write side and closes):
-``{"event": "closed", "peer": [ip, port], "bytes": n}``.
+``{"event": "closed", "peer": [ip, port], "bytes": n, "sha256": hex digest of the bytes}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import socket
 import threading
@@ -23,12 +24,14 @@ def emit(doc: dict[str, object]) -> None:
 
 def serve(conn: socket.socket, peer: tuple[str, int]) -> None:
     total = 0
+    digest = hashlib.sha256()
     with conn:
         while data := conn.recv(65536):
             conn.sendall(data)
             total += len(data)
+            digest.update(data)
         conn.shutdown(socket.SHUT_WR)
-    emit({"event": "closed", "peer": list(peer), "bytes": total})
+    emit({"event": "closed", "peer": list(peer), "bytes": total, "sha256": digest.hexdigest()})
 
 
 def main() -> None:

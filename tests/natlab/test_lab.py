@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ def build(lab: Lab, mode: NatMode = "masquerade", hairpin: bool = False) -> NatN
     return NatNet(router, public["server"], public["peer"], private["l1"], private["l2"])
 
 
+def sha(data: bytes) -> tuple[int, str]:
+    """(size, SHA-256 hex) as tcp_client.py reports what it received."""
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
 def udp_send(host: Host, *targets: str, bind: str = "0.0.0.0:0") -> list[dict[str, Any]]:
     return host.run_helper("udp_client.py", *targets, "--bind", bind)
 
@@ -67,7 +73,7 @@ def test_masquerade_rewrites_source_to_wan_address_tcp(lab: Lab) -> None:
     port = echo.ready_port()
     [result] = net.l1.run_helper("tcp_client.py", f"{SERVER_IP}:{port}", "--hex", b"through the nat".hex())
     assert result["result"] == "ok", result
-    assert result["received"] == len(b"through the nat")
+    assert (result["received"], result["sha256"]) == sha(b"through the nat"), result
     accepted = echo.expect_json(event="accepted")
     assert accepted["peer"][0] == WAN_IP
     assert result["local"][0] == L1_IP
@@ -159,13 +165,13 @@ def test_hairpin_port_forward(lab: Lab, hairpin: bool) -> None:
     net.router.forward("udp", 8001, L2_IP, 7001)
 
     [outside] = net.peer.run_helper("tcp_client.py", f"{WAN_IP}:8000", "--hex", "00ff")
-    assert outside["result"] == "ok" and outside["received"] == 2, outside
+    assert outside["result"] == "ok" and (outside["received"], outside["sha256"]) == sha(b"\x00\xff"), outside
     assert tcp_echo.expect_json(event="accepted")["peer"][0] == PEER_IP
 
     [tcp_in] = net.l1.run_helper("tcp_client.py", f"{WAN_IP}:8000", "--hex", "00ff")
     [udp_in] = udp_send(net.l1, f"{WAN_IP}:8001")
     if hairpin:
-        assert tcp_in["result"] == "ok" and tcp_in["received"] == 2, tcp_in
+        assert tcp_in["result"] == "ok" and (tcp_in["received"], tcp_in["sha256"]) == sha(b"\x00\xff"), tcp_in
         assert tcp_echo.expect_json(event="accepted")["peer"][0] == WAN_IP
         assert udp_in["result"] == "reply" and udp_in["from"] == [WAN_IP, 8001], udp_in
         assert udp_echo.expect_json(event="datagram")["peer"][0] == WAN_IP

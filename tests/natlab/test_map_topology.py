@@ -137,7 +137,8 @@ def test_tcp_echo_half_close_and_allow_list(topo: Topology, tmp_path: Path) -> N
     assert result["result"] == "ok" and result["send_error"] is None, result
     assert received_path.read_bytes() == sent
     assert echo.expect_json(event="accepted")["peer"][0] == B_C_IP
-    assert echo.expect_json(event="closed")["bytes"] == len(sent)
+    closed_echo = echo.expect_json(event="closed")
+    assert (closed_echo["bytes"], closed_echo["sha256"]) == (len(sent), hashlib.sha256(sent).hexdigest())
     closed = mapper.expect_json("stderr", event="tcp.close", rule="echo")
     assert (closed["up_bytes"], closed["down_bytes"]) == (len(sent), len(sent))
 

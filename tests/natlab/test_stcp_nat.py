@@ -121,7 +121,8 @@ def test_stcp_visitor_across_two_nats(lab: Lab, tmp_path: Path) -> None:
     )
     assert result["result"] == "ok" and result["send_error"] is None, result
     assert result["received"] == size and result["sha256"] == hashlib.sha256(sent).hexdigest(), result
-    assert echo.expect_json(event="closed")["bytes"] == size
+    closed_echo = echo.expect_json(event="closed")
+    assert (closed_echo["bytes"], closed_echo["sha256"]) == (size, hashlib.sha256(sent).hexdigest())
     opened = event(pierce_server, "proxy.open", proxy="home-echo")
     assert opened["client"].startswith(f"{LAPTOP_ROUTER_WAN}:") and opened["visitor_id"] == "laptop", opened
     closed = event(pierce_server, "proxy.close", proxy="home-echo")
@@ -153,5 +154,6 @@ def test_stcp_visitor_across_two_nats(lab: Lab, tmp_path: Path) -> None:
     # The good visitor is unaffected.
     [again] = laptop.run_helper("tcp_client.py", f"127.0.0.1:{VISIT_PORT}", "--hex", "00ff" * 512)
     assert again["result"] == "ok" and again["received"] == 1024, again
+    assert again["sha256"] == hashlib.sha256(b"\x00\xff" * 512).hexdigest(), again
     assert pierce_server.popen.poll() is None and pierce_owner.popen.poll() is None
     assert visitor.popen.poll() is None

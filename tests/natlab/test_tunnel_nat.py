@@ -44,8 +44,9 @@ def event(proc: Proc, name: str, timeout: float = 10.0, **fields: Any) -> dict[s
     return proc.expect_json("stderr", timeout=timeout, event=name, **fields)
 
 
-def visit(visitor: Host, tmp_path: Path, tag: str, size: int) -> None:
-    """Random bytes through the public port to the NAS echo: sent, half-closed, echoed back, SHA-256 equal."""
+def visit(visitor: Host, tmp_path: Path, tag: str, size: int) -> str:
+    """Random bytes through the public port to the NAS echo: sent, half-closed, echoed back, SHA-256 equal.
+    Returns the SHA-256 (hex) of the bytes sent."""
     sent_path, received_path = tmp_path / f"{tag}-sent.bin", tmp_path / f"{tag}-received.bin"
     sent = os.urandom(size)
     sent_path.write_bytes(sent)
@@ -55,6 +56,7 @@ def visit(visitor: Host, tmp_path: Path, tag: str, size: int) -> None:
     assert result["result"] == "ok" and result["send_error"] is None, result
     assert result["received"] == size and result["sha256"] == hashlib.sha256(sent).hexdigest(), result
     assert received_path.read_bytes() == sent
+    return hashlib.sha256(sent).hexdigest()
 
 
 def test_tunnel_through_masquerade_survives_a_cut_link(lab: Lab, tmp_path: Path) -> None:
@@ -114,9 +116,10 @@ def test_tunnel_through_masquerade_survives_a_cut_link(lab: Lab, tmp_path: Path)
     assert direct["result"] == "error" and direct["stage"] == "connect", direct
 
     size = 1024 * 1024 + 7
-    visit(visitor, tmp_path, "before", size)
+    digest = visit(visitor, tmp_path, "before", size)
     assert echo.expect_json(event="accepted")["peer"][0] == CLIENT_IP
-    assert echo.expect_json(event="closed")["bytes"] == size
+    closed_echo = echo.expect_json(event="closed")
+    assert (closed_echo["bytes"], closed_echo["sha256"]) == (size, digest), closed_echo
     opened = event(pierce_server, "proxy.open", proxy="nas-echo")
     assert opened["client"].startswith(f"{VISITOR_IP}:"), opened
     closed = event(pierce_server, "proxy.close", proxy="nas-echo")
@@ -140,9 +143,10 @@ def test_tunnel_through_masquerade_survives_a_cut_link(lab: Lab, tmp_path: Path)
     assert event(pierce_server, "client.login", client_id="lan-box")["peer"].startswith(f"{ROUTER_WAN_IP}:")
     assert event(pierce_server, "proxy.ready", proxy="nas-echo")["remote_port"] == PUBLIC_PORT
 
-    visit(visitor, tmp_path, "after", size)
+    digest = visit(visitor, tmp_path, "after", size)
     assert echo.expect_json(event="accepted")["peer"][0] == CLIENT_IP
-    assert echo.expect_json(event="closed")["bytes"] == size
+    closed_echo = echo.expect_json(event="closed")
+    assert (closed_echo["bytes"], closed_echo["sha256"]) == (size, digest), closed_echo
     closed = event(pierce_server, "proxy.close", proxy="nas-echo")
     assert (closed["up_bytes"], closed["down_bytes"]) == (size, size), closed
     assert pierce_server.popen.poll() is None and pierce_client.popen.poll() is None

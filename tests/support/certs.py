@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import ssl
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -41,23 +44,46 @@ def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
     return crt, pem
 
 
+@dataclass
+class TlsService:
+    """A running `tls_service`: its port, its certificate, and what each connection sent it."""
+
+    port: int
+    cert: Path
+    #: One running SHA-256 per accepted connection, in order, over the bytes that arrived decrypted.
+    received: list[Any] = field(default_factory=list)
+
+    def digests(self) -> list[tuple[str, int]]:
+        """(sha256 hex, size) of what each connection has sent so far."""
+        return [(h.hexdigest(), n) for h, n in ((r["sha256"], r["size"]) for r in self.received)]
+
+
 @contextlib.asynccontextmanager
-async def tls_service(directory: Path, name: str) -> AsyncIterator[int]:
-    """A TLS server with a certificate for ``name`` answering one line: ``name``. Yields its port."""
+async def tls_service(directory: Path, name: str) -> AsyncIterator[TlsService]:
+    """A TLS server with a certificate for ``name``: it sends one line, ``name``, then echoes every byte
+    it receives, hashing it first (`TlsService.digests`), until the peer closes."""
     crt, key = self_signed(directory, name)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(crt, key)
+    service = TlsService(0, crt)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen: dict[str, Any] = {"sha256": hashlib.sha256(), "size": 0}
+        service.received.append(seen)
         with contextlib.suppress(Exception):
             writer.write(f"{name}\n".encode())
             await writer.drain()
-            await reader.read(1024)
+            while data := await reader.read(256 * 1024):
+                seen["sha256"].update(data)
+                seen["size"] += len(data)
+                writer.write(data)
+                await writer.drain()
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
+    service.port = int(server.sockets[0].getsockname()[1])
     try:
-        yield int(server.sockets[0].getsockname()[1])
+        yield service
     finally:
         server.close()
         with contextlib.suppress(Exception):

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from pierce import relay as relay_mod
-from pierce.relay import RelayStats, SocketEnd, StreamEnd, relay
+from pierce.relay import RelayMode, RelayStats, SocketEnd, StreamEnd, relay
 
 
 async def tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -75,6 +75,7 @@ async def test_socket_modes_move_exact_bytes_with_half_close(socket_mode: str) -
     assert hashlib.sha256(got_at_a).digest() == hashlib.sha256(b_data).digest()
     assert (stats.a_to_b, stats.b_to_a) == (len(a_data), len(b_data))
     assert stats.error is None
+    assert stats.mode is RelayMode(socket_mode)
     assert stats.spliced == (socket_mode == "splice")
     assert inner_a.fileno() == -1 and inner_b.fileno() == -1  # both ends closed
     outer_a.close()
@@ -94,6 +95,7 @@ async def test_stream_ends_move_exact_bytes_with_half_close() -> None:
     assert got_at_b == a_data
     assert got_at_a == b_data
     assert (stats.a_to_b, stats.b_to_a) == (len(a_data), len(b_data))
+    assert stats.mode is RelayMode.STREAM
     assert not stats.spliced
     outer_a.close()
     outer_b.close()
@@ -108,6 +110,7 @@ async def test_reset_ends_relay_with_error_and_closes_both(socket_mode: str) -> 
     outer_b.close()  # RST
     stats = await asyncio.wait_for(task, 10)
     assert stats.error is not None
+    assert stats.mode is RelayMode(socket_mode)
     assert inner_a.fileno() == -1 and inner_b.fileno() == -1
     outer_a.close()
 

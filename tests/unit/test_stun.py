@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import re
 import socket
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from pierce import config
 from pierce.cli import build_parser, nat_server_from_args
-from pierce.errors import ConfigError
+from pierce.errors import ConfigError, LocalError
 from pierce.nat import stun
 from pierce.nat.classify import P2P, Behaviour, Observations, Outcome, classify
 from pierce.nat.discover import stun_server
@@ -281,15 +282,30 @@ def test_padding_is_not_echoed() -> None:
     assert len(big.data) == len(bare.data) <= 100
 
 
+def start_stun_on_free_ports(attempts: int = 20) -> tuple[StunServer, int]:
+    """A started StunServer on 127.0.0.1, ports P and P + 1 both free. Another process may take either
+    between the probe and the bind, so an address in use means: try other ports, a bounded number of
+    times. Any other failure is a failure."""
+    for _ in range(attempts):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port >= 65535:
+            continue
+        server = StunServer("127.0.0.1", port)
+        try:
+            server.start()
+        except LocalError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+                continue
+            raise
+        return server, port
+    pytest.fail(f"no two free consecutive UDP ports on 127.0.0.1 after {attempts} attempts")
+
+
 async def test_server_counts_garbage_and_keeps_answering() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    server = StunServer("127.0.0.1", port)
-    try:
-        server.start()
-    except Exception as exc:  # the next port may be taken
-        pytest.skip(f"ports {port}/{port + 1}: {exc}")
+    server, port = start_stun_on_free_ports()
     loop = asyncio.get_running_loop()
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
