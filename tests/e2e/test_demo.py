@@ -62,7 +62,7 @@ async def test_demo_panel_serves_visitors_and_stops_on_sigint(pierce) -> None:
     response = await fetch_page(port)
     assert response.startswith(b"HTTP/1.1 200") and b"It works." in response
     # The visit went through the tunnel: the server's proxy saw it open and close.
-    await demo.wait_event("proxy.close", count=4)  # the demo's own self-check and ours, on both sides
+    await demo.wait_event("proxy.conn_close", count=4)  # the demo's own self-check and ours, on both sides
 
     demo.proc.send_signal(signal.SIGINT)
     assert await demo.wait_exit() == 0

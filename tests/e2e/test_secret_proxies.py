@@ -120,9 +120,9 @@ async def test_stcp_64mib_both_ways_with_half_close_and_no_public_port(
         got_up = await service_got
     assert got_up == (hashlib.sha256(up).hexdigest(), size)
     assert got_down == (hashlib.sha256(down).hexdigest(), size)
-    (opened,) = await server.wait_event("proxy.open")
+    (opened,) = await server.wait_event("proxy.conn_open")
     assert (opened["proxy"], opened["visitor_id"], opened["type"]) == ("files", "laptop", "stcp")
-    for proc, name in ((server, "proxy.close"), (owner, "proxy.close"), (visitor, "visitor.close")):
+    for proc, name in ((server, "proxy.conn_close"), (owner, "proxy.conn_close"), (visitor, "visitor.close")):
         (closed,) = await proc.wait_event(name)
         assert (closed["up_bytes"], closed["down_bytes"]) == (size, size), (name, closed)
         assert "error" not in closed
@@ -236,6 +236,6 @@ async def test_sudp_round_trips_of_several_sizes(pierce, tmp_path: Path) -> None
         opened = await owner.wait_event("udp.open", lambda e: e.get("proxy") == "dns", count=3)
         assert len({e["client"] for e in opened}) == 3
         assert len(visitor.matching("visitor.open")) == 1
-        assert len(owner.matching("proxy.open")) == 1
+        assert len(owner.matching("proxy.conn_open")) == 1
     finally:
         echo_transport.close()

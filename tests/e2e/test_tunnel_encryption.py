@@ -100,7 +100,7 @@ async def test_encrypt_data_hides_the_payload_on_the_wire(pierce, tmp_path: Path
             # The visitor's bytes go server -> client over a work connection, the echo comes back.
             got = await duplex_visit("127.0.0.1", int(ready["remote_port"]), data)
             assert got == (hashlib.sha256(data).hexdigest(), len(data))  # end to end, byte for byte
-            (closed,) = await server.wait_event("proxy.close")
+            (closed,) = await server.wait_event("proxy.conn_close")
             assert (closed["up_bytes"], closed["down_bytes"]) == (len(data), len(data))
 
             # All of it crossed the recorded wire, both ways.

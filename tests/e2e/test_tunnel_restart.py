@@ -78,7 +78,7 @@ async def test_server_killed_mid_transfer_client_returns_after_restart(pierce, t
         reader, writer = await asyncio.open_connection("127.0.0.1", public)
         writer.write(b"stream\n")
         head = await reader.readexactly(MiB)
-        await server.wait_event("proxy.open")
+        await server.wait_event("proxy.conn_open")
         server.proc.send_signal(signal.SIGKILL)
         assert await server.wait_exit() == -signal.SIGKILL
         rest, ending = await read_until_end(reader)
@@ -120,6 +120,6 @@ async def test_server_killed_mid_transfer_client_returns_after_restart(pierce, t
         await sending
         writer.close()
     assert got == (hashlib.sha256(data).hexdigest(), len(data))
-    (closed,) = await restarted.wait_event("proxy.close")
+    (closed,) = await restarted.wait_event("proxy.conn_close")
     assert (closed["up_bytes"], closed["down_bytes"]) == (len(data) + len(b"echo\n"), len(data))
     assert client.proc.returncode is None

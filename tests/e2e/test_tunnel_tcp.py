@@ -66,7 +66,7 @@ async def test_64mib_both_ways_with_half_close(pierce, tmp_path: Path, encrypt: 
         got_up = await server_got
     assert got_up == (hashlib.sha256(up).hexdigest(), size)
     assert got_down == (hashlib.sha256(down).hexdigest(), size)
-    (closed,) = await server.wait_event("proxy.close")
+    (closed,) = await server.wait_event("proxy.conn_close")
     assert (closed["up_bytes"], closed["down_bytes"]) == (size, size)
 
 
@@ -120,8 +120,8 @@ async def test_tls_work_connections_are_reused_after_clean_visits(pierce, tmp_pa
         await reset_midway()
         for i in range(10, 20):
             await visit(i)
-        opened = await server.wait_event("proxy.open", count=21)
-        closed = await server.wait_event("proxy.close", count=21)
+        opened = await server.wait_event("proxy.conn_open", count=21)
+        closed = await server.wait_event("proxy.conn_close", count=21)
     serials = [e["work_conn"] for e in opened]
     assert len(set(serials)) <= 8, serials  # pool_count 4 (+ refills), not one per visitor
     assert sum(1 for e in closed if e.get("error")) == 1

@@ -346,5 +346,5 @@ async def test_backend_streams_end_cleanly_when_browsers_leave(pierce, tmp_path:
         await ready(client, "nas")
         for i in range(3):
             assert (await get_json(NAS, port, f"/visit/{i}"))["service"] == "nas"
-        closed = await client.wait_event("proxy.close", lambda e: e.get("proxy") == "nas", count=3)
+        closed = await client.wait_event("proxy.conn_close", lambda e: e.get("proxy") == "nas", count=3)
     assert [e.get("error") for e in closed] == [None, None, None]

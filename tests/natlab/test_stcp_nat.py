@@ -123,11 +123,11 @@ def test_stcp_visitor_across_two_nats(lab: Lab, tmp_path: Path) -> None:
     assert result["received"] == size and result["sha256"] == hashlib.sha256(sent).hexdigest(), result
     closed_echo = echo.expect_json(event="closed")
     assert (closed_echo["bytes"], closed_echo["sha256"]) == (size, hashlib.sha256(sent).hexdigest())
-    opened = event(pierce_server, "proxy.open", proxy="home-echo")
-    assert opened["client"].startswith(f"{LAPTOP_ROUTER_WAN}:") and opened["visitor_id"] == "laptop", opened
-    closed = event(pierce_server, "proxy.close", proxy="home-echo")
+    opened = event(pierce_server, "proxy.conn_open", proxy="home-echo")
+    assert opened["visitor"].startswith(f"{LAPTOP_ROUTER_WAN}:") and opened["visitor_id"] == "laptop", opened
+    closed = event(pierce_server, "proxy.conn_close", proxy="home-echo")
     assert (closed["up_bytes"], closed["down_bytes"]) == (size, size), closed
-    closed = event(pierce_owner, "proxy.close", proxy="home-echo")
+    closed = event(pierce_owner, "proxy.conn_close", proxy="home-echo")
     assert (closed["up_bytes"], closed["down_bytes"]) == (size, size), closed
 
     # A wrong secret: refused at start (exit status 1, no port), and the owner logs who tried.

@@ -120,9 +120,9 @@ def test_tunnel_through_masquerade_survives_a_cut_link(lab: Lab, tmp_path: Path)
     assert echo.expect_json(event="accepted")["peer"][0] == CLIENT_IP
     closed_echo = echo.expect_json(event="closed")
     assert (closed_echo["bytes"], closed_echo["sha256"]) == (size, digest), closed_echo
-    opened = event(pierce_server, "proxy.open", proxy="nas-echo")
-    assert opened["client"].startswith(f"{VISITOR_IP}:"), opened
-    closed = event(pierce_server, "proxy.close", proxy="nas-echo")
+    opened = event(pierce_server, "proxy.conn_open", proxy="nas-echo")
+    assert opened["visitor"].startswith(f"{VISITOR_IP}:"), opened
+    closed = event(pierce_server, "proxy.conn_close", proxy="nas-echo")
     assert (closed["up_bytes"], closed["down_bytes"]) == (size, size), closed
 
     # Cut: the router forwards nothing. Both ends notice through their heartbeats; the server frees the port.
@@ -147,6 +147,6 @@ def test_tunnel_through_masquerade_survives_a_cut_link(lab: Lab, tmp_path: Path)
     assert echo.expect_json(event="accepted")["peer"][0] == CLIENT_IP
     closed_echo = echo.expect_json(event="closed")
     assert (closed_echo["bytes"], closed_echo["sha256"]) == (size, digest), closed_echo
-    closed = event(pierce_server, "proxy.close", proxy="nas-echo")
+    closed = event(pierce_server, "proxy.conn_close", proxy="nas-echo")
     assert (closed["up_bytes"], closed["down_bytes"]) == (size, size), closed
     assert pierce_server.popen.poll() is None and pierce_client.popen.poll() is None
