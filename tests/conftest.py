@@ -3,6 +3,10 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 
+# Every event logged in tests (here and in the pierce processes they start) must be in the catalogue;
+# set before anything imports pierce.logs.
+os.environ["PIERCE_STRICT_EVENTS"] = "1"
+
 import pytest
 from support.procs import PierceProcess
 

@@ -17,13 +17,14 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, ClassVar, TypeGuard, TypeVar
 
 import msgspec
 
 from pierce.addr import HostPort, Network, parse_host_port, parse_network
 from pierce.domains import InvalidDomain, normalize_domain
 from pierce.errors import ConfigError, InvalidValue, KeyPath, format_key_path
+from pierce.protocol import SecretKind
 from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
 from pierce.proxies.base import masked_repr
 from pierce.proxies.registry import ProxyConfig
@@ -268,9 +269,13 @@ class _VisitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class StcpVisitorConfig(_VisitorConfig, tag="stcp", tag_field="type"):
     """``[[visitors]] type = "stcp"``: a local port whose connections reach a secret TCP proxy."""
 
+    secret_kind: ClassVar[SecretKind] = SecretKind.STCP
+
 
 class SudpVisitorConfig(_VisitorConfig, tag="sudp", tag_field="type"):
     """``[[visitors]] type = "sudp"``: a local UDP port whose datagrams reach a secret UDP proxy."""
+
+    secret_kind: ClassVar[SecretKind] = SecretKind.SUDP
 
 
 VisitorConfig = StcpVisitorConfig | SudpVisitorConfig

@@ -1,13 +1,19 @@
-"""Logging set-up: a rich console handler for people, JSON lines for machines.
+"""Logging set-up, and the one vocabulary of log events.
 
 Code logs through :func:`event`, which attaches a stable event name and typed fields to the record.
 The console shows the message; ``--json-logs`` writes one JSON object per line with every field, so
 tests and log shippers read ``{"event": "tcp.close", "up_bytes": ...}`` instead of parsing prose.
+
+`EVENTS` is the catalogue: every event name with the fields it may carry, and `FIELDS` says what each
+field name means, one name per meaning (the address of a proxy's visitor is always ``visitor``, a map
+rule's peer always ``client``). With ``PIERCE_STRICT_EVENTS=1`` in the environment (the test suite sets
+it) an event outside the catalogue raises, so the vocabulary cannot drift.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -15,6 +21,178 @@ from typing import Any
 import msgspec
 
 _JSON = msgspec.json.Encoder()
+
+#: What each field name means. Addresses are ``host:port`` text.
+FIELDS: dict[str, str] = {
+    # who and where
+    "peer": "address a client's connection to the server comes from (as the server sees it)",
+    "visitor": "address of a visitor of a proxy or a shared front (as the server or owner sees it)",
+    "client": "address of a connection to a map rule (pierce map)",
+    "app": "address of a local application using a visitor (pierce visit)",
+    "target": "where the bytes go: a service host:port, or 'client <id>' on the server",
+    "listen": "address a listener is bound to",
+    "server": "the server a client logs in to, host:port",
+    "client_id": "id a client logged in with",
+    "visitor_id": "client id a visitor logged in with",
+    "visitor_name": "name of a [[visitors]] entry (the visiting side)",
+    "proxy": "proxy name",
+    "rule": "map rule name",
+    "run_id": "id of a client's control session",
+    "work_conn": "number of a work connection within its client session (repeats show reuse)",
+    "front": "shared front: http, https or tcpmux",
+    "server_name": "name a visitor asked for (TLS SNI, HTTP CONNECT host)",
+    "type": "proxy type (tcp, udp, http, https, stcp, sudp, ...)",
+    "role": "what a new connection to the server is for: control, work, visitor",
+    "port": "a port number",
+    "ports": "port numbers",
+    "remote_port": "the public port of a proxy",
+    "urls": "where visitors reach a proxy",
+    "url": "a URL",
+    "addresses": "bound addresses",
+    "alt_addr": "second address of the STUN responder",
+    "protocol": "tcp or udp",
+    "fingerprint": "SHA-256 fingerprint of the server certificate",
+    "generated": "the certificate was generated now",
+    # outcome
+    "code": "machine-readable reason (an ErrorCode value, or a refusal code of a front)",
+    "reason": "human-readable reason",
+    "error": "what went wrong",
+    "status": "HTTP status",
+    "method": "HTTP method",
+    "host": "HTTP Host",
+    # counters
+    "up_bytes": "bytes towards the service (visitor -> service, client -> target)",
+    "down_bytes": "bytes back towards the visitor",
+    "up_packets": "datagrams towards the service",
+    "down_packets": "datagrams back",
+    "duration_s": "seconds the connection lasted",
+    "mode": "how the relay moved the bytes: splice, copy or stream",
+    "dropped": "datagrams dropped so far",
+    "delay_s": "seconds until the next attempt",
+    # ACME
+    "account": "ACME account URL",
+    "directory": "ACME directory URL",
+    "names": "domain names of a certificate",
+    "kind": "what failed",
+    "failures": "failures in a row",
+    "retry_in_s": "seconds until the next attempt",
+    "serving": "a certificate is being served meanwhile",
+    "not_after": "certificate expiry (Unix time)",
+    "path": "a file",
+    "replaced": "an older certificate was replaced",
+    "seconds": "seconds taken",
+    "serial": "certificate serial number",
+    "lifetime_s": "certificate lifetime in seconds",
+    "renew_before_s": "seconds before expiry a renewal starts",
+    # reloads
+    "added": "proxies added",
+    "removed": "proxies removed",
+    "changed": "proxies changed",
+}
+
+_RELAY = frozenset({"up_bytes", "down_bytes", "duration_s", "mode", "error"})
+_DATAGRAMS = frozenset({"up_bytes", "down_bytes", "up_packets", "down_packets", "duration_s", "error"})
+_DROPS = frozenset({"reason", "dropped", "proxy", "visitor", "visitor_name", "client", "rule"})
+_FLOW = frozenset({"rule", "client", "target", "proxy", "visitor", "error", "reason"}) | _DATAGRAMS
+
+#: Every event name and the fields it may carry.
+EVENTS: dict[str, frozenset[str]] = {
+    name: frozenset(fields)
+    for name, fields in {
+        # server
+        "server.listening": {"listen", "port", "fingerprint", "generated"},
+        "login.failed": {"peer", "error"},
+        "login.refused": {"peer", "client_id", "role", "error"},
+        "auth.failed": {"peer", "client_id", "role", "error"},
+        "client.login": {"client_id", "peer", "run_id"},
+        "client.replaced": {"client_id", "peer"},
+        "client.gone": {"client_id", "peer"},
+        "client.timeout": {"client_id", "peer"},
+        "client.protocol_error": {"client_id", "peer", "error"},
+        "client.error": {"client_id", "code"},
+        "stun.listening": {"addresses", "alt_addr", "ports"},
+        "stun.unavailable": {"error"},
+        "front.listening": {"front", "listen", "port"},
+        "front.refused": {"front", "visitor", "code", "reason", "server_name", "proxy"},
+        # proxies (server and owner)
+        "proxy.ready": {"client_id", "proxy", "type", "remote_port", "urls", "server"},
+        "proxy.refused": {"client_id", "proxy", "code", "reason", "error"},
+        "proxy.closed": {"client_id", "proxy", "reason"},
+        "proxy.conn_open": {"proxy", "visitor", "client_id", "target", "work_conn", "visitor_id", "type"}
+        | {"server_name"},
+        "proxy.conn_close": {"proxy", "visitor", "client_id", "target", "visitor_id", "type", "server_name"}
+        | _RELAY
+        | _DATAGRAMS,
+        "proxy.no_work_conn": {"proxy", "visitor", "client_id", "visitor_id", "type", "server_name"},
+        "proxy.work_failed": {"proxy", "visitor", "client_id", "visitor_id", "type", "server_name", "error"},
+        "proxy.local_failed": {"proxy", "visitor", "target", "error"},
+        "proxy.tls_failed": {"proxy", "visitor", "error"},
+        "proxy.plugin_failed": {"proxy", "error"},
+        "vhost.http.request": {"visitor", "proxy", "method", "host", "target", "status"},
+        "vhost.http.aborted": {"visitor", "error"},
+        "vhost.http.backend_failed": {"visitor", "proxy", "error"},
+        "vhost.http.bad_response": {"proxy", "error"},
+        "acme.account": {"account", "directory"},
+        "acme.order": {"names", "directory", "reason"},
+        "acme.issued": {"names", "not_after", "path", "replaced", "seconds", "serial"},
+        "acme.loaded": {"names", "not_after", "path", "serial"},
+        "acme.load_failed": {"path", "error"},
+        "acme.failed": {"names", "kind", "reason", "failures", "retry_in_s", "serving"},
+        "acme.renew_margin": {"names", "lifetime_s", "renew_before_s"},
+        # secret proxies
+        "visitor.accepted": {"proxy", "visitor", "visitor_id"},
+        "visitor.refused": {"proxy", "visitor", "visitor_id", "visitor_name", "code", "reason"},
+        "visitor.listening": {"visitor_name", "proxy", "type", "listen", "port"},
+        "visitor.checked": {"visitor_name", "proxy"},
+        "visitor.failed": {"visitor_name", "proxy", "error"},
+        "visitor.open": {"visitor_name", "proxy", "app"},
+        "visitor.close": {"visitor_name", "proxy", "app"} | _RELAY | _DATAGRAMS,
+        # client
+        "client.connected": {"server", "run_id"},
+        "client.disconnected": {"error"},
+        "client.login_failed": {"error"},
+        "client.retry": {"delay_s"},
+        "client.reloaded": {"added", "removed", "changed"},
+        "client.reload_failed": {"error"},
+        "client.stopping": set(),
+        "admin.listening": {"listen", "port"},
+        "work.failed": {"error"},
+        "work.unexpected": {"proxy"},
+        "work.unknown_proxy": {"proxy"},
+        # pierce map, and UDP flows everywhere
+        "map.listening": {"rule", "protocol", "listen", "target"},
+        "tcp.accept_error": {"rule", "error"},
+        "tcp.denied": {"rule", "client"},
+        "tcp.open": {"rule", "client", "target"},
+        "tcp.target_failed": {"rule", "client", "target", "error"},
+        "tcp.close": {"rule", "client", "target"} | _RELAY,
+        "udp.denied": {"rule", "client"},
+        "udp.open": _FLOW,
+        "udp.close": _FLOW,
+        "udp.target_failed": _FLOW,
+        "udp.dropped": _DROPS,
+        "udp.unknown_proxy": _DROPS,
+        "udp.too_many_flows": _DROPS,
+        # pierce demo
+        "demo.ready": {"url", "port"},
+        "demo.stopped": {"reason"},
+    }.items()
+}
+
+#: Check every event against the catalogue (tests set PIERCE_STRICT_EVENTS=1).
+STRICT_EVENTS = os.environ.get("PIERCE_STRICT_EVENTS") == "1"
+
+
+class UnknownEvent(AssertionError):
+    """An event name or field outside the catalogue (raised only with PIERCE_STRICT_EVENTS=1)."""
+
+
+def check_event(name: str, fields: dict[str, Any]) -> None:
+    allowed = EVENTS.get(name)
+    if allowed is None:
+        raise UnknownEvent(f"log event {name!r} is not in pierce.logs.EVENTS")
+    if extra := set(fields) - allowed:
+        raise UnknownEvent(f"log event {name!r} has fields outside the catalogue: {sorted(extra)}")
 
 
 class JsonFormatter(logging.Formatter):
@@ -62,6 +240,8 @@ def setup_logging(level: str = "info", *, json_logs: bool = False) -> None:
 
 def event(logger: logging.Logger, level: int, name: str, message: str, **fields: Any) -> None:
     """Log ``message`` with the stable event ``name`` and machine-readable ``fields``."""
+    if STRICT_EVENTS:
+        check_event(name, fields)
     if logger.isEnabledFor(level):
         logger.log(level, message, extra={"event": name, "fields": fields})
 
@@ -137,4 +317,21 @@ def log_conn_closed(
         target=target,
         **fields,
         **extra,
+    )
+
+
+def log_front_refused(
+    logger: logging.Logger, front: str, visitor: str, code: str, reason: str, **fields: Any
+) -> None:
+    """``front.refused``: a shared front (http, https, tcpmux) turned a visitor away before any proxy."""
+    event(
+        logger,
+        logging.INFO,
+        "front.refused",
+        f"{front}: {visitor}: {reason}",
+        front=front,
+        visitor=visitor,
+        code=code,
+        reason=reason,
+        **fields,
     )

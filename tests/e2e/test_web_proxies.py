@@ -253,7 +253,7 @@ async def test_https_routed_by_sni_without_terminating(pierce, tmp_path: Path) -
             ctx.verify_mode = ssl.CERT_NONE
             with pytest.raises((ssl.SSLError, OSError)):
                 ctx.wrap_socket(sock).do_handshake()
-        await server.wait_event("https.no_sni")
+        await server.wait_event("front.refused", lambda e: e["code"] == "no_sni" and e["front"] == "https")
 
 
 async def test_automatic_https_with_acme(pierce, tmp_path: Path) -> None:

@@ -31,12 +31,11 @@ from pierce.client.session import Dialer, ServerUnreachable
 from pierce.config import ClientConfig, StcpVisitorConfig, SudpVisitorConfig, VisitorConfig
 from pierce.errors import PierceError, RemoteError
 from pierce.listeners import TcpListener, bind_socket, set_nodelay
-from pierce.logs import event, log_relay_closed
+from pierce.logs import event, relay_summary
 from pierce.protocol import (
     MAX_HOST_LENGTH,
     Error,
     ErrorCode,
-    SecretKind,
     UdpPacket,
     UnexpectedMessage,
     Visit,
@@ -73,10 +72,6 @@ class VisitRefused(RemoteError):
         super().__init__(f"visit to proxy {proxy!r} refused: {reason}")
 
 
-def kind_of(config: VisitorConfig) -> SecretKind:
-    return SecretKind.STCP if isinstance(config, StcpVisitorConfig) else SecretKind.SUDP
-
-
 async def open_visit(dialer: Dialer, config: VisitorConfig, *, check_only: bool = False) -> StreamChannel:
     """A visitor connection the server accepted (`VisitReady` read): data may flow on it.
 
@@ -96,7 +91,7 @@ async def open_visit(dialer: Dialer, config: VisitorConfig, *, check_only: bool 
         )
         visit = Visit(
             proxy=config.server_name,
-            kind=kind_of(config),
+            kind=config.secret_kind,
             client_nonce=nonce,
             proof=proof,
             check_only=check_only,
@@ -127,7 +122,7 @@ def log_failure(config: VisitorConfig, exc: PierceError, level: int = logging.WA
             level,
             "visitor.refused",
             f"visitor {config.name}: {exc}",
-            visitor=config.name,
+            visitor_name=config.name,
             proxy=config.server_name,
             code=exc.code.value,
             reason=exc.reason,
@@ -138,7 +133,7 @@ def log_failure(config: VisitorConfig, exc: PierceError, level: int = logging.WA
             level,
             "visitor.failed",
             f"visitor {config.name} (proxy {config.server_name!r}): {exc}",
-            visitor=config.name,
+            visitor_name=config.name,
             proxy=config.server_name,
             error=str(exc),
         )
@@ -182,13 +177,21 @@ class StcpVisitor:
             logging.INFO,
             "visitor.open",
             f"visitor {cfg.name}: {app} -> proxy {cfg.server_name}",
-            visitor=cfg.name,
+            visitor_name=cfg.name,
             proxy=cfg.server_name,
-            client=app,
+            app=app,
         )
         stats = await relay(SocketEnd(conn), channel.into_end(), RelayStats(started=started))
-        log_relay_closed(
-            log, "visitor.close", cfg.name, app, f"proxy {cfg.server_name}", stats, proxy=cfg.server_name
+        text, fields = relay_summary(stats)
+        event(
+            log,
+            logging.INFO,
+            "visitor.close",
+            f"visitor {cfg.name}: {app} -> proxy {cfg.server_name} {text}",
+            visitor_name=cfg.name,
+            proxy=cfg.server_name,
+            app=app,
+            **fields,
         )
 
     async def close(self) -> None:
@@ -209,7 +212,7 @@ class SudpVisitor:
         self._task: asyncio.Task[None] | None = None
         self._pending: list[tuple[tuple[str, int], bytes]] = []
         self._retry_at = 0.0
-        self._dropped = DropCounter(log, "udp.dropped", f"visitor {config.name}", visitor=config.name)
+        self._dropped = DropCounter(log, "udp.dropped", f"visitor {config.name}", visitor_name=config.name)
 
     async def start(self) -> None:
         cfg = self.config
@@ -277,7 +280,7 @@ class SudpVisitor:
                 logging.INFO,
                 "visitor.open",
                 f"visitor {cfg.name}: datagram tunnel to proxy {cfg.server_name} open",
-                visitor=cfg.name,
+                visitor_name=cfg.name,
                 proxy=cfg.server_name,
             )
             error = ""
@@ -291,7 +294,7 @@ class SudpVisitor:
                 "visitor.close",
                 f"visitor {cfg.name}: datagram tunnel to proxy {cfg.server_name} closed"
                 + (f" ({error})" if error else ""),
-                visitor=cfg.name,
+                visitor_name=cfg.name,
                 proxy=cfg.server_name,
                 up_packets=tunnel.sent_packets,
                 up_bytes=tunnel.sent_bytes,
@@ -317,13 +320,13 @@ Visitor = StcpVisitor | SudpVisitor
 
 
 def _log_listening(config: VisitorConfig, address: str, port: int) -> None:
-    kind = kind_of(config).value
+    kind = config.secret_kind.value
     event(
         log,
         logging.INFO,
         "visitor.listening",
         f"visitor {config.name}: {kind} on {address} reaches proxy {config.server_name}",
-        visitor=config.name,
+        visitor_name=config.name,
         proxy=config.server_name,
         type=kind,
         listen=address,
@@ -351,7 +354,7 @@ class Visitors:
             logging.INFO,
             "visitor.checked",
             f"visitor {cfg.name}: proxy {cfg.server_name} accepts this visitor",
-            visitor=cfg.name,
+            visitor_name=cfg.name,
             proxy=cfg.server_name,
         )
 

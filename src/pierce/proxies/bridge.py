@@ -114,6 +114,8 @@ class Visitor(Protocol):
 
     #: The visitor's address as the server sees it.
     address: tuple[str, int]
+    #: Bytes for the service that came with the visitor's request (read before the bridge started).
+    early: bytes
 
     async def accept(self) -> End:
         """The visitor is through: its relay end (after telling it so, where the protocol says)."""
@@ -124,6 +126,8 @@ class Visitor(Protocol):
 
 class SocketVisitor:
     """A visitor's TCP connection, accepted on a public port (or handed on by a front)."""
+
+    early = b""
 
     def __init__(self, conn: socket.socket, address: tuple[str, int]) -> None:
         self.conn = conn
@@ -139,6 +143,8 @@ class SocketVisitor:
 
 class ChannelVisitor:
     """A logged-in visitor connection of a secret proxy: hears `VisitReady` or `Error`."""
+
+    early = b""
 
     def __init__(self, channel: MessageChannel, address: tuple[str, int], proxy: str) -> None:
         self.channel = channel
@@ -218,6 +224,9 @@ async def bridge(
             return
         try:
             here = await visitor.accept()
+            if visitor.early:
+                await end.write(visitor.early)
+                stats.a_to_b += len(visitor.early)
         except BaseException as exc:
             end.close()
             await _quietly(visitor.refuse(ErrorCode.INTERNAL, "closed"))

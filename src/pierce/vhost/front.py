@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from pierce.addr import HostPort, format_sockaddr
 from pierce.errors import LocalError
 from pierce.listeners import TcpListener, set_nodelay
-from pierce.logs import event
+from pierce.logs import event, log_front_refused
 from pierce.relay import SocketEnd, StreamEnd
 from pierce.vhost.http import HttpRoute, HttpSettings, serve_http
 from pierce.vhost.router import DomainRouter, RouteError
@@ -102,9 +102,9 @@ class VhostFront:
                 event(
                     log,
                     logging.INFO,
-                    "vhost.listening",
+                    "front.listening",
                     f"{kind} virtual hosts on {listener.address}",
-                    kind=kind,
+                    front=kind,
                     listen=listener.address,
                     port=listener.port,
                 )
@@ -176,25 +176,13 @@ class VhostFront:
             hello = await peek_client_hello(conn, CLIENT_HELLO_TIMEOUT)
         except (SniError, TimeoutError, OSError) as exc:
             conn.close()
-            event(
-                log,
-                logging.INFO,
-                "https.bad_hello",
-                f"{visitor}: no usable TLS ClientHello: {exc or type(exc).__name__}",
-                client=visitor,
-                error=str(exc) or type(exc).__name__,
-            )
+            reason = f"no usable TLS ClientHello: {exc or type(exc).__name__}"
+            log_front_refused(log, "https", visitor, "bad_hello", reason)
             return
         name = hello.server_name
         if not name:
             conn.close()
-            event(
-                log,
-                logging.INFO,
-                "https.no_sni",
-                f"{visitor}: TLS without a server name, closed",
-                client=visitor,
-            )
+            log_front_refused(log, "https", visitor, "no_sni", "TLS without a server name, closed")
             return
         passthrough = self.https_routes.lookup(name)
         if passthrough is not None:
@@ -205,14 +193,8 @@ class VhostFront:
             await self._terminate(conn, addr, name, context)
             return
         conn.close()
-        event(
-            log,
-            logging.INFO,
-            "https.unknown_name",
-            f"{visitor}: no proxy serves {name!r} over HTTPS, closed",
-            client=visitor,
-            server_name=name,
-        )
+        reason = f"no proxy serves {name!r} over HTTPS, closed"
+        log_front_refused(log, "https", visitor, "unknown_name", reason, server_name=name)
 
     async def _terminate(self, conn: socket.socket, addr: Any, name: str, context: Any) -> None:
         """TLS ends here (automatic HTTPS); the requests inside go through the HTTP router."""
@@ -225,14 +207,9 @@ class VhostFront:
             )
         except (OSError, LocalError, TimeoutError) as exc:
             conn.close()
-            event(
-                log,
-                logging.INFO,
-                "https.handshake_failed",
-                f"{format_sockaddr(addr)}: TLS handshake for {name!r} failed: {exc}",
-                client=format_sockaddr(addr),
-                server_name=name,
-                error=str(exc),
+            reason = f"TLS handshake for {name!r} failed: {exc}"
+            log_front_refused(
+                log, "https", format_sockaddr(addr), "handshake_failed", reason, server_name=name
             )
             return
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)

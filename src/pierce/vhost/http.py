@@ -146,7 +146,7 @@ async def serve_http(
             logging.DEBUG,
             "vhost.http.aborted",
             f"{visitor[0]}:{visitor[1]}: connection ended: {exc!r}",
-            client=f"{visitor[0]}:{visitor[1]}",
+            visitor=f"{visitor[0]}:{visitor[1]}",
             error=repr(exc),
         )
     finally:
@@ -444,7 +444,7 @@ class _BrowserConnection:
             logging.DEBUG,
             "vhost.http.request",
             f"{self.visitor[0]}: {method} {host}{target} -> {self.route_name or '-'} {self.status}",
-            client=f"{self.visitor[0]}:{self.visitor[1]}",
+            visitor=f"{self.visitor[0]}:{self.visitor[1]}",
             proxy=self.route_name,
             method=method,
             host=host,
@@ -636,7 +636,7 @@ class _BrowserConnection:
                         "vhost.http.backend_failed",
                         f"{use.route.name}: cannot reach the service: {exc or type(exc).__name__}",
                         proxy=use.route.name,
-                        client=f"{self.visitor[0]}:{self.visitor[1]}",
+                        visitor=f"{self.visitor[0]}:{self.visitor[1]}",
                         error=str(exc) or type(exc).__name__,
                     )
                     return await self._answer(head, 502, has_body=has_body)
