@@ -181,20 +181,24 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     custom_404_file: str = ""
     #: Seconds an HTTP visitor or inside service may stay silent while a request or response head is due.
     vhost_http_timeout: float = DEFAULT_VHOST_HTTP_TIMEOUT
+    #: Public port of tcpmux proxies: TCP services chosen by the host of an HTTP CONNECT (0 = off).
+    tcpmux_httpconnect_port: int = 0
+    #: Pass the CONNECT request on to the service instead of answering it (services that speak it).
+    tcpmux_passthrough: bool = False
     #: Automatic HTTPS certificates for ``https_auto`` proxies.
     acme: AcmeConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.token:
             raise InvalidValue("token", "expected a non-empty shared secret")
-        for key in ("vhost_http_port", "vhost_https_port"):
+        taken = {"bind_port": self.bind_port}
+        for key in ("vhost_http_port", "vhost_https_port", "tcpmux_httpconnect_port"):
             port = getattr(self, key)
             if not 0 <= port <= 65535:
                 raise InvalidValue(key, f"expected 0 (off) or a port up to 65535, got {port}")
-            if port and port == self.bind_port:
-                raise InvalidValue(key, f"expected a port other than bind_port ({port})")
-        if self.vhost_http_port and self.vhost_http_port == self.vhost_https_port:
-            raise InvalidValue("vhost_https_port", "expected a port other than vhost_http_port")
+            if port and (other := next((k for k, p in taken.items() if p == port), None)):
+                raise InvalidValue(key, f"expected a port other than {other} ({port})")
+            taken[key] = port
         if self.subdomain_host:
             self.subdomain_host = _check_domain(self.subdomain_host, "subdomain_host", wildcard=False)
         if self.vhost_http_timeout <= 0:

@@ -46,6 +46,7 @@ class ProxyType(enum.StrEnum):
     HTTPS = "https"
     STCP = "stcp"
     SUDP = "sudp"
+    TCPMUX = "tcpmux"
 
 
 class ProxyProtocolVersion(enum.Enum):

@@ -20,19 +20,33 @@ from pierce.proxies.https import HttpsProxyConfig, HttpsProxyServer, HttpsSpec, 
 from pierce.proxies.stcp import StcpProxyConfig, StcpProxyServer, StcpSpec, serve_stcp_work, stcp_spec
 from pierce.proxies.sudp import SudpProxyConfig, SudpProxyServer, SudpSpec, serve_sudp_work, sudp_spec
 from pierce.proxies.tcp import TcpProxyConfig, TcpProxyServer, TcpSpec, serve_tcp_proxy_work, tcp_spec
+from pierce.proxies.tcpmux import (
+    TcpMuxFront,
+    TcpMuxProxyConfig,
+    TcpMuxProxyServer,
+    TcpMuxSpec,
+    serve_tcpmux_work,
+    tcpmux_spec,
+)
 from pierce.proxies.udp import UdpProxies, UdpProxyConfig, UdpProxyServer, UdpSpec, udp_spec
 from pierce.relay import End
 from pierce.vhost.front import VhostFront
 
 #: ``[[proxies]]`` tables, tagged by ``type``.
 ProxyConfig: TypeAlias = (
-    TcpProxyConfig | UdpProxyConfig | HttpProxyConfig | HttpsProxyConfig | StcpProxyConfig | SudpProxyConfig
+    TcpProxyConfig
+    | UdpProxyConfig
+    | HttpProxyConfig
+    | HttpsProxyConfig
+    | StcpProxyConfig
+    | SudpProxyConfig
+    | TcpMuxProxyConfig
 )
 #: What a client sends the server to open a proxy (inside `NewProxy`), tagged by ``type``.
-ProxySpecs: TypeAlias = TcpSpec | UdpSpec | HttpSpec | HttpsSpec | StcpSpec | SudpSpec
+ProxySpecs: TypeAlias = TcpSpec | UdpSpec | HttpSpec | HttpsSpec | StcpSpec | SudpSpec | TcpMuxSpec
 
 #: Listeners the server shares between proxies, started when their config keys are set.
-FRONTS: tuple[FrontType, ...] = (VhostFront,)
+FRONTS: tuple[FrontType, ...] = (VhostFront, TcpMuxFront)
 
 _spec_decoder = msgspec.msgpack.Decoder(ProxySpecs)
 _spec_encoder = msgspec.msgpack.Encoder()
@@ -69,6 +83,8 @@ async def client_spec(config: ProxyConfig, udp: UdpProxies) -> ProxySpecs:
             return stcp_spec(config)
         case SudpProxyConfig():
             return sudp_spec(config)
+        case TcpMuxProxyConfig():
+            return tcpmux_spec(config)
         case _:
             assert_never(config)
 
@@ -90,6 +106,8 @@ def work_handler(
             return serve_stcp_work(config, start, tunnel)
         case SudpProxyConfig():
             return serve_sudp_work(config, start, tunnel)
+        case TcpMuxProxyConfig():
+            return serve_tcpmux_work(config, start, tunnel)
         case _:
             assert_never(config)
 
@@ -112,5 +130,7 @@ def open_proxy(name: str, spec: ProxySpecs, site: ProxySite) -> ServerProxy:
             return StcpProxyServer.create(name, spec, site)
         case SudpSpec():
             return SudpProxyServer.create(name, spec, site)
+        case TcpMuxSpec():
+            return TcpMuxProxyServer.create(name, spec, site)
         case _:
             assert_never(spec)

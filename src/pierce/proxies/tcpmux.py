@@ -1,0 +1,370 @@
+"""tcpmux proxies: many TCP services behind one public port, chosen by the host of an HTTP CONNECT.
+
+A visitor connects to the server's ``tcpmux_httpconnect_port`` and asks ``CONNECT name:port HTTP/1.1``
+(``ssh -o ProxyCommand="socat - PROXY:server:%h:%p,proxyport=PORT"``, ``curl -p -x server:PORT``);
+the name picks the proxy (its ``custom_domains`` / ``subdomain``, wildcards as for http proxies). The
+server answers ``200 Connection established`` and bridges the connection to a work connection of the
+owner, whose client reaches its local service like any TCP stream. With ``tcpmux_passthrough = true``
+on the server the CONNECT request itself goes on to the service instead of being answered.
+
+Refusals are HTTP answers, so a CONNECT client can say why: 404 for a name no proxy serves, 407 when the
+proxy has ``http_user``/``http_password`` and the ``Proxy-Authorization`` does not match, 400/405 for
+a request that is not a CONNECT, 502/504 when the owner's side fails. Before the answer every byte is
+bounded: the request head by size, field count and time.
+
+`TcpMuxFront` is the shared listener (a front, `pierce.proxies.base.Front`); `TcpMuxProxyServer` the
+proxy; the client side is `pierce.proxies.tcp.serve_tcp_work`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+import hmac
+import logging
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+import msgspec
+
+from pierce.addr import HostPort, format_sockaddr
+from pierce.errors import InvalidValue
+from pierce.listeners import TcpListener, set_nodelay
+from pierce.logs import event, log_front_refused
+from pierce.protocol import ErrorCode, StartWork
+from pierce.protocol.messages import MAX_DOMAINS, DomainName, HeaderText
+from pierce.proxies.base import (
+    ProxyOwner,
+    ProxyProtocolVersion,
+    ProxySite,
+    ProxySpec,
+    ProxyType,
+    check_proxy,
+    masked_repr,
+)
+from pierce.proxies.bridge import LiveConnections, bridge
+from pierce.proxies.http import check_domains, route_refusal
+from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
+from pierce.relay import End, SocketEnd, wait_fd
+from pierce.snapshot import ProxyStats
+from pierce.vhost.http_parse import Head, Malformed, MessageParser
+from pierce.vhost.router import DomainRouter, RouteError, normalize_host, proxy_domains
+
+if TYPE_CHECKING:
+    from pierce.config import ServerConfig
+
+log = logging.getLogger("pierce.tcpmux")
+
+#: Seconds a visitor has to send its whole CONNECT request.
+CONNECT_TIMEOUT = 10.0
+#: Bounds of a CONNECT request head.
+MAX_CONNECT_HEAD = 16 * 1024
+MAX_CONNECT_FIELDS = 64
+_READ_SIZE = 4096
+#: After a refusal: how long and how much of the visitor's remaining input is read and dropped.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 256 * 1024
+
+
+class Multiplexer(enum.Enum):
+    """How a tcpmux port tells its proxies apart."""
+
+    HTTPCONNECT = "httpconnect"
+
+
+class TcpMuxProxyConfig(
+    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="tcpmux", tag_field="type"
+):
+    """``[[proxies]] type = "tcpmux"``: a local TCP service reached through the server's tcpmux port by
+    the name a visitor puts in its HTTP CONNECT request."""
+
+    name: str
+    local_ip: str = "127.0.0.1"
+    local_port: int
+    multiplexer: Multiplexer = Multiplexer.HTTPCONNECT
+    custom_domains: list[str] = []
+    #: ``"ssh"`` => ssh.<subdomain_host of the server>.
+    subdomain: str = ""
+    #: Proxy authentication (``Proxy-Authorization: Basic``), checked by the server.
+    http_user: str = ""
+    http_password: str = ""
+    proxy_protocol_version: ProxyProtocolVersion | None = None
+
+    def __post_init__(self) -> None:
+        check_proxy(self.name, self.local_port)
+        check_domains(self.custom_domains, self.subdomain)
+        if bool(self.http_user) != bool(self.http_password):
+            raise InvalidValue("http_password", "expected http_user and http_password together")
+        if ":" in self.http_user:
+            raise InvalidValue("http_user", 'expected a user name without ":"')
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
+
+
+class TcpMuxSpec(ProxySpec, frozen=True, kw_only=True, tag="tcpmux"):
+    """Route HTTP CONNECT requests for these names on the server's tcpmux port to this client."""
+
+    multiplexer: Multiplexer = Multiplexer.HTTPCONNECT
+    custom_domains: Annotated[list[DomainName], msgspec.Meta(max_length=MAX_DOMAINS)] = msgspec.field(
+        default_factory=list
+    )
+    subdomain: Annotated[str, msgspec.Meta(max_length=63)] = ""
+    http_user: HeaderText = ""
+    http_password: HeaderText = ""
+
+
+def tcpmux_spec(config: TcpMuxProxyConfig) -> TcpMuxSpec:
+    return TcpMuxSpec(
+        multiplexer=config.multiplexer,
+        custom_domains=config.custom_domains,
+        subdomain=config.subdomain,
+        http_user=config.http_user,
+        http_password=config.http_password,
+    )
+
+
+# -- server side ------------------------------------------------------------------------------------
+
+
+def _answer(status: str, detail: str = "", extra: str = "") -> bytes:
+    body = f"{detail}\n".encode() if detail else b""
+    return (
+        f"HTTP/1.1 {status}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+_CHALLENGE = 'Proxy-Authenticate: Basic realm="pierce"\r\n'
+_ALLOW = "Allow: CONNECT\r\n"
+_REFUSALS = {ErrorCode.TIMEOUT: "504 Gateway Timeout"}
+
+
+class ConnectVisitor:
+    """A visitor whose CONNECT request named a proxy: hears ``200`` or an HTTP refusal."""
+
+    def __init__(self, conn: socket.socket, address: tuple[str, int], early: bytes, *, answer: bool) -> None:
+        self.conn = conn
+        self.address = address
+        #: Bytes for the service before the relay starts: what came after the CONNECT head, and in
+        #: passthrough mode the head itself.
+        self.early = early
+        self._answer = answer
+
+    async def accept(self) -> End:
+        end = SocketEnd(self.conn)
+        if self._answer:
+            await end.write(_ESTABLISHED)
+        return end
+
+    async def refuse(self, code: ErrorCode, reason: str) -> None:
+        await _refuse(self.conn, _answer(_REFUSALS.get(code, "502 Bad Gateway"), reason))
+
+
+class TcpMuxProxyServer:
+    """A tcpmux proxy: CONNECT requests for the names it claims on the tcpmux port."""
+
+    type: ClassVar[ProxyType] = ProxyType.TCPMUX
+
+    def __init__(
+        self, name: str, owner: ProxyOwner, front: TcpMuxFront, domains: list[str], spec: TcpMuxSpec
+    ):
+        self.name = name
+        self.owner = owner
+        self.domains = domains
+        self.port = front.port
+        self.urls: list[str] = []
+        self.live = LiveConnections()
+        self._front = front
+        self._credentials = (spec.http_user, spec.http_password) if spec.http_user else None
+
+    def __str__(self) -> str:
+        return f"proxy {self.name!r}"
+
+    @classmethod
+    def create(cls, name: str, spec: TcpMuxSpec, site: ProxySite) -> TcpMuxProxyServer:
+        front = site.front(TcpMuxFront)
+        try:
+            domains = proxy_domains(spec.custom_domains, spec.subdomain, front.config.subdomain_host)
+            proxy = cls(name, site.owner, front, domains, spec)
+            front.routes.add_all(domains, ["/"], proxy)
+        except RouteError as exc:
+            raise route_refusal(exc) from exc
+        return proxy
+
+    def authorized(self, head: Head) -> bool:
+        if self._credentials is None:
+            return True
+        for field, value in head.headers:
+            if field.lower() == b"proxy-authorization":
+                scheme, _, token = value.strip().partition(b" ")
+                if scheme.lower() != b"basic":
+                    return False
+                try:
+                    user, _, password = base64.b64decode(token.strip(), validate=True).partition(b":")
+                except ValueError:
+                    return False
+                want_user, want_password = (c.encode() for c in self._credentials)
+                return hmac.compare_digest(user, want_user) & hmac.compare_digest(password, want_password)
+        return False
+
+    async def serve(self, visitor: ConnectVisitor, here: tuple[str, int], name: str) -> None:
+        start = StartWork(
+            proxy=self.name,
+            visitor_host=visitor.address[0],
+            visitor_port=visitor.address[1],
+            server_host=here[0],
+            server_port=here[1],
+        )
+        await bridge(self.name, self.owner, self.live, visitor, start, server_name=name)
+
+    def stats(self) -> ProxyStats:
+        return self.live.stats()
+
+    async def close(self) -> None:
+        self._front.routes.remove_value(self)
+        await self.live.close()
+
+
+class TcpMuxFront:
+    """The listener on ``tcpmux_httpconnect_port`` and the names of every tcpmux proxy."""
+
+    missing: ClassVar[str] = "this server has no tcpmux port (tcpmux_httpconnect_port)"
+
+    @staticmethod
+    def enabled(config: ServerConfig) -> bool:
+        return bool(config.tcpmux_httpconnect_port)
+
+    def __init__(self, config: ServerConfig, state_dir: Path) -> None:
+        self.config = config
+        self.routes: DomainRouter[TcpMuxProxyServer] = DomainRouter()
+        self._listener: TcpListener | None = None
+
+    @property
+    def port(self) -> int:
+        return self._listener.port if self._listener is not None else 0
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._listener = TcpListener.open(
+            HostPort(cfg.proxy_bind_addr, cfg.tcpmux_httpconnect_port), self._visitor, name="tcpmux"
+        )
+        mode = "the CONNECT request goes on to the service" if cfg.tcpmux_passthrough else "answered here"
+        event(
+            log,
+            logging.INFO,
+            "front.listening",
+            f"tcpmux (HTTP CONNECT, {mode}) on {self._listener.address}",
+            front="tcpmux",
+            listen=self._listener.address,
+            port=self._listener.port,
+        )
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+
+    def ports(self) -> dict[str, int]:
+        return {"tcpmux_httpconnect_port": self.port}
+
+    async def _visitor(self, conn: socket.socket, addr: Any) -> None:
+        who = format_sockaddr(addr)
+        set_nodelay(conn)
+        try:
+            head, raw, rest = await read_connect(conn, CONNECT_TIMEOUT)
+        except (Malformed, TimeoutError, OSError, EOFError) as exc:
+            status = "408 Request Timeout" if isinstance(exc, TimeoutError) else "400 Bad Request"
+            await _refuse(conn, _answer(status, "expected an HTTP CONNECT request"))
+            reason = f"no usable CONNECT request: {exc or type(exc).__name__}"
+            log_front_refused(log, "tcpmux", who, "bad_request", reason)
+            return
+        if head.method != b"CONNECT":
+            await _refuse(conn, _answer("405 Method Not Allowed", "only CONNECT is served", _ALLOW))
+            reason = f"{head.method.decode('latin-1')} instead of CONNECT"
+            log_front_refused(log, "tcpmux", who, "not_connect", reason)
+            return
+        name = normalize_host(head.target)
+        proxy = self.routes.lookup(name) if name else None
+        if proxy is None:
+            asked = name or head.target.decode("latin-1")
+            await _refuse(conn, _answer("404 Not Found", f"no proxy serves {asked!r}"))
+            log_front_refused(
+                log, "tcpmux", who, "unknown_name", f"no proxy serves {asked!r}", server_name=asked
+            )
+            return
+        if not proxy.authorized(head):
+            await _refuse(conn, _answer("407 Proxy Authentication Required", "", _CHALLENGE))
+            reason = f"wrong or missing Proxy-Authorization for {name!r}"
+            log_front_refused(log, "tcpmux", who, "unauthorized", reason, server_name=name, proxy=proxy.name)
+            return
+        passthrough = self.config.tcpmux_passthrough
+        early = raw + rest if passthrough else rest
+        visitor = ConnectVisitor(conn, (addr[0], addr[1]), early, answer=not passthrough)
+        here = conn.getsockname()
+        await proxy.serve(visitor, (here[0], here[1]), name)
+
+
+async def _refuse(conn: socket.socket, answer: bytes) -> None:
+    """Answer and close. Input the visitor already sent is read and dropped for a moment (bounded), so
+    closing with unread bytes does not reset the connection before the answer is read."""
+    loop = asyncio.get_running_loop()
+    left = LINGER_BYTES
+    try:
+        conn.setblocking(False)
+        conn.send(answer)
+        conn.shutdown(socket.SHUT_WR)
+        async with asyncio.timeout(LINGER_SECONDS):
+            while left > 0:
+                try:
+                    data = conn.recv(min(left, 65536))
+                except (BlockingIOError, InterruptedError):
+                    await wait_fd(loop, conn.fileno(), writable=False)
+                    continue
+                if not data:
+                    break
+                left -= len(data)
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        conn.close()
+
+
+async def read_connect(conn: socket.socket, timeout: float) -> tuple[Head, bytes, bytes]:
+    """Read one request head: the head, its raw bytes, and the bytes that came after it.
+
+    Raises `Malformed` (including a head over the limits), TimeoutError, or EOFError when the peer
+    leaves first.
+    """
+    loop = asyncio.get_running_loop()
+    parser = MessageParser(request=True, max_size=MAX_CONNECT_HEAD, max_count=MAX_CONNECT_FIELDS)
+    received = bytearray()
+    conn.setblocking(False)
+    async with asyncio.timeout(timeout):
+        while True:
+            # Plain recv and a readiness wait, as the relay does: the socket goes on to its pumps.
+            try:
+                data = conn.recv(_READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                await wait_fd(loop, conn.fileno(), writable=False)
+                continue
+            if not data:
+                raise EOFError(f"closed after {len(received)} bytes of a request head")
+            received += data
+            if len(received) > MAX_CONNECT_HEAD + _READ_SIZE:
+                raise Malformed(f"request head over {MAX_CONNECT_HEAD} bytes")
+            parser.feed(data)
+            if parser.events and isinstance(head := parser.events[0], Head):
+                rest = parser.rest
+                return head, bytes(received[: len(received) - len(rest)]), rest
+
+
+# -- client side ------------------------------------------------------------------------------------
+
+
+async def serve_tcpmux_work(config: TcpMuxProxyConfig, start: StartWork, tunnel: End) -> None:
+    local = HostPort(config.local_ip, config.local_port)
+    header = proxy_protocol_header(config.proxy_protocol_version, start)
+    await serve_tcp_work(config.name, local, start, tunnel, header=header)
