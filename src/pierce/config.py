@@ -28,11 +28,13 @@ from pierce.protocol import SecretKind
 from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
 from pierce.proxies.base import masked_repr
 from pierce.proxies.registry import ProxyConfig
+from pierce.server.workconn import MAX_IDLE_WORK_CONNS
 
 #: The current config format version; files may say ``version = 1``.
 CONFIG_VERSION = 1
 
 DEFAULT_VHOST_HTTP_TIMEOUT = 60.0
+#: Let's Encrypt's production directory, the default CA of ``[acme]``.
 LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
@@ -334,8 +336,8 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise InvalidValue("token", "expected the server's shared secret")
         if not 1 <= self.server_port <= 65535:
             raise InvalidValue("server_port", f"expected a port from 1 to 65535, got {self.server_port}")
-        if not 0 <= self.pool_count <= 64:
-            raise InvalidValue("pool_count", f"expected 0 to 64, got {self.pool_count}")
+        if not 0 <= self.pool_count <= MAX_IDLE_WORK_CONNS:
+            raise InvalidValue("pool_count", f"expected 0 to {MAX_IDLE_WORK_CONNS}, got {self.pool_count}")
         if self.heartbeat_interval <= 0 or self.heartbeat_timeout <= self.heartbeat_interval:
             raise InvalidValue("heartbeat_timeout", "expected heartbeat_timeout > heartbeat_interval > 0")
         names = [p.name for p in self.proxies]

@@ -40,7 +40,7 @@ from pierce.errors import PierceError
 from pierce.logs import event, human_bytes
 from pierce.proxies.tcp import TcpProxyConfig
 from pierce.server.app import Server
-from pierce.snapshot import ProxyStats
+from pierce.snapshot import ClientProxyInfo, ProxyState, ProxyStats
 
 log = logging.getLogger("pierce.demo")
 
@@ -213,44 +213,47 @@ class DemoStack:
     async def start_server(self) -> str:
         config = ServerConfig(bind_addr=LOOPBACK, bind_port=0, token=self.token, state_dir=self._state.name)
         self.server = Server(config)
-        address = await self.server.start()
-        assert self.server.certificate is not None
-        return (
-            f"server listening on {address} (TLS, certificate {self.server.certificate.fingerprint[:23]}...)"
-        )
+        await self.server.start()
+        info = self.server.snapshot()
+        return f"server listening on {info.address} (TLS, certificate {info.fingerprint[:23]}...)"
 
     async def start_web(self) -> str:
         address = await self.web.start()
         return f"web service listening on {address}"
 
     async def start_client(self) -> str:
-        assert self.server is not None and self.server.certificate is not None
+        assert self.server is not None
+        server = self.server.snapshot()
         config = ClientConfig(
             server_addr=LOOPBACK,
-            server_port=self.server.port,
+            server_port=server.ports["bind_port"],
             token=self.token,
             client_id="demo",
-            server_fingerprint=self.server.certificate.fingerprint,
+            server_fingerprint=server.fingerprint,
             proxies=[TcpProxyConfig(name=PROXY_NAME, local_ip=LOOPBACK, local_port=self.web.address.port)],
         )
         client = self.client = Client(config)
         self._client_task = asyncio.get_running_loop().create_task(client.run())
-        proxy = client.status.proxies[PROXY_NAME]
+
+        def proxy() -> ClientProxyInfo:
+            return next(p for p in client.snapshot().proxies if p.name == PROXY_NAME)
 
         def settled() -> bool:
-            failed = not client.status.connected and client.status.attempts > 0 and client.status.last_error
+            now = client.snapshot()
+            failed = not now.connected and now.attempts > 0 and now.last_error
             return (
-                proxy.state != "pending"
+                proxy().state is not ProxyState.PENDING
                 or bool(failed)
                 or self._client_task is None
                 or self._client_task.done()
             )
 
         await self.tap.wait_for(settled, STEP_TIMEOUT)
-        if proxy.state != "running" or proxy.remote_port is None:
-            raise DemoFailure(proxy.error or client.status.last_error or "the client stopped")
-        self.public = HostPort(LOOPBACK, proxy.remote_port)
-        return f"client logged in; proxy {PROXY_NAME} ({proxy.local}) is public at {self.public}"
+        ready = proxy()
+        if ready.state is not ProxyState.RUNNING or ready.remote_port is None:
+            raise DemoFailure(ready.error or client.snapshot().last_error or "the client stopped")
+        self.public = HostPort(LOOPBACK, ready.remote_port)
+        return f"client logged in; proxy {PROXY_NAME} ({ready.local}) is public at {self.public}"
 
     async def start(self) -> None:
         for step in (self.start_server, self.start_web, self.start_client):
@@ -407,15 +410,14 @@ async def run_check(stack: DemoStack, say: Callable[[str], None]) -> bool:
 
 def render_panel(stack: DemoStack, self_check: str) -> Panel:
     client = stack.client
-    status = client.status if client is not None else None
+    status = client.snapshot() if client is not None else None
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
     head.add_row("Open", Text(stack.url, style="bold cyan underline"))
-    if stack.server is not None and stack.server.certificate is not None:
-        head.add_row(
-            "Server", f"{LOOPBACK}:{stack.server.port}  TLS {stack.server.certificate.fingerprint[:23]}..."
-        )
+    if stack.server is not None:
+        server = stack.server.snapshot()
+        head.add_row("Server", f"{server.address}  TLS {server.fingerprint[:23]}...")
     if status is not None:
         state = Text("connected", style="green") if status.connected else Text("disconnected", style="red")
         state.append(f"  run {status.run_id}  attempts {status.attempts}", style="dim")
@@ -429,7 +431,7 @@ def render_panel(stack: DemoStack, self_check: str) -> Panel:
         proxies.add_column(col, justify="right" if col in ("active", "in", "out") else "left")
     counters = stack.proxy_counters()
     if status is not None:
-        for p in status.proxies.values():
+        for p in status.proxies:
             public = f"{LOOPBACK}:{p.remote_port}" if p.remote_port else "-"
             style = {"running": "green", "refused": "red"}.get(p.state, "yellow")
             proxies.add_row(

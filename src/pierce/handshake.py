@@ -30,6 +30,7 @@ from pierce.protocol import (
     ErrorCode,
     Feature,
     Hello,
+    Refused,
     Role,
     UnexpectedMessage,
     client_proof,
@@ -45,15 +46,6 @@ MITM_REASON = (
     "saw: a man in the middle is intercepting the connection (or a TLS-terminating proxy sits in front "
     "of the server); pin server_fingerprint or trusted_ca_file"
 )
-
-
-class HandshakeRefused(RemoteError):
-    """The peer refused the login and said why (an `Error` message)."""
-
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-        super().__init__(reason)
 
 
 class AuthenticationFailed(RemoteError):
@@ -80,7 +72,7 @@ def version_mismatch(theirs: int, *, we: str) -> str:
 async def _refuse(channel: MessageChannel, code: ErrorCode, reason: str) -> NoReturn:
     """Tell the peer why, then fail the handshake."""
     await channel.send(Error(code=code, reason=reason))
-    raise HandshakeRefused(code, reason)
+    raise Refused(code, reason)
 
 
 def mismatch(ours: frozenset[str], theirs: frozenset[str], *, we: str, they: str) -> str | None:
@@ -109,7 +101,7 @@ async def server_handshake(
     await channel.send(Challenge(server_nonce=nonce, version=PROTOCOL_VERSION, features=features))
     answer = await channel.recv()
     if isinstance(answer, Error):
-        raise HandshakeRefused(answer.code, answer.reason)
+        raise Refused(answer.code, answer.reason)
     if not isinstance(answer, AuthResponse):
         raise UnexpectedMessage(answer, "AuthResponse")
     if not verify_client_proof(
@@ -143,13 +135,13 @@ async def client_handshake(
     run_id: str = "",
     binding: bytes | Callable[[], bytes],
 ) -> str:
-    """Log in; return the server's run id. Raises HandshakeRefused / AuthenticationFailed by name."""
+    """Log in; return the server's run id. Raises Refused / AuthenticationFailed by name."""
     await channel.send(
         Hello(version=PROTOCOL_VERSION, features=features, client_id=client_id, role=role, run_id=run_id)
     )
     msg = await channel.recv()
     if isinstance(msg, Error):
-        raise HandshakeRefused(msg.code, msg.reason)
+        raise Refused(msg.code, msg.reason)
     if not isinstance(msg, Challenge):
         raise UnexpectedMessage(msg, "Challenge")
     if msg.version != PROTOCOL_VERSION:
@@ -167,7 +159,7 @@ async def client_handshake(
     if isinstance(reply, Error):
         if reply.code is ErrorCode.AUTH_FAILED:
             raise AuthenticationFailed(reply.reason)
-        raise HandshakeRefused(reply.code, reply.reason)
+        raise Refused(reply.code, reply.reason)
     if not isinstance(reply, AuthOk):
         raise UnexpectedMessage(reply, "AuthOk")
     if not verify_server_proof(

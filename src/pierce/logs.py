@@ -93,7 +93,7 @@ FIELDS: dict[str, str] = {
 _RELAY = frozenset({"up_bytes", "down_bytes", "duration_s", "mode", "error"})
 _DATAGRAMS = frozenset({"up_bytes", "down_bytes", "up_packets", "down_packets", "duration_s", "error"})
 _DROPS = frozenset({"reason", "dropped", "proxy", "visitor", "visitor_name", "client", "rule"})
-_FLOW = frozenset({"rule", "client", "target", "proxy", "visitor", "error", "reason"}) | _DATAGRAMS
+_FLOW = frozenset({"rule", "client", "target", "proxy", "visitor", "error", "reason", "dropped"}) | _DATAGRAMS
 
 #: Every event name and the fields it may carry.
 EVENTS: dict[str, frozenset[str]] = {

@@ -12,6 +12,8 @@ import enum
 
 import msgspec
 
+from pierce.proxies.base import ProxyType
+
 
 class ProxyState(enum.StrEnum):
     """Where a proxy stands, as its client sees it."""
@@ -39,7 +41,7 @@ class ServerProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One proxy open on the server."""
 
     name: str
-    type: str
+    type: ProxyType
     client_id: str
     #: The public port visitors reach (a shared front's port for web proxies; 0 for secret ones).
     remote_port: int
@@ -80,7 +82,7 @@ class ClientProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One proxy of a client, as the client sees it."""
 
     name: str
-    type: str
+    type: ProxyType
     #: The local service, ``host:port``.
     local: str
     state: ProxyState

@@ -12,20 +12,32 @@ from pierce import logs
 SRC = Path(__file__).resolve().parents[2] / "src" / "pierce"
 
 
+#: Calls that log an event, and the position of the event name among their arguments.
+_LOGGERS = {"event": 2, "_event": 1, "log_relay_closed": 1, "DropCounter": 1}
+
+
 def logged_events() -> list[tuple[str, str, set[str]]]:
-    """(where, event name, field names) of every ``event(...)`` call with a literal name."""
+    """(where, event name, field names) of every call that logs an event with a literal name.
+
+    Fields are the call's keywords for `event` and the ``_event`` wrappers; the other helpers add
+    their own fixed fields (checked at run time, since the suite runs with PIERCE_STRICT_EVENTS=1).
+    """
     found = []
     for path in sorted(SRC.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if (
-                isinstance(node, ast.Call)
-                and getattr(node.func, "id", None) == "event"
-                and len(node.args) >= 3
-            ):
-                name = node.args[2]
-                if isinstance(name, ast.Constant) and isinstance(name.value, str):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            at = _LOGGERS.get(called)
+            if at is None or len(node.args) <= at:
+                continue
+            name = node.args[at]
+            if isinstance(name, ast.Constant) and isinstance(name.value, str):
+                fields = set()
+                if called in ("event", "_event"):
                     fields = {k.arg for k in node.keywords if k.arg is not None}
-                    found.append((f"{path.relative_to(SRC)}:{node.lineno}", name.value, fields))
+                found.append((f"{path.relative_to(SRC)}:{node.lineno}", name.value, fields))
     return found
 
 

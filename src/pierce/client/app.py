@@ -22,9 +22,10 @@ from pierce.client.session import ClientSession, Dialer
 from pierce.client.visitor import Visitors
 from pierce.config import ClientConfig
 from pierce.errors import ConfigError, PierceError
-from pierce.handshake import AuthenticationFailed, HandshakeRefused
+from pierce.handshake import AuthenticationFailed
 from pierce.logs import event
-from pierce.protocol import ErrorCode
+from pierce.protocol import ErrorCode, Refused
+from pierce.proxies.base import ProxyType
 from pierce.proxies.registry import ProxyConfig
 from pierce.proxies.udp import UdpProxies
 from pierce.snapshot import ClientProxyInfo, ClientSnapshot, ProxyState
@@ -41,7 +42,7 @@ class ProxyStatus:
     """What the client knows about one proxy (read through `Client.snapshot`)."""
 
     name: str
-    type: str
+    type: ProxyType
     local: str
     remote_port: int | None = None
     state: ProxyState = ProxyState.PENDING
@@ -94,7 +95,7 @@ class Client:
         states = {}
         for p in self.config.proxies:
             old = self.status.proxies.get(p.name)
-            kind = str(type(p).__struct_config__.tag)
+            kind = ProxyType(str(type(p).__struct_config__.tag))
             states[p.name] = old or ProxyStatus(p.name, kind, f"{p.local_ip}:{p.local_port}")
         self.status.proxies = states
 
@@ -177,7 +178,7 @@ class Client:
                 channel, run_id = await dialer.control(self.status.run_id)
             except (AuthenticationFailed, FingerprintMismatch) as exc:
                 self._failed(exc, fatal_hint=True)
-            except HandshakeRefused as exc:
+            except Refused as exc:
                 self._failed(
                     exc, fatal_hint=exc.code in (ErrorCode.VERSION_MISMATCH, ErrorCode.FEATURE_MISMATCH)
                 )

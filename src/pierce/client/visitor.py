@@ -29,13 +29,13 @@ from typing import Any
 from pierce.addr import HostPort, format_sockaddr
 from pierce.client.session import Dialer, ServerUnreachable
 from pierce.config import ClientConfig, StcpVisitorConfig, SudpVisitorConfig, VisitorConfig
-from pierce.errors import PierceError, RemoteError
+from pierce.errors import PierceError
 from pierce.listeners import TcpListener, bind_socket, set_nodelay
 from pierce.logs import event, relay_summary
 from pierce.protocol import (
     MAX_HOST_LENGTH,
     Error,
-    ErrorCode,
+    Refused,
     UdpPacket,
     UnexpectedMessage,
     Visit,
@@ -62,20 +62,10 @@ EXIT_OK = 0
 EXIT_REFUSED = 1
 
 
-class VisitRefused(RemoteError):
-    """The server or the proxy's owner turned the visitor away, and said why."""
-
-    def __init__(self, proxy: str, code: ErrorCode, reason: str) -> None:
-        self.proxy = proxy
-        self.code = code
-        self.reason = reason
-        super().__init__(f"visit to proxy {proxy!r} refused: {reason}")
-
-
 async def open_visit(dialer: Dialer, config: VisitorConfig, *, check_only: bool = False) -> StreamChannel:
     """A visitor connection the server accepted (`VisitReady` read): data may flow on it.
 
-    Raises VisitRefused with the reason, or another PierceError when the server cannot be reached or
+    Raises Refused with the reason, or another PierceError when the server cannot be reached or
     the login fails.
     """
     try:
@@ -107,7 +97,7 @@ async def open_visit(dialer: Dialer, config: VisitorConfig, *, check_only: bool 
         raise
     if isinstance(reply, Error):
         channel.close()
-        raise VisitRefused(config.server_name, reply.code, reply.reason)
+        raise Refused(reply.code, f"visit to proxy {config.server_name!r} refused: {reply.reason}")
     if not isinstance(reply, VisitReady):
         channel.close()
         raise UnexpectedMessage(reply, "VisitReady")
@@ -116,7 +106,7 @@ async def open_visit(dialer: Dialer, config: VisitorConfig, *, check_only: bool 
 
 def log_failure(config: VisitorConfig, exc: PierceError, level: int = logging.WARNING) -> None:
     """``visitor.refused`` (with the owner's or server's reason) or ``visitor.failed``."""
-    if isinstance(exc, VisitRefused):
+    if isinstance(exc, Refused):
         event(
             log,
             level,

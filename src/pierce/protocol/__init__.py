@@ -17,7 +17,7 @@ from pierce.protocol.auth import (
     verify_visitor_proof,
     visitor_proof,
 )
-from pierce.protocol.errors import FrameTooLarge, MalformedFrame, ProtocolError, UnexpectedMessage
+from pierce.protocol.errors import FrameTooLarge, MalformedFrame, ProtocolError, Refused, UnexpectedMessage
 from pierce.protocol.frames import (
     HEADER_SIZE,
     MAX_FRAME_SIZE,
@@ -87,6 +87,7 @@ __all__ = [
     "ProtocolError",
     "ProxyReady",
     "ProxyRefused",
+    "Refused",
     "ReqWorkConn",
     "Role",
     "SecretKind",

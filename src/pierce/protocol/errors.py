@@ -17,6 +17,19 @@ class ProtocolError(RemoteError):
     code: ClassVar[ErrorCode] = ErrorCode.BAD_MESSAGE
 
 
+class Refused(RemoteError):
+    """A refusal with a code the other side hears (`Error`, `ProxyRefused`) and a reason for people.
+
+    Raised where a peer refused us (a login, a visit) and where we refuse a peer's request (a proxy the
+    server will not open); either way the code and the reason travel together.
+    """
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(reason)
+
+
 class FrameTooLarge(ProtocolError):
     """A frame header announced more bytes than the current limit allows."""
 

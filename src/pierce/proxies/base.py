@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 import msgspec
 
 from pierce.addr import HostPort
-from pierce.errors import InvalidValue, PierceError
-from pierce.protocol import ErrorCode
+from pierce.errors import InvalidValue
 from pierce.server.workconn import WorkConn
-from pierce.snapshot import ProxyStats
 from pierce.transport import MessageChannel
 
 if TYPE_CHECKING:
     from pierce.config import ServerConfig
+    from pierce.snapshot import ProxyStats
 
 #: Seconds a visitor's UDP flow (udp, sudp) lives without traffic, unless its proxy says otherwise.
 DEFAULT_UDP_IDLE_TIMEOUT = 60.0
@@ -62,14 +61,6 @@ class ProxySpec(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", for
     Tagged by ``"type"`` with the kind's `ProxyType` value. Constraints on peer-controlled values are
     part of each spec's types, so an out-of-range value fails to decode instead of reaching the kind.
     """
-
-
-class ProxyRefusal(PierceError):
-    """The server will not open a proxy; the client hears ``code`` and ``reason`` (`ProxyRefused`)."""
-
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        self.code = code
-        super().__init__(reason)
 
 
 class ProxyOwner(Protocol):
@@ -144,10 +135,10 @@ class ProxySite(Protocol):
 
     def bind_public(self, name: str, port: int, opener: Callable[[HostPort], P]) -> P:
         """Open a public port of the proxy's own through ``opener``, after the server's port rules and
-        limits (port 0: any allowed port). Raises `ProxyRefusal`."""
+        limits (port 0: any allowed port). Raises `pierce.protocol.Refused`."""
 
     def front(self, kind: type[F]) -> F:
-        """The server's shared front of that kind; `ProxyRefusal` when it has none."""
+        """The server's shared front of that kind; `pierce.protocol.Refused` when it has none."""
 
 
 # -- config checks shared by the kinds --------------------------------------------------------------

@@ -20,12 +20,11 @@ import msgspec
 from pierce.addr import HostPort
 from pierce.domains import InvalidDomain, normalize_domain, normalize_label
 from pierce.errors import InvalidValue
-from pierce.protocol import ErrorCode, StartWork
+from pierce.protocol import ErrorCode, Refused, StartWork
 from pierce.protocol.messages import MAX_DOMAINS, MAX_HEADERS, DomainName, HeaderText, PathPrefix
 from pierce.proxies.base import (
     ProxyOwner,
     ProxyProtocolVersion,
-    ProxyRefusal,
     ProxySite,
     ProxySpec,
     ProxyType,
@@ -192,9 +191,9 @@ class WebProxy:
         return self.live.stats()
 
 
-def route_refusal(exc: RouteError) -> ProxyRefusal:
+def route_refusal(exc: RouteError) -> Refused:
     code = ErrorCode.DOMAIN_TAKEN if isinstance(exc, RouteTaken) else ErrorCode.NOT_AVAILABLE
-    return ProxyRefusal(code, str(exc))
+    return Refused(code, str(exc))
 
 
 class HttpProxyServer(WebProxy):

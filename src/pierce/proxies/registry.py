@@ -116,7 +116,7 @@ def work_handler(
 
 
 def open_proxy(name: str, spec: ProxySpecs, site: ProxySite) -> ServerProxy:
-    """Open a proxy on the server; raises `pierce.proxies.base.ProxyRefusal`."""
+    """Open a proxy on the server; raises `pierce.proxies.base.Refused`."""
     match spec:
         case TcpSpec():
             return TcpProxyServer.create(name, spec, site)

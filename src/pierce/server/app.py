@@ -19,7 +19,7 @@ from typing import Any
 from pierce.addr import HostPort, format_sockaddr
 from pierce.config import ServerConfig
 from pierce.errors import LocalError, PierceError
-from pierce.handshake import AuthenticationFailed, HandshakeRefused, plain_binding, server_handshake
+from pierce.handshake import AuthenticationFailed, plain_binding, server_handshake
 from pierce.listeners import TcpListener, set_nodelay
 from pierce.logs import event
 from pierce.nat.stun_server import StunServer
@@ -29,6 +29,7 @@ from pierce.protocol import (
     Feature,
     Hello,
     ProtocolError,
+    Refused,
     Role,
     UnexpectedMessage,
     Visit,
@@ -146,7 +147,7 @@ class Server:
             proxies=[
                 ServerProxyInfo(
                     name=p.name,
-                    type=p.type.value,
+                    type=p.type,
                     client_id=s.client_id,
                     remote_port=p.port,
                     urls=p.urls,
@@ -186,7 +187,7 @@ class Server:
             else:
                 await self._visitor(channel, hello, binding, (str(addr[0]), int(addr[1])))
         except (
-            HandshakeRefused,
+            Refused,
             AuthenticationFailed,
             ProtocolError,
             ConnectionClosed,
@@ -228,7 +229,7 @@ class Server:
         """Refuse a plain connection for ``role``; else run the login exchange, handing out ``run_id``."""
         if binding is None or not isinstance(channel, StreamChannel):
             await channel.send(Error(code=ErrorCode.BAD_MESSAGE, reason=f"{role} connections must use TLS"))
-            raise HandshakeRefused(ErrorCode.BAD_MESSAGE, f"plain {role} connection")
+            raise Refused(ErrorCode.BAD_MESSAGE, f"plain {role} connection")
         async with asyncio.timeout(LOGIN_TIMEOUT):
             await server_handshake(
                 channel,
@@ -281,12 +282,12 @@ class Server:
         if session is None:
             reason = "unknown or expired session; log in again"
             await channel.send(Error(code=ErrorCode.UNKNOWN_SESSION, reason=reason))
-            raise HandshakeRefused(ErrorCode.UNKNOWN_SESSION, reason)
+            raise Refused(ErrorCode.UNKNOWN_SESSION, reason)
         plain = binding is None
         if plain and self.config.transport.encrypt_data:
             reason = "plain work connection refused: transport.encrypt_data is true on the server"
             await channel.send(Error(code=ErrorCode.FEATURE_MISMATCH, reason=reason))
-            raise HandshakeRefused(ErrorCode.FEATURE_MISMATCH, reason)
+            raise Refused(ErrorCode.FEATURE_MISMATCH, reason)
         async with asyncio.timeout(LOGIN_TIMEOUT):
             await server_handshake(
                 channel,

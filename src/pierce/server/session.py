@@ -24,10 +24,11 @@ from pierce.protocol import (
     ProtocolError,
     ProxyReady,
     ProxyRefused,
+    Refused,
     UdpPacket,
     VisitorVerdict,
 )
-from pierce.proxies.base import F, P, ProxyRefusal, ServerProxy
+from pierce.proxies.base import F, P, ServerProxy
 from pierce.proxies.registry import decode_spec, open_proxy
 from pierce.proxies.secret import SecretProxyServer
 from pierce.proxies.udp import UdpProxyServer
@@ -173,8 +174,8 @@ class ControlSession:
             spec = decode_spec(msg.spec)
             self._check_name(name)
             proxy = open_proxy(name, spec, self)
-        except (ProxyRefusal, ProtocolError) as exc:
-            code = exc.code if isinstance(exc, ProxyRefusal) else ErrorCode.BAD_MESSAGE
+        except (Refused, ProtocolError) as exc:
+            code = exc.code if isinstance(exc, Refused) else ErrorCode.BAD_MESSAGE
             event(
                 log,
                 logging.WARNING,
@@ -208,18 +209,18 @@ class ControlSession:
     def _check_name(self, name: str) -> None:
         owner = self.server.proxy_owners.get(name)
         if owner is not None and owner is not self:
-            raise ProxyRefusal(
+            raise Refused(
                 ErrorCode.DUPLICATE_NAME, f"proxy name {name!r} is already used by client {owner.client_id}"
             )
         if name in self.proxies:
-            raise ProxyRefusal(ErrorCode.DUPLICATE_NAME, f"proxy name {name!r} is already registered")
+            raise Refused(ErrorCode.DUPLICATE_NAME, f"proxy name {name!r} is already registered")
 
     # -- the site proxies open on ------------------------------------------------------------------
 
     def front(self, kind: type[F]) -> F:
         front = self.server.fronts.get(kind)
         if front is None:
-            raise ProxyRefusal(ErrorCode.NOT_AVAILABLE, kind.missing)
+            raise Refused(ErrorCode.NOT_AVAILABLE, kind.missing)
         assert isinstance(front, kind)
         return front
 
@@ -228,14 +229,14 @@ class ControlSession:
         cfg = self.server.config
         held = len(self._port_holders)
         if cfg.max_ports_per_client and held >= cfg.max_ports_per_client:
-            raise ProxyRefusal(
+            raise Refused(
                 ErrorCode.LIMIT_REACHED, f"client already holds {held} ports (max_ports_per_client)"
             )
         bind = cfg.proxy_bind_addr
         if port:
             if not cfg.port_allowed(port):
                 allowed = ", ".join(str(r) for r in cfg.allow_ports)
-                raise ProxyRefusal(
+                raise Refused(
                     ErrorCode.PORT_NOT_ALLOWED, f"port {port} is not allowed (allow_ports: {allowed})"
                 )
             candidates = [port]
@@ -253,12 +254,12 @@ class ControlSession:
                 last = exc
                 continue
             except LocalError as exc:
-                raise ProxyRefusal(ErrorCode.INTERNAL, str(exc)) from exc
+                raise Refused(ErrorCode.INTERNAL, str(exc)) from exc
             self._port_holders.add(name)
             return opened
         if port:
-            raise ProxyRefusal(ErrorCode.PORT_IN_USE, f"port {port} is already in use on the server")
-        raise ProxyRefusal(ErrorCode.PORT_IN_USE, f"no free port in allow_ports ({last})")
+            raise Refused(ErrorCode.PORT_IN_USE, f"port {port} is already in use on the server")
+        raise Refused(ErrorCode.PORT_IN_USE, f"no free port in allow_ports ({last})")
 
     async def _close_proxy(self, name: str, *, reason: str) -> None:
         proxy = self.proxies.pop(name, None)

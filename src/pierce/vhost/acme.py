@@ -49,6 +49,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from pierce.config import LETS_ENCRYPT_DIRECTORY
 from pierce.errors import LocalError
 from pierce.logs import event
 from pierce.tls import make_private_dir, write_private
@@ -69,8 +70,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Let's Encrypt's production directory, the default CA.
-LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 #: Let's Encrypt's staging directory: untrusted certificates, generous rate limits, for trying things out.
 LETS_ENCRYPT_STAGING_DIRECTORY = "https://acme-staging-v02.api.letsencrypt.org/directory"
 #: Renew a certificate this long before it expires (seconds): 30 days.

@@ -1,0 +1,222 @@
+"""Both sessions, client and server, joined by in-memory channels: no socket between them.
+
+The server's `ControlSession` and the client's `ClientSession` run as they do in the processes, over
+`pierce.transport.memory_pair` channels; a small dialer hands the client work connections the same way
+(each logged in with the real handshake). Only the stcp visitor's local service is a loopback socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from pierce.client.session import ClientSession, features_of
+from pierce.config import ClientConfig, ServerConfig
+from pierce.handshake import client_handshake, server_handshake
+from pierce.protocol import (
+    ErrorCode,
+    Hello,
+    NewProxy,
+    Role,
+    SecretKind,
+    Visit,
+    VisitReady,
+    new_nonce,
+    visitor_proof,
+)
+from pierce.proxies.http import HttpProxyConfig
+from pierce.proxies.secret import serve_visit
+from pierce.proxies.stcp import StcpProxyConfig
+from pierce.proxies.tcpmux import TcpMuxProxyConfig
+from pierce.server.app import Server
+from pierce.server.session import ControlSession
+from pierce.server.workconn import WorkConn
+from pierce.snapshot import ProxyState
+from pierce.transport import MemoryChannel, memory_pair
+
+TOKEN = "memory-token"
+BINDING = b"m" * 32
+SECRET = "stcp secret"
+
+
+class MemoryDialer:
+    """What `ClientSession` needs of a dialer: work connections, here in memory, logged in for real."""
+
+    def __init__(self, config: ClientConfig, server: Server) -> None:
+        self.config = config
+        self.server = server
+        self.opened = 0
+
+    async def work(self, run_id: str) -> MemoryChannel:
+        client_end, server_end = memory_pair(("client", "server"))
+
+        async def serve() -> None:
+            hello = await server_end.recv()
+            assert isinstance(hello, Hello) and hello.role is Role.WORK
+            await server_handshake(
+                server_end, hello, token=TOKEN, features=self.server.features, binding=BINDING, run_id=run_id
+            )
+            self.server.sessions[run_id].add_work_conn(WorkConn(server_end))
+
+        served = asyncio.ensure_future(serve())
+        await client_handshake(
+            client_end,
+            token=TOKEN,
+            features=features_of(self.config),
+            client_id="home",
+            role=Role.WORK,
+            run_id=run_id,
+            binding=BINDING,
+        )
+        await served
+        self.opened += 1
+        return client_end
+
+
+@contextlib.asynccontextmanager
+async def echo_service() -> AsyncIterator[int]:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+
+    service = await asyncio.start_server(echo, "127.0.0.1", 0)
+    try:
+        yield service.sockets[0].getsockname()[1]
+    finally:
+        service.close()
+
+
+async def test_sessions_register_refuse_visit_and_close_in_memory(tmp_path: Path) -> None:
+    server = Server(ServerConfig(token=TOKEN, bind_addr="127.0.0.1", bind_port=0, stun_port=0))
+    async with echo_service() as echo_port:
+        proxies = {
+            "secret": StcpProxyConfig(name="secret", local_port=echo_port, secret_key=SECRET),
+            "web": HttpProxyConfig(name="web", local_port=80, custom_domains=["web.example.com"]),
+            "mux": TcpMuxProxyConfig(name="mux", local_port=22, custom_domains=["ssh.example.com"]),
+        }
+        config = ClientConfig(server_addr="memory", token=TOKEN, pool_count=0)
+        client_end, server_end = memory_pair(("client", "server"))
+
+        async def login() -> ControlSession:
+            hello = await server_end.recv()
+            assert isinstance(hello, Hello)
+            await server_handshake(
+                server_end, hello, token=TOKEN, features=server.features, binding=BINDING, run_id="run-1"
+            )
+            session = ControlSession(
+                server, server_end, client_id=hello.client_id, run_id="run-1", peer="mem"
+            )
+            server.sessions["run-1"] = session
+            return session
+
+        logging_in = asyncio.ensure_future(login())
+        run_id = await client_handshake(
+            client_end, token=TOKEN, features=features_of(config), client_id="home", role=Role.CONTROL,
+            binding=BINDING,
+        )  # fmt: skip
+        control = await logging_in
+        states: dict[str, tuple[ProxyState, str]] = {}
+        changed = asyncio.Event()
+
+        def on_state(name: str, state: ProxyState, port: int | None, error: str, urls: Any) -> None:
+            states[name] = (state, error)
+            changed.set()
+
+        active: set[asyncio.Task[None]] = set()
+
+        def spawn(coro: Coroutine[Any, Any, None]) -> None:
+            active.add(asyncio.ensure_future(coro))
+
+        dialer = MemoryDialer(config, server)
+        client = ClientSession(dialer, client_end, run_id, proxies, on_state, spawn)  # type: ignore[arg-type]
+        tasks = [asyncio.ensure_future(control.run()), asyncio.ensure_future(client.run())]
+        try:
+            async with asyncio.timeout(10):
+                while len(states) < 3:
+                    await changed.wait()
+                    changed.clear()
+            # A secret proxy opens without a port; web kinds need fronts this server lacks.
+            assert states["secret"] == (ProxyState.RUNNING, "")
+            assert states["web"][0] is ProxyState.REFUSED and "vhost_http_port" in states["web"][1]
+            assert states["mux"][0] is ProxyState.REFUSED and "tcpmux_httpconnect_port" in states["mux"][1]
+            snap = server.snapshot()
+            assert [c.client_id for c in snap.clients] == ["home"]
+            assert [(p.name, p.type.value, p.remote_port) for p in snap.proxies] == [("secret", "stcp", 0)]
+
+            # A visitor of the secret proxy: the owner checks its proof, a work connection is asked
+            # for (the pool starts empty) and opened in memory, and the bytes come back from the service.
+            visitor_end, visitor_server_end = memory_pair(("visitor", "server"))
+            nonce = new_nonce()
+            visit = Visit(
+                proxy="secret",
+                kind=SecretKind.STCP,
+                client_nonce=nonce,
+                proof=visitor_proof(SECRET, proxy="secret", visit_id="visit-1", client_nonce=nonce),
+            )
+            serving = asyncio.ensure_future(
+                serve_visit(
+                    server._secret_proxy,
+                    visitor_server_end,
+                    visit,
+                    visit_id="visit-1",
+                    visitor_id="laptop",
+                    visitor=("198.51.100.7", 40000),
+                )
+            )
+            async with asyncio.timeout(10):
+                assert await visitor_end.recv() == VisitReady(proxy="secret")
+                data = bytes(range(256)) * 2048
+                end = visitor_end.into_end()
+                await end.write(data)
+                end.write_eof()
+                got = bytearray()
+                while chunk := await end.read(1 << 16):
+                    got += chunk
+                await serving
+            assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+            assert dialer.opened >= 1
+            (secret,) = server.snapshot().proxies
+            assert secret.stats.total_connections == 1 and secret.stats.connections == 0
+            assert secret.stats.bytes_in == secret.stats.bytes_out == len(data)
+
+            # A wrong proof is refused by the owner, and the visitor hears why.
+            wrong_end, wrong_server_end = memory_pair(("visitor", "server"))
+            bad = msgspec.structs.replace(visit, proof=b"\0" * len(visit.proof))
+            refusing = asyncio.ensure_future(
+                serve_visit(
+                    server._secret_proxy, wrong_server_end, bad,
+                    visit_id="visit-2", visitor_id="laptop", visitor=("198.51.100.7", 40001),
+                )
+            )  # fmt: skip
+            async with asyncio.timeout(10):
+                refusal = await wrong_end.recv()
+            wrong_end.close()
+            await refusing
+            assert getattr(refusal, "code", None) is ErrorCode.AUTH_FAILED
+
+            # A spec no kind decodes is refused by name, and the session carries on.
+            await client_end.send(
+                NewProxy(name="junk", spec=msgspec.Raw(msgspec.msgpack.encode({"type": "x"})))
+            )
+            async with asyncio.timeout(10):
+                while "junk" not in states:
+                    await changed.wait()
+                    changed.clear()
+            assert states["junk"][0] is ProxyState.REFUSED and "bad_message" in states["junk"][1]
+        finally:
+            client_end.close()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await control.close("test over")
+            for task in active:
+                task.cancel()
+            await asyncio.gather(*active, return_exceptions=True)
+        # Closing the session closed its proxies.
+        assert control.proxies == {} and server.proxy_owners == {}
