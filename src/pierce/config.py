@@ -3,6 +3,9 @@
 One place reads config. Errors name the file, the key path and what was expected, e.g.
 ``map.toml: rules[1].target: expected "host:port", got "10.0.0.5"``, and every problem in the file is
 reported in one pass, not only the first.
+
+The ``[[proxies]]`` tables are the kinds' own config Structs (`pierce.proxies`, one module per kind),
+gathered into `ProxyConfig` by `pierce.proxies.registry`; this module holds everything else.
 """
 
 from __future__ import annotations

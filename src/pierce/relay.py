@@ -159,11 +159,6 @@ class RelayStats:
     mode: RelayMode | None = None
 
     @property
-    def spliced(self) -> bool:
-        """True when the bytes went through the kernel (splice)."""
-        return self.mode is RelayMode.SPLICE
-
-    @property
     def duration(self) -> float:
         return (self.ended or time.monotonic()) - self.started
 

@@ -76,6 +76,8 @@ class ServerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     ports: dict[str, int]
     clients: list[ClientInfo]
     proxies: list[ServerProxyInfo]
+    #: The STUN responder's counters since start (requests, answered, malformed, ...); empty when off.
+    stun: dict[str, int] = {}
 
 
 class ClientProxyInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -32,6 +32,7 @@ def test_examples_parse() -> None:
         "HttpsProxyConfig",
         "UdpProxyConfig",
         "StcpProxyConfig",
+        "TcpMuxProxyConfig",
     ]
     assert [v.server_name for v in client.visitors] == ["office-rdp"]
     nas = client.proxies[1]

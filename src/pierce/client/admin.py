@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pierce.client")
 
-ACTIONS = ("status", "reload", "stop")
-
 
 class AdminApi:
     """The server side of the admin API for one running `Client`."""

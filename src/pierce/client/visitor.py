@@ -97,7 +97,7 @@ async def open_visit(dialer: Dialer, config: VisitorConfig, *, check_only: bool 
         raise
     if isinstance(reply, Error):
         channel.close()
-        raise Refused(reply.code, f"visit to proxy {config.server_name!r} refused: {reply.reason}")
+        raise Refused(reply.code, reply.reason)
     if not isinstance(reply, VisitReady):
         channel.close()
         raise UnexpectedMessage(reply, "VisitReady")
@@ -111,7 +111,7 @@ def log_failure(config: VisitorConfig, exc: PierceError, level: int = logging.WA
             log,
             level,
             "visitor.refused",
-            f"visitor {config.name}: {exc}",
+            f"visitor {config.name}: visit to proxy {config.server_name!r} refused: {exc.reason}",
             visitor_name=config.name,
             proxy=config.server_name,
             code=exc.code.value,

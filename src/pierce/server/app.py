@@ -9,6 +9,7 @@ on both ends), so the relay can splice it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import socket
@@ -63,7 +64,6 @@ class Server:
         self.certificate: ServerCertificate | None = None
         self._ssl: ssl.SSLContext | None = None
         self._listener: TcpListener | None = None
-        self._session_tasks: set[asyncio.Task[None]] = set()
         #: The STUN responder (``stun_port``), when it could start.
         self.stun: StunServer | None = None
         #: Listeners shared between proxies (the web ports, ...), by type, when configured.
@@ -135,8 +135,10 @@ class Server:
         ports = {"bind_port": self.port if self._listener is not None else 0}
         for front in self.fronts.values():
             ports.update(front.ports())
+        stun: dict[str, int] = {}
         if self.stun is not None:
             ports["stun_port"] = self.stun.layout.port
+            stun = dataclasses.asdict(self.stun.stats)
         sessions = list(self.sessions.values())
         return ServerSnapshot(
             version=__version__,
@@ -144,6 +146,7 @@ class Server:
             fingerprint=self.certificate.fingerprint if self.certificate is not None else "",
             ports=ports,
             clients=[s.info() for s in sessions],
+            stun=stun,
             proxies=[
                 ServerProxyInfo(
                     name=p.name,
@@ -227,9 +230,12 @@ class Server:
         self, channel: MessageChannel, hello: Hello, binding: bytes | None, run_id: str, role: str
     ) -> None:
         """Refuse a plain connection for ``role``; else run the login exchange, handing out ``run_id``."""
-        if binding is None or not isinstance(channel, StreamChannel):
+        if binding is None:
             await channel.send(Error(code=ErrorCode.BAD_MESSAGE, reason=f"{role} connections must use TLS"))
             raise Refused(ErrorCode.BAD_MESSAGE, f"plain {role} connection")
+        await self._login(channel, hello, binding, run_id)
+
+    async def _login(self, channel: MessageChannel, hello: Hello, binding: bytes, run_id: str) -> None:
         async with asyncio.timeout(LOGIN_TIMEOUT):
             await server_handshake(
                 channel,
@@ -288,15 +294,7 @@ class Server:
             reason = "plain work connection refused: transport.encrypt_data is true on the server"
             await channel.send(Error(code=ErrorCode.FEATURE_MISMATCH, reason=reason))
             raise Refused(ErrorCode.FEATURE_MISMATCH, reason)
-        async with asyncio.timeout(LOGIN_TIMEOUT):
-            await server_handshake(
-                channel,
-                hello,
-                token=self.config.token,
-                features=self.features,
-                binding=plain_binding(hello.run_id) if plain else binding or b"",
-                run_id=session.run_id,
-            )
+        await self._login(channel, hello, binding or plain_binding(hello.run_id), session.run_id)
         session.add_work_conn(WorkConn(channel))
 
     async def _visitor(

@@ -1,5 +1,6 @@
 """The web side of the server: many names on one public port.
 
+- `pierce.vhost.front`: the shared web ports (HTTP by Host, HTTPS by SNI) and their routes.
 - `pierce.vhost.router`: domain and path routing table (exact names, wildcards, locations).
 - `pierce.vhost.http`: the HTTP/1.1 reverse-proxy engine, one browser connection at a time.
 - `pierce.vhost.http_parse`: sans-I/O HTTP/1.1 message parsing (llhttp) for that engine.

@@ -226,10 +226,6 @@ class CertificateManager:
         """The current certificate for ``server_name`` (the one expiring last, if several cover it)."""
         return self._by_name.get(server_name.rstrip(".").lower())
 
-    def certificates(self) -> list[Certificate]:
-        """Every certificate loaded, in no particular order."""
-        return list(self._certs.values())
-
     # --- what the server wants ------------------------------------------------------------------
 
     def want(self, domains: Iterable[str]) -> tuple[str, ...]:
