@@ -245,10 +245,17 @@ async def bridge(
             work_conn=work.serial,
             **fields,
         )
-        await relay(here, end, stats)
+        try:
+            await relay(here, end, stats)
+        except asyncio.CancelledError:
+            if stats.error is None:  # cancelled: the proxy (or the server) is closing
+                stats.error = ConnectionAbortedError(f"proxy {name!r} closed")
+            raise
+        finally:
+            target = f"client {owner.client_id}"
+            log_conn_closed(log, name, who, target, stats, client_id=owner.client_id, **fields)
     finally:
         live.done(stats)
-    log_conn_closed(log, name, who, f"client {owner.client_id}", stats, client_id=owner.client_id, **fields)
 
 
 def _work_failed(name: str, who: str, owner: ProxyOwner, exc: BaseException, fields: dict[str, Any]) -> None:
