@@ -26,6 +26,15 @@ class ProxyState(enum.StrEnum):
     REFUSED = "refused"
 
 
+class ConnectionPath(enum.StrEnum):
+    """How a proxy's visitors reach it."""
+
+    #: Through the server (every kind today).
+    RELAY = "relay"
+    #: Peer to peer, not through the server (P2P kinds).
+    DIRECT = "direct"
+
+
 class ProxyStats(msgspec.Struct, frozen=True, kw_only=True):
     """Traffic of one proxy since it opened."""
 
@@ -35,6 +44,8 @@ class ProxyStats(msgspec.Struct, frozen=True, kw_only=True):
     total_connections: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    #: Visitors that got no work connection in time, or whose work connection failed.
+    failed_connections: int = 0
 
 
 class ServerProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,6 +58,7 @@ class ServerProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
     remote_port: int
     urls: list[str]
     stats: ProxyStats
+    path: ConnectionPath = ConnectionPath.RELAY
 
 
 class ClientInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,6 +103,7 @@ class ClientProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
     remote_port: int | None = None
     urls: list[str] = []
     error: str = ""
+    path: ConnectionPath = ConnectionPath.RELAY
 
 
 class ClientSnapshot(msgspec.Struct, frozen=True, kw_only=True):

@@ -52,8 +52,12 @@ class MemoryDialer:
         self.config = config
         self.server = server
         self.opened = 0
+        #: When set, every work connection fails (as when the server cannot be reached).
+        self.broken = False
 
     async def work(self, run_id: str) -> MemoryChannel:
+        if self.broken:
+            raise OSError("work connections are broken in this test")
         client_end, server_end = memory_pair(("client", "server"))
 
         async def serve() -> None:
@@ -95,7 +99,9 @@ async def echo_service() -> AsyncIterator[int]:
 
 
 async def test_sessions_register_refuse_visit_and_close_in_memory(tmp_path: Path) -> None:
-    server = Server(ServerConfig(token=TOKEN, bind_addr="127.0.0.1", bind_port=0, stun_port=0))
+    server = Server(
+        ServerConfig(token=TOKEN, bind_addr="127.0.0.1", bind_port=0, stun_port=0, user_conn_timeout=0.5)
+    )
     async with echo_service() as echo_port:
         proxies = {
             "secret": StcpProxyConfig(name="secret", local_port=echo_port, secret_key=SECRET),
@@ -201,6 +207,27 @@ async def test_sessions_register_refuse_visit_and_close_in_memory(tmp_path: Path
             wrong_end.close()
             await refusing
             assert getattr(refusal, "code", None) is ErrorCode.AUTH_FAILED
+
+            # No work connection comes in time: the visitor hears why and the proxy counts a failure.
+            dialer.broken = True
+            for _ in range(control.pool.idle):  # the connections left from the first visitor
+                (await control.pool.get(1)).close()
+            late_end, late_server_end = memory_pair(("visitor", "server"))
+            nonce = new_nonce()
+            late = msgspec.structs.replace(
+                visit,
+                client_nonce=nonce,
+                proof=visitor_proof(SECRET, proxy="secret", visit_id="visit-3", client_nonce=nonce),
+            )
+            async with asyncio.timeout(10):
+                await serve_visit(
+                    server._secret_proxy, late_server_end, late,
+                    visit_id="visit-3", visitor_id="laptop", visitor=("198.51.100.7", 40002),
+                )  # fmt: skip
+                assert getattr(await late_end.recv(), "code", None) is ErrorCode.TIMEOUT
+            (secret,) = server.snapshot().proxies
+            assert secret.stats.failed_connections == 1 and secret.stats.total_connections == 2
+            dialer.broken = False
 
             # A spec no kind decodes is refused by name, and the session carries on.
             await client_end.send(

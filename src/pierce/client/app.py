@@ -38,27 +38,14 @@ BACKOFF_MAX = 20.0
 
 
 @dataclass
-class ProxyStatus:
-    """What the client knows about one proxy (read through `Client.snapshot`)."""
-
-    name: str
-    type: ProxyType
-    local: str
-    remote_port: int | None = None
-    state: ProxyState = ProxyState.PENDING
-    error: str = ""
-    #: http/https proxies: where visitors reach it.
-    urls: list[str] = field(default_factory=list)
-
-
-@dataclass
 class ClientStatus:
     connected: bool = False
     run_id: str = ""
     attempts: int = 0
     last_error: str = ""
     connected_since: float | None = None
-    proxies: dict[str, ProxyStatus] = field(default_factory=dict)
+    #: Every configured proxy as the client sees it (replaced, never changed in place).
+    proxies: dict[str, ClientProxyInfo] = field(default_factory=dict)
 
 
 def default_client_id(config_path: Path | None) -> str:
@@ -96,7 +83,9 @@ class Client:
         for p in self.config.proxies:
             old = self.status.proxies.get(p.name)
             kind = ProxyType(str(type(p).__struct_config__.tag))
-            states[p.name] = old or ProxyStatus(p.name, kind, f"{p.local_ip}:{p.local_port}")
+            states[p.name] = old or ClientProxyInfo(
+                name=p.name, type=kind, local=f"{p.local_ip}:{p.local_port}", state=ProxyState.PENDING
+            )
         self.status.proxies = states
 
     def _on_proxy_state(
@@ -105,7 +94,9 @@ class Client:
         proxy = self.status.proxies.get(name)
         if proxy is None:
             return
-        proxy.state, proxy.remote_port, proxy.error, proxy.urls = state, port, error, list(urls)
+        proxy = self.status.proxies[name] = msgspec.structs.replace(
+            proxy, state=state, remote_port=port, error=error, urls=list(urls)
+        )
         if state is ProxyState.RUNNING:
             host = self.config.server_addr
             where = "at " + (", ".join(urls) if urls else f"{host}:{port}")
@@ -143,18 +134,7 @@ class Client:
             connected_since=st.connected_since,
             attempts=st.attempts,
             last_error=st.last_error,
-            proxies=[
-                ClientProxyInfo(
-                    name=p.name,
-                    type=p.type,
-                    local=p.local,
-                    state=p.state,
-                    remote_port=p.remote_port,
-                    urls=list(p.urls),
-                    error=p.error,
-                )
-                for p in st.proxies.values()
-            ],
+            proxies=list(st.proxies.values()),
             connections=len(self.active),
         )
 
@@ -214,8 +194,8 @@ class Client:
                 finally:
                     self.session = None
                     self.status.connected = False
-                    for proxy in self.status.proxies.values():
-                        proxy.state = ProxyState.PENDING
+                    for name, proxy in self.status.proxies.items():
+                        self.status.proxies[name] = msgspec.structs.replace(proxy, state=ProxyState.PENDING)
                 if time.monotonic() - started > BACKOFF_MAX:
                     backoff = BACKOFF_FIRST  # it was a healthy session: start the backoff over
             if self._stop.is_set():

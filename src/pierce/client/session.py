@@ -33,6 +33,7 @@ from pierce.protocol import (
     VisitorCheck,
     certificate_binding,
 )
+from pierce.protocol.heartbeat import Due, Heartbeat
 from pierce.proxies.registry import ProxyConfig, client_spec, encode_spec, work_handler
 from pierce.proxies.secret import check_visitor
 from pierce.proxies.udp import UdpProxies
@@ -158,8 +159,9 @@ class ClientSession:
         self._closing = False
         #: TLS contexts of https2http plugins, by certificate and key file.
         self._tls_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
-        self.last_pong = time.monotonic()
-        self._ping_seq = 0
+        self.heartbeat = Heartbeat(
+            self.config.heartbeat_interval, self.config.heartbeat_timeout, time.monotonic()
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -188,7 +190,7 @@ class ClientSession:
     async def _handle(self, msg: object) -> None:
         match msg:
             case Pong():
-                self.last_pong = time.monotonic()
+                self.heartbeat.pong(time.monotonic())
             case ProxyReady(name=name, remote_port=port, urls=urls):
                 self.on_proxy_state(name, ProxyState.RUNNING, port, "", urls)
             case ProxyRefused(name=name, code=code, reason=reason):
@@ -209,21 +211,17 @@ class ClientSession:
                 raise ProtocolError(f"unexpected {type(msg).__name__} on the control channel")
 
     async def _heartbeat(self) -> None:
-        interval, timeout = self.config.heartbeat_interval, self.config.heartbeat_timeout
-        next_ping = time.monotonic() + interval
+        beat = self.heartbeat
         while True:
-            # Wake for the next ping or the moment the server would count as dead, whichever is first,
-            # so a dead link is noticed heartbeat_timeout after the last answer, not up to an interval later.
-            now = time.monotonic()
-            await asyncio.sleep(max(0.0, min(next_ping, self.last_pong + timeout) - now))
-            now = time.monotonic()
-            if now - self.last_pong >= timeout:
-                self.channel.abort()  # wakes the control loop with ConnectionClosed, now
-                raise ConnectionClosed(f"no answer from the server for {timeout:g}s")
-            if now >= next_ping:
-                next_ping = now + interval
-                self._ping_seq += 1
-                await self.channel.send(Ping(seq=self._ping_seq))
+            await asyncio.sleep(max(0.0, beat.deadline() - time.monotonic()))
+            match beat.due(time.monotonic()):
+                case Due.DEAD:
+                    self.channel.abort()  # wakes the control loop with ConnectionClosed, now
+                    raise ConnectionClosed(f"no answer from the server for {beat.timeout:g}s")
+                case Due.PING:
+                    await self.channel.send(Ping(seq=beat.seq))
+                case Due.NOTHING:
+                    pass
 
     async def register(self, proxy: ProxyConfig) -> None:
         self.proxies[proxy.name] = proxy

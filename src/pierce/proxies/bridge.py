@@ -39,6 +39,7 @@ class LiveConnections:
     def __init__(self) -> None:
         self._live: dict[RelayStats, asyncio.Task[Any] | End] = {}
         self._total = 0
+        self._failed = 0
         self._ended_in = 0
         self._ended_out = 0
         self.closed = False
@@ -50,7 +51,12 @@ class LiveConnections:
             total_connections=self._total,
             bytes_in=self._ended_in + sum(s.a_to_b for s in live),
             bytes_out=self._ended_out + sum(s.b_to_a for s in live),
+            failed_connections=self._failed,
         )
+
+    def failed(self) -> None:
+        """A visitor could not be served (no work connection in time, or it failed)."""
+        self._failed += 1
 
     def add(self, stats: RelayStats, holder: asyncio.Task[Any] | End) -> None:
         """Count a connection until `done`; ``holder`` is what `close` cancels (a task) or closes."""
@@ -206,6 +212,7 @@ async def bridge(
                 raise
             # TimeoutError, or the owner's pool closed under us (its session ended).
             reason = f"no work connection from client {owner.client_id} in time"
+            live.failed()
             await _quietly(visitor.refuse(ErrorCode.TIMEOUT, reason))
             event(
                 log,
@@ -219,6 +226,7 @@ async def bridge(
             )
             return
         except (PierceError, OSError) as exc:
+            live.failed()
             await _quietly(visitor.refuse(ErrorCode.INTERNAL, "the work connection failed"))
             _work_failed(name, who, owner, exc, fields)
             return

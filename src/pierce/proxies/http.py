@@ -19,7 +19,7 @@ import msgspec
 
 from pierce.addr import HostPort
 from pierce.domains import InvalidDomain, normalize_domain, normalize_label
-from pierce.errors import InvalidValue
+from pierce.errors import InvalidValue, PierceError
 from pierce.protocol import ErrorCode, Refused, StartWork
 from pierce.protocol.messages import MAX_DOMAINS, MAX_HEADERS, DomainName, HeaderText, PathPrefix
 from pierce.proxies.base import (
@@ -227,7 +227,11 @@ class HttpProxyServer(WebProxy):
 
     async def open(self, visitor: tuple[str, int]) -> End:
         """A new stream to the client's local service for this visitor (the HTTP engine's backend)."""
-        end, _ = await open_work(self.owner, self.start_work(visitor))
+        try:
+            end, _ = await open_work(self.owner, self.start_work(visitor))
+        except (TimeoutError, PierceError, OSError):
+            self.live.failed()
+            raise
         return self.live.counted(end)
 
     async def close(self) -> None:
