@@ -112,3 +112,20 @@ def test_boundary_tracking() -> None:
     assert not dec.at_boundary and dec.wanted == 1
     dec.feed(b"b")
     assert dec.at_boundary and dec.in_header
+
+
+def test_header_fast_path_matches_feed() -> None:
+    fast, slow = ChunkDecoder(), ChunkDecoder()
+    fast.header((300).to_bytes(4, "big"))
+    slow.feed((300).to_bytes(4, "big"))
+    assert (fast.left, fast.ended) == (slow.left, slow.ended) == (300, False)
+    fast.left = 0
+    fast.header(END_OF_DATA)
+    assert fast.ended and fast.wanted == 0
+    with pytest.raises(ProtocolError, match="exceeds"):
+        ChunkDecoder(max_chunk=10).header((11).to_bytes(4, "big"))
+    # Not at a boundary (payload still due): the general path decides, here treating it as payload.
+    mid = ChunkDecoder()
+    mid.header((2).to_bytes(4, "big"))
+    mid.header(b"ab\0\0")
+    assert mid.left == 0 and not mid.ended and mid.wanted == 2

@@ -26,7 +26,9 @@ END_OF_DATA = b"\0\0\0\0"
 #: Data up to this size goes out with its header as one piece (one 16 KiB TLS record).
 ONE_RECORD = 16 * 1024 - CHUNK_HEADER_SIZE
 
-_HEADER = struct.Struct(">I")
+#: The length prefix, for writers that frame small data themselves (see `chunk`).
+CHUNK_HEADER = struct.Struct(">I")
+_HEADER = CHUNK_HEADER
 
 
 def chunk(data: bytes | memoryview) -> list[bytes | memoryview]:
@@ -77,6 +79,17 @@ class ChunkDecoder:
     def at_boundary(self) -> bool:
         """True when no chunk is partly read: nothing of a header or payload is pending."""
         return not self.left and not self._header
+
+    def header(self, header: bytes) -> None:
+        """A whole length prefix, read exactly (``wanted`` bytes between chunks): the fast path."""
+        if self.ended or self.left or self._header or len(header) != CHUNK_HEADER_SIZE:
+            self.feed(header)  # not at a boundary: the general path says what is wrong
+            return
+        (length,) = _HEADER.unpack(header)
+        if length > self.max_chunk:
+            raise ProtocolError(f"data chunk of {length} bytes exceeds {self.max_chunk}")
+        self.left = length
+        self.ended = length == 0
 
     def feed(self, data: bytes | memoryview) -> list[bytes | memoryview]:
         """The data carried by ``data``; the input itself when it is all payload (no copy)."""
