@@ -55,6 +55,14 @@ class HeaderOps(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 raise InvalidValue("set", f'header "{name}" must not contain line breaks or NUL')
 
 
+def check_credentials(user: str, password: str) -> None:
+    """``http_user`` / ``http_password`` (basic or proxy authentication): both or neither."""
+    if bool(user) != bool(password):
+        raise InvalidValue("http_password", "expected http_user and http_password together")
+    if ":" in user:
+        raise InvalidValue("http_user", 'expected a user name without ":"')
+
+
 def check_domains(domains: list[str], subdomain: str) -> None:
     """``custom_domains`` / ``subdomain`` of a web proxy: at least one, each a domain name (normalised)."""
     if not domains and not subdomain:
@@ -101,10 +109,7 @@ class HttpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, 
                 raise InvalidValue(("locations", i), f'expected a path starting with "/", got "{loc}"')
         if not self.locations:
             raise InvalidValue("locations", 'expected at least one path, e.g. ["/"]')
-        if bool(self.http_user) != bool(self.http_password):
-            raise InvalidValue("http_password", "expected http_user and http_password together")
-        if ":" in self.http_user:
-            raise InvalidValue("http_user", 'expected a user name without ":"')
+        check_credentials(self.http_user, self.http_password)
         if self.https_auto and any(d.startswith("*.") for d in self.custom_domains):
             raise InvalidValue("https_auto", "wildcard domains cannot get certificates by HTTP-01 validation")
 

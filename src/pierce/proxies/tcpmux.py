@@ -19,9 +19,7 @@ proxy; the client side is `pierce.proxies.tcp.serve_tcp_work`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import enum
-import hmac
 import logging
 import socket
 from pathlib import Path
@@ -30,7 +28,6 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import msgspec
 
 from pierce.addr import HostPort, format_sockaddr
-from pierce.errors import InvalidValue
 from pierce.listeners import TcpListener, set_nodelay
 from pierce.logs import event, log_front_refused
 from pierce.protocol import ErrorCode, StartWork
@@ -45,11 +42,11 @@ from pierce.proxies.base import (
     masked_repr,
 )
 from pierce.proxies.bridge import LiveConnections, bridge
-from pierce.proxies.http import check_domains, route_refusal
+from pierce.proxies.http import check_credentials, check_domains, route_refusal
 from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
 from pierce.relay import End, SocketEnd, wait_fd
 from pierce.snapshot import ProxyStats
-from pierce.vhost.http_parse import Head, Malformed, MessageParser
+from pierce.vhost.http_parse import Head, Malformed, MessageParser, basic_auth_matches
 from pierce.vhost.router import DomainRouter, RouteError, normalize_host, proxy_domains
 
 if TYPE_CHECKING:
@@ -95,10 +92,7 @@ class TcpMuxProxyConfig(
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
         check_domains(self.custom_domains, self.subdomain)
-        if bool(self.http_user) != bool(self.http_password):
-            raise InvalidValue("http_password", "expected http_user and http_password together")
-        if ":" in self.http_user:
-            raise InvalidValue("http_user", 'expected a user name without ":"')
+        check_credentials(self.http_user, self.http_password)
 
     def __repr__(self) -> str:
         return masked_repr(self)
@@ -198,18 +192,8 @@ class TcpMuxProxyServer:
     def authorized(self, head: Head) -> bool:
         if self._credentials is None:
             return True
-        for field, value in head.headers:
-            if field.lower() == b"proxy-authorization":
-                scheme, _, token = value.strip().partition(b" ")
-                if scheme.lower() != b"basic":
-                    return False
-                try:
-                    user, _, password = base64.b64decode(token.strip(), validate=True).partition(b":")
-                except ValueError:
-                    return False
-                want_user, want_password = (c.encode() for c in self._credentials)
-                return hmac.compare_digest(user, want_user) & hmac.compare_digest(password, want_password)
-        return False
+        value = next((v for f, v in head.headers if f.lower() == b"proxy-authorization"), None)
+        return basic_auth_matches(value, *(c.encode() for c in self._credentials))
 
     async def serve(self, visitor: ConnectVisitor, here: tuple[str, int], name: str) -> None:
         start = StartWork(

@@ -30,10 +30,7 @@ every backend connection it opened.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import hmac
 import logging
 import socket
 from collections.abc import Callable, Mapping
@@ -49,6 +46,7 @@ from pierce.vhost.http_parse import (
     HeadTooLarge,
     Malformed,
     MessageParser,
+    basic_auth_matches,
     declares_body,
     field_line,
     route_path,
@@ -220,16 +218,7 @@ class _RouteUse:
 
     def authorized(self, value: bytes | None) -> bool:
         assert self.auth is not None
-        if value is None or value[:6].lower() != b"basic ":
-            return False
-        try:
-            decoded = base64.b64decode(value[6:].strip(), validate=True)
-        except (binascii.Error, ValueError):
-            return False
-        user, sep, password = decoded.partition(b":")
-        ok_user = hmac.compare_digest(user, self.auth[0])
-        ok_password = hmac.compare_digest(password, self.auth[1])
-        return bool(sep) and ok_user and ok_password
+        return basic_auth_matches(value, *self.auth)
 
     def drop_backend(self) -> None:
         if self.backend is not None:

@@ -34,6 +34,9 @@ again for the other side, :func:`declares_body`, :func:`split_absolute_form`, :f
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import posixpath
 from collections import deque
 from typing import Final
@@ -51,6 +54,7 @@ __all__ = [
     "HeadTooLarge",
     "Malformed",
     "MessageParser",
+    "basic_auth_matches",
     "declares_body",
     "field_line",
     "route_path",
@@ -318,6 +322,21 @@ def split_absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
         return None
     host = url.host + (b":%d" % url.port if url.port else b"")
     return host, (url.path or b"/") + (b"?" + url.query if url.query else b"")
+
+
+def basic_auth_matches(value: bytes | None, user: bytes, password: bytes) -> bool:
+    """True when ``value`` (an ``Authorization`` or ``Proxy-Authorization`` field) is ``Basic`` with
+    exactly ``user`` and ``password``; compared in constant time."""
+    if value is None or value[:6].lower() != b"basic ":
+        return False
+    try:
+        decoded = base64.b64decode(value[6:].strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    got_user, sep, got_password = decoded.partition(b":")
+    ok_user = hmac.compare_digest(got_user, user)
+    ok_password = hmac.compare_digest(got_password, password)
+    return bool(sep) and ok_user and ok_password
 
 
 def field_line(name: str, value: str) -> bytes:
