@@ -20,7 +20,7 @@ import pytest
 from helpers.http_services import web_service
 from support.procs import PierceProcess
 from support.streams import free_port, payload
-from support.tunnel import start_client, start_server
+from support.tunnel import StartPierce, start_client, start_server
 from support.web import curl
 
 SSHD = "/usr/sbin/sshd"
@@ -44,6 +44,17 @@ def tcpmux_proxy(name: str, port: int, *domains: str, **extra: object) -> dict[s
 async def mux_port(server: PierceProcess) -> int:
     (ready,) = await server.wait_event("front.listening", lambda e: e.get("front") == "tcpmux")
     return int(ready["port"])
+
+
+async def tcpmux_setup(
+    pierce: StartPierce, tmp_path: Path, proxies: list[dict[str, object]]
+) -> tuple[PierceProcess, int]:
+    """A server with a tcpmux port and a client whose ``proxies`` are ready; the server and that port."""
+    server, port = await start_server(pierce, tmp_path, tcpmux_httpconnect_port=free_port())
+    mux = await mux_port(server)
+    client = await start_client(pierce, tmp_path, port, proxies)
+    await client.wait_event("proxy.ready", count=len(proxies))
+    return server, mux
 
 
 @contextlib.asynccontextmanager
@@ -106,18 +117,11 @@ async def ssh_through(mux: int, name: str, d: Path, data: bytes) -> tuple[int, b
 
 async def test_ssh_reaches_two_sshd_by_name_and_unknown_names_get_404(pierce, tmp_path: Path) -> None:
     async with sshd(tmp_path, "alpha") as (alpha, alpha_dir), sshd(tmp_path, "beta") as (beta, beta_dir):
-        server, port = await start_server(pierce, tmp_path, tcpmux_httpconnect_port=free_port())
-        mux = await mux_port(server)
-        client = await start_client(
-            pierce,
-            tmp_path,
-            port,
-            [
-                tcpmux_proxy("ssh-alpha", alpha, "alpha.example.com"),
-                tcpmux_proxy("ssh-beta", beta, "beta.example.com"),
-            ],
-        )
-        await client.wait_event("proxy.ready", count=2)
+        proxies = [
+            tcpmux_proxy("ssh-alpha", alpha, "alpha.example.com"),
+            tcpmux_proxy("ssh-beta", beta, "beta.example.com"),
+        ]
+        server, mux = await tcpmux_setup(pierce, tmp_path, proxies)
         for label, d, seed in (("alpha", alpha_dir, 1), ("beta", beta_dir, 2)):
             data = payload(3 * 1024 * 1024 + 17, seed)
             code, out, err = await ssh_through(mux, f"{label}.example.com", d, data)
@@ -143,20 +147,11 @@ async def test_ssh_reaches_two_sshd_by_name_and_unknown_names_get_404(pierce, tm
 
 async def test_curl_through_connect_to_a_web_service(pierce, tmp_path: Path) -> None:
     async with web_service("site") as (web_port, seen):
-        server, port = await start_server(pierce, tmp_path, tcpmux_httpconnect_port=free_port())
-        mux = await mux_port(server)
-        client = await start_client(
-            pierce,
-            tmp_path,
-            port,
-            [
-                tcpmux_proxy("web", web_port, "web.example.com"),
-                tcpmux_proxy(
-                    "private", web_port, "*.private.example.com", http_user="me", http_password="pw"
-                ),
-            ],
-        )
-        await client.wait_event("proxy.ready", count=2)
+        proxies = [
+            tcpmux_proxy("web", web_port, "web.example.com"),
+            tcpmux_proxy("private", web_port, "*.private.example.com", http_user="me", http_password="pw"),
+        ]
+        server, mux = await tcpmux_setup(pierce, tmp_path, proxies)
         proxy = f"http://127.0.0.1:{mux}"
 
         # An upload through the tunnel the CONNECT opened (downloads: test_download_bytes_match).
@@ -189,12 +184,7 @@ async def test_curl_through_connect_to_a_web_service(pierce, tmp_path: Path) -> 
 async def test_download_bytes_match(pierce, tmp_path: Path) -> None:
     """The download's bytes are the service's bytes (curl writes them to a file)."""
     async with web_service("site") as (web_port, _):
-        server, port = await start_server(pierce, tmp_path, tcpmux_httpconnect_port=free_port())
-        mux = await mux_port(server)
-        client = await start_client(
-            pierce, tmp_path, port, [tcpmux_proxy("web", web_port, "web.example.com")]
-        )
-        await client.wait_event("proxy.ready")
+        _, mux = await tcpmux_setup(pierce, tmp_path, [tcpmux_proxy("web", web_port, "web.example.com")])
         size = 8 * 1024 * 1024 + 3
         target = tmp_path / "down.bin"
         url = f"http://web.example.com/download?size={size}&seed=9"
@@ -205,12 +195,7 @@ async def test_download_bytes_match(pierce, tmp_path: Path) -> None:
 
 async def test_bad_requests_are_answered_and_the_server_carries_on(pierce, tmp_path: Path) -> None:
     async with web_service("site") as (web_port, _):
-        server, port = await start_server(pierce, tmp_path, tcpmux_httpconnect_port=free_port())
-        mux = await mux_port(server)
-        client = await start_client(
-            pierce, tmp_path, port, [tcpmux_proxy("web", web_port, "web.example.com")]
-        )
-        await client.wait_event("proxy.ready")
+        server, mux = await tcpmux_setup(pierce, tmp_path, [tcpmux_proxy("web", web_port, "web.example.com")])
 
         async def raw(data: bytes) -> bytes:
             reader, writer = await asyncio.open_connection("127.0.0.1", mux)
