@@ -36,7 +36,7 @@ from pierce.protocol import (
 from pierce.protocol.heartbeat import Due, Heartbeat
 from pierce.proxies.registry import ProxyConfig, client_spec, encode_spec, work_handler
 from pierce.proxies.secret import check_visitor
-from pierce.proxies.udp import UdpProxies
+from pierce.proxies.udp import UdpProxies, UdpProxyConfig
 from pierce.server.workconn import MAX_IDLE_WORK_CONNS
 from pierce.snapshot import ProxyState
 from pierce.tls import check_peer, client_context
@@ -171,7 +171,7 @@ class ClientSession:
     async def run(self) -> None:
         """Register proxies, keep the pool full and heartbeats going; return or raise when the link dies."""
         self.udp.attach(self.channel)
-        await self.udp.retain(list(self.proxies))
+        await self.udp.retain([p.name for p in self.proxies.values() if isinstance(p, UdpProxyConfig)])
         for proxy in self.proxies.values():
             await self.register(proxy)
         for _ in range(self.config.pool_count):
