@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_client.add_argument("-c", "--config", type=Path, help="client.toml")
     p_client.add_argument("--server", metavar="HOST:PORT", help="the server's control address")
     p_client.add_argument("--token", help="shared secret (or PIERCE_TOKEN)")
+    p_client.add_argument("--user", help="log in as this user of the server's [[users]] (default: default)")
     p_client.add_argument("--pool-count", type=int, help="ready work connections (default 4)")
     p_client.add_argument("--server-fingerprint", help="pin the server certificate (SHA-256)")
     p_client.add_argument("--client-id", help="stable name of this client")
@@ -250,6 +251,7 @@ def client_config_from_args(args: argparse.Namespace) -> config.ClientConfig:
         doc["server_addr"], doc["server_port"] = hp.host, hp.port
     overrides = {
         "token": _token(args),
+        "user": args.user,
         "pool_count": args.pool_count,
         "server_fingerprint": args.server_fingerprint,
         "client_id": args.client_id,
@@ -410,7 +412,10 @@ def _add_visit_command(sub: Any) -> None:
         help="local address to open (port 0 = any; logged)",
     )
     p_visit.add_argument("--udp", action="store_true", help="the proxy is sudp: carry UDP datagrams")
-    p_visit.add_argument("--client-id", help="the name this visitor gives (checked against allow_users)")
+    p_visit.add_argument(
+        "--user", help="log in as this user of the server's [[users]] (allow_users names users)"
+    )
+    p_visit.add_argument("--client-id", help="the name this visitor gives, for logs")
     p_visit.add_argument("--server-fingerprint", help="pin the server certificate (SHA-256)")
     p_visit.set_defaults(func=cmd_visit)
 
@@ -438,6 +443,7 @@ def visit_config_from_args(args: argparse.Namespace) -> config.ClientConfig:
         "server_addr": server.host,
         "server_port": server.port,
         "token": _token(args) or "",
+        "user": args.user or "",
         "client_id": args.client_id or "",
         "server_fingerprint": args.server_fingerprint or "",
         "visitors": [

@@ -15,6 +15,7 @@ import difflib
 import enum
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -28,6 +29,7 @@ from pierce.addr import HostPort, Network, parse_host_port, parse_network
 from pierce.domains import InvalidDomain, normalize_domain
 from pierce.errors import ConfigError, InvalidValue, KeyPath, format_key_path
 from pierce.protocol import SecretKind
+from pierce.protocol.messages import DEFAULT_USER
 from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
 from pierce.proxies.base import masked_repr
 from pierce.proxies.registry import ProxyConfig
@@ -142,6 +144,43 @@ def parse_port_range(text: object) -> PortRange:
     return PortRange(first, last)
 
 
+#: User names: letters, digits, ``.``, ``_`` and ``-``, as logs and the API show them.
+_USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Seconds a proxy name, port or domain stays reserved to its user after the user's last proxy using it
+#: closed, so that nobody else can take it while its owner reconnects.
+DEFAULT_CLAIM_HOLD = 3600.0
+
+
+class UserConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[[users]]`` in server.toml: one identity. Its clients log in with ``user = name`` and its token."""
+
+    name: str
+    #: The user's token (the server keeps only an SRP verifier of it in memory).
+    token: str = ""
+    #: Or the verifier itself, from `pierce verifier` (``salt:verifier`` in hex): the file then holds
+    #: nothing that logs in.
+    verifier: str = ""
+
+    def __post_init__(self) -> None:
+        if not _USER_NAME.match(self.name):
+            raise InvalidValue(
+                "name",
+                f'expected 1 to 64 letters, digits, ".", "_" or "-" (alphanumeric first), got "{self.name}"',
+            )
+        if bool(self.token) == bool(self.verifier):
+            raise InvalidValue("token", "expected either token or verifier for this user (exactly one)")
+        if self.verifier:
+            from pierce.protocol.pake import Verifier
+
+            try:
+                Verifier.parse(self.verifier)
+            except ValueError as exc:
+                raise InvalidValue("verifier", str(exc)) from None
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
+
+
 class TransportOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[transport]``: settings both ends must agree on (checked when the client logs in)."""
 
@@ -156,7 +195,12 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     version: int = CONFIG_VERSION
     bind_addr: str = "0.0.0.0"
     bind_port: int = DEFAULT_CONTROL_PORT
+    #: The token of the default user (``user`` unset in client.toml): the shortcut for one user.
     token: str = msgspec.field(default="")
+    #: Named identities; every proxy name, port, domain and session belongs to one of them.
+    users: list[UserConfig] = []
+    #: Seconds a proxy name, port or domain stays reserved to its user after its last proxy closed.
+    claim_hold_s: float = DEFAULT_CLAIM_HOLD
     #: Ports clients may ask for; empty means any.
     allow_ports: list[PortRange] = []
     #: Public ports one client may hold at once; 0 = no limit.
@@ -194,8 +238,17 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     acme: AcmeConfig | None = None
 
     def __post_init__(self) -> None:
-        if not self.token:
-            raise InvalidValue("token", "expected a non-empty shared secret")
+        if not self.token and not self.users:
+            raise InvalidValue("token", "expected a non-empty shared secret (or [[users]])")
+        names = [u.name for u in self.users]
+        if self.token:
+            names.append(DEFAULT_USER)
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            hint = ' (the top-level token is the user "default")' if dupes[0] == DEFAULT_USER else ""
+            raise InvalidValue("users", f"duplicate user name {dupes[0]!r}{hint}")
+        if self.claim_hold_s < 0:
+            raise InvalidValue("claim_hold_s", "expected a number of seconds >= 0")
         taken = {"bind_port": self.bind_port}
         for key in ("vhost_http_port", "vhost_https_port", "tcpmux_httpconnect_port"):
             port = getattr(self, key)
@@ -315,8 +368,11 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     version: int = CONFIG_VERSION
     server_addr: str
     server_port: int = DEFAULT_CONTROL_PORT
+    #: Who this client logs in as (a name of the server's ``[[users]]``); empty: the default user.
+    user: str = ""
     token: str = ""
-    #: A stable name for this client; a reconnect with the same id replaces the stale session.
+    #: A stable name for this client within its user; a reconnect with the same id replaces the
+    #: stale session (never a live one).
     client_id: str = ""
     #: Ready work connections kept open, so a visitor's first byte does not wait for a TLS handshake.
     pool_count: int = DEFAULT_POOL_COUNT
@@ -337,6 +393,8 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         if not self.token:
             raise InvalidValue("token", "expected the server's shared secret")
+        if self.user and not _USER_NAME.match(self.user):
+            raise InvalidValue("user", f'expected a user name of the server\'s [[users]], got "{self.user}"')
         if not 1 <= self.server_port <= 65535:
             raise InvalidValue("server_port", f"expected a port from 1 to 65535, got {self.server_port}")
         if not 0 <= self.pool_count <= MAX_IDLE_WORK_CONNS:

@@ -1,21 +1,32 @@
 """The login handshake of every tunnel connection, both sides, over a `MessageChannel`.
 
-    client                                   server
-    Hello(version, features, id, role) -->
-                                         <-- Challenge(server_nonce, version, features)  | Error
-    AuthResponse(proof, client_nonce)  -->
-                                         <-- AuthOk(run_id, server_proof)                | Error
+A login (control channels and visitor connections) is SRP-6a (`pierce.protocol.pake`) in the same two
+round trips the protocol always had::
 
-``proof`` and ``server_proof`` are HMACs over both nonces and a *channel binding*: for TLS connections
-the SHA-256 of the server certificate the client actually saw, so a man in the middle who presents
-another certificate cannot produce a proof either side accepts, even when the client pins nothing.
-The token itself never crosses the wire. Version and feature mismatches are named errors on both ends.
+    client                                           server
+    Hello(version, features, id, role, user, A) -->
+                                                 <-- Challenge(nonce, version, features, salt, B) | Error
+    AuthResponse(M, binding, unbound, resume)   -->
+                                                 <-- AuthOk(run_id, HAMK, binding)                | Error
+
+``binding`` proves the fresh session key over the *channel binding* each side sees (the SHA-256 of
+the server certificate), so a man in the middle with another certificate is caught even when the
+client pins nothing, and learns nothing to test token guesses against: a captured or relayed login
+is one online guess, never an offline one.
+
+A work connection joins a logged-in session and proves the session's work key (derived from the
+login's key, never the token) with an HMAC challenge-response over both nonces and the binding::
+
+    Hello(role=WORK, run_id) --> <-- Challenge(nonce) ; AuthResponse(proof, client_nonce) --> <-- AuthOk
+
+Version and feature mismatches are named errors on both ends.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NoReturn
 
 from pierce.errors import RemoteError
@@ -33,12 +44,18 @@ from pierce.protocol import (
     Refused,
     Role,
     UnexpectedMessage,
-    client_proof,
     new_nonce,
-    server_proof,
-    verify_client_proof,
-    verify_server_proof,
 )
+from pierce.protocol.auth import (
+    binding_proof,
+    client_proof,
+    derive_key,
+    resume_proof,
+    server_proof,
+    verify,
+)
+from pierce.protocol.messages import DEFAULT_USER
+from pierce.protocol.pake import PakeClient, PakeFailed, PakeServer, Verifier
 from pierce.transport import MessageChannel
 
 MITM_REASON = (
@@ -48,8 +65,36 @@ MITM_REASON = (
 )
 
 
+WRONG_CREDENTIALS = "authentication failed: unknown user or wrong token"
+
+
 class AuthenticationFailed(RemoteError):
     """The token did not match (on the server: the client's proof; on the client: the server's)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """A login the server accepted."""
+
+    user: str
+    #: The session key both sides derived (never sent); work and resume keys derive from it.
+    key: bytes
+    #: The client proved it held the session named in its `Hello` (``run_id``).
+    resumed: bool
+
+
+def work_key(key: bytes, run_id: str) -> bytes:
+    """The key work connections of session ``run_id`` prove (derived from the login's key)."""
+    return derive_key(key, "work", run_id)
+
+
+def resume_key(key: bytes, run_id: str) -> bytes:
+    """The key a reconnecting client proves to take over session ``run_id``."""
+    return derive_key(key, "resume", run_id)
+
+
+def user_of(hello: Hello) -> str:
+    return hello.user or DEFAULT_USER
 
 
 def plain_binding(run_id: str) -> bytes:
@@ -85,60 +130,86 @@ def mismatch(ours: frozenset[str], theirs: frozenset[str], *, we: str, they: str
     return None
 
 
-async def server_handshake(
+async def server_login(
     channel: MessageChannel,
     hello: Hello,
     *,
-    token: str,
+    verifier: Callable[[str], Verifier | None],
     features: frozenset[str],
     binding: bytes,
     run_id: str,
-) -> None:
-    """Answer ``hello`` (already read); raise after telling the client why when it must be refused."""
+    resume: Callable[[str, str], bytes | None] = lambda user, run_id: None,
+) -> Login:
+    """Answer a login ``hello`` (already read); raise after telling the client why when it is refused.
+
+    ``verifier(user)`` is the user's SRP verifier (None: no such user, which fails like a wrong token);
+    ``resume(user, run_id)`` the resume key of that user's session ``run_id``, if there is one.
+    """
     if hello.version != PROTOCOL_VERSION:
         await _refuse(channel, ErrorCode.VERSION_MISMATCH, version_mismatch(hello.version, we="server"))
+    user = user_of(hello)
+    try:
+        pake = PakeServer(user, verifier(user), hello.pake)
+    except PakeFailed:
+        await _refuse(channel, ErrorCode.BAD_MESSAGE, "login without a valid SRP public value")
     nonce = new_nonce()
-    await channel.send(Challenge(server_nonce=nonce, version=PROTOCOL_VERSION, features=features))
-    answer = await channel.recv()
-    if isinstance(answer, Error):
-        raise Refused(answer.code, answer.reason)
-    if not isinstance(answer, AuthResponse):
-        raise UnexpectedMessage(answer, "AuthResponse")
-    if not verify_client_proof(
-        token, answer.proof, server_nonce=nonce, client_nonce=answer.client_nonce, channel_binding=binding
-    ):
-        reason = "authentication failed: wrong token"
-        if answer.unbound_proof is not None and verify_client_proof(
-            token,
-            answer.unbound_proof,
-            server_nonce=nonce,
-            client_nonce=answer.client_nonce,
-            channel_binding=NO_CHANNEL_BINDING,
-        ):
+    await channel.send(
+        Challenge(
+            server_nonce=nonce, version=PROTOCOL_VERSION, features=features, salt=pake.salt, pake=pake.public
+        )
+    )
+    answer = await _answer(channel)
+    try:
+        hamk, key = pake.verify(answer.proof)
+    except PakeFailed:
+        await channel.send(Error(code=ErrorCode.AUTH_FAILED, reason=WRONG_CREDENTIALS))
+        raise AuthenticationFailed(f"{WRONG_CREDENTIALS} (user {user!r})") from None
+    if not verify(binding_proof(key, server=False, channel_binding=binding), answer.binding):
+        reason = "authentication failed: the channel binding does not match"
+        if verify(binding_proof(key, server=False, channel_binding=NO_CHANNEL_BINDING), answer.unbound_proof):
             reason = MITM_REASON
         await channel.send(Error(code=ErrorCode.AUTH_FAILED, reason=reason))
         raise AuthenticationFailed(reason)
     if hello.role is Role.CONTROL and (why := mismatch(features, hello.features, we="server", they="client")):
         await _refuse(channel, ErrorCode.FEATURE_MISMATCH, why)
-    proof = server_proof(token, server_nonce=nonce, client_nonce=answer.client_nonce, channel_binding=binding)
-    await channel.send(AuthOk(run_id=run_id, server_proof=proof))
+    resumed = False
+    if hello.run_id and answer.resume is not None:
+        old_key = resume(user, hello.run_id)
+        resumed = old_key is not None and verify(resume_proof(old_key, challenge=nonce), answer.resume)
+    bound = binding_proof(key, server=True, channel_binding=binding)
+    await channel.send(AuthOk(run_id=run_id, server_proof=hamk, binding=bound))
+    channel.max_frame_size = MAX_FRAME_SIZE
+    return Login(user=user, key=key, resumed=resumed)
+
+
+async def server_work_login(
+    channel: MessageChannel, hello: Hello, *, key: bytes, features: frozenset[str], binding: bytes
+) -> None:
+    """Check a work connection of the session whose work key is ``key``; refuse it when wrong."""
+    if hello.version != PROTOCOL_VERSION:
+        await _refuse(channel, ErrorCode.VERSION_MISMATCH, version_mismatch(hello.version, we="server"))
+    nonce = new_nonce()
+    await channel.send(Challenge(server_nonce=nonce, version=PROTOCOL_VERSION, features=features))
+    answer = await _answer(channel)
+    nonces = {"server_nonce": nonce, "client_nonce": answer.client_nonce, "channel_binding": binding}
+    if not verify(client_proof(key, **nonces), answer.proof):
+        reason = "authentication failed: not a work connection of this session"
+        await channel.send(Error(code=ErrorCode.AUTH_FAILED, reason=reason))
+        raise AuthenticationFailed(reason)
+    await channel.send(AuthOk(run_id=hello.run_id, server_proof=server_proof(key, **nonces)))
     channel.max_frame_size = MAX_FRAME_SIZE
 
 
-async def client_handshake(
-    channel: MessageChannel,
-    *,
-    token: str,
-    features: frozenset[str],
-    client_id: str,
-    role: Role,
-    run_id: str = "",
-    binding: bytes | Callable[[], bytes],
-) -> str:
-    """Log in; return the server's run id. Raises Refused / AuthenticationFailed by name."""
-    await channel.send(
-        Hello(version=PROTOCOL_VERSION, features=features, client_id=client_id, role=role, run_id=run_id)
-    )
+async def _answer(channel: MessageChannel) -> AuthResponse:
+    answer = await channel.recv()
+    if isinstance(answer, Error):
+        raise Refused(answer.code, answer.reason)
+    if not isinstance(answer, AuthResponse):
+        raise UnexpectedMessage(answer, "AuthResponse")
+    return answer
+
+
+async def _challenge(channel: MessageChannel, features: frozenset[str], role: Role) -> Challenge:
     msg = await channel.recv()
     if isinstance(msg, Error):
         raise Refused(msg.code, msg.reason)
@@ -148,13 +219,10 @@ async def client_handshake(
         await _refuse(channel, ErrorCode.VERSION_MISMATCH, version_mismatch(msg.version, we="client"))
     if role is Role.CONTROL and (why := mismatch(features, msg.features, we="client", they="server")):
         await _refuse(channel, ErrorCode.FEATURE_MISMATCH, why)
-    bound = binding() if callable(binding) else binding
-    nonce = new_nonce()
-    proof = client_proof(token, server_nonce=msg.server_nonce, client_nonce=nonce, channel_binding=bound)
-    unbound = client_proof(
-        token, server_nonce=msg.server_nonce, client_nonce=nonce, channel_binding=NO_CHANNEL_BINDING
-    )
-    await channel.send(AuthResponse(proof=proof, client_nonce=nonce, unbound_proof=unbound))
+    return msg
+
+
+async def _auth_ok(channel: MessageChannel) -> AuthOk:
     reply = await channel.recv()
     if isinstance(reply, Error):
         if reply.code is ErrorCode.AUTH_FAILED:
@@ -162,12 +230,90 @@ async def client_handshake(
         raise Refused(reply.code, reply.reason)
     if not isinstance(reply, AuthOk):
         raise UnexpectedMessage(reply, "AuthOk")
-    if not verify_server_proof(
-        token, reply.server_proof, server_nonce=msg.server_nonce, client_nonce=nonce, channel_binding=bound
-    ):
+    return reply
+
+
+async def client_login(
+    channel: MessageChannel,
+    *,
+    user: str,
+    token: str,
+    features: frozenset[str],
+    client_id: str,
+    role: Role,
+    binding: bytes | Callable[[], bytes],
+    resume: tuple[str, bytes] | None = None,
+) -> tuple[str, bytes]:
+    """Log in as ``user``; return the server's run id and the session key.
+
+    ``resume`` is the previous session's run id and resume key, to take that session over.
+    Raises Refused / AuthenticationFailed by name.
+    """
+    pake = PakeClient(user or DEFAULT_USER, token)
+    await channel.send(
+        Hello(
+            version=PROTOCOL_VERSION,
+            features=features,
+            client_id=client_id,
+            role=role,
+            run_id=resume[0] if resume else "",
+            user=user,
+            pake=pake.public,
+        )
+    )
+    msg = await _challenge(channel, features, role)
+    bound = binding() if callable(binding) else binding
+    try:
+        proof = pake.answer(msg.salt, msg.pake)
+    except PakeFailed as exc:
+        raise AuthenticationFailed(f"authentication failed: the server sent {exc}") from None
+    # The session key is not known before the server's proof; the binding proofs use SRP's K, which
+    # the client computed in answer(): read it through a confirm-free path.
+    key = pake.pending_key()
+    await channel.send(
+        AuthResponse(
+            proof=proof,
+            client_nonce=new_nonce(),
+            binding=binding_proof(key, server=False, channel_binding=bound),
+            unbound_proof=binding_proof(key, server=False, channel_binding=NO_CHANNEL_BINDING),
+            resume=resume_proof(resume[1], challenge=msg.server_nonce) if resume else None,
+        )
+    )
+    reply = await _auth_ok(channel)
+    try:
+        pake.confirm(reply.server_proof)
+    except PakeFailed:
         raise AuthenticationFailed(
-            "authentication failed: the server could not prove it knows the token for the certificate "
-            "this client saw: a man in the middle, or a server with another token"
+            "authentication failed: the server could not prove it knows this user's token: "
+            "a man in the middle, or a server with another token"
+        ) from None
+    if not verify(binding_proof(key, server=True, channel_binding=bound), reply.binding):
+        raise AuthenticationFailed(
+            "authentication failed: the server proved the token over another certificate than the one "
+            "this client saw: a man in the middle"
         )
     channel.max_frame_size = MAX_FRAME_SIZE
-    return reply.run_id
+    return reply.run_id, key
+
+
+async def client_work_login(
+    channel: MessageChannel,
+    *,
+    key: bytes,
+    features: frozenset[str],
+    client_id: str,
+    run_id: str,
+    binding: bytes | Callable[[], bytes],
+) -> None:
+    """Join session ``run_id`` with its work key ``key``. Raises Refused / AuthenticationFailed."""
+    await channel.send(
+        Hello(version=PROTOCOL_VERSION, features=features, client_id=client_id, role=Role.WORK, run_id=run_id)
+    )
+    msg = await _challenge(channel, features, Role.WORK)
+    bound = binding() if callable(binding) else binding
+    nonces = {"server_nonce": msg.server_nonce, "client_nonce": new_nonce(), "channel_binding": bound}
+    await channel.send(AuthResponse(proof=client_proof(key, **nonces), client_nonce=nonces["client_nonce"]))
+    reply = await _auth_ok(channel)
+    if not verify(server_proof(key, **nonces), reply.server_proof):
+        raise AuthenticationFailed("authentication failed: the server does not hold this session's key")
+    channel.max_frame_size = MAX_FRAME_SIZE

@@ -25,6 +25,7 @@ _JSON = msgspec.json.Encoder()
 #: What each field name means. Addresses are ``host:port`` text.
 FIELDS: dict[str, str] = {
     # who and where
+    "user": "the user (a name of the server's [[users]]) a client or visitor authenticated as",
     "peer": "address a client's connection to the server comes from (as the server sees it)",
     "visitor": "address of a visitor of a proxy or a shared front (as the server or owner sees it)",
     "client": "address of a connection to a map rule (pierce map)",
@@ -104,8 +105,8 @@ EVENTS: dict[str, frozenset[str]] = {
         "login.failed": {"peer", "error"},
         "login.refused": {"peer", "client_id", "role", "error"},
         "auth.failed": {"peer", "client_id", "role", "error"},
-        "client.login": {"client_id", "peer", "run_id"},
-        "client.replaced": {"client_id", "peer"},
+        "client.login": {"client_id", "user", "peer", "run_id"},
+        "client.replaced": {"client_id", "user", "peer"},
         "client.gone": {"client_id", "peer"},
         "client.timeout": {"client_id", "peer"},
         "client.protocol_error": {"client_id", "peer", "error"},
@@ -140,8 +141,8 @@ EVENTS: dict[str, frozenset[str]] = {
         "acme.failed": {"names", "kind", "reason", "failures", "retry_in_s", "serving"},
         "acme.renew_margin": {"names", "lifetime_s", "renew_before_s"},
         # secret proxies
-        "visitor.accepted": {"proxy", "visitor", "visitor_id"},
-        "visitor.refused": {"proxy", "visitor", "visitor_id", "visitor_name", "code", "reason"},
+        "visitor.accepted": {"proxy", "visitor", "visitor_id", "user"},
+        "visitor.refused": {"proxy", "visitor", "visitor_id", "visitor_name", "user", "code", "reason"},
         "visitor.listening": {"visitor_name", "proxy", "type", "listen", "port"},
         "visitor.checked": {"visitor_name", "proxy"},
         "visitor.failed": {"visitor_name", "proxy", "error"},

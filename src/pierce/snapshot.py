@@ -59,6 +59,8 @@ class ServerProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
     urls: list[str]
     stats: ProxyStats
     path: ConnectionPath = ConnectionPath.RELAY
+    #: The user whose client registered it.
+    user: str = "default"
 
 
 class ClientInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,6 +77,8 @@ class ClientInfo(msgspec.Struct, frozen=True, kw_only=True):
     proxies: list[str]
     #: Work connections waiting in the pool for a visitor.
     idle_work_conns: int
+    #: The user the client logged in as.
+    user: str = "default"
 
 
 class ServerSnapshot(msgspec.Struct, frozen=True, kw_only=True):

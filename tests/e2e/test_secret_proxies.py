@@ -177,17 +177,45 @@ async def test_unknown_name_wrong_kind_and_wrong_token_are_refused(pierce, tmp_p
         assert not owner.matching("visitor.refused")  # none of them reached the owner
 
 
+USERS = [
+    {"name": "friend", "token": "friend-token-3c9a1f0e7b2d"},
+    {"name": "stranger", "token": "stranger-token-8e4b2a6c1d0f"},
+]
+
+
 async def test_allow_users_and_visitors_tables_of_client_toml(pierce, tmp_path: Path) -> None:
-    """``[[visitors]]`` in client.toml; only client ids in ``allow_users`` pass, also per connection."""
+    """``[[visitors]]`` in client.toml; only users in ``allow_users`` pass, also per connection. The
+    user is the one the server authenticated: a client id the visitor picks itself proves nothing."""
     async with tcp_server(echo) as local:
-        _, port, owner = await serve_secret(
-            pierce, tmp_path, [secret_proxy("stcp", "db", local, allow_users=["friend"])]
+        server, port = await start_server(pierce, tmp_path, stun_port=0, users=USERS)
+        owner = await start_client(
+            pierce, tmp_path, port, [secret_proxy("stcp", "db", local, allow_users=["friend"])], name="owner"
         )
+        await owner.wait_event("proxy.ready")
         visitors = [
             {"type": "stcp", "name": "to-db", "server_name": "db", "secret_key": SECRET, "bind_port": 0}
         ]
-        friend = await start_client(pierce, tmp_path, port, [], name="friend", visitors=visitors)
-        stranger = await start_client(pierce, tmp_path, port, [], name="stranger", visitors=visitors)
+        friend = await start_client(
+            pierce,
+            tmp_path,
+            port,
+            [],
+            name="laptop",
+            visitors=visitors,
+            user="friend",
+            token=USERS[0]["token"],
+        )
+        # The stranger names itself "friend" as its client id: that is not who it is.
+        stranger = await start_client(
+            pierce,
+            tmp_path,
+            port,
+            [],
+            name="friend",
+            visitors=visitors,
+            user="stranger",
+            token=USERS[1]["token"],
+        )
 
         await friend.wait_event("visitor.checked")
         data = payload(256 * 1024, 9)
@@ -196,12 +224,12 @@ async def test_allow_users_and_visitors_tables_of_client_toml(pierce, tmp_path: 
 
         (refused,) = await stranger.wait_event("visitor.refused")
         assert refused["code"] == "not_allowed"
-        assert refused["reason"] == "client id 'stranger' is not in allow_users of proxy 'db'"
+        assert refused["reason"] == "user 'stranger' is not in allow_users of proxy 'db'"
         # A client keeps the port open (the owner may change its mind); each connection is checked again.
         assert await echo_through(await visitor_port(stranger), 1000, 3) == b""
         await stranger.wait_event("visitor.refused", count=2)
         logged = await owner.wait_event("visitor.refused", count=2)
-        assert {e["visitor_id"] for e in logged} == {"stranger"}
+        assert {(e["user"], e["visitor_id"]) for e in logged} == {("stranger", "friend")}
         assert len(owner.matching("visitor.refused")) == 2
 
 

@@ -34,6 +34,7 @@ from pierce.protocol import (
     Role,
     encode_frame,
 )
+from pierce.protocol.pake import PakeClient
 
 
 def tcp_proxy(name: str, local: str, remote_port: int = 0) -> dict[str, object]:
@@ -161,7 +162,8 @@ async def test_duplicate_proxy_name_from_another_client(pierce, tmp_path: Path) 
     await proxy_port(first, "web")
     second = await start_client(pierce, tmp_path, port, [tcp_proxy("web", "127.0.0.1:9")], name="two")
     (refused,) = await second.wait_event("proxy.refused")
-    assert "already used by client one" in refused["error"]
+    # Refusals never name who holds a thing, not even another client of the same user.
+    assert "is used by another client" in refused["error"] and "one" not in refused["error"]
 
 
 async def test_encrypt_data_mismatch_is_named_on_both_ends(pierce, tmp_path: Path) -> None:
@@ -218,7 +220,11 @@ async def test_version_mismatch_is_named(pierce, tmp_path: Path) -> None:
     ok = await raw_login(
         port,
         Hello(
-            version=PROTOCOL_VERSION, features=frozenset({"encrypt_data"}), client_id="c", role=Role.CONTROL
+            version=PROTOCOL_VERSION,
+            features=frozenset({"encrypt_data"}),
+            client_id="c",
+            role=Role.CONTROL,
+            pake=PakeClient("default", TOKEN).public,
         ),
     )
     assert isinstance(ok[0], Challenge)

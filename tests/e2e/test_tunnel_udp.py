@@ -218,7 +218,7 @@ async def test_server_sends_packets_only_to_own_proxies_and_their_visitors(pierc
         owner = await start_client(pierce, tmp_path, port, [udp_proxy("victim", local)], name="owner")
         visitor = await Visitor.open(await proxy_port(owner, "victim"))
         rogue = Dialer(ClientConfig(server_addr="127.0.0.1", server_port=port, token=TOKEN), "rogue")
-        channel, _ = await rogue.control("")
+        channel, _, _ = await rogue.control(None)
         try:
             await visitor.exchange(b"legit")
             host, vport = visitor.transport.get_extra_info("sockname")

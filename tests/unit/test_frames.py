@@ -46,6 +46,9 @@ from pierce.protocol import (
     UdpPacket,
     UnexpectedMessage,
     Visit,
+    VisitAnswer,
+    VisitChallenge,
+    VisitorAnswer,
     VisitorCheck,
     VisitorVerdict,
     VisitReady,
@@ -90,8 +93,13 @@ SAMPLES: list[Message] = [
     NewProxy(name="web", spec=encode_spec(HttpsSpec(subdomain="web"))),
     NewProxy(name="ssh-secret", spec=encode_spec(StcpSpec())),
     NewProxy(name="dns-secret", spec=encode_spec(SudpSpec())),
-    Visit(proxy="ssh-secret", kind=SecretKind.STCP, client_nonce=NONCE, proof=PROOF),
-    Visit(proxy="dns-secret", kind=SecretKind.SUDP, client_nonce=NONCE, proof=PROOF, check_only=True),
+    Visit(proxy="ssh-secret", kind=SecretKind.STCP, pake=b"\x01" * 256),
+    Visit(
+        proxy="dns-secret", kind=SecretKind.SUDP, ticket=b"t" * 16, nonce=NONCE, proof=PROOF, check_only=True
+    ),
+    VisitAnswer(proof=PROOF),
+    VisitorVerdict(proxy="ssh-secret", check_id=7, salt=b"s" * 16, pake=b"\x02" * 256),
+    VisitorVerdict(proxy="ssh-secret", check_id=7, proof=PROOF, ticket=b"t" * 16),
     VisitorVerdict(proxy="ssh-secret", check_id=7),
     VisitorVerdict(
         proxy="ssh-secret",
@@ -105,7 +113,11 @@ SAMPLES: list[Message] = [
     UdpPacket(proxy="dns", peer_host="2001:db8::1", peer_port=53, data=b"\x00\x01query"),
     UdpPacket(proxy="dns", peer_host="203.0.113.7", peer_port=65535, data=b"\xff" * 65507),
     Challenge(server_nonce=NONCE, version=PROTOCOL_VERSION, features=frozenset({Feature.UDP})),
+    Challenge(
+        server_nonce=NONCE, version=PROTOCOL_VERSION, features=frozenset(), salt=b"s" * 16, pake=b"B" * 256
+    ),
     AuthOk(run_id="r-1", server_proof=PROOF),
+    AuthOk(run_id="r-1", server_proof=PROOF, binding=PROOF),
     ProxyReady(name="ssh", remote_port=6000),
     ProxyReady(name="nas", remote_port=80, urls=["http://nas.example.com/"]),
     ProxyRefused(name="ssh", code=ErrorCode.PORT_NOT_ALLOWED, reason="port 22 is outside 10000-20000"),
@@ -117,14 +129,20 @@ SAMPLES: list[Message] = [
         proxy="ssh-secret",
         check_id=7,
         kind=SecretKind.STCP,
+        visitor_user="alice",
         visitor_id="laptop",
         visitor_host="198.51.100.9",
         visitor_port=40000,
         visit_id="0f" * 16,
-        client_nonce=NONCE,
+        ticket=b"t" * 16,
+        nonce=NONCE,
         proof=PROOF,
     ),
+    VisitorAnswer(proxy="ssh-secret", check_id=7, proof=PROOF),
+    VisitChallenge(salt=b"s" * 16, pake=b"B" * 256),
     VisitReady(proxy="ssh-secret"),
+    VisitReady(proxy="ssh-secret", proof=PROOF, ticket=b"t" * 16),
+    Ping(seq=3),
     ReqWorkConn(count=3),
     Pong(seq=7),
     *(Error(code=code, reason=f"because {code.value}") for code in ErrorCode),
@@ -159,10 +177,10 @@ def test_samples_cover_every_message_type() -> None:
     assert {type(m) for m in SAMPLES} == set(typing.get_args(Message))
 
 
-def test_directions_cover_every_message_and_share_only_udp_and_error() -> None:
+def test_directions_cover_every_message_and_share_only_udp_error_and_pings() -> None:
     client, server = set(typing.get_args(ClientMessage)), set(typing.get_args(ServerMessage))
     assert client | server == set(typing.get_args(Message))
-    assert client & server == {UdpPacket, Error}
+    assert client & server == {UdpPacket, Error, Ping, Pong}
 
 
 def test_tags_are_unique() -> None:

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
-from pierce.handshake import AuthenticationFailed, client_handshake, server_handshake
+from pierce.handshake import AuthenticationFailed, client_login, server_login
 from pierce.protocol import MAX_FRAME_SIZE, Feature, Hello, Ping, Pong, Role, StartWork
+from pierce.protocol.pake import make_verifier
 from pierce.relay import relay
 from pierce.transport import ConnectionClosed, memory_pair
 
@@ -21,10 +22,10 @@ async def login(client_token: str) -> tuple[str | BaseException, BaseException |
     async def serve() -> None:
         hello = await server.recv()
         assert isinstance(hello, Hello)
-        await server_handshake(
+        await server_login(
             server,
             hello,
-            token=TOKEN,
+            verifier={"default": make_verifier("default", TOKEN)}.get,
             features=frozenset({Feature.ENCRYPT_DATA}),
             binding=BINDING,
             run_id="r1",
@@ -32,8 +33,10 @@ async def login(client_token: str) -> tuple[str | BaseException, BaseException |
 
     served = asyncio.ensure_future(serve())
     try:
-        got: str | BaseException = await client_handshake(
+        got: str | BaseException
+        got, _ = await client_login(
             client,
+            user="",
             token=client_token,
             features=frozenset({Feature.ENCRYPT_DATA}),
             client_id="c1",

@@ -15,25 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from pierce.client.session import ClientSession, features_of
-from pierce.config import ClientConfig, ServerConfig
-from pierce.handshake import client_handshake, server_handshake
-from pierce.protocol import (
-    ErrorCode,
-    Hello,
-    NewProxy,
-    Role,
-    SecretKind,
-    Visit,
-    VisitReady,
-    new_nonce,
-    visitor_proof,
-)
+from pierce.client.visitor import open_visit
+from pierce.config import ClientConfig, ServerConfig, StcpVisitorConfig
+from pierce.handshake import client_login, client_work_login, server_login, server_work_login
+from pierce.protocol import ErrorCode, Hello, NewProxy, Refused, Role, Visit
 from pierce.proxies.http import HttpProxyConfig
 from pierce.proxies.secret import serve_visit
 from pierce.proxies.stcp import StcpProxyConfig
 from pierce.proxies.tcpmux import TcpMuxProxyConfig
+from pierce.proxies.visitor_auth import VisitorTickets
 from pierce.server.app import Server
 from pierce.server.session import ControlSession
 from pierce.server.workconn import WorkConn
@@ -55,7 +48,7 @@ class MemoryDialer:
         #: When set, every work connection fails (as when the server cannot be reached).
         self.broken = False
 
-    async def work(self, run_id: str) -> MemoryChannel:
+    async def work(self, run_id: str, key: bytes) -> MemoryChannel:
         if self.broken:
             raise OSError("work connections are broken in this test")
         client_end, server_end = memory_pair(("client", "server"))
@@ -63,24 +56,59 @@ class MemoryDialer:
         async def serve() -> None:
             hello = await server_end.recv()
             assert isinstance(hello, Hello) and hello.role is Role.WORK
-            await server_handshake(
-                server_end, hello, token=TOKEN, features=self.server.features, binding=BINDING, run_id=run_id
+            session = self.server.sessions[run_id]
+            await server_work_login(
+                server_end, hello, key=session.work_key, features=self.server.features, binding=BINDING
             )
-            self.server.sessions[run_id].add_work_conn(WorkConn(server_end))
+            session.add_work_conn(WorkConn(server_end))
 
         served = asyncio.ensure_future(serve())
-        await client_handshake(
+        await client_work_login(
             client_end,
-            token=TOKEN,
+            key=key,
             features=features_of(self.config),
             client_id="home",
-            role=Role.WORK,
             run_id=run_id,
             binding=BINDING,
         )
         await served
         self.opened += 1
         return client_end
+
+
+class MemoryVisitorDialer:
+    """What `open_visit` needs of a dialer: visitor connections to ``server``, already logged in (as the
+    default user), each served by the server's real `serve_visit`."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.serial = 0
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def visitor(self) -> tuple[MemoryChannel, str]:
+        self.serial += 1
+        visit_id = f"visit-{self.serial}"
+        visitor_end, server_end = memory_pair(("visitor", "server"))
+
+        async def serve() -> None:
+            visit = await server_end.recv()
+            assert isinstance(visit, Visit)
+            await serve_visit(
+                self.server._secret_proxy,
+                server_end,
+                visit,
+                visit_id=visit_id,
+                visitor_user="default",
+                visitor_id="laptop",
+                visitor=("198.51.100.7", 40000 + self.serial),
+            )
+
+        self.tasks.append(asyncio.ensure_future(serve()))
+        return visitor_end, visit_id
+
+    async def served(self) -> None:
+        await asyncio.gather(*self.tasks)
+        self.tasks.clear()
 
 
 @contextlib.asynccontextmanager
@@ -114,19 +142,30 @@ async def test_sessions_register_refuse_visit_and_close_in_memory(tmp_path: Path
         async def login() -> ControlSession:
             hello = await server_end.recv()
             assert isinstance(hello, Hello)
-            await server_handshake(
-                server_end, hello, token=TOKEN, features=server.features, binding=BINDING, run_id="run-1"
+            login = await server_login(
+                server_end,
+                hello,
+                verifier=server.verifiers.get,
+                features=server.features,
+                binding=BINDING,
+                run_id="run-1",
             )
             session = ControlSession(
-                server, server_end, client_id=hello.client_id, run_id="run-1", peer="mem"
+                server,
+                server_end,
+                user=login.user,
+                client_id=hello.client_id,
+                run_id="run-1",
+                peer="mem",
+                key=login.key,
             )
             server.sessions["run-1"] = session
             return session
 
         logging_in = asyncio.ensure_future(login())
-        run_id = await client_handshake(
-            client_end, token=TOKEN, features=features_of(config), client_id="home", role=Role.CONTROL,
-            binding=BINDING,
+        run_id, key = await client_login(
+            client_end, user="", token=TOKEN, features=features_of(config), client_id="home",
+            role=Role.CONTROL, binding=BINDING,
         )  # fmt: skip
         control = await logging_in
         states: dict[str, tuple[ProxyState, str]] = {}
@@ -142,7 +181,7 @@ async def test_sessions_register_refuse_visit_and_close_in_memory(tmp_path: Path
             active.add(asyncio.ensure_future(coro))
 
         dialer = MemoryDialer(config, server)
-        client = ClientSession(dialer, client_end, run_id, proxies, on_state, spawn)  # type: ignore[arg-type]
+        client = ClientSession(dialer, client_end, run_id, key, proxies, on_state, spawn)  # type: ignore[arg-type]
         tasks = [asyncio.ensure_future(control.run()), asyncio.ensure_future(client.run())]
         try:
             async with asyncio.timeout(10):
@@ -157,28 +196,15 @@ async def test_sessions_register_refuse_visit_and_close_in_memory(tmp_path: Path
             assert [c.client_id for c in snap.clients] == ["home"]
             assert [(p.name, p.type.value, p.remote_port) for p in snap.proxies] == [("secret", "stcp", 0)]
 
-            # A visitor of the secret proxy: the owner checks its proof, a work connection is asked
-            # for (the pool starts empty) and opened in memory, and the bytes come back from the service.
-            visitor_end, visitor_server_end = memory_pair(("visitor", "server"))
-            nonce = new_nonce()
-            visit = Visit(
-                proxy="secret",
-                kind=SecretKind.STCP,
-                client_nonce=nonce,
-                proof=visitor_proof(SECRET, proxy="secret", visit_id="visit-1", client_nonce=nonce),
-            )
-            serving = asyncio.ensure_future(
-                serve_visit(
-                    server._secret_proxy,
-                    visitor_server_end,
-                    visit,
-                    visit_id="visit-1",
-                    visitor_id="laptop",
-                    visitor=("198.51.100.7", 40000),
-                )
-            )
+            # A visitor of the secret proxy: it and the owner run the exchange through the server, a
+            # work connection is asked for (the pool starts empty) and opened in memory, and the bytes
+            # come back from the service.
+            visitors = MemoryVisitorDialer(server)
+            tickets = VisitorTickets()
+            secret_visitor = StcpVisitorConfig(name="v", server_name="secret", secret_key=SECRET, bind_port=0)
             async with asyncio.timeout(10):
-                assert await visitor_end.recv() == VisitReady(proxy="secret")
+                visitor_end = await open_visit(visitors, secret_visitor, tickets)  # type: ignore[arg-type]
+                assert tickets.get("secret") is not None  # the fresh exchange left a ticket
                 data = bytes(range(256)) * 2048
                 end = visitor_end.into_end()
                 await end.write(data)
@@ -186,45 +212,31 @@ async def test_sessions_register_refuse_visit_and_close_in_memory(tmp_path: Path
                 got = bytearray()
                 while chunk := await end.read(1 << 16):
                     got += chunk
-                await serving
+                await visitors.served()
             assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
             assert dialer.opened >= 1
             (secret,) = server.snapshot().proxies
             assert secret.stats.total_connections == 1 and secret.stats.connections == 0
             assert secret.stats.bytes_in == secret.stats.bytes_out == len(data)
 
-            # A wrong proof is refused by the owner, and the visitor hears why.
-            wrong_end, wrong_server_end = memory_pair(("visitor", "server"))
-            bad = msgspec.structs.replace(visit, proof=b"\0" * len(visit.proof))
-            refusing = asyncio.ensure_future(
-                serve_visit(
-                    server._secret_proxy, wrong_server_end, bad,
-                    visit_id="visit-2", visitor_id="laptop", visitor=("198.51.100.7", 40001),
-                )
-            )  # fmt: skip
-            async with asyncio.timeout(10):
-                refusal = await wrong_end.recv()
-            wrong_end.close()
-            await refusing
-            assert getattr(refusal, "code", None) is ErrorCode.AUTH_FAILED
+            # A wrong secret is refused by the owner, and the visitor hears why.
+            wrong = msgspec.structs.replace(secret_visitor, secret_key="not the secret")
+            with pytest.raises(Refused) as refused:
+                async with asyncio.timeout(10):
+                    await open_visit(visitors, wrong, VisitorTickets())  # type: ignore[arg-type]
+            await visitors.served()
+            assert refused.value.code is ErrorCode.AUTH_FAILED
 
-            # No work connection comes in time: the visitor hears why and the proxy counts a failure.
+            # No work connection comes in time: the visitor (now on its ticket) hears why and the proxy
+            # counts a failure.
             dialer.broken = True
             for _ in range(control.pool.idle):  # the connections left from the first visitor
                 (await control.pool.get(1)).close()
-            late_end, late_server_end = memory_pair(("visitor", "server"))
-            nonce = new_nonce()
-            late = msgspec.structs.replace(
-                visit,
-                client_nonce=nonce,
-                proof=visitor_proof(SECRET, proxy="secret", visit_id="visit-3", client_nonce=nonce),
-            )
-            async with asyncio.timeout(10):
-                await serve_visit(
-                    server._secret_proxy, late_server_end, late,
-                    visit_id="visit-3", visitor_id="laptop", visitor=("198.51.100.7", 40002),
-                )  # fmt: skip
-                assert getattr(await late_end.recv(), "code", None) is ErrorCode.TIMEOUT
+            with pytest.raises(Refused) as refused:
+                async with asyncio.timeout(10):
+                    await open_visit(visitors, secret_visitor, tickets)  # type: ignore[arg-type]
+            await visitors.served()
+            assert refused.value.code is ErrorCode.TIMEOUT
             (secret,) = server.snapshot().proxies
             assert secret.stats.failed_connections == 1 and secret.stats.total_connections == 2
             dialer.broken = False

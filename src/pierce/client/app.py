@@ -22,12 +22,13 @@ from pierce.client.session import ClientSession, Dialer
 from pierce.client.visitor import Visitors
 from pierce.config import ClientConfig
 from pierce.errors import ConfigError, PierceError
-from pierce.handshake import AuthenticationFailed
+from pierce.handshake import AuthenticationFailed, resume_key
 from pierce.logs import event
 from pierce.protocol import ErrorCode, Refused
 from pierce.proxies.base import ProxyType
 from pierce.proxies.registry import ProxyConfig
 from pierce.proxies.udp import UdpProxies
+from pierce.proxies.visitor_auth import OwnerExchanges
 from pierce.snapshot import ClientProxyInfo, ClientSnapshot, ProxyState
 from pierce.tls import FingerprintMismatch
 
@@ -67,6 +68,10 @@ class Client:
         self.client_id = config.client_id or default_client_id(config_path)
         self.status = ClientStatus()
         self.session: ClientSession | None = None
+        #: Visitors' exchanges and tickets for this client's secret services (outlive reconnects).
+        self.exchanges = OwnerExchanges()
+        #: The last session's run id and resume key: a reconnect proves it held that session.
+        self._resume: tuple[str, bytes] | None = None
         self.active: set[asyncio.Task[None]] = set()
         #: UDP proxies and their visitor flows, kept across reconnects like `active` relays.
         self.udp = UdpProxies()
@@ -155,7 +160,7 @@ class Client:
             self.status.attempts += 1
             started = time.monotonic()
             try:
-                channel, run_id = await dialer.control(self.status.run_id)
+                channel, run_id, key = await dialer.control(self._resume)
             except (AuthenticationFailed, FingerprintMismatch) as exc:
                 self._failed(exc, fatal_hint=True)
             except Refused as exc:
@@ -166,6 +171,7 @@ class Client:
                 self._failed(exc)
             else:
                 self.status.connected, self.status.run_id = True, run_id
+                self._resume = (run_id, resume_key(key, run_id))
                 self.status.connected_since = time.time()
                 event(
                     log,
@@ -179,10 +185,12 @@ class Client:
                     dialer,
                     channel,
                     run_id,
+                    key,
                     {p.name: p for p in self.config.proxies},
                     self._on_proxy_state,
                     self._spawn_active,
                     udp=self.udp,
+                    exchanges=self.exchanges,
                 )
                 try:
                     await self.session.run()
@@ -250,6 +258,8 @@ class Client:
         changed = [n for n in new_by_name if n in old_by_name and not _same(old_by_name[n], new_by_name[n])]
         self.config = msgspec.structs.replace(self.config, proxies=new.proxies)
         self._sync_states()
+        for name in removed + changed:  # a visitor's ticket never outlives the secret it proved
+            self.exchanges.forget(name)
         session = self.session
         if session is not None:
             for name in removed + changed:

@@ -14,7 +14,7 @@ from pierce.addr import HostPort
 from pierce.config import ClientConfig
 from pierce.dial import connect_tcp
 from pierce.errors import PierceError, RemoteError
-from pierce.handshake import client_handshake, plain_binding
+from pierce.handshake import client_login, client_work_login, plain_binding, work_key
 from pierce.logs import event
 from pierce.protocol import (
     CloseProxy,
@@ -30,13 +30,15 @@ from pierce.protocol import (
     Role,
     StartWork,
     UdpPacket,
+    VisitorAnswer,
     VisitorCheck,
     certificate_binding,
 )
 from pierce.protocol.heartbeat import Due, Heartbeat
 from pierce.proxies.registry import ProxyConfig, client_spec, encode_spec, work_handler
-from pierce.proxies.secret import check_visitor
+from pierce.proxies.secret import answer_visitor, check_visitor
 from pierce.proxies.udp import UdpProxies, UdpProxyConfig
+from pierce.proxies.visitor_auth import OwnerExchanges
 from pierce.server.workconn import MAX_IDLE_WORK_CONNS
 from pierce.snapshot import ProxyState
 from pierce.tls import check_peer, client_context
@@ -89,15 +91,58 @@ class Dialer:
             raise
         return channel, certificate_binding(der)
 
-    async def _login(self, channel: MessageChannel, binding: bytes, role: Role, run_id: str) -> str:
+    async def _login(
+        self, channel: MessageChannel, binding: bytes, role: Role, resume: tuple[str, bytes] | None
+    ) -> tuple[str, bytes]:
         try:
             return await asyncio.wait_for(
-                client_handshake(
+                client_login(
                     channel,
+                    user=self.config.user,
                     token=self.config.token,
                     features=features_of(self.config),
                     client_id=self.client_id,
                     role=role,
+                    binding=binding,
+                    resume=resume,
+                ),
+                DIAL_TIMEOUT,
+            )
+        except BaseException:
+            channel.close()
+            raise
+
+    async def control(self, resume: tuple[str, bytes] | None) -> tuple[MessageChannel, str, bytes]:
+        """A logged-in control channel, its run id and session key.
+
+        ``resume``: the previous session's run id and resume key, so the server hands its place over.
+        """
+        channel, binding = await self._tls()
+        run_id, key = await self._login(channel, binding, Role.CONTROL, resume)
+        return channel, run_id, key
+
+    async def visitor(self) -> tuple[StreamChannel, str]:
+        """A logged-in visitor connection (always TLS) and the visit id the server issued for it."""
+        channel, binding = await self._tls()
+        visit_id, _ = await self._login(channel, binding, Role.VISITOR, None)
+        return channel, visit_id
+
+    async def work(self, run_id: str, key: bytes) -> MessageChannel:
+        """A logged-in work connection of session ``run_id`` (``key``: its work key): TLS, or plain
+        when data is unencrypted."""
+        channel: MessageChannel
+        if self.config.transport.encrypt_data:
+            channel, binding = await self._tls()
+        else:
+            sock = await connect_tcp(self.server, DIAL_TIMEOUT)
+            channel, binding = SocketChannel(sock), plain_binding(run_id)
+        try:
+            await asyncio.wait_for(
+                client_work_login(
+                    channel,
+                    key=key,
+                    features=features_of(self.config),
+                    client_id=self.client_id,
                     run_id=run_id,
                     binding=binding,
                 ),
@@ -106,26 +151,6 @@ class Dialer:
         except BaseException:
             channel.close()
             raise
-
-    async def control(self, previous_run_id: str) -> tuple[MessageChannel, str]:
-        """A logged-in control channel and its run id (``previous_run_id`` resumes a session)."""
-        channel, binding = await self._tls()
-        return channel, await self._login(channel, binding, Role.CONTROL, previous_run_id)
-
-    async def visitor(self) -> tuple[StreamChannel, str]:
-        """A logged-in visitor connection (always TLS) and the visit id the server issued for it."""
-        channel, binding = await self._tls()
-        return channel, await self._login(channel, binding, Role.VISITOR, "")
-
-    async def work(self, run_id: str) -> MessageChannel:
-        """A logged-in work connection of session ``run_id``: TLS, or plain when data is unencrypted."""
-        channel: MessageChannel
-        if self.config.transport.encrypt_data:
-            channel, binding = await self._tls()
-        else:
-            sock = await connect_tcp(self.server, DIAL_TIMEOUT)
-            channel, binding = SocketChannel(sock), plain_binding(run_id)
-        await self._login(channel, binding, Role.WORK, run_id)
         return channel
 
 
@@ -137,15 +162,18 @@ class ClientSession:
         dialer: Dialer,
         channel: MessageChannel,
         run_id: str,
+        key: bytes,
         proxies: dict[str, ProxyConfig],
         on_proxy_state: Callable[[str, ProxyState, int | None, str, Sequence[str]], None],
         spawn_active: Callable[[Coroutine[Any, Any, None]], None],
         udp: UdpProxies | None = None,
+        exchanges: OwnerExchanges | None = None,
     ) -> None:
         self.dialer = dialer
         self.config = dialer.config
         self.channel = channel
         self.run_id = run_id
+        self.work_key = work_key(key, run_id)
         self.proxies = dict(proxies)
         self.on_proxy_state = on_proxy_state
         #: Runs a visitor's relay outside this session, so it survives a reconnect or a reload.
@@ -154,6 +182,8 @@ class ClientSession:
         #: passes its own (this session only lends them its channel).
         self.udp = udp if udp is not None else UdpProxies()
         self._owns_udp = udp is None
+        #: Secret services' exchanges and tickets; the client's own, so tickets outlive a reconnect.
+        self.exchanges = exchanges if exchanges is not None else OwnerExchanges()
         self.tasks: set[asyncio.Task[None]] = set()
         self.idle_work = 0
         self._closing = False
@@ -191,6 +221,8 @@ class ClientSession:
         match msg:
             case Pong():
                 self.heartbeat.pong(time.monotonic())
+            case Ping(seq=seq):  # the server checks that this session is alive
+                await self.channel.send(Pong(seq=seq))
             case ProxyReady(name=name, remote_port=port, urls=urls):
                 self.on_proxy_state(name, ProxyState.RUNNING, port, "", urls)
             case ProxyRefused(name=name, code=code, reason=reason):
@@ -204,7 +236,9 @@ class ClientSession:
             case UdpPacket():
                 self.udp.deliver(msg)
             case VisitorCheck():
-                await self.channel.send(check_visitor(self.proxies.get(msg.proxy), msg))
+                await self.channel.send(check_visitor(self.proxies.get(msg.proxy), msg, self.exchanges))
+            case VisitorAnswer():
+                await self.channel.send(answer_visitor(msg, self.exchanges))
             case Error(code=code, reason=reason):
                 raise ConnectionClosed(f"server closed the session: {reason} ({code.value})")
             case _:
@@ -236,7 +270,7 @@ class ClientSession:
     async def _work_conn(self) -> None:
         """Open one work connection and put it in the pool."""
         try:
-            channel = await self.dialer.work(self.run_id)
+            channel = await self.dialer.work(self.run_id, self.work_key)
         except (PierceError, OSError, TimeoutError) as exc:
             event(log, logging.DEBUG, "work.failed", f"work connection failed: {exc}", error=str(exc))
             return

@@ -1,11 +1,12 @@
 """Visitors: local ports that reach secret (stcp, sudp) proxies of other clients through the server.
 
 ``pierce visit`` runs one visitor; the ``[[visitors]]`` tables of client.toml run beside ``pierce client``.
-Each tunnel is a TLS connection of its own to the server's control port, logged in with the token as
-`Role.VISITOR`. Its `Visit` names the proxy and proves the secret with an HMAC over the visit id the
-server issued for that connection (`pierce.protocol.auth.visitor_proof`); the secret never crosses the
-wire. The proxy's owner checks the proof and its ``allow_users``, and logs a refusal; the visitor gets
-the owner's reason and logs ``visitor.refused``.
+Each tunnel is a TLS connection of its own to the server's control port, logged in as a user
+(`Role.VISITOR`). Its `Visit` names the proxy; the visitor and the proxy's owner prove the secret to
+each other through the server (`pierce.proxies.visitor_auth`: SRP the first time, a ticket after), so
+the secret never crosses the wire and a forged service learns nothing. The owner checks ``allow_users``
+against the visitor's authenticated user and logs a refusal; the visitor gets the owner's reason and
+logs ``visitor.refused``.
 
 - stcp: `StcpVisitor` accepts on ``bind_addr:bind_port``; every connection gets a tunnel of its own and
   is relayed by `pierce.relay.relay`, half-close included.
@@ -30,20 +31,26 @@ from pierce.addr import HostPort, format_sockaddr
 from pierce.client.session import Dialer, ServerUnreachable
 from pierce.config import ClientConfig, StcpVisitorConfig, SudpVisitorConfig, VisitorConfig
 from pierce.errors import PierceError
+from pierce.handshake import AuthenticationFailed
 from pierce.listeners import TcpListener, bind_socket, set_nodelay
 from pierce.logs import event, relay_summary
 from pierce.protocol import (
     MAX_HOST_LENGTH,
     Error,
+    ErrorCode,
     Refused,
     UdpPacket,
     UnexpectedMessage,
     Visit,
+    VisitAnswer,
+    VisitChallenge,
     VisitReady,
     new_nonce,
-    visitor_proof,
 )
+from pierce.protocol.auth import owner_proof, verify, visit_proof
+from pierce.protocol.pake import PakeClient, PakeFailed
 from pierce.proxies.sudp import DatagramTunnel
+from pierce.proxies.visitor_auth import VisitorTickets
 from pierce.relay import RelayStats, SocketEnd, relay
 from pierce.transport import StreamChannel
 from pierce.udpflow import PENDING_LIMIT, DatagramProtocol, DropCounter
@@ -62,12 +69,30 @@ EXIT_OK = 0
 EXIT_REFUSED = 1
 
 
-async def open_visit(dialer: Dialer, config: VisitorConfig, *, check_only: bool = False) -> StreamChannel:
-    """A visitor connection the server accepted (`VisitReady` read): data may flow on it.
+async def open_visit(
+    dialer: Dialer, config: VisitorConfig, tickets: VisitorTickets, *, check_only: bool = False
+) -> StreamChannel:
+    """A visitor connection the server accepted (`VisitReady` read and the owner's proof checked):
+    data may flow on it.
 
-    Raises Refused with the reason, or another PierceError when the server cannot be reached or
-    the login fails.
+    With a ticket from an earlier exchange the visit costs one HMAC each way; without one (or when the
+    owner no longer knows it) it runs the SRP exchange with the owner first. Raises Refused with the
+    reason, AuthenticationFailed when the owner cannot prove the secret, or another PierceError when
+    the server cannot be reached or the login fails.
     """
+    try:
+        return await _visit(dialer, config, tickets, check_only)
+    except Refused as exc:
+        if exc.code is not ErrorCode.UNKNOWN_TICKET:
+            raise
+        tickets.drop(config.server_name)  # the owner restarted or forgot it: exchange afresh
+        return await _visit(dialer, config, tickets, check_only)
+
+
+async def _visit(
+    dialer: Dialer, config: VisitorConfig, tickets: VisitorTickets, check_only: bool
+) -> StreamChannel:
+    proxy = config.server_name
     try:
         channel, visit_id = await dialer.visitor()
     except (OSError, TimeoutError) as exc:
@@ -75,33 +100,63 @@ async def open_visit(dialer: Dialer, config: VisitorConfig, *, check_only: bool 
             f"cannot reach the server {dialer.server}: {exc or type(exc).__name__}"
         ) from exc
     try:
-        nonce = new_nonce()
-        proof = visitor_proof(
-            config.secret_key, proxy=config.server_name, visit_id=visit_id, client_nonce=nonce
-        )
-        visit = Visit(
-            proxy=config.server_name,
-            kind=config.secret_kind,
-            client_nonce=nonce,
-            proof=proof,
-            check_only=check_only,
-        )
-        await channel.send(visit)
         async with asyncio.timeout(VISIT_TIMEOUT):
-            reply = await channel.recv()
+            held = tickets.get(proxy)
+            if held is not None:
+                ticket, key = held
+                nonce = new_nonce()
+                await channel.send(
+                    Visit(
+                        proxy=proxy,
+                        kind=config.secret_kind,
+                        ticket=ticket,
+                        nonce=nonce,
+                        proof=visit_proof(key, proxy=proxy, visit_id=visit_id, nonce=nonce),
+                        check_only=check_only,
+                    )
+                )
+                ready = await _ready(channel)
+                if not verify(owner_proof(key, proxy=proxy, visit_id=visit_id, nonce=nonce), ready.proof):
+                    raise AuthenticationFailed(OWNER_UNPROVEN.format(proxy=proxy))
+                return channel
+            pake = PakeClient(proxy, config.secret_key)
+            await channel.send(
+                Visit(proxy=proxy, kind=config.secret_kind, pake=pake.public, check_only=check_only)
+            )
+            challenge = await channel.recv()
+            if isinstance(challenge, Error):
+                raise Refused(challenge.code, challenge.reason)
+            if not isinstance(challenge, VisitChallenge):
+                raise UnexpectedMessage(challenge, "VisitChallenge")
+            try:
+                await channel.send(VisitAnswer(proof=pake.answer(challenge.salt, challenge.pake)))
+                ready = await _ready(channel)
+                session_key = pake.confirm(ready.proof)
+            except PakeFailed:
+                raise AuthenticationFailed(OWNER_UNPROVEN.format(proxy=proxy)) from None
+            tickets.keep(proxy, ready.ticket, session_key)
+            return channel
     except TimeoutError:
         channel.close()
         raise ServerUnreachable(f"no answer from the server {dialer.server} in {VISIT_TIMEOUT:g}s") from None
     except BaseException:
         channel.close()
         raise
+
+
+OWNER_UNPROVEN = (
+    "the client serving proxy {proxy!r} could not prove it knows the secret: a forged service; "
+    "nothing was sent to it"
+)
+
+
+async def _ready(channel: StreamChannel) -> VisitReady:
+    reply = await channel.recv()
     if isinstance(reply, Error):
-        channel.close()
         raise Refused(reply.code, reply.reason)
     if not isinstance(reply, VisitReady):
-        channel.close()
         raise UnexpectedMessage(reply, "VisitReady")
-    return channel
+    return reply
 
 
 def log_failure(config: VisitorConfig, exc: PierceError, level: int = logging.WARNING) -> None:
@@ -132,9 +187,10 @@ def log_failure(config: VisitorConfig, exc: PierceError, level: int = logging.WA
 class StcpVisitor:
     """A local TCP port; each connection to it reaches the secret proxy through a tunnel of its own."""
 
-    def __init__(self, config: StcpVisitorConfig, dialer: Dialer) -> None:
+    def __init__(self, config: StcpVisitorConfig, dialer: Dialer, tickets: VisitorTickets) -> None:
         self.config = config
         self.dialer = dialer
+        self.tickets = tickets
         self.listener: TcpListener | None = None
 
     @property
@@ -153,7 +209,7 @@ class StcpVisitor:
         app = format_sockaddr(addr)
         started = time.monotonic()
         try:
-            channel = await open_visit(self.dialer, cfg)
+            channel = await open_visit(self.dialer, cfg, self.tickets)
         except PierceError as exc:
             conn.close()
             log_failure(cfg, exc)
@@ -192,9 +248,10 @@ class StcpVisitor:
 class SudpVisitor:
     """A local UDP port whose datagrams reach the secret proxy; one tunnel carries every application's."""
 
-    def __init__(self, config: SudpVisitorConfig, dialer: Dialer) -> None:
+    def __init__(self, config: SudpVisitorConfig, dialer: Dialer, tickets: VisitorTickets) -> None:
         self.config = config
         self.dialer = dialer
+        self.tickets = tickets
         self.address = ""
         self.apps: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._transport: asyncio.DatagramTransport | None = None
@@ -254,7 +311,7 @@ class SudpVisitor:
         cfg = self.config
         try:
             try:
-                channel = await open_visit(self.dialer, cfg)
+                channel = await open_visit(self.dialer, cfg, self.tickets)
             except PierceError as exc:
                 log_failure(cfg, exc)
                 self._retry_at = time.monotonic() + SUDP_RETRY_DELAY
@@ -329,14 +386,18 @@ class Visitors:
 
     def __init__(self, config: ClientConfig, client_id: str) -> None:
         self.dialer = Dialer(config, client_id)
+        #: Tickets from each service's last exchange, so later visits skip the extra round trip.
+        self.tickets = VisitorTickets()
         self.visitors: list[Visitor] = [
-            StcpVisitor(v, self.dialer) if isinstance(v, StcpVisitorConfig) else SudpVisitor(v, self.dialer)
+            StcpVisitor(v, self.dialer, self.tickets)
+            if isinstance(v, StcpVisitorConfig)
+            else SudpVisitor(v, self.dialer, self.tickets)
             for v in config.visitors
         ]
 
     async def check(self, visitor: Visitor) -> None:
         """A ``check_only`` visit: raises as `open_visit` does when this visitor would be turned away."""
-        channel = await open_visit(self.dialer, visitor.config, check_only=True)
+        channel = await open_visit(self.dialer, visitor.config, self.tickets, check_only=True)
         channel.close()
         cfg = visitor.config
         event(

@@ -1,21 +1,22 @@
-"""HMAC-SHA256 challenge-response, sans-I/O: both sides of the handshake as pure functions.
+"""Keyed proofs, sans-I/O: everything that is proven with a key the peers already share.
 
-The exchange (the token itself never goes on the wire)::
+The keys come from a password-authenticated exchange (`pierce.protocol.pake`), never from the token
+itself:
 
-    client -> server  Hello
-    server -> client  Challenge(server_nonce)
-    client -> server  AuthResponse(proof=client_proof(...), client_nonce)
-    server -> client  AuthOk(server_proof=server_proof(...))   or Error(AUTH_FAILED)
+- a login derives a session key; its work connections prove it with `client_proof` / `server_proof`
+  (an HMAC challenge-response over both nonces and the channel binding), so the pool is authenticated
+  once per session and a passive tap on a plain work connection sees only HMACs of a random key;
+- a login binds its SRP exchange to the TLS channel with `binding_proof`;
+- a client that reconnects proves it held the previous session (`resume_proof`);
+- a visitor and the owner of a secret service who ran the exchange share a ticket key; later visits
+  prove it in both directions (`visit_proof`, `owner_proof`).
 
-Both proofs cover both nonces, so neither side can replay an old exchange; each is labelled with its
-direction, so a client proof is never a valid server proof (or the reverse) even when an attacker
-reflects one side's nonce back to it. The server proves itself only after checking the client, so
-a wrong token learns nothing.
+Every proof is labelled with its purpose and direction, so no proof is ever valid for another use, and
+every part is length-prefixed, so no two different inputs concatenate to the same bytes.
 
-`channel_binding` ties the proofs to the transport: over TLS it is the SHA-256 of the server
-certificate as each side sees it (`certificate_binding`). A man in the middle terminating TLS with
-its own certificate makes the two sides compute different bindings, so relaying the proofs fails.
-Over plain TCP it is `NO_CHANNEL_BINDING`, and the handshake only proves knowledge of the token.
+``channel_binding`` ties proofs to the transport: over TLS it is the SHA-256 of the server certificate
+as each side sees it (`certificate_binding`). A man in the middle terminating TLS with its own
+certificate makes the two sides compute different bindings, so relaying the messages fails.
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ PROOF_SIZE = 32
 #: The channel binding to use on a connection without TLS.
 NO_CHANNEL_BINDING = b""
 
-# Domain-separation labels: a proof computed for one direction never verifies for the other.
-_CLIENT_LABEL = b"pierce/1 client proof"
-_SERVER_LABEL = b"pierce/1 server proof"
-_VISITOR_LABEL = b"pierce/1 visitor proof"
+_CLIENT_LABEL = b"pierce/2 work client proof"
+_SERVER_LABEL = b"pierce/2 work server proof"
+_BIND_CLIENT = b"pierce/2 login channel client"
+_BIND_SERVER = b"pierce/2 login channel server"
+_RESUME_LABEL = b"pierce/2 resume"
+_VISIT_LABEL = b"pierce/2 visit"
+_OWNER_LABEL = b"pierce/2 owner"
 
 
 def new_nonce() -> bytes:
@@ -47,73 +51,58 @@ def certificate_binding(der_certificate: bytes) -> bytes:
     return hashlib.sha256(der_certificate).digest()
 
 
-def client_proof(
-    token: str | bytes, *, server_nonce: bytes, client_nonce: bytes, channel_binding: bytes
-) -> bytes:
-    """The proof the client sends in `AuthResponse`."""
-    return _proof(_CLIENT_LABEL, token, server_nonce, client_nonce, channel_binding)
+def mac(key: bytes, label: bytes, *parts: bytes) -> bytes:
+    """HMAC-SHA256 under ``key`` of ``label`` and ``parts``, each length-prefixed."""
+    digest = hmac.new(key, digestmod=hashlib.sha256)
+    for part in (label, *parts):
+        digest.update(len(part).to_bytes(4, "big"))
+        digest.update(part)
+    return digest.digest()
 
 
-def server_proof(
-    token: str | bytes, *, server_nonce: bytes, client_nonce: bytes, channel_binding: bytes
-) -> bytes:
-    """The proof the server sends in `AuthOk`."""
-    return _proof(_SERVER_LABEL, token, server_nonce, client_nonce, channel_binding)
+def derive_key(key: bytes, purpose: str, *context: str) -> bytes:
+    """A key for one purpose, derived from a session key (never the session key itself)."""
+    return mac(key, b"pierce/2 key " + purpose.encode(), *(c.encode() for c in context))
 
 
-def verify_client_proof(
-    token: str | bytes, proof: bytes, *, server_nonce: bytes, client_nonce: bytes, channel_binding: bytes
-) -> bool:
-    """Whether `proof` (from `AuthResponse`) shows the client knows `token`; constant-time."""
-    expected = client_proof(
-        token, server_nonce=server_nonce, client_nonce=client_nonce, channel_binding=channel_binding
-    )
-    return hmac.compare_digest(expected, proof)
-
-
-def verify_server_proof(
-    token: str | bytes, proof: bytes, *, server_nonce: bytes, client_nonce: bytes, channel_binding: bytes
-) -> bool:
-    """Whether `proof` (from `AuthOk`) shows the server knows `token`; constant-time."""
-    expected = server_proof(
-        token, server_nonce=server_nonce, client_nonce=client_nonce, channel_binding=channel_binding
-    )
-    return hmac.compare_digest(expected, proof)
-
-
-def visitor_proof(secret: str, *, proxy: str, visit_id: str, client_nonce: bytes) -> bytes:
-    """The proof a visitor sends in `Visit`: that it knows a secret proxy's ``secret_key``.
-
-    It covers the proxy name and the visit id the server issued for this connection, so it is good for
-    one visit of one proxy; only the proxy's owner, which holds the secret, can check it.
-    """
-    if len(client_nonce) != NONCE_SIZE:
-        raise ValueError(f"client nonce must be {NONCE_SIZE} bytes, got {len(client_nonce)}")
-    mac = hmac.new(secret.encode(), digestmod=hashlib.sha256)
-    for part in (_VISITOR_LABEL, proxy.encode(), visit_id.encode(), client_nonce):
-        mac.update(len(part).to_bytes(4, "big"))
-        mac.update(part)
-    return mac.digest()
-
-
-def verify_visitor_proof(
-    secret: str, proof: bytes, *, proxy: str, visit_id: str, client_nonce: bytes
-) -> bool:
-    """Whether `proof` (from `Visit`) shows the visitor knows ``secret``; constant-time."""
-    expected = visitor_proof(secret, proxy=proxy, visit_id=visit_id, client_nonce=client_nonce)
-    return hmac.compare_digest(expected, proof)
-
-
-def _proof(
-    label: bytes, token: str | bytes, server_nonce: bytes, client_nonce: bytes, binding: bytes
-) -> bytes:
+def _check_nonces(server_nonce: bytes, client_nonce: bytes) -> None:
     for what, nonce in (("server", server_nonce), ("client", client_nonce)):
         if len(nonce) != NONCE_SIZE:
             raise ValueError(f"{what} nonce must be {NONCE_SIZE} bytes, got {len(nonce)}")
-    key = token.encode() if isinstance(token, str) else token
-    mac = hmac.new(key, digestmod=hashlib.sha256)
-    # Length-prefix every part so that no two different inputs concatenate to the same bytes.
-    for part in (label, server_nonce, client_nonce, binding):
-        mac.update(len(part).to_bytes(4, "big"))
-        mac.update(part)
-    return mac.digest()
+
+
+def client_proof(key: bytes, *, server_nonce: bytes, client_nonce: bytes, channel_binding: bytes) -> bytes:
+    """The proof a work connection sends in `AuthResponse`: it holds the session's work key."""
+    _check_nonces(server_nonce, client_nonce)
+    return mac(key, _CLIENT_LABEL, server_nonce, client_nonce, channel_binding)
+
+
+def server_proof(key: bytes, *, server_nonce: bytes, client_nonce: bytes, channel_binding: bytes) -> bytes:
+    """The proof the server sends back in `AuthOk` on a work connection."""
+    _check_nonces(server_nonce, client_nonce)
+    return mac(key, _SERVER_LABEL, server_nonce, client_nonce, channel_binding)
+
+
+def verify(expected: bytes, proof: bytes | None) -> bool:
+    """Constant-time comparison; a missing proof never verifies."""
+    return proof is not None and hmac.compare_digest(expected, proof)
+
+
+def binding_proof(key: bytes, *, server: bool, channel_binding: bytes) -> bytes:
+    """Proof that the holder of a fresh login key sees ``channel_binding`` (its direction labelled)."""
+    return mac(key, _BIND_SERVER if server else _BIND_CLIENT, channel_binding)
+
+
+def resume_proof(resume_key: bytes, *, challenge: bytes) -> bytes:
+    """Proof that a new login comes from the client that held the session of ``resume_key``."""
+    return mac(resume_key, _RESUME_LABEL, challenge)
+
+
+def visit_proof(ticket_key: bytes, *, proxy: str, visit_id: str, nonce: bytes) -> bytes:
+    """A visitor's proof, on a later visit, that it ran the exchange that made ``ticket_key``."""
+    return mac(ticket_key, _VISIT_LABEL, proxy.encode(), visit_id.encode(), nonce)
+
+
+def owner_proof(ticket_key: bytes, *, proxy: str, visit_id: str, nonce: bytes) -> bytes:
+    """The owner's answer to `visit_proof`: it too holds the ticket key (so it knows the secret)."""
+    return mac(ticket_key, _OWNER_LABEL, proxy.encode(), visit_id.encode(), nonce)

@@ -27,9 +27,10 @@ from typing import Annotated, TypeAlias
 import msgspec
 
 from pierce.protocol.auth import NONCE_SIZE, PROOF_SIZE
+from pierce.protocol.pake import MAX_PUBLIC_SIZE, SALT_SIZE
 
 #: Sent in `Hello` and `Challenge`; peers with different versions refuse each other with a named error.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: The longest proxy name, client id or run id accepted from a peer.
 MAX_NAME_LENGTH = 255
@@ -50,6 +51,17 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Nonce = Annotated[bytes, msgspec.Meta(min_length=NONCE_SIZE, max_length=NONCE_SIZE)]
 Proof = Annotated[bytes, msgspec.Meta(min_length=PROOF_SIZE, max_length=PROOF_SIZE)]
 IpLiteral = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_HOST_LENGTH)]
+#: The user of the single ``token`` (and of a client whose config names no ``user``).
+DEFAULT_USER = "default"
+#: A user name of ``[[users]]`` (empty in `Hello`: the default user of the single ``token``).
+MAX_USER_LENGTH = 64
+UserName = Annotated[str, msgspec.Meta(max_length=MAX_USER_LENGTH)]
+#: An SRP public value (A or B); empty where the message carries none.
+PakePublic = Annotated[bytes, msgspec.Meta(max_length=MAX_PUBLIC_SIZE)]
+Salt = Annotated[bytes, msgspec.Meta(max_length=SALT_SIZE)]
+#: A secret service's ticket: names the key a visitor and the owner share after one exchange.
+TICKET_SIZE = 16
+Ticket = Annotated[bytes, msgspec.Meta(max_length=TICKET_SIZE)]
 
 
 class Feature(enum.StrEnum):
@@ -90,11 +102,15 @@ class ErrorCode(enum.Enum):
     PORT_IN_USE = "port_in_use"
     PORT_NOT_ALLOWED = "port_not_allowed"
     DUPLICATE_NAME = "duplicate_name"
+    #: Another live session of the same user already uses this client id.
+    DUPLICATE_CLIENT = "duplicate_client"
+    #: A secret service's ticket the owner no longer knows: run a fresh exchange.
+    UNKNOWN_TICKET = "unknown_ticket"
     UNKNOWN_PROXY = "unknown_proxy"
     #: A work connection named a run id the server does not know (expired or never issued).
     UNKNOWN_SESSION = "unknown_session"
     LIMIT_REACHED = "limit_reached"
-    #: A visitor's client id is not in the secret proxy's ``allow_users``.
+    #: A visitor's user is not in the secret proxy's ``allow_users``.
     NOT_ALLOWED = "not_allowed"
     #: Another proxy already serves this domain (and location).
     DOMAIN_TAKEN = "domain_taken"
@@ -122,22 +138,33 @@ class Hello(_Message, frozen=True, kw_only=True, tag="hello"):
 
     version: int
     features: frozenset[str]
-    #: A stable name for the client, used in logs and to replace a stale session of the same client.
+    #: A stable name for the client within its user, used in logs and to replace a stale session.
     client_id: Name
     role: Role
     #: CONTROL: the run id of the previous session, to resume it (empty for a fresh start).
     #: WORK: the run id of the control session this connection joins. VISITOR: empty.
     run_id: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)] = ""
+    #: Who logs in (CONTROL and VISITOR): a name of ``[[users]]``; empty for the default user.
+    user: UserName = ""
+    #: CONTROL and VISITOR: the client's SRP public value A (`pierce.protocol.pake`). WORK: empty.
+    pake: PakePublic = b""
 
 
 class AuthResponse(_Message, frozen=True, kw_only=True, tag="auth"):
-    """The client's answer to `Challenge`: an HMAC proof that it knows the token."""
+    """The client's answer to `Challenge`.
+
+    A login (CONTROL, VISITOR): ``proof`` is SRP's M, ``binding`` proves the session key over the
+    certificate the client saw, ``unbound_proof`` the same over no certificate (never accepted; it lets
+    the server tell "wrong token" from "right token, but another certificate": a man in the middle), and
+    ``resume`` proves that the client held the session it names in `Hello`. A work connection:
+    ``proof`` is the HMAC of its session's work key (`pierce.protocol.auth.client_proof`).
+    """
 
     proof: Proof
     client_nonce: Nonce
-    #: The same proof without the channel binding. Never accepted as a login; it lets the server tell
-    #: "wrong token" from "right token, but the client saw another certificate" (a man in the middle).
     unbound_proof: Proof | None = None
+    binding: Proof | None = None
+    resume: Proof | None = None
 
 
 class NewProxy(_Message, frozen=True, kw_only=True, tag="new_proxy"):
@@ -155,33 +182,53 @@ class CloseProxy(_Message, frozen=True, kw_only=True, tag="close_proxy"):
 
 
 class Visit(_Message, frozen=True, kw_only=True, tag="visit"):
-    """A visitor connection (after `AuthOk`) asks for a secret proxy and proves it knows the secret.
+    """A visitor connection (after `AuthOk`) asks for a secret proxy, and starts proving the secret.
 
-    ``proof`` is `pierce.protocol.auth.visitor_proof` over the proxy name, the visit id the server issued
-    in `AuthOk` and ``client_nonce``. The server answers `VisitReady` (then the connection carries data)
-    or `Error` (then it closes).
+    Either a fresh exchange with the owner: ``pake`` is the visitor's SRP value A for the secret
+    (the server answers `VisitChallenge`); or a ticket from an earlier exchange: ``ticket``, ``nonce`` and
+    ``proof`` (`pierce.protocol.auth.visit_proof` over the visit id the server issued in `AuthOk`). The
+    server answers `VisitReady` (then the connection carries data) or `Error` (then it closes).
     """
 
     proxy: Name
     kind: SecretKind
-    client_nonce: Nonce
-    proof: Proof
+    pake: PakePublic = b""
+    ticket: Ticket = b""
+    nonce: Annotated[bytes, msgspec.Meta(max_length=NONCE_SIZE)] = b""
+    proof: Annotated[bytes, msgspec.Meta(max_length=PROOF_SIZE)] = b""
     #: Only check the secret and the permissions; no data follows (`pierce visit` does this at start).
     check_only: bool = False
 
 
+class VisitAnswer(_Message, frozen=True, kw_only=True, tag="visit_answer"):
+    """The visitor's SRP proof M, answering `VisitChallenge`."""
+
+    proof: Proof
+
+
 class VisitorVerdict(_Message, frozen=True, kw_only=True, tag="visitor_verdict"):
-    """The owning client's answer to `VisitorCheck`: ``code`` is None when the visitor may pass."""
+    """The owning client's answer to `VisitorCheck` or `VisitorAnswer`.
+
+    ``code`` set: the visitor is refused. Otherwise, after a fresh `VisitorCheck`: the owner's SRP
+    ``salt`` and ``pake`` (B), for the visitor to answer; after `VisitorAnswer` or a ticket check: the
+    visitor may pass, with the owner's ``proof`` (SRP's HAMK, or `owner_proof`) and, after a fresh
+    exchange, the ``ticket`` that names the shared key for later visits.
+    """
 
     proxy: Name
     check_id: Annotated[int, msgspec.Meta(ge=0)]
     code: ErrorCode | None = None
     #: Why the visitor was refused, for the visitor and the server's log.
     reason: str = ""
+    salt: Salt = b""
+    pake: PakePublic = b""
+    proof: Annotated[bytes, msgspec.Meta(max_length=PROOF_SIZE)] = b""
+    ticket: Ticket = b""
 
 
 class Ping(_Message, frozen=True, kw_only=True, tag="ping"):
-    """Heartbeat from the client; the server answers `Pong` with the same sequence number."""
+    """Heartbeat: the client sends it every interval; the server sends one to check that a session is
+    still alive before another login may take it over. The peer answers `Pong` with the same number."""
 
     seq: Annotated[int, msgspec.Meta(ge=0)]
 
@@ -190,20 +237,25 @@ class Ping(_Message, frozen=True, kw_only=True, tag="ping"):
 
 
 class Challenge(_Message, frozen=True, kw_only=True, tag="challenge"):
-    """The server's answer to `Hello`: a fresh nonce to prove the token against, and what it speaks."""
+    """The server's answer to `Hello`: a fresh nonce, what it speaks, and for a login its SRP values."""
 
     server_nonce: Nonce
     version: int
     features: frozenset[str]
+    salt: Salt = b""
+    pake: PakePublic = b""
 
 
 class AuthOk(_Message, frozen=True, kw_only=True, tag="auth_ok"):
     """The client's proof was right; the server proves in turn that it knows the token."""
 
     #: The control session's id; work connections quote it in their `Hello`. On a visitor connection:
-    #: a fresh random visit id, which the visitor's secret proof covers (`Visit`).
+    #: a fresh random visit id, which a ticket proof covers (`Visit`).
     run_id: Name
+    #: A login: SRP's HAMK (the server holds the user's verifier). A work connection: `server_proof`.
     server_proof: Proof
+    #: A login: the server's proof of the session key over its own certificate.
+    binding: Proof | None = None
 
 
 class ProxyReady(_Message, frozen=True, kw_only=True, tag="proxy_ready"):
@@ -236,31 +288,54 @@ class StartWork(_Message, frozen=True, kw_only=True, tag="start_work"):
 
 
 class VisitorCheck(_Message, frozen=True, kw_only=True, tag="visitor_check"):
-    """A visitor asks for one of this client's secret proxies: check its proof and its client id.
+    """A visitor asks for one of this client's secret proxies: run the exchange, check ``allow_users``.
 
-    The client answers `VisitorVerdict` with the same ``check_id``; the server pairs the visitor with a
-    work connection only after a verdict without a code.
+    Carries the visitor's `Visit` values (a fresh SRP value, or a ticket and its proof). The client
+    answers `VisitorVerdict` with the same ``check_id``; the server pairs the visitor with a work
+    connection only after a final verdict without a code.
     """
 
     proxy: Name
     check_id: Annotated[int, msgspec.Meta(ge=0)]
     kind: SecretKind
-    #: The client id the visitor logged in with (for ``allow_users``).
+    #: The user the visitor authenticated as (for ``allow_users``).
+    visitor_user: UserName
+    #: The client id the visitor named, for logs only.
     visitor_id: Name
     #: The visitor's address as the server sees it, for the owner's log.
     visitor_host: IpLiteral
     visitor_port: Port
     #: The visit id the server issued to that visitor connection (in its `AuthOk`).
     visit_id: Name
-    client_nonce: Nonce
+    pake: PakePublic = b""
+    ticket: Ticket = b""
+    nonce: Annotated[bytes, msgspec.Meta(max_length=NONCE_SIZE)] = b""
+    proof: Annotated[bytes, msgspec.Meta(max_length=PROOF_SIZE)] = b""
+
+
+class VisitorAnswer(_Message, frozen=True, kw_only=True, tag="visitor_answer"):
+    """The visitor's SRP proof M for check ``check_id``, relayed to the owner."""
+
+    proxy: Name
+    check_id: Annotated[int, msgspec.Meta(ge=0)]
     proof: Proof
+
+
+class VisitChallenge(_Message, frozen=True, kw_only=True, tag="visit_challenge"):
+    """The owner's SRP salt and value B, relayed to the visitor, which answers `VisitAnswer`."""
+
+    salt: Salt
+    pake: PakePublic
 
 
 class VisitReady(_Message, frozen=True, kw_only=True, tag="visit_ready"):
     """The visitor was accepted; after this message the connection carries its data (or, for a
-    ``check_only`` visit, closes)."""
+    ``check_only`` visit, closes). ``proof`` is the owner's (the visitor checks it before any data) and
+    ``ticket`` names the shared key for later visits, after a fresh exchange."""
 
     proxy: Name
+    proof: Annotated[bytes, msgspec.Meta(max_length=PROOF_SIZE)] = b""
+    ticket: Ticket = b""
 
 
 class ReqWorkConn(_Message, frozen=True, kw_only=True, tag="req_work"):
@@ -296,7 +371,17 @@ class Error(_Message, frozen=True, kw_only=True, tag="error"):
 
 
 ClientMessage: TypeAlias = (
-    Hello | AuthResponse | NewProxy | CloseProxy | Visit | VisitorVerdict | Ping | UdpPacket | Error
+    Hello
+    | AuthResponse
+    | NewProxy
+    | CloseProxy
+    | Visit
+    | VisitAnswer
+    | VisitorVerdict
+    | Ping
+    | Pong
+    | UdpPacket
+    | Error
 )
 
 ServerMessage: TypeAlias = (
@@ -306,8 +391,11 @@ ServerMessage: TypeAlias = (
     | ProxyRefused
     | StartWork
     | VisitorCheck
+    | VisitorAnswer
+    | VisitChallenge
     | VisitReady
     | ReqWorkConn
+    | Ping
     | Pong
     | UdpPacket
     | Error

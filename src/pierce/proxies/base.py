@@ -70,6 +70,9 @@ class ProxyOwner(Protocol):
     def client_id(self) -> str: ...
 
     @property
+    def user(self) -> str: ...
+
+    @property
     def channel(self) -> MessageChannel: ...
 
     async def take_work_conn(self) -> WorkConn:
@@ -94,6 +97,10 @@ class ServerProxy(Protocol):
     @property
     def urls(self) -> list[str]:
         """Where visitors reach it, when that is more than a port (web proxies: one URL per domain)."""
+
+    @property
+    def domains(self) -> list[str]:
+        """The domains it is routed by (web and tcpmux proxies; none for the others)."""
 
     def stats(self) -> ProxyStats: ...
 

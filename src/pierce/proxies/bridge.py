@@ -148,17 +148,18 @@ class SocketVisitor:
 
 
 class ChannelVisitor:
-    """A logged-in visitor connection of a secret proxy: hears `VisitReady` or `Error`."""
+    """A logged-in visitor connection of a secret proxy: hears ``ready`` (with the owner's proof) or
+    `Error`."""
 
     early = b""
 
-    def __init__(self, channel: MessageChannel, address: tuple[str, int], proxy: str) -> None:
+    def __init__(self, channel: MessageChannel, address: tuple[str, int], ready: VisitReady) -> None:
         self.channel = channel
         self.address = address
-        self.proxy = proxy
+        self.ready = ready
 
     async def accept(self) -> End:
-        await self.channel.send(VisitReady(proxy=self.proxy))
+        await self.channel.send(self.ready)
         return self.channel.into_end()
 
     async def refuse(self, code: ErrorCode, reason: str) -> None:
@@ -211,14 +212,14 @@ async def bridge(
                 await _quietly(visitor.refuse(ErrorCode.UNKNOWN_PROXY, f"proxy {name!r} closed"))
                 raise
             # TimeoutError, or the owner's pool closed under us (its session ended).
-            reason = f"no work connection from client {owner.client_id} in time"
+            # The visitor hears no client id: refusals never say who serves a proxy.
             live.failed()
-            await _quietly(visitor.refuse(ErrorCode.TIMEOUT, reason))
+            await _quietly(visitor.refuse(ErrorCode.TIMEOUT, f"no work connection for {name!r} in time"))
             event(
                 log,
                 logging.WARNING,
                 "proxy.no_work_conn",
-                f"{name}: visitor {who}: {reason}",
+                f"{name}: visitor {who}: no work connection from client {owner.client_id} in time",
                 proxy=name,
                 visitor=who,
                 client_id=owner.client_id,

@@ -1,11 +1,12 @@
 """What every secret proxy (stcp, sudp) shares: the server side, the visit, and the owner's verdict.
 
-A secret proxy opens no public port. Its owner registers it (`NewStcpProxy` / `NewSudpProxy`); a visitor
-logs in on the server's control port with the token as `Role.VISITOR`, names the proxy and proves that it
-knows the proxy's secret (`Visit`). The secret never leaves the owner's client, so the server cannot
-check the proof itself: it asks the owner (`VisitorCheck` on the control channel), and only after a
-`VisitorVerdict` without a code does it pair the visitor's connection with a work connection of the owner
-and relay the two:
+A secret proxy opens no public port. Its owner registers it; a visitor logs in on the server's control
+port as a user (`Role.VISITOR`), names the proxy and proves that it knows the proxy's secret (`Visit`)
+in an exchange with the owner that the server only relays (`pierce.proxies.visitor_auth`): the secret
+never leaves either end, each side proves it to the other, and the server learns nothing. The owner
+also checks ``allow_users`` against the user the server authenticated. Only after a final
+`VisitorVerdict` without a code does the server pair the visitor's connection with a work connection of
+the owner and relay the two:
 
     application -> visitor -> TLS -> server -> work connection -> owner's client -> local service
 
@@ -32,14 +33,18 @@ from pierce.protocol import (
     ErrorCode,
     SecretKind,
     StartWork,
+    UnexpectedMessage,
     Visit,
+    VisitAnswer,
+    VisitChallenge,
+    VisitorAnswer,
     VisitorCheck,
     VisitorVerdict,
     VisitReady,
-    verify_visitor_proof,
 )
 from pierce.proxies.base import ProxyOwner, ProxySite, ProxySpec, ProxyType, check_proxy, masked_repr
 from pierce.proxies.bridge import ChannelVisitor, LiveConnections, bridge, refuse_channel
+from pierce.proxies.visitor_auth import OwnerExchanges, Who
 from pierce.snapshot import ProxyStats
 from pierce.transport import MessageChannel
 
@@ -60,9 +65,10 @@ class SecretProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     name: str
     local_ip: str = "127.0.0.1"
     local_port: int
-    #: Shared with the visitors; it never leaves this client (visitors send an HMAC proof of it).
+    #: Shared with the visitors; it never leaves this client (each side proves it in an SRP exchange).
     secret_key: str
-    #: Client ids of the visitors allowed in; empty or ``"*"`` lets in every visitor with the secret.
+    #: Users (the server's ``[[users]]`` names, as authenticated by the server) whose visitors may come
+    #: in; empty or ``"*"`` lets in every user's visitor that knows the secret.
     allow_users: list[str] = []
 
     def __post_init__(self) -> None:
@@ -96,6 +102,7 @@ class SecretProxyServer:
         #: Secret proxies hold no port; `ProxyReady` says 0.
         self.port = 0
         self.urls: list[str] = []
+        self.domains: list[str] = []
         self.live = LiveConnections()
         self._checks: dict[int, asyncio.Future[VisitorVerdict]] = {}
         self._check_serial = 0
@@ -113,31 +120,59 @@ class SecretProxyServer:
         return VisitorVerdict(proxy=self.name, check_id=0, code=code, reason=reason)
 
     async def check(
-        self, visit: Visit, *, visit_id: str, visitor_id: str, visitor: tuple[str, int]
+        self,
+        visit: Visit,
+        channel: MessageChannel,
+        *,
+        visit_id: str,
+        visitor_user: str,
+        visitor_id: str,
+        visitor: tuple[str, int],
     ) -> VisitorVerdict:
-        """Ask the owner whether this visitor may pass; a verdict with a code when not (or no answer)."""
+        """Run the visitor's proof past the owner, relaying a fresh exchange when there is one; a
+        verdict with a code when the visitor may not pass (or the owner does not answer)."""
         if self._closed:
             return self.refusal(ErrorCode.UNKNOWN_PROXY, f"proxy {self.name!r} is closing")
         if len(self._checks) >= MAX_PENDING_CHECKS:
             return self.refusal(ErrorCode.LIMIT_REACHED, f"too many visitors of {self.name!r} being checked")
         self._check_serial += 1
         check_id = self._check_serial
+        first = VisitorCheck(
+            proxy=self.name,
+            check_id=check_id,
+            kind=visit.kind,
+            visitor_user=visitor_user,
+            visitor_id=visitor_id,
+            visitor_host=visitor[0],
+            visitor_port=visitor[1],
+            visit_id=visit_id,
+            pake=visit.pake,
+            ticket=visit.ticket,
+            nonce=visit.nonce,
+            proof=visit.proof,
+        )
+        verdict = await self._ask(first, check_id)
+        if verdict.code is not None or not verdict.pake:
+            return verdict
+        # A fresh exchange: the owner's challenge goes to the visitor, its answer back to the owner.
+        await channel.send(VisitChallenge(salt=verdict.salt, pake=verdict.pake))
+        try:
+            async with asyncio.timeout(VISIT_CHECK_TIMEOUT):
+                answer = await channel.recv()
+        except TimeoutError:
+            return self.refusal(ErrorCode.TIMEOUT, f"no answer from the visitor in {VISIT_CHECK_TIMEOUT:g}s")
+        if not isinstance(answer, VisitAnswer):
+            raise UnexpectedMessage(answer, "VisitAnswer")
+        return await self._ask(
+            VisitorAnswer(proxy=self.name, check_id=check_id, proof=answer.proof), check_id
+        )
+
+    async def _ask(self, msg: VisitorCheck | VisitorAnswer, check_id: int) -> VisitorVerdict:
+        """Send ``msg`` to the owner and wait for its `VisitorVerdict`."""
         waiter: asyncio.Future[VisitorVerdict] = asyncio.get_running_loop().create_future()
         self._checks[check_id] = waiter
         try:
-            await self.owner.channel.send(
-                VisitorCheck(
-                    proxy=self.name,
-                    check_id=check_id,
-                    kind=visit.kind,
-                    visitor_id=visitor_id,
-                    visitor_host=visitor[0],
-                    visitor_port=visitor[1],
-                    visit_id=visit_id,
-                    client_nonce=visit.client_nonce,
-                    proof=visit.proof,
-                )
-            )
+            await self.owner.channel.send(msg)
             async with asyncio.timeout(VISIT_CHECK_TIMEOUT):
                 return await waiter
         except TimeoutError:
@@ -156,14 +191,16 @@ class SecretProxyServer:
         if waiter is not None and not waiter.done():
             waiter.set_result(msg)
 
-    async def serve(self, channel: MessageChannel, visitor: tuple[str, int], visitor_id: str) -> None:
+    async def serve(
+        self, channel: MessageChannel, visitor: tuple[str, int], visitor_id: str, ready: VisitReady
+    ) -> None:
         """Pair an accepted visitor with a work connection of the owner and relay until both ends finish."""
         start = StartWork(proxy=self.name, visitor_host=visitor[0], visitor_port=visitor[1])
         await bridge(
             self.name,
             self.owner,
             self.live,
-            ChannelVisitor(channel, visitor, self.name),
+            ChannelVisitor(channel, visitor, ready),
             start,
             visitor_id=visitor_id,
             type=self.type.value,
@@ -184,6 +221,7 @@ async def serve_visit(
     visit: Visit,
     *,
     visit_id: str,
+    visitor_user: str,
     visitor_id: str,
     visitor: tuple[str, int],
 ) -> None:
@@ -203,74 +241,98 @@ async def serve_visit(
             f"proxy {visit.proxy!r} is {proxy.kind.value}, this visitor is {visit.kind.value}",
         )
     else:
-        verdict = await proxy.check(visit, visit_id=visit_id, visitor_id=visitor_id, visitor=visitor)
+        verdict = await proxy.check(
+            visit,
+            channel,
+            visit_id=visit_id,
+            visitor_user=visitor_user,
+            visitor_id=visitor_id,
+            visitor=visitor,
+        )
     if verdict.code is not None:
         event(
             log,
             logging.WARNING,
             "visitor.refused",
-            f"visitor {who} ({visitor_id}) for proxy {visit.proxy!r} refused: {verdict.reason}",
+            f"visitor {who} (user {visitor_user}, {visitor_id}) for proxy {visit.proxy!r} refused: "
+            f"{verdict.reason}",
             proxy=visit.proxy,
             visitor=who,
             visitor_id=visitor_id,
+            user=visitor_user,
             code=verdict.code.value,
             reason=verdict.reason,
         )
         await refuse_channel(channel, verdict.code, verdict.reason)
         return
     assert proxy is not None
+    ready = VisitReady(proxy=proxy.name, proof=verdict.proof, ticket=verdict.ticket)
     if visit.check_only:
         try:
-            await channel.send(VisitReady(proxy=proxy.name))
+            await channel.send(ready)
         finally:
             channel.close()
         return
-    await proxy.serve(channel, visitor, visitor_id)
+    await proxy.serve(channel, visitor, visitor_id, ready)
 
 
 # -- owner side -------------------------------------------------------------------------------------
 
 
-def check_visitor(config: object, msg: VisitorCheck) -> VisitorVerdict:
-    """The owner's verdict on a visitor: secret proof, kind and ``allow_users``; a refusal is logged.
+def check_visitor(config: object, msg: VisitorCheck, exchanges: OwnerExchanges) -> VisitorVerdict:
+    """The owner's answer to a visitor: kind and ``allow_users`` first, then the exchange (a challenge,
+    or for a ticket the final verdict). A refusal is logged.
 
     ``config`` is the owner's config of the proxy the visitor names (None when there is none).
     """
-    code: ErrorCode | None = None
-    reason = ""
     secret = config if isinstance(config, SecretProxyConfig) else None
     if secret is None or secret.secret_kind is not msg.kind:
-        code, reason = ErrorCode.UNKNOWN_PROXY, f"this client serves no {msg.kind.value} proxy {msg.proxy!r}"
-    elif not verify_visitor_proof(
-        secret.secret_key, msg.proof, proxy=msg.proxy, visit_id=msg.visit_id, client_nonce=msg.client_nonce
-    ):
-        code, reason = ErrorCode.AUTH_FAILED, f"wrong secret for proxy {msg.proxy!r}"
+        verdict = _no(
+            msg, ErrorCode.UNKNOWN_PROXY, f"this client serves no {msg.kind.value} proxy {msg.proxy!r}"
+        )
+    elif secret.allow_users and "*" not in secret.allow_users and msg.visitor_user not in secret.allow_users:
+        verdict = _no(
+            msg,
+            ErrorCode.NOT_ALLOWED,
+            f"user {msg.visitor_user!r} is not in allow_users of proxy {msg.proxy!r}",
+        )
     else:
-        allowed = secret.allow_users
-        if allowed and "*" not in allowed and msg.visitor_id not in allowed:
-            code = ErrorCode.NOT_ALLOWED
-            reason = f"client id {msg.visitor_id!r} is not in allow_users of proxy {msg.proxy!r}"
-    who = format_sockaddr((msg.visitor_host, msg.visitor_port))
-    if code is not None:
+        verdict = exchanges.start(msg, secret.secret_key)
+    log_verdict(verdict, Who.of(msg))
+    return verdict
+
+
+def answer_visitor(msg: VisitorAnswer, exchanges: OwnerExchanges) -> VisitorVerdict:
+    """The owner's final verdict on a fresh exchange, logged."""
+    verdict, who = exchanges.finish(msg)
+    log_verdict(verdict, who)
+    return verdict
+
+
+def log_verdict(verdict: VisitorVerdict, who: Who) -> None:
+    """``visitor.refused`` for a refusal, ``visitor.accepted`` (debug) for a final yes."""
+    address = format_sockaddr((who.host, who.port))
+    fields = {"proxy": verdict.proxy, "visitor": address, "visitor_id": who.visitor_id, "user": who.user}
+    if verdict.code is not None:
         event(
             log,
             logging.WARNING,
             "visitor.refused",
-            f"proxy {msg.proxy}: refused visitor {who} ({msg.visitor_id}): {reason}",
-            proxy=msg.proxy,
-            visitor=who,
-            visitor_id=msg.visitor_id,
-            code=code.value,
-            reason=reason,
+            f"proxy {verdict.proxy}: refused visitor {address} (user {who.user}, {who.visitor_id}): "
+            f"{verdict.reason}",
+            code=verdict.code.value,
+            reason=verdict.reason,
+            **fields,
         )
-    else:
+    elif not verdict.pake:
         event(
             log,
             logging.DEBUG,
             "visitor.accepted",
-            f"proxy {msg.proxy}: visitor {who} ({msg.visitor_id}) accepted",
-            proxy=msg.proxy,
-            visitor=who,
-            visitor_id=msg.visitor_id,
+            f"proxy {verdict.proxy}: visitor {address} (user {who.user}, {who.visitor_id}) accepted",
+            **fields,
         )
+
+
+def _no(msg: VisitorCheck, code: ErrorCode, reason: str) -> VisitorVerdict:
     return VisitorVerdict(proxy=msg.proxy, check_id=msg.check_id, code=code, reason=reason)

@@ -82,6 +82,7 @@ class TcpProxyServer:
         self.listener = TcpListener.open(listen, self._visitor, name=f"proxy {name}")
         self.port = self.listener.port
         self.urls: list[str] = []
+        self.domains: list[str] = []
 
     @classmethod
     def create(cls, name: str, spec: TcpSpec, site: ProxySite) -> TcpProxyServer:

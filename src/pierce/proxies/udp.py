@@ -107,6 +107,7 @@ class UdpProxyServer:
         sock = bind_socket(listen, socket.SOCK_DGRAM)
         self.port = int(sock.getsockname()[1])
         self.urls: list[str] = []
+        self.domains: list[str] = []
         self.visitors: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._seen = 0
         self.up_packets = self.up_bytes = self.down_packets = self.down_bytes = 0

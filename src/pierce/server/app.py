@@ -20,7 +20,13 @@ from typing import Any
 from pierce.addr import HostPort, format_sockaddr
 from pierce.config import ServerConfig
 from pierce.errors import LocalError, PierceError
-from pierce.handshake import AuthenticationFailed, plain_binding, server_handshake
+from pierce.handshake import (
+    AuthenticationFailed,
+    Login,
+    plain_binding,
+    server_login,
+    server_work_login,
+)
 from pierce.listeners import TcpListener, set_nodelay
 from pierce.logs import event
 from pierce.nat.stun_server import StunServer
@@ -36,10 +42,13 @@ from pierce.protocol import (
     Visit,
     certificate_binding,
 )
+from pierce.protocol.messages import DEFAULT_USER
+from pierce.protocol.pake import Verifier, make_verifier
 from pierce.proxies.base import Front
 from pierce.proxies.registry import FRONTS
 from pierce.proxies.secret import SecretProxyServer, serve_visit
 from pierce.relay import wait_fd
+from pierce.server.claims import Claims
 from pierce.server.session import ControlSession
 from pierce.server.workconn import WorkConn
 from pierce.snapshot import ServerProxyInfo, ServerSnapshot
@@ -50,6 +59,9 @@ log = logging.getLogger("pierce.server")
 
 #: Seconds a new connection has to complete its login.
 LOGIN_TIMEOUT = 10.0
+#: Seconds a session whose client id a new login names has to answer a ping; a live one keeps its
+#: place (the newcomer is refused), a silent one is replaced.
+PROBE_TIMEOUT = 3.0
 _TLS_HANDSHAKE_BYTE = 0x16
 
 
@@ -60,6 +72,10 @@ class Server:
         self.config = config
         self.sessions: dict[str, ControlSession] = {}  # by run id
         self.proxy_owners: dict[str, ControlSession] = {}  # by proxy name
+        #: Each user's SRP verifier (`pierce.protocol.pake`): the server keeps no token in memory.
+        self.verifiers: dict[str, Verifier] = user_verifiers(config)
+        #: Which user owns which proxy name, port and domain.
+        self.claims = Claims(config.claim_hold_s)
         self.features = frozenset({Feature.ENCRYPT_DATA} if config.transport.encrypt_data else set())
         self.certificate: ServerCertificate | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -152,6 +168,7 @@ class Server:
                     name=p.name,
                     type=p.type,
                     client_id=s.client_id,
+                    user=s.user,
                     remote_port=p.port,
                     urls=p.urls,
                     stats=p.stats(),
@@ -228,48 +245,69 @@ class Server:
 
     async def _tls_login(
         self, channel: MessageChannel, hello: Hello, binding: bytes | None, run_id: str, role: str
-    ) -> None:
+    ) -> Login:
         """Refuse a plain connection for ``role``; else run the login exchange, handing out ``run_id``."""
         if binding is None:
             await channel.send(Error(code=ErrorCode.BAD_MESSAGE, reason=f"{role} connections must use TLS"))
             raise Refused(ErrorCode.BAD_MESSAGE, f"plain {role} connection")
-        await self._login(channel, hello, binding, run_id)
-
-    async def _login(self, channel: MessageChannel, hello: Hello, binding: bytes, run_id: str) -> None:
         async with asyncio.timeout(LOGIN_TIMEOUT):
-            await server_handshake(
+            return await server_login(
                 channel,
                 hello,
-                token=self.config.token,
+                verifier=self.verifiers.get,
                 features=self.features,
                 binding=binding,
                 run_id=run_id,
+                resume=self._resume_key,
             )
+
+    def _resume_key(self, user: str, run_id: str) -> bytes | None:
+        session = self.sessions.get(run_id)
+        return session.resume_key if session is not None and session.user == user else None
 
     async def _control(self, channel: MessageChannel, hello: Hello, binding: bytes | None, peer: str) -> None:
         run_id = secrets.token_hex(8)
-        await self._tls_login(channel, hello, binding, run_id, "control")
-        # A client that comes back (same previous run id, or same client id) replaces its stale session,
-        # so its proxies are taken over cleanly instead of being refused as duplicates.
+        login = await self._tls_login(channel, hello, binding, run_id, "control")
+        user, client_id = login.user, hello.client_id
+        # Only the same user's sessions are ever touched. A client that proves it held its previous
+        # session (resume) replaces it at once; a session of the same client id that answers a ping is
+        # live, so the newcomer is refused (no two devices kick each other off); a silent one is stale
+        # and replaced.
         for old in list(self.sessions.values()):
-            if old.run_id == hello.run_id or old.client_id == hello.client_id:
-                event(
-                    log,
-                    logging.INFO,
-                    "client.replaced",
-                    f"client {hello.client_id} reconnected from {peer}; closing its previous session",
-                    client_id=hello.client_id,
-                    peer=peer,
+            if old.user != user:
+                continue
+            resumed = login.resumed and old.run_id == hello.run_id
+            if not resumed and old.client_id != client_id:
+                continue
+            if not resumed and await old.probe(PROBE_TIMEOUT):
+                reason = (
+                    f"client id {client_id!r} is already connected and answering; give each client of "
+                    "a user its own client_id"
                 )
-                await self._end_session(old, "replaced by a new login")
-        session = ControlSession(self, channel, client_id=hello.client_id, run_id=run_id, peer=peer)
+                await channel.send(Error(code=ErrorCode.DUPLICATE_CLIENT, reason=reason))
+                raise Refused(ErrorCode.DUPLICATE_CLIENT, reason)
+            event(
+                log,
+                logging.INFO,
+                "client.replaced",
+                f"client {client_id} of user {user} reconnected from {peer}; closing its previous session"
+                + (" (resumed)" if resumed else " (it did not answer)"),
+                client_id=client_id,
+                user=user,
+                peer=peer,
+            )
+            await self._end_session(old, "replaced by a new login")
+        session = ControlSession(
+            self, channel, user=user, client_id=client_id, run_id=run_id, peer=peer, key=login.key
+        )
         self.sessions[run_id] = session
         event(
             log,
             logging.INFO,
             "client.login",
-            f"client {hello.client_id} logged in from {peer}",
-            client_id=hello.client_id,
+            f"client {client_id} (user {user}) logged in from {peer}",
+            client_id=client_id,
+            user=user,
             peer=peer,
             run_id=run_id,
         )
@@ -294,7 +332,14 @@ class Server:
             reason = "plain work connection refused: transport.encrypt_data is true on the server"
             await channel.send(Error(code=ErrorCode.FEATURE_MISMATCH, reason=reason))
             raise Refused(ErrorCode.FEATURE_MISMATCH, reason)
-        await self._login(channel, hello, binding or plain_binding(hello.run_id), session.run_id)
+        async with asyncio.timeout(LOGIN_TIMEOUT):
+            await server_work_login(
+                channel,
+                hello,
+                key=session.work_key,
+                features=self.features,
+                binding=binding or plain_binding(hello.run_id),
+            )
         session.add_work_conn(WorkConn(channel))
 
     async def _visitor(
@@ -302,19 +347,35 @@ class Server:
     ) -> None:
         """A visitor of a secret proxy: log in, read its `Visit`, then refuse it or relay it."""
         visit_id = secrets.token_hex(16)
-        await self._tls_login(channel, hello, binding, visit_id, "visitor")
+        login = await self._tls_login(channel, hello, binding, visit_id, "visitor")
         async with asyncio.timeout(LOGIN_TIMEOUT):
             visit = await channel.recv()
         if not isinstance(visit, Visit):
             raise UnexpectedMessage(visit, "Visit")
         await serve_visit(
-            self._secret_proxy, channel, visit, visit_id=visit_id, visitor_id=hello.client_id, visitor=peer
+            self._secret_proxy,
+            channel,
+            visit,
+            visit_id=visit_id,
+            visitor_user=login.user,
+            visitor_id=hello.client_id,
+            visitor=peer,
         )
 
     def _secret_proxy(self, name: str) -> SecretProxyServer | None:
         owner = self.proxy_owners.get(name)
         proxy = owner.proxies.get(name) if owner is not None else None
         return proxy if isinstance(proxy, SecretProxyServer) else None
+
+
+def user_verifiers(config: ServerConfig) -> dict[str, Verifier]:
+    """An SRP verifier per user: computed from a token, or as configured."""
+    verifiers = {DEFAULT_USER: make_verifier(DEFAULT_USER, config.token)} if config.token else {}
+    for user in config.users:
+        verifiers[user.name] = (
+            Verifier.parse(user.verifier) if user.verifier else make_verifier(user.name, user.token)
+        )
+    return verifiers
 
 
 async def _peek_byte(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> int:

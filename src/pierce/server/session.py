@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from pierce.addr import HostPort
 from pierce.errors import LocalError, PierceError
+from pierce.handshake import resume_key, work_key
 from pierce.listeners import PortInUse
 from pierce.logs import event
 from pierce.protocol import (
@@ -32,6 +33,7 @@ from pierce.proxies.base import F, P, ServerProxy
 from pierce.proxies.registry import decode_spec, open_proxy
 from pierce.proxies.secret import SecretProxyServer
 from pierce.proxies.udp import UdpProxyServer
+from pierce.server.claims import Key, Thing
 from pierce.server.workconn import WorkConn, WorkConnPool
 from pierce.snapshot import ClientInfo
 from pierce.transport import ConnectionClosed, MessageChannel
@@ -51,13 +53,29 @@ class ControlSession:
     """
 
     def __init__(
-        self, server: Server, channel: MessageChannel, *, client_id: str, run_id: str, peer: str
+        self,
+        server: Server,
+        channel: MessageChannel,
+        *,
+        user: str,
+        client_id: str,
+        run_id: str,
+        peer: str,
+        key: bytes,
     ) -> None:
         self.server = server
         self.channel = channel
+        self.user = user
         self.client_id = client_id
         self.run_id = run_id
         self.peer = peer
+        #: Keys derived from the login's: work connections prove the first, a reconnect the second.
+        self.work_key = work_key(key, run_id)
+        self.resume_key = resume_key(key, run_id)
+        #: What each proxy claimed (`pierce.server.claims`), released when it closes.
+        self._claimed: dict[str, list[Key]] = {}
+        self._probe: asyncio.Future[None] | None = None
+        self._probe_seq = 0
         self.pool = WorkConnPool(channel)
         self._work_serial = 0
         self.proxies: dict[str, ServerProxy] = {}
@@ -84,6 +102,7 @@ class ControlSession:
 
     def info(self) -> ClientInfo:
         return ClientInfo(
+            user=self.user,
             client_id=self.client_id,
             run_id=self.run_id,
             address=self.peer,
@@ -137,10 +156,31 @@ class ControlSession:
             with contextlib.suppress(PierceError):
                 await self.channel.send(Error(code=exc.code, reason=str(exc)))
 
+    async def probe(self, timeout: float) -> bool:
+        """Whether the client answers a `Ping` within ``timeout`` seconds (live, not stale)."""
+        if self.closed.is_set():
+            return False
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_future()
+            self._probe_seq += 1
+            try:
+                await self.channel.send(Ping(seq=self._probe_seq))
+            except (PierceError, OSError):
+                return False
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._probe)
+        except TimeoutError:
+            return False
+        return not self.closed.is_set()
+
     async def _handle(self, msg: object) -> None:
         match msg:
             case Ping(seq=seq):
                 await self.channel.send(Pong(seq=seq))
+            case Pong():
+                if self._probe is not None and not self._probe.done():
+                    self._probe.set_result(None)
             case NewProxy():
                 await self._new_proxy(msg)
             case VisitorVerdict():
@@ -174,6 +214,11 @@ class ControlSession:
             spec = decode_spec(msg.spec)
             self._check_name(name)
             proxy = open_proxy(name, spec, self)
+            try:
+                self._claim(name, proxy)
+            except Refused:
+                await proxy.close()
+                raise
         except (Refused, ProtocolError) as exc:
             code = exc.code if isinstance(exc, Refused) else ErrorCode.BAD_MESSAGE
             event(
@@ -207,13 +252,28 @@ class ControlSession:
         await self.channel.send(ProxyReady(name=name, remote_port=proxy.port, urls=proxy.urls))
 
     def _check_name(self, name: str) -> None:
-        owner = self.server.proxy_owners.get(name)
-        if owner is not None and owner is not self:
-            raise Refused(
-                ErrorCode.DUPLICATE_NAME, f"proxy name {name!r} is already used by client {owner.client_id}"
-            )
         if name in self.proxies:
             raise Refused(ErrorCode.DUPLICATE_NAME, f"proxy name {name!r} is already registered")
+        why = self.server.claims.conflict(self.user, [(Thing.NAME, name)])
+        if why is not None:
+            raise Refused(ErrorCode.DUPLICATE_NAME, why)
+        owner = self.server.proxy_owners.get(name)
+        if owner is not None and owner is not self:  # the same user's other client: say no more
+            raise Refused(ErrorCode.DUPLICATE_NAME, f"proxy name {name!r} is used by another client")
+
+    def _claim(self, name: str, proxy: ServerProxy) -> None:
+        """Claim the proxy's name, own port and domains for this user; close it when another user has
+        one (opening is synchronous, so no visitor reached it in between)."""
+        keys: list[Key] = [(Thing.NAME, name)]
+        if name in self._port_holders:
+            keys.append((Thing.PORT, str(proxy.port)))
+        keys += [(Thing.DOMAIN, d) for d in proxy.domains]
+        why = self.server.claims.conflict(self.user, keys)
+        if why is not None:
+            self._port_holders.discard(name)
+            raise Refused(ErrorCode.DOMAIN_TAKEN if "domain" in why else ErrorCode.PORT_IN_USE, why)
+        self.server.claims.take(self.user, keys)
+        self._claimed[name] = keys
 
     # -- the site proxies open on ------------------------------------------------------------------
 
@@ -264,6 +324,7 @@ class ControlSession:
     async def _close_proxy(self, name: str, *, reason: str) -> None:
         proxy = self.proxies.pop(name, None)
         self._port_holders.discard(name)
+        self.server.claims.release(self.user, self._claimed.pop(name, []))
         if proxy is None:
             return
         if self.server.proxy_owners.get(name) is self:
