@@ -183,7 +183,39 @@ def build_parser() -> argparse.ArgumentParser:
     p_verify.add_argument("-c", "--config", type=Path, required=True, help="the file to check")
     p_verify.add_argument("--kind", choices=sorted(config.KINDS), help="file kind (default: guess from keys)")
     p_verify.set_defaults(func=cmd_verify)
+
+    p_verifier = sub.add_parser(
+        "verifier",
+        help="print a user's SRP verifier for server.toml (the server then holds no token)",
+        description=(
+            "Reads the user's token from PIERCE_TOKEN or, when that is unset, from standard input (a "
+            "prompt on a terminal), and prints the line to put in the user's [[users]] table. "
+            "The token never appears on the command line."
+        ),
+    )
+    _add_logging_flags(p_verifier, suppress=True)
+    p_verifier.add_argument("user", help="the user's name in [[users]]")
+    p_verifier.set_defaults(func=cmd_verifier)
     return parser
+
+
+def cmd_verifier(args: argparse.Namespace) -> int:
+    import getpass
+    import os
+
+    from pierce.protocol.pake import make_verifier
+
+    token = os.environ.get("PIERCE_TOKEN")
+    if not token:
+        token = getpass.getpass(f"token of {args.user}: ") if sys.stdin.isatty() else sys.stdin.readline()
+    token = token.rstrip("\r\n")
+    if not token:
+        raise ConfigError(["verifier: expected the user's token (PIERCE_TOKEN or standard input)"])
+    problems = config.user_problems(args.user)
+    if problems:
+        raise ConfigError([f"verifier: {p}" for p in problems])
+    print(f'verifier = "{make_verifier(args.user, token).text()}"')
+    return 0
 
 
 def map_config_from_args(args: argparse.Namespace) -> config.MapConfig:

@@ -151,6 +151,13 @@ _USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_CLAIM_HOLD = 3600.0
 
 
+def user_problems(name: str) -> list[str]:
+    """What is wrong with ``name`` as a user name (nothing: an empty list)."""
+    if _USER_NAME.match(name):
+        return []
+    return [f'expected 1 to 64 letters, digits, ".", "_" or "-" (alphanumeric first), got "{name}"']
+
+
 class UserConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[[users]]`` in server.toml: one identity. Its clients log in with ``user = name`` and its token."""
 
@@ -162,11 +169,8 @@ class UserConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     verifier: str = ""
 
     def __post_init__(self) -> None:
-        if not _USER_NAME.match(self.name):
-            raise InvalidValue(
-                "name",
-                f'expected 1 to 64 letters, digits, ".", "_" or "-" (alphanumeric first), got "{self.name}"',
-            )
+        for problem in user_problems(self.name):
+            raise InvalidValue("name", problem)
         if bool(self.token) == bool(self.verifier):
             raise InvalidValue("token", "expected either token or verifier for this user (exactly one)")
         if self.verifier:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +161,35 @@ async def _echo(port: int) -> bool:
     finally:
         writer.close()
     return hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+async def test_a_user_configured_by_verifier_logs_in_and_a_wrong_token_does_not(
+    pierce, tmp_path: Path
+) -> None:
+    """`pierce verifier` prints what server.toml holds instead of the token; clients log in as before."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pierce", "verifier", "carol",
+        env={**os.environ, "PIERCE_TOKEN": "carol-token-a81f3e6d29c4b705"},
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    key, _, value = out.decode().strip().partition(" = ")
+    assert key == "verifier" and "carol-token" not in value
+    carol = {"name": "carol", "verifier": value.strip('"')}
+    server, port = await start_server(pierce, tmp_path, stun_port=0, users=[carol], token="")
+    async with tcp_server(echo) as local:
+        host, _, lport = local.rpartition(":")
+        tcp = [{"type": "tcp", "name": "echo", "local_ip": host, "local_port": int(lport), "remote_port": 0}]
+        good = await start_client(
+            pierce, tmp_path, port, tcp, name="good", user="carol", token="carol-token-a81f3e6d29c4b705"
+        )
+        (ready,) = await good.wait_event("proxy.ready")
+        assert await _echo(int(ready["remote_port"]))
+        bad = await start_client(
+            pierce, tmp_path, port, tcp, name="bad", user="carol", token="carol-token-wrong"
+        )
+        (failed,) = await bad.wait_event("client.login_failed")
+        assert "unknown user or wrong token" in failed["error"]
+        (logged,) = await server.wait_event("auth.failed")
+        assert "carol" in logged["error"]
