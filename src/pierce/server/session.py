@@ -29,7 +29,7 @@ from pierce.protocol import (
     UdpPacket,
     VisitorVerdict,
 )
-from pierce.proxies.base import F, P, ServerProxy
+from pierce.proxies.base import F, P, ProxyType, ServerProxy
 from pierce.proxies.registry import decode_spec, open_proxy
 from pierce.proxies.secret import SecretProxyServer
 from pierce.proxies.udp import UdpProxyServer
@@ -266,7 +266,7 @@ class ControlSession:
         one (opening is synchronous, so no visitor reached it in between)."""
         keys: list[Key] = [(Thing.NAME, name)]
         if name in self._port_holders:
-            keys.append((Thing.PORT, str(proxy.port)))
+            keys.append((Thing.PORT, f"{proxy.port}/{'udp' if proxy.type is ProxyType.UDP else 'tcp'}"))
         keys += [(Thing.DOMAIN, d) for d in proxy.domains]
         why = self.server.claims.conflict(self.user, keys)
         if why is not None:
