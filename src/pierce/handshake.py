@@ -25,7 +25,7 @@ Version and feature mismatches are named errors on both ends.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -139,11 +139,14 @@ async def server_login(
     binding: bytes,
     run_id: str,
     resume: Callable[[str, str], bytes | None] = lambda user, run_id: None,
+    admit: Callable[[Login], Awaitable[None]] | None = None,
 ) -> Login:
     """Answer a login ``hello`` (already read); raise after telling the client why when it is refused.
 
     ``verifier(user)`` is the user's SRP verifier (None: no such user, which fails like a wrong token);
-    ``resume(user, run_id)`` the resume key of that user's session ``run_id``, if there is one.
+    ``resume(user, run_id)`` the resume key of that user's session ``run_id``, if there is one;
+    ``admit(login)`` runs once the client is authenticated and before it hears so: raising `Refused`
+    there turns the login away with that code and reason.
     """
     if hello.version != PROTOCOL_VERSION:
         await _refuse(channel, ErrorCode.VERSION_MISMATCH, version_mismatch(hello.version, we="server"))
@@ -176,10 +179,16 @@ async def server_login(
     if hello.run_id and answer.resume is not None:
         old_key = resume(user, hello.run_id)
         resumed = old_key is not None and verify(resume_proof(old_key, challenge=nonce), answer.resume)
+    login = Login(user=user, key=key, resumed=resumed)
+    if admit is not None:
+        try:
+            await admit(login)
+        except Refused as exc:
+            await _refuse(channel, exc.code, exc.reason)
     bound = binding_proof(key, server=True, channel_binding=binding)
     await channel.send(AuthOk(run_id=run_id, server_proof=hamk, binding=bound))
     channel.max_frame_size = MAX_FRAME_SIZE
-    return Login(user=user, key=key, resumed=resumed)
+    return login
 
 
 async def server_work_login(

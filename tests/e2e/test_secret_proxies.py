@@ -187,7 +187,7 @@ async def test_allow_users_and_visitors_tables_of_client_toml(pierce, tmp_path: 
     """``[[visitors]]`` in client.toml; only users in ``allow_users`` pass, also per connection. The
     user is the one the server authenticated: a client id the visitor picks itself proves nothing."""
     async with tcp_server(echo) as local:
-        server, port = await start_server(pierce, tmp_path, stun_port=0, users=USERS)
+        _, port = await start_server(pierce, tmp_path, stun_port=0, users=USERS)
         owner = await start_client(
             pierce, tmp_path, port, [secret_proxy("stcp", "db", local, allow_users=["friend"])], name="owner"
         )

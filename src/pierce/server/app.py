@@ -15,6 +15,7 @@ import secrets
 import socket
 import ssl
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pierce.addr import HostPort, format_sockaddr
@@ -244,13 +245,19 @@ class Server:
         return SocketChannel(sock), None
 
     async def _tls_login(
-        self, channel: MessageChannel, hello: Hello, binding: bytes | None, run_id: str, role: str
+        self,
+        channel: MessageChannel,
+        hello: Hello,
+        binding: bytes | None,
+        run_id: str,
+        role: str,
+        admit: Callable[[Login], Awaitable[None]] | None = None,
     ) -> Login:
         """Refuse a plain connection for ``role``; else run the login exchange, handing out ``run_id``."""
         if binding is None:
             await channel.send(Error(code=ErrorCode.BAD_MESSAGE, reason=f"{role} connections must use TLS"))
             raise Refused(ErrorCode.BAD_MESSAGE, f"plain {role} connection")
-        async with asyncio.timeout(LOGIN_TIMEOUT):
+        async with asyncio.timeout(LOGIN_TIMEOUT + PROBE_TIMEOUT):
             return await server_login(
                 channel,
                 hello,
@@ -259,6 +266,7 @@ class Server:
                 binding=binding,
                 run_id=run_id,
                 resume=self._resume_key,
+                admit=admit,
             )
 
     def _resume_key(self, user: str, run_id: str) -> bytes | None:
@@ -267,36 +275,40 @@ class Server:
 
     async def _control(self, channel: MessageChannel, hello: Hello, binding: bytes | None, peer: str) -> None:
         run_id = secrets.token_hex(8)
-        login = await self._tls_login(channel, hello, binding, run_id, "control")
-        user, client_id = login.user, hello.client_id
-        # Only the same user's sessions are ever touched. A client that proves it held its previous
-        # session (resume) replaces it at once; a session of the same client id that answers a ping is
-        # live, so the newcomer is refused (no two devices kick each other off); a silent one is stale
-        # and replaced.
-        for old in list(self.sessions.values()):
-            if old.user != user:
-                continue
-            resumed = login.resumed and old.run_id == hello.run_id
-            if not resumed and old.client_id != client_id:
-                continue
-            if not resumed and await old.probe(PROBE_TIMEOUT):
-                reason = (
-                    f"client id {client_id!r} is already connected and answering; give each client of "
-                    "a user its own client_id"
+        client_id = hello.client_id
+
+        async def admit(login: Login) -> None:
+            """Only the same user's sessions are ever touched. A client that proves it held its
+            previous session (resume) replaces it at once; a session of the same client id that answers
+            a ping is live, so the newcomer is refused (no two devices kick each other off); a silent one
+            is stale and replaced."""
+            user = login.user
+            for old in list(self.sessions.values()):
+                if old.user != user:
+                    continue
+                resumed = login.resumed and old.run_id == hello.run_id
+                if not resumed and old.client_id != client_id:
+                    continue
+                if not resumed and await old.probe(PROBE_TIMEOUT):
+                    raise Refused(
+                        ErrorCode.DUPLICATE_CLIENT,
+                        f"client id {client_id!r} is already connected and answering; give each client "
+                        "of a user its own client_id",
+                    )
+                event(
+                    log,
+                    logging.INFO,
+                    "client.replaced",
+                    f"client {client_id} of user {user} reconnected from {peer}; closing its previous "
+                    "session" + (" (resumed)" if resumed else " (it did not answer)"),
+                    client_id=client_id,
+                    user=user,
+                    peer=peer,
                 )
-                await channel.send(Error(code=ErrorCode.DUPLICATE_CLIENT, reason=reason))
-                raise Refused(ErrorCode.DUPLICATE_CLIENT, reason)
-            event(
-                log,
-                logging.INFO,
-                "client.replaced",
-                f"client {client_id} of user {user} reconnected from {peer}; closing its previous session"
-                + (" (resumed)" if resumed else " (it did not answer)"),
-                client_id=client_id,
-                user=user,
-                peer=peer,
-            )
-            await self._end_session(old, "replaced by a new login")
+                await self._end_session(old, "replaced by a new login")
+
+        login = await self._tls_login(channel, hello, binding, run_id, "control", admit)
+        user = login.user
         session = ControlSession(
             self, channel, user=user, client_id=client_id, run_id=run_id, peer=peer, key=login.key
         )
