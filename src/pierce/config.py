@@ -28,6 +28,9 @@ import msgspec
 from pierce.addr import HostPort, Network, parse_host_port, parse_network
 from pierce.domains import InvalidDomain, normalize_domain
 from pierce.errors import ConfigError, InvalidValue, KeyPath, format_key_path
+from pierce.nat.stun_server import DEFAULT_BURST as DEFAULT_STUN_BURST
+from pierce.nat.stun_server import DEFAULT_GLOBAL_RATE as DEFAULT_STUN_GLOBAL_RATE
+from pierce.nat.stun_server import DEFAULT_RATE as DEFAULT_STUN_RATE
 from pierce.protocol import SecretKind
 from pierce.protocol.messages import DEFAULT_USER
 from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
@@ -223,6 +226,14 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stun_port: int = DEFAULT_STUN_PORT
     #: A second IP address of this host for the STUN responder: enables RFC 5780 change-IP tests.
     stun_alt_addr: str = ""
+    #: STUN answers per second to one source (an IPv4 address or IPv6 /64) once its burst is used.
+    stun_rate: float = DEFAULT_STUN_RATE
+    #: STUN answers one source may get at once.
+    stun_burst: int = DEFAULT_STUN_BURST
+    #: STUN answers per second to all sources together.
+    stun_global_rate: float = DEFAULT_STUN_GLOBAL_RATE
+    #: Honour RFC 5780 RESPONSE-PORT (answers to another port of the requesting address).
+    stun_allow_response_port: bool = False
     transport: TransportOptions = msgspec.field(default_factory=TransportOptions)
     #: Public port for HTTP proxies, routed by Host (0 = off).
     vhost_http_port: int = 0
@@ -283,6 +294,11 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             except ValueError:
                 got = self.stun_alt_addr
                 raise InvalidValue("stun_alt_addr", f'expected an IP address, got "{got}"') from None
+        for key in ("stun_rate", "stun_global_rate"):
+            if not getattr(self, key) > 0:
+                raise InvalidValue(key, f"expected answers per second > 0, got {getattr(self, key)}")
+        if self.stun_burst < 1:
+            raise InvalidValue("stun_burst", f"expected a number of answers >= 1, got {self.stun_burst}")
         if not self.proxy_bind_addr:
             self.proxy_bind_addr = self.bind_addr
 

@@ -92,7 +92,8 @@ class ServerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     ports: dict[str, int]
     clients: list[ClientInfo]
     proxies: list[ServerProxyInfo]
-    #: The STUN responder's counters since start (requests, answered, malformed, ...); empty when off.
+    #: The STUN responder's counters since start (requests, answered, malformed, dropped_rate_limited,
+    #: dropped_global_limit, ...); empty when off.
     stun: dict[str, int] = {}
 
 

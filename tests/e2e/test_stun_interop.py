@@ -19,35 +19,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from support.stun import ALTERNATE, PRIMARY, free_port_pair, stun_server
 from support.tunnel import StartPierce, start_server
 
 from pierce.nat import stun
-
-PRIMARY, ALTERNATE = "127.0.0.1", "127.0.0.2"
-
-
-def free_port_pair() -> int:
-    """A UDP port P with P + 1 also free, on both loopback addresses."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((PRIMARY, 0))
-            port = int(probe.getsockname()[1])
-        if port >= 65534:
-            continue
-        taken = []
-        try:
-            for ip in (PRIMARY, ALTERNATE):
-                for p in (port, port + 1):
-                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                    taken.append(sock)
-                    sock.bind((ip, p))
-        except OSError:
-            continue
-        finally:
-            for sock in taken:
-                sock.close()
-        return port
-    raise RuntimeError("no free pair of UDP ports")
 
 
 async def run(*argv: str, timeout: float = 30) -> str:
@@ -70,20 +45,6 @@ async def pierce_nat(port: int) -> dict[str, object]:
     report = json.loads(out.strip().splitlines()[-1])
     assert isinstance(report, dict), out
     return report
-
-
-async def stun_server(pierce: StartPierce, tmp_path: Path, bind: str = PRIMARY) -> int:
-    """A ``pierce server`` answering STUN on a free port pair of both loopback addresses.
-
-    With ``bind = "0.0.0.0"`` the primary sockets are wildcards: answers must still leave from the
-    address each request was sent to (and name it in RESPONSE-ORIGIN).
-    """
-    port = free_port_pair()
-    settings = {"stun_port": port, "stun_alt_addr": ALTERNATE, "bind_addr": bind}
-    proc, _ = await start_server(pierce, tmp_path, **settings)
-    (listening,) = await proc.wait_event("stun.listening")
-    assert listening["ports"] == [port, port + 1]
-    return port
 
 
 def tool(name: str) -> str:

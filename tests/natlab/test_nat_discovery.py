@@ -51,6 +51,7 @@ def start_server(lab: Lab, wan: Segment, tmp_path: Path) -> Host:
             "token": TOKEN,
             "stun_port": STUN_PORT,
             "stun_alt_addr": SERVER_ALT_IP,
+            "stun_allow_response_port": True,  # for the mapping lifetime test
         },
     )
     env = {**os.environ, "PIERCE_STATE_DIR": str(tmp_path / "state")}

@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -25,7 +26,15 @@ from pierce.nat import stun
 from pierce.nat.classify import P2P, Behaviour, Observations, Outcome, classify
 from pierce.nat.discover import stun_server
 from pierce.nat.stun import Attr, Class, Endpoint, StunParseError
-from pierce.nat.stun_server import Layout, Reply, StunServer, answer
+from pierce.nat.stun_server import (
+    MAX_AMPLIFICATION,
+    Layout,
+    Reply,
+    StunPolicy,
+    StunServer,
+    answer,
+    source_key,
+)
 
 # -- RFC 5769 test vectors ------------------------------------------------------------------------------
 
@@ -207,9 +216,13 @@ TWO = Layout(PRIMARY, P, ALT)
 ONE = Layout(PRIMARY, P)
 
 
-def ask(layout: Layout, request: bytes, arrived: tuple[int, int] = (0, 0)) -> tuple[stun.Message, Reply]:
+def ask(
+    layout: Layout, request: bytes, arrived: tuple[int, int] = (0, 0), *, allow_response_port: bool = False
+) -> tuple[stun.Message, Reply]:
     local = layout.alternate if arrived[0] and layout.alternate else layout.primary
-    reply = answer(request, CLIENT, arrived, local, layout, lambda: PRIMARY)
+    reply = answer(
+        request, CLIENT, arrived, local, layout, lambda: PRIMARY, allow_response_port=allow_response_port
+    )
     assert reply is not None
     return stun.decode(reply.data), reply
 
@@ -250,15 +263,126 @@ def test_one_address_server() -> None:
     assert answer(classic, CLIENT, (0, 0), PRIMARY, ONE, lambda: PRIMARY) is None
 
 
-def test_response_port_and_unknown_attributes() -> None:
-    _, reply = ask(TWO, stun.encode(stun.binding_request(response_port=5555)))
-    assert reply.to == Endpoint(CLIENT.ip, 5555)
+def test_response_port_is_an_unknown_attribute_unless_allowed() -> None:
+    """RFC 5780 section 5: a server without RESPONSE-PORT answers 420, to the request's own address."""
+    request = stun.encode(stun.binding_request(response_port=5555))
+    refused, reply = ask(TWO, request)
+    assert reply.to == CLIENT and reply.error
+    assert refused.error_code is not None and refused.error_code.code == 420
+    assert refused.get(Attr.UNKNOWN_ATTRIBUTES) == struct.pack("!H", Attr.RESPONSE_PORT)
+    allowed, reply = ask(TWO, request, allow_response_port=True)
+    assert reply.to == Endpoint(CLIENT.ip, 5555) and allowed.cls is Class.SUCCESS
+    # RFC 5780 section 6.1: RESPONSE-PORT with PADDING gets 400, to the request's own address.
+    padded = stun.Message(
+        1,
+        Class.REQUEST,
+        bytes(12),
+        ((Attr.RESPONSE_PORT, struct.pack("!HH", 5555, 0)), (Attr.PADDING, bytes(8))),
+    )
+    bad, reply = ask(TWO, stun.encode(padded), allow_response_port=True)
+    assert bad.error_code is not None and bad.error_code.code == 400 and reply.to == CLIENT
+
+
+def test_unknown_attributes() -> None:
     unknown = stun.Message(1, Class.REQUEST, bytes(12), ((0x0999, b"abcd"), (0xC999, b"")))
     error, _ = ask(TWO, stun.encode(unknown))
     assert error.error_code is not None and error.error_code.code == 420
     assert error.get(Attr.UNKNOWN_ATTRIBUTES) == b"\x09\x99"
     optional = stun.Message(1, Class.REQUEST, bytes(12), ((0xC999, b""),))
     assert ask(TWO, stun.encode(optional))[0].cls is Class.SUCCESS
+
+
+def test_answers_carry_only_the_attributes_the_request_needs() -> None:
+    """No SOFTWARE, no FINGERPRINT; MAPPED-ADDRESS for RFC 5780 requests and RFC 3489 clients only."""
+    plain, _ = ask(TWO, stun.encode(stun.binding_request(software="client")))
+    assert [a for a, _ in plain.attributes] == [
+        Attr.XOR_MAPPED_ADDRESS,
+        Attr.RESPONSE_ORIGIN,
+        Attr.OTHER_ADDRESS,
+    ]
+    discovery, _ = ask(TWO, stun.encode(stun.binding_request(change_port=True)))
+    assert [a for a, _ in discovery.attributes] == [
+        Attr.XOR_MAPPED_ADDRESS, Attr.MAPPED_ADDRESS, Attr.RESPONSE_ORIGIN, Attr.OTHER_ADDRESS
+    ]  # fmt: skip
+    assert discovery.mapped_address == discovery.xor_mapped_address == CLIENT
+    classic, _ = ask(TWO, struct.pack("!HH", 1, 0) + bytes(16))
+    assert [a for a, _ in classic.attributes] == [
+        Attr.MAPPED_ADDRESS,
+        Attr.SOURCE_ADDRESS,
+        Attr.CHANGED_ADDRESS,
+    ]
+    error, _ = ask(ONE, stun.encode(stun.binding_request(change_ip=True)))
+    assert [a for a, _ in error.attributes] == [Attr.ERROR_CODE]
+
+
+PRIMARY6, ALT6 = ipaddress.ip_address("2001:db8::10"), ipaddress.ip_address("2001:db8::11")
+CLIENT6 = Endpoint(ipaddress.ip_address("2001:db8:1:2::7"), 40000)
+request_attributes = st.sampled_from(
+    [
+        (Attr.CHANGE_REQUEST, struct.pack("!I", 0)),
+        (Attr.CHANGE_REQUEST, struct.pack("!I", 2)),
+        (Attr.CHANGE_REQUEST, struct.pack("!I", 4)),
+        (Attr.CHANGE_REQUEST, struct.pack("!I", 6)),
+        (Attr.PADDING, b""),
+        (Attr.PADDING, bytes(4)),
+        (Attr.RESPONSE_PORT, struct.pack("!HH", 5555, 0)),
+        (Attr.USERNAME, b"u"),
+        (0x0999, b""),
+        (0xC999, b""),
+    ]
+)
+
+
+@settings(max_examples=300)
+@given(
+    version=st.sampled_from([4, 6]),
+    two=st.booleans(),
+    classic=st.booleans(),
+    allow_response_port=st.booleans(),
+    attributes=st.lists(request_attributes, max_size=3),
+    fingerprint=st.booleans(),
+)
+def test_no_answer_is_more_than_max_amplification_times_its_request(
+    version: int,
+    two: bool,
+    classic: bool,
+    allow_response_port: bool,
+    attributes: list[tuple[int, bytes]],
+    fingerprint: bool,
+) -> None:
+    primary, alt, client = (PRIMARY, ALT, CLIENT) if version == 4 else (PRIMARY6, ALT6, CLIENT6)
+    layout = Layout(primary, P, alt if two else None)
+    message = stun.Message(
+        1, Class.REQUEST, bytes(12), tuple(attributes), 0x01020304 if classic else stun.MAGIC_COOKIE
+    )
+    data = stun.encode(message, fingerprint=fingerprint and not classic)
+    reply = answer(
+        data, client, (0, 0), primary, layout, lambda: primary, allow_response_port=allow_response_port
+    )
+    if reply is not None:
+        assert len(reply.data) / len(data) <= MAX_AMPLIFICATION[version]
+
+
+@pytest.mark.parametrize(("version", "size"), [(4, 56), (6, 92)])
+def test_a_plain_request_gets_the_documented_answer_size(version: int, size: int) -> None:
+    """README, "STUN responder": 2.8 times a plain 20-byte request over IPv4, 4.6 over IPv6; the worst
+    case, 2.83 and 4.83, is a request with an empty PADDING."""
+    primary, alt, client = (PRIMARY, ALT, CLIENT) if version == 4 else (PRIMARY6, ALT6, CLIENT6)
+    request = stun.encode(stun.binding_request(), fingerprint=False)
+    reply = answer(request, client, (0, 0), primary, Layout(primary, P, alt), lambda: primary)
+    assert reply is not None and (len(request), len(reply.data)) == (20, size)
+    padded = stun.encode(stun.Message(1, Class.REQUEST, bytes(12), ((Attr.PADDING, b""),)), fingerprint=False)
+    worst = answer(padded, client, (0, 0), primary, Layout(primary, P, alt), lambda: primary)
+    assert worst is not None and len(worst.data) / len(padded) == MAX_AMPLIFICATION[version]
+    assert round(MAX_AMPLIFICATION[version], 2) == {4: 2.83, 6: 4.83}[version]
+
+
+def test_rate_limit_buckets_are_per_ipv4_address_and_per_ipv6_slash_64() -> None:
+    a, b = ipaddress.ip_address("198.51.100.7"), ipaddress.ip_address("198.51.100.8")
+    assert source_key(a) != source_key(b)
+    same_64 = [ipaddress.ip_address(f"2001:db8:1:2::{i:x}") for i in (1, 0xFFFF)]
+    assert source_key(same_64[0]) == source_key(same_64[1])
+    assert source_key(ipaddress.ip_address("2001:db8:1:3::1")) != source_key(same_64[0])
 
 
 def test_no_answer_to_anything_but_binding_requests() -> None:
@@ -274,15 +398,16 @@ def test_no_answer_to_anything_but_binding_requests() -> None:
 
 def test_padding_is_not_echoed() -> None:
     """No amplification: a 1500-byte padded request gets the same small answer as a bare one."""
-    request = stun.binding_request()
-    padded = stun.Message(1, Class.REQUEST, request.transaction_id, ((Attr.PADDING, bytes(1500)),))
-    bare = answer(stun.encode(request), CLIENT, (0, 0), PRIMARY, TWO, lambda: PRIMARY)
+    tid = stun.new_transaction_id()
+    empty = stun.Message(1, Class.REQUEST, tid, ((Attr.PADDING, b""),))
+    padded = stun.Message(1, Class.REQUEST, tid, ((Attr.PADDING, bytes(1500)),))
+    bare = answer(stun.encode(empty), CLIENT, (0, 0), PRIMARY, TWO, lambda: PRIMARY)
     big = answer(stun.encode(padded), CLIENT, (0, 0), PRIMARY, TWO, lambda: PRIMARY)
     assert bare is not None and big is not None
-    assert len(big.data) == len(bare.data) <= 100
+    assert len(big.data) == len(bare.data) <= 68
 
 
-def start_stun_on_free_ports(attempts: int = 20) -> tuple[StunServer, int]:
+def start_stun_on_free_ports(attempts: int = 20, **kwargs: Any) -> tuple[StunServer, int]:
     """A started StunServer on 127.0.0.1, ports P and P + 1 both free. Another process may take either
     between the probe and the bind, so an address in use means: try other ports, a bounded number of
     times. Any other failure is a failure."""
@@ -292,7 +417,7 @@ def start_stun_on_free_ports(attempts: int = 20) -> tuple[StunServer, int]:
             port = int(probe.getsockname()[1])
         if port >= 65535:
             continue
-        server = StunServer("127.0.0.1", port)
+        server = StunServer("127.0.0.1", port, **kwargs)
         try:
             server.start()
         except LocalError as exc:
@@ -320,6 +445,31 @@ async def test_server_counts_garbage_and_keeps_answering() -> None:
             assert reply.xor_mapped_address == Endpoint.of(sock.getsockname())
         assert reply.transaction_id == request.transaction_id
         assert (server.stats.malformed, server.stats.answered) == (4, 1)
+    finally:
+        server.close()
+
+
+async def test_server_drops_and_counts_requests_over_the_rate_limit() -> None:
+    """Frozen time: a source gets its burst and no more; another source is not affected."""
+    server, port = start_stun_on_free_ports(policy=StunPolicy(rate=1.0, burst=3), clock=lambda: 0.0)
+    loop = asyncio.get_running_loop()
+    try:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other,
+        ):
+            flood.bind(("127.0.0.1", 0))
+            other.bind(("127.0.0.3", 0))
+            other.setblocking(False)
+            for _ in range(10):
+                flood.sendto(stun.encode(stun.binding_request()), ("127.0.0.1", port))
+            # Datagrams on one socket are read in order: once the other source's is answered, the
+            # flood's have all been handled.
+            other.sendto(stun.encode(stun.binding_request()), ("127.0.0.1", port))
+            async with asyncio.timeout(5):
+                await loop.sock_recv(other, 2048)
+        assert (server.stats.answered, server.stats.dropped_rate_limited) == (4, 7)
+        assert server.stats.dropped_global_limit == 0
     finally:
         server.close()
 
@@ -422,9 +572,23 @@ def test_classify_no_answer_and_no_nat() -> None:
 def test_server_stun_keys() -> None:
     cfg = config.convert({"token": "t"}, config.ServerConfig, "server.toml")
     assert (cfg.stun_port, cfg.stun_alt_addr) == (3478, "")
+    assert (cfg.stun_rate, cfg.stun_burst, cfg.stun_global_rate) == (10.0, 50, 1000.0)
+    assert cfg.stun_allow_response_port is False
     off = config.convert({"token": "t", "stun_port": 0}, config.ServerConfig, "server.toml")
     assert off.stun_port == 0
-    for bad in ({"stun_port": 65535}, {"stun_alt_addr": "not-an-ip"}):
+    custom = {"stun_rate": 2, "stun_burst": 5, "stun_global_rate": 100, "stun_allow_response_port": True}
+    cfg = config.convert({"token": "t", **custom}, config.ServerConfig, "server.toml")
+    assert (cfg.stun_rate, cfg.stun_burst, cfg.stun_global_rate, cfg.stun_allow_response_port) == (
+        2.0, 5, 100.0, True
+    )  # fmt: skip
+    for bad in (
+        {"stun_port": 65535},
+        {"stun_alt_addr": "not-an-ip"},
+        {"stun_rate": 0},
+        {"stun_burst": 0},
+        {"stun_global_rate": -1},
+        {"stun_allow_response_port": "yes"},
+    ):
         with pytest.raises(ConfigError, match="stun_"):
             config.convert({"token": "t", **bad}, config.ServerConfig, "server.toml")
 

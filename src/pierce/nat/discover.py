@@ -307,7 +307,10 @@ async def measure_lifetime(
     """
     asker = client.open()
     if await _mapping_alive(client, asker, server, 0.0, wait) is not True:
-        return None, "The server does not honour RESPONSE-PORT, so the mapping lifetime was not measured."
+        return None, (
+            "The server does not honour RESPONSE-PORT (on pierce server: stun_allow_response_port = true), "
+            "so the mapping lifetime was not measured."
+        )
     gaps = sorted({maximum / 2**i for i in range(8) if maximum / 2**i >= resolution} | {maximum})
     alive, dead = 0.0, None
     for _ in range(rounds):

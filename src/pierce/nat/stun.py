@@ -70,6 +70,9 @@ class Attr(enum.IntEnum):
     OTHER_ADDRESS = 0x802C
 
 
+_DISCOVERY_ATTRIBUTES = frozenset({Attr.CHANGE_REQUEST, Attr.PADDING, Attr.RESPONSE_PORT})
+
+
 class Endpoint(NamedTuple):
     """An IP address and a port, as STUN address attributes carry them."""
 
@@ -113,6 +116,11 @@ class Message:
     @property
     def is_binding_request(self) -> bool:
         return self.method == Method.BINDING and self.cls is Class.REQUEST
+
+    @property
+    def behaviour_discovery(self) -> bool:
+        """Carries an RFC 5780 request attribute (CHANGE-REQUEST, PADDING or RESPONSE-PORT)."""
+        return any(kind in _DISCOVERY_ATTRIBUTES for kind, _ in self.attributes)
 
     def get(self, attr: int) -> bytes | None:
         """The value of the first ``attr`` attribute, or None."""
@@ -354,8 +362,13 @@ def binding_success(
     other: Endpoint | None = None,
     software: str | None = None,
 ) -> Message:
-    """The success response to ``request``: XOR-MAPPED-ADDRESS and MAPPED-ADDRESS (which clients compare to
-    detect address-rewriting ALGs), RESPONSE-ORIGIN and OTHER-ADDRESS when known.
+    """The success response to ``request``: XOR-MAPPED-ADDRESS, RESPONSE-ORIGIN and OTHER-ADDRESS when known
+    (RFC 5780 section 6.1 includes those two even in answers to plain requests: a client learns the other
+    address from its first, plain, request).
+
+    MAPPED-ADDRESS only answers a request with an RFC 5780 attribute (``behaviour_discovery``): RFC 5780
+    section 6.1 wants both mapped addresses there, which clients compare to detect address-rewriting
+    ALGs; RFC 5389 otherwise keeps MAPPED-ADDRESS for RFC 3489 clients only.
 
     An RFC 3489 client gets MAPPED-ADDRESS, SOURCE-ADDRESS and CHANGED-ADDRESS instead: it rejects
     comprehension-required attributes it does not know (XOR-MAPPED-ADDRESS 0x0020 among them), and
@@ -374,7 +387,8 @@ def binding_success(
     else:
         pad = struct.pack("!I", request.cookie) + request.transaction_id
         attrs.append((Attr.XOR_MAPPED_ADDRESS, encode_address(mapped, pad)))
-        attrs.append((Attr.MAPPED_ADDRESS, encode_address(mapped)))
+        if request.behaviour_discovery:
+            attrs.append((Attr.MAPPED_ADDRESS, encode_address(mapped)))
         if origin is not None:
             attrs.append((Attr.RESPONSE_ORIGIN, encode_address(origin)))
         if other is not None:

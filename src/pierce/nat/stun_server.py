@@ -7,9 +7,16 @@ one fixed address for every response, the alternate IP with ``port + 1`` (the pr
 alternate): clients such as coturn's natdiscovery reuse the OTHER-ADDRESS of their second response for
 their third test, and an address relative to the receiving socket would make them misreport.
 
-Only well-formed Binding requests are answered, with a response of about a hundred bytes: no reply to
-anything else, no padding echoed, so the responder cannot amplify traffic. Malformed datagrams are counted
-and dropped.
+The source address of a UDP request can be forged, so the responder must not be worth using as a
+reflector:
+
+- Only well-formed Binding requests are answered, each with one small response and only the attributes
+  the request needs (no SOFTWARE, no FINGERPRINT, no PADDING echoed; MAPPED-ADDRESS only for RFC 3489
+  clients and RFC 5780 requests). `MAX_AMPLIFICATION` is the largest response / request size ratio.
+- Answers are rate limited per source (an IPv4 address or an IPv6 /64) and in total (`StunPolicy`);
+  requests over the limit are dropped and counted.
+- RESPONSE-PORT, which sends the answer to another port of the (forgeable) source, is refused with
+  420 Unknown Attribute (RFC 5780 section 5) unless ``allow_response_port`` is set.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,23 +37,51 @@ from pierce.errors import LocalError
 from pierce.logs import event
 from pierce.nat import stun
 from pierce.nat.stun import Attr, Endpoint, StunParseError
+from pierce.ratelimit import KeyedLimiter, Verdict
 
 log = logging.getLogger("pierce.stun")
 
-SOFTWARE = "pierce"
 #: Datagrams read per wake-up before yielding to the loop.
 READ_BATCH = 64
 #: Larger than any STUN request pierce answers (RFC 8489 keeps messages under the path MTU).
 MAX_DATAGRAM = 2048
-#: Attributes a request may carry that the responder understands or may safely ignore.
+#: Attributes a request may carry that the responder understands or may safely ignore (RESPONSE-PORT
+#: only when it is allowed).
 KNOWN_REQUEST_ATTRIBUTES = frozenset(
-    {Attr.CHANGE_REQUEST, Attr.RESPONSE_PORT, Attr.PADDING, Attr.USERNAME, Attr.MESSAGE_INTEGRITY}
+    {Attr.CHANGE_REQUEST, Attr.PADDING, Attr.USERNAME, Attr.MESSAGE_INTEGRITY}
 )
+
+#: Answers per second to one source (an IPv4 address, an IPv6 /64) once its burst is used. RFC 5780
+#: section 5 asks clients for at most ten new transactions a second.
+DEFAULT_RATE = 10.0
+#: Answers one source may get at once. A `pierce nat` run sends about 15 requests in its first second and
+#: 30 at most with retransmissions; the Debian ``stun`` client about 10, coturn's natdiscovery 5.
+DEFAULT_BURST = 50
+#: Answers per second to all sources together.
+DEFAULT_GLOBAL_RATE = 1000.0
+#: Largest response / request size ratio: a 24-byte request with an empty PADDING gets XOR-MAPPED-,
+#: MAPPED-ADDRESS, RESPONSE-ORIGIN and OTHER-ADDRESS, 68 bytes over IPv4 and 116 over IPv6. A plain
+#: 20-byte Binding request gets 56 and 92 bytes (2.8 and 4.6).
+MAX_AMPLIFICATION = {4: 68 / 24, 6: 116 / 24}
 
 # Linux values; the socket module does not export IP_PKTINFO on every build.
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr
 _IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex
+
+
+@dataclass(frozen=True)
+class StunPolicy:
+    """What the responder agrees to do: answer rates and RESPONSE-PORT."""
+
+    #: Answers per second to one source, after its burst.
+    rate: float = DEFAULT_RATE
+    #: Answers one source may get at once.
+    burst: int = DEFAULT_BURST
+    #: Answers per second to all sources together.
+    global_rate: float = DEFAULT_GLOBAL_RATE
+    #: Honour RESPONSE-PORT (RFC 5780 section 7.5); off, such requests get 420 Unknown Attribute.
+    allow_response_port: bool = False
 
 
 @dataclass
@@ -58,6 +94,10 @@ class StunStats:
     malformed: int = 0
     ignored: int = 0
     send_failures: int = 0
+    #: Datagrams dropped unread because their source was over ``rate`` / ``burst``.
+    dropped_rate_limited: int = 0
+    #: Datagrams dropped unread because all sources together were over ``global_rate``.
+    dropped_global_limit: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,7 +118,6 @@ class Layout:
     primary: IPAddress
     port: int
     alternate: IPAddress | None = None
-    software: str = SOFTWARE
     ports: tuple[int, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -92,24 +131,34 @@ def answer(
     local_ip: IPAddress,
     layout: Layout,
     primary_ip: Callable[[], IPAddress | None],
+    *,
+    allow_response_port: bool = False,
 ) -> Reply | None:
     """The reply to one datagram, or None when it gets none. Raises StunParseError for a malformed one.
 
     ``arrived`` says which socket got it (0 = primary / first port, 1 = alternate / second port) and
     ``local_ip`` is the address it was sent to. ``primary_ip()`` gives the concrete primary address, asked
     for only when a request on the alternate address wants an answer from the primary one (None: unknown).
+    Responses carry no FINGERPRINT: it is only needed when STUN shares a port with other traffic
+    (RFC 5780 section 6.1), and it would add 8 bytes to every answer.
     """
     request = stun.decode(data)
     if not request.is_binding_request:
         return None
-    unknown = request.unknown_required(KNOWN_REQUEST_ATTRIBUTES)
+    known = KNOWN_REQUEST_ATTRIBUTES | ({Attr.RESPONSE_PORT} if allow_response_port else set())
+    unknown = request.unknown_required(known)
     if unknown:
         if request.classic:
             return None
+        # RFC 5780 section 5: a client must expect 420 for RESPONSE-PORT from a server without it.
         reply = stun.binding_error(request, 420, "Unknown Attribute", unknown=unknown)
-        return Reply(stun.encode(reply), arrived, local_ip, source, error=True)
+        return Reply(stun.encode(reply, fingerprint=False), arrived, local_ip, source, error=True)
     change_ip, change_port = request.change_request
     response_port = request.response_port
+    if response_port is not None and request.get(Attr.PADDING) is not None:
+        # RFC 5780 section 6.1: RESPONSE-PORT with PADDING gets 400.
+        reply = stun.binding_error(request, 400, "Bad Request")
+        return Reply(stun.encode(reply, fingerprint=False), arrived, local_ip, source, error=True)
     via = (arrived[0] ^ int(change_ip), arrived[1] ^ int(change_port))
     origin_ip: IPAddress | None = local_ip
     if via[0] != arrived[0]:
@@ -118,23 +167,38 @@ def answer(
         # An RFC 3489 client counts any answer as "the change worked": stay silent for it.
         if request.classic:
             return None
-        reply = stun.binding_error(request, 420, "Unknown Attribute: this server has no second address")
-        return Reply(stun.encode(reply), arrived, local_ip, source, error=True)
+        reply = stun.binding_error(request, 420, "No second address")
+        return Reply(stun.encode(reply, fingerprint=False), arrived, local_ip, source, error=True)
     origin = Endpoint(origin_ip, layout.ports[via[1]])
     # With one address every request arrives on it, so local_ip is the primary address.
     other = Endpoint(layout.alternate or local_ip, layout.ports[1])
-    reply = stun.binding_success(request, source, origin=origin, other=other, software=layout.software)
+    reply = stun.binding_success(request, source, origin=origin, other=other)
     to = Endpoint(source.ip, response_port) if response_port is not None else source
-    return Reply(stun.encode(reply, fingerprint=not request.classic), via, origin_ip, to)
+    return Reply(stun.encode(reply, fingerprint=False), via, origin_ip, to)
+
+
+def source_key(ip: IPAddress) -> bytes:
+    """What one rate-limit bucket is for: an IPv4 address, or the /64 of an IPv6 one (a single host or
+    network usually holds a whole /64, so per-address buckets would give it 2**64 bursts)."""
+    return ip.packed if ip.version == 4 else ip.packed[:8]
 
 
 class StunServer:
     """UDP STUN responder on ``port`` and ``port + 1`` of ``primary`` (and of ``alternate`` if given).
 
-    ``start()`` binds every socket or none (raising LocalError); ``close()`` releases them.
+    ``start()`` binds every socket or none (raising LocalError); ``close()`` releases them. ``policy``
+    sets the answer rates and whether RESPONSE-PORT is honoured; ``clock`` is for tests.
     """
 
-    def __init__(self, primary: str, port: int, alternate: str | None = None) -> None:
+    def __init__(
+        self,
+        primary: str,
+        port: int,
+        alternate: str | None = None,
+        *,
+        policy: StunPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not 1 <= port <= 65534:
             raise LocalError(f"STUN port {port}: expected 1 to 65534 (the next port is used too)")
         primary_ip = ipaddress.ip_address(primary)
@@ -142,7 +206,12 @@ class StunServer:
         if alternate_ip is not None and alternate_ip.version != primary_ip.version:
             raise LocalError(f"stun_alt_addr {alternate}: not the same address family as {primary}")
         self.layout = Layout(primary_ip, port, alternate_ip)
+        self.policy = policy or StunPolicy()
         self.stats = StunStats()
+        self._limiter = KeyedLimiter(
+            rate=self.policy.rate, burst=self.policy.burst, global_rate=self.policy.global_rate
+        )
+        self._clock = clock
         self._wildcard = primary_ip.is_unspecified
         self._family = socket.AF_INET6 if primary_ip.version == 6 else socket.AF_INET
         self._socks: dict[tuple[int, int], socket.socket] = {}
@@ -233,6 +302,14 @@ class StunServer:
         addr: tuple[str, int] | tuple[str, int, int, int],
     ) -> None:
         source = Endpoint.of(addr)
+        # Before any parsing: a flood costs as little as possible, whatever it contains.
+        verdict = self._limiter.check(source_key(source.ip), self._clock())
+        if verdict is Verdict.KEY_LIMITED:
+            self.stats.dropped_rate_limited += 1
+            return
+        if verdict is Verdict.GLOBAL_LIMITED:
+            self.stats.dropped_global_limit += 1
+            return
         local_ip = self._destination(ancdata, key)
 
         def primary_ip() -> IPAddress | None:
@@ -241,7 +318,15 @@ class StunServer:
             return _route_source(self._family, source, exclude=self.layout.alternate)
 
         try:
-            reply = answer(data, source, key, local_ip, self.layout, primary_ip)
+            reply = answer(
+                data,
+                source,
+                key,
+                local_ip,
+                self.layout,
+                primary_ip,
+                allow_response_port=self.policy.allow_response_port,
+            )
         except StunParseError:
             self.stats.malformed += 1
             return

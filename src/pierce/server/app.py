@@ -30,7 +30,7 @@ from pierce.handshake import (
 )
 from pierce.listeners import TcpListener, set_nodelay
 from pierce.logs import event
-from pierce.nat.stun_server import StunServer
+from pierce.nat.stun_server import StunPolicy, StunServer
 from pierce.protocol import (
     Error,
     ErrorCode,
@@ -128,7 +128,13 @@ class Server:
         if not cfg.stun_port:
             return
         try:
-            stun = StunServer(cfg.bind_addr, cfg.stun_port, cfg.stun_alt_addr or None)
+            policy = StunPolicy(
+                rate=cfg.stun_rate,
+                burst=cfg.stun_burst,
+                global_rate=cfg.stun_global_rate,
+                allow_response_port=cfg.stun_allow_response_port,
+            )
+            stun = StunServer(cfg.bind_addr, cfg.stun_port, cfg.stun_alt_addr or None, policy=policy)
             stun.start()
         except (LocalError, ValueError) as exc:
             event(log, logging.WARNING, "stun.unavailable", f"STUN not started: {exc}", error=str(exc))
