@@ -14,8 +14,8 @@ import logging
 import secrets
 import socket
 import ssl
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from pierce.addr import HostPort, format_sockaddr
