@@ -81,11 +81,18 @@ class Login:
     key: bytes
     #: The client proved it held the session named in its `Hello` (``run_id``).
     resumed: bool
+    #: This login's server nonce: fresh and known to both sides (a visit id is made of it).
+    nonce: bytes = b""
 
 
 def work_key(key: bytes, run_id: str) -> bytes:
     """The key work connections of session ``run_id`` prove (derived from the login's key)."""
     return derive_key(key, "work", run_id)
+
+
+def visitor_key(key: bytes, run_id: str) -> bytes:
+    """The key later visitor connections of the visitor session ``run_id`` prove."""
+    return derive_key(key, "visitor", run_id)
 
 
 def resume_key(key: bytes, run_id: str) -> bytes:
@@ -179,7 +186,7 @@ async def server_login(
     if hello.run_id and answer.resume is not None:
         old_key = resume(user, hello.run_id)
         resumed = old_key is not None and verify(resume_proof(old_key, challenge=nonce), answer.resume)
-    login = Login(user=user, key=key, resumed=resumed)
+    login = Login(user=user, key=key, resumed=resumed, nonce=nonce)
     if admit is not None:
         try:
             await admit(login)
@@ -193,8 +200,9 @@ async def server_login(
 
 async def server_work_login(
     channel: MessageChannel, hello: Hello, *, key: bytes, features: frozenset[str], binding: bytes
-) -> None:
-    """Check a work connection of the session whose work key is ``key``; refuse it when wrong."""
+) -> bytes:
+    """Check a connection that joins a session by proving ``key`` (a work key or a visitor key);
+    refuse it when wrong. Returns the server nonce of the exchange."""
     if hello.version != PROTOCOL_VERSION:
         await _refuse(channel, ErrorCode.VERSION_MISMATCH, version_mismatch(hello.version, we="server"))
     nonce = new_nonce()
@@ -202,11 +210,12 @@ async def server_work_login(
     answer = await _answer(channel)
     nonces = {"server_nonce": nonce, "client_nonce": answer.client_nonce, "channel_binding": binding}
     if not verify(client_proof(key, **nonces), answer.proof):
-        reason = "authentication failed: not a work connection of this session"
+        reason = "authentication failed: not a connection of this session"
         await channel.send(Error(code=ErrorCode.AUTH_FAILED, reason=reason))
         raise AuthenticationFailed(reason)
     await channel.send(AuthOk(run_id=hello.run_id, server_proof=server_proof(key, **nonces)))
     channel.max_frame_size = MAX_FRAME_SIZE
+    return nonce
 
 
 async def _answer(channel: MessageChannel) -> AuthResponse:
@@ -252,8 +261,8 @@ async def client_login(
     role: Role,
     binding: bytes | Callable[[], bytes],
     resume: tuple[str, bytes] | None = None,
-) -> tuple[str, bytes]:
-    """Log in as ``user``; return the server's run id and the session key.
+) -> tuple[str, bytes, bytes]:
+    """Log in as ``user``; return the server's run id, the session key and the server's nonce.
 
     ``resume`` is the previous session's run id and resume key, to take that session over.
     Raises Refused / AuthenticationFailed by name.
@@ -302,7 +311,7 @@ async def client_login(
             "this client saw: a man in the middle"
         )
     channel.max_frame_size = MAX_FRAME_SIZE
-    return reply.run_id, key
+    return reply.run_id, key, msg.server_nonce
 
 
 async def client_work_login(
@@ -313,12 +322,14 @@ async def client_work_login(
     client_id: str,
     run_id: str,
     binding: bytes | Callable[[], bytes],
-) -> None:
-    """Join session ``run_id`` with its work key ``key``. Raises Refused / AuthenticationFailed."""
+    role: Role = Role.WORK,
+) -> bytes:
+    """Join session ``run_id`` by proving ``key`` (its work key; for a visitor, its visitor key).
+    Returns the server's nonce. Raises Refused / AuthenticationFailed."""
     await channel.send(
-        Hello(version=PROTOCOL_VERSION, features=features, client_id=client_id, role=Role.WORK, run_id=run_id)
+        Hello(version=PROTOCOL_VERSION, features=features, client_id=client_id, role=role, run_id=run_id)
     )
-    msg = await _challenge(channel, features, Role.WORK)
+    msg = await _challenge(channel, features, role)
     bound = binding() if callable(binding) else binding
     nonces = {"server_nonce": msg.server_nonce, "client_nonce": new_nonce(), "channel_binding": bound}
     await channel.send(AuthResponse(proof=client_proof(key, **nonces), client_nonce=nonces["client_nonce"]))
@@ -326,3 +337,4 @@ async def client_work_login(
     if not verify(server_proof(key, **nonces), reply.server_proof):
         raise AuthenticationFailed("authentication failed: the server does not hold this session's key")
     channel.max_frame_size = MAX_FRAME_SIZE
+    return msg.server_nonce

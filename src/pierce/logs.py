@@ -25,6 +25,7 @@ _JSON = msgspec.json.Encoder()
 #: What each field name means. Addresses are ``host:port`` text.
 FIELDS: dict[str, str] = {
     # who and where
+    "fresh": "a visitor connection ran a full login (true) or proved its visitor session's key (false)",
     "user": "the user (a name of the server's [[users]]) a client or visitor authenticated as",
     "peer": "address a client's connection to the server comes from (as the server sees it)",
     "visitor": "address of a visitor of a proxy or a shared front (as the server or owner sees it)",
@@ -141,6 +142,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "acme.failed": {"names", "kind", "reason", "failures", "retry_in_s", "serving"},
         "acme.renew_margin": {"names", "lifetime_s", "renew_before_s"},
         # secret proxies
+        "visitor.login": {"visitor", "user", "fresh"},
         "visitor.accepted": {"proxy", "visitor", "visitor_id", "user"},
         "visitor.refused": {"proxy", "visitor", "visitor_id", "visitor_name", "user", "code", "reason"},
         "visitor.listening": {"visitor_name", "proxy", "type", "listen", "port"},

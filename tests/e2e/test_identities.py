@@ -17,7 +17,7 @@ from typing import Any
 
 from helpers.http_services import web_service as served
 from support.streams import echo, free_port, payload, tcp_server
-from support.tunnel import start_client, start_server
+from support.tunnel import start_client, start_server, write_toml
 from support.web import curl
 
 ALICE = {"name": "alice", "token": "alice-token-6b1e9f4c2a7d5e08"}
@@ -193,3 +193,30 @@ async def test_a_user_configured_by_verifier_logs_in_and_a_wrong_token_does_not(
         assert "unknown user or wrong token" in failed["error"]
         (logged,) = await server.wait_event("auth.failed")
         assert "carol" in logged["error"]
+
+
+async def test_a_visitor_logs_in_once_and_then_proves_its_session_key(pierce, tmp_path: Path) -> None:
+    """Only a visitor's first connection runs the SRP login; later ones prove a key derived from it."""
+    conf = write_toml(
+        tmp_path / "server.toml",
+        {"bind_addr": "127.0.0.1", "bind_port": 0, "stun_port": 0, "users": [ALICE, BOB]},
+    )
+    server = await pierce(
+        "server", "--log-level", "debug", "-c", str(conf), env={"PIERCE_STATE_DIR": str(tmp_path / "state")}
+    )
+    port = int((await server.wait_event("server.listening"))[0]["port"])
+    async with tcp_server(echo) as local:
+        owner = await start_client(
+            pierce, tmp_path, port, proxies(1, local, 0)[2:], name="home", user="alice", token=ALICE["token"]
+        )
+        await owner.wait_event("proxy.ready")
+        visitor = await pierce(
+            "visit", "--server", f"127.0.0.1:{port}", "--user", "alice", "--name", "vault",
+            "--secret", SECRET, env={"PIERCE_TOKEN": ALICE["token"]},
+        )  # fmt: skip
+        (listening,) = await visitor.wait_event("visitor.listening")
+        for _ in range(3):
+            assert await _echo(int(listening["port"]))
+        logins = await server.wait_event("visitor.login", count=4)
+        assert [e["fresh"] for e in logins] == [True, False, False, False]
+        assert {e["user"] for e in logins} == {"alice"}

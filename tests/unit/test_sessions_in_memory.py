@@ -163,7 +163,7 @@ async def test_sessions_register_refuse_visit_and_close_in_memory(tmp_path: Path
             return session
 
         logging_in = asyncio.ensure_future(login())
-        run_id, key = await client_login(
+        run_id, key, _ = await client_login(
             client_end, user="", token=TOKEN, features=features_of(config), client_id="home",
             role=Role.CONTROL, binding=BINDING,
         )  # fmt: skip

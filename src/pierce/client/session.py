@@ -14,11 +14,12 @@ from pierce.addr import HostPort
 from pierce.config import ClientConfig
 from pierce.dial import connect_tcp
 from pierce.errors import PierceError, RemoteError
-from pierce.handshake import client_login, client_work_login, plain_binding, work_key
+from pierce.handshake import client_login, client_work_login, plain_binding, visitor_key, work_key
 from pierce.logs import event
 from pierce.protocol import (
     CloseProxy,
     Error,
+    ErrorCode,
     Feature,
     NewProxy,
     Ping,
@@ -26,6 +27,7 @@ from pierce.protocol import (
     ProtocolError,
     ProxyReady,
     ProxyRefused,
+    Refused,
     ReqWorkConn,
     Role,
     StartWork,
@@ -66,6 +68,8 @@ class Dialer:
         self.config = config
         self.client_id = client_id
         self.server = HostPort(config.server_addr, config.server_port)
+        #: The visitor session from the last visitor login: its run id and visitor key.
+        self._visitor_session: tuple[str, bytes] | None = None
         self._ssl = client_context(
             fingerprint=config.server_fingerprint or None,
             ca_file=Path(config.trusted_ca_file) if config.trusted_ca_file else None,
@@ -93,7 +97,7 @@ class Dialer:
 
     async def _login(
         self, channel: MessageChannel, binding: bytes, role: Role, resume: tuple[str, bytes] | None
-    ) -> tuple[str, bytes]:
+    ) -> tuple[str, bytes, bytes]:
         try:
             return await asyncio.wait_for(
                 client_login(
@@ -118,14 +122,44 @@ class Dialer:
         ``resume``: the previous session's run id and resume key, so the server hands its place over.
         """
         channel, binding = await self._tls()
-        run_id, key = await self._login(channel, binding, Role.CONTROL, resume)
+        run_id, key, _ = await self._login(channel, binding, Role.CONTROL, resume)
         return channel, run_id, key
 
     async def visitor(self) -> tuple[StreamChannel, str]:
-        """A logged-in visitor connection (always TLS) and the visit id the server issued for it."""
+        """A logged-in visitor connection (always TLS) and its visit id (fresh, known to both ends).
+
+        The first logs in (SRP); later ones prove the visitor session's key, until the server forgets
+        the session (it restarted, or the session expired): then a fresh login again.
+        """
         channel, binding = await self._tls()
-        visit_id, _ = await self._login(channel, binding, Role.VISITOR, None)
-        return channel, visit_id
+        if self._visitor_session is not None:
+            run_id, key = self._visitor_session
+            try:
+                nonce = await asyncio.wait_for(
+                    client_work_login(
+                        channel,
+                        key=key,
+                        features=features_of(self.config),
+                        client_id=self.client_id,
+                        run_id=run_id,
+                        binding=binding,
+                        role=Role.VISITOR,
+                    ),
+                    DIAL_TIMEOUT,
+                )
+                return channel, nonce.hex()
+            except Refused as exc:
+                channel.close()
+                if exc.code is not ErrorCode.UNKNOWN_SESSION:
+                    raise
+                self._visitor_session = None
+                channel, binding = await self._tls()
+            except BaseException:
+                channel.close()
+                raise
+        run_id, key, nonce = await self._login(channel, binding, Role.VISITOR, None)
+        self._visitor_session = (run_id, visitor_key(key, run_id))
+        return channel, nonce.hex()
 
     async def work(self, run_id: str, key: bytes) -> MessageChannel:
         """A logged-in work connection of session ``run_id`` (``key``: its work key): TLS, or plain

@@ -27,6 +27,7 @@ from pierce.handshake import (
     plain_binding,
     server_login,
     server_work_login,
+    visitor_key,
 )
 from pierce.listeners import TcpListener, set_nodelay
 from pierce.logs import event
@@ -51,6 +52,7 @@ from pierce.proxies.secret import SecretProxyServer, serve_visit
 from pierce.relay import wait_fd
 from pierce.server.claims import Claims
 from pierce.server.session import ControlSession
+from pierce.server.visitor_sessions import VisitorSessions
 from pierce.server.workconn import WorkConn
 from pierce.snapshot import ServerProxyInfo, ServerSnapshot
 from pierce.tls import ServerCertificate, default_state_dir, ensure_server_certificate, server_context
@@ -77,6 +79,8 @@ class Server:
         self.verifiers: dict[str, Verifier] = user_verifiers(config)
         #: Which user owns which proxy name, port and domain.
         self.claims = Claims(config.claim_hold_s)
+        #: Logged-in visitors, whose later connections prove a key derived from their login.
+        self.visitor_sessions = VisitorSessions()
         self.features = frozenset({Feature.ENCRYPT_DATA} if config.transport.encrypt_data else set())
         self.certificate: ServerCertificate | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -363,9 +367,34 @@ class Server:
     async def _visitor(
         self, channel: MessageChannel, hello: Hello, binding: bytes | None, peer: tuple[str, int]
     ) -> None:
-        """A visitor of a secret proxy: log in, read its `Visit`, then refuse it or relay it."""
-        visit_id = secrets.token_hex(16)
-        login = await self._tls_login(channel, hello, binding, visit_id, "visitor")
+        """A visitor of a secret proxy: log in (or prove its visitor session), read its `Visit`, then
+        refuse it or relay it."""
+        if hello.pake or binding is None:  # a fresh login (a plain connection is refused by it)
+            run_id = secrets.token_hex(16)
+            login = await self._tls_login(channel, hello, binding, run_id, "visitor")
+            self.visitor_sessions.add(run_id, login.user, visitor_key(login.key, run_id))
+            user, nonce = login.user, login.nonce
+        else:
+            found = self.visitor_sessions.get(hello.run_id)
+            if found is None:
+                reason = "unknown or expired visitor session; log in again"
+                await channel.send(Error(code=ErrorCode.UNKNOWN_SESSION, reason=reason))
+                raise Refused(ErrorCode.UNKNOWN_SESSION, reason)
+            async with asyncio.timeout(LOGIN_TIMEOUT):
+                nonce = await server_work_login(
+                    channel, hello, key=found.key, features=self.features, binding=binding
+                )
+            user = found.user
+        event(
+            log,
+            logging.DEBUG,
+            "visitor.login",
+            f"visitor {format_sockaddr(peer)} (user {user}) logged in"
+            + (" (fresh login)" if hello.pake else " (visitor session key)"),
+            visitor=format_sockaddr(peer),
+            user=user,
+            fresh=bool(hello.pake),
+        )
         async with asyncio.timeout(LOGIN_TIMEOUT):
             visit = await channel.recv()
         if not isinstance(visit, Visit):
@@ -374,8 +403,8 @@ class Server:
             self._secret_proxy,
             channel,
             visit,
-            visit_id=visit_id,
-            visitor_user=login.user,
+            visit_id=nonce.hex(),
+            visitor_user=user,
             visitor_id=hello.client_id,
             visitor=peer,
         )
