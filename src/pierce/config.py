@@ -32,6 +32,7 @@ from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIM
 from pierce.proxies.base import masked_repr
 from pierce.proxies.registry import ProxyConfig
 from pierce.server.workconn import MAX_IDLE_WORK_CONNS
+from pierce.token_strength import check_token_strength
 
 #: The current config format version; files may say ``version = 1``.
 CONFIG_VERSION = 1
@@ -156,7 +157,11 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     version: int = CONFIG_VERSION
     bind_addr: str = "0.0.0.0"
     bind_port: int = DEFAULT_CONTROL_PORT
+    #: The shared secret clients log in with; empty: generated on first start and kept in the state
+    #: directory (file ``token``).
     token: str = msgspec.field(default="")
+    #: Accept a token estimated below 64 bits (`pierce.token_strength`); for tests and closed networks.
+    allow_weak_token: bool = False
     #: Ports clients may ask for; empty means any.
     allow_ports: list[PortRange] = []
     #: Public ports one client may hold at once; 0 = no limit.
@@ -165,7 +170,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     proxy_bind_addr: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
-    #: Where the generated certificate lives; defaults to the per-user state directory.
+    #: Where the generated certificate and token live; defaults to the per-user state directory.
     state_dir: str = ""
     #: Drop a client that has sent nothing for this many seconds.
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
@@ -194,8 +199,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     acme: AcmeConfig | None = None
 
     def __post_init__(self) -> None:
-        if not self.token:
-            raise InvalidValue("token", "expected a non-empty shared secret")
+        if self.token:
+            check_token_strength("token", self.token, self.allow_weak_token)
         taken = {"bind_port": self.bind_port}
         for key in ("vhost_http_port", "vhost_https_port", "tcpmux_httpconnect_port"):
             port = getattr(self, key)
@@ -329,6 +334,13 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Local admin API (status, reload, stop); off unless admin_port is set.
     admin_addr: str = "127.0.0.1"
     admin_port: int = 0
+    #: Credentials of the admin API (HTTP basic auth). Without a password the client generates a token
+    #: (file ``admin.token`` in the state directory) that callers send as ``Authorization: Bearer``.
+    admin_user: str = "admin"
+    admin_password: str = msgspec.field(default="")
+    #: Where the client keeps its admin token and the server certificates it pinned on first use
+    #: (``known_hosts``); defaults to the per-user state directory.
+    state_dir: str = ""
     transport: TransportOptions = msgspec.field(default_factory=TransportOptions)
     proxies: list[ProxyConfig] = []
     #: Local ports that reach other clients' secret (stcp/sudp) proxies; read at start.
@@ -337,6 +349,8 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         if not self.token:
             raise InvalidValue("token", "expected the server's shared secret")
+        if self.admin_password and not self.admin_user:
+            raise InvalidValue("admin_user", "expected a user name to go with admin_password")
         if not 1 <= self.server_port <= 65535:
             raise InvalidValue("server_port", f"expected a port from 1 to 65535, got {self.server_port}")
         if not 0 <= self.pool_count <= MAX_IDLE_WORK_CONNS:

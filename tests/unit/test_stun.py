@@ -420,13 +420,15 @@ def test_classify_no_answer_and_no_nat() -> None:
 
 
 def test_server_stun_keys() -> None:
-    cfg = config.convert({"token": "t"}, config.ServerConfig, "server.toml")
+    cfg = config.convert({"token": "Kq7vB2mN9pL4sR8tW3zY6c"}, config.ServerConfig, "server.toml")
     assert (cfg.stun_port, cfg.stun_alt_addr) == (3478, "")
-    off = config.convert({"token": "t", "stun_port": 0}, config.ServerConfig, "server.toml")
+    off = config.convert(
+        {"token": "Kq7vB2mN9pL4sR8tW3zY6c", "stun_port": 0}, config.ServerConfig, "server.toml"
+    )
     assert off.stun_port == 0
     for bad in ({"stun_port": 65535}, {"stun_alt_addr": "not-an-ip"}):
         with pytest.raises(ConfigError, match="stun_"):
-            config.convert({"token": "t", **bad}, config.ServerConfig, "server.toml")
+            config.convert({"token": "Kq7vB2mN9pL4sR8tW3zY6c", **bad}, config.ServerConfig, "server.toml")
 
 
 def test_stun_server_argument() -> None:
