@@ -29,6 +29,7 @@ from pierce.proxies.base import ProxyType
 from pierce.proxies.registry import ProxyConfig
 from pierce.proxies.udp import UdpProxies
 from pierce.snapshot import ClientProxyInfo, ClientSnapshot, ProxyState
+from pierce.statedir import prepare_state_dir, state_dir_for
 from pierce.tls import FingerprintMismatch
 
 log = logging.getLogger("pierce.client")
@@ -296,6 +297,7 @@ async def run_client(config: ClientConfig, config_path: Path | None = None) -> N
     from pierce.client.admin import AdminApi
     from pierce.runtime import wait_for_stop_signal
 
+    prepare_state_dir(state_dir_for("client", config.state_dir), log)
     client = Client(config, config_path=config_path)
     loop = asyncio.get_running_loop()
     admin = AdminApi(client) if config.admin_port else None
