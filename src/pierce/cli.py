@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_server.add_argument("--bind-addr", help="control port address (default 0.0.0.0)")
     p_server.add_argument("--bind-port", type=int, help="control port (default 7000)")
     _add_token_flags(
-        p_server, "the shared secret clients log in with (default: generated, kept in the state dir)"
+        p_server, "the shared secret clients log in with", " (default: generated, kept in --state-dir)"
     )
     p_server.add_argument(
         "--allow-weak-token",
