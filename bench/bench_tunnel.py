@@ -64,7 +64,7 @@ from benchlib import (
 )
 
 HOST = "127.0.0.1"
-TOKEN = "bench-token"
+TOKEN = "bench-token-Kq7vB2mN9pL4sR8tW3zY6c"
 SSHD = "/usr/sbin/sshd"
 BARS = {
     "throughput_pierce_tls_vs_ssh": (">=", 1.0),

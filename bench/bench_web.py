@@ -59,7 +59,7 @@ from benchlib import (
 
 HOST = "127.0.0.1"
 DOMAIN = "web.bench.example"
-TOKEN = "bench-token"
+TOKEN = "bench-token-Kq7vB2mN9pL4sR8tW3zY6c"
 PAGE = "/index.html"
 PATHS = ["direct", "nginx", "pierce"]
 GOAL_PIERCE_VS_NGINX = 0.5

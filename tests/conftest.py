@@ -40,12 +40,17 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None]:
 
 
 @pytest.fixture
-async def pierce() -> AsyncIterator[StartPierce]:
-    """Start real pierce processes; every one is stopped when the test ends, pass or fail."""
+async def pierce(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[StartPierce]:
+    """Start real pierce processes; every one is stopped when the test ends, pass or fail.
+
+    Unless a test says otherwise, the processes of one test share a state directory of that test
+    (never the user's own, which would keep certificates pinned by earlier tests).
+    """
     started: list[PierceProcess] = []
+    state = tmp_path_factory.mktemp("state")
 
     async def start(*args: str, env: dict[str, str] | None = None) -> PierceProcess:
-        proc = await PierceProcess.start(*args, env=env)
+        proc = await PierceProcess.start(*args, env={"PIERCE_STATE_DIR": str(state), **(env or {})})
         started.append(proc)
         return proc
 

@@ -103,11 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_server.add_argument("-c", "--config", type=Path, help="server.toml")
     p_server.add_argument("--bind-addr", help="control port address (default 0.0.0.0)")
     p_server.add_argument("--bind-port", type=int, help="control port (default 7000)")
-    p_server.add_argument("--token", help="shared secret (or PIERCE_TOKEN)")
+    _add_token_flags(
+        p_server, "the shared secret clients log in with", " (default: generated, kept in --state-dir)"
+    )
+    p_server.add_argument(
+        "--allow-weak-token",
+        action="store_true",
+        default=None,
+        help="accept a token estimated below 64 bits (config: allow_weak_token)",
+    )
     p_server.add_argument(
         "--allow-ports", action="append", metavar="RANGE", help='e.g. "6000-7000" (repeatable)'
     )
-    p_server.add_argument("--state-dir", help="where the generated certificate is kept")
+    p_server.add_argument("--state-dir", help="where the generated certificate and token are kept")
     p_server.add_argument("--vhost-http-port", type=int, help="public port of http proxies (by Host)")
     p_server.add_argument("--vhost-https-port", type=int, help="public port of https proxies (by SNI)")
     p_server.add_argument("--subdomain-host", help='e.g. "example.com": subdomain = "nas" => nas.example.com')
@@ -118,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the client behind NAT: expose local services through the server",
         description=(
             "Run the pierce client from -c client.toml, or one proxy from the command line:\n"
-            "  pierce client --server H:7000 --token T tcp 22 --remote-port 6022\n"
-            "  pierce client --server H:7000 --token T http 8080 --domain nas.example.com\n"
+            "  pierce client --server H:7000 --token-file T tcp 22 --remote-port 6022\n"
+            "  pierce client --server H:7000 --token-file T http 8080 --domain nas.example.com\n"
             "Control a running client through its admin API: pierce client reload|status|stop -c client.toml"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -127,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging_flags(p_client, suppress=True)
     p_client.add_argument("-c", "--config", type=Path, help="client.toml")
     p_client.add_argument("--server", metavar="HOST:PORT", help="the server's control address")
-    p_client.add_argument("--token", help="shared secret (or PIERCE_TOKEN)")
+    _add_token_flags(p_client, "the server's shared secret")
+    p_client.add_argument(
+        "--state-dir", help="where the admin token and the pinned server certificates are kept"
+    )
     p_client.add_argument("--user", help="log in as this user of the server's [[users]] (default: default)")
     p_client.add_argument("--pool-count", type=int, help="ready work connections (default 4)")
     p_client.add_argument("--server-fingerprint", help="pin the server certificate (SHA-256)")
@@ -157,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         # `pierce client reload -c client.toml` as well as `pierce client -c client.toml reload`
         p_action.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, help="client.toml")
+        p_action.add_argument(
+            "--state-dir", default=argparse.SUPPRESS, help="the running client's state directory"
+        )
     p_client.set_defaults(func=cmd_client)
 
     p_demo = sub.add_parser(
@@ -177,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_nat_command(sub)
     _add_visit_command(sub)
+    _add_trust_command(sub)
 
     p_verify = sub.add_parser("verify", help="check a config file without starting anything")
     _add_logging_flags(p_verify, suppress=True)
@@ -247,10 +262,46 @@ def cmd_map(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: The environment variable a token may come from (after --token and --token-file, before the config).
+TOKEN_ENV = "PIERCE_TOKEN"
+
+
+def _add_token_flags(parser: argparse.ArgumentParser, what: str, default: str = "") -> None:
+    parser.add_argument(
+        "--token",
+        help=f"{what}{default}; visible to every user in `ps`: prefer --token-file or {TOKEN_ENV}",
+    )
+    parser.add_argument("--token-file", type=Path, metavar="FILE", help=f"read {what} from FILE")
+
+
 def _token(args: argparse.Namespace) -> str | None:
+    """The token from the command line or environment: --token, else --token-file, else $PIERCE_TOKEN.
+
+    None means "from the config file, if any" (the last in that order).
+    """
     import os
 
-    return args.token or os.environ.get("PIERCE_TOKEN") or None
+    from pierce.logs import event
+    from pierce.statedir import read_secret
+
+    if args.token:
+        event(
+            log,
+            logging.WARNING,
+            "token.on_command_line",
+            "--token: the token is visible to every user of this machine (ps, /proc) and in your shell "
+            f"history; use --token-file FILE or the {TOKEN_ENV} environment variable",
+        )
+        return str(args.token)
+    if args.token_file is not None:
+        try:
+            token = read_secret(args.token_file)
+        except LocalError as exc:
+            raise ConfigError([f"--token-file: {exc}"]) from None
+        if token is None:
+            raise ConfigError([f"--token-file: {args.token_file}: file not found"])
+        return token
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def server_config_from_args(args: argparse.Namespace) -> config.ServerConfig:
@@ -260,6 +311,7 @@ def server_config_from_args(args: argparse.Namespace) -> config.ServerConfig:
         "bind_addr": args.bind_addr,
         "bind_port": args.bind_port,
         "token": _token(args),
+        "allow_weak_token": args.allow_weak_token,
         "allow_ports": args.allow_ports,
         "state_dir": args.state_dir,
         "vhost_http_port": args.vhost_http_port,
@@ -287,6 +339,7 @@ def client_config_from_args(args: argparse.Namespace) -> config.ClientConfig:
         "pool_count": args.pool_count,
         "server_fingerprint": args.server_fingerprint,
         "client_id": args.client_id,
+        "state_dir": args.state_dir,
     }
     doc.update({k: v for k, v in overrides.items() if v is not None})
     if args.no_encrypt_data:
@@ -332,7 +385,8 @@ def cmd_client(args: argparse.Namespace) -> int:
     if args.action in ("reload", "status", "stop"):
         from pierce.client.admin import call_admin
 
-        return call_admin(args.config, args.action)  # reads only the admin address: the file may be broken
+        # reads only the admin address and credential: the file may be broken
+        return call_admin(args.config, args.action, state_dir=args.state_dir)
     cfg = client_config_from_args(args)
     run(run_client(cfg, args.config))
     return EXIT_OK
@@ -427,14 +481,14 @@ def _add_visit_command(sub: Any) -> None:
         ),
         epilog=(
             "example:\n"
-            "  pierce visit --server H:7000 --token T --name ssh --secret K --bind 127.0.0.1:9000\n"
+            "  pierce visit --server H:7000 --token-file T --name ssh --secret K --bind 127.0.0.1:9000\n"
             "  ssh -p 9000 127.0.0.1"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_logging_flags(p_visit, suppress=True)
     p_visit.add_argument("--server", metavar="HOST:PORT", required=True, help="the server's control address")
-    p_visit.add_argument("--token", help="the server's shared secret (or PIERCE_TOKEN)")
+    _add_token_flags(p_visit, "the server's shared secret")
     p_visit.add_argument("--name", required=True, help="the secret proxy to reach")
     p_visit.add_argument("--secret", help="the proxy's secret_key (or PIERCE_SECRET)")
     p_visit.add_argument(
@@ -449,6 +503,7 @@ def _add_visit_command(sub: Any) -> None:
     )
     p_visit.add_argument("--client-id", help="the name this visitor gives, for logs")
     p_visit.add_argument("--server-fingerprint", help="pin the server certificate (SHA-256)")
+    p_visit.add_argument("--state-dir", help="where the pinned server certificates are kept")
     p_visit.set_defaults(func=cmd_visit)
 
 
@@ -478,6 +533,7 @@ def visit_config_from_args(args: argparse.Namespace) -> config.ClientConfig:
         "user": args.user or "",
         "client_id": args.client_id or "",
         "server_fingerprint": args.server_fingerprint or "",
+        "state_dir": args.state_dir or "",
         "visitors": [
             {
                 "type": "sudp" if args.udp else "stcp",
@@ -497,6 +553,53 @@ def cmd_visit(args: argparse.Namespace) -> int:
     from pierce.runtime import run
 
     return run(run_visit(visit_config_from_args(args)))
+
+
+def _add_trust_command(sub: Any) -> None:
+    p_trust = sub.add_parser(
+        "trust",
+        help="list or forget the server certificates pinned on first use",
+        description=(
+            "A client that pins nothing in its config records each server's certificate the first time it "
+            "connects (known_hosts in its state directory) and refuses a different one later. After a "
+            "server's certificate changed on purpose, --forget it: the next connection records the new one."
+        ),
+    )
+    _add_logging_flags(p_trust, suppress=True)
+    what = p_trust.add_mutually_exclusive_group(required=True)
+    what.add_argument("--forget", metavar="HOST:PORT", help="remove the pinned certificate of this server")
+    what.add_argument("--list", action="store_true", help="print every pinned server and fingerprint")
+    p_trust.add_argument("-c", "--config", type=Path, help="client.toml (for its state_dir)")
+    p_trust.add_argument("--state-dir", help="the client's state directory")
+    p_trust.set_defaults(func=cmd_trust)
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from pierce.addr import parse_host_port
+    from pierce.known_hosts import KnownHosts
+    from pierce.statedir import state_dir_for
+
+    configured = args.state_dir
+    if configured is None and args.config is not None:
+        configured = config.read_key(args.config, config.ClientConfig, "state_dir")
+    known = KnownHosts.in_state_dir(state_dir_for("client", configured or ""))
+    if args.list:
+        for known_pin in known.load().values():
+            print(f"{known_pin.server} {known_pin.fingerprint}")
+        return EXIT_OK
+    try:
+        server = parse_host_port(args.forget)
+    except ValueError as exc:
+        raise ConfigError([f"--forget: {exc}"]) from None
+    pin = known.forget(server)
+    if pin is None:
+        print(f"error: {server} has no pinned certificate in {known.path}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(
+        f"forgot certificate {pin.fingerprint} of {pin.server} ({known.path}); the next connection "
+        "records the certificate the server presents then"
+    )
+    return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIM
 from pierce.proxies.base import masked_repr
 from pierce.proxies.registry import ProxyConfig
 from pierce.server.workconn import MAX_IDLE_WORK_CONNS
+from pierce.token_strength import check_token_strength
 
 #: The current config format version; files may say ``version = 1``.
 CONFIG_VERSION = 1
@@ -202,8 +203,11 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     version: int = CONFIG_VERSION
     bind_addr: str = "0.0.0.0"
     bind_port: int = DEFAULT_CONTROL_PORT
-    #: The token of the default user (``user`` unset in client.toml): the shortcut for one user.
+    #: The shared secret clients log in with; empty: generated on first start and kept in the state
+    #: directory (file ``token``).
     token: str = msgspec.field(default="")
+    #: Accept a token estimated below 64 bits (`pierce.token_strength`); for tests and closed networks.
+    allow_weak_token: bool = False
     #: Named identities; every proxy name, port, domain and session belongs to one of them.
     users: list[UserConfig] = []
     #: Seconds a proxy name, port or domain stays reserved to its user after its last proxy closed.
@@ -216,7 +220,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     proxy_bind_addr: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
-    #: Where the generated certificate lives; defaults to the per-user state directory.
+    #: Where the generated certificate and token live; defaults to the per-user state directory.
     state_dir: str = ""
     #: Drop a client that has sent nothing for this many seconds.
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
@@ -253,11 +257,13 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     acme: AcmeConfig | None = None
 
     def __post_init__(self) -> None:
-        if not self.token and not self.users:
-            raise InvalidValue("token", "expected a non-empty shared secret (or [[users]])")
         names = [u.name for u in self.users]
         if self.token:
+            check_token_strength("token", self.token, self.allow_weak_token)
             names.append(DEFAULT_USER)
+        for i, user in enumerate(self.users):
+            if user.token:
+                check_token_strength(f"users[{i}].token", user.token, self.allow_weak_token)
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             hint = ' (the top-level token is the user "default")' if dupes[0] == DEFAULT_USER else ""
@@ -405,6 +411,13 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Local admin API (status, reload, stop); off unless admin_port is set.
     admin_addr: str = "127.0.0.1"
     admin_port: int = 0
+    #: Credentials of the admin API (HTTP basic auth). Without a password the client generates a token
+    #: (file ``admin.token`` in the state directory) that callers send as ``Authorization: Bearer``.
+    admin_user: str = "admin"
+    admin_password: str = msgspec.field(default="")
+    #: Where the client keeps its admin token and the server certificates it pinned on first use
+    #: (``known_hosts``); defaults to the per-user state directory.
+    state_dir: str = ""
     transport: TransportOptions = msgspec.field(default_factory=TransportOptions)
     proxies: list[ProxyConfig] = []
     #: Local ports that reach other clients' secret (stcp/sudp) proxies; read at start.
@@ -415,6 +428,8 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise InvalidValue("token", "expected the server's shared secret")
         if self.user and not _USER_NAME.match(self.user):
             raise InvalidValue("user", f'expected a user name of the server\'s [[users]], got "{self.user}"')
+        if self.admin_password and not self.admin_user:
+            raise InvalidValue("admin_user", "expected a user name to go with admin_password")
         if not 1 <= self.server_port <= 65535:
             raise InvalidValue("server_port", f"expected a port from 1 to 65535, got {self.server_port}")
         if not 0 <= self.pool_count <= MAX_IDLE_WORK_CONNS:

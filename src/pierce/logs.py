@@ -54,7 +54,7 @@ FIELDS: dict[str, str] = {
     "alt_addr": "second address of the STUN responder",
     "protocol": "tcp or udp",
     "fingerprint": "SHA-256 fingerprint of the server certificate",
-    "generated": "the certificate was generated now",
+    "generated": "the certificate or token was generated now",
     # outcome
     "code": "machine-readable reason (an ErrorCode value, or a refusal code of a front)",
     "reason": "human-readable reason",
@@ -86,6 +86,9 @@ FIELDS: dict[str, str] = {
     "serial": "certificate serial number",
     "lifetime_s": "certificate lifetime in seconds",
     "renew_before_s": "seconds before expiry a renewal starts",
+    # state directory
+    "old_mode": "file mode before it was tightened (octal)",
+    "new_mode": "file mode after it was tightened (octal)",
     # reloads
     "added": "proxies added",
     "removed": "proxies removed",
@@ -103,6 +106,7 @@ EVENTS: dict[str, frozenset[str]] = {
     for name, fields in {
         # server
         "server.listening": {"listen", "port", "fingerprint", "generated"},
+        "server.token": {"path", "generated"},
         "login.failed": {"peer", "error"},
         "login.refused": {"peer", "client_id", "role", "error"},
         "auth.failed": {"peer", "client_id", "role", "error"},
@@ -158,7 +162,8 @@ EVENTS: dict[str, frozenset[str]] = {
         "client.reloaded": {"added", "removed", "changed"},
         "client.reload_failed": {"error"},
         "client.stopping": set(),
-        "admin.listening": {"listen", "port"},
+        "admin.listening": {"listen", "port", "path"},
+        "tls.pinned": {"server", "fingerprint", "path"},
         "work.failed": {"error"},
         "work.unexpected": {"proxy"},
         "work.unknown_proxy": {"proxy"},
@@ -176,6 +181,10 @@ EVENTS: dict[str, frozenset[str]] = {
         "udp.dropped": _DROPS,
         "udp.unknown_proxy": _DROPS,
         "udp.too_many_flows": _DROPS,
+        # both roles
+        "state.tightened": {"path", "old_mode", "new_mode"},
+        "state.loose": {"path", "error"},
+        "token.on_command_line": set(),
         # pierce demo
         "demo.ready": {"url", "port"},
         "demo.stopped": {"reason"},

@@ -16,10 +16,10 @@ The client trusts the server in one of three ways:
   server's own certificate (any certificate in it is a trust anchor), a private CA, or a bundle. By
   default the name given as ``server_hostname`` at connect time must match the certificate; pierce's
   generated certificates carry the name ``"pierce"`` (`DEFAULT_SERVER_NAME`).
-- **neither**: no check at the TLS layer. The connection is still encrypted, and the HMAC handshake
-  (`pierce.protocol.auth`) binds its proofs to the certificate each side saw, so a man in the middle
-  who does not know the token cannot complete authentication; but he can still learn that a pierce
-  server is there, and a client with a wrong token cannot tell him from the real server.
+- **neither**: trust on first use (`pierce.known_hosts`): the client's dialer records the certificate
+  of a new ``host:port`` and refuses a different one later, before the login is sent. Besides, the
+  HMAC handshake (`pierce.protocol.auth`) binds its proofs to the certificate each side saw, so a man in
+  the middle who does not know the token cannot complete authentication.
 
 TLS 1.3 is the minimum on both sides. Nothing here does I/O on sockets; certificate files are the
 only files touched.

@@ -7,10 +7,12 @@ first proxy spans every reload and its bytes are checked with SHA-256 on both si
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import signal
 import socket
+import stat
 import sys
 import urllib.error
 import urllib.request
@@ -49,7 +51,7 @@ class ClientSetup:
 
 
 async def start_admin_client(
-    pierce: Any, tmp_path: Path, server_port: int, proxies: list[dict[str, Any]]
+    pierce: Any, tmp_path: Path, server_port: int, proxies: list[dict[str, Any]], **extra: Any
 ) -> ClientSetup:
     settings = {
         "server_addr": "127.0.0.1",
@@ -58,6 +60,8 @@ async def start_admin_client(
         "client_id": "admin-test",
         "admin_addr": "127.0.0.1",
         "admin_port": free_port(),
+        "state_dir": str(tmp_path / "client-state"),  # `pierce client status` finds the admin token here
+        **extra,
     }
     path = tmp_path / "client.toml"
     write_toml(path, {**settings, "proxies": proxies})
@@ -259,21 +263,115 @@ async def test_sighup_reload_and_a_removed_proxy_frees_its_port(
         await echo_roundtrip(first_port, seed=6)
 
 
+def admin_request(
+    port: int, action: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One request to the admin API (GET for status, POST otherwise): (status, headers, body)."""
+    method = "GET" if action == "status" else "POST"
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/{action}",
+        method=method,
+        data=b"" if method == "POST" else None,
+        headers=headers or {},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status), dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 async def test_admin_api_refuses_web_pages(pierce, tmp_path: Path) -> None:
     _, server_port = await start_server(pierce, tmp_path)
     setup = await start_admin_client(pierce, tmp_path, server_port, [])
-    url = f"http://127.0.0.1:{setup.settings['admin_port']}/api/stop"
+    port = setup.settings["admin_port"]
+    token = (tmp_path / "client-state" / "admin.token").read_text().strip()
+    good = {"Authorization": f"Bearer {token}"}
 
-    def post(headers: dict[str, str]) -> int:
-        req = urllib.request.Request(url, method="POST", data=b"", headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return int(resp.status)
-        except urllib.error.HTTPError as exc:
-            return exc.code
+    async def post(headers: dict[str, str]) -> int:
+        status, _, _ = await asyncio.to_thread(admin_request, port, "stop", {**good, **headers})
+        return status
 
-    assert await asyncio.to_thread(post, {"Origin": "http://evil.example"}) == 403
-    assert await asyncio.to_thread(post, {"Host": "evil.example:80"}) == 403
+    assert await post({"Origin": "http://evil.example"}) == 403
+    assert await post({"Host": "evil.example:80"}) == 403
+    # An address literal that is neither loopback nor where the request arrived is no local caller either.
+    assert await post({"Host": f"10.1.2.3:{port}"}) == 403
     assert setup.proc.proc.returncode is None
     rc, _, err = await pierce_cli("client", "status", "-c", str(setup.path))
     assert rc == 0, err
+
+
+async def test_admin_api_needs_its_credential(pierce, tmp_path: Path) -> None:
+    """Without the generated token (or with a wrong one) every endpoint answers 401 and does nothing."""
+    _, server_port = await start_server(pierce, tmp_path)
+    setup = await start_admin_client(pierce, tmp_path, server_port, [])
+    port = setup.settings["admin_port"]
+    token_file = tmp_path / "client-state" / "admin.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    (listening,) = setup.proc.matching("admin.listening")
+    assert listening["path"] == str(token_file)
+    token = token_file.read_text().strip()
+    assert len(token) >= 22
+
+    wrong = [
+        {},
+        {"Authorization": "Bearer not-the-token"},
+        {"Authorization": f"Bearer {token}x"},
+        {"Authorization": basic("admin", token)},  # the token is a bearer token, not a password
+        {"Authorization": token},
+    ]
+    for action in ("status", "reload", "stop"):
+        for headers in wrong:
+            status, response_headers, body = await asyncio.to_thread(admin_request, port, action, headers)
+            assert status == 401, (action, headers, body)
+            assert response_headers["WWW-Authenticate"] == 'Bearer realm="pierce client admin"'
+            assert b'"snapshot"' not in body and b"run_id" not in body
+    assert setup.proc.proc.returncode is None
+    assert not setup.proc.matching("client.stopping")
+
+    status, _, body = await asyncio.to_thread(
+        admin_request, port, "status", {"Authorization": f"Bearer {token}"}
+    )
+    assert status == 200 and json.loads(body)["client_id"] == "admin-test"
+    rc, out, err = await pierce_cli("client", "status", "-c", str(setup.path))
+    assert rc == 0, err
+    assert json.loads(out)["client_id"] == "admin-test"
+
+    # The CLI finds the token in the state directory: a wrong one there is refused like any other.
+    token_file.write_text("not-the-token\n")
+    rc, out, err = await pierce_cli("client", "stop", "-c", str(setup.path))
+    assert rc == 1
+    assert "error: stop: the admin API needs its credential" in err
+    token_file.write_text(token + "\n")
+    rc, out, err = await pierce_cli("client", "stop", "-c", str(setup.path))
+    assert rc == 0, err
+    assert await setup.proc.wait_exit() == 0
+
+
+async def test_admin_user_and_password_from_the_config(pierce, tmp_path: Path) -> None:
+    """With ``admin_password`` set, HTTP basic auth with those credentials; no token is generated."""
+    _, server_port = await start_server(pierce, tmp_path)
+    setup = await start_admin_client(
+        pierce, tmp_path, server_port, [], admin_user="ops", admin_password="correct-Kq7vB2mN9pL4"
+    )
+    port = setup.settings["admin_port"]
+    assert not (tmp_path / "client-state" / "admin.token").exists()
+    for headers in (
+        {},
+        {"Authorization": basic("ops", "wrong")},
+        {"Authorization": basic("admin", "correct-Kq7vB2mN9pL4")},
+    ):
+        status, response_headers, _ = await asyncio.to_thread(admin_request, port, "status", headers)
+        assert status == 401
+        assert response_headers["WWW-Authenticate"] == 'Basic realm="pierce client admin"'
+    status, _, _ = await asyncio.to_thread(
+        admin_request, port, "status", {"Authorization": basic("ops", "correct-Kq7vB2mN9pL4")}
+    )
+    assert status == 200
+    rc, out, err = await pierce_cli("client", "reload", "-c", str(setup.path))
+    assert rc == 0, err
+    assert json.loads(out) == {"added": [], "removed": [], "changed": []}

@@ -13,7 +13,7 @@ import aiohttp
 from helpers.http_services import web_service
 from support.certs import tls_service
 from support.streams import echo, free_port, tcp_server
-from support.tunnel import start_client, start_server, write_toml
+from support.tunnel import TOKEN, start_client, start_server, write_toml
 
 ENDED = 15.0
 
@@ -88,7 +88,7 @@ async def test_removing_proxies_ends_their_connections_for_every_kind(pierce, tm
                 # Every proxy removed by a reload: the server closes them, and with them their connections.
                 write_toml(
                     tmp_path / "client.toml",
-                    {"server_addr": "127.0.0.1", "server_port": control, "token": "test-token-5f2c",
+                    {"server_addr": "127.0.0.1", "server_port": control, "token": TOKEN,
                      "client_id": "client", "proxies": []},
                 )  # fmt: skip
                 client.proc.send_signal(signal.SIGHUP)

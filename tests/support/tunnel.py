@@ -10,7 +10,8 @@ from support.procs import PierceProcess
 
 StartPierce = Callable[..., Awaitable[PierceProcess]]
 
-TOKEN = "test-token-5f2c"
+#: A token of the strength the server requires (about 130 bits estimated).
+TOKEN = "test-token-Kq7vB2mN9pL4sR8tW3zY6c"
 
 
 def write_toml(path: Path, doc: dict[str, Any]) -> Path:

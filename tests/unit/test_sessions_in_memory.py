@@ -33,7 +33,7 @@ from pierce.server.workconn import WorkConn
 from pierce.snapshot import ProxyState
 from pierce.transport import MemoryChannel, memory_pair
 
-TOKEN = "memory-token"
+TOKEN = "memory-token-Kq7vB2mN9pL4sR8t"
 BINDING = b"m" * 32
 SECRET = "stcp secret"
 

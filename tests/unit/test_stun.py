@@ -570,14 +570,16 @@ def test_classify_no_answer_and_no_nat() -> None:
 
 
 def test_server_stun_keys() -> None:
-    cfg = config.convert({"token": "t"}, config.ServerConfig, "server.toml")
+    cfg = config.convert({"token": "Kq7vB2mN9pL4sR8tW3zY6c"}, config.ServerConfig, "server.toml")
     assert (cfg.stun_port, cfg.stun_alt_addr) == (3478, "")
     assert (cfg.stun_rate, cfg.stun_burst, cfg.stun_global_rate) == (10.0, 50, 1000.0)
     assert cfg.stun_allow_response_port is False
-    off = config.convert({"token": "t", "stun_port": 0}, config.ServerConfig, "server.toml")
+    off = config.convert(
+        {"token": "Kq7vB2mN9pL4sR8tW3zY6c", "stun_port": 0}, config.ServerConfig, "server.toml"
+    )
     assert off.stun_port == 0
     custom = {"stun_rate": 2, "stun_burst": 5, "stun_global_rate": 100, "stun_allow_response_port": True}
-    cfg = config.convert({"token": "t", **custom}, config.ServerConfig, "server.toml")
+    cfg = config.convert({"token": "Kq7vB2mN9pL4sR8tW3zY6c", **custom}, config.ServerConfig, "server.toml")
     assert (cfg.stun_rate, cfg.stun_burst, cfg.stun_global_rate, cfg.stun_allow_response_port) == (
         2.0, 5, 100.0, True
     )  # fmt: skip
@@ -590,7 +592,7 @@ def test_server_stun_keys() -> None:
         {"stun_allow_response_port": "yes"},
     ):
         with pytest.raises(ConfigError, match="stun_"):
-            config.convert({"token": "t", **bad}, config.ServerConfig, "server.toml")
+            config.convert({"token": "Kq7vB2mN9pL4sR8tW3zY6c", **bad}, config.ServerConfig, "server.toml")
 
 
 def test_stun_server_argument() -> None:

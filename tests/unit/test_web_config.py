@@ -116,7 +116,7 @@ def test_web_proxy_mistakes_are_named(tmp_path: Path, body: str, expected: str) 
 )
 def test_server_web_mistakes_are_named(tmp_path: Path, body: str, expected: str) -> None:
     f = tmp_path / "server.toml"
-    f.write_text('token = "t"\n' + body)
+    f.write_text('token = "Kq7vB2mN9pL4sR8tW3zY6c"\n' + body)
     with pytest.raises(ConfigError) as info:
         config.load(f, config.ServerConfig)
     assert expected in str(info.value), str(info.value)

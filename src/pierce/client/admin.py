@@ -7,14 +7,21 @@
   ``{"error", "problems"}`` when the file is invalid (the running config is kept).
 - ``POST /api/stop``: answer, then stop the client (``run_client`` returns and the process exits 0).
 
-The API has no password, so it only serves what cannot come from a web page: a request carrying an
-``Origin`` header (every browser sends one on a cross-site POST) is refused, and so is a ``Host`` that
-is not an address or ``localhost`` (DNS rebinding). Keep ``admin_addr`` on loopback.
+Every request must carry the admin credential, or it gets HTTP 401: ``Authorization: Bearer TOKEN``
+with the token the client generates on first start in its state directory (``admin.token``, mode
+0600, so only its owner can read it), or HTTP basic auth with ``admin_user``/``admin_password`` when
+the config sets a password (then no token is generated). ``pierce client status|reload|stop`` read
+the credential themselves. What cannot come from a web page is refused before that: a request
+carrying an ``Origin`` header (every browser sends one on a cross-site POST), and a ``Host`` other
+than ``localhost``, a loopback address or the address the request arrived on (DNS rebinding).
+Keep ``admin_addr`` on loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
 import ipaddress
 import json
 import logging
@@ -31,11 +38,16 @@ from pierce import config as config_mod
 from pierce.config import ClientConfig
 from pierce.errors import ConfigError, LocalError, PierceError
 from pierce.logs import event
+from pierce.statedir import ensure_secret, read_secret, state_dir_for
+from pierce.vhost.http_parse import basic_auth_matches
 
 if TYPE_CHECKING:
     from pierce.client.app import Client
 
 log = logging.getLogger("pierce.client")
+
+#: The generated admin token's file name inside the client's state directory.
+TOKEN_FILE_NAME = "admin.token"
 
 
 class AdminApi:
@@ -46,6 +58,9 @@ class AdminApi:
         self._runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
         self.address = ""
+        #: Where the generated token is kept; None when the config sets admin_user/admin_password.
+        self.token_path: Path | None = None
+        self._token = ""
 
     async def start(self) -> str:
         """Listen on ``admin_addr:admin_port``; returns the bound ``host:port``.
@@ -53,7 +68,10 @@ class AdminApi:
         Raises `LocalError` when the address cannot be bound (port in use, no such address).
         """
         cfg = self.client.config
-        app = web.Application(middlewares=[_refuse_browsers])
+        if not cfg.admin_password:
+            self.token_path = state_dir_for("client", cfg.state_dir) / TOKEN_FILE_NAME
+            self._token, _ = ensure_secret(self.token_path)
+        app = web.Application(middlewares=[_refuse_browsers, self._authenticate])
         app.router.add_get("/api/status", self._status)
         app.router.add_post("/api/reload", self._reload)
         app.router.add_post("/api/stop", self._stop)
@@ -70,13 +88,17 @@ class AdminApi:
         self._runner = runner
         host, port = runner.addresses[0][:2]
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        how = (
+            f"token in {self.token_path}" if self.token_path is not None else "admin_user and admin_password"
+        )
         event(
             log,
             logging.INFO,
             "admin.listening",
-            f"admin API on http://{self.address}/api/status",
+            f"admin API on http://{self.address}/api/status (credential: {how})",
             listen=self.address,
             port=port,
+            path=str(self.token_path) if self.token_path is not None else "",
         )
         return self.address
 
@@ -84,6 +106,31 @@ class AdminApi:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not self._authorized(request.headers.get("Authorization")):
+            scheme = "Bearer" if self.token_path is not None else "Basic"
+            return web.json_response(
+                {"error": "the admin API needs its credential (pierce client status|reload|stop send it)"},
+                status=401,
+                headers={"WWW-Authenticate": f'{scheme} realm="pierce client admin"'},
+            )
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    def _authorized(self, header: str | None) -> bool:
+        if header is None:
+            return False
+        if self.token_path is None:
+            cfg = self.client.config
+            return basic_auth_matches(
+                header.encode(errors="replace"), cfg.admin_user.encode(), cfg.admin_password.encode()
+            )
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(value.strip().encode(errors="replace"), self._token.encode())
 
     # -- endpoints ---------------------------------------------------------------------------------
 
@@ -126,42 +173,93 @@ class AdminApi:
 async def _refuse_browsers(request: web.Request, handler: Any) -> web.StreamResponse:
     if request.headers.get("Origin") is not None:
         return web.json_response({"error": "requests from web pages are not accepted"}, status=403)
-    if not _local_host_header(request.host):
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    local = str(sockname[0]) if isinstance(sockname, tuple) and sockname else None
+    if not host_header_allowed(request.host, local):
         return web.json_response({"error": f"unexpected Host header {request.host!r}"}, status=403)
     response: web.StreamResponse = await handler(request)
     return response
 
 
-def _local_host_header(host: str) -> bool:
-    """True for ``127.0.0.1:PORT``, ``[::1]:PORT``, ``localhost:PORT`` (any address literal)."""
+def host_header_allowed(host: str, local_address: str | None) -> bool:
+    """True for ``localhost``, a loopback address, or `local_address` (where the request arrived).
+
+    A page on another site can point its own name at this address (DNS rebinding), but the browser then
+    sends that name as Host. An address literal that is neither loopback nor this connection's own
+    address is refused too: nothing legitimate sends one.
+    """
     name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
     name = name.strip("[]")
     if name.lower() == "localhost":
         return True
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
+    given = _ip(name)
+    if given is None:
         return False
-    return True
+    if given.is_loopback:
+        return True
+    arrived = _ip(local_address) if local_address else None
+    return arrived is not None and given == arrived
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 # -- the CLI side --------------------------------------------------------------------------------------
 
 
-def admin_endpoint(config_path: Path) -> tuple[str, int]:
-    """``admin_addr`` and ``admin_port`` of a client.toml, read without checking the rest of the file.
+class AdminEndpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a running client's admin API is and how to authenticate to it."""
+
+    addr: str
+    port: int
+    #: The ``Authorization`` header value to send.
+    authorization: str
+
+
+def admin_endpoint(config_path: Path, *, state_dir: str | None = None) -> AdminEndpoint:
+    """The admin API of a client.toml, read without checking the rest of the file.
 
     ``pierce client reload`` must reach the running client even when the edited file is broken, so the
-    client can answer with what is wrong in it (and keep its running config).
+    client can answer with what is wrong in it (and keep its running config). The credential is the
+    file's ``admin_user``/``admin_password``, or else the token in the state directory (`state_dir`,
+    else the file's ``state_dir``, else the default).
     """
     doc = config_mod.load_toml(config_path)
     defaults = {f.name: f.default for f in msgspec.structs.fields(ClientConfig)}
-    addr, port = doc.get("admin_addr", defaults["admin_addr"]), doc.get("admin_port", defaults["admin_port"])
-    if not isinstance(addr, str):
-        raise ConfigError([f"{config_path}: admin_addr: expected a string, got {addr!r}"])
+    values = {
+        key: doc.get(key, defaults[key])
+        for key in ("admin_addr", "state_dir", "admin_user", "admin_password")
+    }
+    problems = [
+        f"{config_path}: {key}: expected a string, got {value!r}"
+        for key, value in values.items()
+        if not isinstance(value, str)
+    ]
+    port = doc.get("admin_port", defaults["admin_port"])
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigError([f"{config_path}: admin_port: expected a port from 0 to 65535, got {port!r}"])
-    return addr, port
+        problems.append(f"{config_path}: admin_port: expected a port from 0 to 65535, got {port!r}")
+    if problems:
+        raise ConfigError(problems)
+    if values["admin_password"]:
+        pair = f"{values['admin_user']}:{values['admin_password']}".encode()
+        authorization = "Basic " + base64.b64encode(pair).decode()
+    else:
+        path = state_dir_for("client", state_dir or values["state_dir"]) / TOKEN_FILE_NAME
+        token = read_secret(path)
+        if token is None:
+            raise LocalError(
+                f"no admin token at {path}: the client writes it when its admin API starts (is it running "
+                "with this config and state directory, as this user?)"
+            )
+        authorization = f"Bearer {token}"
+    return AdminEndpoint(addr=values["admin_addr"], port=port, authorization=authorization)
 
 
 def admin_url(addr: str, port: int, action: str) -> str:
@@ -171,7 +269,7 @@ def admin_url(addr: str, port: int, action: str) -> str:
     return f"http://{host}:{port}/api/{action}"
 
 
-def call_admin(config_path: Path | None, action: str) -> int:
+def call_admin(config_path: Path | None, action: str, *, state_dir: str | None = None) -> int:
     """``pierce client reload|status|stop -c client.toml``: ask the running client through its admin API.
 
     Exit status 0 when the client did it; 1 when it refused (e.g. an invalid file on reload: the client
@@ -180,19 +278,27 @@ def call_admin(config_path: Path | None, action: str) -> int:
     if config_path is None:
         raise ConfigError([f"client {action}: give -c client.toml (the running client's config)"])
     try:
-        addr, port = admin_endpoint(config_path)
+        endpoint = admin_endpoint(config_path, state_dir=state_dir)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         print(f"error: {action}: cannot find the admin API in {config_path}", file=sys.stderr)
         return 1
-    if not port:
+    except LocalError as exc:
+        print(f"error: {action}: {exc}", file=sys.stderr)
+        return 1
+    if not endpoint.port:
         raise ConfigError(
             [f"{config_path}: admin_port: the admin API is off; set admin_port to use {action}"]
         )
     method = "GET" if action == "status" else "POST"
-    url = admin_url(addr, port, action)
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    url = admin_url(endpoint.addr, endpoint.port, action)
+    req = urllib.request.Request(
+        url,
+        method=method,
+        data=b"" if method == "POST" else None,
+        headers={"Authorization": endpoint.authorization},
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             body = resp.read().decode()

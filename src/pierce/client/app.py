@@ -30,6 +30,7 @@ from pierce.proxies.registry import ProxyConfig
 from pierce.proxies.udp import UdpProxies
 from pierce.proxies.visitor_auth import OwnerExchanges
 from pierce.snapshot import ClientProxyInfo, ClientSnapshot, ProxyState
+from pierce.statedir import prepare_state_dir, state_dir_for
 from pierce.tls import FingerprintMismatch
 
 log = logging.getLogger("pierce.client")
@@ -306,6 +307,7 @@ async def run_client(config: ClientConfig, config_path: Path | None = None) -> N
     from pierce.client.admin import AdminApi
     from pierce.runtime import wait_for_stop_signal
 
+    prepare_state_dir(state_dir_for("client", config.state_dir), log)
     client = Client(config, config_path=config_path)
     loop = asyncio.get_running_loop()
     admin = AdminApi(client) if config.admin_port else None

@@ -13,8 +13,9 @@ from typing import Any
 from pierce.addr import HostPort
 from pierce.config import ClientConfig
 from pierce.dial import connect_tcp
-from pierce.errors import PierceError, RemoteError
+from pierce.errors import PierceError
 from pierce.handshake import client_login, client_work_login, plain_binding, visitor_key, work_key
+from pierce.known_hosts import KnownHosts
 from pierce.logs import event
 from pierce.protocol import (
     CloseProxy,
@@ -43,7 +44,8 @@ from pierce.proxies.udp import UdpProxies, UdpProxyConfig
 from pierce.proxies.visitor_auth import OwnerExchanges
 from pierce.server.workconn import MAX_IDLE_WORK_CONNS
 from pierce.snapshot import ProxyState
-from pierce.tls import check_peer, client_context
+from pierce.statedir import state_dir_for
+from pierce.tls import certificate_fingerprint, check_peer, client_context
 from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, StreamChannel
 
 log = logging.getLogger("pierce.client")
@@ -74,6 +76,10 @@ class Dialer:
             fingerprint=config.server_fingerprint or None,
             ca_file=Path(config.trusted_ca_file) if config.trusted_ca_file else None,
         )
+        #: Trust on first use, unless the config pins the certificate or its CA.
+        self.known_hosts: KnownHosts | None = None
+        if not (config.server_fingerprint or config.trusted_ca_file):
+            self.known_hosts = KnownHosts.in_state_dir(state_dir_for("client", config.state_dir))
 
     async def _tls(self) -> tuple[StreamChannel, bytes]:
         sock = await connect_tcp(self.server, DIAL_TIMEOUT)
@@ -90,10 +96,28 @@ class Dialer:
             der = check_peer(
                 writer.get_extra_info("ssl_object"), fingerprint=self.config.server_fingerprint or None
             )
-        except RemoteError:
+            if self.known_hosts is not None:
+                self._check_known(der)
+        except PierceError:
             channel.close()
             raise
         return channel, certificate_binding(der)
+
+    def _check_known(self, der: bytes) -> None:
+        """Trust on first use: record the certificate of a new server, refuse a changed one."""
+        assert self.known_hosts is not None
+        if self.known_hosts.check(self.server, der):
+            fingerprint = certificate_fingerprint(der)
+            event(
+                log,
+                logging.INFO,
+                "tls.pinned",
+                f"first connection to {self.server}: its certificate {fingerprint} is recorded in "
+                f"{self.known_hosts.path}; another certificate will be refused",
+                server=str(self.server),
+                fingerprint=fingerprint,
+                path=str(self.known_hosts.path),
+            )
 
     async def _login(
         self, channel: MessageChannel, binding: bytes, role: Role, resume: tuple[str, bytes] | None

@@ -445,7 +445,10 @@ async def run_visit(config: ClientConfig) -> int:
     Returns `EXIT_REFUSED` at once (after logging why) when a check fails.
     """
     from pierce.runtime import wait_for_stop_signal
+    from pierce.statedir import prepare_state_dir, state_dir_for
 
+    if not (config.server_fingerprint or config.trusted_ca_file):  # pinned on first use: state is kept
+        prepare_state_dir(state_dir_for("client", config.state_dir), log)
     visitors = Visitors(config, config.client_id or default_visitor_id())
     try:
         try:

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from pierce.addr import HostPort, format_sockaddr
 from pierce.config import ServerConfig
 from pierce.errors import LocalError, PierceError
@@ -52,10 +54,12 @@ from pierce.proxies.secret import SecretProxyServer, serve_visit
 from pierce.relay import wait_fd
 from pierce.server.claims import Claims
 from pierce.server.session import ControlSession
+from pierce.server.token import generated_token
 from pierce.server.visitor_sessions import VisitorSessions
 from pierce.server.workconn import WorkConn
 from pierce.snapshot import ServerProxyInfo, ServerSnapshot
-from pierce.tls import ServerCertificate, default_state_dir, ensure_server_certificate, server_context
+from pierce.statedir import prepare_state_dir, state_dir_for
+from pierce.tls import ServerCertificate, ensure_server_certificate, server_context
 from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, StreamChannel
 
 log = logging.getLogger("pierce.server")
@@ -92,7 +96,12 @@ class Server:
 
     async def start(self) -> str:
         cfg = self.config
-        state = Path(cfg.state_dir) if cfg.state_dir else default_state_dir("server")
+        state = state_dir_for("server", cfg.state_dir)
+        prepare_state_dir(state, log)
+        if not cfg.token and not cfg.users:  # no identity configured: one generated token
+            token = generated_token(state, allow_weak=cfg.allow_weak_token)
+            self.config = cfg = msgspec.structs.replace(cfg, token=token)
+            self.verifiers = user_verifiers(cfg)
         self.certificate = ensure_server_certificate(
             state,
             cert_file=Path(cfg.tls_cert_file) if cfg.tls_cert_file else None,
