@@ -4,6 +4,8 @@
   streams large bodies both ways (SHA-256 on arrival) and echoes websockets.
 - `raw_service(answer)`: a socket server answering each request head with bytes of our choosing
   (close-delimited bodies, a service that drops kept connections).
+- `file_service(directory)`: the standard library's static file server (``http.server``), which
+  percent-decodes and normalises paths its own way, as many real backends do.
 - `read_responses(...)`: responses read from a raw connection with httptools.
 """
 
@@ -11,9 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httptools
@@ -112,6 +118,26 @@ async def web_service(name: str) -> AsyncIterator[tuple[int, ServiceLog]]:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await runner.cleanup()
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def file_service(directory: Path) -> AsyncIterator[int]:
+    """Serve the files under ``directory`` on a free loopback port (threads of its own); yields the port."""
+    handler = functools.partial(_QuietFiles, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="file service", daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        await asyncio.to_thread(server.shutdown)
+        server.server_close()
 
 
 class _Heads:
