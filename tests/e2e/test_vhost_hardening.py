@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from helpers.http_services import Response, file_service, read_responses
+from helpers.http_services import Response, file_service, read_responses, request_line_service
 from helpers.http_services import web_service as served
 from support.certs import self_signed
 from support.streams import free_port
@@ -28,6 +28,7 @@ from support.web import curl, http_proxy, ready, resolve, vhost_server
 from pierce.vhost.acme import ca_dir_name
 
 SITE = "site.example.com"
+ECHO = "echo.example.com"
 SECRET = b"the admin's secret\n"
 PUBLIC = b"public page\n"
 ADMIN_AUTH = "Basic " + base64.b64encode(b"admin:pw").decode()
@@ -59,6 +60,16 @@ async def get(port: int, target: str, *fields: str) -> Response:
 
 
 # -- 1. one path for routing and forwarding ------------------------------------------------------------
+
+#: Request targets, and the target the service receives for each.
+FORWARDED = {
+    "/plain/path?q=%2e%2e/..": b"/plain/path?q=%2e%2e/..",
+    "/x/../%70ublic.txt?a=1": b"/public.txt?a=1",
+    "//a///b/./": b"/a/b/",
+    "/caf%c3%a9/%7euser": b"/caf%C3%A9/~user",
+    "/a%20b": b"/a%20b",
+    "http://echo.example.com/a/./b?c": b"/a/b?c",
+}
 
 #: Ways to ask for /admin/secret.txt without going through the /admin location, each answered by some
 #: server somewhere: a fragment the router resolved across, encoded dots and slashes, backslashes,
@@ -100,13 +111,14 @@ async def test_a_protected_location_cannot_be_reached_by_another_path(pierce, tm
     (root / "admin").mkdir(parents=True)
     (root / "admin" / "secret.txt").write_bytes(SECRET)
     (root / "public.txt").write_bytes(PUBLIC)
-    async with file_service(root) as files:
+    async with file_service(root) as files, request_line_service() as lines:
         _, control, port = await vhost_server(pierce, tmp_path)
         client = await start_client(
             pierce,
             tmp_path,
             control,
             [
+                http_proxy("echo", lines, custom_domains=[ECHO]),
                 http_proxy("site", files, custom_domains=[SITE]),
                 http_proxy(
                     "site-admin",
@@ -118,8 +130,14 @@ async def test_a_protected_location_cannot_be_reached_by_another_path(pierce, tm
                 ),
             ],
         )
+        await ready(client, "echo")
         await ready(client, "site")
         await ready(client, "site-admin")
+
+        # The service receives the canonical target, the one that was routed.
+        for sent, received in FORWARDED.items():
+            (resp,) = await exchange(port, request(sent, ECHO))
+            assert resp.body == b"GET " + received + b" HTTP/1.1", sent
 
         assert (await get(port, "/public.txt")).body == PUBLIC
         assert (await get(port, "/admin/secret.txt")).status == 401
@@ -215,13 +233,17 @@ async def test_slow_heads_and_client_hellos_are_cut_at_the_deadline(pierce, tmp_
         _, answer = await trickle(reader, writer, SLOW_HEAD, 0.5, 2 + SLACK)
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
 
-        # The second head on a kept-alive connection, after a request that went through.
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(request("/first"))
-        (first,) = await read_responses(reader, 1)
-        assert json.loads(first.body)["path"] == "/first"
-        _, answer = await trickle(reader, writer, SLOW_HEAD, 0.5, 2 + SLACK)
-        assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+        # The second head on a kept-alive connection, after a request that went through: trickled at
+        # once, or begun after an idle while longer than the deadline (inside the idle timeout) and then
+        # left there (no read returns before the deadline).
+        for idle, every in ((0.0, 0.5), (2.5, 60.0)):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request("/first"))
+            (first,) = await read_responses(reader, 1)
+            assert json.loads(first.body)["path"] == "/first"
+            await asyncio.sleep(idle)  # the visitor's idle time, part of the scenario
+            _, answer = await trickle(reader, writer, SLOW_HEAD, every, 2 + SLACK)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
 
         # The ClientHello on the HTTPS port.
         reader, writer = await asyncio.open_connection("127.0.0.1", https_port)

@@ -6,6 +6,7 @@
   (close-delimited bodies, a service that drops kept connections).
 - `file_service(directory)`: the standard library's static file server (``http.server``), which
   percent-decodes and normalises paths its own way, as many real backends do.
+- `request_line_service()`: answers each request with its request line, to see what a service receives.
 - `read_responses(...)`: responses read from a raw connection with httptools.
 """
 
@@ -183,6 +184,28 @@ async def raw_service(answer: Answer) -> AsyncIterator[tuple[int, list[int]]]:
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     try:
         yield int(server.sockets[0].getsockname()[1]), connections
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def request_line_service() -> AsyncIterator[int]:
+    """A service that answers each request (bodiless) with its request line as the body, as received."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                line = head.partition(b"\r\n")[0]
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(line), line))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
     finally:
         server.close()
         with contextlib.suppress(Exception):
