@@ -43,6 +43,9 @@ from pierce.token_strength import check_token_strength
 CONFIG_VERSION = 1
 
 DEFAULT_VHOST_HTTP_TIMEOUT = 60.0
+DEFAULT_VHOST_HEADER_TIMEOUT = 10.0
+DEFAULT_VHOST_MAX_CONNS_PER_IP = 256
+DEFAULT_VHOST_MAX_PENDING_CONNS = 4096
 #: Let's Encrypt's production directory, the default CA of ``[acme]``.
 LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -249,6 +252,12 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     custom_404_file: str = ""
     #: Seconds an HTTP visitor or inside service may stay silent while a request or response head is due.
     vhost_http_timeout: float = DEFAULT_VHOST_HTTP_TIMEOUT
+    #: Seconds a whole request head, TLS ClientHello or TLS handshake on the vhost ports may take.
+    vhost_header_timeout: float = DEFAULT_VHOST_HEADER_TIMEOUT
+    #: Connections open at once from one address (IPv6: one /64) to the vhost ports; 0 = no limit.
+    vhost_max_conns_per_ip: int = DEFAULT_VHOST_MAX_CONNS_PER_IP
+    #: Connections to the vhost ports without a complete first head or ClientHello yet; 0 = no limit.
+    vhost_max_pending_conns: int = DEFAULT_VHOST_MAX_PENDING_CONNS
     #: Public port of tcpmux proxies: TCP services chosen by the host of an HTTP CONNECT (0 = off).
     tcpmux_httpconnect_port: int = 0
     #: Pass the CONNECT request on to the service instead of answering it (services that speak it).
@@ -282,6 +291,11 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             self.subdomain_host = _check_domain(self.subdomain_host, "subdomain_host", wildcard=False)
         if self.vhost_http_timeout <= 0:
             raise InvalidValue("vhost_http_timeout", "expected a number of seconds > 0")
+        if self.vhost_header_timeout <= 0:
+            raise InvalidValue("vhost_header_timeout", "expected a number of seconds > 0")
+        for key in ("vhost_max_conns_per_ip", "vhost_max_pending_conns"):
+            if getattr(self, key) < 0:
+                raise InvalidValue(key, f"expected 0 (no limit) or more, got {getattr(self, key)}")
         if not 0 <= self.bind_port <= 65535:
             raise InvalidValue("bind_port", f"expected a port from 0 to 65535, got {self.bind_port}")
         if self.max_ports_per_client < 0:

@@ -70,6 +70,7 @@ FIELDS: dict[str, str] = {
     "duration_s": "seconds the connection lasted",
     "mode": "how the relay moved the bytes: splice, copy or stream",
     "dropped": "datagrams dropped so far",
+    "refused": "connections turned away that this (rate-limited) line stands for",
     "delay_s": "seconds until the next attempt",
     # ACME
     "account": "ACME account URL",
@@ -119,7 +120,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "stun.listening": {"addresses", "alt_addr", "ports"},
         "stun.unavailable": {"error"},
         "front.listening": {"front", "listen", "port"},
-        "front.refused": {"front", "visitor", "code", "reason", "server_name", "proxy"},
+        "front.refused": {"front", "visitor", "code", "reason", "server_name", "proxy", "refused"},
         # proxies (server and owner)
         "proxy.ready": {"client_id", "proxy", "type", "remote_port", "urls", "server"},
         "proxy.refused": {"client_id", "proxy", "code", "reason", "error"},

@@ -16,28 +16,9 @@ import pytest
 from helpers.http_services import web_service as served
 from support.streams import CHUNK, MiB, free_port, payload, send_all
 from support.tunnel import start_client, start_server
-from support.web import curl
+from support.web import curl, http_proxy, ready, resolve, vhost_server
 
 NAS, HA = "nas.example.com", "ha.example.com"
-
-
-def http_proxy(name: str, port: int, **options: Any) -> dict[str, Any]:
-    return {"type": "http", "name": name, "local_ip": "127.0.0.1", "local_port": port, **options}
-
-
-async def vhost_server(pierce, tmp_path: Path, **settings: Any) -> tuple[Any, int, int]:
-    http_port = free_port()
-    server, control = await start_server(pierce, tmp_path, vhost_http_port=http_port, **settings)
-    return server, control, http_port
-
-
-async def ready(client, name: str) -> dict[str, Any]:
-    (event,) = await client.wait_event("proxy.ready", lambda e: e.get("proxy") == name)
-    return event
-
-
-def resolve(domain: str, port: int) -> list[str]:
-    return ["--resolve", f"{domain}:{port}:127.0.0.1"]
 
 
 async def get_json(domain: str, port: int, path: str = "/", *extra: str) -> dict[str, Any]:

@@ -4,6 +4,9 @@
   streams large bodies both ways (SHA-256 on arrival) and echoes websockets.
 - `raw_service(answer)`: a socket server answering each request head with bytes of our choosing
   (close-delimited bodies, a service that drops kept connections).
+- `file_service(directory)`: the standard library's static file server (``http.server``), which
+  percent-decodes and normalises paths its own way, as many real backends do.
+- `request_line_service()`: answers each request with its request line, to see what a service receives.
 - `read_responses(...)`: responses read from a raw connection with httptools.
 """
 
@@ -11,9 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httptools
@@ -114,6 +121,26 @@ async def web_service(name: str) -> AsyncIterator[tuple[int, ServiceLog]]:
                 await runner.cleanup()
 
 
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def file_service(directory: Path) -> AsyncIterator[int]:
+    """Serve the files under ``directory`` on a free loopback port (threads of its own); yields the port."""
+    handler = functools.partial(_QuietFiles, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="file service", daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        await asyncio.to_thread(server.shutdown)
+        server.server_close()
+
+
 class _Heads:
     """httptools callbacks that only note when a request head is complete."""
 
@@ -157,6 +184,28 @@ async def raw_service(answer: Answer) -> AsyncIterator[tuple[int, list[int]]]:
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     try:
         yield int(server.sockets[0].getsockname()[1]), connections
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def request_line_service() -> AsyncIterator[int]:
+    """A service that answers each request (bodiless) with its request line as the body, as received."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                line = head.partition(b"\r\n")[0]
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(line), line))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
     finally:
         server.close()
         with contextlib.suppress(Exception):

@@ -1,8 +1,14 @@
-"""curl, the real browser of the web-proxy tests."""
+"""curl, the real browser of the web-proxy tests, and the small pieces of their set-up."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
+
+from support.procs import PierceProcess
+from support.streams import free_port
+from support.tunnel import StartPierce, start_server
 
 
 async def curl(*args: str) -> tuple[int, str, str]:
@@ -14,3 +20,28 @@ async def curl(*args: str) -> tuple[int, str, str]:
     out, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def http_proxy(name: str, port: int, **options: Any) -> dict[str, Any]:
+    """A ``[[proxies]]`` table of an http proxy to a loopback port."""
+    return {"type": "http", "name": name, "local_ip": "127.0.0.1", "local_port": port, **options}
+
+
+async def ready(client: PierceProcess, name: str) -> dict[str, Any]:
+    """The client's ``proxy.ready`` event of proxy ``name``, once it has come."""
+    (event,) = await client.wait_event("proxy.ready", lambda e: e.get("proxy") == name)
+    return event
+
+
+def resolve(domain: str, port: int) -> list[str]:
+    """curl arguments that send ``domain:port`` to 127.0.0.1."""
+    return ["--resolve", f"{domain}:{port}:127.0.0.1"]
+
+
+async def vhost_server(
+    pierce: StartPierce, tmp_path: Path, **settings: Any
+) -> tuple[PierceProcess, int, int]:
+    """A server with a free vhost_http_port; returns it, its control port and its HTTP port."""
+    http_port = free_port()
+    server, control = await start_server(pierce, tmp_path, vhost_http_port=http_port, **settings)
+    return server, control, http_port

@@ -30,7 +30,6 @@ from pierce.vhost.http_parse import (
     MessageParser,
     declares_body,
     field_line,
-    route_path,
     split_absolute_form,
     take_body,
 )
@@ -579,26 +578,6 @@ def test_declares_body() -> None:
     assert not declares_body(head((b"Content-Length", b" 0 ")))
     assert declares_body(head((b"content-length", b"3")))
     assert declares_body(head((b"Transfer-Encoding", b"chunked")))
-
-
-@pytest.mark.parametrize(
-    ("target", "path"),
-    [
-        (b"/", b"/"),
-        (b"/a/b?x=/../y", b"/a/b"),
-        (b"/a/../b", b"/b"),
-        (b"/a/./b/", b"/a/b/"),
-        (b"//a//b", b"/a/b"),
-        (b"/../../etc", b"/etc"),
-        (b"/%2e%2e/admin", b"/admin"),
-        (b"/caf%C3%A9", "/café".encode()),
-        (b"*", b"/"),
-        (b"http://a/b", b"/"),
-        (b"/a/..", b"/"),
-    ],
-)
-def test_route_path(target: bytes, path: bytes) -> None:
-    assert route_path(target) == path
 
 
 def test_split_absolute_form() -> None:

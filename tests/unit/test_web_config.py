@@ -9,7 +9,7 @@ import pytest
 from pierce import config
 from pierce.errors import ConfigError
 from pierce.proxies.base import ProxyProtocolVersion
-from pierce.proxies.http import HttpProxyConfig
+from pierce.proxies.http import HeaderOps, HttpProxyConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,6 +76,26 @@ CLIENT_HEAD = 'server_addr = "h"\ntoken = "t"\n[[proxies]]\nname = "w"\nlocal_po
             "set: expected header names",
         ),
         (
+            'type = "http"\nsubdomain = "a"\nrequest_headers.set = { "X-A" = "v\\r\\nX-Evil: 1" }\n',
+            "proxies[0].request_headers.set.X-A: expected a header value without control characters",
+        ),
+        (
+            'type = "http"\nsubdomain = "a"\nresponse_headers.set = { "X-A" = "v\\u0007" }\n',
+            "proxies[0].response_headers.set.X-A: expected a header value without control characters",
+        ),
+        (
+            'type = "http"\nsubdomain = "a"\nresponse_headers.set = { "X-A" = "v\\u0000" }\n',
+            "proxies[0].response_headers.set.X-A: expected a header value without control characters",
+        ),
+        (
+            'type = "http"\nsubdomain = "a"\nhost_header_rewrite = "nas\\r\\nX-Evil: 1"\n',
+            'proxies[0].host_header_rewrite: expected a host such as "nas.internal"',
+        ),
+        (
+            'type = "http"\nsubdomain = "a"\nhost_header_rewrite = "nas internal"\n',
+            "proxies[0].host_header_rewrite: expected a host",
+        ),
+        (
             'type = "https"\nsubdomain = "a"\nplugin = "https2http"\n',
             "expected plugin_crt_path and plugin_key_path",
         ),
@@ -104,6 +124,9 @@ def test_web_proxy_mistakes_are_named(tmp_path: Path, body: str, expected: str) 
         ("vhost_https_port = 70000\n", "vhost_https_port: expected 0 (off) or a port up to 65535"),
         ('subdomain_host = "exa mple.com"\n', "subdomain_host: expected a domain name"),
         ("vhost_http_timeout = 0\n", "vhost_http_timeout: expected a number of seconds > 0"),
+        ("vhost_header_timeout = 0\n", "vhost_header_timeout: expected a number of seconds > 0"),
+        ("vhost_max_conns_per_ip = -1\n", "vhost_max_conns_per_ip: expected 0 (no limit) or more, got -1"),
+        ("vhost_max_pending_conns = -5\n", "vhost_max_pending_conns: expected 0 (no limit) or more, got -5"),
         (
             '[acme]\nemail = "nobody"\n',
             'acme.email: expected a contact address like "admin@example.com", got "nobody"',
@@ -120,3 +143,28 @@ def test_server_web_mistakes_are_named(tmp_path: Path, body: str, expected: str)
     with pytest.raises(ConfigError) as info:
         config.load(f, config.ServerConfig)
     assert expected in str(info.value), str(info.value)
+
+
+def test_config_head_values_pass_and_the_server_checks_a_peers_again() -> None:
+    """What a client's config may set passes; a peer that sends a value with CR/LF anyway (a client that
+    skips the checks) is refused by the server, naming the key, before anything is routed."""
+    from pierce.protocol import Refused
+    from pierce.proxies.http import HttpProxyServer, HttpSpec
+
+    ok = HttpProxyConfig(
+        name="w",
+        local_port=80,
+        subdomain="a",
+        host_header_rewrite="[::1]:8080",
+        request_headers=HeaderOps(set={"X-Tab": "a\tb", "X-Utf8": "caf\u00e9"}),
+    )
+    assert ok.host_header_rewrite == "[::1]:8080"
+    for spec, key in (
+        (HttpSpec(subdomain="a", host_header_rewrite="a\r\nX-Evil: 1"), "host_header_rewrite"),
+        (HttpSpec(subdomain="a", request_headers={"X-A": "v\nX-Evil: 1"}), "request_headers.X-A"),
+        (HttpSpec(subdomain="a", response_headers={"X-A": "v\x00"}), "response_headers.X-A"),
+        (HttpSpec(subdomain="a", response_headers={"X_Real_IP": "v"}), "response_headers"),
+    ):
+        with pytest.raises(Refused) as info:
+            HttpProxyServer.create("w", spec, site=None)  # type: ignore[arg-type]  # refused before it is used
+        assert info.value.reason.startswith(f"proxy 'w': {key}: expected"), info.value.reason

@@ -19,7 +19,7 @@ import msgspec
 
 from pierce.addr import HostPort
 from pierce.domains import InvalidDomain, normalize_domain, normalize_label
-from pierce.errors import InvalidValue, PierceError
+from pierce.errors import InvalidValue, KeyPath, PierceError
 from pierce.protocol import ErrorCode, Refused, StartWork
 from pierce.protocol.messages import MAX_DOMAINS, MAX_HEADERS, DomainName, HeaderText, PathPrefix
 from pierce.proxies.base import (
@@ -39,6 +39,44 @@ from pierce.vhost.front import VhostFront
 from pierce.vhost.router import RouteError, RouteTaken, proxy_domains
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+#: Control characters a header value must not hold (a tab is allowed): CR and LF would end the field
+#: and start another (header injection), NUL and the rest are refused by servers or read differently.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_HOST = re.compile(r"[A-Za-z0-9._~:\[\]-]+")
+
+
+def check_header_name(key: str | KeyPath, name: str) -> None:
+    """A header name set by config: letters, digits and "-" (so never a "_" spelling of another)."""
+    if not _HEADER_NAME.fullmatch(name):
+        raise InvalidValue(key, f'expected header names of letters, digits and "-", got {name!r}')
+
+
+def check_header_value(key: str | KeyPath, value: str) -> None:
+    """A header value set by config: no CR, LF, NUL or other control character."""
+    if _CONTROL.search(value):
+        raise InvalidValue(
+            key, f"expected a header value without control characters (CR, LF, NUL ...), got {value!r}"
+        )
+
+
+def check_host_header(value: str) -> None:
+    """``host_header_rewrite``: empty, or a host with an optional port such as ``nas.internal:8080``."""
+    if value and not _HOST.fullmatch(value):
+        raise InvalidValue(
+            "host_header_rewrite",
+            f'expected a host such as "nas.internal" or "10.0.0.5:8080" (no spaces or control characters), '
+            f"got {value!r}",
+        )
+
+
+def check_head_settings(host_header_rewrite: str, headers: Mapping[str, Mapping[str, str]]) -> None:
+    """Everything of an http proxy that ends up in a head; ``headers`` maps a key such as
+    ``"request_headers"`` to the fields it sets. Raises InvalidValue naming the key."""
+    check_host_header(host_header_rewrite)
+    for key, fields in headers.items():
+        for name, value in fields.items():
+            check_header_name(key, name)
+            check_header_value((key, name), value)
 
 
 class HeaderOps(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -49,10 +87,8 @@ class HeaderOps(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def __post_init__(self) -> None:
         for name, value in self.set.items():
-            if not _HEADER_NAME.fullmatch(name):
-                raise InvalidValue("set", f'expected header names of letters, digits and "-", got "{name}"')
-            if any(c in value for c in "\r\n\x00"):
-                raise InvalidValue("set", f'header "{name}" must not contain line breaks or NUL')
+            check_header_name("set", name)
+            check_header_value(("set", name), value)
 
 
 def check_credentials(user: str, password: str) -> None:
@@ -110,6 +146,7 @@ class HttpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, 
         if not self.locations:
             raise InvalidValue("locations", 'expected at least one path, e.g. ["/"]')
         check_credentials(self.http_user, self.http_password)
+        check_host_header(self.host_header_rewrite)
         if self.https_auto and any(d.startswith("*.") for d in self.custom_domains):
             raise InvalidValue("https_auto", "wildcard domains cannot get certificates by HTTP-01 validation")
 
@@ -221,6 +258,14 @@ class HttpProxyServer(WebProxy):
 
     @classmethod
     def create(cls, name: str, spec: HttpSpec, site: ProxySite) -> HttpProxyServer:
+        try:
+            # A client's config was checked where it was read; a peer's message is checked again here.
+            check_head_settings(
+                spec.host_header_rewrite,
+                {"request_headers": spec.request_headers, "response_headers": spec.response_headers},
+            )
+        except InvalidValue as exc:
+            raise Refused(ErrorCode.BAD_MESSAGE, f"proxy {name!r}: {exc}") from exc
         front = site.front(VhostFront)
         try:
             domains = proxy_domains(spec.custom_domains, spec.subdomain, front.config.subdomain_host)

@@ -6,13 +6,25 @@ https proxy (`pierce.proxies.https`) an `SniRoute`. On the HTTPS port the SNI de
 proxy claims is relayed untouched (TLS ends at the inside service); a name of an ``http`` proxy with
 ``https_auto`` is terminated here with its ACME certificate and then served like plain HTTP
 (``X-Forwarded-Proto: https``); anything else is closed.
+
+Hostile visitors: both ports share one `ConnectionLimits` (connections per source address, connections
+that have not sent their first head or ClientHello yet); over a cap a connection is reset at once and
+the refusal logged at most every few seconds (`RefusalLog`). ``vhost_header_timeout`` is one deadline
+for the ClientHello and, when TLS ends here, the handshake after it; the HTTP engine holds each request
+head to it too. A connection without SNI is closed: no certificate can be chosen for it, so there is
+nothing it could be routed to unambiguously. On TLS ended here, requests may only name hosts that the
+connection's certificate names (others get 421 Misdirected Request), so a Host header cannot reach a
+proxy whose certificate the visitor never saw.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import struct
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -23,17 +35,19 @@ from pierce.listeners import TcpListener, set_nodelay
 from pierce.logs import event, log_front_refused
 from pierce.relay import SocketEnd, StreamEnd
 from pierce.vhost.http import HttpRoute, HttpSettings, serve_http
+from pierce.vhost.limits import TOO_MANY_CONNS, Admission, ConnectionLimits, RefusalLog
 from pierce.vhost.router import DomainRouter, RouteError
 from pierce.vhost.sni import SniError, peek_client_hello
 
 if TYPE_CHECKING:
     from pierce.config import ServerConfig
-    from pierce.vhost.acme import CertificateManager
+    from pierce.vhost.acme import Certificate, CertificateManager
 
 log = logging.getLogger("pierce.vhost")
 
-#: Seconds a visitor on the HTTPS port has to send its whole ClientHello.
-CLIENT_HELLO_TIMEOUT = 10.0
+#: Least time given to a TLS handshake that starts just before the deadline (asyncio wants one > 0).
+MIN_HANDSHAKE_TIMEOUT = 0.05
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and frees the socket at once
 
 
 class SniRoute(Protocol):
@@ -59,16 +73,23 @@ class VhostFront:
         self.acme: CertificateManager | None = None
         self._http: TcpListener | None = None
         self._https: TcpListener | None = None
+        self.limits = ConnectionLimits(
+            per_source=config.vhost_max_conns_per_ip, pending=config.vhost_max_pending_conns
+        )
+        self._refusals = RefusalLog()
+        self._header_timeout = config.vhost_header_timeout
         not_found = Path(config.custom_404_file).read_bytes() if config.custom_404_file else None
         self._settings = HttpSettings(
             scheme="http",
             timeout=config.vhost_http_timeout,
+            header_timeout=config.vhost_header_timeout,
             not_found_page=not_found,
             acme_challenge=self._acme_challenge,
         )
         self._tls_settings = HttpSettings(
             scheme="https",
             timeout=config.vhost_http_timeout,
+            header_timeout=config.vhost_header_timeout,
             not_found_page=not_found,
             acme_challenge=None,
         )
@@ -165,20 +186,66 @@ class VhostFront:
     def _acme_challenge(self, token: str) -> bytes | None:
         return self.acme.challenge_response(token) if self.acme is not None else None
 
+    def _admit(self, conn: socket.socket, addr: Any, front: str) -> Admission | None:
+        """Count a new connection in; None when it is over a cap (it is reset, and the refusal logged
+        unless one was logged moments ago)."""
+        admitted = self.limits.admit(addr[0])
+        if isinstance(admitted, Admission):
+            return admitted
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        conn.close()
+        count = self._refusals.note(admitted, time.monotonic())
+        if count:
+            if admitted == TOO_MANY_CONNS:
+                cap = f"{self.limits.max_per_source} connections from one address (vhost_max_conns_per_ip)"
+            else:
+                cap = (
+                    f"{self.limits.max_pending} connections without a first request (vhost_max_pending_conns)"
+                )
+            also = f"; {count} reset since the last such line" if count > 1 else ""
+            reason = f"over {cap}, reset{also}"
+            log_front_refused(log, front, format_sockaddr(addr), admitted, reason, refused=count)
+        return None
+
     async def _http_visitor(self, conn: socket.socket, addr: Any) -> None:
-        set_nodelay(conn)
-        await serve_http(SocketEnd(conn), (addr[0], addr[1]), self.http_routes.lookup, self._settings)
+        admission = self._admit(conn, addr, "http")
+        if admission is None:
+            return
+        try:
+            set_nodelay(conn)
+            await serve_http(
+                SocketEnd(conn),
+                (addr[0], addr[1]),
+                self.http_routes.lookup,
+                self._settings,
+                on_first_head=admission.settle,
+            )
+        finally:
+            admission.release()
 
     async def _https_visitor(self, conn: socket.socket, addr: Any) -> None:
+        admission = self._admit(conn, addr, "https")
+        if admission is None:
+            return
+        try:
+            await self._serve_https(conn, addr, admission)
+        finally:
+            admission.release()
+
+    async def _serve_https(self, conn: socket.socket, addr: Any, admission: Admission) -> None:
         visitor = format_sockaddr(addr)
         set_nodelay(conn)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._header_timeout  # for the ClientHello and a handshake after it
         try:
-            hello = await peek_client_hello(conn, CLIENT_HELLO_TIMEOUT)
+            hello = await peek_client_hello(conn, self._header_timeout)
         except (SniError, TimeoutError, OSError) as exc:
             conn.close()
             reason = f"no usable TLS ClientHello: {exc or type(exc).__name__}"
             log_front_refused(log, "https", visitor, "bad_hello", reason)
             return
+        admission.settle()
         name = hello.server_name
         if not name:
             conn.close()
@@ -188,31 +255,41 @@ class VhostFront:
         if passthrough is not None:
             await passthrough.serve(conn, (addr[0], addr[1]), name)
             return
-        context = self.acme.context_for(name) if self.acme is not None else None
-        if context is not None and self.http_routes.lookup(name) is not None:
-            await self._terminate(conn, addr, name, context)
+        cert = self.acme.certificate_for(name) if self.acme is not None else None
+        if cert is not None and self.http_routes.lookup(name) is not None:
+            await self._terminate(conn, addr, name, cert, deadline)
             return
         conn.close()
         reason = f"no proxy serves {name!r} over HTTPS, closed"
         log_front_refused(log, "https", visitor, "unknown_name", reason, server_name=name)
 
-    async def _terminate(self, conn: socket.socket, addr: Any, name: str, context: Any) -> None:
-        """TLS ends here (automatic HTTPS); the requests inside go through the HTTP router."""
+    async def _terminate(
+        self, conn: socket.socket, addr: Any, name: str, cert: Certificate, deadline: float
+    ) -> None:
+        """TLS ends here (automatic HTTPS); the requests inside go through the HTTP router, for the names
+        of ``cert`` only."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=2**20)
         protocol = asyncio.StreamReaderProtocol(reader)
         try:
             transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol, conn, ssl=context, ssl_handshake_timeout=CLIENT_HELLO_TIMEOUT
+                lambda: protocol,
+                conn,
+                ssl=cert.context,
+                ssl_handshake_timeout=max(deadline - loop.time(), MIN_HANDSHAKE_TIMEOUT),
             )
         except (OSError, LocalError, TimeoutError) as exc:
             conn.close()
-            reason = f"TLS handshake for {name!r} failed: {exc}"
+            reason = f"TLS handshake for {name!r} failed: {exc or type(exc).__name__}"
             log_front_refused(
                 log, "https", format_sockaddr(addr), "handshake_failed", reason, server_name=name
             )
             return
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         await serve_http(
-            StreamEnd(reader, writer), (addr[0], addr[1]), self.http_routes.lookup, self._tls_settings
+            StreamEnd(reader, writer),
+            (addr[0], addr[1]),
+            self.http_routes.lookup,
+            self._tls_settings,
+            tls_names=frozenset(cert.names),
         )

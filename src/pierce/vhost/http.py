@@ -17,11 +17,20 @@ A request body is sent by a task of its own while the response is read, so a bac
 (``Expect: 100-continue``, 401, 413) without a deadlock. After a ``101 Switching Protocols`` answer to
 an ``Upgrade`` request the two connections are handed to :func:`pierce.relay.relay`.
 
-Answers made here, before anything reaches a backend: 400 (malformed head), 408 (a head that stalls),
-431 (head over the limits), 401 (basic auth), 404 (no route), 405 (CONNECT), 501 (an upgrade request
-with a body); 502 and 504 when the backend cannot be opened, answers garbage or does not answer. After
-an error answer the connection is closed with a short lingering read, so the browser receives the
-answer instead of a reset.
+Answers made here, before anything reaches a backend: 400 (malformed head, or a target without one
+unambiguous path: :mod:`pierce.vhost.paths`), 408 (a head not complete within its deadline), 431 (head
+over the limits), 401 (basic auth), 404 (no route), 405 (CONNECT), 421 (on TLS ended here, a host the
+connection's certificate does not name), 501 (an upgrade request with a body); 502 and 504 when the
+backend cannot be opened, answers garbage or does not answer. After an error answer the connection is
+closed with a short lingering read, so the browser receives the answer instead of a reset.
+
+Time limits on the browser: each request head must be complete within ``header_timeout`` of its first
+byte (of the connection's start, for the first head), however the bytes trickle in; between requests a
+kept-alive connection may stay silent for ``timeout``. Every read also has the idle ``timeout``.
+
+What is routed is what is forwarded: the request goes on with the canonical target whose path chose
+the route (:func:`pierce.vhost.paths.canonical_target`), never with a raw target that a service could
+read as another path.
 
 Cancel safety: :func:`serve_http` may be cancelled at any point; it closes the browser connection and
 every backend connection it opened.
@@ -49,15 +58,18 @@ from pierce.vhost.http_parse import (
     basic_auth_matches,
     declares_body,
     field_line,
-    route_path,
     split_absolute_form,
     take_body,
 )
+from pierce.vhost.paths import UnsafeTarget, canonical_target
+from pierce.vhost.router import normalize_host
 
 log = logging.getLogger("pierce.vhost.http")
 
 #: Idle seconds allowed while waiting for a request head or a response head (``vhost_http_timeout``).
 DEFAULT_TIMEOUT = 60.0
+#: Seconds a whole request head may take from its first byte (``vhost_header_timeout``).
+DEFAULT_HEADER_TIMEOUT = 10.0
 #: Largest request head accepted (request line and headers); larger heads are answered 431.
 DEFAULT_MAX_HEAD_SIZE = 64 * 1024
 #: Most header fields accepted in one request head; more are answered 431.
@@ -116,6 +128,8 @@ class HttpSettings:
     scheme: Literal["http", "https"] = "http"
     #: Idle seconds waiting for a request head or a response head.
     timeout: float = DEFAULT_TIMEOUT
+    #: Seconds a whole request head may take (from the connection's start, for the first one).
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
     #: Body of the 404 answer for unknown hosts (HTML); None = a built-in page.
     not_found_page: bytes | None = None
     max_head_size: int = DEFAULT_MAX_HEAD_SIZE
@@ -128,14 +142,22 @@ Resolve = Callable[[str, str], HttpRoute | None]
 
 
 async def serve_http(
-    browser: End, visitor: tuple[str, int], resolve: Resolve, settings: HttpSettings
+    browser: End,
+    visitor: tuple[str, int],
+    resolve: Resolve,
+    settings: HttpSettings,
+    *,
+    tls_names: frozenset[str] | None = None,
+    on_first_head: Callable[[], None] | None = None,
 ) -> None:
     """Serve every request of one browser connection, then close it and its backend connections.
 
     ``visitor`` is the browser's address; ``resolve(host, path)`` picks the route of each request
-    (``path`` without the query, percent-decoded and without dot segments).
+    (``path`` without the query, in the canonical form of :mod:`pierce.vhost.paths`). ``tls_names``:
+    the host names (normalised) this connection may ask for, those of the certificate it was accepted
+    with; other hosts get 421. ``on_first_head`` is called once, when the first request head is complete.
     """
-    conn = _BrowserConnection(browser, visitor, resolve, settings)
+    conn = _BrowserConnection(browser, visitor, resolve, settings, tls_names, on_first_head)
     try:
         await conn.run()
     except (OSError, RemoteError, TimeoutError) as exc:
@@ -158,6 +180,9 @@ _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te
 # Set by us on every request; a browser's own values are dropped (X-Forwarded-For is appended to).
 _FORWARDED = frozenset({b"host", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"})
 _REQUEST_SKIP = _HOP_BY_HOP | _FORWARDED
+# Fields whose spelling with "_" for "-" is dropped too: CGI, WSGI, PHP and many frameworks map both to
+# one name (HTTP_X_REAL_IP), so X_Real_IP would pass for ours (nginx drops every "_" name by default).
+_UNDERSCORE_DROP = _REQUEST_SKIP | {b"x-forwarded-for", b"content-length", b"transfer-encoding"}
 _RESPONSE_SKIP = frozenset({b"connection", b"keep-alive", b"proxy-connection"})
 
 
@@ -268,6 +293,7 @@ _REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    421: "Misdirected Request",
     431: "Request Header Fields Too Large",
     501: "Not Implemented",
     502: "Bad Gateway",
@@ -304,8 +330,9 @@ class _Aborted(RemoteError):
 class _Watchdog:
     """Idle timeouts for the waits of one task without a timer per wait.
 
-    Arming only records a deadline; the one timer handle, when it fires, re-arms itself for a later
-    deadline or cancels the task if the deadline has passed while armed. Like ``asyncio.timeout``, the
+    Arming only records a deadline (and moves the one timer handle earlier when the new deadline comes
+    before it); the handle, when it fires, re-arms itself for a later deadline or cancels the task if the
+    deadline has passed while armed. Like ``asyncio.timeout``, the
     waiter turns that cancellation into TimeoutError (:meth:`expired` takes it back with ``uncancel``).
     """
 
@@ -321,9 +348,12 @@ class _Watchdog:
         self._fired = False
 
     def arm(self, seconds: float) -> None:
-        self._deadline = self._loop.time() + seconds
-        if self._handle is None:
-            self._handle = self._loop.call_at(self._deadline, self._check)
+        deadline = self._deadline = self._loop.time() + seconds
+        handle = self._handle
+        if handle is None or handle.when() > deadline:  # a shorter wait than the one the timer is for
+            if handle is not None:
+                handle.cancel()
+            self._handle = self._loop.call_at(deadline, self._check)
 
     def disarm(self) -> None:
         self._deadline = None
@@ -369,14 +399,29 @@ async def _stop(task: asyncio.Task[None] | None) -> None:
 
 class _BrowserConnection:
     def __init__(
-        self, browser: End, visitor: tuple[str, int], resolve: Resolve, settings: HttpSettings
+        self,
+        browser: End,
+        visitor: tuple[str, int],
+        resolve: Resolve,
+        settings: HttpSettings,
+        tls_names: frozenset[str] | None,
+        on_first_head: Callable[[], None] | None,
     ) -> None:
         self.browser = browser
         self.visitor = visitor
         self.visitor_ip = visitor[0].encode()
         self.resolve = resolve
         self.settings = settings
+        self.tls_names = tls_names
+        self.on_first_head = on_first_head
         self.timeout = settings.timeout if settings.timeout > 0 else None
+        self.header_timeout = settings.header_timeout if settings.header_timeout > 0 else None
+        self.loop = asyncio.get_running_loop()
+        #: When the head being read must be complete (loop time); None until its first byte. The first
+        #: head's deadline runs from the connection's start.
+        self.head_deadline: float | None = (
+            None if self.header_timeout is None else self.loop.time() + self.header_timeout
+        )
         self.requests = MessageParser(
             request=True, max_size=settings.max_head_size, max_count=settings.max_header_count
         )
@@ -444,24 +489,33 @@ class _BrowserConnection:
     # -- requests from the browser
 
     async def _next_head(self) -> Head | None:
-        """The next request head; None when the browser is done (EOF, idle timeout, bad head answered)."""
+        """The next request head; None when the browser is done (EOF, timeout, bad head answered)."""
         events = self.requests.events
+        header_timeout = self.header_timeout
+        if header_timeout is not None and self.head_deadline is None and self.requests.in_head:
+            self.head_deadline = self.loop.time() + header_timeout  # pipelined: its first bytes are here
         while True:
             while events:
                 item = events.popleft()
                 if isinstance(item, Head):
+                    self.head_deadline = None
+                    if self.on_first_head is not None:
+                        done, self.on_first_head = self.on_first_head, None
+                        done()
                     return item
             if self.pending:
                 data, self.pending = self.pending, b""
             else:
                 try:
-                    data = await self._read_within(self.browser, READ_MIN)
+                    data = await self._read_head()
                 except TimeoutError:
                     if self.requests.in_head:
                         await self._answer(None, 408)
                     return None
                 if not data:
                     return None
+                if header_timeout is not None and self.head_deadline is None:
+                    self.head_deadline = self.loop.time() + header_timeout
             try:
                 self.requests.feed(data)
             except HeadTooLarge:
@@ -479,6 +533,8 @@ class _BrowserConnection:
             return await self._answer(head, 405, has_body=has_body)
         target = head.target
         host = head.host
+        if b"#" in target:
+            return await self._answer(head, 400, has_body=has_body)  # and split_absolute_form drops it
         if target[:1] != b"/" and target != b"*":
             absolute = split_absolute_form(target)
             if absolute is None:
@@ -490,7 +546,16 @@ class _BrowserConnection:
             # llhttp ends an upgrade request at its head: a body would be taken for the new protocol.
             return await self._answer(head, 501)
         host = host or b""
-        path = route_path(target).decode("latin-1")
+        if self.tls_names is not None and normalize_host(host) not in self.tls_names:
+            return await self._answer(head, 421, has_body=has_body)
+        if target == b"*":
+            path = "/"
+        else:
+            try:
+                target, raw_path = canonical_target(target)
+            except UnsafeTarget:
+                return await self._answer(head, 400, has_body=has_body)
+            path = raw_path.decode("latin-1")
         challenge = self.settings.acme_challenge
         if (
             challenge is not None
@@ -536,6 +601,10 @@ class _BrowserConnection:
                 if key == b"upgrade" and head.upgrade:
                     out += (name, b": ", value, b"\r\n")
                 continue
+            if b"_" in key:
+                dashed = key.replace(b"_", b"-")
+                if dashed in _UNDERSCORE_DROP or dashed in drop:
+                    continue
             if key == b"x-forwarded-for":
                 forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
                 continue
@@ -696,12 +765,26 @@ class _BrowserConnection:
             except Malformed as exc:
                 raise _Aborted(f"bad request body: {exc}") from exc
 
-    async def _read_within(self, end: End, size: int) -> bytes:
-        """``end.read(size)`` within the idle timeout; raises TimeoutError when it passes."""
-        if self.timeout is None:
+    async def _read_head(self) -> bytes:
+        """The browser's next bytes while a head is due: within the idle timeout and the head's deadline."""
+        deadline = self.head_deadline
+        if deadline is None:
+            return await self._read_within(self.browser, READ_MIN)
+        left = deadline - self.loop.time()
+        if left <= 0:
+            raise TimeoutError
+        if self.timeout is not None and self.timeout < left:
+            left = self.timeout
+        return await self._read_within(self.browser, READ_MIN, left)
+
+    async def _read_within(self, end: End, size: int, seconds: float | None = None) -> bytes:
+        """``end.read(size)`` within the idle timeout (or ``seconds``); raises TimeoutError when it passes."""
+        if seconds is None:
+            seconds = self.timeout
+        if seconds is None:
             return await end.read(size)
         watchdog = self.watchdog
-        watchdog.arm(self.timeout)
+        watchdog.arm(seconds)
         try:
             return await end.read(size)
         except asyncio.CancelledError:

@@ -28,8 +28,8 @@ Trailer fields are not passed on and not counted.
 Errors: :class:`Malformed` (not HTTP/1.1 as llhttp reads it) and its subclass :class:`HeadTooLarge`.
 
 Also here: the helpers the engine applies to parsed messages (:func:`take_body` frames the queued body
-again for the other side, :func:`declares_body`, :func:`split_absolute_form`, :func:`route_path`) and
-:func:`field_line`, which encodes a configured header field.
+again for the other side, :func:`declares_body`, :func:`split_absolute_form`) and :func:`field_line`,
+which encodes a configured header field. Request paths are :mod:`pierce.vhost.paths`.
 """
 
 from __future__ import annotations
@@ -37,10 +37,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import posixpath
 from collections import deque
 from typing import Final
-from urllib.parse import unquote_to_bytes
 
 import httptools
 
@@ -57,7 +55,6 @@ __all__ = [
     "basic_auth_matches",
     "declares_body",
     "field_line",
-    "route_path",
     "split_absolute_form",
     "take_body",
 ]
@@ -292,20 +289,6 @@ def declares_body(head: Head) -> bool:
         if key == b"transfer-encoding" or (key == b"content-length" and value.strip() != b"0"):
             return True
     return False
-
-
-def route_path(target: bytes) -> bytes:
-    """The path requests are routed by: no query, percent-decoded, without dot or empty segments."""
-    path = target.partition(b"?")[0]
-    if not path.startswith(b"/"):
-        return b"/"
-    if b"%" in path:
-        path = unquote_to_bytes(path)
-    if b"/." in path or b"//" in path:
-        trailing = path.endswith(b"/")
-        path = posixpath.normpath(path).lstrip(b"/")
-        path = b"/" + path + (b"/" if trailing and path else b"")
-    return path
 
 
 def split_absolute_form(target: bytes) -> tuple[bytes, bytes] | None:

@@ -10,7 +10,8 @@ Rules of matching
    ``*.example.com``, then ``*.com``.
 3. Within one name, the longest location that is a path prefix on a segment boundary wins: ``/api``
    matches ``/api``, ``/api/x`` and ``/api?q=1``, not ``/apix``. ``/`` matches every path. Paths are
-   compared as sent (no percent-decoding). A trailing ``/`` of a location is not significant.
+   compared in the canonical form of `pierce.vhost.paths` (the form the engine routes and forwards);
+   locations are brought to it when added. A trailing ``/`` of a location is not significant.
 4. When a name has routes but none of its locations matches the path, matching goes on with the next
    less specific name of rule 2.
 
@@ -26,6 +27,7 @@ from typing import Generic, TypeVar
 
 from pierce import domains
 from pierce.errors import PierceError
+from pierce.vhost.paths import UnsafeTarget, canonical_path
 
 T = TypeVar("T")
 
@@ -84,15 +86,19 @@ def normalize_domain(domain: str) -> str:
 
 
 def normalize_location(location: str) -> str:
-    """The canonical form of a location (``/api/`` -> ``/api``); raises InvalidLocation."""
+    """The canonical form of a location (``/api/`` -> ``/api``, ``/café`` -> ``/caf%C3%A9``); raises
+    InvalidLocation."""
     if not isinstance(location, str) or not location.startswith("/"):
         raise InvalidLocation(f'expected a location starting with "/" such as "/api", got {location!r}')
     if _LOCATION_FORBIDDEN.search(location):
         raise InvalidLocation(
             f"location {location!r} must be a path without spaces, control characters, '?' or '#'"
         )
-    stripped = location.rstrip("/")
-    return stripped or ROOT_LOCATION
+    try:
+        canonical = canonical_path(location.encode()).decode("ascii")
+    except (UnsafeTarget, UnicodeError) as exc:
+        raise InvalidLocation(f"location {location!r} is not one unambiguous path: {exc}") from None
+    return canonical.rstrip("/") or ROOT_LOCATION
 
 
 def normalize_host(host: str | bytes) -> str:
