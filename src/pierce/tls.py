@@ -354,6 +354,9 @@ def make_private_dir(path: Path) -> None:
     try:
         path.mkdir(mode=0o700, parents=True)
         path.chmod(0o700)  # mkdir's mode is filtered by the umask
+    except FileExistsError:
+        if not path.is_dir():  # another process made it meanwhile: fine when it is a directory
+            raise LocalError(f"state directory {path} is not a directory") from None
     except OSError as exc:
         raise LocalError(f"cannot create state directory {path}: {exc.strerror or exc}") from exc
 
