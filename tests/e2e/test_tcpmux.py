@@ -47,10 +47,10 @@ async def mux_port(server: PierceProcess) -> int:
 
 
 async def tcpmux_setup(
-    pierce: StartPierce, tmp_path: Path, proxies: list[dict[str, object]]
+    pierce: StartPierce, tmp_path: Path, proxies: list[dict[str, object]], **settings: object
 ) -> tuple[PierceProcess, int]:
     """A server with a tcpmux port and a client whose ``proxies`` are ready; the server and that port."""
-    server, port = await start_server(pierce, tmp_path, tcpmux_httpconnect_port=free_port())
+    server, port = await start_server(pierce, tmp_path, tcpmux_httpconnect_port=free_port(), **settings)
     mux = await mux_port(server)
     client = await start_client(pierce, tmp_path, port, proxies)
     await client.wait_event("proxy.ready", count=len(proxies))
@@ -219,6 +219,60 @@ async def test_bad_requests_are_answered_and_the_server_carries_on(pierce, tmp_p
         )
         assert answer.startswith(b"HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200 OK")
         assert b'"path": "/early"' in answer
+
+
+async def test_slow_connects_are_cut_and_connections_per_address_capped(pierce, tmp_path: Path) -> None:
+    """The tcpmux port takes the web ports' limits: a CONNECT head trickled a byte every 0.5 s is cut at
+    the whole-head deadline (2 s here), and connections beyond ``vhost_max_conns_per_ip`` are reset."""
+    async with web_service("site") as (web_port, _):
+        server, mux = await tcpmux_setup(
+            pierce,
+            tmp_path,
+            [tcpmux_proxy("web", web_port, "web.example.com")],
+            vhost_header_timeout=2,
+            vhost_max_conns_per_ip=3,
+        )
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection("127.0.0.1", mux)
+        head = b"CONNECT web.example.com:80 HTTP/1.1\r\nHost: web.example.com:80\r\n\r\n"
+
+        async def drip() -> None:
+            with contextlib.suppress(ConnectionError):
+                for i in range(len(head)):
+                    writer.write(head[i : i + 1])
+                    await writer.drain()
+                    await asyncio.sleep(0.5)  # the attack's pace, not a synchronisation
+
+        started = loop.time()
+        dripping = asyncio.create_task(drip())
+        try:
+            answer = await asyncio.wait_for(reader.read(), 2 + 3)
+        finally:
+            dripping.cancel()
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+        assert loop.time() - started < 2 + 3
+        await server.wait_event("front.refused", lambda e: e["code"] == "bad_request")  # and released
+
+        held = [await asyncio.open_connection("127.0.0.1", mux) for _ in range(3)]
+        with contextlib.suppress(ConnectionError):  # reset, even before the connect call returned
+            extra_reader, extra_writer = await asyncio.open_connection("127.0.0.1", mux)
+            try:
+                assert await asyncio.wait_for(extra_reader.read(), 5) == b""  # no answer
+            finally:
+                extra_writer.close()
+        for _, w in held:
+            w.close()
+        (over,) = await server.wait_event("front.refused", lambda e: e["code"] == "too_many_conns")
+        assert over["front"] == "tcpmux"
+        # Once they are gone (each logged as a request that never came, after the trickled one), a
+        # CONNECT goes through again.
+        await server.wait_event("front.refused", lambda e: e["code"] == "bad_request", count=1 + 3)
+        reader, writer = await asyncio.open_connection("127.0.0.1", mux)
+        writer.write(head + b"GET /after HTTP/1.1\r\nHost: web.example.com\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 15)
+        writer.close()
+        assert b'"path": "/after"' in answer
 
 
 async def test_refused_without_a_tcpmux_port(pierce, tmp_path: Path) -> None:

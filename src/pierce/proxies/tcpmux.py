@@ -47,6 +47,7 @@ from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
 from pierce.relay import End, SocketEnd, wait_fd
 from pierce.snapshot import ProxyStats
 from pierce.vhost.http_parse import Head, Malformed, MessageParser, basic_auth_matches
+from pierce.vhost.limits import Admission, ConnectionLimits, RefusalLog, admit_or_reset
 from pierce.vhost.router import DomainRouter, RouteError, normalize_host, proxy_domains
 
 if TYPE_CHECKING:
@@ -54,8 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pierce.tcpmux")
 
-#: Seconds a visitor has to send its whole CONNECT request.
-CONNECT_TIMEOUT = 10.0
 #: Bounds of a CONNECT request head.
 MAX_CONNECT_HEAD = 16 * 1024
 MAX_CONNECT_FIELDS = 64
@@ -226,6 +225,11 @@ class TcpMuxFront:
         self.config = config
         self.routes: DomainRouter[TcpMuxProxyServer] = DomainRouter()
         self._listener: TcpListener | None = None
+        #: The same caps as the web ports (their keys), counted for this port on its own.
+        self.limits = ConnectionLimits(
+            per_source=config.vhost_max_conns_per_ip, pending=config.vhost_max_pending_conns
+        )
+        self._refusals = RefusalLog()
 
     @property
     def port(self) -> int:
@@ -255,16 +259,28 @@ class TcpMuxFront:
         return {"tcpmux_httpconnect_port": self.port}
 
     async def _visitor(self, conn: socket.socket, addr: Any) -> None:
+        admission = admit_or_reset(self.limits, self._refusals, conn, addr, "tcpmux", log)
+        if admission is None:
+            return
+        try:
+            await self._serve(conn, addr, admission)
+        finally:
+            admission.release()
+
+    async def _serve(self, conn: socket.socket, addr: Any, admission: Admission) -> None:
         who = format_sockaddr(addr)
         set_nodelay(conn)
         try:
-            head, raw, rest = await read_connect(conn, CONNECT_TIMEOUT)
+            # One deadline for the whole head (vhost_header_timeout): a byte now and then does not
+            # keep it open.
+            head, raw, rest = await read_connect(conn, self.config.vhost_header_timeout)
         except (Malformed, TimeoutError, OSError, EOFError) as exc:
             status = "408 Request Timeout" if isinstance(exc, TimeoutError) else "400 Bad Request"
             await _refuse(conn, _answer(status, "expected an HTTP CONNECT request"))
             reason = f"no usable CONNECT request: {exc or type(exc).__name__}"
             log_front_refused(log, "tcpmux", who, "bad_request", reason)
             return
+        admission.settle()
         if head.method != b"CONNECT":
             await _refuse(conn, _answer("405 Method Not Allowed", "only CONNECT is served", _ALLOW))
             reason = f"{head.method.decode('latin-1')} instead of CONNECT"

@@ -20,11 +20,9 @@ proxy whose certificate the visitor never saw.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import struct
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -35,7 +33,7 @@ from pierce.listeners import TcpListener, set_nodelay
 from pierce.logs import event, log_front_refused
 from pierce.relay import SocketEnd, StreamEnd
 from pierce.vhost.http import HttpRoute, HttpSettings, serve_http
-from pierce.vhost.limits import TOO_MANY_CONNS, Admission, ConnectionLimits, RefusalLog
+from pierce.vhost.limits import Admission, ConnectionLimits, RefusalLog, admit_or_reset
 from pierce.vhost.router import DomainRouter, RouteError
 from pierce.vhost.sni import SniError, peek_client_hello
 
@@ -187,26 +185,7 @@ class VhostFront:
         return self.acme.challenge_response(token) if self.acme is not None else None
 
     def _admit(self, conn: socket.socket, addr: Any, front: str) -> Admission | None:
-        """Count a new connection in; None when it is over a cap (it is reset, and the refusal logged
-        unless one was logged moments ago)."""
-        admitted = self.limits.admit(addr[0])
-        if isinstance(admitted, Admission):
-            return admitted
-        with contextlib.suppress(OSError):
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-        conn.close()
-        count = self._refusals.note(admitted, time.monotonic())
-        if count:
-            if admitted == TOO_MANY_CONNS:
-                cap = f"{self.limits.max_per_source} connections from one address (vhost_max_conns_per_ip)"
-            else:
-                cap = (
-                    f"{self.limits.max_pending} connections without a first request (vhost_max_pending_conns)"
-                )
-            also = f"; {count} reset since the last such line" if count > 1 else ""
-            reason = f"over {cap}, reset{also}"
-            log_front_refused(log, front, format_sockaddr(addr), admitted, reason, refused=count)
-        return None
+        return admit_or_reset(self.limits, self._refusals, conn, addr, front, log)
 
     async def _http_visitor(self, conn: socket.socket, addr: Any) -> None:
         admission = self._admit(conn, addr, "http")

@@ -11,14 +11,26 @@ each until a deadline ends them. Two caps keep that bounded (`ConnectionLimits`)
 Over a cap the new connection is turned away at once. The counts live in dictionaries that hold only
 sources with connections open, so they are bounded by the connections themselves. Refusals are
 counted; `RefusalLog` says when one is worth a log line, so a flood cannot flood the log.
+
+The one piece with I/O, `admit_or_reset`, is what each public front (the web ports, the tcpmux port)
+calls on accept: count the connection in, or reset it and log the refusal.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
-from typing import Final
+import struct
+import time
+from typing import Any, Final
 
-__all__ = ["Admission", "ConnectionLimits", "RefusalLog", "source_key"]
+from pierce.addr import format_sockaddr
+from pierce.logs import log_front_refused
+
+__all__ = ["Admission", "ConnectionLimits", "RefusalLog", "admit_or_reset", "source_key"]
+
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and frees the socket at once
 
 TOO_MANY_CONNS: Final = "too_many_conns"
 TOO_MANY_PENDING: Final = "too_many_pending"
@@ -115,3 +127,31 @@ class RefusalLog:
         self._next[code] = now + self.interval
         self._unlogged[code] = 0
         return unlogged
+
+
+def admit_or_reset(
+    limits: ConnectionLimits,
+    refusals: RefusalLog,
+    conn: socket.socket,
+    addr: Any,
+    front: str,
+    log: logging.Logger,
+) -> Admission | None:
+    """Count a new connection of ``front`` in; None when it is over a cap (it is reset, and the refusal
+    logged unless one was logged moments ago)."""
+    admitted = limits.admit(addr[0])
+    if isinstance(admitted, Admission):
+        return admitted
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+    conn.close()
+    count = refusals.note(admitted, time.monotonic())
+    if count:
+        if admitted == TOO_MANY_CONNS:
+            cap = f"{limits.max_per_source} connections from one address (vhost_max_conns_per_ip)"
+        else:
+            cap = f"{limits.max_pending} connections without a first request (vhost_max_pending_conns)"
+        also = f"; {count} reset since the last such line" if count > 1 else ""
+        reason = f"over {cap}, reset{also}"
+        log_front_refused(log, front, format_sockaddr(addr), admitted, reason, refused=count)
+    return None
