@@ -6,6 +6,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 # Every event logged in tests (here and in the pierce processes they start) must be in the catalogue;
 # set before anything imports pierce.logs.
 os.environ["PIERCE_STRICT_EVENTS"] = "1"
+# No process a test starts may fall back to the user's own state directory (pinned certificates, tokens):
+# a default for the whole run, under a fresh temporary directory; tests that need their own set it.
+if "PIERCE_STATE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["PIERCE_STATE_DIR"] = tempfile.mkdtemp(prefix="pierce-test-state-")
 
 import pytest
 from support.procs import PierceProcess

@@ -132,6 +132,8 @@ def test_stcp_visitor_across_two_nats(lab: Lab, tmp_path: Path) -> None:
 
     # A wrong secret: refused at start (exit status 1, no port), and the owner logs who tried.
     wrong = laptop.run(
+        "env",
+        f"PIERCE_STATE_DIR={tmp_path / 'intruder-state'}",
         sys.executable,
         "-m",
         "pierce",
