@@ -62,7 +62,8 @@ class RouteTaken(RouteError):
         self.domain = domain
         self.location = location
         self.owner = owner
-        super().__init__(f"domain {domain} location {location} is already taken by {owner}")
+        # The owner stays out of the text: refusals never say whose a domain is.
+        super().__init__(f"domain {domain} location {location} is already taken")
 
 
 @dataclass(frozen=True, slots=True)
