@@ -165,3 +165,40 @@ def test_verifier_text_round_trips_and_names_errors() -> None:
     for bad in ("nocolon", "zz:00", "00:00"):
         with pytest.raises(ValueError):
             Verifier.parse(bad)
+
+
+async def resumed_login(server_key: bytes | None, client_key: bytes, user_of_old: str = "default") -> bool:
+    """Whether the server counts a login that names session "old" (with ``client_key``) as resuming it."""
+    client, server = memory_pair()
+    verifiers = {"default": make_verifier("default", TOKEN)}
+    logins = []
+
+    async def serve() -> None:
+        hello = await server.recv()
+        assert isinstance(hello, Hello) and hello.run_id == "old"
+        login = await server_login(
+            server,
+            hello,
+            verifier=verifiers.get,
+            features=frozenset(),
+            binding=CERT,
+            run_id="new",
+            resume=lambda user, run_id: server_key if (user, run_id) == (user_of_old, "old") else None,
+        )
+        logins.append(login)
+
+    served = asyncio.ensure_future(serve())
+    await client_login(
+        client, user="", token=TOKEN, features=frozenset(), client_id="c", role=Role.CONTROL,
+        binding=CERT, resume=("old", client_key),
+    )  # fmt: skip
+    await served
+    return logins[0].resumed
+
+
+async def test_a_login_resumes_a_session_only_with_that_sessions_key() -> None:
+    key = b"k" * 32
+    assert await resumed_login(key, key)
+    assert not await resumed_login(key, b"x" * 32)  # another key
+    assert not await resumed_login(None, key)  # no such session
+    assert not await resumed_login(key, key, user_of_old="bob")  # another user's session
