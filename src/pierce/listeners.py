@@ -12,6 +12,7 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -73,34 +74,52 @@ def set_nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+_RESET = struct.pack("ii", 1, 0)
+
+
+def drop(sock: socket.socket) -> None:
+    """Close ``sock`` now with a reset (SO_LINGER 0): for a connection nothing was sent on and nothing
+    is owed, so the kernel keeps no state for it either (no FIN_WAIT, no TIME_WAIT)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+    sock.close()
+
+
 Handler = Callable[[socket.socket, Any], Awaitable[None]]
 
 
 class TcpListener:
     """Accepts on a bound socket and runs ``handler(conn, addr)`` as a tracked task per connection.
 
-    ``close()`` stops accepting and cancels every handler still running.
+    ``close()`` stops accepting and cancels every handler still running. The listener closes a
+    connection whose handler failed or was cancelled, unless ``handler_owns``: then the handler closes
+    it on every path itself (it may have handed the socket to a transport, which alone may close it).
     """
 
-    def __init__(self, sock: socket.socket, handler: Handler, *, name: str) -> None:
+    def __init__(
+        self, sock: socket.socket, handler: Handler, *, name: str, handler_owns: bool = False
+    ) -> None:
         self.sock: socket.socket | None = sock
         self.name = name
         self.address = format_sockaddr(sock.getsockname())
         self.port = int(sock.getsockname()[1])
         self.tasks: set[asyncio.Task[None]] = set()
         self._handler = handler
+        self._handler_owns = handler_owns
         self._accept_task: asyncio.Task[None] | None = None
         self._reader_installed = False
 
     @classmethod
-    def open(cls, listen: HostPort, handler: Handler, *, name: str) -> TcpListener:
+    def open(
+        cls, listen: HostPort, handler: Handler, *, name: str, handler_owns: bool = False
+    ) -> TcpListener:
         sock = bind_socket(listen, socket.SOCK_STREAM)
         try:
             sock.listen(LISTEN_BACKLOG)
         except OSError as exc:  # pragma: no cover - bind succeeded, listen failing is exotic
             sock.close()
             raise LocalError(f"cannot listen on {listen}: {exc.strerror}") from exc
-        listener = cls(sock, handler, name=name)
+        listener = cls(sock, handler, name=name, handler_owns=handler_owns)
         listener.start()
         return listener
 
@@ -167,10 +186,12 @@ class TcpListener:
         try:
             await self._handler(conn, addr)
         except asyncio.CancelledError:
-            conn.close()
+            if not self._handler_owns:
+                conn.close()
             raise
         except Exception:
-            conn.close()
+            if not self._handler_owns:
+                conn.close()
             log.exception("%s: connection from %s failed", self.name, format_sockaddr(addr))
 
     async def close(self) -> None:

@@ -5,6 +5,10 @@ with a frame-size limit that starts small and is raised after authentication. `S
 over asyncio streams (TLS), `SocketChannel` over a raw socket (plain data connections),
 `MemoryChannel` over an in-memory pipe (tests of the handshake and the sessions, no sockets).
 
+Before login a channel is a stranger's: `accept_tls` keeps every buffer small and a failure aborts the
+connection at once; raising the frame limit after authentication (the handshake does it) lifts those
+limits and calls the `MessageChannel.on_login` callbacks.
+
 Whether a connection is TLS or plain is decided once, when it is made; after its last message
 (`StartWork`, `VisitReady`) `MessageChannel.into_end` turns it into the relay `End` that fits: chunked
 data (`pierce.protocol.chunks`) in a `FramedEnd` over TLS, the raw socket for plain connections, so
@@ -39,6 +43,13 @@ from pierce.protocol.chunks import (
 )
 from pierce.relay import End, SocketEnd, wait_fd
 
+#: Read buffer of a logged-in TLS stream (asyncio stops reading from the socket past twice this).
+STREAM_LIMIT = 2**20
+#: The same before login: a stranger's bytes wait in at most 2 x 8 KiB decrypted ...
+PRE_LOGIN_STREAM_LIMIT = 8 * 1024
+#: ... and 16 KiB of TLS records not yet decrypted.
+PRE_LOGIN_TLS_BUFFER = 16 * 1024
+
 
 class ConnectionClosed(RemoteError):
     """The peer closed the connection (possibly between two messages)."""
@@ -53,6 +64,7 @@ class MessageChannel(ABC):
 
     def __init__(self, *, max_frame_size: int = PRE_AUTH_MAX_FRAME_SIZE) -> None:
         self._decoder = FrameDecoder(max_frame_size)
+        self._login_callbacks: list[Callable[[], None]] | None = []
 
     @property
     def max_frame_size(self) -> int:
@@ -60,7 +72,22 @@ class MessageChannel(ABC):
 
     @max_frame_size.setter
     def max_frame_size(self, value: int) -> None:
+        """Raising it past `PRE_AUTH_MAX_FRAME_SIZE` marks the peer as logged in (see `on_login`)."""
         self._decoder.max_frame_size = value
+        if value > PRE_AUTH_MAX_FRAME_SIZE and self._login_callbacks is not None:
+            self._logged_in()
+
+    def _logged_in(self) -> None:
+        callbacks, self._login_callbacks = self._login_callbacks or [], None
+        for callback in callbacks:
+            callback()
+
+    def on_login(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the peer has authenticated (at once if it has already)."""
+        if self._login_callbacks is None:
+            callback()
+        else:
+            self._login_callbacks.append(callback)
 
     @abstractmethod
     async def _read_exactly(self, n: int, *, first: bool = False) -> bytes: ...
@@ -168,6 +195,46 @@ class StreamChannel(MessageChannel):
         # writer.close() on TLS waits for the peer's close_notify (ssl_shutdown_timeout, 30 s) before the
         # reader sees the end; abort() drops the connection now.
         self.writer.transport.abort()
+
+    def _logged_in(self) -> None:
+        # A logged-in peer gets the buffers a tunnel needs.
+        if isinstance(self.reader, _LoginReader):
+            self.reader.set_limit(STREAM_LIMIT)
+        _tls_read_buffer(self.writer.transport, None)  # the loop's default
+        super()._logged_in()
+
+
+def _tls_read_buffer(transport: asyncio.BaseTransport, high: int | None) -> None:
+    """Bound the TLS records buffered before decryption (``None``: the loop's default); the TLS
+    transports of asyncio and uvloop both have this knob."""
+    setter = getattr(transport, "set_read_buffer_limits", None)
+    if setter is not None and not transport.is_closing():
+        setter(high=high)
+
+
+class _LoginReader(asyncio.StreamReader):
+    """A stream reader whose buffer limit can be raised after login."""
+
+    def set_limit(self, limit: int) -> None:
+        self._limit = limit
+
+
+async def accept_tls(
+    sock: socket.socket, context: ssl.SSLContext, *, handshake_timeout: float
+) -> StreamChannel:
+    """The server side of TLS on an accepted socket, with the small buffers of a stranger.
+
+    Takes ``sock`` over for good: from this call on only the TLS transport closes it, also when the
+    handshake fails, times out or is cancelled (asyncio and uvloop both close their transport then).
+    """
+    loop = asyncio.get_running_loop()
+    reader = _LoginReader(limit=PRE_LOGIN_STREAM_LIMIT)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    transport, _ = await loop.connect_accepted_socket(
+        lambda: protocol, sock, ssl=context, ssl_handshake_timeout=handshake_timeout
+    )
+    _tls_read_buffer(transport, PRE_LOGIN_TLS_BUFFER)
+    return StreamChannel(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
 
 
 class SocketChannel(MessageChannel):

@@ -114,7 +114,8 @@ class FrameDecoder:
                     # buffer is reused.
                     messages.append(_decode(view[start:pos].tobytes(), length))
         except ProtocolError as exc:
-            self._error = exc
+            # Kept without its traceback, whose frames hold this decoder (a cycle only the GC frees).
+            self._error = type(exc)(*exc.args)
             buffer.clear()
             raise
         del buffer[:pos]
