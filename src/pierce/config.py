@@ -113,6 +113,9 @@ DEFAULT_HEARTBEAT_INTERVAL = 10.0
 DEFAULT_HEARTBEAT_TIMEOUT = 30.0
 DEFAULT_USER_CONN_TIMEOUT = 10.0
 DEFAULT_STUN_PORT = 3478
+DEFAULT_LOGIN_TIMEOUT = 10.0
+DEFAULT_MAX_PENDING_LOGINS = 256
+DEFAULT_MAX_PENDING_LOGINS_PER_IP = 16
 
 
 class PortRange:
@@ -206,6 +209,13 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     version: int = CONFIG_VERSION
     bind_addr: str = "0.0.0.0"
     bind_port: int = DEFAULT_CONTROL_PORT
+    #: Seconds a new connection has to log in: TLS handshake, `Hello` and the whole login exchange
+    #: (which includes the ping, up to 3 s, of a silent session a reconnecting client replaces).
+    login_timeout_s: float = DEFAULT_LOGIN_TIMEOUT
+    #: Connections that have not logged in yet, in all ...
+    max_pending_logins: int = DEFAULT_MAX_PENDING_LOGINS
+    #: ... and from one address (IPv4) or /64 (IPv6); more are reset at once.
+    max_pending_logins_per_ip: int = DEFAULT_MAX_PENDING_LOGINS_PER_IP
     #: The shared secret clients log in with; empty: generated on first start and kept in the state
     #: directory (file ``token``).
     token: str = msgspec.field(default="")
@@ -304,6 +314,13 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise InvalidValue("tls_cert_file", "expected tls_cert_file and tls_key_file together")
         if self.heartbeat_timeout <= 0 or self.user_conn_timeout <= 0:
             raise InvalidValue("heartbeat_timeout", "expected timeouts in seconds > 0")
+        if not 0 < self.login_timeout_s <= 3600:
+            raise InvalidValue(
+                "login_timeout_s", f"expected seconds > 0 and up to 3600, got {self.login_timeout_s:g}"
+            )
+        for key in ("max_pending_logins", "max_pending_logins_per_ip"):
+            if getattr(self, key) < 1:
+                raise InvalidValue(key, f"expected 1 or more connections, got {getattr(self, key)}")
         if not (self.stun_port == 0 or 1 <= self.stun_port <= 65534):
             raise InvalidValue(
                 "stun_port", f"expected 0 (off) or a port from 1 to 65534, got {self.stun_port}"

@@ -55,6 +55,7 @@ FIELDS: dict[str, str] = {
     "protocol": "tcp or udp",
     "fingerprint": "SHA-256 fingerprint of the server certificate",
     "generated": "the certificate or token was generated now",
+    "source": "what the server's login limits count by: an IPv4 address, or the /64 of an IPv6 one",
     # outcome
     "code": "machine-readable reason (an ErrorCode value, or a refusal code of a front)",
     "reason": "human-readable reason",
@@ -72,6 +73,8 @@ FIELDS: dict[str, str] = {
     "dropped": "datagrams dropped so far",
     "refused": "connections turned away that this (rate-limited) line stands for",
     "delay_s": "seconds until the next attempt",
+    "suppressed": "lines left out just before this one (a stranger can cause them: rate-limited)",
+    "block_s": "seconds new connections from the source are refused",
     # ACME
     "account": "ACME account URL",
     "directory": "ACME directory URL",
@@ -108,9 +111,11 @@ EVENTS: dict[str, frozenset[str]] = {
         # server
         "server.listening": {"listen", "port", "fingerprint", "generated"},
         "server.token": {"path", "generated"},
-        "login.failed": {"peer", "error"},
-        "login.refused": {"peer", "client_id", "role", "error"},
-        "auth.failed": {"peer", "client_id", "role", "error"},
+        "login.failed": {"peer", "error", "suppressed"},
+        "login.refused": {"peer", "client_id", "role", "error", "suppressed"},
+        "auth.failed": {"peer", "client_id", "role", "error", "suppressed"},
+        "login.turned_away": {"peer", "source", "reason", "suppressed"},
+        "login.blocked": {"source", "failures", "block_s", "suppressed"},
         "client.login": {"client_id", "user", "peer", "run_id"},
         "client.replaced": {"client_id", "user", "peer"},
         "client.gone": {"client_id", "peer"},

@@ -230,3 +230,18 @@ def test_the_walk_builds_what_msgspec_convert_builds(name: str, kind: str) -> No
     plain = msgspec.convert(config.load_toml(ROOT / "examples" / f"{name}.toml"), struct, dec_hook=dec_hook)
     encode = msgspec.json.Encoder(enc_hook=lambda obj: f"{type(obj).__name__}:{obj}")
     assert encode.encode(walked) == encode.encode(plain)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("login_timeout_s = 0", "login_timeout_s: expected seconds > 0 and up to 3600, got 0"),
+        ("max_pending_logins = 0", "max_pending_logins: expected 1 or more connections, got 0"),
+        (
+            "max_pending_logins_per_ip = -1",
+            "max_pending_logins_per_ip: expected 1 or more connections, got -1",
+        ),
+    ],
+)
+def test_pre_login_limits_are_checked(line: str, problem: str) -> None:
+    assert problems_of(f'token = "t"\n{line}\n', config.ServerConfig) == [f"c.toml: {problem}"]

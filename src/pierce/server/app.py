@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import secrets
 import socket
@@ -31,7 +32,7 @@ from pierce.handshake import (
     server_work_login,
     visitor_key,
 )
-from pierce.listeners import TcpListener, set_nodelay
+from pierce.listeners import TcpListener, drop, set_nodelay
 from pierce.logs import event
 from pierce.nat.stun_server import StunPolicy, StunServer
 from pierce.protocol import (
@@ -52,6 +53,8 @@ from pierce.proxies.base import Front
 from pierce.proxies.registry import FRONTS
 from pierce.proxies.secret import SecretProxyServer, serve_visit
 from pierce.relay import wait_fd
+from pierce.runtime import release_free_memory
+from pierce.server.admission import Admission, LogBudget, Refusal, Ticket, source_of
 from pierce.server.claims import Claims
 from pierce.server.session import ControlSession
 from pierce.server.token import generated_token
@@ -60,16 +63,20 @@ from pierce.server.workconn import WorkConn
 from pierce.snapshot import ServerProxyInfo, ServerSnapshot
 from pierce.statedir import prepare_state_dir, state_dir_for
 from pierce.tls import ServerCertificate, ensure_server_certificate, server_context
-from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, StreamChannel
+from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, accept_tls
 
 log = logging.getLogger("pierce.server")
 
-#: Seconds a new connection has to complete its login.
+#: Seconds each step of a login may take (the whole login has ``login_timeout_s``).
 LOGIN_TIMEOUT = 10.0
 #: Seconds a session whose client id a new login names has to answer a ping; a live one keeps its
 #: place (the newcomer is refused), a silent one is replaced.
 PROBE_TIMEOUT = 3.0
 _TLS_HANDSHAKE_BYTE = 0x16
+#: Admissions (connections let in to log in) that make a crowd, and seconds after the last of them has
+#: left before the memory they used goes back to the system (`release_free_memory`).
+TRIM_AFTER = 32
+TRIM_DELAY = 1.0
 
 
 class Server:
@@ -93,6 +100,15 @@ class Server:
         self.stun: StunServer | None = None
         #: Listeners shared between proxies (the web ports, ...), by type, when configured.
         self.fronts: dict[type, Front] = {}
+        #: Connections waiting to log in, and sources whose logins fail.
+        self.admission = Admission(
+            max_pending=config.max_pending_logins, max_pending_per_source=config.max_pending_logins_per_ip
+        )
+        #: Rate limits of the log lines strangers cause, one per event name (a flood of one kind
+        #: hides no other).
+        self._noise: dict[str, LogBudget] = {}
+        self._trimmed_at = 0  # admissions when memory was last given back
+        self._trim: asyncio.TimerHandle | None = None
 
     async def start(self) -> str:
         cfg = self.config
@@ -115,7 +131,7 @@ class Server:
                 await front.start()
         self._start_stun()
         self._listener = TcpListener.open(
-            HostPort(cfg.bind_addr, cfg.bind_port), self._accept, name="control"
+            HostPort(cfg.bind_addr, cfg.bind_port), self._accept, name="control", handler_owns=True
         )
         event(
             log,
@@ -157,6 +173,8 @@ class Server:
     async def close(self) -> None:
         if self._listener is not None:
             await self._listener.close()
+        if self._trim is not None:
+            self._trim.cancel()
         if self.stun is not None:
             self.stun.close()
         for session in list(self.sessions.values()):
@@ -199,69 +217,148 @@ class Server:
         )
 
     # -- new connections ---------------------------------------------------------------------------
+    #
+    # Until it has logged in, a connection is a stranger's: it holds an admission ticket (capped in total
+    # and per source), all of it (TLS handshake, Hello, the login exchange) runs under one deadline, its
+    # buffers are small, and any failure aborts it at once. Each socket has one owner at a time:
+    # `_accept` until `_open_channel` hands it to a channel (or closes it), then the channel.
 
     async def _accept(self, sock: socket.socket, addr: Any) -> None:
         peer = format_sockaddr(addr)
-        try:
-            async with asyncio.timeout(LOGIN_TIMEOUT):
-                channel, binding = await self._open_channel(sock)
-                hello = await channel.recv()
-                if not isinstance(hello, Hello):
-                    raise UnexpectedMessage(hello, "Hello")
-        except (TimeoutError, PierceError, OSError) as exc:
-            sock.close()
-            event(
-                log,
+        source = source_of(str(addr[0]))
+        ticket = self.admission.admit(source)
+        if isinstance(ticket, Refusal):
+            drop(sock)
+            reason = ticket.value
+            self._event(
                 logging.WARNING,
-                "login.failed",
-                f"connection from {peer} dropped before login: {exc}",
+                "login.turned_away",
+                f"connection from {peer} refused: {reason}",
                 peer=peer,
-                error=str(exc) or type(exc).__name__,
+                source=source,
+                reason=reason,
             )
             return
+        channel: MessageChannel | None = None
+        hello: Hello | None = None
         try:
-            if hello.role is Role.CONTROL:
-                await self._control(channel, hello, binding, peer)
-            elif hello.role is Role.WORK:
-                await self._work(channel, hello, binding, peer)
-            else:
-                await self._visitor(channel, hello, binding, (str(addr[0]), int(addr[1])))
-        except (
-            Refused,
-            AuthenticationFailed,
-            ProtocolError,
-            ConnectionClosed,
-            TimeoutError,
-            OSError,
-        ) as exc:
-            channel.close()
-            level = logging.WARNING
-            name = "login.refused"
-            if isinstance(exc, AuthenticationFailed):
-                name = "auth.failed"
-            event(
-                log,
-                level,
-                name,
-                f"{hello.role.value} connection from {peer} ({hello.client_id}) refused: {exc}",
-                peer=peer,
-                client_id=hello.client_id,
-                role=hello.role.value,
-                error=str(exc),
-            )
+            async with asyncio.timeout(self.config.login_timeout_s) as deadline:
+                channel, binding = await self._open_channel(sock, deadline.when() or 0.0)
+                channel.on_login(functools.partial(_logged_in, deadline, ticket))
+                first = await channel.recv()
+                if not isinstance(first, Hello):
+                    raise UnexpectedMessage(first, "Hello")
+                hello = first
+                await self._serve(channel, hello, binding, addr, peer)
+        except (PierceError, TimeoutError, OSError) as exc:
+            if channel is not None:
+                await asyncio.sleep(0)  # a refusal just written leaves first (uvloop sends at the loop's end)
+                channel.abort()
+            self._dropped(exc, ticket, peer, hello)
+        except BaseException:
+            if channel is not None:
+                channel.abort()
+            raise
+        finally:
+            ticket.release()
+            self._after_storm()
 
-    async def _open_channel(self, sock: socket.socket) -> tuple[MessageChannel, bytes | None]:
+    async def _open_channel(
+        self, sock: socket.socket, deadline: float
+    ) -> tuple[MessageChannel, bytes | None]:
+        """A channel on ``sock``, TLS or plain by its first byte; TLS must be up by ``deadline`` (loop time).
+
+        Takes ``sock`` over: it is closed here when this fails before TLS starts, and belongs to the TLS
+        transport from `accept_tls` on, also when that fails.
+        """
         loop = asyncio.get_running_loop()
-        first = await _peek_byte(loop, sock)
-        if first == _TLS_HANDSHAKE_BYTE:
-            assert self._ssl is not None and self.certificate is not None
-            reader = asyncio.StreamReader(limit=2**20)
-            protocol = asyncio.StreamReaderProtocol(reader)
-            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock, ssl=self._ssl)
-            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-            return StreamChannel(reader, writer), certificate_binding(self.certificate.der)
-        set_nodelay(sock)  # StartWork and the visitor's first bytes must not wait for an ACK (Nagle)
-        return SocketChannel(sock), None
+        try:
+            first = await _peek_byte(loop, sock)
+        except BaseException:
+            drop(sock)
+            raise
+        if first != _TLS_HANDSHAKE_BYTE:
+            set_nodelay(sock)  # StartWork and the visitor's first bytes must not wait for an ACK (Nagle)
+            return SocketChannel(sock), None
+        assert self._ssl is not None and self.certificate is not None
+        timeout = max(deadline - loop.time(), 0.01)
+        channel = await accept_tls(sock, self._ssl, handshake_timeout=timeout)
+        return channel, certificate_binding(self.certificate.der)
+
+    async def _serve(
+        self, channel: MessageChannel, hello: Hello, binding: bytes | None, addr: Any, peer: str
+    ) -> None:
+        if hello.role is Role.CONTROL:
+            await self._control(channel, hello, binding, peer)
+        elif hello.role is Role.WORK:
+            await self._work(channel, hello, binding, peer)
+        else:
+            await self._visitor(channel, hello, binding, (str(addr[0]), int(addr[1])))
+
+    def _dropped(self, exc: Exception, ticket: Ticket, peer: str, hello: Hello | None) -> None:
+        """Log a connection that ended in ``exc``; a stranger's failure counts against its source."""
+        error = str(exc) or type(exc).__name__
+        stranger = ticket.open
+        if stranger and _is_failure(exc, said_hello=hello is not None):
+            block = ticket.failed()
+            if block:
+                failures = self.admission.failures_of(ticket.source)
+                self._event(
+                    logging.WARNING,
+                    "login.blocked",
+                    f"{failures} failed logins in a row from {ticket.source}: "
+                    f"refusing its connections for {block:g}s",
+                    source=ticket.source,
+                    failures=failures,
+                    block_s=block,
+                )
+        log_event = self._event if stranger else functools.partial(event, log)
+        if hello is None:
+            log_event(
+                logging.WARNING,
+                "login.failed",
+                f"connection from {peer} dropped before login: {error}",
+                peer=peer,
+                error=error,
+            )
+            return
+        log_event(
+            logging.WARNING,
+            "auth.failed" if isinstance(exc, AuthenticationFailed) else "login.refused",
+            f"{hello.role.value} connection from {peer} ({hello.client_id}) refused: {error}",
+            peer=peer,
+            client_id=hello.client_id,
+            role=hello.role.value,
+            error=error,
+        )
+
+    def _after_storm(self) -> None:
+        """Once nobody waits to log in after a crowd did, hand the memory it used back to the system
+        (a moment later, so a storm in waves is one hand-back per pause, not one per wave)."""
+        crowd = self.admission.stats.admitted - self._trimmed_at >= TRIM_AFTER
+        if crowd and not self.admission.pending and self._trim is None:
+            self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY, self._release_memory)
+
+    def _release_memory(self) -> None:
+        self._trim = None
+        if not self.admission.pending:  # else the next connection to end calls _after_storm again
+            self._trimmed_at = self.admission.stats.admitted
+            release_free_memory()
+
+    def _event(self, level: int, name: str, message: str, **fields: Any) -> None:
+        """`event` for what strangers can cause as often as they like: rate-limited, gaps counted."""
+        if not log.isEnabledFor(level):
+            return
+        budget = self._noise.get(name)
+        if budget is None:
+            budget = self._noise[name] = LogBudget()
+        suppressed = budget.take()
+        if suppressed is None:
+            return
+        if suppressed:
+            fields["suppressed"] = suppressed
+            message += f" ({suppressed} similar lines left out before this one)"
+        event(log, level, name, message, **fields)
 
     async def _tls_login(
         self,
@@ -445,6 +542,33 @@ async def _peek_byte(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> in
         if not data:
             raise ConnectionClosed("closed before sending anything")
         return data[0]
+
+
+def _logged_in(deadline: asyncio.Timeout, ticket: Ticket) -> None:
+    """The peer authenticated: no more login deadline, no longer a stranger."""
+    if not deadline.expired():
+        deadline.reschedule(None)
+    ticket.logged_in()
+
+
+def _is_failure(exc: Exception, *, said_hello: bool) -> bool:
+    """Whether a stranger's connection that ended in ``exc`` counts as a failed login of its source.
+
+    Guesses, garbage and slots held until the deadline count; a connection closed before it said
+    anything (a port scan, a TLS health check) does not, nor a refusal that no guess of the token can
+    cause (an expired session, a setting both ends must share, a client id already connected).
+    """
+    if isinstance(exc, Refused):
+        return exc.code not in (
+            ErrorCode.UNKNOWN_SESSION,
+            ErrorCode.FEATURE_MISMATCH,
+            ErrorCode.DUPLICATE_CLIENT,
+        )
+    if isinstance(exc, AuthenticationFailed | ProtocolError | TimeoutError | ssl.SSLError):
+        return True
+    if isinstance(exc, ConnectionClosed | ConnectionError):
+        return said_hello  # gave up in the middle of a login, after making us compute one
+    return False
 
 
 async def run_server(config: ServerConfig) -> None:
