@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import ssl
 from collections.abc import Callable, Coroutine, Iterator
@@ -16,13 +17,15 @@ import pytest
 import uvloop
 
 from pierce.config import ServerConfig
-from pierce.protocol import MAX_FRAME_SIZE
+from pierce.protocol import MAX_FRAME_SIZE, FrameDecoder
+from pierce.server.admission import Ticket
 from pierce.server.app import Server
 from pierce.tls import ensure_server_certificate, server_context
 from pierce.transport import (
     PRE_LOGIN_STREAM_LIMIT,
     PRE_LOGIN_TLS_BUFFER,
     STREAM_LIMIT,
+    MessageChannel,
     accept_tls,
 )
 
@@ -122,6 +125,26 @@ KINDS = ["tls-silent", "tls-giant", "tls-stall", "plain-silent", "plain-garbage"
 def test_a_failed_stranger_is_closed_once_by_its_owner(tmp_path: Path, loop: str, kind: str) -> None:
     with listening() as lsock:
         run(loop, failed_stranger(make_server(tmp_path), lsock, kind))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_failed_stranger_leaves_no_reference_cycle(tmp_path: Path, kind: str) -> None:
+    """Its objects go when it does: a cycle would keep its buffers until a full collection, and a
+    storm of strangers would pile them up."""
+    server = make_server(tmp_path)
+    gc.collect()
+    gc.disable()
+    try:
+        with listening() as lsock:
+            run("uvloop", failed_stranger(server, lsock, kind))
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        kept = [type(o).__name__ for o in gc.garbage if isinstance(o, Ticket | MessageChannel | FrameDecoder)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert kept == []
 
 
 async def failed_stranger(server: Server, lsock: socket.socket, kind: str) -> None:
