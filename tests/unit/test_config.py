@@ -244,4 +244,5 @@ def test_the_walk_builds_what_msgspec_convert_builds(name: str, kind: str) -> No
     ],
 )
 def test_pre_login_limits_are_checked(line: str, problem: str) -> None:
-    assert problems_of(f'token = "t"\n{line}\n', config.ServerConfig) == [f"c.toml: {problem}"]
+    text = f'token = "t"\nallow_weak_token = true\n{line}\n'
+    assert problems_of(text, config.ServerConfig) == [f"c.toml: {problem}"]

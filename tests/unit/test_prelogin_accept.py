@@ -86,7 +86,15 @@ async def accepted(lsock: socket.socket) -> tuple[WatchedSocket, Any]:
 
 
 def make_server(tmp_path: Path) -> Server:
-    srv = Server(ServerConfig(token="t", login_timeout_s=LOGIN_TIMEOUT, stun_port=0, state_dir=str(tmp_path)))
+    srv = Server(
+        ServerConfig(
+            token="t",
+            allow_weak_token=True,
+            login_timeout_s=LOGIN_TIMEOUT,
+            stun_port=0,
+            state_dir=str(tmp_path),
+        )
+    )
     srv.certificate = ensure_server_certificate(tmp_path)
     srv._ssl = server_context(srv.certificate)
     return srv
