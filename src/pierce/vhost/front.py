@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -45,7 +44,6 @@ log = logging.getLogger("pierce.vhost")
 
 #: Least time given to a TLS handshake that starts just before the deadline (asyncio wants one > 0).
 MIN_HANDSHAKE_TIMEOUT = 0.05
-_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and frees the socket at once
 
 
 class SniRoute(Protocol):

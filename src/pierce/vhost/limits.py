@@ -18,19 +18,16 @@ calls on accept: count the connection in, or reset it and log the refusal.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
-import struct
 import time
 from typing import Any, Final
 
 from pierce.addr import format_sockaddr
+from pierce.listeners import drop
 from pierce.logs import log_front_refused
 
 __all__ = ["Admission", "ConnectionLimits", "RefusalLog", "admit_or_reset", "source_key"]
-
-_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and frees the socket at once
 
 TOO_MANY_CONNS: Final = "too_many_conns"
 TOO_MANY_PENDING: Final = "too_many_pending"
@@ -142,9 +139,7 @@ def admit_or_reset(
     admitted = limits.admit(addr[0])
     if isinstance(admitted, Admission):
         return admitted
-    with contextlib.suppress(OSError):
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-    conn.close()
+    drop(conn)
     count = refusals.note(admitted, time.monotonic())
     if count:
         if admitted == TOO_MANY_CONNS:
