@@ -162,3 +162,18 @@ def unmap_ipv4(ip: IPAddress) -> IPAddress:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+def source_of(host: str) -> str:
+    """What per-source limits count by: the IPv4 address (also when mapped into IPv6), else the /64 of
+    an IPv6 address (one host or site usually holds a whole /64, so counting per address would give it
+    2**64 allowances). A host that is not an IP address counts as itself."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)

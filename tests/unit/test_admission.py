@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pierce.server.admission import Admission, FailurePolicy, LogBudget, Refusal, Ticket, source_of
+from pierce.addr import source_of
+from pierce.server.admission import Admission, FailurePolicy, LogBudget, Refusal, Ticket
 
 
 class Clock:

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+from pierce.addr import source_of
 from pierce.vhost.limits import (
     TOO_MANY_CONNS,
     TOO_MANY_PENDING,
     Admission,
     ConnectionLimits,
     RefusalLog,
-    source_key,
 )
 
 
 def test_sources_are_addresses_and_ipv6_slash_64s() -> None:
-    assert source_key("192.0.2.7") == "192.0.2.7"
-    assert source_key("::ffff:192.0.2.7") == "192.0.2.7"
-    assert source_key("2001:db8:1:2::1") == source_key("2001:db8:1:2:ffff::9")
-    assert source_key("2001:db8:1:2::1") != source_key("2001:db8:1:3::1")
-    assert source_key("fe80::1%eth0") == source_key("fe80::2")
+    assert source_of("192.0.2.7") == "192.0.2.7"
+    assert source_of("::ffff:192.0.2.7") == "192.0.2.7"
+    assert source_of("2001:db8:1:2::1") == source_of("2001:db8:1:2:ffff::9")
+    assert source_of("2001:db8:1:2::1") != source_of("2001:db8:1:3::1")
+    assert source_of("fe80::1%eth0") == source_of("fe80::2")
 
 
 def test_per_source_cap_counts_open_connections() -> None:

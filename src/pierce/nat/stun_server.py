@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pierce.addr import IPAddress
+from pierce.addr import IPAddress, source_of
 from pierce.errors import LocalError
 from pierce.logs import event
 from pierce.nat import stun
@@ -177,12 +177,6 @@ def answer(
     return Reply(stun.encode(reply, fingerprint=False), via, origin_ip, to)
 
 
-def source_key(ip: IPAddress) -> bytes:
-    """What one rate-limit bucket is for: an IPv4 address, or the /64 of an IPv6 one (a single host or
-    network usually holds a whole /64, so per-address buckets would give it 2**64 bursts)."""
-    return ip.packed if ip.version == 4 else ip.packed[:8]
-
-
 class StunServer:
     """UDP STUN responder on ``port`` and ``port + 1`` of ``primary`` (and of ``alternate`` if given).
 
@@ -303,7 +297,7 @@ class StunServer:
     ) -> None:
         source = Endpoint.of(addr)
         # Before any parsing: a flood costs as little as possible, whatever it contains.
-        verdict = self._limiter.check(source_key(source.ip), self._clock())
+        verdict = self._limiter.check(source_of(str(source.ip)), self._clock())
         if verdict is Verdict.KEY_LIMITED:
             self.stats.dropped_rate_limited += 1
             return

@@ -23,26 +23,12 @@ per ``max_block`` per source instead of hundreds a second.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 Clock = Callable[[], float]
-
-
-def source_of(host: str) -> str:
-    """What the per-source limits count by: the IPv4 address (also when mapped into IPv6), else the /64."""
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 class Refusal(enum.Enum):

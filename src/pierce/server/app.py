@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from pierce.addr import HostPort, format_sockaddr
+from pierce.addr import HostPort, format_sockaddr, source_of
 from pierce.config import ServerConfig
 from pierce.errors import LocalError, PierceError
 from pierce.handshake import (
@@ -54,7 +54,7 @@ from pierce.proxies.registry import FRONTS
 from pierce.proxies.secret import SecretProxyServer, serve_visit
 from pierce.relay import wait_fd
 from pierce.runtime import release_free_memory
-from pierce.server.admission import Admission, LogBudget, Refusal, Ticket, source_of
+from pierce.server.admission import Admission, LogBudget, Refusal, Ticket
 from pierce.server.claims import Claims
 from pierce.server.session import ControlSession
 from pierce.server.token import generated_token
@@ -67,8 +67,8 @@ from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, ac
 
 log = logging.getLogger("pierce.server")
 
-#: Seconds each step of a login may take (the whole login has ``login_timeout_s``).
-LOGIN_TIMEOUT = 10.0
+#: Seconds a logged-in visitor has to name the proxy it visits (the login itself has ``login_timeout_s``).
+VISIT_TIMEOUT = 10.0
 #: Seconds a session whose client id a new login names has to answer a ping; a live one keeps its
 #: place (the newcomer is refused), a silent one is replaced.
 PROBE_TIMEOUT = 3.0
@@ -373,17 +373,16 @@ class Server:
         if binding is None:
             await channel.send(Error(code=ErrorCode.BAD_MESSAGE, reason=f"{role} connections must use TLS"))
             raise Refused(ErrorCode.BAD_MESSAGE, f"plain {role} connection")
-        async with asyncio.timeout(LOGIN_TIMEOUT + PROBE_TIMEOUT):
-            return await server_login(
-                channel,
-                hello,
-                verifier=self.verifiers.get,
-                features=self.features,
-                binding=binding,
-                run_id=run_id,
-                resume=self._resume_key,
-                admit=admit,
-            )
+        return await server_login(  # within the connection's one login deadline (`_accept`)
+            channel,
+            hello,
+            verifier=self.verifiers.get,
+            features=self.features,
+            binding=binding,
+            run_id=run_id,
+            resume=self._resume_key,
+            admit=admit,
+        )
 
     def _resume_key(self, user: str, run_id: str) -> bytes | None:
         session = self.sessions.get(run_id)
@@ -460,14 +459,13 @@ class Server:
             reason = "plain work connection refused: transport.encrypt_data is true on the server"
             await channel.send(Error(code=ErrorCode.FEATURE_MISMATCH, reason=reason))
             raise Refused(ErrorCode.FEATURE_MISMATCH, reason)
-        async with asyncio.timeout(LOGIN_TIMEOUT):
-            await server_work_login(
-                channel,
-                hello,
-                key=session.work_key,
-                features=self.features,
-                binding=binding or plain_binding(hello.run_id),
-            )
+        await server_work_login(
+            channel,
+            hello,
+            key=session.work_key,
+            features=self.features,
+            binding=binding or plain_binding(hello.run_id),
+        )
         session.add_work_conn(WorkConn(channel))
 
     async def _visitor(
@@ -486,10 +484,9 @@ class Server:
                 reason = "unknown or expired visitor session; log in again"
                 await channel.send(Error(code=ErrorCode.UNKNOWN_SESSION, reason=reason))
                 raise Refused(ErrorCode.UNKNOWN_SESSION, reason)
-            async with asyncio.timeout(LOGIN_TIMEOUT):
-                nonce = await server_work_login(
-                    channel, hello, key=found.key, features=self.features, binding=binding
-                )
+            nonce = await server_work_login(
+                channel, hello, key=found.key, features=self.features, binding=binding
+            )
             user = found.user
         event(
             log,
@@ -501,7 +498,7 @@ class Server:
             user=user,
             fresh=bool(hello.pake),
         )
-        async with asyncio.timeout(LOGIN_TIMEOUT):
+        async with asyncio.timeout(VISIT_TIMEOUT):
             visit = await channel.recv()
         if not isinstance(visit, Visit):
             raise UnexpectedMessage(visit, "Visit")

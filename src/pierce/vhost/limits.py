@@ -23,29 +23,14 @@ import socket
 import time
 from typing import Any, Final
 
-from pierce.addr import format_sockaddr
+from pierce.addr import format_sockaddr, source_of
 from pierce.listeners import drop
 from pierce.logs import log_front_refused
 
-__all__ = ["Admission", "ConnectionLimits", "RefusalLog", "admit_or_reset", "source_key"]
+__all__ = ["Admission", "ConnectionLimits", "RefusalLog", "admit_or_reset"]
 
 TOO_MANY_CONNS: Final = "too_many_conns"
 TOO_MANY_PENDING: Final = "too_many_pending"
-
-_V4_MAPPED = bytes(10) + b"\xff\xff"
-
-
-def source_key(ip: str) -> str | bytes:
-    """What one source is: the IPv4 address, or the /64 of an IPv6 address (as 8 bytes)."""
-    if ":" not in ip:
-        return ip
-    try:
-        packed = socket.inet_pton(socket.AF_INET6, ip.partition("%")[0])
-    except OSError:
-        return ip
-    if packed[:12] == _V4_MAPPED:
-        return socket.inet_ntop(socket.AF_INET, packed[12:])
-    return packed[:8]
 
 
 class Admission:
@@ -54,9 +39,9 @@ class Admission:
 
     __slots__ = ("_key", "_limits", "_pending")
 
-    def __init__(self, limits: ConnectionLimits, key: str | bytes) -> None:
+    def __init__(self, limits: ConnectionLimits, key: str) -> None:
         self._limits = limits
-        self._key: str | bytes | None = key
+        self._key: str | None = key
         self._pending = True
 
     def settle(self) -> None:
@@ -84,7 +69,7 @@ class ConnectionLimits:
         self.max_per_source = per_source
         self.max_pending = pending
         #: Connections open per source (only sources with at least one).
-        self.per_source: dict[str | bytes, int] = {}
+        self.per_source: dict[str, int] = {}
         #: Connections admitted whose first head or ClientHello is not complete.
         self.pending = 0
         #: Connections turned away so far, by refusal code.
@@ -92,7 +77,7 @@ class ConnectionLimits:
 
     def admit(self, ip: str) -> Admission | str:
         """An `Admission` for a new connection from ``ip``, or the code of the cap it is over."""
-        key = source_key(ip)
+        key = source_of(ip)
         count = self.per_source.get(key, 0)
         if self.max_per_source and count >= self.max_per_source:
             code = TOO_MANY_CONNS
