@@ -497,7 +497,16 @@ def _add_visit_command(sub: Any) -> None:
         default="127.0.0.1:0",
         help="local address to open (port 0 = any; logged)",
     )
-    p_visit.add_argument("--udp", action="store_true", help="the proxy is sudp: carry UDP datagrams")
+    p_visit.add_argument(
+        "--udp", action="store_true", help="the proxy is sudp (xudp with --p2p): carry UDP datagrams"
+    )
+    p_visit.add_argument(
+        "--p2p", action="store_true", help="the proxy is xtcp (xudp with --udp): peer to peer where possible"
+    )
+    p_visit.add_argument("--no-fallback", action="store_true", help="with --p2p: never go through the server")
+    p_visit.add_argument(
+        "--fallback-timeout-ms", type=int, help="with --p2p: wait this long for a direct path (default 2000)"
+    )
     p_visit.add_argument(
         "--user", help="log in as this user of the server's [[users]] (allow_users names users)"
     )
@@ -536,7 +545,7 @@ def visit_config_from_args(args: argparse.Namespace) -> config.ClientConfig:
         "state_dir": args.state_dir or "",
         "visitors": [
             {
-                "type": "sudp" if args.udp else "stcp",
+                "type": ("xudp" if args.udp else "xtcp") if args.p2p else ("sudp" if args.udp else "stcp"),
                 "name": f"visit-{args.name}",
                 "server_name": args.name,
                 "secret_key": secret,
@@ -545,6 +554,13 @@ def visit_config_from_args(args: argparse.Namespace) -> config.ClientConfig:
             }
         ],
     }
+    if args.no_fallback or args.fallback_timeout_ms is not None:
+        if not args.p2p:
+            raise ConfigError(["--no-fallback, --fallback-timeout-ms: only with --p2p"])
+        visitor = doc["visitors"][0]
+        visitor["fallback"] = not args.no_fallback
+        if args.fallback_timeout_ms is not None:
+            visitor["fallback_timeout_ms"] = args.fallback_timeout_ms
     return config.convert(doc, config.ClientConfig, "command line")
 
 

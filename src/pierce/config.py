@@ -397,7 +397,44 @@ class SudpVisitorConfig(_VisitorConfig, tag="sudp", tag_field="type"):
     secret_kind: ClassVar[SecretKind] = SecretKind.SUDP
 
 
-VisitorConfig = StcpVisitorConfig | SudpVisitorConfig
+#: Milliseconds a P2P visitor waits for a direct path before it goes through the server.
+DEFAULT_FALLBACK_TIMEOUT_MS = 2000
+
+
+def _check_fallback(timeout_ms: int) -> None:
+    if not 0 <= timeout_ms <= 60_000:
+        raise InvalidValue("fallback_timeout_ms", f"expected 0 to 60000 milliseconds, got {timeout_ms}")
+
+
+class XtcpVisitorConfig(StcpVisitorConfig, tag="xtcp", tag_field="type"):
+    """``[[visitors]] type = "xtcp"``: a local port whose connections reach a P2P TCP proxy, directly
+    where a direct path is up, else through the server (unless ``fallback = false``)."""
+
+    secret_kind: ClassVar[SecretKind] = SecretKind.XTCP
+    #: Go through the server when no direct path is up.
+    fallback: bool = True
+    fallback_timeout_ms: int = DEFAULT_FALLBACK_TIMEOUT_MS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_fallback(self.fallback_timeout_ms)
+
+
+class XudpVisitorConfig(SudpVisitorConfig, tag="xudp", tag_field="type"):
+    """``[[visitors]] type = "xudp"``: a local UDP port whose datagrams reach a P2P UDP proxy."""
+
+    secret_kind: ClassVar[SecretKind] = SecretKind.XUDP
+    fallback: bool = True
+    fallback_timeout_ms: int = DEFAULT_FALLBACK_TIMEOUT_MS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_fallback(self.fallback_timeout_ms)
+
+
+VisitorConfig = StcpVisitorConfig | SudpVisitorConfig | XtcpVisitorConfig | XudpVisitorConfig
+#: Visitors of P2P proxies (they have ``fallback``).
+P2P_VISITORS = (XtcpVisitorConfig, XudpVisitorConfig)
 
 
 def _check_domain(domain: str, key: str | KeyPath, *, wildcard: bool = True) -> str:

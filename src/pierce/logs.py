@@ -26,6 +26,7 @@ _JSON = msgspec.json.Encoder()
 FIELDS: dict[str, str] = {
     # who and where
     "fresh": "a visitor connection ran a full login (true) or proved its visitor session's key (false)",
+    "conn_path": "the path a visitor's connection takes: relay (through the server) or a direct one",
     "user": "the user (a name of the server's [[users]]) a client or visitor authenticated as",
     "peer": "address a client's connection to the server comes from (as the server sees it)",
     "visitor": "address of a visitor of a proxy or a shared front (as the server or owner sees it)",
@@ -158,7 +159,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "visitor.listening": {"visitor_name", "proxy", "type", "listen", "port"},
         "visitor.checked": {"visitor_name", "proxy"},
         "visitor.failed": {"visitor_name", "proxy", "error"},
-        "visitor.open": {"visitor_name", "proxy", "app"},
+        "visitor.open": {"visitor_name", "proxy", "app", "conn_path"},
         "visitor.close": {"visitor_name", "proxy", "app"} | _RELAY | _DATAGRAMS,
         # client
         "client.connected": {"server", "run_id"},

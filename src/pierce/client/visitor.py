@@ -29,8 +29,8 @@ from typing import Any
 
 from pierce.addr import HostPort, format_sockaddr
 from pierce.client.session import Dialer, ServerUnreachable
-from pierce.config import ClientConfig, StcpVisitorConfig, SudpVisitorConfig, VisitorConfig
-from pierce.errors import PierceError
+from pierce.config import P2P_VISITORS, ClientConfig, StcpVisitorConfig, SudpVisitorConfig, VisitorConfig
+from pierce.errors import LocalError, PierceError
 from pierce.handshake import AuthenticationFailed
 from pierce.listeners import TcpListener, bind_socket, set_nodelay
 from pierce.logs import event, relay_summary
@@ -52,6 +52,7 @@ from pierce.protocol.pake import PakeClient, PakeFailed
 from pierce.proxies.sudp import DatagramTunnel
 from pierce.proxies.visitor_auth import VisitorTickets
 from pierce.relay import RelayStats, SocketEnd, relay
+from pierce.snapshot import ConnectionPath
 from pierce.transport import StreamChannel
 from pierce.udpflow import PENDING_LIMIT, DatagramProtocol, DropCounter
 
@@ -80,6 +81,11 @@ async def open_visit(
     reason, AuthenticationFailed when the owner cannot prove the secret, or another PierceError when
     the server cannot be reached or the login fails.
     """
+    if isinstance(config, P2P_VISITORS) and not config.fallback:
+        raise NoDirectPath(
+            f"no direct path to proxy {config.server_name!r}: this version reaches P2P services through "
+            "the server only, and fallback = false forbids that; set fallback = true (the default)"
+        )
     try:
         return await _visit(dialer, config, tickets, check_only)
     except Refused as exc:
@@ -142,6 +148,14 @@ async def _visit(
     except BaseException:
         channel.close()
         raise
+
+
+class NoDirectPath(LocalError):
+    """A P2P visitor with ``fallback = false`` found no direct path."""
+
+
+#: The path a visitor's connections take (`pierce.snapshot.ConnectionPath`): through the server, for now.
+PATH_RELAY = ConnectionPath.RELAY.value
 
 
 OWNER_UNPROVEN = (
@@ -222,10 +236,11 @@ class StcpVisitor:
             log,
             logging.INFO,
             "visitor.open",
-            f"visitor {cfg.name}: {app} -> proxy {cfg.server_name}",
+            f"visitor {cfg.name}: {app} -> proxy {cfg.server_name} ({PATH_RELAY})",
             visitor_name=cfg.name,
             proxy=cfg.server_name,
             app=app,
+            conn_path=PATH_RELAY,
         )
         stats = await relay(SocketEnd(conn), channel.into_end(), RelayStats(started=started))
         text, fields = relay_summary(stats)
@@ -326,9 +341,10 @@ class SudpVisitor:
                 log,
                 logging.INFO,
                 "visitor.open",
-                f"visitor {cfg.name}: datagram tunnel to proxy {cfg.server_name} open",
+                f"visitor {cfg.name}: datagram tunnel to proxy {cfg.server_name} open ({PATH_RELAY})",
                 visitor_name=cfg.name,
                 proxy=cfg.server_name,
+                conn_path=PATH_RELAY,
             )
             error = ""
             try:

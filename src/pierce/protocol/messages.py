@@ -91,6 +91,10 @@ class SecretKind(enum.Enum):
     STCP = "stcp"
     #: A UDP service; a visitor's datagrams travel as `UdpPacket` frames inside one stream.
     SUDP = "sudp"
+    #: A TCP service its visitors reach peer to peer where they can, else through the server.
+    XTCP = "xtcp"
+    #: A UDP service its visitors reach peer to peer where they can, else through the server.
+    XUDP = "xudp"
 
 
 class ErrorCode(enum.Enum):

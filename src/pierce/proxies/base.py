@@ -46,6 +46,8 @@ class ProxyType(enum.StrEnum):
     STCP = "stcp"
     SUDP = "sudp"
     TCPMUX = "tcpmux"
+    XTCP = "xtcp"
+    XUDP = "xudp"
 
 
 class ProxyProtocolVersion(enum.Enum):

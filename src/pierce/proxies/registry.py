@@ -29,6 +29,8 @@ from pierce.proxies.tcpmux import (
     tcpmux_spec,
 )
 from pierce.proxies.udp import UdpProxies, UdpProxyConfig, UdpProxyServer, UdpSpec, udp_spec
+from pierce.proxies.xtcp import XtcpProxyConfig, XtcpProxyServer, XtcpSpec, serve_xtcp_work, xtcp_spec
+from pierce.proxies.xudp import XudpProxyConfig, XudpProxyServer, XudpSpec, serve_xudp_work, xudp_spec
 from pierce.relay import End
 from pierce.vhost.front import VhostFront
 
@@ -41,9 +43,13 @@ ProxyConfig: TypeAlias = (
     | StcpProxyConfig
     | SudpProxyConfig
     | TcpMuxProxyConfig
+    | XtcpProxyConfig
+    | XudpProxyConfig
 )
 #: What a client sends the server to open a proxy (inside `NewProxy`), tagged by ``type``.
-ProxySpecs: TypeAlias = TcpSpec | UdpSpec | HttpSpec | HttpsSpec | StcpSpec | SudpSpec | TcpMuxSpec
+ProxySpecs: TypeAlias = (
+    TcpSpec | UdpSpec | HttpSpec | HttpsSpec | StcpSpec | SudpSpec | TcpMuxSpec | XtcpSpec | XudpSpec
+)
 
 #: Listeners the server shares between proxies, started when their config keys are set.
 FRONTS: tuple[FrontType, ...] = (VhostFront, TcpMuxFront)
@@ -81,10 +87,14 @@ async def client_spec(config: ProxyConfig, udp: UdpProxies) -> ProxySpecs:
             return https_spec(config)
         case StcpProxyConfig():
             return stcp_spec(config)
+        case XudpProxyConfig():  # before sudp, which it extends
+            return xudp_spec(config)
         case SudpProxyConfig():
             return sudp_spec(config)
         case TcpMuxProxyConfig():
             return tcpmux_spec(config)
+        case XtcpProxyConfig():
+            return xtcp_spec(config)
         case _:
             assert_never(config)
 
@@ -104,10 +114,14 @@ def work_handler(
             return serve_https_work(config, start, tunnel, tls_cache)
         case StcpProxyConfig():
             return serve_stcp_work(config, start, tunnel)
+        case XudpProxyConfig():  # before sudp, which it extends
+            return serve_xudp_work(config, start, tunnel)
         case SudpProxyConfig():
             return serve_sudp_work(config, start, tunnel)
         case TcpMuxProxyConfig():
             return serve_tcpmux_work(config, start, tunnel)
+        case XtcpProxyConfig():
+            return serve_xtcp_work(config, start, tunnel)
         case _:
             assert_never(config)
 
@@ -132,5 +146,9 @@ def open_proxy(name: str, spec: ProxySpecs, site: ProxySite) -> ServerProxy:
             return SudpProxyServer.create(name, spec, site)
         case TcpMuxSpec():
             return TcpMuxProxyServer.create(name, spec, site)
+        case XtcpSpec():
+            return XtcpProxyServer.create(name, spec, site)
+        case XudpSpec():
+            return XudpProxyServer.create(name, spec, site)
         case _:
             assert_never(spec)

@@ -1,0 +1,43 @@
+"""P2P TCP proxies (xtcp): a secret TCP service whose visitors connect peer to peer where they can.
+
+Configured like stcp (``secret_key``, ``allow_users``), with visitors of ``type = "xtcp"`` (or
+``pierce visit --p2p``). A visitor reaches the service through the server exactly as an stcp visitor
+does (`pierce.proxies.secret`: the SRP exchange with the owner, then a work connection) whenever no
+direct path is up, which in this version is always: the visitor logs the path it used (``relay``) and
+``fallback = false`` refuses to go through the server. Client side: an accepted visitor's stream goes to
+the local service like any TCP stream.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pierce.addr import HostPort
+from pierce.protocol import SecretKind, StartWork
+from pierce.proxies.base import ProxyType
+from pierce.proxies.secret import SecretProxyConfig, SecretProxyServer, SecretSpec
+from pierce.proxies.tcp import serve_tcp_work
+from pierce.relay import End
+
+
+class XtcpProxyConfig(SecretProxyConfig, tag="xtcp", tag_field="type"):
+    """``[[proxies]] type = "xtcp"``: a secret TCP service for P2P visitors (relayed when not direct)."""
+
+    secret_kind: ClassVar[SecretKind] = SecretKind.XTCP
+
+
+class XtcpSpec(SecretSpec, frozen=True, kw_only=True, tag="xtcp"):
+    """Register a P2P TCP proxy."""
+
+
+def xtcp_spec(config: XtcpProxyConfig) -> XtcpSpec:
+    return XtcpSpec()
+
+
+class XtcpProxyServer(SecretProxyServer):
+    type = ProxyType.XTCP
+    kind = SecretKind.XTCP
+
+
+async def serve_xtcp_work(config: XtcpProxyConfig, start: StartWork, tunnel: End) -> None:
+    await serve_tcp_work(config.name, HostPort(config.local_ip, config.local_port), start, tunnel)
