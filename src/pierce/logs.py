@@ -162,7 +162,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "visitor.open": {"visitor_name", "proxy", "app", "conn_path"},
         "visitor.close": {"visitor_name", "proxy", "app"} | _RELAY | _DATAGRAMS,
         # client
-        "client.connected": {"server", "run_id"},
+        "client.connected": {"server", "run_id", "user"},
         "client.disconnected": {"error"},
         "client.login_failed": {"error"},
         "client.retry": {"delay_s"},

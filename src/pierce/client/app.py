@@ -25,6 +25,7 @@ from pierce.errors import ConfigError, PierceError
 from pierce.handshake import AuthenticationFailed, resume_key
 from pierce.logs import event
 from pierce.protocol import ErrorCode, Refused
+from pierce.protocol.messages import DEFAULT_USER
 from pierce.proxies.base import ProxyType
 from pierce.proxies.registry import ProxyConfig
 from pierce.proxies.udp import UdpProxies
@@ -178,9 +179,11 @@ class Client:
                     log,
                     logging.INFO,
                     "client.connected",
-                    f"logged in to {dialer.server} as {self.client_id}",
+                    f"logged in to {dialer.server} as user {self.config.user or DEFAULT_USER}, client "
+                    f"{self.client_id}",
                     server=str(dialer.server),
                     run_id=run_id,
+                    user=self.config.user or DEFAULT_USER,
                 )
                 self.session = ClientSession(
                     dialer,
