@@ -316,6 +316,16 @@ def test_cone_x_symmetric_locks_by_port_prediction(easy_controls: bool) -> None:
     print(f"cone x symmetric: median time to lock {statistics.median(o.lock_time() for o in locked):.2f} s")
 
 
+def test_conntrack_cone_x_symmetric_locks_with_loss_and_delay() -> None:
+    # The spray sockets' opening TTL matters here: spray probes that reached the masquerading router would
+    # leave unreplied entries on exactly the ports the easy side must then reach.
+    outcomes = [
+        punch(LinuxMasquerade, Symmetric, seed=seed, loss=0.05, delay=0.05, until=START + 11)
+        for seed in range(20)
+    ]
+    assert sum(o.locked for o in outcomes) >= 19
+
+
 def test_symmetric_x_symmetric_fails_at_once() -> None:
     out = setup(Symmetric, Symmetric)
     for peer in (out.a, out.b):

@@ -43,14 +43,14 @@ on the first authenticated NOMINATE and answers it; answers to its own probes on
 *Port prediction (birthday technique).* With one side's mapping address-dependent or address-and-port-
 dependent ("hard") and the other's endpoint-independent ("easy"), the hard side's agent asks for
 `spray_sockets` extra sockets (default 256, `SocketsRequested`) and sends from each, round robin at
-`spray_rate` per second, an opening-TTL probe to the easy side's server-reflexive address: each opens one
-mapping in the hard NAT, and none reaches the easy NAT (where it could only be filtered, or spring the
-trap above). The easy side sends `spray_probes` probes (default 1024) to distinct random ports of the
-hard side's server-reflexive IP, at `spray_rate` (default 200/s). A probe that hits one of the 256
-mappings is let in (the mapping was made towards our address), answered and re-checked through it.
-P(hit) = 1 - (1 - 256/64512)^1024, about 98 % (Tailscale's numbers). Both sides hard: `FAILED` at
-once (`FailReason.BOTH_SYMMETRIC`), so the caller goes to the relay without waiting. An unknown
-mapping on either side means plain checks only.
+`spray_rate` per second from `start_at` on, an opening-TTL probe to the easy side's server-reflexive
+address: each opens one mapping in the hard NAT, and none reaches the easy NAT (where it could only be
+filtered, or spring the trap above on the very ports the easy side must reach). The easy side sends
+`spray_probes` probes (default 1024) to distinct random ports of the hard side's server-reflexive IP,
+at `spray_rate` (default 200/s). A probe that hits one of the 256 mappings is let in (the mapping was
+made towards our address), answered and re-checked through it. P(hit) = 1 - (1 - 256/64512)^1024,
+about 98 % (Tailscale's numbers). Both sides hard: `FAILED` at once (`FailReason.BOTH_SYMMETRIC`), so
+the caller goes to the relay without waiting. An unknown mapping on either side means plain checks only.
 
 *Keepalive.* Once locked, each side sends a KEEPALIVE every `keepalive_s` (15 s, below the 30 s of a
 Linux unreplied UDP entry and RFC 4787's 2 min) and answers the peer's. With nothing authenticated
