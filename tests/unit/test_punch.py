@@ -481,7 +481,7 @@ def test_nomination_is_repeated_until_answered() -> None:
     nominations = [s for s in out.a.sent if punch_wire.decode(s[4], KEY).kind is Kind.NOMINATE]
     assert len(nominations) >= 2  # with 30 % loss some were lost, and repeated
     # the controlled side answered one, and the controlling side stopped repeating it
-    assert a.next_deadline() == pytest.approx(START + min(s[0] for s in nominations) - START + 15.0)
+    assert a.next_deadline() == pytest.approx(min(s[0] for s in nominations) + a.settings.keepalive_s)
 
 
 def test_settings_are_validated() -> None:
