@@ -500,3 +500,12 @@ def test_no_pairs_fails_at_once() -> None:
     remote = [Candidate(CandidateKind.HOST, "10.0.0.1", 4000)]
     agent = PunchAgent(Role.CONTROLLING, SID, KEY, local, remote, 0.0)
     assert agent.failure is FailReason.NO_PAIRS
+
+
+def test_host_candidates_skip_what_a_peer_cannot_reach() -> None:
+    from pierce.nat.gather import usable
+
+    for address in ("127.0.0.1", "::1", "169.254.1.2", "fe80::1%eth0", "224.0.0.1", "0.0.0.0", "not-an-ip"):
+        assert not usable(address), address
+    for address in ("10.0.0.5", "192.168.1.20", "203.0.113.7", "2001:db8::5", "fd00::2"):
+        assert usable(address), address
