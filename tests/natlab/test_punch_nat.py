@@ -1,0 +1,66 @@
+"""UDP hole punching through two real Linux MASQUERADE NATs, each behind its own "ISP" router.
+
+The shape of the internet, not a flat lab: A's LAN -> NAT A -> ISP A -> core -> ISP B -> NAT B -> B's LAN.
+Both NATs are cone-type for mapping (MASQUERADE keeps the source port) and filter by address and port, and
+both are Linux conntrack, which traps naive punching (an early probe from the peer leaves an unreplied
+entry that moves our own mapping to another port). The agents' low-TTL opening probes (TTL 2: through our
+NAT, dead at our ISP) open each side's mapping first; then the probes cross and both sides lock the path
+through the two public addresses, and data crosses it both ways.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .lab import Host, Lab, NatRouter, Proc
+
+PORT = 40000
+A_IP, B_IP = "10.1.0.10", "10.2.0.10"
+NAT_A_WAN, NAT_B_WAN = "203.0.113.2", "203.0.113.18"
+
+
+def build(lab: Lab) -> tuple[Host, Host, NatRouter, NatRouter]:
+    core = lab.segment("core", "198.51.100.0/24")
+    access_a = lab.segment("acc-a", "203.0.113.0/28")
+    access_b = lab.segment("acc-b", "203.0.113.16/28")
+    lan_a = lab.segment("lan-a", "10.1.0.0/24")
+    lan_b = lab.segment("lan-b", "10.2.0.0/24")
+    isp_a, isp_b = lab.host("isp-a"), lab.host("isp-b")
+    lab.attach(isp_a, core, "198.51.100.1")
+    lab.attach(isp_a, access_a, "203.0.113.1")
+    lab.attach(isp_b, core, "198.51.100.2")
+    lab.attach(isp_b, access_b, "203.0.113.17")
+    for isp in (isp_a, isp_b):
+        isp.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+    lab.route(isp_a, "203.0.113.16/28", "198.51.100.2")
+    lab.route(isp_b, "203.0.113.0/28", "198.51.100.1")
+    nat_a = lab.nat_router("nat-a", (access_a, NAT_A_WAN), (lan_a, "10.1.0.1"))
+    nat_b = lab.nat_router("nat-b", (access_b, NAT_B_WAN), (lan_b, "10.2.0.1"))
+    lab.route(nat_a, "default", "203.0.113.1")
+    lab.route(nat_b, "default", "203.0.113.17")
+    a, b = lab.host("a"), lab.host("b")
+    lab.attach(a, lan_a, A_IP)
+    lab.attach(b, lan_b, B_IP)
+    lab.route(a, "default", "10.1.0.1")
+    lab.route(b, "default", "10.2.0.1")
+    return a, b, nat_a, nat_b
+
+
+def punch(lab: Lab, *extra: str) -> tuple[Proc, Proc]:
+    a, b, _, _ = build(lab)
+    start = time.time() + 1.0  # both processes are up by then; both start probing at that instant
+    side_a = a.helper("udp_punch.py", "controlling", A_IP, PORT, NAT_A_WAN, B_IP, NAT_B_WAN, start, *extra)
+    side_b = b.helper("udp_punch.py", "controlled", B_IP, PORT, NAT_B_WAN, A_IP, NAT_A_WAN, start, *extra)
+    return side_a, side_b
+
+
+def test_cone_x_cone_through_two_linux_nats_locks_and_carries_data(lab: Lab) -> None:
+    side_a, side_b = punch(lab)
+    got_a = side_a.expect_json(timeout=20)
+    got_b = side_b.expect_json(timeout=20)
+    assert got_a["result"] == got_b["result"] == "locked", (got_a, got_b, side_a.dump(), side_b.dump())
+    # Each locked the address its peer's packets came from: the other's public address, so the path
+    # goes through both NATs, and not through any server.
+    assert got_a["peer"] == f"{NAT_B_WAN}:{PORT}" and got_b["peer"] == f"{NAT_A_WAN}:{PORT}", (got_a, got_b)
+    assert got_a["received"] == "data from controlled" and got_b["received"] == "data from controlling"
+    assert got_a["elapsed"] < 2.0, got_a
