@@ -2,6 +2,7 @@
 """One side of a UDP hole punch with pierce's own agent and driver, for the namespace lab.
 
     udp_punch.py ROLE LOCAL_IP PORT MY_PUBLIC_IP PEER_IP PEER_PUBLIC_IP START_EPOCH [--opening-ttl N]
+                 [--mapping easy:hard|hard:easy] [--budget S]
 
 Binds 0.0.0.0:PORT; its candidates are host LOCAL_IP:PORT and server-reflexive MY_PUBLIC_IP:PORT (a
 Linux MASQUERADE keeps the source port when it can); the peer's are the same on its side. Both sides
@@ -18,6 +19,7 @@ import socket
 import time
 
 from pierce.nat.candidates import Candidate, CandidateKind
+from pierce.nat.classify import Behaviour
 from pierce.nat.punch import PunchAgent, PunchSettings, Role
 from pierce.nat.punch_io import run_punch
 from pierce.nat.punch_wire import is_punch_packet
@@ -31,6 +33,8 @@ async def main() -> None:
     for name in ("role", "local_ip", "port", "public_ip", "peer_ip", "peer_public_ip", "start"):
         parser.add_argument(name)
     parser.add_argument("--opening-ttl", type=int, default=2)
+    parser.add_argument("--mapping", default="", help="LOCAL:REMOTE mapping behaviours (easy / hard)")
+    parser.add_argument("--budget", type=float, default=8.0)
     args = parser.parse_args()
     port = int(args.port)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -48,8 +52,21 @@ async def main() -> None:
     ]
     role = Role.CONTROLLING if args.role == "controlling" else Role.CONTROLLED
     ttl = args.opening_ttl if args.opening_ttl > 0 else None
-    settings = PunchSettings(budget_s=8.0, opening_ttl=ttl)
-    agent = PunchAgent(role, SID, KEY, local, remote, now, start_at=start_at, settings=settings)
+    settings = PunchSettings(budget_s=args.budget, opening_ttl=ttl)
+    kinds = {"easy": Behaviour.ENDPOINT_INDEPENDENT, "hard": Behaviour.ADDRESS_AND_PORT_DEPENDENT}
+    local_mapping, _, remote_mapping = args.mapping.partition(":")
+    agent = PunchAgent(
+        role,
+        SID,
+        KEY,
+        local,
+        remote,
+        now,
+        start_at=start_at,
+        settings=settings,
+        local_mapping=kinds.get(local_mapping),
+        remote_mapping=kinds.get(remote_mapping),
+    )
     result = await run_punch(agent, {0: sock})
     doc: dict[str, object] = {"result": "locked" if result.locked else "failed"}
     if result.locked is not None:
@@ -58,6 +75,8 @@ async def main() -> None:
         # A datagram each way through the hole: send every 0.1 s until the peer's has arrived, and a few
         # times more after that, since the peer may still be punching (its driver takes and drops
         # anything that is not a punch packet).
+        assert result.sock is not None
+        sock = result.sock  # the locked socket: with port prediction, one of the extra ones
         sock.setblocking(False)
         message = f"data from {args.role}".encode()
         received = b""

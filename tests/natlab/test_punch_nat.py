@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import time
 
-from .lab import Host, Lab, NatRouter, Proc
+from .lab import Host, Lab, NatMode, NatRouter, Proc
 
 PORT = 40000
 A_IP, B_IP = "10.1.0.10", "10.2.0.10"
 NAT_A_WAN, NAT_B_WAN = "203.0.113.2", "203.0.113.18"
 
 
-def build(lab: Lab) -> tuple[Host, Host, NatRouter, NatRouter]:
+def build(lab: Lab, mode_b: NatMode = "masquerade") -> tuple[Host, Host, NatRouter, NatRouter]:
     core = lab.segment("core", "198.51.100.0/24")
     access_a = lab.segment("acc-a", "203.0.113.0/28")
     access_b = lab.segment("acc-b", "203.0.113.16/28")
@@ -35,7 +35,7 @@ def build(lab: Lab) -> tuple[Host, Host, NatRouter, NatRouter]:
     lab.route(isp_a, "203.0.113.16/28", "198.51.100.2")
     lab.route(isp_b, "203.0.113.0/28", "198.51.100.1")
     nat_a = lab.nat_router("nat-a", (access_a, NAT_A_WAN), (lan_a, "10.1.0.1"))
-    nat_b = lab.nat_router("nat-b", (access_b, NAT_B_WAN), (lan_b, "10.2.0.1"))
+    nat_b = lab.nat_router("nat-b", (access_b, NAT_B_WAN), (lan_b, "10.2.0.1"), mode=mode_b)
     lab.route(nat_a, "default", "203.0.113.1")
     lab.route(nat_b, "default", "203.0.113.17")
     a, b = lab.host("a"), lab.host("b")
@@ -46,11 +46,19 @@ def build(lab: Lab) -> tuple[Host, Host, NatRouter, NatRouter]:
     return a, b, nat_a, nat_b
 
 
-def punch(lab: Lab, *extra: str) -> tuple[Proc, Proc]:
-    a, b, _, _ = build(lab)
+def punch(
+    lab: Lab, mode_b: NatMode = "masquerade", extra_a: tuple[str, ...] = (), extra_b: tuple[str, ...] = ()
+) -> tuple[Proc, Proc]:
+    a, b, _, _ = build(lab, mode_b)
+    return attempt(a, b, PORT, extra_a, extra_b)
+
+
+def attempt(
+    a: Host, b: Host, port: int, extra_a: tuple[str, ...], extra_b: tuple[str, ...]
+) -> tuple[Proc, Proc]:
     start = time.time() + 1.0  # both processes are up by then; both start probing at that instant
-    side_a = a.helper("udp_punch.py", "controlling", A_IP, PORT, NAT_A_WAN, B_IP, NAT_B_WAN, start, *extra)
-    side_b = b.helper("udp_punch.py", "controlled", B_IP, PORT, NAT_B_WAN, A_IP, NAT_A_WAN, start, *extra)
+    side_a = a.helper("udp_punch.py", "controlling", A_IP, port, NAT_A_WAN, B_IP, NAT_B_WAN, start, *extra_a)
+    side_b = b.helper("udp_punch.py", "controlled", B_IP, port, NAT_B_WAN, A_IP, NAT_A_WAN, start, *extra_b)
     return side_a, side_b
 
 
@@ -64,3 +72,29 @@ def test_cone_x_cone_through_two_linux_nats_locks_and_carries_data(lab: Lab) -> 
     assert got_a["peer"] == f"{NAT_B_WAN}:{PORT}" and got_b["peer"] == f"{NAT_A_WAN}:{PORT}", (got_a, got_b)
     assert got_a["received"] == "data from controlled" and got_b["received"] == "data from controlling"
     assert got_a["elapsed"] < 2.0, got_a
+
+
+def test_cone_x_symmetric_locks_by_port_prediction(lab: Lab) -> None:
+    """B's NAT picks a random public port per destination (MASQUERADE --random-fully): B opens 256
+    mappings toward A's public address, A probes 1024 random ports of B's public address until one
+    hits. One attempt succeeds with about 98 % probability (19 of 20 here); like a client, the test
+    tries a second, fresh attempt (new ports) when the first misses."""
+    a, b, _, _ = build(lab, "random-fully")
+    results = []
+    for port in (PORT, PORT + 1):
+        side_a, side_b = attempt(
+            a,
+            b,
+            port,
+            ("--mapping", "easy:hard", "--budget", "10"),
+            ("--mapping", "hard:easy", "--budget", "10"),
+        )
+        got_a, got_b = side_a.expect_json(timeout=30), side_b.expect_json(timeout=30)
+        results.append((got_a, got_b))
+        if got_a["result"] == got_b["result"] == "locked":
+            break
+    assert got_a["result"] == got_b["result"] == "locked", results
+    host, _, peer_port = str(got_a["peer"]).rpartition(":")
+    assert host == NAT_B_WAN and int(peer_port) != port  # a predicted port of B's NAT, not B's own
+    assert got_b["peer"] == f"{NAT_A_WAN}:{port}"
+    assert got_a["received"] == "data from controlled" and got_b["received"] == "data from controlling"
