@@ -13,7 +13,6 @@ import json
 import signal
 import socket
 import stat
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.procs import PierceProcess
+from support.procs import PierceProcess, pierce_cli
 from support.tunnel import TOKEN, start_server, write_toml
 from test_map_tcp import CHUNK, echo, payload, send_all, tcp_server
 
@@ -68,23 +67,6 @@ async def start_admin_client(
     proc = await pierce("client", "-c", str(path))
     await proc.wait_event("admin.listening")
     return ClientSetup(path, settings, proc)
-
-
-async def pierce_cli(*args: str) -> tuple[int, str, str]:
-    """Run ``python -m pierce ARGS`` to completion: (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "pierce",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(30):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def proxy_port(client: PierceProcess, name: str, count: int = 1) -> int:

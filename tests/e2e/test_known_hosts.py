@@ -6,32 +6,13 @@ Two real servers with certificates of their own (separate state directories) tak
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 
-from support.procs import PierceProcess
+from support.procs import PierceProcess, pierce_cli
 from support.tunnel import TOKEN, StartPierce, start_client, start_server
 
 #: The client's backoff is 1 s doubling to 20 s plus 20% jitter; the next attempt comes within this.
 RETRY_WITHIN_S = 30.0
-
-
-async def pierce_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "pierce",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    async with asyncio.timeout(30):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def fresh_dir(path: Path) -> Path:

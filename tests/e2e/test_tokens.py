@@ -5,32 +5,12 @@ refused at config load, and loose modes of an existing state directory tightened
 
 from __future__ import annotations
 
-import asyncio
-import os
 import stat
-import sys
 from pathlib import Path
 
-from support.procs import PierceProcess
+from support.procs import PierceProcess, pierce_cli
 from support.streams import free_port
 from support.tunnel import TOKEN, StartPierce, start_client, start_server, write_toml
-
-
-async def pierce_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "pierce",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    async with asyncio.timeout(30):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def mode(path: Path) -> int:

@@ -108,3 +108,22 @@ def host_port(text: str) -> tuple[str, int]:
     """'127.0.0.1:80' / '[::1]:80' -> (host, port)."""
     host, _, port = text.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+async def pierce_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``python -m pierce ARGS`` to completion (``env`` on top of this process's environment):
+    (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pierce",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

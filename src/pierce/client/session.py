@@ -159,28 +159,13 @@ class Dialer:
         if self._visitor_session is not None:
             run_id, key = self._visitor_session
             try:
-                nonce = await asyncio.wait_for(
-                    client_work_login(
-                        channel,
-                        key=key,
-                        features=features_of(self.config),
-                        client_id=self.client_id,
-                        run_id=run_id,
-                        binding=binding,
-                        role=Role.VISITOR,
-                    ),
-                    DIAL_TIMEOUT,
-                )
+                nonce = await self._join(channel, binding, run_id, key, Role.VISITOR)
                 return channel, nonce.hex()
             except Refused as exc:
-                channel.close()
                 if exc.code is not ErrorCode.UNKNOWN_SESSION:
                     raise
                 self._visitor_session = None
                 channel, binding = await self._tls()
-            except BaseException:
-                channel.close()
-                raise
         run_id, key, nonce = await self._login(channel, binding, Role.VISITOR, None)
         self._visitor_session = (run_id, visitor_key(key, run_id))
         return channel, nonce.hex()
@@ -194,8 +179,15 @@ class Dialer:
         else:
             sock = await connect_tcp(self.server, DIAL_TIMEOUT)
             channel, binding = SocketChannel(sock), plain_binding(run_id)
+        await self._join(channel, binding, run_id, key, Role.WORK)
+        return channel
+
+    async def _join(
+        self, channel: MessageChannel, binding: bytes, run_id: str, key: bytes, role: Role
+    ) -> bytes:
+        """Join session ``run_id`` by proving ``key``; the server's nonce. Closes ``channel`` on failure."""
         try:
-            await asyncio.wait_for(
+            return await asyncio.wait_for(
                 client_work_login(
                     channel,
                     key=key,
@@ -203,13 +195,13 @@ class Dialer:
                     client_id=self.client_id,
                     run_id=run_id,
                     binding=binding,
+                    role=role,
                 ),
                 DIAL_TIMEOUT,
             )
         except BaseException:
             channel.close()
             raise
-        return channel
 
 
 class ClientSession:
