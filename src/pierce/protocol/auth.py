@@ -39,6 +39,8 @@ _BIND_SERVER = b"pierce/2 login channel server"
 _RESUME_LABEL = b"pierce/2 resume"
 _VISIT_LABEL = b"pierce/2 visit"
 _OWNER_LABEL = b"pierce/2 owner"
+_P2P_OFFER_LABEL = b"pierce/2 p2p offer"
+_P2P_CLIENT_LABEL = b"pierce/2 p2p client"
 
 
 def new_nonce() -> bytes:
@@ -106,3 +108,21 @@ def visit_proof(ticket_key: bytes, *, proxy: str, visit_id: str, nonce: bytes) -
 def owner_proof(ticket_key: bytes, *, proxy: str, visit_id: str, nonce: bytes) -> bytes:
     """The owner's answer to `visit_proof`: it too holds the ticket key (so it knows the secret)."""
     return mac(ticket_key, _OWNER_LABEL, proxy.encode(), visit_id.encode(), nonce)
+
+
+def p2p_key(ticket_key: bytes, *, proxy: str, visit_id: str) -> bytes:
+    """The key of one P2P rendezvous (the visit ``visit_id``): punch packets are authenticated with it
+    and both sides' offers are MACed with it. Only the visitor and the owner hold it; the server, which
+    relays the offers, does not."""
+    return derive_key(ticket_key, "p2p", proxy, visit_id)
+
+
+def p2p_offer_mac(key: bytes, *, owner: bool, offer: bytes) -> bytes:
+    """The MAC over one side's encoded offer (candidates, certificate fingerprint), direction labelled."""
+    return mac(key, _P2P_OFFER_LABEL, b"owner" if owner else b"visitor", offer)
+
+
+def p2p_client_proof(key: bytes, *, server_fingerprint: bytes, nonce: bytes) -> bytes:
+    """The visitor's proof, sent first inside a direct path's encrypted channel, that it holds the
+    rendezvous key (bound to the certificate it pinned and a fresh nonce)."""
+    return mac(key, _P2P_CLIENT_LABEL, server_fingerprint, nonce)
