@@ -41,6 +41,7 @@ packets of an NFQUEUE, since this kernel has no netem).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -120,6 +121,8 @@ class P2pLab:
     def flush_conntrack(self, proto: Literal["udp", "all"] = "all", sites: Sequence[Site] = ()) -> None:
         """Forget the routers' conntrack entries (all of them, or UDP only, which leaves TCP sessions
         such as a client's control connection standing); of the given sites' NAT routers, or all."""
+        if shutil.which("conntrack") is None:
+            raise LabError("the P2P lab needs conntrack (Debian package conntrack) on PATH")
         routers = [site.router for site in sites if site.router] if sites else self.routers()
         args = ["-D", "-p", "udp"] if proto == "udp" else ["-F"]
         for router in routers:

@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""How often pierce's xtcp goes direct, between every pair of NAT kinds, through real Linux NATs.
+
+The namespace lab of ``tests/natlab`` (``p2p_cells.matrix_lab``: an owner site and a visitor site of each
+kind — none, cone, full-cone, symmetric, udp-blocked, syn-drop — plus one LAN shared by owner and
+visitor without and one with hairpinning, and a ``pierce server`` on the core), built in both shapes:
+``internet`` (each NAT behind its own ISP router) and ``flat`` (every NAT and the server on one bridge).
+
+Per cell the owner's client (an ``xtcp`` proxy for a TCP echo) runs throughout; each attempt forgets
+every router's UDP conntrack entries (TCP sessions, such as the owner's control connection, stay), starts
+a fresh ``pierce visit --p2p``, waits for its verdict (``p2p.direct`` with the path kind and the time it
+took, or ``p2p.failed``), sends 1 KiB through its port and back (``connected`` = that echo came back
+whole, by whatever path), and stops the visitor. Reported per cell: direct successes / attempts,
+connected / attempts, the median time to a usable direct path (the visitor's ``elapsed_ms``), and the
+path kinds seen.
+
+Throughput (``--size-mib``, default 32, each way through an echo, SHA-256 checked): in cone × cone, the
+direct path (xtcp) against the relay (an stcp proxy of the same owner, same service, same NATs), each
+``--rounds`` times, interleaved; the ratio is direct / relay, paired per round.
+
+Needs root (network namespaces). Usage:
+``sudo .venv/bin/python bench/bench_p2p.py [--attempts 20] [--shapes internet,flat] [--cells cone,sym]
+[--rounds 3] [--size-mib 32] [--json]`` (``--cells``: only cells whose name contains one of the words).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from natlab.lab import Lab, LabError, missing_prerequisites, sweep_stale  # noqa: E402
+from natlab.p2p_cells import (  # noqa: E402
+    CELLS,
+    PROXY,
+    VISIT_PORT,
+    Cell,
+    PierceLab,
+    Verdict,
+    echo_transfer,
+    matrix_lab,
+    random_payload,
+    verdict,
+)
+from natlab.p2p_lab import Shape  # noqa: E402
+
+PING = bytes(range(256)) * 4
+
+
+def attempt(pl: PierceLab, cell: Cell) -> tuple[Verdict, bool]:
+    """One fresh visitor of ``cell``'s owner (already running): its verdict and whether 1 KiB echoed."""
+    _, visitor_host = cell.hosts(pl.plab)
+    pl.plab.flush_conntrack("udp")
+    visitor = pl.visitor(visitor_host)
+    try:
+        try:
+            got = verdict(visitor)
+        except LabError as exc:
+            return Verdict("none", reason=f"no verdict: {str(exc).splitlines()[0]}"), False
+        [echo] = visitor_host.run_helper("tcp_client.py", f"127.0.0.1:{VISIT_PORT}", "--hex", PING.hex())
+        ok = echo["result"] == "ok" and echo["sha256"] == hashlib.sha256(PING).hexdigest()
+        return got, ok
+    finally:
+        visitor.stop()
+
+
+def run_cell(pl: PierceLab, cell: Cell, attempts: int) -> dict[str, Any]:
+    owner_host, _ = cell.hosts(pl.plab)
+    pl.plab.flush_conntrack()
+    service, client = pl.owner(owner_host)
+    verdicts: list[Verdict] = []
+    connected = 0
+    try:
+        for _ in range(attempts):
+            got, ok = attempt(pl, cell)
+            verdicts.append(got)
+            connected += ok
+    finally:
+        client.stop()
+        service.stop()
+    times = [v.elapsed_ms for v in verdicts if v.direct and v.elapsed_ms is not None]
+    return {
+        "cell": cell.name,
+        "attempts": attempts,
+        "direct": sum(v.direct for v in verdicts),
+        "connected": connected,
+        "median_direct_ms": round(statistics.median(times)) if times else None,
+        "paths": dict(Counter(v.path for v in verdicts)),
+        "reasons": dict(Counter(v.reason for v in verdicts if v.reason)),
+    }
+
+
+def throughput(pl: PierceLab, rounds: int, size: int, workdir: Path) -> dict[str, Any]:
+    """cone × cone: the direct path against the relay, interleaved; Mbit/s (both directions summed)."""
+    cell = Cell("cone", "cone")
+    owner_host, visitor_host = cell.hosts(pl.plab)
+    payload = random_payload(workdir / "payload.bin", size)
+    pl.plab.flush_conntrack()
+    service, client = pl.owner(owner_host, also_stcp=True)
+    direct = pl.visitor(visitor_host)
+    relay = pl.visitor(visitor_host, p2p=False, name=f"{PROXY}-relay", port=VISIT_PORT + 1)
+    rows: dict[str, list[float]] = {"direct": [], "relay": []}
+    try:
+        got = verdict(direct)
+        for _ in range(rounds):
+            moved = echo_transfer(pl.plab, visitor_host, direct, payload)
+            rows["direct"].append(moved.mbit_s)
+            moved = echo_transfer(pl.plab, visitor_host, relay, payload, port=VISIT_PORT + 1)
+            rows["relay"].append(moved.mbit_s)
+    finally:
+        for proc in (relay, direct, client, service):
+            proc.stop()
+    ratios = [d / r for d, r in zip(rows["direct"], rows["relay"], strict=True)]
+    return {
+        "direct_path": got.path,
+        "direct_mbit_s": round(statistics.median(rows["direct"]), 1),
+        "relay_mbit_s": round(statistics.median(rows["relay"]), 1),
+        "ratio": round(statistics.median(ratios), 2),
+        "rounds": rounds,
+        "size_mib": size >> 20,
+    }
+
+
+def run_shape(shape: Shape, cells: list[Cell], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    started = time.monotonic()
+    with Lab() as lab:
+        pl = PierceLab(matrix_lab(lab, shape), workdir / shape)
+        pl.workdir.mkdir()
+        pl.start_server()
+        results = []
+        for cell in cells:
+            row = run_cell(pl, cell, args.attempts)
+            results.append(row)
+            print(f"[{shape}] {row}", file=sys.stderr, flush=True)
+        speed = throughput(pl, args.rounds, args.size_mib << 20, workdir) if args.rounds else None
+    return {
+        "shape": shape,
+        "cells": results,
+        "throughput": speed,
+        "seconds": round(time.monotonic() - started),
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    out = []
+    for shape in report["shapes"]:
+        out.append(f"**{shape['shape']}** ({report['attempts']} attempts per cell, {shape['seconds']} s)\n")
+        out.append("| cell (owner × visitor) | direct | connected | median ms to direct | paths seen |")
+        out.append("|---|---|---|---|---|")
+        for row in shape["cells"]:
+            n = row["attempts"]
+            ms = "–" if row["median_direct_ms"] is None else str(row["median_direct_ms"])
+            paths = ", ".join(f"{path} {count}" for path, count in sorted(row["paths"].items()))
+            out.append(f"| {row['cell']} | {row['direct']}/{n} | {row['connected']}/{n} | {ms} | {paths} |")
+        speed = shape["throughput"]
+        if speed:
+            out.append(
+                f"\nThroughput, cone × cone, {speed['size_mib']} MiB each way, median of {speed['rounds']}: "
+                f"direct ({speed['direct_path']}) {speed['direct_mbit_s']} Mbit/s, relay "
+                f"{speed['relay_mbit_s']} Mbit/s, direct / relay **{speed['ratio']}x**."
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--attempts", type=int, default=20)
+    parser.add_argument("--shapes", default="internet,flat")
+    parser.add_argument("--cells", default="", help="comma-separated words; a cell runs if its name has one")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (0: none)")
+    parser.add_argument("--size-mib", type=int, default=32)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if (reason := missing_prerequisites()) is not None:
+        raise SystemExit(reason)
+    sweep_stale()
+    words = [w for w in args.cells.split(",") if w]
+    cells = [c for c in CELLS if not words or any(w in c.name for w in words)]
+    shapes: list[Shape] = [s for s in ("internet", "flat") if s in args.shapes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench-p2p-") as tmp:
+        os.environ.setdefault("PIERCE_STATE_DIR", tmp)
+        report = {
+            "attempts": args.attempts,
+            "shapes": [run_shape(shape, cells, args, Path(tmp)) for shape in shapes],
+        }
+    print(json.dumps(report, indent=1) if args.json else markdown(report))
+
+
+if __name__ == "__main__":
+    main()
