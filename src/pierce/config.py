@@ -203,6 +203,39 @@ class TransportOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     encrypt_data: bool = True
 
 
+class P2pOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[p2p]`` of client.toml: how this client punches holes (both for its xtcp/xudp proxies and its
+    P2P visitors). The defaults are the documented ones; each bounds time, sockets or packets."""
+
+    #: Seconds an attempt probes before it gives up (and the visitor stays on the relay).
+    punch_budget_s: float = 10.0
+    #: TTL of the opening probes (the number of NAT routers on this side plus one); 0: none.
+    opening_ttl: int = 2
+    #: Seconds between keepalives on a direct path (below the NAT's idle timer for UDP).
+    keepalive_s: float = 15.0
+    #: Port prediction against one symmetric NAT: the sockets the symmetric side opens, the probes the
+    #: other side sends, and the rate of both (probes per second).
+    prediction_sockets: int = 256
+    prediction_probes: int = 1024
+    prediction_rate: float = 200.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.punch_budget_s <= 60:
+            raise InvalidValue("p2p.punch_budget_s", f"expected 1 to 60 seconds, got {self.punch_budget_s}")
+        if not 0 <= self.opening_ttl <= 64:
+            raise InvalidValue("p2p.opening_ttl", f"expected 0 (none) to 64, got {self.opening_ttl}")
+        if not 1 <= self.keepalive_s <= 300:
+            raise InvalidValue("p2p.keepalive_s", f"expected 1 to 300 seconds, got {self.keepalive_s}")
+        if not 1 <= self.prediction_sockets <= 1024:
+            raise InvalidValue("p2p.prediction_sockets", f"expected 1 to 1024, got {self.prediction_sockets}")
+        if not 1 <= self.prediction_probes <= 8192:
+            raise InvalidValue("p2p.prediction_probes", f"expected 1 to 8192, got {self.prediction_probes}")
+        if not 1 <= self.prediction_rate <= 2000:
+            raise InvalidValue(
+                "p2p.prediction_rate", f"expected 1 to 2000 per second, got {self.prediction_rate}"
+            )
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``server.toml``."""
 
@@ -487,6 +520,7 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: (``known_hosts``); defaults to the per-user state directory.
     state_dir: str = ""
     transport: TransportOptions = msgspec.field(default_factory=TransportOptions)
+    p2p: P2pOptions = msgspec.field(default_factory=P2pOptions)
     proxies: list[ProxyConfig] = []
     #: Local ports that reach other clients' secret (stcp/sudp) proxies; read at start.
     visitors: list[VisitorConfig] = []

@@ -26,7 +26,10 @@ _JSON = msgspec.json.Encoder()
 FIELDS: dict[str, str] = {
     # who and where
     "fresh": "a visitor connection ran a full login (true) or proved its visitor session's key (false)",
-    "conn_path": "the path a visitor's connection takes: relay (through the server) or a direct one",
+    "conn_path": "the path a visitor's connection takes: relay (through the server), direct lan, direct udp, "
+    "direct tcp or direct predicted",
+    "elapsed_ms": "milliseconds a P2P attempt took from its start to a path",
+    "rtt_ms": "round-trip time of a direct path, milliseconds",
     "user": "the user (a name of the server's [[users]]) a client or visitor authenticated as",
     "peer": "address a client's connection to the server comes from (as the server sees it)",
     "visitor": "address of a visitor of a proxy or a shared front (as the server or owner sees it)",
@@ -160,6 +163,12 @@ EVENTS: dict[str, frozenset[str]] = {
         "visitor.checked": {"visitor_name", "proxy"},
         "visitor.failed": {"visitor_name", "proxy", "error"},
         "visitor.open": {"visitor_name", "proxy", "app", "conn_path"},
+        # P2P
+        "p2p.direct": {"visitor_name", "proxy", "visitor", "conn_path", "elapsed_ms", "rtt_ms"},
+        "p2p.failed": {"visitor_name", "proxy", "reason"},
+        "p2p.closed": {"visitor_name", "proxy", "visitor", "reason"},
+        "p2p.result": {"proxy", "visitor", "conn_path", "elapsed_ms", "rtt_ms", "reason"},
+        "p2p.rendezvous_failed": {"proxy", "visitor", "error"},
         "visitor.close": {"visitor_name", "proxy", "app"} | _RELAY | _DATAGRAMS,
         # client
         "client.connected": {"server", "run_id", "user"},

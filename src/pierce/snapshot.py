@@ -31,8 +31,20 @@ class ConnectionPath(enum.StrEnum):
 
     #: Through the server (every kind today).
     RELAY = "relay"
-    #: Peer to peer, not through the server (P2P kinds).
+    #: Peer to peer, not through the server (P2P kinds), when the kind of direct path is not told.
     DIRECT = "direct"
+    #: P2P on the local network: a host candidate answered (no NAT crossed).
+    DIRECT_LAN = "direct lan"
+    #: P2P by TCP simultaneous open through the NATs.
+    DIRECT_TCP = "direct tcp"
+    #: P2P through a punched UDP hole (QUIC inside).
+    DIRECT_UDP = "direct udp"
+    #: P2P through a UDP hole found by port prediction (one side behind a symmetric NAT).
+    DIRECT_PREDICTED = "direct predicted"
+
+    @property
+    def direct(self) -> bool:
+        return self is not ConnectionPath.RELAY
 
 
 class ProxyStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,6 +107,10 @@ class ServerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     #: The STUN responder's counters since start (requests, answered, malformed, dropped_rate_limited,
     #: dropped_global_limit, ...); empty when off.
     stun: dict[str, int] = {}
+    #: P2P rendezvous since start: ``attempts``, ``refused`` (the owner would not try), ``fallbacks``
+    #: (visitors left on the relay), and one count per direct path taken (``direct lan``, ``direct udp``,
+    #: ``direct tcp``, ``direct predicted``).
+    p2p: dict[str, int] = {}
 
 
 class ClientProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,7 +124,10 @@ class ClientProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
     remote_port: int | None = None
     urls: list[str] = []
     error: str = ""
+    #: The path its visitors take: relay, or for a P2P proxy with direct paths up the latest one's kind.
     path: ConnectionPath = ConnectionPath.RELAY
+    #: Direct paths to visitors up now (xtcp/xudp).
+    direct_paths: int = 0
 
 
 class ClientSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -127,3 +146,27 @@ class ClientSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     proxies: list[ClientProxyInfo]
     #: Visitor connections being relayed now (they survive reconnects and reloads).
     connections: int
+    #: The ``[[visitors]]`` this client runs.
+    visitors: list[VisitorInfo] = []
+
+
+class VisitorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One visitor (a local port reaching another client's secret proxy), as its client sees it."""
+
+    name: str
+    #: stcp, sudp, xtcp or xudp.
+    type: str
+    #: The proxy it reaches.
+    proxy: str
+    #: Where it listens, ``host:port``.
+    listen: str
+    #: The path new connections take now (P2P visitors: a direct one when it is up).
+    path: ConnectionPath = ConnectionPath.RELAY
+    #: Round-trip time of the direct path, milliseconds (0 on the relay).
+    rtt_ms: float = 0.0
+    #: Why a P2P visitor is on the relay (its last attempt's failure); empty when direct or untried.
+    reason: str = ""
+    #: Direct-path attempts since start.
+    p2p_attempts: int = 0
+    #: Unix time the direct path came up.
+    direct_since: float | None = None

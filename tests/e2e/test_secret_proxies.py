@@ -33,10 +33,11 @@ def secret_proxy(kind: str, name: str, local: str, **extra: Any) -> dict[str, An
 
 
 async def serve_secret(
-    pierce: StartPierce, tmp_path: Path, proxies: list[dict[str, Any]], **settings: Any
+    pierce: StartPierce, tmp_path: Path, proxies: list[dict[str, Any]], *, stun_port: int = 0, **settings: Any
 ) -> tuple[PierceProcess, int, PierceProcess]:
-    """A server (no STUN) and the owner's client with ``proxies``, all registered."""
-    server, port = await start_server(pierce, tmp_path, stun_port=0, **settings)
+    """A server (STUN on ``stun_port``; none by default) and the owner's client with ``proxies``, all
+    registered."""
+    server, port = await start_server(pierce, tmp_path, stun_port=stun_port, **settings)
     owner = await start_client(pierce, tmp_path, port, proxies, name="owner", **settings)
     for proxy in proxies:
         (ready,) = await owner.wait_event("proxy.ready", lambda e, n=proxy["name"]: e.get("proxy") == n)
@@ -269,50 +270,14 @@ async def test_sudp_round_trips_of_several_sizes(pierce, tmp_path: Path) -> None
         echo_transport.close()
 
 
-async def test_xtcp_and_xudp_visitors_go_through_the_server_and_say_so(pierce, tmp_path: Path) -> None:
-    """P2P kinds: with no direct path the visitor's bytes cross the server (as stcp/sudp), the visitor logs
-    the path it took, ``--no-fallback`` refuses by name, and other kinds' visitors are turned away."""
-    echo_transport, _, udp_local = await udp_echo()
-    try:
-        async with tcp_server(echo) as local:
-            server, port, owner = await serve_secret(
-                pierce,
-                tmp_path,
-                [secret_proxy("xtcp", "p2p-ssh", local), secret_proxy("xudp", "p2p-dns", udp_local)],
-            )
-            ready = {e["proxy"]: e for e in owner.matching("proxy.ready")}
-            assert {ready["p2p-ssh"]["remote_port"], ready["p2p-dns"]["remote_port"]} == {0}
-
-            tcp_visitor = await visit(pierce, port, "p2p-ssh", "--p2p")
-            await tcp_visitor.wait_event("visitor.checked")
-            data = payload(MiB, 4)
-            back = await echo_through(await visitor_port(tcp_visitor), MiB, 4)
-            assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
-            (opened,) = await tcp_visitor.wait_event("visitor.open")
-            assert opened["conn_path"] == "relay"
-            (relayed,) = await server.wait_event("proxy.conn_open", lambda e: e.get("proxy") == "p2p-ssh")
-            assert relayed["visitor"].startswith("127.0.0.1:")  # the bytes crossed the server
-
-            udp_visitor = await visit(pierce, port, "p2p-dns", "--p2p", "--udp")
-            await udp_visitor.wait_event("visitor.checked")
-            sock = await Visitor.open(await visitor_port(udp_visitor))
-            try:
-                for size in (1, 1400, 9000):
-                    datagram = random.Random(size).randbytes(size)
-                    assert await sock.exchange(datagram) == datagram
-            finally:
-                sock.close()
-            (opened,) = await udp_visitor.wait_event("visitor.open")
-            assert opened["conn_path"] == "relay"
-
-            strict = await visit(pierce, port, "p2p-ssh", "--p2p", "--no-fallback")
-            assert await strict.wait_exit() == 1
-            (failed,) = strict.matching("visitor.failed")
-            assert "fallback = false" in failed["error"]
-
-            plain = await visit(pierce, port, "p2p-ssh")  # an stcp visitor for an xtcp proxy
-            assert await plain.wait_exit() == 1
-            (refused,) = plain.matching("visitor.refused")
-            assert "'p2p-ssh' is xtcp, this visitor is stcp" in refused["reason"]
-    finally:
-        echo_transport.close()
+async def test_p2p_proxies_refuse_visitors_of_other_kinds(pierce, tmp_path: Path) -> None:
+    """An xtcp proxy opens no port and takes only P2P visitors: an stcp visitor is told which kind it is.
+    (P2P visits themselves: tests/e2e/test_p2p.py and the NAT matrix in tests/natlab.)"""
+    async with tcp_server(echo) as local:
+        _, port, owner = await serve_secret(pierce, tmp_path, [secret_proxy("xtcp", "p2p-ssh", local)])
+        (ready,) = owner.matching("proxy.ready")
+        assert ready["remote_port"] == 0
+        plain = await visit(pierce, port, "p2p-ssh")  # an stcp visitor for an xtcp proxy
+        assert await plain.wait_exit() == 1
+        (refused,) = plain.matching("visitor.refused")
+        assert "'p2p-ssh' is xtcp, this visitor is stcp" in refused["reason"]

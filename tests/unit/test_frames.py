@@ -54,6 +54,7 @@ from pierce.protocol import (
     VisitReady,
     encode_frame,
 )
+from pierce.protocol.messages import P2pAnswer, P2pOffer, P2pRequest, P2pResult, P2pStart
 from pierce.proxies.http import HttpSpec
 from pierce.proxies.https import HttpsSpec
 from pierce.proxies.registry import decode_spec, encode_spec
@@ -98,6 +99,17 @@ SAMPLES: list[Message] = [
         proxy="dns-secret", kind=SecretKind.SUDP, ticket=b"t" * 16, nonce=NONCE, proof=PROOF, check_only=True
     ),
     VisitAnswer(proof=PROOF),
+    Visit(proxy="game", kind=SecretKind.XUDP, ticket=b"t" * 16, nonce=NONCE, proof=PROOF, p2p=True),
+    P2pOffer(offer=b"\x81\xa1c\x90", mac=PROOF),
+    P2pAnswer(proxy="game", visit_id="ab" * 32, offer=b"o" * 4096, mac=PROOF),
+    P2pAnswer(
+        proxy="game", visit_id="ab" * 32, code=ErrorCode.LIMIT_REACHED, reason="64 direct paths already"
+    ),
+    P2pResult(path="direct udp", elapsed_ms=412, rtt_ms=0.37),
+    P2pResult(path="relay", reason="both sides symmetric"),
+    P2pRequest(proxy="game", visit_id="ab" * 32, offer=b"o", mac=PROOF, stun_port=3478),
+    P2pStart(visit_id="ab" * 32, delay_ms=0, offer=b"o", mac=PROOF),
+    P2pStart(visit_id="ab" * 32),
     VisitorVerdict(proxy="ssh-secret", check_id=7, salt=b"s" * 16, pake=b"\x02" * 256),
     VisitorVerdict(proxy="ssh-secret", check_id=7, proof=PROOF, ticket=b"t" * 16),
     VisitorVerdict(proxy="ssh-secret", check_id=7),

@@ -8,6 +8,7 @@ import logging
 import platform
 import random
 import signal
+import ssl
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +25,12 @@ from pierce.config import ClientConfig
 from pierce.errors import ConfigError, PierceError
 from pierce.handshake import AuthenticationFailed, resume_key
 from pierce.logs import event
+from pierce.p2p.direct import punch_settings
+from pierce.p2p.owner import OwnerP2p
 from pierce.protocol import ErrorCode, Refused
 from pierce.protocol.messages import DEFAULT_USER
 from pierce.proxies.base import ProxyType
-from pierce.proxies.registry import ProxyConfig
+from pierce.proxies.registry import ProxyConfig, work_handler
 from pierce.proxies.udp import UdpProxies
 from pierce.proxies.visitor_auth import OwnerExchanges
 from pierce.snapshot import ClientProxyInfo, ClientSnapshot, ProxyState
@@ -72,6 +75,16 @@ class Client:
         self.session: ClientSession | None = None
         #: Visitors' exchanges and tickets for this client's secret services (outlive reconnects).
         self.exchanges = OwnerExchanges()
+        #: TLS contexts of https2http plugins on direct paths, by certificate and key file.
+        self._tls_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
+        #: Direct paths to visitors of this client's xtcp/xudp proxies (they outlive reconnects).
+        self.p2p = OwnerP2p(
+            self.exchanges,
+            lambda: {p.name: p for p in self.config.proxies},
+            lambda config, start, end: work_handler(config, start, end, self._tls_contexts),
+            server_host=lambda: self.session.dialer.server_ip() if self.session else self.config.server_addr,
+            settings=punch_settings(config.p2p),
+        )
         #: The last session's run id and resume key: a reconnect proves it held that session.
         self._resume: tuple[str, bytes] | None = None
         self.active: set[asyncio.Task[None]] = set()
@@ -132,6 +145,13 @@ class Client:
     def snapshot(self) -> ClientSnapshot:
         """What the client is doing now (the admin API and the demo read this)."""
         st = self.status
+        direct = self.p2p.by_proxy()
+        proxies = [
+            msgspec.structs.replace(p, path=direct[p.name][-1].path, direct_paths=len(direct[p.name]))
+            if p.name in direct
+            else p
+            for p in st.proxies.values()
+        ]
         return ClientSnapshot(
             version=__version__,
             client_id=self.client_id,
@@ -141,8 +161,9 @@ class Client:
             connected_since=st.connected_since,
             attempts=st.attempts,
             last_error=st.last_error,
-            proxies=list(st.proxies.values()),
+            proxies=proxies,
             connections=len(self.active),
+            visitors=self.visitors.info(),
         )
 
     def _spawn_active(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -195,6 +216,7 @@ class Client:
                     self._spawn_active,
                     udp=self.udp,
                     exchanges=self.exchanges,
+                    p2p=self.p2p,
                 )
                 try:
                     await self.session.run()
@@ -240,6 +262,7 @@ class Client:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.udp.close()
+        await self.p2p.close()
         if self._visitors_started is not None:
             self._visitors_started.cancel()
             await asyncio.gather(self._visitors_started, return_exceptions=True)

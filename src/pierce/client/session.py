@@ -17,12 +17,16 @@ from pierce.errors import PierceError
 from pierce.handshake import client_login, client_work_login, plain_binding, visitor_key, work_key
 from pierce.known_hosts import KnownHosts
 from pierce.logs import event
+from pierce.p2p.owner import OwnerP2p
 from pierce.protocol import (
     CloseProxy,
     Error,
     ErrorCode,
     Feature,
     NewProxy,
+    P2pAnswer,
+    P2pRequest,
+    P2pStart,
     Ping,
     Pong,
     ProtocolError,
@@ -72,6 +76,8 @@ class Dialer:
         self.server = HostPort(config.server_addr, config.server_port)
         #: The visitor session from the last visitor login: its run id and visitor key.
         self._visitor_session: tuple[str, bytes] | None = None
+        #: The server's address as last connected (its STUN answers there).
+        self._server_ip = ""
         self._ssl = client_context(
             fingerprint=config.server_fingerprint or None,
             ca_file=Path(config.trusted_ca_file) if config.trusted_ca_file else None,
@@ -83,6 +89,7 @@ class Dialer:
 
     async def _tls(self) -> tuple[StreamChannel, bytes]:
         sock = await connect_tcp(self.server, DIAL_TIMEOUT)
+        self._server_ip = str(sock.getpeername()[0])
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(sock=sock, ssl=self._ssl, server_hostname=SERVER_NAME, limit=2**20),
@@ -102,6 +109,10 @@ class Dialer:
             channel.close()
             raise
         return channel, certificate_binding(der)
+
+    def server_ip(self) -> str:
+        """The server's IP address as last connected (its name, before the first connection)."""
+        return self._server_ip or self.server.host
 
     def _check_known(self, der: bytes) -> None:
         """Trust on first use: record the certificate of a new server, refuse a changed one."""
@@ -218,6 +229,7 @@ class ClientSession:
         spawn_active: Callable[[Coroutine[Any, Any, None]], None],
         udp: UdpProxies | None = None,
         exchanges: OwnerExchanges | None = None,
+        p2p: OwnerP2p | None = None,
     ) -> None:
         self.dialer = dialer
         self.config = dialer.config
@@ -234,6 +246,8 @@ class ClientSession:
         self._owns_udp = udp is None
         #: Secret services' exchanges and tickets; the client's own, so tickets outlive a reconnect.
         self.exchanges = exchanges if exchanges is not None else OwnerExchanges()
+        #: Direct paths to P2P visitors (the client's own: they outlive this session).
+        self.p2p = p2p
         self.tasks: set[asyncio.Task[None]] = set()
         self.idle_work = 0
         self._closing = False
@@ -289,6 +303,22 @@ class ClientSession:
                 await self.channel.send(check_visitor(self.proxies.get(msg.proxy), msg, self.exchanges))
             case VisitorAnswer():
                 await self.channel.send(answer_visitor(msg, self.exchanges))
+            case P2pRequest():
+                if self.p2p is None:
+                    reason = "this client does not serve direct paths"
+                    await self.channel.send(
+                        P2pAnswer(
+                            proxy=msg.proxy,
+                            visit_id=msg.visit_id,
+                            code=ErrorCode.UNKNOWN_PROXY,
+                            reason=reason,
+                        )
+                    )
+                else:
+                    self.p2p.request(msg, self.channel)
+            case P2pStart():
+                if self.p2p is not None:
+                    self.p2p.start(msg)
             case Error(code=code, reason=reason):
                 raise ConnectionClosed(f"server closed the session: {reason} ({code.value})")
             case _:

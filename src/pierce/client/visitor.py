@@ -28,39 +28,35 @@ from collections import OrderedDict
 from typing import Any
 
 from pierce.addr import HostPort, format_sockaddr
-from pierce.client.session import Dialer, ServerUnreachable
-from pierce.config import P2P_VISITORS, ClientConfig, StcpVisitorConfig, SudpVisitorConfig, VisitorConfig
-from pierce.errors import LocalError, PierceError
-from pierce.handshake import AuthenticationFailed
+from pierce.client.session import Dialer
+from pierce.client.visit import NoDirectPath, open_visit
+from pierce.config import (
+    P2P_VISITORS,
+    ClientConfig,
+    StcpVisitorConfig,
+    SudpVisitorConfig,
+    VisitorConfig,
+    XtcpVisitorConfig,
+    XudpVisitorConfig,
+)
+from pierce.errors import PierceError
 from pierce.listeners import TcpListener, bind_socket, set_nodelay
 from pierce.logs import event, relay_summary
+from pierce.p2p.direct import DirectPath, punch_settings
+from pierce.p2p.visitor import VisitorP2p
 from pierce.protocol import (
     MAX_HOST_LENGTH,
-    Error,
-    ErrorCode,
     Refused,
     UdpPacket,
-    UnexpectedMessage,
-    Visit,
-    VisitAnswer,
-    VisitChallenge,
-    VisitReady,
-    new_nonce,
 )
-from pierce.protocol.auth import owner_proof, verify, visit_proof
-from pierce.protocol.pake import PakeClient, PakeFailed
 from pierce.proxies.sudp import DatagramTunnel
 from pierce.proxies.visitor_auth import VisitorTickets
-from pierce.relay import RelayStats, SocketEnd, relay
-from pierce.snapshot import ConnectionPath
-from pierce.transport import StreamChannel
+from pierce.relay import End, RelayStats, SocketEnd, relay
+from pierce.snapshot import ConnectionPath, VisitorInfo
 from pierce.udpflow import PENDING_LIMIT, DatagramProtocol, DropCounter
 
 log = logging.getLogger("pierce.visitor")
 
-#: Seconds to wait for the server's answer to `Visit` (it asks the proxy's owner, then takes a work
-#: connection: each may take up to 10 s on the server).
-VISIT_TIMEOUT = 30.0
 #: Seconds an sudp visitor waits after a failed tunnel before it tries again.
 SUDP_RETRY_DELAY = 1.0
 #: Local applications an sudp visitor remembers as destinations for replies.
@@ -68,109 +64,6 @@ MAX_APPS = 4096
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
-
-
-async def open_visit(
-    dialer: Dialer, config: VisitorConfig, tickets: VisitorTickets, *, check_only: bool = False
-) -> StreamChannel:
-    """A visitor connection the server accepted (`VisitReady` read and the owner's proof checked):
-    data may flow on it.
-
-    With a ticket from an earlier exchange the visit costs one HMAC each way; without one (or when the
-    owner no longer knows it) it runs the SRP exchange with the owner first. Raises Refused with the
-    reason, AuthenticationFailed when the owner cannot prove the secret, or another PierceError when
-    the server cannot be reached or the login fails.
-    """
-    if isinstance(config, P2P_VISITORS) and not config.fallback:
-        raise NoDirectPath(
-            f"no direct path to proxy {config.server_name!r}: this version reaches P2P services through "
-            "the server only, and fallback = false forbids that; set fallback = true (the default)"
-        )
-    try:
-        return await _visit(dialer, config, tickets, check_only)
-    except Refused as exc:
-        if exc.code is not ErrorCode.UNKNOWN_TICKET:
-            raise
-        tickets.drop(config.server_name)  # the owner restarted or forgot it: exchange afresh
-        return await _visit(dialer, config, tickets, check_only)
-
-
-async def _visit(
-    dialer: Dialer, config: VisitorConfig, tickets: VisitorTickets, check_only: bool
-) -> StreamChannel:
-    proxy = config.server_name
-    try:
-        channel, visit_id = await dialer.visitor()
-    except (OSError, TimeoutError) as exc:
-        raise ServerUnreachable(
-            f"cannot reach the server {dialer.server}: {exc or type(exc).__name__}"
-        ) from exc
-    try:
-        async with asyncio.timeout(VISIT_TIMEOUT):
-            held = tickets.get(proxy)
-            if held is not None:
-                ticket, key = held
-                nonce = new_nonce()
-                await channel.send(
-                    Visit(
-                        proxy=proxy,
-                        kind=config.secret_kind,
-                        ticket=ticket,
-                        nonce=nonce,
-                        proof=visit_proof(key, proxy=proxy, visit_id=visit_id, nonce=nonce),
-                        check_only=check_only,
-                    )
-                )
-                ready = await _ready(channel)
-                if not verify(owner_proof(key, proxy=proxy, visit_id=visit_id, nonce=nonce), ready.proof):
-                    raise AuthenticationFailed(OWNER_UNPROVEN.format(proxy=proxy))
-                return channel
-            pake = PakeClient(proxy, config.secret_key)
-            await channel.send(
-                Visit(proxy=proxy, kind=config.secret_kind, pake=pake.public, check_only=check_only)
-            )
-            challenge = await channel.recv()
-            if isinstance(challenge, Error):
-                raise Refused(challenge.code, challenge.reason)
-            if not isinstance(challenge, VisitChallenge):
-                raise UnexpectedMessage(challenge, "VisitChallenge")
-            try:
-                await channel.send(VisitAnswer(proof=pake.answer(challenge.salt, challenge.pake)))
-                ready = await _ready(channel)
-                session_key = pake.confirm(ready.proof)
-            except PakeFailed:
-                raise AuthenticationFailed(OWNER_UNPROVEN.format(proxy=proxy)) from None
-            tickets.keep(proxy, ready.ticket, session_key)
-            return channel
-    except TimeoutError:
-        channel.close()
-        raise ServerUnreachable(f"no answer from the server {dialer.server} in {VISIT_TIMEOUT:g}s") from None
-    except BaseException:
-        channel.close()
-        raise
-
-
-class NoDirectPath(LocalError):
-    """A P2P visitor with ``fallback = false`` found no direct path."""
-
-
-#: The path a visitor's connections take (`pierce.snapshot.ConnectionPath`): through the server, for now.
-PATH_RELAY = ConnectionPath.RELAY.value
-
-
-OWNER_UNPROVEN = (
-    "the client serving proxy {proxy!r} could not prove it knows the secret: a forged service; "
-    "nothing was sent to it"
-)
-
-
-async def _ready(channel: StreamChannel) -> VisitReady:
-    reply = await channel.recv()
-    if isinstance(reply, Error):
-        raise Refused(reply.code, reply.reason)
-    if not isinstance(reply, VisitReady):
-        raise UnexpectedMessage(reply, "VisitReady")
-    return reply
 
 
 def log_failure(config: VisitorConfig, exc: PierceError, level: int = logging.WARNING) -> None:
@@ -206,6 +99,12 @@ class StcpVisitor:
         self.dialer = dialer
         self.tickets = tickets
         self.listener: TcpListener | None = None
+        #: The direct path manager of an xtcp visitor.
+        self.p2p = (
+            VisitorP2p(config, dialer, tickets, punch_settings(dialer.config.p2p))
+            if isinstance(config, XtcpVisitorConfig)
+            else None
+        )
 
     @property
     def address(self) -> str:
@@ -217,13 +116,15 @@ class StcpVisitor:
             HostPort(cfg.bind_addr, cfg.bind_port), self._accepted, name=f"visitor {cfg.name}"
         )
         _log_listening(cfg, self.listener.address, self.listener.port)
+        if self.p2p is not None:
+            self.p2p.ensure(now=True)  # a direct path is likely up before the first connection
 
     async def _accepted(self, conn: socket.socket, addr: Any) -> None:
         cfg = self.config
         app = format_sockaddr(addr)
         started = time.monotonic()
         try:
-            channel = await open_visit(self.dialer, cfg, self.tickets)
+            end, path = await self._open(cfg)
         except PierceError as exc:
             conn.close()
             log_failure(cfg, exc)
@@ -236,13 +137,13 @@ class StcpVisitor:
             log,
             logging.INFO,
             "visitor.open",
-            f"visitor {cfg.name}: {app} -> proxy {cfg.server_name} ({PATH_RELAY})",
+            f"visitor {cfg.name}: {app} -> proxy {cfg.server_name} ({path})",
             visitor_name=cfg.name,
             proxy=cfg.server_name,
             app=app,
-            conn_path=PATH_RELAY,
+            conn_path=path,
         )
-        stats = await relay(SocketEnd(conn), channel.into_end(), RelayStats(started=started))
+        stats = await relay(SocketEnd(conn), end, RelayStats(started=started))
         text, fields = relay_summary(stats)
         event(
             log,
@@ -255,7 +156,21 @@ class StcpVisitor:
             **fields,
         )
 
+    async def _open(self, cfg: StcpVisitorConfig) -> tuple[End, str]:
+        """A tunnel for one connection: a stream of the direct path when one is up, else the relay."""
+        direct = await direct_for(cfg, self.p2p)
+        if direct is not None:
+            try:
+                return await direct.quic.open_stream(), direct.path.value
+            except (PierceError, OSError) as exc:
+                if not getattr(cfg, "fallback", True):
+                    raise NoDirectPath(f"the direct path to {cfg.server_name!r} failed: {exc}") from exc
+        channel = await open_visit(self.dialer, cfg, self.tickets)
+        return channel.into_end(), RELAY
+
     async def close(self) -> None:
+        if self.p2p is not None:
+            self.p2p.close()
         if self.listener is not None:
             await self.listener.close()
 
@@ -271,10 +186,19 @@ class SudpVisitor:
         self.apps: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._transport: asyncio.DatagramTransport | None = None
         self._tunnel: DatagramTunnel | None = None
+        self._tunnel_path = RELAY
         self._task: asyncio.Task[None] | None = None
         self._pending: list[tuple[tuple[str, int], bytes]] = []
         self._retry_at = 0.0
         self._dropped = DropCounter(log, "udp.dropped", f"visitor {config.name}", visitor_name=config.name)
+        #: The direct path manager of an xudp visitor.
+        self.p2p = (
+            VisitorP2p(config, dialer, tickets, punch_settings(dialer.config.p2p))
+            if isinstance(config, XudpVisitorConfig)
+            else None
+        )
+        if self.p2p is not None:
+            self.p2p.on_direct = self._direct_up
 
     async def start(self) -> None:
         cfg = self.config
@@ -290,6 +214,13 @@ class SudpVisitor:
         name = sock.getsockname()
         self.address = format_sockaddr(name)
         _log_listening(cfg, self.address, int(name[1]))
+        if self.p2p is not None:
+            self.p2p.ensure(now=True)
+
+    def _direct_up(self) -> None:
+        """A direct path came up: a tunnel through the relay ends, the next datagram opens one on it."""
+        if self._tunnel is not None and self._tunnel_path == RELAY:
+            self._tunnel.close()
 
     def from_app(self, data: bytes, addr: Any) -> None:
         app = (str(addr[0]), int(addr[1]))
@@ -326,13 +257,14 @@ class SudpVisitor:
         cfg = self.config
         try:
             try:
-                channel = await open_visit(self.dialer, cfg, self.tickets)
+                end, path = await self._open(cfg)
             except PierceError as exc:
                 log_failure(cfg, exc)
                 self._retry_at = time.monotonic() + SUDP_RETRY_DELAY
                 self._pending.clear()
                 return
-            tunnel = DatagramTunnel(channel.into_end(), cfg.server_name, self.to_app, self._dropped)
+            self._tunnel_path = path
+            tunnel = DatagramTunnel(end, cfg.server_name, self.to_app, self._dropped)
             self._tunnel = tunnel
             pending, self._pending = self._pending, []
             for app, data in pending:
@@ -341,10 +273,10 @@ class SudpVisitor:
                 log,
                 logging.INFO,
                 "visitor.open",
-                f"visitor {cfg.name}: datagram tunnel to proxy {cfg.server_name} open ({PATH_RELAY})",
+                f"visitor {cfg.name}: datagram tunnel to proxy {cfg.server_name} open ({path})",
                 visitor_name=cfg.name,
                 proxy=cfg.server_name,
-                conn_path=PATH_RELAY,
+                conn_path=path,
             )
             error = ""
             try:
@@ -369,7 +301,20 @@ class SudpVisitor:
             self._tunnel = None
             self._task = None
 
+    async def _open(self, cfg: SudpVisitorConfig) -> tuple[End, str]:
+        direct = await direct_for(cfg, self.p2p)
+        if direct is not None:
+            try:
+                return await direct.quic.open_stream(), direct.path.value
+            except (PierceError, OSError) as exc:
+                if not getattr(cfg, "fallback", True):
+                    raise NoDirectPath(f"the direct path to {cfg.server_name!r} failed: {exc}") from exc
+        channel = await open_visit(self.dialer, cfg, self.tickets)
+        return channel.into_end(), RELAY
+
     async def close(self) -> None:
+        if self.p2p is not None:
+            self.p2p.close()
         if self._transport is not None:
             self._transport.close()
         if self._tunnel is not None:
@@ -380,6 +325,34 @@ class SudpVisitor:
 
 
 Visitor = StcpVisitor | SudpVisitor
+RELAY = ConnectionPath.RELAY.value
+
+
+#: Seconds beyond the punch budget that a strict start waits for the first attempt (the rendezvous and
+#: the QUIC handshake).
+FIRST_ATTEMPT_SLACK = 10.0
+
+
+async def direct_for(
+    cfg: VisitorConfig, p2p: VisitorP2p | None, *, wait: float | None = None
+) -> DirectPath | None:
+    """The direct path a new tunnel of a P2P visitor takes: the one that is up, else none at once (with
+    ``fallback``), else (``fallback = false``) the first that comes up within ``fallback_timeout_ms``
+    (or ``wait`` seconds); NoDirectPath when there is none then."""
+    if p2p is None or not isinstance(cfg, P2P_VISITORS):
+        return None
+    direct = p2p.usable()
+    if direct is not None or (cfg.fallback and wait is None):
+        return direct
+    timeout = wait if wait is not None else cfg.fallback_timeout_ms / 1000
+    direct = await p2p.wait_direct(timeout)
+    if direct is None:
+        why = p2p.status.reason or "no attempt finished in time"
+        raise NoDirectPath(
+            f"no direct path to proxy {cfg.server_name!r} within {timeout * 1000:.0f} ms ({why}), "
+            "and fallback = false forbids the relay"
+        )
+    return direct
 
 
 def _log_listening(config: VisitorConfig, address: str, port: int) -> None:
@@ -430,6 +403,8 @@ class Visitors:
 
         ``strict``: a failed check raises (and no port is opened); otherwise it is logged and the port
         opens anyway, since the proxy's owner may only log in later. Failures are logged either way.
+        A strict P2P visitor with ``fallback = false`` also waits for its first direct path and raises
+        NoDirectPath (naming why) when none comes up: it could serve no connection.
         """
         for visitor in self.visitors:
             try:
@@ -441,10 +416,36 @@ class Visitors:
         for visitor in self.visitors:
             try:
                 await visitor.start()
+                cfg = visitor.config
+                if strict and visitor.p2p is not None and isinstance(cfg, P2P_VISITORS) and not cfg.fallback:
+                    await direct_for(
+                        cfg, visitor.p2p, wait=visitor.p2p.settings.budget_s + FIRST_ATTEMPT_SLACK
+                    )
             except PierceError as exc:  # e.g. the port is taken
                 log_failure(visitor.config, exc, logging.ERROR)
                 if strict:
                     raise
+
+    def info(self) -> list[VisitorInfo]:
+        """Each visitor as the snapshot shows it."""
+        found = []
+        for visitor in self.visitors:
+            cfg = visitor.config
+            p2p = visitor.p2p.status if visitor.p2p is not None else None
+            found.append(
+                VisitorInfo(
+                    name=cfg.name,
+                    type=cfg.secret_kind.value,
+                    proxy=cfg.server_name,
+                    listen=visitor.address,
+                    path=p2p.path if p2p is not None else ConnectionPath.RELAY,
+                    rtt_ms=round(visitor.p2p.rtt_ms(), 2) if visitor.p2p is not None else 0.0,
+                    reason=p2p.reason if p2p is not None else "",
+                    p2p_attempts=p2p.attempts if p2p is not None else 0,
+                    direct_since=p2p.direct_since if p2p is not None else None,
+                )
+            )
+        return found
 
     async def close(self) -> None:
         for visitor in self.visitors:

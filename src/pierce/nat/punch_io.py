@@ -77,6 +77,8 @@ class _Driver:
             except OSError:  # an ICMP error queued on the socket (port unreachable): not for us
                 continue
             self.agent.receive(data, (str(source[0]), int(source[1])), now, socket_id)
+            if self.agent.state is not State.PROBING:
+                break  # what follows a lock (the peer's QUIC handshake) stays queued for the caller
         self.wake.set()
 
     def flush(self) -> None:

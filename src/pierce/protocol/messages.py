@@ -27,10 +27,11 @@ from typing import Annotated, TypeAlias
 import msgspec
 
 from pierce.protocol.auth import NONCE_SIZE, PROOF_SIZE
+from pierce.protocol.p2p import MAX_OFFER_SIZE
 from pierce.protocol.pake import MAX_PUBLIC_SIZE, SALT_SIZE
 
 #: Sent in `Hello` and `Challenge`; peers with different versions refuse each other with a named error.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 #: The longest proxy name, client id or run id accepted from a peer.
 MAX_NAME_LENGTH = 255
@@ -202,6 +203,9 @@ class Visit(_Message, frozen=True, kw_only=True, tag="visit"):
     proof: Annotated[bytes, msgspec.Meta(max_length=PROOF_SIZE)] = b""
     #: Only check the secret and the permissions; no data follows (`pierce visit` does this at start).
     check_only: bool = False
+    #: A P2P rendezvous: after `VisitReady` the connection carries `P2pOffer` / `P2pStart` /
+    #: `P2pResult`, not data (xtcp and xudp proxies only).
+    p2p: bool = False
 
 
 class VisitAnswer(_Message, frozen=True, kw_only=True, tag="visit_answer"):
@@ -340,6 +344,8 @@ class VisitReady(_Message, frozen=True, kw_only=True, tag="visit_ready"):
     proxy: Name
     proof: Annotated[bytes, msgspec.Meta(max_length=PROOF_SIZE)] = b""
     ticket: Ticket = b""
+    #: The server's STUN port (0: none), for a P2P visitor to learn its server-reflexive address.
+    stun_port: Port = 0
 
 
 class ReqWorkConn(_Message, frozen=True, kw_only=True, tag="req_work"):
@@ -354,6 +360,28 @@ class Pong(_Message, frozen=True, kw_only=True, tag="pong"):
     seq: Annotated[int, msgspec.Meta(ge=0)]
 
 
+class P2pRequest(_Message, frozen=True, kw_only=True, tag="p2p_request"):
+    """A visitor the owner accepted (visit ``visit_id``) wants a direct path: its sealed offer
+    (`pierce.protocol.p2p`). The owner answers `P2pAnswer` with the same ``visit_id``."""
+
+    proxy: Name
+    visit_id: Name
+    offer: Annotated[bytes, msgspec.Meta(max_length=MAX_OFFER_SIZE)]
+    mac: Proof
+    #: The server's STUN port (0: none), for the owner's server-reflexive address.
+    stun_port: Port = 0
+
+
+class P2pStart(_Message, frozen=True, kw_only=True, tag="p2p_start"):
+    """Both sides start punching ``delay_ms`` after this arrives. To the visitor it carries the owner's
+    sealed offer; to the owner (which sent it) it carries none."""
+
+    visit_id: Name
+    delay_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
+    offer: Annotated[bytes, msgspec.Meta(max_length=MAX_OFFER_SIZE)] = b""
+    mac: Annotated[bytes, msgspec.Meta(max_length=PROOF_SIZE)] = b""
+
+
 # -- both directions --------------------------------------------------------------------------------
 
 
@@ -364,6 +392,35 @@ class UdpPacket(_Message, frozen=True, kw_only=True, tag="udp"):
     peer_host: IpLiteral
     peer_port: Port
     data: bytes
+
+
+class P2pOffer(_Message, frozen=True, kw_only=True, tag="p2p_offer"):
+    """The visitor's sealed offer, on a P2P visit after `VisitReady`."""
+
+    offer: Annotated[bytes, msgspec.Meta(max_length=MAX_OFFER_SIZE)]
+    mac: Proof
+
+
+class P2pAnswer(_Message, frozen=True, kw_only=True, tag="p2p_answer"):
+    """The owner's answer to `P2pRequest`: its sealed offer, or ``code`` and ``reason`` when it will not
+    try (then the visitor stays on the relay)."""
+
+    proxy: Name
+    visit_id: Name
+    offer: Annotated[bytes, msgspec.Meta(max_length=MAX_OFFER_SIZE)] = b""
+    mac: Annotated[bytes, msgspec.Meta(max_length=PROOF_SIZE)] = b""
+    code: ErrorCode | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=512)] = ""
+
+
+class P2pResult(_Message, frozen=True, kw_only=True, tag="p2p_result"):
+    """How the visitor's attempt ended, for the server's counters: ``path`` is a
+    `pierce.snapshot.ConnectionPath` value ("relay" when nothing direct answered)."""
+
+    path: Annotated[str, msgspec.Meta(max_length=32)]
+    elapsed_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    rtt_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    reason: Annotated[str, msgspec.Meta(max_length=512)] = ""
 
 
 class Error(_Message, frozen=True, kw_only=True, tag="error"):
@@ -382,6 +439,9 @@ ClientMessage: TypeAlias = (
     | Visit
     | VisitAnswer
     | VisitorVerdict
+    | P2pOffer
+    | P2pAnswer
+    | P2pResult
     | Ping
     | Pong
     | UdpPacket
@@ -399,6 +459,8 @@ ServerMessage: TypeAlias = (
     | VisitChallenge
     | VisitReady
     | ReqWorkConn
+    | P2pRequest
+    | P2pStart
     | Ping
     | Pong
     | UdpPacket

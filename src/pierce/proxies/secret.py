@@ -31,6 +31,8 @@ from pierce.errors import InvalidValue, PierceError
 from pierce.logs import event
 from pierce.protocol import (
     ErrorCode,
+    P2pAnswer,
+    P2pRequest,
     SecretKind,
     StartWork,
     UnexpectedMessage,
@@ -44,6 +46,13 @@ from pierce.protocol import (
 )
 from pierce.proxies.base import ProxyOwner, ProxySite, ProxySpec, ProxyType, check_proxy, masked_repr
 from pierce.proxies.bridge import ChannelVisitor, LiveConnections, bridge, refuse_channel
+from pierce.proxies.rendezvous import (
+    MAX_PENDING_ANSWERS,
+    OFFER_TIMEOUT,
+    P2pCounters,
+    refusal,
+    serve_rendezvous,
+)
 from pierce.proxies.visitor_auth import OwnerExchanges, Who
 from pierce.snapshot import ProxyStats
 from pierce.transport import MessageChannel
@@ -52,6 +61,8 @@ log = logging.getLogger("pierce.proxy")
 
 #: Seconds the server waits for the owner's `VisitorVerdict`.
 VISIT_CHECK_TIMEOUT = 10.0
+#: The kinds whose visitors may ask for a direct path.
+P2P_KINDS = frozenset({SecretKind.XTCP, SecretKind.XUDP})
 #: Checks one proxy may have waiting for the owner's verdict; visitors beyond it are refused.
 MAX_PENDING_CHECKS = 256
 
@@ -105,6 +116,8 @@ class SecretProxyServer:
         self.domains: list[str] = []
         self.live = LiveConnections()
         self._checks: dict[int, asyncio.Future[VisitorVerdict]] = {}
+        #: P2P rendezvous waiting for the owner's `P2pAnswer`, by visit id.
+        self._p2p: dict[str, asyncio.Future[P2pAnswer]] = {}
         self._check_serial = 0
         self._closed = False
 
@@ -191,6 +204,30 @@ class SecretProxyServer:
         if waiter is not None and not waiter.done():
             waiter.set_result(msg)
 
+    async def p2p_ask(self, request: P2pRequest) -> P2pAnswer:
+        """Send a visitor's offer to the owner and wait for its `P2pAnswer` (a refusal on a timeout,
+        when the owner went away or too many wait)."""
+        if self._closed or len(self._p2p) >= MAX_PENDING_ANSWERS or request.visit_id in self._p2p:
+            return refusal(request, ErrorCode.LIMIT_REACHED, "too many P2P rendezvous waiting")
+        waiter: asyncio.Future[P2pAnswer] = asyncio.get_running_loop().create_future()
+        self._p2p[request.visit_id] = waiter
+        try:
+            await self.owner.channel.send(request)
+            async with asyncio.timeout(OFFER_TIMEOUT):
+                return await waiter
+        except TimeoutError:
+            return refusal(request, ErrorCode.TIMEOUT, f"the owner did not answer in {OFFER_TIMEOUT:g}s")
+        except (PierceError, OSError):
+            return refusal(request, ErrorCode.UNKNOWN_PROXY, f"the client serving {self.name!r} went away")
+        finally:
+            self._p2p.pop(request.visit_id, None)
+
+    def p2p_answer(self, msg: P2pAnswer) -> None:
+        """The owner answered a `P2pRequest` (unknown or late answers are ignored)."""
+        waiter = self._p2p.get(msg.visit_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg)
+
     async def serve(
         self, channel: MessageChannel, visitor: tuple[str, int], visitor_id: str, ready: VisitReady
     ) -> None:
@@ -212,6 +249,16 @@ class SecretProxyServer:
         for waiter in self._checks.values():
             if not waiter.done():
                 waiter.set_result(self.refusal(ErrorCode.UNKNOWN_PROXY, f"proxy {self.name!r} was closed"))
+        for visit_id, answer in self._p2p.items():
+            if not answer.done():
+                answer.set_result(
+                    P2pAnswer(
+                        proxy=self.name,
+                        visit_id=visit_id,
+                        code=ErrorCode.UNKNOWN_PROXY,
+                        reason=f"proxy {self.name!r} was closed",
+                    )
+                )
         await self.live.close()
 
 
@@ -224,8 +271,11 @@ async def serve_visit(
     visitor_user: str,
     visitor_id: str,
     visitor: tuple[str, int],
+    stun_port: int = 0,
+    p2p: P2pCounters | None = None,
 ) -> None:
-    """Serve one logged-in visitor connection that sent ``visit``: refuse it with a reason, or relay it."""
+    """Serve one logged-in visitor connection that sent ``visit``: refuse it with a reason, relay it,
+    or (a P2P visit) run its rendezvous."""
     who = format_sockaddr(visitor)
     proxy = lookup(visit.proxy)
     if proxy is None:
@@ -240,6 +290,8 @@ async def serve_visit(
             ErrorCode.UNKNOWN_PROXY,
             f"proxy {visit.proxy!r} is {proxy.kind.value}, this visitor is {visit.kind.value}",
         )
+    elif visit.p2p and proxy.kind not in P2P_KINDS:
+        verdict = proxy.refusal(ErrorCode.BAD_MESSAGE, f"proxy {visit.proxy!r} is not a P2P proxy")
     else:
         verdict = await proxy.check(
             visit,
@@ -266,7 +318,13 @@ async def serve_visit(
         await refuse_channel(channel, verdict.code, verdict.reason)
         return
     assert proxy is not None
-    ready = VisitReady(proxy=proxy.name, proof=verdict.proof, ticket=verdict.ticket)
+    ready = VisitReady(proxy=proxy.name, proof=verdict.proof, ticket=verdict.ticket, stun_port=stun_port)
+    if visit.p2p:
+        await channel.send(ready)
+        await serve_rendezvous(
+            proxy, channel, visit_id=visit_id, visitor=who, stun_port=stun_port, counters=p2p or P2pCounters()
+        )
+        return
     if visit.check_only:
         try:
             await channel.send(ready)

@@ -31,6 +31,10 @@ PENDING_TTL = 30.0
 #: Tickets an owner remembers (the least recently used go first) and how long each lives.
 MAX_TICKETS = 4096
 TICKET_TTL = 3600.0
+#: Accepted visits whose key a P2P rendezvous may still ask for (`OwnerExchanges.visit_key`), and for
+#: how long after the verdict.
+MAX_VISITS = 1024
+VISIT_TTL = 60.0
 
 
 def ticket_key(session_key: bytes, proxy: str) -> bytes:
@@ -54,6 +58,7 @@ class _Pending:
     started: float
     #: Who is visiting, for the owner's log line of the final verdict.
     who: Who
+    visit_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,25 @@ class OwnerExchanges:
         self._verifiers: dict[tuple[str, str], Verifier] = {}
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._tickets: OrderedDict[bytes, _Ticket] = OrderedDict()
+        #: Accepted visits: visit id -> (proxy, ticket key, expiry).
+        self._visits: OrderedDict[str, tuple[str, bytes, float]] = OrderedDict()
+
+    def _accepted(self, visit_id: str, proxy: str, key: bytes) -> None:
+        now = self.clock()
+        self._visits[visit_id] = (proxy, key, now + VISIT_TTL)
+        self._visits.move_to_end(visit_id)
+        while self._visits and (
+            len(self._visits) > MAX_VISITS or next(iter(self._visits.values()))[2] <= now
+        ):
+            self._visits.popitem(last=False)
+
+    def visit_key(self, visit_id: str, proxy: str) -> bytes | None:
+        """The ticket key of a visit to ``proxy`` accepted in the last `VISIT_TTL` seconds (a P2P
+        rendezvous derives its key from it); None for any other visit."""
+        found = self._visits.get(visit_id)
+        if found is None or found[0] != proxy or found[2] <= self.clock():
+            return None
+        return found[1]
 
     def _verifier(self, proxy: str, secret: str) -> Verifier:
         found = self._verifiers.get((proxy, secret))
@@ -99,7 +123,9 @@ class OwnerExchanges:
         except PakeFailed:
             return _refuse(msg.proxy, msg.check_id, ErrorCode.BAD_MESSAGE, "invalid exchange value")
         now = self.clock()
-        self._pending[msg.check_id] = _Pending(pake, msg.proxy, msg.visitor_user, now, Who.of(msg))
+        self._pending[msg.check_id] = _Pending(
+            pake, msg.proxy, msg.visitor_user, now, Who.of(msg), msg.visit_id
+        )
         while self._pending:
             oldest = next(iter(self._pending.values()))
             if len(self._pending) <= MAX_PENDING and now - oldest.started < PENDING_TTL:
@@ -122,9 +148,9 @@ class OwnerExchanges:
             )
             return wrong, pending.who
         ticket = secrets.token_bytes(TICKET_SIZE)
-        self._tickets[ticket] = _Ticket(
-            ticket_key(key, msg.proxy), msg.proxy, pending.user, self.clock() + TICKET_TTL
-        )
+        shared = ticket_key(key, msg.proxy)
+        self._tickets[ticket] = _Ticket(shared, msg.proxy, pending.user, self.clock() + TICKET_TTL)
+        self._accepted(pending.visit_id, msg.proxy, shared)
         while len(self._tickets) > MAX_TICKETS:
             self._tickets.popitem(last=False)
         accepted = VisitorVerdict(proxy=msg.proxy, check_id=msg.check_id, proof=hamk, ticket=ticket)
@@ -149,6 +175,7 @@ class OwnerExchanges:
                 msg.proxy, msg.check_id, ErrorCode.AUTH_FAILED, f"wrong secret for proxy {msg.proxy!r}"
             )
         answer = owner_proof(found.key, proxy=proxy, visit_id=visit_id, nonce=nonce)
+        self._accepted(visit_id, proxy, found.key)
         return VisitorVerdict(proxy=proxy, check_id=msg.check_id, proof=answer)
 
     def forget(self, proxy: str) -> None:
@@ -157,6 +184,8 @@ class OwnerExchanges:
             del self._tickets[ticket]
         for key in [k for k in self._verifiers if k[0] == proxy]:
             del self._verifiers[key]
+        for visit in [v for v, (p, _, _) in self._visits.items() if p == proxy]:
+            del self._visits[visit]
 
 
 def _refuse(proxy: str, check_id: int, code: ErrorCode, reason: str) -> VisitorVerdict:

@@ -51,6 +51,7 @@ from pierce.protocol.messages import DEFAULT_USER
 from pierce.protocol.pake import Verifier, make_verifier
 from pierce.proxies.base import Front
 from pierce.proxies.registry import FRONTS
+from pierce.proxies.rendezvous import P2pCounters
 from pierce.proxies.secret import SecretProxyServer, serve_visit
 from pierce.relay import wait_fd
 from pierce.runtime import release_free_memory
@@ -98,6 +99,8 @@ class Server:
         self._listener: TcpListener | None = None
         #: The STUN responder (``stun_port``), when it could start.
         self.stun: StunServer | None = None
+        #: What the server saw of P2P rendezvous.
+        self.p2p = P2pCounters()
         #: Listeners shared between proxies (the web ports, ...), by type, when configured.
         self.fronts: dict[type, Front] = {}
         #: Connections waiting to log in, and sources whose logins fail.
@@ -201,6 +204,7 @@ class Server:
             ports=ports,
             clients=[s.info() for s in sessions],
             stun=stun,
+            p2p=self.p2p.snapshot(),
             proxies=[
                 ServerProxyInfo(
                     name=p.name,
@@ -510,6 +514,8 @@ class Server:
             visitor_user=user,
             visitor_id=hello.client_id,
             visitor=peer,
+            stun_port=self.stun.layout.port if self.stun is not None else 0,
+            p2p=self.p2p,
         )
 
     def _secret_proxy(self, name: str) -> SecretProxyServer | None:

@@ -20,6 +20,7 @@ from pierce.protocol import (
     Error,
     ErrorCode,
     NewProxy,
+    P2pAnswer,
     Ping,
     Pong,
     ProtocolError,
@@ -187,6 +188,10 @@ class ControlSession:
                 secret = self.proxies.get(msg.proxy)
                 if isinstance(secret, SecretProxyServer):
                     secret.verdict(msg)
+            case P2pAnswer():
+                secret = self.proxies.get(msg.proxy)
+                if isinstance(secret, SecretProxyServer):
+                    secret.p2p_answer(msg)
             case CloseProxy(name=name):
                 await self._close_proxy(name, reason="closed by client")
             case UdpPacket():

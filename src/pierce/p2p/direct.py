@@ -1,0 +1,162 @@
+"""One direct UDP path, end to end: punch the hole, then run QUIC in it.
+
+`punch_udp` drives `pierce.nat.punch.PunchAgent` on a socket that already gathered its candidates
+(`pierce.p2p.gather`); the visitor is the controlling agent and the QUIC client, the owner the
+controlled agent and the QUIC server. `DirectPath` is what a locked hole becomes: the QUIC connection,
+the path it took (`pierce.snapshot.ConnectionPath`), its RTT, and how long the punch took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from dataclasses import dataclass
+
+from pierce.config import P2pOptions
+from pierce.nat.candidates import Candidate, CandidateKind
+from pierce.nat.classify import Behaviour
+from pierce.nat.punch import PunchAgent, PunchSettings, Role
+from pierce.nat.punch_io import PunchResult, run_punch
+from pierce.p2p.quic import QuicPath
+from pierce.snapshot import ConnectionPath
+
+_HARD = {Behaviour.ADDRESS_DEPENDENT, Behaviour.ADDRESS_AND_PORT_DEPENDENT}
+
+
+@dataclass(slots=True)
+class DirectPath:
+    """A live direct path: QUIC in a punched hole."""
+
+    quic: QuicPath
+    path: ConnectionPath
+    #: Seconds from the start of the punch to the lock.
+    punch_s: float
+    #: The proxy it reaches.
+    proxy: str = ""
+
+    @property
+    def rtt_ms(self) -> float:
+        return self.quic.rtt * 1000
+
+    @property
+    def alive(self) -> bool:
+        return not self.quic.closed.is_set()
+
+    def close(self) -> None:
+        self.quic.close()
+
+
+def behaviour(text: str) -> Behaviour | None:
+    """A peer's mapping behaviour from its offer (None: unknown or not one we know)."""
+    try:
+        return Behaviour(text) if text else None
+    except ValueError:
+        return None
+
+
+def path_kind(
+    remote: tuple[str, int],
+    remote_candidates: list[Candidate],
+    local_mapping: Behaviour | None,
+    remote_mapping: Behaviour | None,
+) -> ConnectionPath:
+    """What kind of direct path a hole to ``remote`` is: the peer's LAN address, a predicted port, or a
+    plain punched hole."""
+    for c in remote_candidates:
+        if c.address == remote and c.kind is CandidateKind.HOST:
+            return ConnectionPath.DIRECT_LAN
+    if local_mapping in _HARD or remote_mapping in _HARD:
+        return ConnectionPath.DIRECT_PREDICTED
+    return ConnectionPath.DIRECT_UDP
+
+
+async def punch_udp(
+    role: Role,
+    sock: socket.socket,
+    *,
+    session_id: bytes,
+    key: bytes,
+    local: list[Candidate],
+    remote: list[Candidate],
+    local_mapping: Behaviour | None,
+    remote_mapping: Behaviour | None,
+    settings: PunchSettings,
+    delay: float = 0.0,
+) -> tuple[PunchAgent, PunchResult]:
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    agent = PunchAgent(
+        role,
+        session_id,
+        key,
+        local,
+        remote,
+        now,
+        start_at=now + delay,
+        local_mapping=local_mapping,
+        remote_mapping=remote_mapping,
+        settings=settings,
+    )
+    return agent, await run_punch(agent, {0: sock})
+
+
+class AfterLock:
+    """Keeps an agent answering on its locked socket once QUIC owns the socket: the peer may lock after
+    us and still needs our answers (and the controlling side's NOMINATE until it is answered).
+
+    `QuicPath` hands it every punch packet (``on_other``); a timer sends what the agent wants sent.
+    Events after the lock are ignored: QUIC's own keepalive and idle timeout judge the path.
+    """
+
+    def __init__(self, agent: PunchAgent, sock: socket.socket, socket_id: int) -> None:
+        self.agent = agent
+        self.sock = sock
+        self.socket_id = socket_id
+        self.loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._flush()
+
+    def on_other(self, data: bytes, source: tuple[str, int]) -> None:
+        if self._closed:
+            return
+        self.agent.receive(data, (str(source[0]), int(source[1])), self.loop.time(), self.socket_id)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._closed:
+            return
+        now = self.loop.time()
+        for out in self.agent.datagrams_to_send(now):
+            if out.socket_id == self.socket_id and out.ttl is None:
+                with contextlib.suppress(OSError):
+                    self.sock.sendto(out.data, out.dest)
+        self.agent.pop_events()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.agent.next_deadline()
+        if deadline is not None:
+            self._timer = self.loop.call_at(max(deadline, now + 0.01), self._flush)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def punch_settings(options: P2pOptions) -> PunchSettings:
+    """The punch agent's settings from ``[p2p]``."""
+    return PunchSettings(
+        budget_s=options.punch_budget_s,
+        opening_ttl=options.opening_ttl or None,
+        keepalive_s=options.keepalive_s,
+        dead_after_s=max(30.0, 2 * options.keepalive_s),
+        spray_sockets=options.prediction_sockets,
+        spray_probes=options.prediction_probes,
+        spray_rate=options.prediction_rate,
+        max_probes=max(4096, options.prediction_probes * 2),
+    )

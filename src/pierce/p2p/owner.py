@@ -1,0 +1,232 @@
+"""The owner's side of P2P: answer a visitor's rendezvous, punch, and serve its QUIC streams.
+
+`OwnerP2p` belongs to the client (it outlives reconnects of the control channel, and so do the direct
+paths it holds). For a `P2pRequest` it checks that the visit was accepted for an xtcp/xudp proxy of this
+client (`pierce.proxies.visitor_auth.OwnerExchanges.visit_key`), gathers candidates on a fresh UDP
+socket, answers with its sealed offer, and on `P2pStart` punches and accepts the visitor's QUIC
+connection. Every stream the visitor opens is served like a work connection of that proxy (the local
+service gets the visitor's bytes; an xudp stream carries `UdpPacket` frames as an sudp tunnel does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from pierce.errors import PierceError
+from pierce.logs import event
+from pierce.nat.punch import PunchSettings, Role
+from pierce.p2p.direct import AfterLock, DirectPath, behaviour, path_kind, punch_udp
+from pierce.p2p.gather import from_wire, gather_udp, to_wire
+from pierce.p2p.identity import process_identity
+from pierce.p2p.quic import QuicPath
+from pierce.protocol import ErrorCode, P2pAnswer, P2pRequest, P2pStart, StartWork
+from pierce.protocol.auth import p2p_key
+from pierce.protocol.p2p import BadOffer, Offer, open_offer, seal
+from pierce.proxies.visitor_auth import OwnerExchanges
+from pierce.relay import End
+from pierce.transport import MessageChannel
+
+log = logging.getLogger("pierce.p2p")
+
+#: Direct paths one client holds at once (each is a socket and a QUIC connection).
+MAX_DIRECT_PATHS = 64
+#: Seconds between the answer and `P2pStart` before the attempt is dropped.
+START_TIMEOUT = 15.0
+QUIC_TIMEOUT = 5.0
+
+#: Serves one stream of a proxy: (config, start, end) -> coroutine (`pierce.proxies.registry.work_handler`).
+StreamHandler = Callable[[Any, StartWork, End], Coroutine[Any, Any, None] | None]
+
+
+class OwnerP2p:
+    def __init__(
+        self,
+        exchanges: OwnerExchanges,
+        proxies: Callable[[], dict[str, Any]],
+        handler: StreamHandler,
+        *,
+        server_host: Callable[[], str],
+        settings: PunchSettings | None = None,
+    ) -> None:
+        self.exchanges = exchanges
+        self.proxies = proxies
+        self.handler = handler
+        self.server_host = server_host
+        self.settings = settings or PunchSettings()
+        self.paths: dict[str, DirectPath] = {}
+        self._starts: dict[str, asyncio.Future[P2pStart]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def request(self, msg: P2pRequest, channel: MessageChannel) -> None:
+        """A visitor's rendezvous arrived on the control channel; answered on ``channel``."""
+        self._spawn(self._attempt(msg, channel), f"p2p {msg.proxy}")
+
+    def start(self, msg: P2pStart) -> None:
+        waiter = self._starts.get(msg.visit_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg)
+
+    async def _attempt(self, msg: P2pRequest, channel: MessageChannel) -> None:
+        from pierce.proxies.xtcp import XtcpProxyConfig
+        from pierce.proxies.xudp import XudpProxyConfig
+
+        def no(code: ErrorCode, reason: str) -> P2pAnswer:
+            return P2pAnswer(proxy=msg.proxy, visit_id=msg.visit_id, code=code, reason=reason)
+
+        config = self.proxies().get(msg.proxy)
+        ticket_key = self.exchanges.visit_key(msg.visit_id, msg.proxy)
+        if not isinstance(config, XtcpProxyConfig | XudpProxyConfig):
+            await channel.send(no(ErrorCode.UNKNOWN_PROXY, f"this client serves no P2P proxy {msg.proxy!r}"))
+            return
+        if ticket_key is None:
+            await channel.send(no(ErrorCode.AUTH_FAILED, "no accepted visit with that id"))
+            return
+        if len(self.paths) + len(self._starts) >= MAX_DIRECT_PATHS:
+            await channel.send(no(ErrorCode.LIMIT_REACHED, f"{MAX_DIRECT_PATHS} direct paths already"))
+            return
+        key = p2p_key(ticket_key, proxy=msg.proxy, visit_id=msg.visit_id)
+        try:
+            theirs = open_offer(msg.offer, msg.mac, key, owner=False)
+        except BadOffer as exc:
+            await channel.send(no(ErrorCode.BAD_MESSAGE, str(exc)))
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        waiter: asyncio.Future[P2pStart] = asyncio.get_running_loop().create_future()
+        self._starts[msg.visit_id] = waiter
+        kept = False
+        try:
+            sock.bind(("0.0.0.0", 0))
+            stun = (self.server_host(), msg.stun_port) if msg.stun_port else None
+            gathered = await gather_udp(sock, stun)
+            identity = process_identity()
+            ours = Offer(
+                candidates=to_wire(gathered.candidates),
+                mapping=gathered.mapping.value if gathered.mapping else "",
+                fingerprint=identity.fingerprint,
+            )
+            data, tag = seal(ours, key, owner=True)
+            await channel.send(P2pAnswer(proxy=msg.proxy, visit_id=msg.visit_id, offer=data, mac=tag))
+            async with asyncio.timeout(START_TIMEOUT):
+                start = await waiter
+            remote = from_wire(theirs.candidates)
+            remote_mapping = behaviour(theirs.mapping)
+            agent, result = await punch_udp(
+                Role.CONTROLLED,
+                sock,
+                session_id=msg.visit_id.encode()[:32],
+                key=key,
+                local=gathered.candidates,
+                remote=remote,
+                local_mapping=gathered.mapping,
+                remote_mapping=remote_mapping,
+                settings=self.settings,
+                delay=start.delay_ms / 1000,
+            )
+            if result.locked is None or result.sock is None:
+                reason = result.failed.reason.value if result.failed else "no lock"
+                event(
+                    log,
+                    logging.INFO,
+                    "p2p.failed",
+                    f"proxy {msg.proxy}: no direct path to the visitor ({reason})",
+                    proxy=msg.proxy,
+                    reason=reason,
+                )
+                return
+            if result.sock is not sock:
+                sock.close()
+                sock = result.sock
+            peer = result.locked.path.remote
+            after = AfterLock(agent, sock, result.locked.path.socket_id)
+            after.start()
+            kind = path_kind(peer, remote, gathered.mapping, remote_mapping)
+            visitor = f"{peer[0]}:{peer[1]}"
+
+            async def serve(end: End) -> None:
+                start_work = StartWork(proxy=msg.proxy, visitor_host=peer[0], visitor_port=peer[1])
+                work = self.handler(config, start_work, end)
+                if work is None:
+                    end.close()
+                    return
+                await work
+
+            try:
+                quic = await QuicPath.accept(
+                    sock,
+                    peer,
+                    identity=identity,
+                    key=key,
+                    on_stream=serve,
+                    timeout=QUIC_TIMEOUT,
+                    on_other=after.on_other,
+                )
+            except BaseException:
+                after.close()
+                raise
+            kept = True
+            direct = DirectPath(quic, kind, result.locked.elapsed, msg.proxy)
+            self.paths[msg.visit_id] = direct
+            event(
+                log,
+                logging.INFO,
+                "p2p.direct",
+                f"proxy {msg.proxy}: direct path to visitor {visitor} ({kind.value}) after "
+                f"{result.locked.elapsed * 1000:.0f} ms",
+                proxy=msg.proxy,
+                visitor=visitor,
+                conn_path=kind.value,
+                elapsed_ms=round(result.locked.elapsed * 1000),
+            )
+            try:
+                await quic.wait_closed()
+            finally:
+                after.close()
+                quic.close()
+                sock.close()
+                self.paths.pop(msg.visit_id, None)
+                event(
+                    log,
+                    logging.INFO,
+                    "p2p.closed",
+                    f"proxy {msg.proxy}: direct path to visitor {visitor} closed: {quic.reason}",
+                    proxy=msg.proxy,
+                    visitor=visitor,
+                    reason=quic.reason,
+                )
+        except (TimeoutError, PierceError, OSError, ssl.SSLError) as exc:
+            event(
+                log,
+                logging.INFO,
+                "p2p.failed",
+                f"proxy {msg.proxy}: direct path attempt ended: {exc or type(exc).__name__}",
+                proxy=msg.proxy,
+                reason=str(exc) or type(exc).__name__,
+            )
+        finally:
+            self._starts.pop(msg.visit_id, None)
+            if not kept:
+                sock.close()
+
+    def by_proxy(self) -> dict[str, list[DirectPath]]:
+        """The live direct paths of each proxy, oldest first."""
+        found: dict[str, list[DirectPath]] = {}
+        for path in self.paths.values():
+            found.setdefault(path.proxy, []).append(path)
+        return found
+
+    async def close(self) -> None:
+        for path in list(self.paths.values()):
+            path.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

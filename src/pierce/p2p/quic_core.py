@@ -1,0 +1,228 @@
+"""The sans-I/O half of a direct QUIC path: configuration, flow control by consumption, the proof format.
+
+Flow control
+------------
+aioquic raises a stream's receive window (MAX_STREAM_DATA) and the connection's (MAX_DATA) whenever the
+peer has *sent* more than half of it, doubling it each time, whether or not the application has read
+anything: a visitor that stops reading would let the owner buffer without bound. `PathConnection`
+replaces those two steps so that a window only moves when the application consumes: it is advertised
+as ``consumed + window`` once half a window has been read since the last update. What a peer may have
+in flight to us is then bounded by one window per stream and one connection window overall; a peer
+sending past it is a FLOW_CONTROL_ERROR in aioquic's own checks.
+
+This overrides two private methods of `aioquic.quic.connection.QuicConnection`
+(``_write_stream_limits`` and ``_write_connection_limits``), and reads a few private attributes, all
+in this module and nowhere else; tests/e2e/test_quic_path.py checks that an unread stream stalls its
+sender at the window.
+
+The proof
+---------
+The visitor opens the first bidirectional stream (id 0) and sends ``nonce (32) || proof (32)`` and FIN,
+where ``proof = p2p_client_proof(key, server_fingerprint, nonce)``. The owner answers `PROOF_ACCEPTED`
+and FIN, or closes the connection with `CloseCode.PROOF_REJECTED`. Application streams start at id 4.
+"""
+
+from __future__ import annotations
+
+import enum
+import ssl
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import (
+    CONNECTION_LIMIT_FRAME_CAPACITY,
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    QuicConnection,
+)
+from aioquic.quic.events import ConnectionTerminated
+from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.stream import QuicStream
+from cryptography.hazmat.primitives import serialization
+
+from pierce.p2p.identity import Identity
+from pierce.protocol.auth import NONCE_SIZE, PROOF_SIZE
+
+ALPN = "pierce-p2p/1"
+#: The stream the proof travels on (the client's first bidirectional stream).
+PROOF_STREAM = 0
+PROOF_MESSAGE_SIZE = NONCE_SIZE + PROOF_SIZE
+#: The owner's answer on the proof stream.
+PROOF_ACCEPTED = b"\x01"
+
+#: Largest UDP payload QUIC may build (1200 is the protocol minimum and the safe default for an unknown
+#: punched path; 1452 fits a 1500-byte MTU with IPv6 and PPPoE headers).
+DEFAULT_DATAGRAM_SIZE = 1200
+MIN_DATAGRAM_SIZE = 1200
+MAX_DATAGRAM_SIZE = 1452
+#: Room taken in a packet by the short header (up to a 20-byte connection id), the AEAD tag and a
+#: DATAGRAM frame's own header: what is left is the largest `QuicPath.send_datagram` payload.
+DATAGRAM_OVERHEAD = 1 + 20 + 4 + 16 + 1 + 4
+#: Receive windows: what a peer may have in flight to us per stream and per connection.
+STREAM_WINDOW = 4 * 1024 * 1024
+CONNECTION_WINDOW = 16 * 1024 * 1024
+#: Unsent bytes a stream may hold in aioquic before its writer waits (and the whole connection).
+STREAM_SEND_BUFFER = 2 * 1024 * 1024
+CONNECTION_SEND_BUFFER = 8 * 1024 * 1024
+#: QUIC DATAGRAM frames queued for sending before more are dropped.
+MAX_PENDING_DATAGRAMS = 256
+#: Length of the connection ids we issue (aioquic's default; the owner parses the first Initial with it).
+CONNECTION_ID_LENGTH = 8
+IDLE_TIMEOUT = 30.0
+KEEPALIVE = 15.0
+CONGESTION_CONTROL = "cubic"
+
+
+class CloseCode(enum.IntEnum):
+    """Application error codes of CONNECTION_CLOSE on a direct path."""
+
+    NO_ERROR = 0
+    PROOF_REJECTED = 1
+    PROOF_TIMEOUT = 2
+    FINGERPRINT_MISMATCH = 3
+
+
+class StreamCode(enum.IntEnum):
+    """Application error codes of RESET_STREAM / STOP_SENDING."""
+
+    REFUSED = 0x10
+    CANCELLED = 0x11
+
+
+def configuration(
+    *,
+    is_client: bool,
+    identity: Identity | None = None,
+    max_datagram_size: int = DEFAULT_DATAGRAM_SIZE,
+    idle_timeout: float = IDLE_TIMEOUT,
+    congestion_control: str = CONGESTION_CONTROL,
+    stream_window: int = STREAM_WINDOW,
+    connection_window: int = CONNECTION_WINDOW,
+) -> QuicConfiguration:
+    """The QUIC settings of either end. The client checks nothing in TLS: it compares the certificate's
+    fingerprint itself (`PathConnection.peer_certificate_der`) before it sends anything of its own."""
+    if not MIN_DATAGRAM_SIZE <= max_datagram_size <= MAX_DATAGRAM_SIZE:
+        raise ValueError(f"max_datagram_size must be {MIN_DATAGRAM_SIZE}..{MAX_DATAGRAM_SIZE}")
+    config = QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[ALPN],
+        congestion_control_algorithm=congestion_control,
+        idle_timeout=idle_timeout,
+        max_datagram_size=max_datagram_size,
+        max_data=connection_window,
+        max_stream_data=stream_window,
+        max_datagram_frame_size=65535,
+        connection_id_length=CONNECTION_ID_LENGTH,
+    )
+    if is_client:
+        config.verify_mode = ssl.CERT_NONE
+    else:
+        if identity is None:
+            raise ValueError("the server end needs an identity")
+        config.certificate = identity.certificate
+        config.private_key = identity.private_key
+    return config
+
+
+class PathConnection(QuicConnection):
+    """A `QuicConnection` whose receive windows follow what the application consumed (module docstring),
+    with read access to the few internals the I/O layer needs."""
+
+    def __init__(
+        self,
+        *,
+        configuration: QuicConfiguration,
+        original_destination_connection_id: bytes | None = None,
+    ) -> None:
+        super().__init__(
+            configuration=configuration,
+            original_destination_connection_id=original_destination_connection_id,
+        )
+        self._stream_window = configuration.max_stream_data
+        self._connection_window = configuration.max_data
+        self._consumed: dict[int, int] = {}
+        self._consumed_total = 0
+        #: The peer's CONNECTION_CLOSE, as soon as it arrives (aioquic reports it only after draining).
+        self.peer_close: ConnectionTerminated | None = None
+
+    # -- what the I/O layer reads --------------------------------------------------------------
+
+    def consume(self, stream_id: int, n: int) -> bool:
+        """The application read ``n`` bytes of ``stream_id``; True when a window update is now due."""
+        done = self._consumed.get(stream_id, 0) + n
+        self._consumed[stream_id] = done
+        self._consumed_total += n
+        stream = self._streams.get(stream_id)
+        half_stream, half_conn = self._stream_window // 2, self._connection_window // 2
+        stream_due = (
+            stream is not None and done + self._stream_window - stream.max_stream_data_local >= half_stream
+        )
+        conn_due = self._consumed_total + self._connection_window - self._local_max_data.value >= half_conn
+        return stream_due or conn_due
+
+    def forget(self, stream_id: int) -> None:
+        """The application is done with ``stream_id``: drop its consumption count."""
+        self._consumed.pop(stream_id, None)
+
+    def unsent(self, stream_id: int, written: int) -> int:
+        """Bytes of ``written`` (all the application gave the stream) that have not been sent once."""
+        stream = self._streams.get(stream_id)
+        return 0 if stream is None else max(0, written - stream.sender.highest_offset)
+
+    def peer_certificate_der(self) -> bytes | None:
+        """The server certificate as received (client side), once the TLS Certificate message arrived."""
+        cert = self.tls._peer_certificate if self.tls is not None else None
+        return None if cert is None else cert.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def smoothed_rtt(self) -> float:
+        return float(self._loss._rtt_smoothed)
+
+    def pending_datagrams(self) -> int:
+        return len(self._datagrams_pending)
+
+    def has_stream(self, stream_id: int) -> bool:
+        return stream_id in self._streams
+
+    # -- aioquic steps replaced ----------------------------------------------------------------
+
+    def _close_begin(self, is_initiator: bool, now: float) -> None:
+        if not is_initiator and self.peer_close is None:
+            self.peer_close = self._close_event
+        super()._close_begin(is_initiator, now)
+
+    def _write_stream_limits(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
+    ) -> None:
+        if stream.max_stream_data_local and not stream.receiver.is_finished:
+            target = self._consumed.get(stream.stream_id or 0, 0) + self._stream_window
+            if target - stream.max_stream_data_local >= self._stream_window // 2:
+                stream.max_stream_data_local = target
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            buf = builder.start_frame(
+                QuicFrameType.MAX_STREAM_DATA,
+                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                handler=self._on_max_stream_data_delivery,
+                handler_args=(stream,),
+            )
+            buf.push_uint_var(stream.stream_id or 0)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        max_data = self._local_max_data
+        target = self._consumed_total + self._connection_window
+        if target - max_data.value >= self._connection_window // 2:
+            max_data.value = target
+        for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
+            if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
+                continue  # batch MAX_STREAMS, as aioquic does
+            if limit.value != limit.sent:
+                buf = builder.start_frame(
+                    limit.frame_type,
+                    capacity=CONNECTION_LIMIT_FRAME_CAPACITY,
+                    handler=self._on_connection_limit_delivery,
+                    handler_args=(limit,),
+                )
+                buf.push_uint_var(limit.value)
+                limit.sent = limit.value

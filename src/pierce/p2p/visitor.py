@@ -1,0 +1,305 @@
+"""The visitor's side of P2P: keep a direct path to one xtcp/xudp service when the NATs allow it.
+
+`VisitorP2p` runs attempts in the background and never holds a connection back for one: a new
+connection takes the direct path when it is up, else the relay through the server at once (or, with
+``fallback = false``, waits up to ``fallback_timeout_ms`` for a direct path and is refused without one).
+An attempt: a P2P visit (`pierce.client.visitor.accepted_visit` with ``p2p``), a sealed offer with this
+side's candidates, the owner's offer in `P2pStart`, a punch as the controlling agent, QUIC to the
+owner's pinned certificate, and a `P2pResult` for the server's counters.
+
+When the direct path dies, new connections go through the relay at once and a new attempt starts. A
+failed attempt is retried after `RETRY_FIRST` seconds, doubling to `RETRY_MAX`; when both NATs are
+symmetric (no direct path is possible) the retry waits `RETRY_MAX` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pierce.client.visit import accepted_visit
+from pierce.errors import PierceError
+from pierce.logs import event
+from pierce.nat.punch import FailReason, PunchSettings, Role
+from pierce.p2p.direct import AfterLock, DirectPath, behaviour, path_kind, punch_udp
+from pierce.p2p.gather import from_wire, gather_udp, to_wire
+from pierce.p2p.quic import QuicPath
+from pierce.protocol import Error, P2pOffer, P2pResult, P2pStart, Refused, UnexpectedMessage
+from pierce.protocol.auth import p2p_key
+from pierce.protocol.p2p import BadOffer, Offer, open_offer, seal
+from pierce.snapshot import ConnectionPath
+
+if TYPE_CHECKING:
+    from pierce.client.session import Dialer
+    from pierce.config import XtcpVisitorConfig, XudpVisitorConfig
+    from pierce.proxies.visitor_auth import VisitorTickets
+
+log = logging.getLogger("pierce.p2p")
+
+RETRY_FIRST = 5.0
+RETRY_MAX = 300.0
+#: Seconds for the owner's offer after ours (the server gives the owner 10 s to answer).
+START_TIMEOUT = 15.0
+QUIC_TIMEOUT = 5.0
+
+
+@dataclass(slots=True)
+class P2pStatus:
+    """What the visitor's snapshot says about its direct path."""
+
+    path: ConnectionPath = ConnectionPath.RELAY
+    rtt_ms: float = 0.0
+    #: Why the visitor is on the relay (the last attempt's failure), "" when direct or untried.
+    reason: str = ""
+    attempts: int = 0
+    direct_since: float | None = None
+    #: Milliseconds the last successful punch took.
+    punch_ms: int = 0
+    history: list[str] = field(default_factory=list)
+
+
+class VisitorP2p:
+    def __init__(
+        self,
+        config: XtcpVisitorConfig | XudpVisitorConfig,
+        dialer: Dialer,
+        tickets: VisitorTickets,
+        settings: PunchSettings | None = None,
+    ) -> None:
+        self.config = config
+        self.dialer = dialer
+        self.tickets = tickets
+        self.settings = settings or PunchSettings()
+        self.status = P2pStatus()
+        self.direct: DirectPath | None = None
+        self._attempt: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._retry_at = 0.0
+        self._retry_delay = RETRY_FIRST
+        self._watcher: asyncio.Task[None] | None = None
+        self._closed = False
+        #: Called when a direct path comes up (an xudp visitor moves its datagram tunnel over).
+        self.on_direct: Callable[[], None] | None = None
+
+    def rtt_ms(self) -> float:
+        """The direct path's RTT now (0 on the relay)."""
+        direct = self.direct
+        return direct.rtt_ms if direct is not None and direct.alive else 0.0
+
+    def usable(self) -> DirectPath | None:
+        """The direct path if it is up (and an attempt started in the background when it is not)."""
+        if self.direct is not None and self.direct.alive:
+            return self.direct
+        self.ensure()
+        return None
+
+    async def wait_direct(self, timeout: float) -> DirectPath | None:
+        """The direct path, waiting up to ``timeout`` for an attempt (``fallback = false``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.usable()
+            if found is not None:
+                return found
+            if self._attempt is None:
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
+            except TimeoutError:
+                return None
+
+    def ensure(self, *, now: bool = False) -> None:
+        """Start an attempt unless one runs or the retry delay has not passed."""
+        if self._closed or self._attempt is not None:
+            return
+        if not now and time.monotonic() < self._retry_at:
+            return
+        self._attempt = asyncio.get_running_loop().create_task(self._run(), name=f"p2p {self.config.name}")
+
+    async def _run(self) -> None:
+        cfg = self.config
+        self.status.attempts += 1
+        started = time.monotonic()
+        try:
+            direct = await self._connect()
+        except (PierceError, OSError, TimeoutError, BadOffer) as exc:
+            reason = str(exc) or type(exc).__name__
+            self._failed(reason, both_symmetric=FailReason.BOTH_SYMMETRIC.value in reason)
+            return
+        finally:
+            self._attempt = None
+            self._changed.set()
+        self.direct = direct
+        self._retry_delay = RETRY_FIRST
+        self.status = P2pStatus(
+            path=direct.path,
+            rtt_ms=direct.rtt_ms,
+            attempts=self.status.attempts,
+            direct_since=time.time(),
+            punch_ms=round(direct.punch_s * 1000),
+        )
+        event(
+            log,
+            logging.INFO,
+            "p2p.direct",
+            f"visitor {cfg.name}: direct path to proxy {cfg.server_name} ({direct.path.value}) after "
+            f"{(time.monotonic() - started) * 1000:.0f} ms, rtt {direct.rtt_ms:.1f} ms",
+            visitor_name=cfg.name,
+            proxy=cfg.server_name,
+            conn_path=direct.path.value,
+            elapsed_ms=round((time.monotonic() - started) * 1000),
+            rtt_ms=round(direct.rtt_ms, 1),
+        )
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(direct))
+        if self.on_direct is not None:
+            self.on_direct()
+
+    async def _watch(self, direct: DirectPath) -> None:
+        await direct.quic.wait_closed()
+        if self.direct is direct:
+            self.direct = None
+            self.status.path = ConnectionPath.RELAY
+            self.status.reason = f"direct path closed: {direct.quic.reason}"
+            event(
+                log,
+                logging.INFO,
+                "p2p.closed",
+                f"visitor {self.config.name}: direct path closed ({direct.quic.reason}); new connections "
+                "go through the server while a new one is tried",
+                visitor_name=self.config.name,
+                proxy=self.config.server_name,
+                reason=direct.quic.reason,
+            )
+            self._changed.set()
+            self.ensure(now=True)
+
+    def _failed(self, reason: str, *, both_symmetric: bool) -> None:
+        self._retry_at = time.monotonic() + (RETRY_MAX if both_symmetric else self._retry_delay)
+        self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
+        self.status.path = ConnectionPath.RELAY
+        self.status.reason = reason
+        event(
+            log,
+            logging.INFO,
+            "p2p.failed",
+            f"visitor {self.config.name}: no direct path to proxy {self.config.server_name} ({reason}); "
+            "connections go through the server",
+            visitor_name=self.config.name,
+            proxy=self.config.server_name,
+            reason=reason,
+        )
+
+    async def _connect(self) -> DirectPath:
+        cfg = self.config
+        visit = await accepted_visit(self.dialer, cfg, self.tickets, p2p=True)
+        channel = visit.channel
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        kept = False
+        result_sent = False
+        try:
+            sock.bind(("0.0.0.0", 0))
+            key = p2p_key(visit.key, proxy=cfg.server_name, visit_id=visit.visit_id)
+            stun = (self.dialer.server_ip(), visit.ready.stun_port) if visit.ready.stun_port else None
+            gathered = await gather_udp(sock, stun)
+            data, tag = seal(
+                Offer(
+                    candidates=to_wire(gathered.candidates),
+                    mapping=gathered.mapping.value if gathered.mapping else "",
+                ),
+                key,
+                owner=False,
+            )
+            await channel.send(P2pOffer(offer=data, mac=tag))
+            async with asyncio.timeout(START_TIMEOUT):
+                start = await channel.recv()
+            if isinstance(start, Error):
+                raise Refused(start.code, start.reason)
+            if not isinstance(start, P2pStart):
+                raise UnexpectedMessage(start, "P2pStart")
+            theirs = open_offer(start.offer, start.mac, key, owner=True)
+            remote = from_wire(theirs.candidates)
+            remote_mapping = behaviour(theirs.mapping)
+            agent, result = await punch_udp(
+                Role.CONTROLLING,
+                sock,
+                session_id=visit.visit_id.encode()[:32],
+                key=key,
+                local=gathered.candidates,
+                remote=remote,
+                local_mapping=gathered.mapping,
+                remote_mapping=remote_mapping,
+                settings=self.settings,
+                delay=start.delay_ms / 1000,
+            )
+            if result.locked is None or result.sock is None:
+                reason = result.failed.reason.value if result.failed else "no lock"
+                await channel.send(P2pResult(path=ConnectionPath.RELAY.value, reason=reason))
+                result_sent = True
+                raise NoHole(reason)
+            if result.sock is not sock:
+                sock.close()
+                sock = result.sock
+            peer = result.locked.path.remote
+            after = AfterLock(agent, sock, result.locked.path.socket_id)
+            after.start()
+            try:
+                quic = await QuicPath.connect(
+                    sock,
+                    peer,
+                    fingerprint=theirs.fingerprint,
+                    key=key,
+                    timeout=QUIC_TIMEOUT,
+                    on_other=after.on_other,
+                )
+            except BaseException:
+                after.close()
+                raise
+            kind = path_kind(peer, remote, gathered.mapping, remote_mapping)
+            direct = DirectPath(quic, kind, result.locked.elapsed)
+            asyncio.get_running_loop().create_task(_close_after(direct, after, sock))
+            kept = True
+            await channel.send(
+                P2pResult(
+                    path=kind.value,
+                    elapsed_ms=round(result.locked.elapsed * 1000),
+                    rtt_ms=round(direct.rtt_ms, 2),
+                )
+            )
+            result_sent = True
+            return direct
+        except BaseException as exc:
+            if not result_sent and channel.alive():
+                with contextlib.suppress(PierceError, OSError):
+                    await channel.send(P2pResult(path=ConnectionPath.RELAY.value, reason=str(exc)[:500]))
+            raise
+        finally:
+            channel.close()
+            if not kept:
+                sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._attempt is not None:
+            self._attempt.cancel()
+        if self.direct is not None:
+            self.direct.close()
+
+
+class NoHole(PierceError):
+    """The punch found no path (the reason names why)."""
+
+
+async def _close_after(direct: DirectPath, after: AfterLock, sock: socket.socket) -> None:
+    await direct.quic.wait_closed()
+    after.close()
+    sock.close()

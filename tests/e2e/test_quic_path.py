@@ -1,0 +1,511 @@
+"""QUIC in a punched hole (`pierce.p2p.quic`): two `QuicPath`s on real loopback UDP sockets.
+
+Streams carry data both ways with half-closes, backpressure and resets; the visitor refuses a
+certificate it did not pin before sending anything, the owner refuses a wrong proof; punch packets on
+the same socket reach ``on_other``; DATAGRAM frames cross; a close, an idle timeout and a NAT rebinding
+(a tiny UDP relay on loopback that changes its source port mid-stream) behave as the module says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+
+import pytest
+from aioquic.quic import events
+from aioquic.quic.connection import QuicConnection
+
+from pierce.errors import PierceError
+from pierce.nat.punch_wire import Kind, PunchPacket, encode
+from pierce.p2p import quic_core
+from pierce.p2p.identity import Identity
+from pierce.p2p.quic import (
+    FingerprintMismatch,
+    PathSettings,
+    ProofRejected,
+    QuicPath,
+    QuicPathError,
+    QuicStreamEnd,
+)
+
+KEY = bytes(range(32))
+IDENTITY = Identity.generate()
+Address = tuple[str, int]
+OnStream = Callable[[QuicStreamEnd], Awaitable[None]]
+
+
+@contextmanager
+def udp_sockets(count: int) -> Iterator[list[socket.socket]]:
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+            socks.append(sock)
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def addr_of(sock: socket.socket) -> Address:
+    host, port = sock.getsockname()[:2]
+    return str(host), int(port)
+
+
+@dataclass
+class Pair:
+    visitor: QuicPath
+    owner: QuicPath
+    other: list[tuple[bytes, Address]] = field(default_factory=list)
+    datagrams: list[bytes] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def quic_pair(
+    on_stream: OnStream,
+    *,
+    visitor_sock: socket.socket,
+    owner_sock: socket.socket,
+    visitor_target: Address | None = None,
+    owner_peer: Address | None = None,
+    settings: PathSettings | None = None,
+    on_other: Callable[[bytes, Address], None] | None = None,
+    on_owner_datagram: Callable[[bytes], None] | None = None,
+    on_visitor_datagram: Callable[[bytes], None] | None = None,
+) -> AsyncIterator[tuple[QuicPath, QuicPath]]:
+    owner_task = asyncio.ensure_future(
+        QuicPath.accept(
+            owner_sock,
+            owner_peer or addr_of(visitor_sock),
+            identity=IDENTITY,
+            key=KEY,
+            on_stream=on_stream,
+            on_other=on_other,
+            on_datagram=on_owner_datagram,
+            settings=settings,
+        )
+    )
+    visitor = await QuicPath.connect(
+        visitor_sock,
+        visitor_target or addr_of(owner_sock),
+        fingerprint=IDENTITY.fingerprint,
+        key=KEY,
+        on_other=on_other,
+        on_datagram=on_visitor_datagram,
+        settings=settings,
+    )
+    owner = await asyncio.wait_for(owner_task, 5)
+    try:
+        yield visitor, owner
+    finally:
+        visitor.close()
+        owner.close()
+        await asyncio.wait_for(asyncio.gather(visitor.wait_closed(), owner.wait_closed()), 5)
+
+
+async def read_all(end: QuicStreamEnd, size: int = 256 * 1024) -> bytes:
+    parts = []
+    while data := await end.read(size):
+        parts.append(data)
+    return b"".join(parts)
+
+
+async def write_all(end: QuicStreamEnd, data: bytes, chunk: int = 256 * 1024) -> None:
+    view = memoryview(data)
+    for i in range(0, len(data), chunk):
+        await end.write(view[i : i + chunk])
+    end.write_eof()
+
+
+async def echo(end: QuicStreamEnd) -> None:
+    while data := await end.read(256 * 1024):
+        await end.write(data)
+    end.write_eof()
+
+
+async def test_concurrent_streams_carry_data_both_ways_intact() -> None:
+    payloads = [os.urandom(2 * 1024 * 1024 + i * 1000) for i in range(4)]  # 8 MiB each way in all
+    with udp_sockets(2) as (v_sock, o_sock):
+        async with quic_pair(echo, visitor_sock=v_sock, owner_sock=o_sock) as (visitor, owner):
+
+            async def one(payload: bytes) -> bytes:
+                end = await visitor.open_stream()
+                writer = asyncio.ensure_future(write_all(end, payload))
+                got = await read_all(end)
+                await writer
+                end.close()
+                return got
+
+            results = await asyncio.wait_for(asyncio.gather(*(one(p) for p in payloads)), 60)
+            for sent, got in zip(payloads, results, strict=True):
+                assert len(got) == len(sent)
+                assert hashlib.sha256(got).digest() == hashlib.sha256(sent).digest()
+            assert visitor.rtt > 0 and owner.rtt > 0
+            assert owner.peer == addr_of(v_sock) and visitor.peer == addr_of(o_sock)
+
+
+async def test_half_close_both_ways() -> None:
+    seen: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def owner_side(end: QuicStreamEnd) -> None:
+        first = await end.read(100)
+        if first == b"request":  # visitor half-closes first: we still answer after its EOF
+            assert await end.read(100) == b""
+            assert end.peer_done()
+            await end.write(b"reply after your EOF")
+            end.write_eof()
+        else:  # we half-close first and keep reading
+            await end.write(b"goodbye, keep talking")
+            end.write_eof()
+            await seen.put(first + await read_all(end))
+
+    with udp_sockets(2) as (v_sock, o_sock):
+        async with quic_pair(owner_side, visitor_sock=v_sock, owner_sock=o_sock) as (visitor, _owner):
+            end = await visitor.open_stream()
+            await end.write(b"request")
+            end.write_eof()
+            assert await asyncio.wait_for(read_all(end), 5) == b"reply after your EOF"
+            end.close()
+
+            end = await visitor.open_stream()
+            await end.write(b"hello ")
+            assert await asyncio.wait_for(read_all(end), 5) == b"goodbye, keep talking"
+            await end.write(b"and more after your EOF")
+            end.write_eof()
+            assert await asyncio.wait_for(seen.get(), 5) == b"hello and more after your EOF"
+            end.close()
+
+
+async def test_a_visitor_that_resets_makes_the_owner_read_fail() -> None:
+    outcome: asyncio.Future[BaseException | bytes] = asyncio.get_running_loop().create_future()
+    started = asyncio.Event()
+
+    async def owner_side(end: QuicStreamEnd) -> None:
+        try:
+            first = await end.read(100)
+            started.set()
+            outcome.set_result(first + await read_all(end))
+        except ConnectionResetError as exc:
+            outcome.set_result(exc)
+
+    with udp_sockets(2) as (v_sock, o_sock):
+        async with quic_pair(owner_side, visitor_sock=v_sock, owner_sock=o_sock) as (visitor, _owner):
+            end = await visitor.open_stream()
+            await end.write(b"half a message")
+            await asyncio.wait_for(started.wait(), 5)
+            end.close()  # without write_eof: an abort
+            got = await asyncio.wait_for(outcome, 5)
+            assert isinstance(got, ConnectionResetError), got
+
+
+async def test_an_unread_stream_stalls_its_writer_at_the_window() -> None:
+    """Flow control follows consumption: the owner buffers at most one stream window, and the visitor's
+    writer waits instead of piling bytes up in memory; reading releases it."""
+    owner_end: asyncio.Future[QuicStreamEnd] = asyncio.get_running_loop().create_future()
+    release = asyncio.Event()
+
+    async def owner_side(end: QuicStreamEnd) -> None:
+        owner_end.set_result(end)
+        await release.wait()
+
+    total = quic_core.STREAM_WINDOW + quic_core.STREAM_SEND_BUFFER + 8 * 1024 * 1024
+    payload = os.urandom(total)
+    with udp_sockets(2) as (v_sock, o_sock):
+        async with quic_pair(owner_side, visitor_sock=v_sock, owner_sock=o_sock) as (visitor, _owner):
+            end = await visitor.open_stream()
+            writer = asyncio.ensure_future(write_all(end, payload))
+            o_end = await asyncio.wait_for(owner_end, 5)
+            done, _ = await asyncio.wait({writer}, timeout=2.0)
+            assert not done, "the writer finished although nobody read"
+            buffered = sum(len(c) for c in o_end._chunks)
+            assert 0 < buffered <= quic_core.STREAM_WINDOW
+            got = await asyncio.wait_for(read_all(o_end), 30)
+            await asyncio.wait_for(writer, 5)
+            assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+            release.set()
+            end.close()
+
+
+async def test_a_wrong_fingerprint_fails_connect_before_anything_is_sent() -> None:
+    called = []
+
+    async def owner_side(end: QuicStreamEnd) -> None:
+        called.append(end)
+
+    with udp_sockets(2) as (v_sock, o_sock):
+        owner_task = asyncio.ensure_future(
+            QuicPath.accept(o_sock, addr_of(v_sock), identity=IDENTITY, key=KEY, on_stream=owner_side)
+        )
+        with pytest.raises(FingerprintMismatch, match="fingerprint mismatch") as info:
+            await QuicPath.connect(
+                v_sock, addr_of(o_sock), fingerprint=Identity.generate().fingerprint, key=KEY
+            )
+        assert isinstance(info.value, PierceError)
+        assert IDENTITY.fingerprint.hex()[:16] in str(info.value)
+        # Had the visitor sent its proof (made for the certificate it pinned), the owner would have judged
+        # it and raised ProofRejected; it only saw the visitor close.
+        with pytest.raises(QuicPathError) as owner_error:
+            await asyncio.wait_for(owner_task, 10)
+        assert not isinstance(owner_error.value, ProofRejected), owner_error.value
+        assert "the peer closed the connection" in str(owner_error.value)
+        assert not called
+
+
+async def test_a_wrong_key_is_refused_by_the_owner() -> None:
+    called = []
+
+    async def owner_side(end: QuicStreamEnd) -> None:
+        called.append(end)
+
+    with udp_sockets(2) as (v_sock, o_sock):
+        owner_task = asyncio.ensure_future(
+            QuicPath.accept(o_sock, addr_of(v_sock), identity=IDENTITY, key=KEY, on_stream=owner_side)
+        )
+        with pytest.raises(ProofRejected, match="refused our proof"):
+            await QuicPath.connect(v_sock, addr_of(o_sock), fingerprint=IDENTITY.fingerprint, key=bytes(32))
+        with pytest.raises(ProofRejected, match="does not match the rendezvous key"):
+            await asyncio.wait_for(owner_task, 10)
+        assert not called
+
+
+async def test_streams_opened_before_the_proof_are_refused() -> None:
+    """A client that completes the handshake but opens an application stream instead of proving the key
+    gets that stream reset, and the owner gives up at its deadline without calling ``on_stream``."""
+    called = []
+
+    async def owner_side(end: QuicStreamEnd) -> None:
+        called.append(end)
+
+    loop = asyncio.get_running_loop()
+    with udp_sockets(2) as (v_sock, o_sock):
+        owner_task = asyncio.ensure_future(
+            QuicPath.accept(
+                o_sock, addr_of(v_sock), identity=IDENTITY, key=KEY, on_stream=owner_side, timeout=2.0
+            )
+        )
+        conn = QuicConnection(configuration=quic_core.configuration(is_client=True))
+        conn.connect(addr_of(o_sock), loop.time())
+        reset = asyncio.Event()
+        skipped_proof = False
+
+        def pump() -> None:
+            nonlocal skipped_proof
+            while True:
+                try:
+                    data, source = v_sock.recvfrom(2048)
+                except BlockingIOError:
+                    break
+                conn.receive_datagram(data, source, loop.time())
+            while (event := conn.next_event()) is not None:
+                if isinstance(event, events.HandshakeCompleted) and not skipped_proof:
+                    skipped_proof = True
+                    conn.send_stream_data(0, b"", end_stream=False)  # stream 0 open, no proof
+                    conn.send_stream_data(4, b"let me in without a proof")
+                if isinstance(event, events.StreamReset) and event.stream_id == 4:
+                    reset.set()
+            for data, dest in conn.datagrams_to_send(loop.time()):
+                v_sock.sendto(data, dest)
+
+        loop.add_reader(v_sock.fileno(), pump)
+        try:
+            pump()
+            await asyncio.wait_for(reset.wait(), 5)
+            with pytest.raises(QuicPathError, match="within 2 s"):
+                await asyncio.wait_for(owner_task, 5)
+        finally:
+            loop.remove_reader(v_sock.fileno())
+        assert not called
+
+
+async def test_punch_packets_on_the_shared_socket_reach_on_other() -> None:
+    others: list[tuple[bytes, Address]] = []
+    with udp_sockets(3) as (v_sock, o_sock, agent_sock):
+        punch = encode(PunchPacket(Kind.KEEPALIVE, True, b"session", 7), KEY)
+        agent_sock.sendto(punch, addr_of(o_sock))  # before the owner's QUIC connection exists
+        async with quic_pair(
+            echo, visitor_sock=v_sock, owner_sock=o_sock, on_other=lambda d, a: others.append((d, a))
+        ) as (
+            visitor,
+            _owner,
+        ):
+            agent_sock.sendto(punch, addr_of(v_sock))
+            agent_sock.sendto(punch, addr_of(o_sock))
+            # A stream round trip after the datagrams were sent: loopback keeps their order.
+            end = await visitor.open_stream()
+            await end.write(b"ping")
+            end.write_eof()
+            assert await asyncio.wait_for(read_all(end), 5) == b"ping"
+            end.close()
+            agent_sock.sendto(b"\x0cpun" + bytes(60), addr_of(v_sock))
+            visitor.send_raw(punch, addr_of(agent_sock))
+            loop = asyncio.get_running_loop()
+            assert await asyncio.wait_for(loop.sock_recv(agent_sock, 2048), 5) == punch
+        assert others.count((punch, addr_of(agent_sock))) == 3
+
+
+async def test_datagrams_cross_both_ways() -> None:
+    to_owner: asyncio.Queue[bytes] = asyncio.Queue()
+    to_visitor: asyncio.Queue[bytes] = asyncio.Queue()
+    with udp_sockets(2) as (v_sock, o_sock):
+        async with quic_pair(
+            echo,
+            visitor_sock=v_sock,
+            owner_sock=o_sock,
+            on_owner_datagram=to_owner.put_nowait,
+            on_visitor_datagram=to_visitor.put_nowait,
+        ) as (visitor, owner):
+            big = os.urandom(visitor.max_datagram_payload)
+            assert visitor.send_datagram(b"up")
+            assert visitor.send_datagram(big)
+            assert owner.send_datagram(b"down")
+            assert not owner.send_datagram(big + b"x")  # one byte too large: refused, not queued
+            assert await asyncio.wait_for(to_owner.get(), 5) == b"up"
+            assert await asyncio.wait_for(to_owner.get(), 5) == big
+            assert await asyncio.wait_for(to_visitor.get(), 5) == b"down"
+
+
+async def test_a_close_by_the_peer_sets_closed_with_a_reason() -> None:
+    with udp_sockets(2) as (v_sock, o_sock):
+        async with quic_pair(echo, visitor_sock=v_sock, owner_sock=o_sock) as (visitor, owner):
+            end = await visitor.open_stream()
+            await end.write(b"x")
+            assert await asyncio.wait_for(end.read(10), 5) == b"x"
+            visitor.close()
+            await asyncio.wait_for(owner.wait_closed(), 5)
+            assert "peer closed" in owner.reason
+            await asyncio.wait_for(visitor.wait_closed(), 5)
+            assert visitor.reason == "closed locally"
+            with pytest.raises(ConnectionResetError):
+                await end.read(10)
+
+
+class Rebinder:
+    """A UDP relay on loopback standing in for the visitor's NAT: the visitor sends to ``front``; the
+    relay forwards from ``back`` to the owner, and `rebind` moves ``back`` to a new port mid-flow."""
+
+    def __init__(self, owner: Address) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.owner = owner
+        self.front = self._socket()
+        self.backs: list[socket.socket] = []
+        self.visitor: Address | None = None
+        self.paused = False
+        self.loop.add_reader(self.front.fileno(), self._from_visitor)
+        self.rebind()
+
+    def _socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        return sock
+
+    @property
+    def back_address(self) -> Address:
+        return addr_of(self.backs[-1])
+
+    def rebind(self) -> None:
+        back = self._socket()
+        self.backs.append(back)
+        self.loop.add_reader(back.fileno(), self._from_owner, back)
+
+    def _from_visitor(self) -> None:
+        for _ in range(256):
+            try:
+                data, source = self.front.recvfrom(2048)
+            except BlockingIOError:
+                return
+            self.visitor = (str(source[0]), int(source[1]))
+            if not self.paused:
+                self.backs[-1].sendto(data, self.owner)
+
+    def _from_owner(self, back: socket.socket) -> None:
+        for _ in range(256):
+            try:
+                data, _source = back.recvfrom(2048)
+            except BlockingIOError:
+                return
+            if self.visitor is not None and not self.paused:
+                self.front.sendto(data, self.visitor)
+
+    def close(self) -> None:
+        for sock in (self.front, *self.backs):
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+
+
+async def test_a_nat_rebinding_mid_stream_keeps_the_stream_intact() -> None:
+    payload = os.urandom(12 * 1024 * 1024)
+    halfway = asyncio.Event()
+
+    async def owner_side(end: QuicStreamEnd) -> None:
+        got = 0
+        while data := await end.read(256 * 1024):
+            got += len(data)
+            if got >= len(payload) // 3:
+                halfway.set()
+            await end.write(data)
+        end.write_eof()
+
+    with udp_sockets(2) as (v_sock, o_sock):
+        nat = Rebinder(addr_of(o_sock))
+        try:
+            async with quic_pair(
+                owner_side,
+                visitor_sock=v_sock,
+                owner_sock=o_sock,
+                visitor_target=addr_of(nat.front),
+                owner_peer=nat.back_address,
+            ) as (visitor, owner):
+                first_back = nat.back_address
+                assert owner.peer == first_back
+                end = await visitor.open_stream()
+                writer = asyncio.ensure_future(write_all(end, payload))
+                reader = asyncio.ensure_future(read_all(end))
+                await asyncio.wait_for(halfway.wait(), 30)
+                nat.rebind()
+                got = await asyncio.wait_for(reader, 60)
+                await writer
+                assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+                assert owner.peer == nat.back_address != first_back
+                end.close()
+        finally:
+            nat.close()
+
+
+async def test_keepalives_hold_an_idle_path_and_a_silent_peer_times_out() -> None:
+    settings = PathSettings(keepalive_s=0.2, idle_timeout=1.0)
+    with udp_sockets(2) as (v_sock, o_sock):
+        nat = Rebinder(addr_of(o_sock))
+        try:
+            async with quic_pair(
+                echo,
+                visitor_sock=v_sock,
+                owner_sock=o_sock,
+                visitor_target=addr_of(nat.front),
+                owner_peer=nat.back_address,
+                settings=settings,
+            ) as (visitor, owner):
+                # Three idle timeouts without application data: the PINGs keep it open.
+                done, _ = await asyncio.wait(
+                    {
+                        asyncio.ensure_future(owner.wait_closed()),
+                        asyncio.ensure_future(visitor.wait_closed()),
+                    },
+                    timeout=3.0,
+                )
+                assert not done, (owner.reason, visitor.reason)
+                nat.paused = True  # the path goes silent
+                start = asyncio.get_running_loop().time()
+                await asyncio.wait_for(asyncio.gather(owner.wait_closed(), visitor.wait_closed()), 5)
+                assert asyncio.get_running_loop().time() - start <= 1.0 + 2.0
+                assert owner.reason == visitor.reason == "idle timeout"
+        finally:
+            nat.close()

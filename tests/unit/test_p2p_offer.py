@@ -1,0 +1,122 @@
+"""The sealed P2P offer, the rendezvous key, the owner's record of accepted visits, path kinds and the
+``[p2p]`` config: the sans-I/O parts of the rendezvous."""
+
+from __future__ import annotations
+
+import pytest
+
+from pierce.config import P2pOptions
+from pierce.errors import InvalidValue
+from pierce.nat.candidates import Candidate, CandidateKind
+from pierce.nat.classify import Behaviour
+from pierce.p2p.direct import path_kind, punch_settings
+from pierce.p2p.gather import from_wire, to_wire
+from pierce.protocol.auth import p2p_client_proof, p2p_key
+from pierce.protocol.p2p import MAX_CANDIDATES, BadOffer, Offer, WireCandidate, open_offer, seal
+from pierce.proxies.visitor_auth import VISIT_TTL, OwnerExchanges
+from pierce.snapshot import ConnectionPath
+
+KEY = p2p_key(b"k" * 32, proxy="game", visit_id="ab" * 32)
+CANDIDATES = [
+    Candidate(CandidateKind.HOST, "192.168.1.20", 40000),
+    Candidate(CandidateKind.SRFLX, "203.0.113.5", 40000),
+]
+
+
+def test_the_peer_opens_what_was_sealed() -> None:
+    offer = Offer(candidates=to_wire(CANDIDATES), mapping="endpoint-independent", fingerprint=b"f" * 32)
+    data, tag = seal(offer, KEY, owner=True)
+    opened = open_offer(data, tag, KEY, owner=True)
+    assert opened == offer
+    assert from_wire(opened.candidates) == CANDIDATES
+
+
+@pytest.mark.parametrize("what", ["flipped byte", "other key", "other direction", "other visit"])
+def test_a_tampered_or_misdirected_offer_does_not_open(what: str) -> None:
+    data, tag = seal(Offer(candidates=to_wire(CANDIDATES), fingerprint=b"f" * 32), KEY, owner=True)
+    key, owner = KEY, True
+    if what == "flipped byte":
+        data = data[:-1] + bytes([data[-1] ^ 1])
+    elif what == "other key":
+        key = p2p_key(b"x" * 32, proxy="game", visit_id="ab" * 32)
+    elif what == "other direction":
+        owner = False  # a visitor's offer replayed as the owner's, or the reverse
+    else:
+        key = p2p_key(b"k" * 32, proxy="game", visit_id="cd" * 32)
+    with pytest.raises(BadOffer, match="MAC"):
+        open_offer(data, tag, key, owner=owner)
+
+
+def test_an_oversized_or_malformed_offer_is_refused() -> None:
+    with pytest.raises(BadOffer, match="over"):
+        open_offer(b"x" * 5000, b"", KEY, owner=False)
+    import msgspec
+
+    too_many = msgspec.msgpack.encode(
+        {"candidates": [["host", "udp", "10.0.0.1", 1, 1]] * (MAX_CANDIDATES + 1)}
+    )
+    from pierce.protocol.auth import p2p_offer_mac
+
+    with pytest.raises(BadOffer, match="malformed"):
+        open_offer(too_many, p2p_offer_mac(KEY, owner=False, offer=too_many), KEY, owner=False)
+
+
+def test_unknown_or_bad_wire_candidates_are_skipped() -> None:
+    wire = [
+        WireCandidate("host", "udp", "not-an-ip", 5),
+        WireCandidate("srflx", "tcp", "203.0.113.5", 5),
+        WireCandidate("srflx", "udp", "203.0.113.5", 5),
+    ]
+    assert from_wire(wire) == [Candidate(CandidateKind.SRFLX, "203.0.113.5", 5)]
+
+
+def test_the_client_proof_binds_the_certificate_and_nonce() -> None:
+    proof = p2p_client_proof(KEY, server_fingerprint=b"f" * 32, nonce=b"n" * 32)
+    assert proof != p2p_client_proof(KEY, server_fingerprint=b"g" * 32, nonce=b"n" * 32)
+    assert proof != p2p_client_proof(KEY, server_fingerprint=b"f" * 32, nonce=b"m" * 32)
+
+
+def test_the_owner_gives_a_visit_key_only_for_an_accepted_visit_of_that_proxy() -> None:
+    clock = [100.0]
+    exchanges = OwnerExchanges(clock=lambda: clock[0])
+    exchanges._accepted("visit-1", "game", b"t" * 32)
+    assert exchanges.visit_key("visit-1", "game") == b"t" * 32
+    assert exchanges.visit_key("visit-1", "other") is None
+    assert exchanges.visit_key("visit-2", "game") is None
+    clock[0] += VISIT_TTL
+    assert exchanges.visit_key("visit-1", "game") is None
+    exchanges._accepted("visit-3", "game", b"t" * 32)
+    exchanges.forget("game")
+    assert exchanges.visit_key("visit-3", "game") is None
+
+
+@pytest.mark.parametrize(
+    ("remote", "local_map", "remote_map", "want"),
+    [
+        (("192.168.1.20", 40000), None, None, ConnectionPath.DIRECT_LAN),
+        (("203.0.113.5", 40000), Behaviour.ENDPOINT_INDEPENDENT, None, ConnectionPath.DIRECT_UDP),
+        (("203.0.113.5", 40001), None, None, ConnectionPath.DIRECT_UDP),  # peer-reflexive
+        (("203.0.113.5", 41234), Behaviour.ADDRESS_AND_PORT_DEPENDENT, None, ConnectionPath.DIRECT_PREDICTED),
+        (("203.0.113.5", 41234), None, Behaviour.ADDRESS_DEPENDENT, ConnectionPath.DIRECT_PREDICTED),
+    ],
+)
+def test_path_kind(
+    remote: tuple[str, int], local_map: Behaviour | None, remote_map: Behaviour | None, want: ConnectionPath
+) -> None:
+    assert path_kind(remote, CANDIDATES, local_map, remote_map) is want
+
+
+def test_p2p_options_bound_everything_and_reach_the_agent() -> None:
+    settings = punch_settings(P2pOptions(prediction_probes=2048, prediction_rate=100, opening_ttl=0))
+    assert (settings.spray_probes, settings.spray_rate, settings.opening_ttl) == (2048, 100, None)
+    assert settings.max_probes >= 2 * 2048
+    for key, bad in [
+        ("punch_budget_s", 0.5),
+        ("opening_ttl", 65),
+        ("keepalive_s", 0),
+        ("prediction_sockets", 5000),
+        ("prediction_probes", 0),
+        ("prediction_rate", 10_000),
+    ]:
+        with pytest.raises(InvalidValue, match=f"p2p.{key}"):
+            P2pOptions(**{key: bad})
