@@ -14,13 +14,15 @@ whole, by whatever path), and stops the visitor. Reported per cell: direct succe
 connected / attempts, the median time to a usable direct path (the visitor's ``elapsed_ms``), and the
 path kinds seen.
 
-Throughput (``--size-mib``, default 32, each way through an echo, SHA-256 checked): in cone × cone, the
-direct path (xtcp) against the relay (an stcp proxy of the same owner, same service, same NATs), each
-``--rounds`` times, interleaved; the ratio is direct / relay, paired per round.
+Throughput (``--size-mib``, default 32, each way through an echo, SHA-256 checked): in full-cone × cone
+(direct in both shapes), the direct path (xtcp) against the relay (an stcp proxy of the same owner, same
+service, same NATs), each ``--rounds`` times, interleaved; the ratio is direct / relay, paired per round.
 
 Needs root (network namespaces). Usage:
 ``sudo .venv/bin/python bench/bench_p2p.py [--attempts 20] [--shapes internet,flat] [--cells cone,sym]
-[--rounds 3] [--size-mib 32] [--json]`` (``--cells``: only cells whose name contains one of the words).
+[--rounds 3] [--size-mib 32] [--parallel 3] [--json]`` (``--cells``: only cells whose name contains one of
+the words; ``--parallel``: cells at once, only cells that share no site, which mostly overlaps the waits
+of cells without UDP, whose visitors give up after the 10 s punch budget).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,7 +46,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 from natlab.lab import Lab, LabError, missing_prerequisites, sweep_stale  # noqa: E402
 from natlab.p2p_cells import (  # noqa: E402
     CELLS,
-    PROXY,
     VISIT_PORT,
     Cell,
     PierceLab,
@@ -60,9 +62,9 @@ PING = bytes(range(256)) * 4
 
 def attempt(pl: PierceLab, cell: Cell) -> tuple[Verdict, bool]:
     """One fresh visitor of ``cell``'s owner (already running): its verdict and whether 1 KiB echoed."""
-    _, visitor_host = cell.hosts(pl.plab)
-    pl.plab.flush_conntrack("udp")
-    visitor = pl.visitor(visitor_host)
+    owner_host, visitor_host = cell.hosts(pl.plab)
+    pl.plab.flush_conntrack("udp", cell.sites(pl.plab))
+    visitor = pl.visitor(visitor_host, owner_host)
     try:
         try:
             got = verdict(visitor)
@@ -77,7 +79,7 @@ def attempt(pl: PierceLab, cell: Cell) -> tuple[Verdict, bool]:
 
 def run_cell(pl: PierceLab, cell: Cell, attempts: int) -> dict[str, Any]:
     owner_host, _ = cell.hosts(pl.plab)
-    pl.plab.flush_conntrack()
+    pl.plab.flush_conntrack(sites=cell.sites(pl.plab))
     service, client = pl.owner(owner_host)
     verdicts: list[Verdict] = []
     connected = 0
@@ -101,28 +103,80 @@ def run_cell(pl: PierceLab, cell: Cell, attempts: int) -> dict[str, Any]:
     }
 
 
+def run_cells(
+    pl: PierceLab, cells: list[Cell], attempts: int, parallel: int, shape: str
+) -> list[dict[str, Any]]:
+    """Every cell, up to ``parallel`` at once among cells that share no site (each flushes only its own
+    sites' routers, so cells running together do not disturb each other); rows in ``cells`` order."""
+    rows: dict[Cell, dict[str, Any]] = {}
+    busy: set[str] = set()
+    waiting = list(cells)
+    lock = threading.Condition()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                while True:
+                    if not waiting:
+                        return
+                    cell = next(
+                        (c for c in waiting if not {s.spec.name for s in c.sites(pl.plab)} & busy), None
+                    )
+                    if cell is not None:
+                        break
+                    lock.wait()
+                waiting.remove(cell)
+                names = {s.spec.name for s in cell.sites(pl.plab)}
+                busy.update(names)
+            try:
+                row = run_cell(pl, cell, attempts)
+            except (LabError, OSError) as exc:  # the cell could not run (owner did not start...)
+                row = {"cell": cell.name, "attempts": attempts, "direct": 0, "connected": 0}
+                row.update(median_direct_ms=None, paths={}, reasons={}, error=str(exc)[:2000])
+            finally:
+                with lock:
+                    busy.difference_update(names)
+                    lock.notify_all()
+            rows[cell] = row
+            print(f"[{shape}] {row}", file=sys.stderr, flush=True)
+
+    threads = [threading.Thread(target=worker) for _ in range(max(1, parallel))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [rows[cell] for cell in cells]
+
+
 def throughput(pl: PierceLab, rounds: int, size: int, workdir: Path) -> dict[str, Any]:
-    """cone × cone: the direct path against the relay, interleaved; Mbit/s (both directions summed)."""
-    cell = Cell("cone", "cone")
+    """full-cone × cone (direct in both shapes): the direct path against the relay (an stcp proxy of the
+    same owner for the same service), interleaved; Mbit/s, both directions summed."""
+    cell = Cell("full-cone", "cone")
     owner_host, visitor_host = cell.hosts(pl.plab)
     payload = random_payload(workdir / "payload.bin", size)
     pl.plab.flush_conntrack()
     service, client = pl.owner(owner_host, also_stcp=True)
-    direct = pl.visitor(visitor_host)
-    relay = pl.visitor(visitor_host, p2p=False, name=f"{PROXY}-relay", port=VISIT_PORT + 1)
+    procs = [client, service]
     rows: dict[str, list[float]] = {"direct": [], "relay": []}
     try:
+        direct = pl.visitor(visitor_host, owner_host)
+        procs.insert(0, direct)
+        relay = pl.visitor(visitor_host, owner_host, stcp=True, port=VISIT_PORT + 1)
+        procs.insert(0, relay)
         got = verdict(direct)
+        if not got.direct:
+            raise LabError(f"{cell.name}: no direct path for the throughput run: {got}")
         for _ in range(rounds):
             moved = echo_transfer(pl.plab, visitor_host, direct, payload)
             rows["direct"].append(moved.mbit_s)
             moved = echo_transfer(pl.plab, visitor_host, relay, payload, port=VISIT_PORT + 1)
             rows["relay"].append(moved.mbit_s)
     finally:
-        for proc in (relay, direct, client, service):
+        for proc in procs:
             proc.stop()
     ratios = [d / r for d, r in zip(rows["direct"], rows["relay"], strict=True)]
     return {
+        "cell": cell.name,
         "direct_path": got.path,
         "direct_mbit_s": round(statistics.median(rows["direct"]), 1),
         "relay_mbit_s": round(statistics.median(rows["relay"]), 1),
@@ -138,11 +192,7 @@ def run_shape(shape: Shape, cells: list[Cell], args: argparse.Namespace, workdir
         pl = PierceLab(matrix_lab(lab, shape), workdir / shape)
         pl.workdir.mkdir()
         pl.start_server()
-        results = []
-        for cell in cells:
-            row = run_cell(pl, cell, args.attempts)
-            results.append(row)
-            print(f"[{shape}] {row}", file=sys.stderr, flush=True)
+        results = run_cells(pl, cells, args.attempts, args.parallel, shape)
         speed = throughput(pl, args.rounds, args.size_mib << 20, workdir) if args.rounds else None
     return {
         "shape": shape,
@@ -155,7 +205,10 @@ def run_shape(shape: Shape, cells: list[Cell], args: argparse.Namespace, workdir
 def markdown(report: dict[str, Any]) -> str:
     out = []
     for shape in report["shapes"]:
-        out.append(f"**{shape['shape']}** ({report['attempts']} attempts per cell, {shape['seconds']} s)\n")
+        out.append(
+            f"**{shape['shape']}** ({report['attempts']} attempts per cell, "
+            f"{report['parallel']} cells at once, {shape['seconds']} s)\n"
+        )
         out.append("| cell (owner × visitor) | direct | connected | median ms to direct | paths seen |")
         out.append("|---|---|---|---|---|")
         for row in shape["cells"]:
@@ -166,7 +219,8 @@ def markdown(report: dict[str, Any]) -> str:
         speed = shape["throughput"]
         if speed:
             out.append(
-                f"\nThroughput, cone × cone, {speed['size_mib']} MiB each way, median of {speed['rounds']}: "
+                f"\nThroughput, {speed['cell']}, {speed['size_mib']} MiB each way, "
+                f"median of {speed['rounds']}: "
                 f"direct ({speed['direct_path']}) {speed['direct_mbit_s']} Mbit/s, relay "
                 f"{speed['relay_mbit_s']} Mbit/s, direct / relay **{speed['ratio']}x**."
             )
@@ -183,6 +237,9 @@ def main() -> None:
     parser.add_argument("--cells", default="", help="comma-separated words; a cell runs if its name has one")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (0: none)")
     parser.add_argument("--size-mib", type=int, default=32)
+    parser.add_argument(
+        "--parallel", type=int, default=3, help="cells at once (only cells that share no site; 1: one by one)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if (reason := missing_prerequisites()) is not None:
@@ -195,6 +252,7 @@ def main() -> None:
         os.environ.setdefault("PIERCE_STATE_DIR", tmp)
         report = {
             "attempts": args.attempts,
+            "parallel": args.parallel,
             "shapes": [run_shape(shape, cells, args, Path(tmp)) for shape in shapes],
         }
     print(json.dumps(report, indent=1) if args.json else markdown(report))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -23,10 +24,10 @@ from typing import Any
 from support.tunnel import TOKEN, write_toml
 
 from .lab import DEFAULT_TIMEOUT_S, Host, Lab, LabError, Proc, _json_object
-from .p2p_lab import KINDS, P2pLab, Shape, SiteKind, SiteSpec, build, event, run_pierce
+from .p2p_lab import KINDS, P2pLab, Shape, Site, SiteKind, SiteSpec, build, event, run_pierce
 
 CONTROL_PORT, SERVICE_PORT, VISIT_PORT = 7000, 7007, 9000
-PROXY, SECRET = "svc", "p2p lab secret 7"
+SECRET = "p2p lab secret 7"
 #: How long a visitor may take to decide on its direct path (punch budget 10 s, plus start and login).
 VERDICT_TIMEOUT_S = 40.0
 SHORT = {"none": "pub", "cone": "cone", "full-cone": "full", "symmetric": "sym", "udp-blocked": "noudp",
@@ -53,14 +54,18 @@ class Cell:
             return "same-nat-" + self.same_nat.replace(" ", "-")
         return f"{self.owner_kind}-x-{self.visitor_kind}"
 
+    def sites(self, plab: P2pLab) -> tuple[Site, ...]:
+        """The sites the cell uses (one for the same-NAT cells)."""
+        if self.same_nat:
+            return (plab.sites["same" if self.same_nat == "no hairpin" else "samehp"],)
+        return plab.sites[f"{SHORT[self.owner_kind]}-o"], plab.sites[f"{SHORT[self.visitor_kind]}-v"]
+
     def hosts(self, plab: P2pLab) -> tuple[Host, Host]:
         """(owner host, visitor host) in the lab built by :func:`matrix_lab`."""
+        sites = self.sites(plab)
         if self.same_nat:
-            site = plab.sites["same" if self.same_nat == "no hairpin" else "samehp"]
-            return site.hosts[0], site.hosts[1]
-        owner = plab.sites[f"{SHORT[self.owner_kind]}-o"]
-        visitor = plab.sites[f"{SHORT[self.visitor_kind]}-v"]
-        return owner.host, visitor.host
+            return sites[0].hosts[0], sites[0].hosts[1]
+        return sites[0].host, sites[1].host
 
 
 CELLS: tuple[Cell, ...] = (
@@ -122,7 +127,7 @@ class PierceLab:
     plab: P2pLab
     workdir: Path
     server: Proc | None = None
-    _runs: int = field(default=0)
+    _runs: Iterator[int] = field(default_factory=itertools.count)
 
     def start_server(self) -> Proc:
         conf = write_toml(
@@ -134,21 +139,20 @@ class PierceLab:
         return self.server
 
     def _state(self, role: str) -> Path:
-        self._runs += 1
-        return self.workdir / f"{role}-{self._runs}"
+        return self.workdir / f"{role}-{next(self._runs)}"
 
     def owner(self, host: Host, kind: str = "xtcp", *, also_stcp: bool = False) -> tuple[Proc, Proc]:
-        """A TCP (UDP for xudp) echo on ``host``'s loopback and a client with a ``kind`` proxy for it
-        (and, with ``also_stcp``, an stcp proxy ``svc-relay`` for the same service); both ready."""
+        """A TCP (UDP for xudp) echo on ``host``'s loopback and a client with a ``kind`` proxy for it,
+        named after the host (`proxy_name`), and with ``also_stcp`` an stcp proxy ``NAME-relay`` for the
+        same service; both ready (or both stopped and the error raised)."""
         udp = kind == "xudp"
         service = host.helper(
             "udp_echo.py" if udp else "tcp_echo.py", "--host", "127.0.0.1", "--port", SERVICE_PORT
         )
-        service.ready_port()
-        proxy = {"type": kind, "name": PROXY, "local_port": SERVICE_PORT, "secret_key": SECRET}
-        proxies = [proxy]
+        name = proxy_name(host)
+        proxies = [{"type": kind, "name": name, "local_port": SERVICE_PORT, "secret_key": SECRET}]
         if also_stcp:
-            proxies.append({**proxy, "type": "stcp", "name": f"{PROXY}-relay"})
+            proxies.append({**proxies[0], "type": "stcp", "name": f"{name}-relay"})
         state = self._state("owner")
         state.mkdir(parents=True)
         conf = write_toml(
@@ -161,31 +165,46 @@ class PierceLab:
                 "proxies": proxies,
             },
         )
-        client = run_pierce(host, state, "client", "-c", conf)
-        for p in proxies:
-            event(client, "proxy.ready", timeout=20, proxy=p["name"])
+        client: Proc | None = None
+        try:
+            service.ready_port()
+            client = run_pierce(host, state, "client", "-c", conf)
+            for p in proxies:
+                event(client, "proxy.ready", timeout=20, proxy=p["name"])
+        except BaseException:
+            for proc in (client, service):
+                if proc is not None:
+                    proc.stop()
+            raise
         return service, client
 
     def visitor(
         self,
         host: Host,
+        owner: Host,
         *extra: str,
-        p2p: bool = True,
         udp: bool = False,
-        name: str = PROXY,
+        stcp: bool = False,
         port: int = VISIT_PORT,
     ) -> Proc:
-        """``pierce visit`` on ``host`` bound to ``127.0.0.1:port``; returns once it listens."""
+        """``pierce visit --p2p`` (plain, of the ``-relay`` stcp proxy, with ``stcp``) of ``owner``'s proxy
+        on ``host``, bound to ``127.0.0.1:port``; returns once it listens."""
+        name = proxy_name(owner) + ("-relay" if stcp else "")
         args = ["visit", "--server", f"{self.plab.server_ip}:{CONTROL_PORT}", "--token", TOKEN,
                 "--name", name, "--secret", SECRET, "--bind", f"127.0.0.1:{port}",
                 "--client-id", f"visitor-{host.name}"]  # fmt: skip
-        if p2p:
+        if not stcp:
             args.append("--p2p")
         if udp:
             args.append("--udp")
         visitor = run_pierce(host, self._state("visitor"), *args, *extra)
         event(visitor, "visitor.listening", timeout=20)
         return visitor
+
+
+def proxy_name(owner: Host) -> str:
+    """Proxy names are unique on a server: one per owner host, so cells can run side by side."""
+    return f"svc-{owner.name}"
 
 
 def verdict(visitor: Proc, timeout: float = VERDICT_TIMEOUT_S) -> Verdict:
@@ -231,7 +250,7 @@ def cell_processes(pl: PierceLab, cell: Cell, kind: str = "xtcp") -> Iterator[tu
     try:
         service, client = pl.owner(owner_host, kind)
         procs += [service, client]
-        visitor = pl.visitor(visitor_host, udp=kind == "xudp")
+        visitor = pl.visitor(visitor_host, owner_host, udp=kind == "xudp")
         procs.append(visitor)
         yield visitor_host, client, visitor
     finally:

@@ -120,10 +120,10 @@ class P2pLab:
 
     def flush_conntrack(self, proto: Literal["udp", "all"] = "all", sites: Sequence[Site] = ()) -> None:
         """Forget the routers' conntrack entries (all of them, or UDP only, which leaves TCP sessions
-        such as a client's control connection standing); of the given sites' NAT routers, or all."""
+        such as a client's control connection standing); of the given sites' routers, or all."""
         if shutil.which("conntrack") is None:
             raise LabError("the P2P lab needs conntrack (Debian package conntrack) on PATH")
-        routers = [site.router for site in sites if site.router] if sites else self.routers()
+        routers = [r for site in sites for r in (site.router, site.isp) if r] if sites else self.routers()
         args = ["-D", "-p", "udp"] if proto == "udp" else ["-F"]
         for router in routers:
             # conntrack -D exits 1 when nothing matched; -F never does.
