@@ -238,7 +238,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (0: none)")
     parser.add_argument("--size-mib", type=int, default=32)
     parser.add_argument(
-        "--parallel", type=int, default=3, help="cells at once (only cells that share no site; 1: one by one)"
+        "--parallel", type=int, default=4, help="cells at once (only cells that share no site; 1: one by one)"
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
