@@ -303,9 +303,9 @@ class SudpVisitor:
 
     async def _open(self, cfg: SudpVisitorConfig) -> tuple[End, str]:
         direct = await direct_for(cfg, self.p2p)
-        if direct is not None:
+        if direct is not None and self.p2p is not None:
             try:
-                return await direct.quic.open_stream(), direct.path.value
+                return await self.p2p.open_datagrams(direct), direct.path.value
             except (PierceError, OSError) as exc:
                 if not getattr(cfg, "fallback", True):
                     raise NoDirectPath(f"the direct path to {cfg.server_name!r} failed: {exc}") from exc

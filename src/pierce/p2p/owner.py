@@ -20,6 +20,7 @@ from typing import Any
 from pierce.errors import PierceError
 from pierce.logs import event
 from pierce.nat.punch import PunchSettings, Role
+from pierce.p2p.datagrams import DatagramEnd
 from pierce.p2p.direct import AfterLock, DirectPath, behaviour, path_kind, punch_udp
 from pierce.p2p.gather import from_wire, gather_udp, to_wire
 from pierce.p2p.identity import process_identity
@@ -41,6 +42,14 @@ QUIC_TIMEOUT = 5.0
 
 #: Serves one stream of a proxy: (config, start, end) -> coroutine (`pierce.proxies.registry.work_handler`).
 StreamHandler = Callable[[Any, StartWork, End], Coroutine[Any, Any, None] | None]
+
+
+async def _closing(work: Coroutine[Any, Any, None], quic: QuicPath) -> None:
+    """Serve an xudp path's datagrams; when that ends, so does the path."""
+    try:
+        await work
+    finally:
+        quic.close()
 
 
 class OwnerP2p:
@@ -152,13 +161,23 @@ class OwnerP2p:
             kind = path_kind(peer, remote, gathered.mapping, remote_mapping)
             visitor = f"{peer[0]}:{peer[1]}"
 
+            start_work = StartWork(proxy=msg.proxy, visitor_host=peer[0], visitor_port=peer[1])
+            datagrams: list[DatagramEnd] = []  # xudp: the one datagram end, once the path is up
+
             async def serve(end: End) -> None:
-                start_work = StartWork(proxy=msg.proxy, visitor_host=peer[0], visitor_port=peer[1])
+                if datagrams:  # xudp: the visitor's stream for large datagrams
+                    datagrams[0].attach_stream(end)
+                    await datagrams[0].finished.wait()
+                    return
                 work = self.handler(config, start_work, end)
                 if work is None:
                     end.close()
                     return
                 await work
+
+            def on_datagram(data: bytes) -> None:
+                if datagrams:
+                    datagrams[0].deliver(data)
 
             try:
                 quic = await QuicPath.accept(
@@ -169,11 +188,17 @@ class OwnerP2p:
                     on_stream=serve,
                     timeout=QUIC_TIMEOUT,
                     on_other=after.on_other,
+                    on_datagram=on_datagram,
                 )
             except BaseException:
                 after.close()
                 raise
             kept = True
+            if isinstance(config, XudpProxyConfig):
+                datagrams.append(DatagramEnd(quic))
+                work = self.handler(config, start_work, datagrams[0])
+                if work is not None:
+                    self._spawn(_closing(work, quic), f"p2p {msg.proxy} datagrams")
             direct = DirectPath(quic, kind, result.locked.elapsed, msg.proxy)
             self.paths[msg.visit_id] = direct
             event(

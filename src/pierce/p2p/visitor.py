@@ -27,6 +27,7 @@ from pierce.client.visit import accepted_visit
 from pierce.errors import PierceError
 from pierce.logs import event
 from pierce.nat.punch import FailReason, PunchSettings, Role
+from pierce.p2p.datagrams import DatagramEnd
 from pierce.p2p.direct import AfterLock, DirectPath, behaviour, path_kind, punch_udp
 from pierce.p2p.gather import from_wire, gather_udp, to_wire
 from pierce.p2p.quic import QuicPath
@@ -86,6 +87,8 @@ class VisitorP2p:
         self._closed = False
         #: Called when a direct path comes up (an xudp visitor moves its datagram tunnel over).
         self.on_direct: Callable[[], None] | None = None
+        #: An xudp visitor's datagram end on the direct path (DATAGRAM frames arrive there).
+        self.datagrams: DatagramEnd | None = None
 
     def rtt_ms(self) -> float:
         """The direct path's RTT now (0 on the relay)."""
@@ -260,6 +263,7 @@ class VisitorP2p:
                     key=key,
                     timeout=QUIC_TIMEOUT,
                     on_other=after.on_other,
+                    on_datagram=self._on_datagram,
                 )
             except BaseException:
                 after.close()
@@ -286,6 +290,17 @@ class VisitorP2p:
             channel.close()
             if not kept:
                 sock.close()
+
+    def _on_datagram(self, data: bytes) -> None:
+        if self.datagrams is not None:
+            self.datagrams.deliver(data)
+
+    async def open_datagrams(self, direct: DirectPath) -> DatagramEnd:
+        """The xudp tunnel's end on ``direct``: DATAGRAM frames, and a stream for the large ones."""
+        end = DatagramEnd(direct.quic)
+        self.datagrams = end
+        await end.open()
+        return end
 
     def close(self) -> None:
         self._closed = True
