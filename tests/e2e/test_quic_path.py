@@ -388,7 +388,8 @@ async def test_a_close_by_the_peer_sets_closed_with_a_reason() -> None:
 
 class Rebinder:
     """A UDP relay on loopback standing in for the visitor's NAT: the visitor sends to ``front``; the
-    relay forwards from ``back`` to the owner, and `rebind` moves ``back`` to a new port mid-flow."""
+    relay forwards from ``back`` to the owner, and `rebind` moves ``back`` to a new port mid-flow (the
+    NAT's mapping changed: the old port is closed)."""
 
     def __init__(self, owner: Address) -> None:
         self.loop = asyncio.get_running_loop()
@@ -412,6 +413,11 @@ class Rebinder:
         return addr_of(self.backs[-1])
 
     def rebind(self) -> None:
+        """A new mapping; the old one is gone (what reaches its port now is lost)."""
+        if self.backs:
+            old = self.backs.pop()
+            self.loop.remove_reader(old.fileno())
+            old.close()
         back = self._socket()
         self.backs.append(back)
         self.loop.add_reader(back.fileno(), self._from_owner, back)
