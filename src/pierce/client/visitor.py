@@ -42,7 +42,7 @@ from pierce.config import (
 from pierce.errors import PierceError
 from pierce.listeners import TcpListener, bind_socket, set_nodelay
 from pierce.logs import event, relay_summary
-from pierce.p2p.direct import DirectPath, punch_settings
+from pierce.p2p.direct import DirectPath
 from pierce.p2p.visitor import VisitorP2p
 from pierce.protocol import (
     MAX_HOST_LENGTH,
@@ -100,11 +100,7 @@ class StcpVisitor:
         self.tickets = tickets
         self.listener: TcpListener | None = None
         #: The direct path manager of an xtcp visitor.
-        self.p2p = (
-            VisitorP2p(config, dialer, tickets, punch_settings(dialer.config.p2p))
-            if isinstance(config, XtcpVisitorConfig)
-            else None
-        )
+        self.p2p = VisitorP2p(config, dialer, tickets) if isinstance(config, XtcpVisitorConfig) else None
 
     @property
     def address(self) -> str:
@@ -192,11 +188,7 @@ class SudpVisitor:
         self._retry_at = 0.0
         self._dropped = DropCounter(log, "udp.dropped", f"visitor {config.name}", visitor_name=config.name)
         #: The direct path manager of an xudp visitor.
-        self.p2p = (
-            VisitorP2p(config, dialer, tickets, punch_settings(dialer.config.p2p))
-            if isinstance(config, XudpVisitorConfig)
-            else None
-        )
+        self.p2p = VisitorP2p(config, dialer, tickets) if isinstance(config, XudpVisitorConfig) else None
         if self.p2p is not None:
             self.p2p.on_direct = self._direct_up
 

@@ -18,7 +18,7 @@ from pierce.nat.candidates import Candidate, CandidateKind
 from pierce.nat.classify import Behaviour
 from pierce.nat.punch import PunchAgent, PunchSettings, Role
 from pierce.nat.punch_io import PunchResult, run_punch
-from pierce.p2p.quic import QuicPath
+from pierce.p2p.quic import PathSettings, QuicPath
 from pierce.snapshot import ConnectionPath
 
 _HARD = {Behaviour.ADDRESS_DEPENDENT, Behaviour.ADDRESS_AND_PORT_DEPENDENT}
@@ -160,3 +160,8 @@ def punch_settings(options: P2pOptions) -> PunchSettings:
         spray_rate=options.prediction_rate,
         max_probes=max(4096, options.prediction_probes * 2),
     )
+
+
+def path_settings(options: P2pOptions) -> PathSettings:
+    """QUIC's settings from ``[p2p]``: its keepalive is the punch's, its idle timeout three of them."""
+    return PathSettings(keepalive_s=options.keepalive_s, idle_timeout=max(30.0, 3 * options.keepalive_s))

@@ -24,7 +24,7 @@ from pierce.p2p.datagrams import DatagramEnd
 from pierce.p2p.direct import AfterLock, DirectPath, behaviour, path_kind, punch_udp
 from pierce.p2p.gather import from_wire, gather_udp, to_wire
 from pierce.p2p.identity import process_identity
-from pierce.p2p.quic import QuicPath
+from pierce.p2p.quic import PathSettings, QuicPath
 from pierce.protocol import ErrorCode, P2pAnswer, P2pRequest, P2pStart, StartWork
 from pierce.protocol.auth import p2p_key
 from pierce.protocol.p2p import BadOffer, Offer, open_offer, seal
@@ -61,12 +61,14 @@ class OwnerP2p:
         *,
         server_host: Callable[[], str],
         settings: PunchSettings | None = None,
+        path: PathSettings | None = None,
     ) -> None:
         self.exchanges = exchanges
         self.proxies = proxies
         self.handler = handler
         self.server_host = server_host
         self.settings = settings or PunchSettings()
+        self.path_settings = path or PathSettings()
         self.paths: dict[str, DirectPath] = {}
         self._starts: dict[str, asyncio.Future[P2pStart]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -189,6 +191,7 @@ class OwnerP2p:
                     timeout=QUIC_TIMEOUT,
                     on_other=after.on_other,
                     on_datagram=on_datagram,
+                    settings=self.path_settings,
                 )
             except BaseException:
                 after.close()

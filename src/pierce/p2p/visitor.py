@@ -28,9 +28,17 @@ from pierce.errors import PierceError
 from pierce.logs import event
 from pierce.nat.punch import FailReason, PunchSettings, Role
 from pierce.p2p.datagrams import DatagramEnd
-from pierce.p2p.direct import AfterLock, DirectPath, behaviour, path_kind, punch_udp
+from pierce.p2p.direct import (
+    AfterLock,
+    DirectPath,
+    behaviour,
+    path_kind,
+    path_settings,
+    punch_settings,
+    punch_udp,
+)
 from pierce.p2p.gather import from_wire, gather_udp, to_wire
-from pierce.p2p.quic import QuicPath
+from pierce.p2p.quic import PathSettings, QuicPath
 from pierce.protocol import Error, P2pOffer, P2pResult, P2pStart, Refused, UnexpectedMessage
 from pierce.protocol.auth import p2p_key
 from pierce.protocol.p2p import BadOffer, Offer, open_offer, seal
@@ -72,11 +80,14 @@ class VisitorP2p:
         dialer: Dialer,
         tickets: VisitorTickets,
         settings: PunchSettings | None = None,
+        path: PathSettings | None = None,
     ) -> None:
         self.config = config
         self.dialer = dialer
         self.tickets = tickets
-        self.settings = settings or PunchSettings()
+        #: ``[p2p]`` of the visitor's client config, unless given.
+        self.settings = settings or punch_settings(dialer.config.p2p)
+        self.path_settings = path or path_settings(dialer.config.p2p)
         self.status = P2pStatus()
         self.direct: DirectPath | None = None
         self._attempt: asyncio.Task[None] | None = None
@@ -264,6 +275,7 @@ class VisitorP2p:
                     timeout=QUIC_TIMEOUT,
                     on_other=after.on_other,
                     on_datagram=self._on_datagram,
+                    settings=self.path_settings,
                 )
             except BaseException:
                 after.close()
