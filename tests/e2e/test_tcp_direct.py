@@ -102,13 +102,13 @@ async def test_tls_direct_path_on_loopback_carries_data_both_ways_with_half_clos
 
 
 async def test_both_sides_keep_the_same_connection_when_several_connect() -> None:
-    """Two candidates each way give up to four TCP connections; the visitor's nomination makes both
-    sides keep the same one (its two ends), every time."""
+    """Each side's first candidate is an address only it dials (127.0.0.2 / 127.0.0.3 reach the other's
+    listener): three TCP connections form, and both sides keep the same one (its two ends), every time."""
     for _ in range(5):
         pa, pb = free_port(), free_port()
         v_sock, o_sock = await connect_pair(
-            [host("127.0.0.1", pb), host("127.0.0.2", pb)],
-            [host("127.0.0.1", pa), host("127.0.0.3", pa)],
+            [host("127.0.0.2", pb), host("127.0.0.1", pb)],
+            [host("127.0.0.3", pa), host("127.0.0.1", pa)],
             (pa, pb),
         )
         try:
@@ -174,3 +174,66 @@ async def test_no_listener_means_no_direct_path_within_the_deadline() -> None:
         )
     assert loop.time() - began < 1.0 + 0.5  # the deadline plus slack
     assert f"127.0.0.1:{nobody} (host): connection refused" in str(caught.value)
+
+
+async def test_refused_attempts_are_retried_until_the_late_peer_listens() -> None:
+    """The owner starts half a second late and cannot reach the visitor (its candidate is a dead port):
+    until it listens the visitor's SYNs are refused, and the visitor keeps trying."""
+    loop = asyncio.get_running_loop()
+    pa, pb, dead = free_port(), free_port(), free_port()
+    start, deadline = loop.time(), loop.time() + 10
+
+    async def late_owner() -> tuple[socket.socket, Candidate, str]:
+        await asyncio.sleep(0.5)
+        return await connect_direct(
+            "owner", pb, [host("127.0.0.1", dead)], start_at=loop.time(), deadline=deadline
+        )
+
+    (v_sock, _, _), (o_sock, _, _) = await asyncio.gather(
+        connect_direct("visitor", pa, [host("127.0.0.1", pb)], start_at=start, deadline=deadline),
+        late_owner(),
+    )
+    with v_sock, o_sock:
+        assert v_sock.getsockname() == o_sock.getpeername()
+
+
+async def test_a_stranger_on_a_candidate_address_is_passed_over() -> None:
+    """The visitor's first candidate is a LAN address where another service answers (it greets like
+    sshd); the owner comes up a little later. The stranger's socket connects first, answers the
+    nomination with its banner, and is dropped: both sides end up on their own connection."""
+    loop = asyncio.get_running_loop()
+    pa, pb = free_port(), free_port()
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-stranger\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    stranger_sock = bind_reusable("127.0.0.2", pb)
+    stranger = await asyncio.start_server(greet, sock=stranger_sock)
+    try:
+        start, deadline = loop.time(), loop.time() + 10
+
+        async def late_owner() -> tuple[socket.socket, Candidate, str]:
+            await asyncio.sleep(0.3)
+            return await connect_direct(
+                "owner", pb, [host("127.0.0.1", pa)], start_at=loop.time(), deadline=deadline
+            )
+
+        (v_sock, _, _), (o_sock, _, _) = await asyncio.gather(
+            connect_direct(
+                "visitor",
+                pa,
+                [host("127.0.0.2", pb), host("127.0.0.1", pb)],
+                start_at=start,
+                deadline=deadline,
+            ),
+            late_owner(),
+        )
+        with v_sock, o_sock:
+            assert v_sock.getsockname() == o_sock.getpeername()
+            assert v_sock.getpeername() == o_sock.getsockname()
+    finally:
+        stranger.close()
+        await stranger.wait_closed()
