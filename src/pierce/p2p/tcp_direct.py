@@ -108,7 +108,7 @@ PathKind = Literal["lan", "tcp"]
 #: NATs: the clock skew between the two sides tolerated.
 OPENING_LEAD = 0.2
 #: Seconds between two opening SYNs of the owner when an ICMP error killed the first one.
-OPENING_INTERVAL = 0.01
+OPENING_INTERVAL = 0.002
 #: Opening SYNs the owner sends towards one candidate at most.
 MAX_OPENINGS = 100
 #: Seconds before a new SYN after one was refused, reset or unreachable.
