@@ -126,8 +126,9 @@ EVENTS: dict[str, frozenset[str]] = {
         "client.timeout": {"client_id", "peer"},
         "client.protocol_error": {"client_id", "peer", "error"},
         "client.error": {"client_id", "code"},
-        "stun.listening": {"addresses", "alt_addr", "ports"},
+        "stun.listening": {"addresses", "alt_addr", "ports", "listen"},
         "stun.unavailable": {"error"},
+        "stun.tcp_unavailable": {"error"},
         "front.listening": {"front", "listen", "port"},
         "front.refused": {"front", "visitor", "code", "reason", "server_name", "proxy", "refused"},
         # proxies (server and owner)

@@ -463,6 +463,78 @@ class Lab:
             _kill_namespace(ns)
 
 
+# -- the shape of the internet ---------------------------------------------------------------------------
+
+#: Addresses of `internet`: the two inside hosts and their NATs' public addresses.
+A_IP, B_IP = "10.1.0.10", "10.2.0.10"
+NAT_A_WAN, NAT_B_WAN = "203.0.113.2", "203.0.113.18"
+
+
+@dataclass
+class Internet:
+    """Two sites behind their own NAT and ISP router, meeting on a core segment (see `internet`)."""
+
+    lab: Lab
+    a: Host
+    b: Host
+    nat_a: NatRouter
+    nat_b: NatRouter
+    core: Segment
+    lan_a: Segment
+    lan_b: Segment
+
+    def core_host(self, name: str, ip: str) -> Host:
+        """A host on the core (``198.51.100.0/24``, say a server) that reaches both sites' public sides."""
+        host = self.lab.host(name)
+        self.lab.attach(host, self.core, ip)
+        self.lab.route(host, "203.0.113.0/28", "198.51.100.1")
+        self.lab.route(host, "203.0.113.16/28", "198.51.100.2")
+        return host
+
+    def lan_host(self, name: str, ip: str, site: Literal["a", "b"] = "a") -> Host:
+        """One more host on a site's LAN, behind the same NAT as ``a`` (or ``b``)."""
+        host = self.lab.host(name)
+        lan, gateway = (self.lan_a, "10.1.0.1") if site == "a" else (self.lan_b, "10.2.0.1")
+        self.lab.attach(host, lan, ip)
+        self.lab.route(host, "default", gateway)
+        return host
+
+
+def internet(lab: Lab, mode_b: NatMode = "masquerade") -> Internet:
+    """The shape of the internet, not a flat lab:
+
+        A 10.1.0.10 -> NAT A 203.0.113.2 -> ISP A -> core 198.51.100.0/24
+                                                       <- ISP B <- NAT B 203.0.113.18 <- B 10.2.0.10
+
+    NAT A is a MASQUERADE, NAT B one of ``mode_b``. Each NAT has a plain router (its "ISP") between it
+    and the core, so a packet with TTL 2 leaves its NAT and dies at the ISP, before the other NAT.
+    """
+    core = lab.segment("core", "198.51.100.0/24")
+    access_a = lab.segment("acc-a", "203.0.113.0/28")
+    access_b = lab.segment("acc-b", "203.0.113.16/28")
+    lan_a = lab.segment("lan-a", "10.1.0.0/24")
+    lan_b = lab.segment("lan-b", "10.2.0.0/24")
+    isp_a, isp_b = lab.host("isp-a"), lab.host("isp-b")
+    lab.attach(isp_a, core, "198.51.100.1")
+    lab.attach(isp_a, access_a, "203.0.113.1")
+    lab.attach(isp_b, core, "198.51.100.2")
+    lab.attach(isp_b, access_b, "203.0.113.17")
+    for isp in (isp_a, isp_b):
+        isp.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+    lab.route(isp_a, "203.0.113.16/28", "198.51.100.2")
+    lab.route(isp_b, "203.0.113.0/28", "198.51.100.1")
+    nat_a = lab.nat_router("nat-a", (access_a, NAT_A_WAN), (lan_a, "10.1.0.1"))
+    nat_b = lab.nat_router("nat-b", (access_b, NAT_B_WAN), (lan_b, "10.2.0.1"), mode=mode_b)
+    lab.route(nat_a, "default", "203.0.113.1")
+    lab.route(nat_b, "default", "203.0.113.17")
+    a, b = lab.host("a"), lab.host("b")
+    lab.attach(a, lan_a, A_IP)
+    lab.attach(b, lan_b, B_IP)
+    lab.route(a, "default", "10.1.0.1")
+    lab.route(b, "default", "10.2.0.1")
+    return Internet(lab, a, b, nat_a, nat_b, core, lan_a, lan_b)
+
+
 def _full_cone_ruleset(router: NatRouter) -> str:
     inbound = "" if router.hairpin else f'iifname "{router.wan_if}" '
     return f"""

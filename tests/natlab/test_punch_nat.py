@@ -12,38 +12,14 @@ from __future__ import annotations
 
 import time
 
-from .lab import Host, Lab, NatMode, NatRouter, Proc
+from .lab import A_IP, B_IP, NAT_A_WAN, NAT_B_WAN, Host, Lab, NatMode, NatRouter, Proc, internet
 
 PORT = 40000
-A_IP, B_IP = "10.1.0.10", "10.2.0.10"
-NAT_A_WAN, NAT_B_WAN = "203.0.113.2", "203.0.113.18"
 
 
 def build(lab: Lab, mode_b: NatMode = "masquerade") -> tuple[Host, Host, NatRouter, NatRouter]:
-    core = lab.segment("core", "198.51.100.0/24")
-    access_a = lab.segment("acc-a", "203.0.113.0/28")
-    access_b = lab.segment("acc-b", "203.0.113.16/28")
-    lan_a = lab.segment("lan-a", "10.1.0.0/24")
-    lan_b = lab.segment("lan-b", "10.2.0.0/24")
-    isp_a, isp_b = lab.host("isp-a"), lab.host("isp-b")
-    lab.attach(isp_a, core, "198.51.100.1")
-    lab.attach(isp_a, access_a, "203.0.113.1")
-    lab.attach(isp_b, core, "198.51.100.2")
-    lab.attach(isp_b, access_b, "203.0.113.17")
-    for isp in (isp_a, isp_b):
-        isp.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-    lab.route(isp_a, "203.0.113.16/28", "198.51.100.2")
-    lab.route(isp_b, "203.0.113.0/28", "198.51.100.1")
-    nat_a = lab.nat_router("nat-a", (access_a, NAT_A_WAN), (lan_a, "10.1.0.1"))
-    nat_b = lab.nat_router("nat-b", (access_b, NAT_B_WAN), (lan_b, "10.2.0.1"), mode=mode_b)
-    lab.route(nat_a, "default", "203.0.113.1")
-    lab.route(nat_b, "default", "203.0.113.17")
-    a, b = lab.host("a"), lab.host("b")
-    lab.attach(a, lan_a, A_IP)
-    lab.attach(b, lan_b, B_IP)
-    lab.route(a, "default", "10.1.0.1")
-    lab.route(b, "default", "10.2.0.1")
-    return a, b, nat_a, nat_b
+    net = internet(lab, mode_b)
+    return net.a, net.b, net.nat_a, net.nat_b
 
 
 def punch(
