@@ -30,6 +30,7 @@ FIELDS: dict[str, str] = {
     "direct tcp or direct predicted",
     "elapsed_ms": "milliseconds a P2P attempt took from its start to a path",
     "rtt_ms": "round-trip time of a direct path, milliseconds",
+    "proto": "what a direct path runs on: udp (a punched hole with QUIC) or tcp (one direct TCP connection)",
     "user": "the user (a name of the server's [[users]]) a client or visitor authenticated as",
     "peer": "address a client's connection to the server comes from (as the server sees it)",
     "visitor": "address of a visitor of a proxy or a shared front (as the server or owner sees it)",
@@ -165,7 +166,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "visitor.failed": {"visitor_name", "proxy", "error"},
         "visitor.open": {"visitor_name", "proxy", "app", "conn_path"},
         # P2P
-        "p2p.direct": {"visitor_name", "proxy", "visitor", "conn_path", "elapsed_ms", "rtt_ms"},
+        "p2p.direct": {"visitor_name", "proxy", "visitor", "conn_path", "proto", "elapsed_ms", "rtt_ms"},
         "p2p.failed": {"visitor_name", "proxy", "reason"},
         "p2p.closed": {"visitor_name", "proxy", "visitor", "reason"},
         "p2p.result": {"proxy", "visitor", "conn_path", "elapsed_ms", "rtt_ms", "reason"},

@@ -85,6 +85,7 @@ class Client:
             server_host=lambda: self.session.dialer.server_ip() if self.session else self.config.server_addr,
             settings=punch_settings(config.p2p),
             path=path_settings(config.p2p),
+            encrypt_data=lambda: self.config.transport.encrypt_data,
         )
         #: The last session's run id and resume key: a reconnect proves it held that session.
         self._resume: tuple[str, bytes] | None = None

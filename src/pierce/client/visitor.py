@@ -43,6 +43,7 @@ from pierce.errors import PierceError
 from pierce.listeners import TcpListener, bind_socket, set_nodelay
 from pierce.logs import event, relay_summary
 from pierce.p2p.direct import DirectPath
+from pierce.p2p.tcp_pool import GO
 from pierce.p2p.visitor import VisitorP2p
 from pierce.protocol import (
     MAX_HOST_LENGTH,
@@ -153,8 +154,17 @@ class StcpVisitor:
         )
 
     async def _open(self, cfg: StcpVisitorConfig) -> tuple[End, str]:
-        """A tunnel for one connection: a stream of the direct path when one is up, else the relay."""
+        """A tunnel for one connection, best first: a ready direct TCP connection, a stream of the direct
+        UDP path, else the relay."""
+        if self.p2p is not None:
+            pooled = await _take_tcp(self.p2p)
+            if pooled is not None:
+                return pooled
         direct = await direct_for(cfg, self.p2p)
+        if direct is None and self.p2p is not None:  # fallback = false may have waited for a TCP one
+            pooled = await _take_tcp(self.p2p)
+            if pooled is not None:
+                return pooled
         if direct is not None:
             try:
                 return await direct.quic.open_stream(), direct.path.value
@@ -320,6 +330,18 @@ Visitor = StcpVisitor | SudpVisitor
 RELAY = ConnectionPath.RELAY.value
 
 
+async def _take_tcp(p2p: VisitorP2p) -> tuple[End, str] | None:
+    """A ready direct TCP connection, told to go (None when there is none, or it died while pooled)."""
+    while (pooled := p2p.take_tcp()) is not None:
+        end, kind = pooled
+        try:
+            await end.write(GO)
+            return end, kind.value
+        except (PierceError, OSError):
+            end.close()
+    return None
+
+
 #: Seconds beyond the punch budget that a strict start waits for the first attempt (the rendezvous and
 #: the QUIC handshake).
 FIRST_ATTEMPT_SLACK = 10.0
@@ -338,7 +360,7 @@ async def direct_for(
         return direct
     timeout = wait if wait is not None else cfg.fallback_timeout_ms / 1000
     direct = await p2p.wait_direct(timeout)
-    if direct is None:
+    if direct is None and not p2p.tcp_ready():
         why = p2p.status.reason or "no attempt finished in time"
         raise NoDirectPath(
             f"no direct path to proxy {cfg.server_name!r} within {timeout * 1000:.0f} ms ({why}), "
@@ -430,9 +452,9 @@ class Visitors:
                     type=cfg.secret_kind.value,
                     proxy=cfg.server_name,
                     listen=visitor.address,
-                    path=p2p.path if p2p is not None else ConnectionPath.RELAY,
+                    path=visitor.p2p.path_now() if visitor.p2p is not None else ConnectionPath.RELAY,
                     rtt_ms=round(visitor.p2p.rtt_ms(), 2) if visitor.p2p is not None else 0.0,
-                    reason=p2p.reason if p2p is not None else "",
+                    reason=visitor.p2p.why_relay() if visitor.p2p is not None else "",
                     p2p_attempts=p2p.attempts if p2p is not None else 0,
                     direct_since=p2p.direct_since if p2p is not None else None,
                 )

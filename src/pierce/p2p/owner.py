@@ -17,6 +17,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from pierce.addr import HostPort
 from pierce.errors import PierceError
 from pierce.logs import event
 from pierce.nat.punch import PunchSettings, Role
@@ -25,11 +26,14 @@ from pierce.p2p.direct import AfterLock, DirectPath, behaviour, path_kind, punch
 from pierce.p2p.gather import from_wire, gather_udp, to_wire
 from pierce.p2p.identity import process_identity
 from pierce.p2p.quic import PathSettings, QuicPath
+from pierce.p2p.tcp_direct import connect_direct, secure_owner
+from pierce.p2p.tcp_pool import GO, POOL_IDLE_MAX, reserved_port, tcp_candidates
 from pierce.protocol import ErrorCode, P2pAnswer, P2pRequest, P2pStart, StartWork
 from pierce.protocol.auth import p2p_key
 from pierce.protocol.p2p import BadOffer, Offer, open_offer, seal
 from pierce.proxies.visitor_auth import OwnerExchanges
 from pierce.relay import End
+from pierce.snapshot import ConnectionPath
 from pierce.transport import MessageChannel
 
 log = logging.getLogger("pierce.p2p")
@@ -62,6 +66,7 @@ class OwnerP2p:
         server_host: Callable[[], str],
         settings: PunchSettings | None = None,
         path: PathSettings | None = None,
+        encrypt_data: Callable[[], bool] = lambda: True,
     ) -> None:
         self.exchanges = exchanges
         self.proxies = proxies
@@ -69,6 +74,8 @@ class OwnerP2p:
         self.server_host = server_host
         self.settings = settings or PunchSettings()
         self.path_settings = path or PathSettings()
+        #: Whether a direct TCP path is encrypted (``transport.encrypt_data``; the visitor follows).
+        self.encrypt_data = encrypt_data
         self.paths: dict[str, DirectPath] = {}
         self._starts: dict[str, asyncio.Future[P2pStart]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -110,6 +117,12 @@ class OwnerP2p:
             theirs = open_offer(msg.offer, msg.mac, key, owner=False)
         except BadOffer as exc:
             await channel.send(no(ErrorCode.BAD_MESSAGE, str(exc)))
+            return
+        if theirs.want == "tcp":
+            if not isinstance(config, XtcpProxyConfig):
+                await channel.send(no(ErrorCode.BAD_MESSAGE, "a direct TCP path is for xtcp proxies only"))
+                return
+            await self._attempt_tcp(msg, channel, config, key, theirs)
             return
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         waiter: asyncio.Future[P2pStart] = asyncio.get_running_loop().create_future()
@@ -213,6 +226,7 @@ class OwnerP2p:
                 proxy=msg.proxy,
                 visitor=visitor,
                 conn_path=kind.value,
+                proto="udp",
                 elapsed_ms=round(result.locked.elapsed * 1000),
             )
             try:
@@ -244,6 +258,83 @@ class OwnerP2p:
             self._starts.pop(msg.visit_id, None)
             if not kept:
                 sock.close()
+
+    async def _attempt_tcp(
+        self, msg: P2pRequest, channel: MessageChannel, config: Any, key: bytes, theirs: Offer
+    ) -> None:
+        """One direct TCP connection for a visitor's pool: candidates from one fixed port, the
+        simultaneous open (or LAN connect), then TLS or the plain proofs. The connection waits for the
+        visitor's `GO` before the local service is connected (a pooled one may wait a while)."""
+        from pierce.proxies.xtcp import XtcpProxyConfig
+
+        assert isinstance(config, XtcpProxyConfig)
+        waiter: asyncio.Future[P2pStart] = asyncio.get_running_loop().create_future()
+        self._starts[msg.visit_id] = waiter
+        encrypt = self.encrypt_data()
+        try:
+            with reserved_port() as port:
+                stun = HostPort(self.server_host(), msg.stun_port) if msg.stun_port else None
+                candidates = await tcp_candidates(port, stun)
+                identity = process_identity()
+                ours = Offer(
+                    candidates=to_wire(candidates, "tcp"),
+                    fingerprint=identity.fingerprint,
+                    encrypt=encrypt,
+                    want="tcp",
+                )
+                data, tag = seal(ours, key, owner=True)
+                await channel.send(P2pAnswer(proxy=msg.proxy, visit_id=msg.visit_id, offer=data, mac=tag))
+                async with asyncio.timeout(START_TIMEOUT):
+                    start = await waiter
+                loop = asyncio.get_running_loop()
+                start_at = loop.time() + start.delay_ms / 1000
+                sock, candidate, kind = await connect_direct(
+                    "owner",
+                    port,
+                    from_wire(theirs.candidates, "tcp"),
+                    start_at=start_at,
+                    deadline=start_at + self.settings.budget_s,
+                    opening_ttl=self.settings.opening_ttl,
+                )
+            end = await secure_owner(sock, identity, key, encrypt=encrypt)
+        except (TimeoutError, PierceError, OSError, ssl.SSLError) as exc:
+            event(
+                log,
+                logging.INFO,
+                "p2p.failed",
+                f"proxy {msg.proxy}: direct TCP attempt ended: {exc or type(exc).__name__}",
+                proxy=msg.proxy,
+                reason=str(exc) or type(exc).__name__,
+            )
+            return
+        finally:
+            self._starts.pop(msg.visit_id, None)
+        path = ConnectionPath.DIRECT_LAN if kind == "lan" else ConnectionPath.DIRECT_TCP
+        visitor = f"{candidate.host}:{candidate.port}"
+        try:
+            async with asyncio.timeout(POOL_IDLE_MAX):
+                go = await end.read(1)
+        except (TimeoutError, OSError, PierceError):
+            go = b""
+        if go != GO:
+            end.close()
+            return
+        start_work = StartWork(proxy=msg.proxy, visitor_host=candidate.host, visitor_port=candidate.port)
+        work = self.handler(config, start_work, end)
+        if work is None:
+            end.close()
+            return
+        event(
+            log,
+            logging.DEBUG,
+            "p2p.direct",
+            f"proxy {msg.proxy}: a visitor connection from {visitor} over {path.value}",
+            proxy=msg.proxy,
+            visitor=visitor,
+            conn_path=path.value,
+            proto="tcp",
+        )
+        await work
 
     def by_proxy(self) -> dict[str, list[DirectPath]]:
         """The live direct paths of each proxy, oldest first."""

@@ -18,11 +18,14 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pierce.addr import HostPort
 from pierce.client.visit import accepted_visit
 from pierce.errors import PierceError
 from pierce.logs import event
@@ -39,10 +42,15 @@ from pierce.p2p.direct import (
 )
 from pierce.p2p.gather import from_wire, gather_udp, to_wire
 from pierce.p2p.quic import PathSettings, QuicPath
+from pierce.p2p.tcp_direct import connect_direct, secure_visitor
+from pierce.p2p.tcp_pool import POOL_IDLE_MAX, POOL_SIZE, reserved_port, tcp_candidates
 from pierce.protocol import Error, P2pOffer, P2pResult, P2pStart, Refused, UnexpectedMessage
 from pierce.protocol.auth import p2p_key
+from pierce.protocol.messages import SecretKind
 from pierce.protocol.p2p import BadOffer, Offer, open_offer, seal
+from pierce.relay import End
 from pierce.snapshot import ConnectionPath
+from pierce.transport import MessageChannel
 
 if TYPE_CHECKING:
     from pierce.client.session import Dialer
@@ -56,6 +64,8 @@ RETRY_MAX = 300.0
 #: Seconds for the owner's offer after ours (the server gives the owner 10 s to answer).
 START_TIMEOUT = 15.0
 QUIC_TIMEOUT = 5.0
+#: Seconds before the owner's idle limit that a pooled TCP connection is dropped unused.
+POOL_MARGIN = 10.0
 
 
 @dataclass(slots=True)
@@ -100,6 +110,16 @@ class VisitorP2p:
         self.on_direct: Callable[[], None] | None = None
         #: An xudp visitor's datagram end on the direct path (DATAGRAM frames arrive there).
         self.datagrams: DatagramEnd | None = None
+        #: xtcp: direct TCP connections kept ready (end, path kind, when made), and their refill.
+        self.tcp = config.secret_kind is SecretKind.XTCP
+        self._pool: deque[tuple[End, ConnectionPath, float]] = deque()
+        self._tcp_task: asyncio.Task[None] | None = None
+        self._tcp_retry_at = 0.0
+        self._tcp_delay = RETRY_FIRST
+        #: The kind of the last direct TCP connection made ("direct lan" or "direct tcp"), and why the
+        #: last attempt failed.
+        self.tcp_path: ConnectionPath | None = None
+        self.tcp_reason = ""
 
     def rtt_ms(self) -> float:
         """The direct path's RTT now (0 on the relay)."""
@@ -118,9 +138,9 @@ class VisitorP2p:
         deadline = time.monotonic() + timeout
         while True:
             found = self.usable()
-            if found is not None:
+            if found is not None or self._pool:
                 return found
-            if self._attempt is None:
+            if self._attempt is None and self._tcp_task is None:
                 return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -153,6 +173,7 @@ class VisitorP2p:
         finally:
             self._attempt = None
             self._changed.set()
+            self._fill_tcp()
         self.direct = direct
         self._retry_delay = RETRY_FIRST
         self.status = P2pStatus(
@@ -171,6 +192,7 @@ class VisitorP2p:
             visitor_name=cfg.name,
             proxy=cfg.server_name,
             conn_path=direct.path.value,
+            proto="udp",
             elapsed_ms=round((time.monotonic() - started) * 1000),
             rtt_ms=round(direct.rtt_ms, 1),
         )
@@ -234,13 +256,7 @@ class VisitorP2p:
                 owner=False,
             )
             await channel.send(P2pOffer(offer=data, mac=tag))
-            async with asyncio.timeout(START_TIMEOUT):
-                start = await channel.recv()
-            if isinstance(start, Error):
-                raise Refused(start.code, start.reason)
-            if not isinstance(start, P2pStart):
-                raise UnexpectedMessage(start, "P2pStart")
-            theirs = open_offer(start.offer, start.mac, key, owner=True)
+            start, theirs = await _start(channel, key)
             remote = from_wire(theirs.candidates)
             remote_mapping = behaviour(theirs.mapping)
             agent, result = await punch_udp(
@@ -303,6 +319,131 @@ class VisitorP2p:
             if not kept:
                 sock.close()
 
+    # -- direct TCP connections --------------------------------------------------------------------
+
+    def take_tcp(self) -> tuple[End, ConnectionPath] | None:
+        """A ready direct TCP connection (the caller sends `GO` on it first), and a refill started."""
+        found = None
+        now = time.monotonic()
+        while self._pool and found is None:
+            end, kind, made = self._pool.popleft()
+            if now - made < POOL_IDLE_MAX - POOL_MARGIN:
+                found = (end, kind)
+            else:
+                end.close()  # the owner is about to give up on it
+        self._fill_tcp()
+        return found
+
+    def tcp_ready(self) -> bool:
+        """Whether a direct TCP connection is ready to take."""
+        return bool(self._pool)
+
+    def path_now(self) -> ConnectionPath:
+        """The path a new connection would take now: a ready direct TCP connection, the direct UDP
+        path, or the relay."""
+        if self._pool and self.tcp_path is not None:
+            return self.tcp_path
+        if self.direct is not None and self.direct.alive:
+            return self.direct.path
+        return ConnectionPath.RELAY
+
+    def why_relay(self) -> str:
+        """Why new connections would take the relay now ("" when a direct path is up)."""
+        if self.path_now() is not ConnectionPath.RELAY:
+            return ""
+        reasons = [r for r in (self.status.reason, self.tcp_reason) if r]
+        return "; ".join(dict.fromkeys(reasons))
+
+    def _fill_tcp(self) -> None:
+        if not self.tcp or self._closed or self._tcp_task is not None or len(self._pool) >= POOL_SIZE:
+            return
+        if time.monotonic() < self._tcp_retry_at:
+            return
+        self._tcp_task = asyncio.get_running_loop().create_task(
+            self._tcp_loop(), name=f"p2p tcp {self.config.name}"
+        )
+
+    async def _tcp_loop(self) -> None:
+        cfg = self.config
+        try:
+            while not self._closed and len(self._pool) < POOL_SIZE:
+                started = time.monotonic()
+                try:
+                    end, kind = await self._connect_tcp()
+                except (PierceError, OSError, TimeoutError, BadOffer, ssl.SSLError) as exc:
+                    self.tcp_reason = str(exc) or type(exc).__name__
+                    self._tcp_retry_at = time.monotonic() + self._tcp_delay
+                    self._tcp_delay = min(RETRY_MAX, self._tcp_delay * 2)
+                    event(
+                        log,
+                        logging.INFO,
+                        "p2p.failed",
+                        f"visitor {cfg.name}: no direct TCP connection to proxy {cfg.server_name} "
+                        f"({self.tcp_reason})",
+                        visitor_name=cfg.name,
+                        proxy=cfg.server_name,
+                        reason=self.tcp_reason,
+                    )
+                    return
+                first = self.tcp_path is None
+                self.tcp_path, self.tcp_reason, self._tcp_delay = kind, "", RETRY_FIRST
+                self._pool.append((end, kind, time.monotonic()))
+                self._changed.set()
+                if first:
+                    event(
+                        log,
+                        logging.INFO,
+                        "p2p.direct",
+                        f"visitor {cfg.name}: direct TCP connection to proxy {cfg.server_name} "
+                        f"({kind.value}) after {(time.monotonic() - started) * 1000:.0f} ms",
+                        visitor_name=cfg.name,
+                        proxy=cfg.server_name,
+                        conn_path=kind.value,
+                        proto="tcp",
+                        elapsed_ms=round((time.monotonic() - started) * 1000),
+                    )
+        finally:
+            self._tcp_task = None
+
+    async def _connect_tcp(self) -> tuple[End, ConnectionPath]:
+        """One direct TCP connection: a rendezvous asking for "tcp", the race, then TLS or proofs."""
+        cfg = self.config
+        visit = await accepted_visit(self.dialer, cfg, self.tickets, p2p=True)
+        channel = visit.channel
+        result = P2pResult(path=ConnectionPath.RELAY.value, reason="gave up")
+        try:
+            key = p2p_key(visit.key, proxy=cfg.server_name, visit_id=visit.visit_id)
+            stun_port = visit.ready.stun_port
+            loop = asyncio.get_running_loop()
+            begun = loop.time()
+            with reserved_port() as port:
+                stun = HostPort(self.dialer.server_ip(), stun_port) if stun_port else None
+                candidates = await tcp_candidates(port, stun)
+                data, tag = seal(Offer(candidates=to_wire(candidates, "tcp"), want="tcp"), key, owner=False)
+                await channel.send(P2pOffer(offer=data, mac=tag))
+                start, theirs = await _start(channel, key)
+                start_at = loop.time() + start.delay_ms / 1000
+                sock, _, kind = await connect_direct(
+                    "visitor",
+                    port,
+                    from_wire(theirs.candidates, "tcp"),
+                    start_at=start_at,
+                    deadline=start_at + self.settings.budget_s,
+                    opening_ttl=self.settings.opening_ttl,
+                )
+            end = await secure_visitor(sock, theirs.fingerprint, key, encrypt=theirs.encrypt)
+            path = ConnectionPath.DIRECT_LAN if kind == "lan" else ConnectionPath.DIRECT_TCP
+            result = P2pResult(path=f"{path.value}", elapsed_ms=round((loop.time() - begun) * 1000))
+            return end, path
+        except BaseException as exc:
+            result = P2pResult(path=ConnectionPath.RELAY.value, reason=(str(exc) or type(exc).__name__)[:500])
+            raise
+        finally:
+            if channel.alive():
+                with contextlib.suppress(PierceError, OSError):
+                    await channel.send(result)
+            channel.close()
+
     def _on_datagram(self, data: bytes) -> None:
         if self.datagrams is not None:
             self.datagrams.deliver(data)
@@ -316,10 +457,25 @@ class VisitorP2p:
 
     def close(self) -> None:
         self._closed = True
+        if self._tcp_task is not None:
+            self._tcp_task.cancel()
+        while self._pool:
+            self._pool.popleft()[0].close()
         if self._attempt is not None:
             self._attempt.cancel()
         if self.direct is not None:
             self.direct.close()
+
+
+async def _start(channel: MessageChannel, key: bytes) -> tuple[P2pStart, Offer]:
+    """The server's `P2pStart` and the owner's offer in it, opened (or the owner's refusal, raised)."""
+    async with asyncio.timeout(START_TIMEOUT):
+        start = await channel.recv()
+    if isinstance(start, Error):
+        raise Refused(start.code, start.reason)
+    if not isinstance(start, P2pStart):
+        raise UnexpectedMessage(start, "P2pStart")
+    return start, open_offer(start.offer, start.mac, key, owner=True)
 
 
 class NoHole(PierceError):
