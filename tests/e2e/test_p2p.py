@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import random
 from pathlib import Path
 
@@ -19,9 +20,23 @@ import pytest
 from support.streams import MiB, duplex_service, duplex_visit, payload, tcp_server
 from support.stun import free_port_pair
 from support.tunnel import StartPierce
+from test_client_admin import admin_request, start_admin_client
 from test_map_udp import udp_echo
-from test_secret_proxies import secret_proxy, serve_secret, visit, visitor_port
+from test_secret_proxies import SECRET, secret_proxy, serve_secret, visit, visitor_port
 from test_tunnel_udp import Visitor
+
+
+async def echo_service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.write_eof()
+    writer.close()
+
+
+def admin_auth(tmp_path: Path) -> dict[str, str]:
+    token = (tmp_path / "client-state" / "admin.token").read_text().strip()
+    return {"Authorization": f"Bearer {token}"}
 
 
 async def direct_visitor(pierce: StartPierce, port: int, name: str, *extra: str, tcp: bool = True):  # type: ignore[no-untyped-def]
@@ -92,14 +107,7 @@ async def test_twenty_connections_at_once_over_the_direct_paths(pierce: StartPie
     """More connections at once than direct TCP connections are ready: the rest go as QUIC streams on
     the one UDP path, never through the server."""
 
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.write_eof()
-        writer.close()
-
-    async with tcp_server(echo) as local:
+    async with tcp_server(echo_service) as local:
         server, port, _ = await serve_secret(
             pierce, tmp_path, [secret_proxy("xtcp", "p2p-ssh", local)], stun_port=free_port_pair()
         )
@@ -116,3 +124,33 @@ async def test_twenty_connections_at_once_over_the_direct_paths(pierce: StartPie
         assert "relay" not in {e["conn_path"] for e in opened}
         assert "relay" not in {e["conn_path"] for e in server.matching("p2p.result")}
         assert server.matching("proxy.conn_open") == []
+
+
+async def test_snapshots_say_which_path_and_its_rtt(pierce: StartPierce, tmp_path: Path) -> None:
+    """``[[visitors]]`` of ``pierce client``: the admin API's snapshot names the path new connections
+    take, the direct path's RTT and the attempts; the server counts only direct results."""
+    async with tcp_server(echo_service) as local:
+        server, port, _ = await serve_secret(
+            pierce, tmp_path, [secret_proxy("xtcp", "p2p-ssh", local)], stun_port=free_port_pair()
+        )
+        visitor_cfg = {
+            "type": "xtcp",
+            "name": "to-ssh",
+            "server_name": "p2p-ssh",
+            "secret_key": SECRET,
+            "bind_port": 0,
+        }
+        setup = await start_admin_client(
+            pierce, tmp_path, port, [], client_id="laptop", visitors=[visitor_cfg]
+        )
+        await setup.proc.wait_event("p2p.direct", lambda e: e["proto"] == "tcp", timeout=20)
+        status, _, body = await asyncio.to_thread(
+            admin_request, setup.settings["admin_port"], "status", admin_auth(tmp_path)
+        )
+        assert status == 200
+        (info,) = json.loads(body)["visitors"]
+        assert info["type"] == "xtcp" and info["proxy"] == "p2p-ssh"
+        assert info["path"] in ("direct lan", "direct tcp") and info["reason"] == ""
+        assert info["rtt_ms"] > 0 and info["p2p_attempts"] == 1 and info["direct_since"] > 0
+        counts = server.matching("p2p.result")
+        assert counts and all(r["conn_path"] != "relay" for r in counts)
