@@ -111,7 +111,7 @@ class VisitorP2p:
         #: An xudp visitor's datagram end on the direct path (DATAGRAM frames arrive there).
         self.datagrams: DatagramEnd | None = None
         #: xtcp: direct TCP connections kept ready (end, path kind, when made), and their refill.
-        self.tcp = config.secret_kind is SecretKind.XTCP
+        self.tcp = config.secret_kind is SecretKind.XTCP and dialer.config.p2p.direct_tcp
         self._pool: deque[tuple[End, ConnectionPath, float]] = deque()
         self._tcp_task: asyncio.Task[None] | None = None
         self._tcp_retry_at = 0.0
