@@ -38,8 +38,9 @@ from pierce.transport import MessageChannel
 
 log = logging.getLogger("pierce.p2p")
 
-#: Direct paths one client holds at once (each is a socket and a QUIC connection).
-MAX_DIRECT_PATHS = 64
+#: Direct paths one client holds or sets up at once: UDP paths (a socket and a QUIC connection each),
+#: rendezvous in progress and direct TCP connections waiting for their visitor.
+MAX_DIRECT_PATHS = 256
 #: Seconds between the answer and `P2pStart` before the attempt is dropped.
 START_TIMEOUT = 15.0
 QUIC_TIMEOUT = 5.0
@@ -79,6 +80,8 @@ class OwnerP2p:
         self.paths: dict[str, DirectPath] = {}
         self._starts: dict[str, asyncio.Future[P2pStart]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Direct TCP connections waiting for their visitor's `GO`.
+        self._pooled = 0
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -87,7 +90,20 @@ class OwnerP2p:
 
     def request(self, msg: P2pRequest, channel: MessageChannel) -> None:
         """A visitor's rendezvous arrived on the control channel; answered on ``channel``."""
-        self._spawn(self._attempt(msg, channel), f"p2p {msg.proxy}")
+        self._spawn(self._guarded(msg, channel), f"p2p {msg.proxy}")
+
+    async def _guarded(self, msg: P2pRequest, channel: MessageChannel) -> None:
+        try:
+            await self._attempt(msg, channel)
+        except (PierceError, OSError) as exc:  # the control channel went away mid-answer
+            event(
+                log,
+                logging.DEBUG,
+                "p2p.failed",
+                f"proxy {msg.proxy}: rendezvous ended: {exc}",
+                proxy=msg.proxy,
+                reason=str(exc),
+            )
 
     def start(self, msg: P2pStart) -> None:
         waiter = self._starts.get(msg.visit_id)
@@ -109,7 +125,7 @@ class OwnerP2p:
         if ticket_key is None:
             await channel.send(no(ErrorCode.AUTH_FAILED, "no accepted visit with that id"))
             return
-        if len(self.paths) + len(self._starts) >= MAX_DIRECT_PATHS:
+        if len(self.paths) + len(self._starts) + self._pooled >= MAX_DIRECT_PATHS:
             await channel.send(no(ErrorCode.LIMIT_REACHED, f"{MAX_DIRECT_PATHS} direct paths already"))
             return
         key = p2p_key(ticket_key, proxy=msg.proxy, visit_id=msg.visit_id)
@@ -311,11 +327,14 @@ class OwnerP2p:
             self._starts.pop(msg.visit_id, None)
         path = ConnectionPath.DIRECT_LAN if kind == "lan" else ConnectionPath.DIRECT_TCP
         visitor = f"{candidate.host}:{candidate.port}"
+        self._pooled += 1
         try:
             async with asyncio.timeout(POOL_IDLE_MAX):
                 go = await end.read(1)
         except (TimeoutError, OSError, PierceError):
             go = b""
+        finally:
+            self._pooled -= 1
         if go != GO:
             end.close()
             return
