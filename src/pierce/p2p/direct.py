@@ -21,7 +21,8 @@ from pierce.nat.punch_io import PunchResult, run_punch
 from pierce.p2p.quic import PathSettings, QuicPath
 from pierce.snapshot import ConnectionPath
 
-_HARD = {Behaviour.ADDRESS_DEPENDENT, Behaviour.ADDRESS_AND_PORT_DEPENDENT}
+#: Mapping behaviours that give each destination its own public port (symmetric NATs).
+HARD = frozenset({Behaviour.ADDRESS_DEPENDENT, Behaviour.ADDRESS_AND_PORT_DEPENDENT})
 
 
 @dataclass(slots=True)
@@ -66,7 +67,7 @@ def path_kind(
     for c in remote_candidates:
         if c.address == remote and c.kind is CandidateKind.HOST:
             return ConnectionPath.DIRECT_LAN
-    if local_mapping in _HARD or remote_mapping in _HARD:
+    if local_mapping in HARD or remote_mapping in HARD:
         return ConnectionPath.DIRECT_PREDICTED
     return ConnectionPath.DIRECT_UDP
 

@@ -32,6 +32,7 @@ from pierce.logs import event
 from pierce.nat.punch import FailReason, PunchSettings, Role
 from pierce.p2p.datagrams import DatagramEnd
 from pierce.p2p.direct import (
+    HARD,
     AfterLock,
     DirectPath,
     behaviour,
@@ -120,6 +121,9 @@ class VisitorP2p:
         #: last attempt failed.
         self.tcp_path: ConnectionPath | None = None
         self.tcp_reason = ""
+        #: Whether either NAT maps per destination (learnt by the UDP attempt): then no TCP reflexive
+        #: address is the one the peer must reach, and no direct TCP connection is tried.
+        self.symmetric = False
 
     def rtt_ms(self) -> float:
         """The direct path's RTT now (0 on the relay)."""
@@ -259,6 +263,7 @@ class VisitorP2p:
             start, theirs = await _start(channel, key)
             remote = from_wire(theirs.candidates)
             remote_mapping = behaviour(theirs.mapping)
+            self.symmetric = any(m in HARD for m in (gathered.mapping, remote_mapping))
             agent, result = await punch_udp(
                 Role.CONTROLLING,
                 sock,
@@ -355,6 +360,9 @@ class VisitorP2p:
         return "; ".join(dict.fromkeys(reasons))
 
     def _fill_tcp(self) -> None:
+        if self.symmetric:
+            self.tcp_reason = "a symmetric NAT: no direct TCP connection (TCP ports cannot be predicted)"
+            return
         if not self.tcp or self._closed or self._tcp_task is not None or len(self._pool) >= POOL_SIZE:
             return
         if time.monotonic() < self._tcp_retry_at:
