@@ -43,7 +43,7 @@ from pierce.errors import PierceError
 from pierce.listeners import TcpListener, bind_socket, set_nodelay
 from pierce.logs import event, relay_summary
 from pierce.p2p.direct import DirectPath
-from pierce.p2p.tcp_pool import GO
+from pierce.p2p.handoff import hand_over, ready_timeout
 from pierce.p2p.visitor import VisitorP2p
 from pierce.protocol import (
     MAX_HOST_LENGTH,
@@ -165,12 +165,16 @@ class StcpVisitor:
             pooled = await _take_tcp(self.p2p)
             if pooled is not None:
                 return pooled
-        if direct is not None:
+        if direct is not None and self.p2p is not None:
             try:
-                return await direct.quic.open_stream(), direct.path.value
+                stream = await _open_stream(self.p2p, direct)
             except (PierceError, OSError) as exc:
-                if not getattr(cfg, "fallback", True):
-                    raise NoDirectPath(f"the direct path to {cfg.server_name!r} failed: {exc}") from exc
+                stream = None
+                self.p2p.path_dead(direct, str(exc))
+            if stream is not None:
+                return stream, direct.path.value
+            if not getattr(cfg, "fallback", True):
+                raise NoDirectPath(f"the direct path to {cfg.server_name!r} stopped answering")
         channel = await open_visit(self.dialer, cfg, self.tickets)
         return channel.into_end(), RELAY
 
@@ -331,14 +335,24 @@ RELAY = ConnectionPath.RELAY.value
 
 
 async def _take_tcp(p2p: VisitorP2p) -> tuple[End, str] | None:
-    """A ready direct TCP connection, told to go (None when there is none, or it died while pooled)."""
-    while (pooled := p2p.take_tcp()) is not None:
-        end, kind = pooled
-        try:
-            await end.write(GO)
-            return end, kind.value
-        except (PierceError, OSError):
-            end.close()
+    """A ready direct TCP connection that answered the handoff (None when there is none). One that
+    does not answer means the path died: the others are dropped too and new ones are made."""
+    pooled = p2p.take_tcp()
+    if pooled is None:
+        return None
+    end, kind = pooled
+    if await hand_over(end, ready_timeout(p2p.rtt_ms() / 1000)):
+        return end, kind.value
+    p2p.tcp_dead("a ready direct TCP connection did not answer")
+    return None
+
+
+async def _open_stream(p2p: VisitorP2p, direct: DirectPath) -> End | None:
+    """A QUIC stream that answered the handoff (None, and the path closed, when it did not)."""
+    end = await direct.quic.open_stream()
+    if await hand_over(end, ready_timeout(direct.quic.rtt)):
+        return end
+    p2p.path_dead(direct, "a new stream was not answered")
     return None
 
 

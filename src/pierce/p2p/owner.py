@@ -24,10 +24,11 @@ from pierce.nat.punch import PunchSettings, Role
 from pierce.p2p.datagrams import DatagramEnd
 from pierce.p2p.direct import AfterLock, DirectPath, behaviour, path_kind, punch_udp
 from pierce.p2p.gather import from_wire, gather_udp, to_wire
+from pierce.p2p.handoff import take_over
 from pierce.p2p.identity import process_identity
 from pierce.p2p.quic import PathSettings, QuicPath
 from pierce.p2p.tcp_direct import connect_direct, secure_owner
-from pierce.p2p.tcp_pool import GO, POOL_IDLE_MAX, reserved_port, tcp_candidates
+from pierce.p2p.tcp_pool import POOL_IDLE_MAX, reserved_port, tcp_candidates
 from pierce.protocol import ErrorCode, P2pAnswer, P2pRequest, P2pStart, StartWork
 from pierce.protocol.auth import p2p_key
 from pierce.protocol.p2p import BadOffer, Offer, open_offer, seal
@@ -44,6 +45,8 @@ MAX_DIRECT_PATHS = 256
 #: Seconds between the answer and `P2pStart` before the attempt is dropped.
 START_TIMEOUT = 15.0
 QUIC_TIMEOUT = 5.0
+#: Seconds a new stream may take to say `GO` (the visitor sends it first thing).
+HANDOFF_TIMEOUT = 10.0
 
 #: Serves one stream of a proxy: (config, start, end) -> coroutine (`pierce.proxies.registry.work_handler`).
 StreamHandler = Callable[[Any, StartWork, End], Coroutine[Any, Any, None] | None]
@@ -80,7 +83,7 @@ class OwnerP2p:
         self.paths: dict[str, DirectPath] = {}
         self._starts: dict[str, asyncio.Future[P2pStart]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Direct TCP connections waiting for their visitor's `GO`.
+        #: Direct TCP connections waiting for a visitor connection to take them.
         self._pooled = 0
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -200,6 +203,8 @@ class OwnerP2p:
                     datagrams[0].attach_stream(end)
                     await datagrams[0].finished.wait()
                     return
+                if not await take_over(end, HANDOFF_TIMEOUT):
+                    return
                 work = self.handler(config, start_work, end)
                 if work is None:
                     end.close()
@@ -280,7 +285,7 @@ class OwnerP2p:
     ) -> None:
         """One direct TCP connection for a visitor's pool: candidates from one fixed port, the
         simultaneous open (or LAN connect), then TLS or the plain proofs. The connection waits for the
-        visitor's `GO` before the local service is connected (a pooled one may wait a while)."""
+        visitor's handoff before the local service is connected (a pooled one may wait a while)."""
         from pierce.proxies.xtcp import XtcpProxyConfig
 
         assert isinstance(config, XtcpProxyConfig)
@@ -329,14 +334,10 @@ class OwnerP2p:
         visitor = f"{candidate.host}:{candidate.port}"
         self._pooled += 1
         try:
-            async with asyncio.timeout(POOL_IDLE_MAX):
-                go = await end.read(1)
-        except (TimeoutError, OSError, PierceError):
-            go = b""
+            taken = await take_over(end, POOL_IDLE_MAX)
         finally:
             self._pooled -= 1
-        if go != GO:
-            end.close()
+        if not taken:
             return
         start_work = StartWork(proxy=msg.proxy, visitor_host=candidate.host, visitor_port=candidate.port)
         work = self.handler(config, start_work, end)

@@ -306,6 +306,11 @@ class QuicPath:
         self._fail_ends(ConnectionResetError("the QUIC path was closed"))
         self._transmit()
 
+    def close_now(self, why: str) -> None:
+        """Give the path up at once (it stopped answering): one CONNECTION_CLOSE goes out, `closed` is
+        set now with ``why`` as the reason, and every stream fails."""
+        self._abort(CloseCode.NO_ERROR, why)
+
     async def wait_closed(self) -> None:
         await self.closed.wait()
 

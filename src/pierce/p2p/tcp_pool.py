@@ -3,9 +3,10 @@
 A direct TCP connection carries one visitor connection (kernel TCP, TLS 1.3 or spliced when plain: the
 tunnel-class path). Making one takes a rendezvous and a simultaneous open, so the visitor keeps a small
 pool ready (`pierce.p2p.visitor`) and refills it in the background; a visitor connection takes one
-without waiting. A pooled connection sits idle until the visitor sends `GO`, and only then does the
-owner connect its local service (so a service with a login timer, like SSH, never sees an idle pooled
-connection); unused ones are closed after `POOL_IDLE_MAX` seconds.
+without waiting. A pooled connection sits idle until a visitor connection takes it (the handoff,
+`pierce.p2p.handoff`), and only then does the owner connect its local service (so a service with a
+login timer, like SSH, never sees an idle pooled connection); unused ones are closed after
+`POOL_IDLE_MAX` seconds.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from pierce.nat.candidates import Candidate, CandidateKind
 from pierce.nat.gather import host_addresses
 from pierce.p2p.tcp_direct import bind_reusable, tcp_reflexive
 
-#: The visitor's first byte on a pooled connection when a visitor connection takes it.
-GO = b"\x01"
-#: Seconds a pooled connection may wait for `GO`.
+#: Seconds a pooled connection may wait to be taken.
 POOL_IDLE_MAX = 300.0
 #: Direct TCP connections an xtcp visitor keeps ready.
 POOL_SIZE = 2

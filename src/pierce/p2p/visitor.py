@@ -339,6 +339,20 @@ class VisitorP2p:
         self._fill_tcp()
         return found
 
+    def path_dead(self, direct: DirectPath, why: str) -> None:
+        """``direct`` stopped answering: close it (new connections take the relay) and punch again."""
+        if self.direct is direct:
+            self.status.reason = f"the direct path stopped answering ({why})"
+        direct.quic.close_now(why)
+
+    def tcp_dead(self, why: str) -> None:
+        """A ready direct TCP connection did not answer: the others went the same way; make new ones."""
+        while self._pool:
+            self._pool.popleft()[0].close()
+        self.tcp_reason = why
+        self._tcp_retry_at = 0.0
+        self._fill_tcp()
+
     def tcp_ready(self) -> bool:
         """Whether a direct TCP connection is ready to take."""
         return bool(self._pool)
