@@ -167,7 +167,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "visitor.open": {"visitor_name", "proxy", "app", "conn_path"},
         # P2P
         "p2p.direct": {"visitor_name", "proxy", "visitor", "conn_path", "proto", "elapsed_ms", "rtt_ms"},
-        "p2p.failed": {"visitor_name", "proxy", "reason"},
+        "p2p.failed": {"visitor_name", "proxy", "proto", "reason"},
         "p2p.closed": {"visitor_name", "proxy", "visitor", "reason"},
         "p2p.result": {"proxy", "visitor", "conn_path", "elapsed_ms", "rtt_ms", "reason"},
         "p2p.rendezvous_failed": {"proxy", "visitor", "error"},

@@ -236,6 +236,7 @@ class VisitorP2p:
             "connections go through the server",
             visitor_name=self.config.name,
             proxy=self.config.server_name,
+            proto="udp",
             reason=reason,
         )
 
@@ -375,7 +376,20 @@ class VisitorP2p:
 
     def _fill_tcp(self) -> None:
         if self.symmetric:
-            self.tcp_reason = "a symmetric NAT: no direct TCP connection (TCP ports cannot be predicted)"
+            if not self.tcp_reason and self.tcp:
+                self.tcp_reason = (
+                    "a symmetric NAT: no direct TCP connection (its TCP ports cannot be predicted)"
+                )
+                event(
+                    log,
+                    logging.INFO,
+                    "p2p.failed",
+                    f"visitor {self.config.name}: {self.tcp_reason}",
+                    visitor_name=self.config.name,
+                    proxy=self.config.server_name,
+                    proto="tcp",
+                    reason=self.tcp_reason,
+                )
             return
         if not self.tcp or self._closed or self._tcp_task is not None or len(self._pool) >= POOL_SIZE:
             return
@@ -404,6 +418,7 @@ class VisitorP2p:
                         f"({self.tcp_reason})",
                         visitor_name=cfg.name,
                         proxy=cfg.server_name,
+                        proto="tcp",
                         reason=self.tcp_reason,
                     )
                     return
