@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 from dataclasses import dataclass
 
@@ -59,17 +60,29 @@ def behaviour(text: str) -> Behaviour | None:
 def path_kind(
     remote: tuple[str, int],
     remote_candidates: list[Candidate],
-    local_mapping: Behaviour | None,
     remote_mapping: Behaviour | None,
+    *,
+    spray_socket: bool,
 ) -> ConnectionPath:
-    """What kind of direct path a hole to ``remote`` is: the peer's LAN address, a predicted port, or a
-    plain punched hole."""
-    for c in remote_candidates:
-        if c.address == remote and c.kind is CandidateKind.HOST:
-            return ConnectionPath.DIRECT_LAN
-    if local_mapping in HARD or remote_mapping in HARD:
+    """What kind of direct path a hole to ``remote`` is: the peer's address on a shared private network
+    ("direct lan"), a port found by prediction ("direct predicted": our locked socket is one of the
+    sockets a prediction opened, or the peer is symmetric and answered from a port it never offered), or
+    a plain punched hole ("direct udp", also to a peer with a public address and no NAT)."""
+    offered = {c.address: c.kind for c in remote_candidates}
+    if offered.get(remote) is CandidateKind.HOST and not _public(remote[0]):
+        return ConnectionPath.DIRECT_LAN
+    if spray_socket or (remote not in offered and remote_mapping in HARD):
         return ConnectionPath.DIRECT_PREDICTED
     return ConnectionPath.DIRECT_UDP
+
+
+def _public(host: str) -> bool:
+    ip = ipaddress.ip_address(host)
+    shared = ip.version == 4 and ip in _SHARED  # RFC 6598: a carrier's NAT, not a LAN
+    return ip.is_global or shared
+
+
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
 
 
 async def punch_udp(

@@ -192,7 +192,7 @@ class OwnerP2p:
             peer = result.locked.path.remote
             after = AfterLock(agent, sock, result.locked.path.socket_id)
             after.start()
-            kind = path_kind(peer, remote, gathered.mapping, remote_mapping)
+            kind = path_kind(peer, remote, remote_mapping, spray_socket=result.locked.path.socket_id != 0)
             visitor = f"{peer[0]}:{peer[1]}"
 
             start_work = StartWork(proxy=msg.proxy, visitor_host=peer[0], visitor_port=peer[1])

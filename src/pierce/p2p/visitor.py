@@ -173,11 +173,11 @@ class VisitorP2p:
         except (PierceError, OSError, TimeoutError, BadOffer) as exc:
             reason = str(exc) or type(exc).__name__
             self._failed(reason, both_symmetric=FailReason.BOTH_SYMMETRIC.value in reason)
+            self._fill_tcp()
             return
         finally:
             self._attempt = None
             self._changed.set()
-            self._fill_tcp()
         self.direct = direct
         self._retry_delay = RETRY_FIRST
         self.status = P2pStatus(
@@ -203,6 +203,7 @@ class VisitorP2p:
         self._watcher = asyncio.get_running_loop().create_task(self._watch(direct))
         if self.on_direct is not None:
             self.on_direct()
+        self._fill_tcp()  # after the UDP outcome is told: the TCP one follows it
 
     async def _watch(self, direct: DirectPath) -> None:
         await direct.quic.wait_closed()
@@ -302,7 +303,7 @@ class VisitorP2p:
             except BaseException:
                 after.close()
                 raise
-            kind = path_kind(peer, remote, gathered.mapping, remote_mapping)
+            kind = path_kind(peer, remote, remote_mapping, spray_socket=result.locked.path.socket_id != 0)
             direct = DirectPath(quic, kind, result.locked.elapsed)
             asyncio.get_running_loop().create_task(_close_after(direct, after, sock))
             kept = True
