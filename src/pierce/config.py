@@ -218,6 +218,9 @@ class P2pOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     prediction_sockets: int = 256
     prediction_probes: int = 1024
     prediction_rate: float = 200.0
+    #: xtcp visitors: keep direct TCP connections ready (LAN connect or TCP simultaneous open) besides
+    #: the UDP path; false: UDP (QUIC) only.
+    direct_tcp: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.punch_budget_s <= 60:

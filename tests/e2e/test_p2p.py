@@ -12,35 +12,61 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import random
 from pathlib import Path
 
+import pytest
 from support.streams import MiB, duplex_service, duplex_visit, payload, tcp_server
 from support.stun import free_port_pair
 from support.tunnel import StartPierce
+from test_client_admin import admin_request, start_admin_client
 from test_map_udp import udp_echo
-from test_secret_proxies import secret_proxy, serve_secret, visit, visitor_port
+from test_secret_proxies import SECRET, secret_proxy, serve_secret, visit, visitor_port
 from test_tunnel_udp import Visitor
 
 
-async def direct_visitor(pierce: StartPierce, port: int, name: str, *extra: str):  # type: ignore[no-untyped-def]
+async def echo_service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.write_eof()
+    writer.close()
+
+
+def admin_auth(tmp_path: Path) -> dict[str, str]:
+    token = (tmp_path / "client-state" / "admin.token").read_text().strip()
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def direct_visitor(pierce: StartPierce, port: int, name: str, *extra: str, tcp: bool = True):  # type: ignore[no-untyped-def]
+    """A P2P visitor once its direct paths are up: the UDP one (QUIC) and, for xtcp, a ready direct TCP
+    connection. Returns the process and the path a new connection takes first (TCP before UDP)."""
     proc = await visit(pierce, port, name, "--p2p", *extra)
-    (direct,) = await proc.wait_event("p2p.direct", timeout=20)
-    assert direct["conn_path"].startswith("direct "), direct
-    return proc, direct
+    (udp,) = await proc.wait_event("p2p.direct", lambda e: e["proto"] == "udp", timeout=20)
+    assert udp["conn_path"].startswith("direct "), udp
+    if not tcp:
+        return proc, udp
+    (first,) = await proc.wait_event("p2p.direct", lambda e: e["proto"] == "tcp", timeout=20)
+    assert first["conn_path"] in ("direct lan", "direct tcp"), first
+    return proc, first
 
 
+@pytest.mark.parametrize("encrypt", [True, False], ids=["tls", "plain-spliced"])
 async def test_xtcp_goes_direct_and_the_server_carries_none_of_the_bytes(
-    pierce: StartPierce, tmp_path: Path
+    pierce: StartPierce, tmp_path: Path, encrypt: bool
 ) -> None:
+    """A connection takes a ready direct TCP connection (TLS pinned to the owner's certificate, or plain
+    with proofs when encrypt_data = false): 32 MiB each way, half-close, and not a byte via the server."""
     size = 32 * MiB
     down, up = payload(size, 31), payload(size, 32)
     service, service_got = duplex_service(down)
+    settings = {} if encrypt else {"transport": {"encrypt_data": False}}
     async with tcp_server(service) as local:
         server, port, owner = await serve_secret(
-            pierce, tmp_path, [secret_proxy("xtcp", "p2p-ssh", local)], stun_port=free_port_pair()
+            pierce, tmp_path, [secret_proxy("xtcp", "p2p-ssh", local)], stun_port=free_port_pair(), **settings
         )
-        visitor, direct = await direct_visitor(pierce, port, "p2p-ssh")
+        visitor, direct = await direct_visitor(pierce, port, "p2p-ssh")  # the owner says whether to encrypt
         got = await duplex_visit("127.0.0.1", await visitor_port(visitor), up)
         assert got == (hashlib.sha256(down).hexdigest(), size)
         assert await service_got == (hashlib.sha256(up).hexdigest(), size)
@@ -48,10 +74,10 @@ async def test_xtcp_goes_direct_and_the_server_carries_none_of_the_bytes(
         assert opened["conn_path"] == direct["conn_path"]
         (closed,) = await visitor.wait_event("visitor.close")
         assert closed["up_bytes"] == size and closed["down_bytes"] == size
-        (result,) = await server.wait_event("p2p.result")
-        assert result["conn_path"] == direct["conn_path"] and result["proxy"] == "p2p-ssh"
-        (owned,) = await owner.wait_event("p2p.direct")
-        assert owned["conn_path"] == direct["conn_path"]
+        results = await server.wait_event("p2p.result", count=2)
+        assert {r["conn_path"] for r in results} <= {"direct lan", "direct udp", "direct tcp"}
+        assert {r["proxy"] for r in results} == {"p2p-ssh"}
+        await owner.wait_event("p2p.direct")
         # Not one connection of this proxy crossed the server's relay.
         assert server.matching("proxy.conn_open") == []
 
@@ -62,7 +88,7 @@ async def test_xudp_datagrams_take_the_direct_path(pierce: StartPierce, tmp_path
         server, port, _ = await serve_secret(
             pierce, tmp_path, [secret_proxy("xudp", "p2p-dns", udp_local)], stun_port=free_port_pair()
         )
-        visitor, direct = await direct_visitor(pierce, port, "p2p-dns", "--udp")
+        visitor, direct = await direct_visitor(pierce, port, "p2p-dns", "--udp", tcp=False)
         sock = await Visitor.open(await visitor_port(visitor))
         try:
             for size in (1, 1400, 9000, 60000):
@@ -77,19 +103,15 @@ async def test_xudp_datagrams_take_the_direct_path(pierce: StartPierce, tmp_path
         echo_transport.close()
 
 
-async def test_twenty_connections_at_once_over_one_direct_path(pierce: StartPierce, tmp_path: Path) -> None:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.write_eof()
-        writer.close()
+async def test_twenty_connections_at_once_over_the_direct_paths(pierce: StartPierce, tmp_path: Path) -> None:
+    """More connections at once than direct TCP connections are ready: the rest go as QUIC streams on
+    the one UDP path, never through the server."""
 
-    async with tcp_server(echo) as local:
+    async with tcp_server(echo_service) as local:
         server, port, _ = await serve_secret(
             pierce, tmp_path, [secret_proxy("xtcp", "p2p-ssh", local)], stun_port=free_port_pair()
         )
-        visitor, direct = await direct_visitor(pierce, port, "p2p-ssh")
+        visitor, _ = await direct_visitor(pierce, port, "p2p-ssh")
         vport = await visitor_port(visitor)
 
         async def one(seed: int) -> None:
@@ -99,6 +121,36 @@ async def test_twenty_connections_at_once_over_one_direct_path(pierce: StartPier
 
         await asyncio.gather(*(one(seed) for seed in range(20)))
         opened = await visitor.wait_event("visitor.open", count=20)
-        assert {e["conn_path"] for e in opened} == {direct["conn_path"]}
-        assert len(server.matching("p2p.result")) == 1  # one rendezvous for all twenty
+        assert "relay" not in {e["conn_path"] for e in opened}
+        assert "relay" not in {e["conn_path"] for e in server.matching("p2p.result")}
         assert server.matching("proxy.conn_open") == []
+
+
+async def test_snapshots_say_which_path_and_its_rtt(pierce: StartPierce, tmp_path: Path) -> None:
+    """``[[visitors]]`` of ``pierce client``: the admin API's snapshot names the path new connections
+    take, the direct path's RTT and the attempts; the server counts only direct results."""
+    async with tcp_server(echo_service) as local:
+        server, port, _ = await serve_secret(
+            pierce, tmp_path, [secret_proxy("xtcp", "p2p-ssh", local)], stun_port=free_port_pair()
+        )
+        visitor_cfg = {
+            "type": "xtcp",
+            "name": "to-ssh",
+            "server_name": "p2p-ssh",
+            "secret_key": SECRET,
+            "bind_port": 0,
+        }
+        setup = await start_admin_client(
+            pierce, tmp_path, port, [], client_id="laptop", visitors=[visitor_cfg]
+        )
+        await setup.proc.wait_event("p2p.direct", lambda e: e["proto"] == "tcp", timeout=20)
+        status, _, body = await asyncio.to_thread(
+            admin_request, setup.settings["admin_port"], "status", admin_auth(tmp_path)
+        )
+        assert status == 200
+        (info,) = json.loads(body)["visitors"]
+        assert info["type"] == "xtcp" and info["proxy"] == "p2p-ssh"
+        assert info["path"] in ("direct lan", "direct tcp") and info["reason"] == ""
+        assert info["rtt_ms"] > 0 and info["p2p_attempts"] == 1 and info["direct_since"] > 0
+        counts = server.matching("p2p.result")
+        assert counts and all(r["conn_path"] != "relay" for r in counts)

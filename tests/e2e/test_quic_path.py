@@ -32,6 +32,7 @@ from pierce.p2p.quic import (
     QuicPathError,
     QuicStreamEnd,
 )
+from pierce.relay import SocketEnd, relay
 
 KEY = bytes(range(32))
 IDENTITY = Identity.generate()
@@ -181,6 +182,39 @@ async def test_half_close_both_ways() -> None:
             end.write_eof()
             assert await asyncio.wait_for(seen.get(), 5) == b"hello and more after your EOF"
             end.close()
+
+
+async def test_the_relay_joins_a_stream_to_a_tcp_service_with_half_closes() -> None:
+    """The owner's ``on_stream`` hands the stream to `pierce.relay.relay` with a TCP connection to a
+    service that answers only after its request's EOF: the visitor's FIN must reach the service as a
+    TCP half-close, and the service's close come back as the stream's EOF."""
+
+    async def service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.read()  # to EOF
+        writer.write(hashlib.sha256(request).digest() + request[::-1])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(service, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def owner_side(end: QuicStreamEnd) -> None:
+        sock = socket.create_connection(("127.0.0.1", port))
+        stats = await relay(end, SocketEnd(sock))
+        assert stats.error is None, stats.error
+
+    request = os.urandom(3 * 1024 * 1024)
+    try:
+        with udp_sockets(2) as (v_sock, o_sock):
+            async with quic_pair(owner_side, visitor_sock=v_sock, owner_sock=o_sock) as (visitor, _owner):
+                end = await visitor.open_stream()
+                await write_all(end, request)
+                reply = await asyncio.wait_for(read_all(end), 30)
+                assert reply == hashlib.sha256(request).digest() + request[::-1]
+                end.close()
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_a_visitor_that_resets_makes_the_owner_read_fail() -> None:
@@ -388,7 +422,8 @@ async def test_a_close_by_the_peer_sets_closed_with_a_reason() -> None:
 
 class Rebinder:
     """A UDP relay on loopback standing in for the visitor's NAT: the visitor sends to ``front``; the
-    relay forwards from ``back`` to the owner, and `rebind` moves ``back`` to a new port mid-flow."""
+    relay forwards from ``back`` to the owner, and `rebind` moves ``back`` to a new port mid-flow (the
+    NAT's mapping changed: the old port is closed)."""
 
     def __init__(self, owner: Address) -> None:
         self.loop = asyncio.get_running_loop()
@@ -412,6 +447,11 @@ class Rebinder:
         return addr_of(self.backs[-1])
 
     def rebind(self) -> None:
+        """A new mapping; the old one is gone (what reaches its port now is lost)."""
+        if self.backs:
+            old = self.backs.pop()
+            self.loop.remove_reader(old.fileno())
+            old.close()
         back = self._socket()
         self.backs.append(back)
         self.loop.add_reader(back.fileno(), self._from_owner, back)

@@ -463,6 +463,71 @@ class Lab:
             _kill_namespace(ns)
 
 
+# -- the shape of the internet ---------------------------------------------------------------------------
+
+#: Addresses of `internet`: the two inside hosts and their NATs' public addresses.
+A_IP, B_IP = "10.1.0.10", "10.2.0.10"
+NAT_A_WAN, NAT_B_WAN = "203.0.113.2", "203.0.113.18"
+
+
+@dataclass
+class Internet:
+    """Two sites behind their own NAT and ISP router, meeting on a core segment (see `internet`)."""
+
+    lab: Lab
+    a: Host
+    b: Host
+    nat_a: NatRouter
+    nat_b: NatRouter
+    core: Segment
+    lan_a: Segment
+    lan_b: Segment
+
+    def core_host(self, name: str, ip: str) -> Host:
+        """A host on the core (``198.51.100.0/24``, say a server) that reaches both sites' public sides."""
+        host = self.lab.host(name)
+        self.lab.attach(host, self.core, ip)
+        self.lab.route(host, "203.0.113.0/28", "198.51.100.1")
+        self.lab.route(host, "203.0.113.16/28", "198.51.100.2")
+        return host
+
+    def lan_host(self, name: str, ip: str, site: Literal["a", "b"] = "a") -> Host:
+        """One more host on a site's LAN, behind the same NAT as ``a`` (or ``b``)."""
+        host = self.lab.host(name)
+        lan, gateway = (self.lan_a, "10.1.0.1") if site == "a" else (self.lan_b, "10.2.0.1")
+        self.lab.attach(host, lan, ip)
+        self.lab.route(host, "default", gateway)
+        return host
+
+
+def internet(lab: Lab, mode_b: NatMode = "masquerade") -> Internet:
+    """The shape of the internet, not a flat lab:
+
+        A 10.1.0.10 -> NAT A 203.0.113.2 -> ISP A -> core 198.51.100.0/24
+                                                       <- ISP B <- NAT B 203.0.113.18 <- B 10.2.0.10
+
+    NAT A is a MASQUERADE, NAT B one of ``mode_b``. Each NAT has a plain router (its "ISP") between it
+    and the core, so a packet with TTL 2 leaves its NAT and dies at the ISP, before the other NAT. Built
+    by `p2p_lab.build` (sites "a" and "b"; its server host on the core is left unused here).
+    """
+    from .p2p_lab import SiteSpec, build  # p2p_lab builds on this module
+
+    kind_b = {"masquerade": "cone", "random-fully": "symmetric", "full-cone": "full-cone"}[mode_b]
+    net = build(lab, [SiteSpec("a", "cone"), SiteSpec("b", kind_b)])  # type: ignore[arg-type]
+    a, b = net.sites["a"], net.sites["b"]
+    assert a.router is not None and b.router is not None
+    assert (a.host.ip("lan-a"), b.host.ip("lan-b"), a.public_ip, b.public_ip) == (
+        A_IP,
+        B_IP,
+        NAT_A_WAN,
+        NAT_B_WAN,
+    )
+    segments = lab.segments
+    return Internet(
+        lab, a.host, b.host, a.router, b.router, segments["core"], segments["lan-a"], segments["lan-b"]
+    )
+
+
 def _full_cone_ruleset(router: NatRouter) -> str:
     inbound = "" if router.hairpin else f'iifname "{router.wan_if}" '
     return f"""

@@ -12,33 +12,20 @@ from __future__ import annotations
 
 import time
 
-from .lab import Host, Lab, NatRouter, Proc
-from .p2p_lab import SiteKind, SiteSpec
-from .p2p_lab import build as build_sites
+from .lab import A_IP, B_IP, NAT_A_WAN, NAT_B_WAN, Host, Lab, NatMode, NatRouter, Proc, internet
 
 PORT = 40000
-A_IP, B_IP = "10.1.0.10", "10.2.0.10"
-NAT_A_WAN, NAT_B_WAN = "203.0.113.2", "203.0.113.18"
 
 
-def build(lab: Lab, kind_b: SiteKind = "cone") -> tuple[Host, Host, NatRouter, NatRouter]:
-    """Sites a (cone) and b (``kind_b``), each behind its own ISP router (see `p2p_lab`)."""
-    net = build_sites(lab, [SiteSpec("a", "cone"), SiteSpec("b", kind_b)])
-    a, b = net.sites["a"], net.sites["b"]
-    assert a.router is not None and b.router is not None
-    assert (a.host.ip("lan-a"), b.host.ip("lan-b"), a.public_ip, b.public_ip) == (
-        A_IP,
-        B_IP,
-        NAT_A_WAN,
-        NAT_B_WAN,
-    )
-    return a.host, b.host, a.router, b.router
+def build(lab: Lab, mode_b: NatMode = "masquerade") -> tuple[Host, Host, NatRouter, NatRouter]:
+    net = internet(lab, mode_b)
+    return net.a, net.b, net.nat_a, net.nat_b
 
 
 def punch(
-    lab: Lab, kind_b: SiteKind = "cone", extra_a: tuple[str, ...] = (), extra_b: tuple[str, ...] = ()
+    lab: Lab, mode_b: NatMode = "masquerade", extra_a: tuple[str, ...] = (), extra_b: tuple[str, ...] = ()
 ) -> tuple[Proc, Proc]:
-    a, b, _, _ = build(lab, kind_b)
+    a, b, _, _ = build(lab, mode_b)
     return attempt(a, b, PORT, extra_a, extra_b)
 
 
@@ -68,7 +55,7 @@ def test_cone_x_symmetric_locks_by_port_prediction(lab: Lab) -> None:
     mappings toward A's public address, A probes 1024 random ports of B's public address until one
     hits. One attempt succeeds with about 98 % probability (19 of 20 here); like a client, the test
     tries a second, fresh attempt (new ports) when the first misses."""
-    a, b, _, _ = build(lab, "symmetric")
+    a, b, _, _ = build(lab, "random-fully")
     results = []
     for port in (PORT, PORT + 1):
         side_a, side_b = attempt(

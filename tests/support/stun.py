@@ -19,7 +19,7 @@ PRIMARY, ALTERNATE = "127.0.0.1", "127.0.0.2"
 
 
 def free_port_pair() -> int:
-    """A UDP port P with P + 1 also free, on both loopback addresses."""
+    """A UDP port P with P + 1 also free, on both loopback addresses, and TCP port P on the first."""
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind((PRIMARY, 0))
@@ -33,6 +33,10 @@ def free_port_pair() -> int:
                     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                     taken.append(sock)
                     sock.bind((ip, p))
+            # STUN over TCP listens on the first port too.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            taken.append(sock)
+            sock.bind((PRIMARY, port))
         except OSError:
             continue
         finally:
@@ -53,6 +57,7 @@ async def stun_server(pierce: StartPierce, tmp_path: Path, bind: str = PRIMARY, 
     proc, _ = await start_server(pierce, tmp_path, **settings)
     (listening,) = await proc.wait_event("stun.listening")
     assert listening["ports"] == [port, port + 1]
+    assert listening["listen"] is not None, proc.matching("stun.tcp_unavailable")
     return port
 
 

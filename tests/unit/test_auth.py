@@ -21,7 +21,7 @@ from pierce.protocol import (
     encode_frame,
     new_nonce,
 )
-from pierce.protocol.auth import client_proof, server_proof, verify
+from pierce.protocol.auth import client_proof, p2p_client_proof, p2p_owner_proof, server_proof, verify
 
 TOKEN = b"a session's work key, 32 bytes."
 
@@ -157,3 +157,13 @@ def test_wrong_nonce_size_is_a_bug(size: int) -> None:
         client_proof(TOKEN, server_nonce=bytes(size), client_nonce=new_nonce(), channel_binding=CERT)
     with pytest.raises(ValueError, match="client nonce must be 32 bytes"):
         server_proof(TOKEN, server_nonce=new_nonce(), client_nonce=bytes(size), channel_binding=CERT)
+
+
+def test_p2p_proofs_are_directional_and_bound_to_fingerprint_and_nonce() -> None:
+    key, fp, nonce = bytes(32), bytes(range(32)), new_nonce()
+    visitor = p2p_client_proof(key, server_fingerprint=fp, nonce=nonce)
+    owner = p2p_owner_proof(key, server_fingerprint=fp, nonce=nonce)
+    assert visitor != owner  # neither side can reflect the other's proof
+    assert p2p_owner_proof(key, server_fingerprint=fp, nonce=new_nonce()) != owner
+    assert p2p_owner_proof(key, server_fingerprint=bytes(32), nonce=nonce) != owner
+    assert p2p_owner_proof(bytes([1] * 32), server_fingerprint=fp, nonce=nonce) != owner

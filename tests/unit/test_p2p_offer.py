@@ -91,19 +91,23 @@ def test_the_owner_gives_a_visit_key_only_for_an_accepted_visit_of_that_proxy() 
 
 
 @pytest.mark.parametrize(
-    ("remote", "local_map", "remote_map", "want"),
+    ("remote", "remote_map", "spray", "want"),
     [
-        (("192.168.1.20", 40000), None, None, ConnectionPath.DIRECT_LAN),
-        (("203.0.113.5", 40000), Behaviour.ENDPOINT_INDEPENDENT, None, ConnectionPath.DIRECT_UDP),
-        (("203.0.113.5", 40001), None, None, ConnectionPath.DIRECT_UDP),  # peer-reflexive
-        (("203.0.113.5", 41234), Behaviour.ADDRESS_AND_PORT_DEPENDENT, None, ConnectionPath.DIRECT_PREDICTED),
-        (("203.0.113.5", 41234), None, Behaviour.ADDRESS_DEPENDENT, ConnectionPath.DIRECT_PREDICTED),
+        (("192.168.1.20", 40000), None, False, ConnectionPath.DIRECT_LAN),
+        (("203.0.113.5", 40000), None, False, ConnectionPath.DIRECT_UDP),
+        (("203.0.113.5", 40001), None, False, ConnectionPath.DIRECT_UDP),  # peer-reflexive, cone peer
+        (("203.0.113.5", 40000), Behaviour.ADDRESS_AND_PORT_DEPENDENT, True, ConnectionPath.DIRECT_PREDICTED),
+        (("203.0.113.5", 41234), Behaviour.ADDRESS_DEPENDENT, False, ConnectionPath.DIRECT_PREDICTED),
+        (("8.8.8.8", 53), None, False, ConnectionPath.DIRECT_UDP),  # a host candidate, but public: no LAN
+        (("100.64.3.3", 9), None, False, ConnectionPath.DIRECT_UDP),  # a carrier's shared space: no LAN
     ],
 )
 def test_path_kind(
-    remote: tuple[str, int], local_map: Behaviour | None, remote_map: Behaviour | None, want: ConnectionPath
+    remote: tuple[str, int], remote_map: Behaviour | None, spray: bool, want: ConnectionPath
 ) -> None:
-    assert path_kind(remote, CANDIDATES, local_map, remote_map) is want
+    candidates = [*CANDIDATES, Candidate(CandidateKind.HOST, "8.8.8.8", 53)]
+    candidates.append(Candidate(CandidateKind.HOST, "100.64.3.3", 9))
+    assert path_kind(remote, candidates, remote_map, spray_socket=spray) is want
 
 
 def test_p2p_options_bound_everything_and_reach_the_agent() -> None:

@@ -25,7 +25,7 @@ from pierce.config import ClientConfig
 from pierce.errors import ConfigError, PierceError
 from pierce.handshake import AuthenticationFailed, resume_key
 from pierce.logs import event
-from pierce.p2p.direct import punch_settings
+from pierce.p2p.direct import path_settings, punch_settings
 from pierce.p2p.owner import OwnerP2p
 from pierce.protocol import ErrorCode, Refused
 from pierce.protocol.messages import DEFAULT_USER
@@ -84,6 +84,8 @@ class Client:
             lambda config, start, end: work_handler(config, start, end, self._tls_contexts),
             server_host=lambda: self.session.dialer.server_ip() if self.session else self.config.server_addr,
             settings=punch_settings(config.p2p),
+            path=path_settings(config.p2p),
+            encrypt_data=lambda: self.config.transport.encrypt_data,
         )
         #: The last session's run id and resume key: a reconnect proves it held that session.
         self._resume: tuple[str, bytes] | None = None

@@ -42,7 +42,8 @@ from pierce.config import (
 from pierce.errors import PierceError
 from pierce.listeners import TcpListener, bind_socket, set_nodelay
 from pierce.logs import event, relay_summary
-from pierce.p2p.direct import DirectPath, punch_settings
+from pierce.p2p.direct import DirectPath
+from pierce.p2p.handoff import hand_over, ready_timeout
 from pierce.p2p.visitor import VisitorP2p
 from pierce.protocol import (
     MAX_HOST_LENGTH,
@@ -100,11 +101,7 @@ class StcpVisitor:
         self.tickets = tickets
         self.listener: TcpListener | None = None
         #: The direct path manager of an xtcp visitor.
-        self.p2p = (
-            VisitorP2p(config, dialer, tickets, punch_settings(dialer.config.p2p))
-            if isinstance(config, XtcpVisitorConfig)
-            else None
-        )
+        self.p2p = VisitorP2p(config, dialer, tickets) if isinstance(config, XtcpVisitorConfig) else None
 
     @property
     def address(self) -> str:
@@ -157,14 +154,27 @@ class StcpVisitor:
         )
 
     async def _open(self, cfg: StcpVisitorConfig) -> tuple[End, str]:
-        """A tunnel for one connection: a stream of the direct path when one is up, else the relay."""
+        """A tunnel for one connection, best first: a ready direct TCP connection, a stream of the direct
+        UDP path, else the relay."""
+        if self.p2p is not None:
+            pooled = await _take_tcp(self.p2p)
+            if pooled is not None:
+                return pooled
         direct = await direct_for(cfg, self.p2p)
-        if direct is not None:
+        if direct is None and self.p2p is not None:  # fallback = false may have waited for a TCP one
+            pooled = await _take_tcp(self.p2p)
+            if pooled is not None:
+                return pooled
+        if direct is not None and self.p2p is not None:
             try:
-                return await direct.quic.open_stream(), direct.path.value
+                stream = await _open_stream(self.p2p, direct)
             except (PierceError, OSError) as exc:
-                if not getattr(cfg, "fallback", True):
-                    raise NoDirectPath(f"the direct path to {cfg.server_name!r} failed: {exc}") from exc
+                stream = None
+                self.p2p.path_dead(direct, str(exc))
+            if stream is not None:
+                return stream, direct.path.value
+            if not getattr(cfg, "fallback", True):
+                raise NoDirectPath(f"the direct path to {cfg.server_name!r} stopped answering")
         channel = await open_visit(self.dialer, cfg, self.tickets)
         return channel.into_end(), RELAY
 
@@ -192,11 +202,7 @@ class SudpVisitor:
         self._retry_at = 0.0
         self._dropped = DropCounter(log, "udp.dropped", f"visitor {config.name}", visitor_name=config.name)
         #: The direct path manager of an xudp visitor.
-        self.p2p = (
-            VisitorP2p(config, dialer, tickets, punch_settings(dialer.config.p2p))
-            if isinstance(config, XudpVisitorConfig)
-            else None
-        )
+        self.p2p = VisitorP2p(config, dialer, tickets) if isinstance(config, XudpVisitorConfig) else None
         if self.p2p is not None:
             self.p2p.on_direct = self._direct_up
 
@@ -303,9 +309,9 @@ class SudpVisitor:
 
     async def _open(self, cfg: SudpVisitorConfig) -> tuple[End, str]:
         direct = await direct_for(cfg, self.p2p)
-        if direct is not None:
+        if direct is not None and self.p2p is not None:
             try:
-                return await direct.quic.open_stream(), direct.path.value
+                return await self.p2p.open_datagrams(direct), direct.path.value
             except (PierceError, OSError) as exc:
                 if not getattr(cfg, "fallback", True):
                     raise NoDirectPath(f"the direct path to {cfg.server_name!r} failed: {exc}") from exc
@@ -328,6 +334,28 @@ Visitor = StcpVisitor | SudpVisitor
 RELAY = ConnectionPath.RELAY.value
 
 
+async def _take_tcp(p2p: VisitorP2p) -> tuple[End, str] | None:
+    """A ready direct TCP connection that answered the handoff (None when there is none). One that
+    does not answer means the path died: the others are dropped too and new ones are made."""
+    pooled = p2p.take_tcp()
+    if pooled is None:
+        return None
+    end, kind = pooled
+    if await hand_over(end, ready_timeout(p2p.rtt_ms() / 1000)):
+        return end, kind.value
+    p2p.tcp_dead("a ready direct TCP connection did not answer")
+    return None
+
+
+async def _open_stream(p2p: VisitorP2p, direct: DirectPath) -> End | None:
+    """A QUIC stream that answered the handoff (None, and the path closed, when it did not)."""
+    end = await direct.quic.open_stream()
+    if await hand_over(end, ready_timeout(direct.quic.rtt)):
+        return end
+    p2p.path_dead(direct, "a new stream was not answered")
+    return None
+
+
 #: Seconds beyond the punch budget that a strict start waits for the first attempt (the rendezvous and
 #: the QUIC handshake).
 FIRST_ATTEMPT_SLACK = 10.0
@@ -346,7 +374,7 @@ async def direct_for(
         return direct
     timeout = wait if wait is not None else cfg.fallback_timeout_ms / 1000
     direct = await p2p.wait_direct(timeout)
-    if direct is None:
+    if direct is None and not p2p.tcp_ready():
         why = p2p.status.reason or "no attempt finished in time"
         raise NoDirectPath(
             f"no direct path to proxy {cfg.server_name!r} within {timeout * 1000:.0f} ms ({why}), "
@@ -438,9 +466,9 @@ class Visitors:
                     type=cfg.secret_kind.value,
                     proxy=cfg.server_name,
                     listen=visitor.address,
-                    path=p2p.path if p2p is not None else ConnectionPath.RELAY,
+                    path=visitor.p2p.path_now() if visitor.p2p is not None else ConnectionPath.RELAY,
                     rtt_ms=round(visitor.p2p.rtt_ms(), 2) if visitor.p2p is not None else 0.0,
-                    reason=p2p.reason if p2p is not None else "",
+                    reason=visitor.p2p.why_relay() if visitor.p2p is not None else "",
                     p2p_attempts=p2p.attempts if p2p is not None else 0,
                     direct_since=p2p.direct_since if p2p is not None else None,
                 )

@@ -1,4 +1,5 @@
-"""The STUN responder of ``pierce server``: Binding requests on UDP, with RFC 5780 behaviour discovery.
+"""The STUN responder of ``pierce server``: Binding requests on UDP, with RFC 5780 behaviour discovery,
+and on TCP at the primary address and port (`pierce.nat.stun_tcp`, for TCP reflexive addresses).
 
 Four sockets at most: the primary address on ``port`` and ``port + 1`` (so CHANGE-REQUEST "change port"
 works with one IP), and the same two ports on the alternate address when one is configured ("change IP").
@@ -37,6 +38,7 @@ from pierce.errors import LocalError
 from pierce.logs import event
 from pierce.nat import stun
 from pierce.nat.stun import Attr, Endpoint, StunParseError
+from pierce.nat.stun_tcp import StunTcpListener, StunTcpStats
 from pierce.ratelimit import KeyedLimiter, Verdict
 
 log = logging.getLogger("pierce.stun")
@@ -85,8 +87,8 @@ class StunPolicy:
 
 
 @dataclass
-class StunStats:
-    """Counters since start: what arrived and what was done with it."""
+class StunStats(StunTcpStats):
+    """Counters since start: what arrived and what was done with it (UDP; ``tcp_*`` for TCP)."""
 
     requests: int = 0
     answered: int = 0
@@ -210,6 +212,8 @@ class StunServer:
         self._family = socket.AF_INET6 if primary_ip.version == 6 else socket.AF_INET
         self._socks: dict[tuple[int, int], socket.socket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The TCP listener on the primary address and port; None when that port was taken.
+        self.tcp: StunTcpListener | None = None
 
     @property
     def addresses(self) -> list[Endpoint]:
@@ -230,17 +234,40 @@ class StunServer:
             raise
         for key, sock in self._socks.items():
             self._loop.add_reader(sock.fileno(), self._on_readable, key)
+        self._start_tcp()
         addresses = [str(a) for a in self.addresses]
+        tcp = str(self.tcp.address) if self.tcp is not None else None
         event(
             log,
             logging.INFO,
             "stun.listening",
             f"STUN on UDP {', '.join(addresses)}"
+            + (f" and TCP {tcp}" if tcp else "")
             + ("" if self.layout.alternate else " (one address: change-IP tests unavailable)"),
             addresses=addresses,
             ports=list(self.layout.ports),
             alt_addr=str(self.layout.alternate) if self.layout.alternate else None,
+            listen=tcp,
         )
+
+    def _start_tcp(self) -> None:
+        """TCP STUN on the primary address and port; when that port is taken UDP STUN runs without it."""
+        try:
+            self.tcp = StunTcpListener.open(
+                (str(self.layout.primary), self.layout.port),
+                self._family,
+                self._limiter,
+                self._clock,
+                self.stats,
+            )
+        except LocalError as exc:
+            event(
+                log,
+                logging.WARNING,
+                "stun.tcp_unavailable",
+                f"STUN over TCP not started: {exc}",
+                error=str(exc),
+            )
 
     def _bind(self, ip: IPAddress, port: int) -> socket.socket:
         sock = socket.socket(self._family, socket.SOCK_DGRAM)
@@ -262,6 +289,9 @@ class StunServer:
         return sock
 
     def close(self) -> None:
+        if self.tcp is not None:
+            self.tcp.close()
+            self.tcp = None
         self._close_sockets()
 
     def _close_sockets(self) -> None:

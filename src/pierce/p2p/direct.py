@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 from dataclasses import dataclass
 
@@ -18,10 +19,11 @@ from pierce.nat.candidates import Candidate, CandidateKind
 from pierce.nat.classify import Behaviour
 from pierce.nat.punch import PunchAgent, PunchSettings, Role
 from pierce.nat.punch_io import PunchResult, run_punch
-from pierce.p2p.quic import QuicPath
+from pierce.p2p.quic import PathSettings, QuicPath
 from pierce.snapshot import ConnectionPath
 
-_HARD = {Behaviour.ADDRESS_DEPENDENT, Behaviour.ADDRESS_AND_PORT_DEPENDENT}
+#: Mapping behaviours that give each destination its own public port (symmetric NATs).
+HARD = frozenset({Behaviour.ADDRESS_DEPENDENT, Behaviour.ADDRESS_AND_PORT_DEPENDENT})
 
 
 @dataclass(slots=True)
@@ -58,17 +60,29 @@ def behaviour(text: str) -> Behaviour | None:
 def path_kind(
     remote: tuple[str, int],
     remote_candidates: list[Candidate],
-    local_mapping: Behaviour | None,
     remote_mapping: Behaviour | None,
+    *,
+    spray_socket: bool,
 ) -> ConnectionPath:
-    """What kind of direct path a hole to ``remote`` is: the peer's LAN address, a predicted port, or a
-    plain punched hole."""
-    for c in remote_candidates:
-        if c.address == remote and c.kind is CandidateKind.HOST:
-            return ConnectionPath.DIRECT_LAN
-    if local_mapping in _HARD or remote_mapping in _HARD:
+    """What kind of direct path a hole to ``remote`` is: the peer's address on a shared private network
+    ("direct lan"), a port found by prediction ("direct predicted": our locked socket is one of the
+    sockets a prediction opened, or the peer is symmetric and answered from a port it never offered), or
+    a plain punched hole ("direct udp", also to a peer with a public address and no NAT)."""
+    offered = {c.address: c.kind for c in remote_candidates}
+    if offered.get(remote) is CandidateKind.HOST and not _public(remote[0]):
+        return ConnectionPath.DIRECT_LAN
+    if spray_socket or (remote not in offered and remote_mapping in HARD):
         return ConnectionPath.DIRECT_PREDICTED
     return ConnectionPath.DIRECT_UDP
+
+
+def _public(host: str) -> bool:
+    ip = ipaddress.ip_address(host)
+    shared = ip.version == 4 and ip in _SHARED  # RFC 6598: a carrier's NAT, not a LAN
+    return ip.is_global or shared
+
+
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
 
 
 async def punch_udp(
@@ -160,3 +174,8 @@ def punch_settings(options: P2pOptions) -> PunchSettings:
         spray_rate=options.prediction_rate,
         max_probes=max(4096, options.prediction_probes * 2),
     )
+
+
+def path_settings(options: P2pOptions) -> PathSettings:
+    """QUIC's settings from ``[p2p]``: its keepalive is the punch's, its idle timeout three of them."""
+    return PathSettings(keepalive_s=options.keepalive_s, idle_timeout=max(30.0, 3 * options.keepalive_s))

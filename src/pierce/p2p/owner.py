@@ -17,30 +17,47 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from pierce.addr import HostPort
 from pierce.errors import PierceError
 from pierce.logs import event
 from pierce.nat.punch import PunchSettings, Role
+from pierce.p2p.datagrams import DatagramEnd
 from pierce.p2p.direct import AfterLock, DirectPath, behaviour, path_kind, punch_udp
 from pierce.p2p.gather import from_wire, gather_udp, to_wire
+from pierce.p2p.handoff import take_over
 from pierce.p2p.identity import process_identity
-from pierce.p2p.quic import QuicPath
+from pierce.p2p.quic import PathSettings, QuicPath
+from pierce.p2p.tcp_direct import connect_direct, secure_owner
+from pierce.p2p.tcp_pool import POOL_IDLE_MAX, reserved_port, tcp_candidates
 from pierce.protocol import ErrorCode, P2pAnswer, P2pRequest, P2pStart, StartWork
 from pierce.protocol.auth import p2p_key
 from pierce.protocol.p2p import BadOffer, Offer, open_offer, seal
 from pierce.proxies.visitor_auth import OwnerExchanges
 from pierce.relay import End
+from pierce.snapshot import ConnectionPath
 from pierce.transport import MessageChannel
 
 log = logging.getLogger("pierce.p2p")
 
-#: Direct paths one client holds at once (each is a socket and a QUIC connection).
-MAX_DIRECT_PATHS = 64
+#: Direct paths one client holds or sets up at once: UDP paths (a socket and a QUIC connection each),
+#: rendezvous in progress and direct TCP connections waiting for their visitor.
+MAX_DIRECT_PATHS = 256
 #: Seconds between the answer and `P2pStart` before the attempt is dropped.
 START_TIMEOUT = 15.0
 QUIC_TIMEOUT = 5.0
+#: Seconds a new stream may take to say `GO` (the visitor sends it first thing).
+HANDOFF_TIMEOUT = 10.0
 
 #: Serves one stream of a proxy: (config, start, end) -> coroutine (`pierce.proxies.registry.work_handler`).
 StreamHandler = Callable[[Any, StartWork, End], Coroutine[Any, Any, None] | None]
+
+
+async def _closing(work: Coroutine[Any, Any, None], quic: QuicPath) -> None:
+    """Serve an xudp path's datagrams; when that ends, so does the path."""
+    try:
+        await work
+    finally:
+        quic.close()
 
 
 class OwnerP2p:
@@ -52,15 +69,22 @@ class OwnerP2p:
         *,
         server_host: Callable[[], str],
         settings: PunchSettings | None = None,
+        path: PathSettings | None = None,
+        encrypt_data: Callable[[], bool] = lambda: True,
     ) -> None:
         self.exchanges = exchanges
         self.proxies = proxies
         self.handler = handler
         self.server_host = server_host
         self.settings = settings or PunchSettings()
+        self.path_settings = path or PathSettings()
+        #: Whether a direct TCP path is encrypted (``transport.encrypt_data``; the visitor follows).
+        self.encrypt_data = encrypt_data
         self.paths: dict[str, DirectPath] = {}
         self._starts: dict[str, asyncio.Future[P2pStart]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Direct TCP connections waiting for a visitor connection to take them.
+        self._pooled = 0
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -69,7 +93,20 @@ class OwnerP2p:
 
     def request(self, msg: P2pRequest, channel: MessageChannel) -> None:
         """A visitor's rendezvous arrived on the control channel; answered on ``channel``."""
-        self._spawn(self._attempt(msg, channel), f"p2p {msg.proxy}")
+        self._spawn(self._guarded(msg, channel), f"p2p {msg.proxy}")
+
+    async def _guarded(self, msg: P2pRequest, channel: MessageChannel) -> None:
+        try:
+            await self._attempt(msg, channel)
+        except (PierceError, OSError) as exc:  # the control channel went away mid-answer
+            event(
+                log,
+                logging.DEBUG,
+                "p2p.failed",
+                f"proxy {msg.proxy}: rendezvous ended: {exc}",
+                proxy=msg.proxy,
+                reason=str(exc),
+            )
 
     def start(self, msg: P2pStart) -> None:
         waiter = self._starts.get(msg.visit_id)
@@ -91,7 +128,7 @@ class OwnerP2p:
         if ticket_key is None:
             await channel.send(no(ErrorCode.AUTH_FAILED, "no accepted visit with that id"))
             return
-        if len(self.paths) + len(self._starts) >= MAX_DIRECT_PATHS:
+        if len(self.paths) + len(self._starts) + self._pooled >= MAX_DIRECT_PATHS:
             await channel.send(no(ErrorCode.LIMIT_REACHED, f"{MAX_DIRECT_PATHS} direct paths already"))
             return
         key = p2p_key(ticket_key, proxy=msg.proxy, visit_id=msg.visit_id)
@@ -99,6 +136,12 @@ class OwnerP2p:
             theirs = open_offer(msg.offer, msg.mac, key, owner=False)
         except BadOffer as exc:
             await channel.send(no(ErrorCode.BAD_MESSAGE, str(exc)))
+            return
+        if theirs.want == "tcp":
+            if not isinstance(config, XtcpProxyConfig):
+                await channel.send(no(ErrorCode.BAD_MESSAGE, "a direct TCP path is for xtcp proxies only"))
+                return
+            await self._attempt_tcp(msg, channel, config, key, theirs)
             return
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         waiter: asyncio.Future[P2pStart] = asyncio.get_running_loop().create_future()
@@ -149,16 +192,28 @@ class OwnerP2p:
             peer = result.locked.path.remote
             after = AfterLock(agent, sock, result.locked.path.socket_id)
             after.start()
-            kind = path_kind(peer, remote, gathered.mapping, remote_mapping)
+            kind = path_kind(peer, remote, remote_mapping, spray_socket=result.locked.path.socket_id != 0)
             visitor = f"{peer[0]}:{peer[1]}"
 
+            start_work = StartWork(proxy=msg.proxy, visitor_host=peer[0], visitor_port=peer[1])
+            datagrams: list[DatagramEnd] = []  # xudp: the one datagram end, once the path is up
+
             async def serve(end: End) -> None:
-                start_work = StartWork(proxy=msg.proxy, visitor_host=peer[0], visitor_port=peer[1])
+                if datagrams:  # xudp: the visitor's stream for large datagrams
+                    datagrams[0].attach_stream(end)
+                    await datagrams[0].finished.wait()
+                    return
+                if not await take_over(end, HANDOFF_TIMEOUT):
+                    return
                 work = self.handler(config, start_work, end)
                 if work is None:
                     end.close()
                     return
                 await work
+
+            def on_datagram(data: bytes) -> None:
+                if datagrams:
+                    datagrams[0].deliver(data)
 
             try:
                 quic = await QuicPath.accept(
@@ -169,11 +224,18 @@ class OwnerP2p:
                     on_stream=serve,
                     timeout=QUIC_TIMEOUT,
                     on_other=after.on_other,
+                    on_datagram=on_datagram,
+                    settings=self.path_settings,
                 )
             except BaseException:
                 after.close()
                 raise
             kept = True
+            if isinstance(config, XudpProxyConfig):
+                datagrams.append(DatagramEnd(quic))
+                work = self.handler(config, start_work, datagrams[0])
+                if work is not None:
+                    self._spawn(_closing(work, quic), f"p2p {msg.proxy} datagrams")
             direct = DirectPath(quic, kind, result.locked.elapsed, msg.proxy)
             self.paths[msg.visit_id] = direct
             event(
@@ -185,6 +247,7 @@ class OwnerP2p:
                 proxy=msg.proxy,
                 visitor=visitor,
                 conn_path=kind.value,
+                proto="udp",
                 elapsed_ms=round(result.locked.elapsed * 1000),
             )
             try:
@@ -216,6 +279,82 @@ class OwnerP2p:
             self._starts.pop(msg.visit_id, None)
             if not kept:
                 sock.close()
+
+    async def _attempt_tcp(
+        self, msg: P2pRequest, channel: MessageChannel, config: Any, key: bytes, theirs: Offer
+    ) -> None:
+        """One direct TCP connection for a visitor's pool: candidates from one fixed port, the
+        simultaneous open (or LAN connect), then TLS or the plain proofs. The connection waits for the
+        visitor's handoff before the local service is connected (a pooled one may wait a while)."""
+        from pierce.proxies.xtcp import XtcpProxyConfig
+
+        assert isinstance(config, XtcpProxyConfig)
+        waiter: asyncio.Future[P2pStart] = asyncio.get_running_loop().create_future()
+        self._starts[msg.visit_id] = waiter
+        encrypt = self.encrypt_data()
+        try:
+            with reserved_port() as port:
+                stun = HostPort(self.server_host(), msg.stun_port) if msg.stun_port else None
+                candidates = await tcp_candidates(port, stun)
+                identity = process_identity()
+                ours = Offer(
+                    candidates=to_wire(candidates, "tcp"),
+                    fingerprint=identity.fingerprint,
+                    encrypt=encrypt,
+                    want="tcp",
+                )
+                data, tag = seal(ours, key, owner=True)
+                await channel.send(P2pAnswer(proxy=msg.proxy, visit_id=msg.visit_id, offer=data, mac=tag))
+                async with asyncio.timeout(START_TIMEOUT):
+                    start = await waiter
+                loop = asyncio.get_running_loop()
+                start_at = loop.time() + start.delay_ms / 1000
+                sock, candidate, kind = await connect_direct(
+                    "owner",
+                    port,
+                    from_wire(theirs.candidates, "tcp"),
+                    start_at=start_at,
+                    deadline=start_at + self.settings.budget_s,
+                    opening_ttl=self.settings.opening_ttl,
+                )
+            end = await secure_owner(sock, identity, key, encrypt=encrypt)
+        except (TimeoutError, PierceError, OSError, ssl.SSLError) as exc:
+            event(
+                log,
+                logging.INFO,
+                "p2p.failed",
+                f"proxy {msg.proxy}: direct TCP attempt ended: {exc or type(exc).__name__}",
+                proxy=msg.proxy,
+                reason=str(exc) or type(exc).__name__,
+            )
+            return
+        finally:
+            self._starts.pop(msg.visit_id, None)
+        path = ConnectionPath.DIRECT_LAN if kind == "lan" else ConnectionPath.DIRECT_TCP
+        visitor = f"{candidate.host}:{candidate.port}"
+        self._pooled += 1
+        try:
+            taken = await take_over(end, POOL_IDLE_MAX)
+        finally:
+            self._pooled -= 1
+        if not taken:
+            return
+        start_work = StartWork(proxy=msg.proxy, visitor_host=candidate.host, visitor_port=candidate.port)
+        work = self.handler(config, start_work, end)
+        if work is None:
+            end.close()
+            return
+        event(
+            log,
+            logging.DEBUG,
+            "p2p.direct",
+            f"proxy {msg.proxy}: a visitor connection from {visitor} over {path.value}",
+            proxy=msg.proxy,
+            visitor=visitor,
+            conn_path=path.value,
+            proto="tcp",
+        )
+        await work
 
     def by_proxy(self) -> dict[str, list[DirectPath]]:
         """The live direct paths of each proxy, oldest first."""

@@ -18,22 +18,40 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pierce.addr import HostPort
 from pierce.client.visit import accepted_visit
 from pierce.errors import PierceError
 from pierce.logs import event
 from pierce.nat.punch import FailReason, PunchSettings, Role
-from pierce.p2p.direct import AfterLock, DirectPath, behaviour, path_kind, punch_udp
+from pierce.p2p.datagrams import DatagramEnd
+from pierce.p2p.direct import (
+    HARD,
+    AfterLock,
+    DirectPath,
+    behaviour,
+    path_kind,
+    path_settings,
+    punch_settings,
+    punch_udp,
+)
 from pierce.p2p.gather import from_wire, gather_udp, to_wire
-from pierce.p2p.quic import QuicPath
+from pierce.p2p.quic import PathSettings, QuicPath
+from pierce.p2p.tcp_direct import connect_direct, secure_visitor
+from pierce.p2p.tcp_pool import POOL_IDLE_MAX, POOL_SIZE, reserved_port, tcp_candidates
 from pierce.protocol import Error, P2pOffer, P2pResult, P2pStart, Refused, UnexpectedMessage
 from pierce.protocol.auth import p2p_key
+from pierce.protocol.messages import SecretKind
 from pierce.protocol.p2p import BadOffer, Offer, open_offer, seal
+from pierce.relay import End
 from pierce.snapshot import ConnectionPath
+from pierce.transport import MessageChannel
 
 if TYPE_CHECKING:
     from pierce.client.session import Dialer
@@ -47,6 +65,8 @@ RETRY_MAX = 300.0
 #: Seconds for the owner's offer after ours (the server gives the owner 10 s to answer).
 START_TIMEOUT = 15.0
 QUIC_TIMEOUT = 5.0
+#: Seconds before the owner's idle limit that a pooled TCP connection is dropped unused.
+POOL_MARGIN = 10.0
 
 
 @dataclass(slots=True)
@@ -71,11 +91,14 @@ class VisitorP2p:
         dialer: Dialer,
         tickets: VisitorTickets,
         settings: PunchSettings | None = None,
+        path: PathSettings | None = None,
     ) -> None:
         self.config = config
         self.dialer = dialer
         self.tickets = tickets
-        self.settings = settings or PunchSettings()
+        #: ``[p2p]`` of the visitor's client config, unless given.
+        self.settings = settings or punch_settings(dialer.config.p2p)
+        self.path_settings = path or path_settings(dialer.config.p2p)
         self.status = P2pStatus()
         self.direct: DirectPath | None = None
         self._attempt: asyncio.Task[None] | None = None
@@ -86,6 +109,21 @@ class VisitorP2p:
         self._closed = False
         #: Called when a direct path comes up (an xudp visitor moves its datagram tunnel over).
         self.on_direct: Callable[[], None] | None = None
+        #: An xudp visitor's datagram end on the direct path (DATAGRAM frames arrive there).
+        self.datagrams: DatagramEnd | None = None
+        #: xtcp: direct TCP connections kept ready (end, path kind, when made), and their refill.
+        self.tcp = config.secret_kind is SecretKind.XTCP and dialer.config.p2p.direct_tcp
+        self._pool: deque[tuple[End, ConnectionPath, float]] = deque()
+        self._tcp_task: asyncio.Task[None] | None = None
+        self._tcp_retry_at = 0.0
+        self._tcp_delay = RETRY_FIRST
+        #: The kind of the last direct TCP connection made ("direct lan" or "direct tcp"), and why the
+        #: last attempt failed.
+        self.tcp_path: ConnectionPath | None = None
+        self.tcp_reason = ""
+        #: Whether either NAT maps per destination (learnt by the UDP attempt): then no TCP reflexive
+        #: address is the one the peer must reach, and no direct TCP connection is tried.
+        self.symmetric = False
 
     def rtt_ms(self) -> float:
         """The direct path's RTT now (0 on the relay)."""
@@ -104,9 +142,9 @@ class VisitorP2p:
         deadline = time.monotonic() + timeout
         while True:
             found = self.usable()
-            if found is not None:
+            if found is not None or self._pool:
                 return found
-            if self._attempt is None:
+            if self._attempt is None and self._tcp_task is None:
                 return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -135,6 +173,7 @@ class VisitorP2p:
         except (PierceError, OSError, TimeoutError, BadOffer) as exc:
             reason = str(exc) or type(exc).__name__
             self._failed(reason, both_symmetric=FailReason.BOTH_SYMMETRIC.value in reason)
+            self._fill_tcp()
             return
         finally:
             self._attempt = None
@@ -157,12 +196,14 @@ class VisitorP2p:
             visitor_name=cfg.name,
             proxy=cfg.server_name,
             conn_path=direct.path.value,
+            proto="udp",
             elapsed_ms=round((time.monotonic() - started) * 1000),
             rtt_ms=round(direct.rtt_ms, 1),
         )
         self._watcher = asyncio.get_running_loop().create_task(self._watch(direct))
         if self.on_direct is not None:
             self.on_direct()
+        self._fill_tcp()  # after the UDP outcome is told: the TCP one follows it
 
     async def _watch(self, direct: DirectPath) -> None:
         await direct.quic.wait_closed()
@@ -196,6 +237,7 @@ class VisitorP2p:
             "connections go through the server",
             visitor_name=self.config.name,
             proxy=self.config.server_name,
+            proto="udp",
             reason=reason,
         )
 
@@ -220,15 +262,10 @@ class VisitorP2p:
                 owner=False,
             )
             await channel.send(P2pOffer(offer=data, mac=tag))
-            async with asyncio.timeout(START_TIMEOUT):
-                start = await channel.recv()
-            if isinstance(start, Error):
-                raise Refused(start.code, start.reason)
-            if not isinstance(start, P2pStart):
-                raise UnexpectedMessage(start, "P2pStart")
-            theirs = open_offer(start.offer, start.mac, key, owner=True)
+            start, theirs = await _start(channel, key)
             remote = from_wire(theirs.candidates)
             remote_mapping = behaviour(theirs.mapping)
+            self.symmetric = any(m in HARD for m in (gathered.mapping, remote_mapping))
             agent, result = await punch_udp(
                 Role.CONTROLLING,
                 sock,
@@ -260,11 +297,13 @@ class VisitorP2p:
                     key=key,
                     timeout=QUIC_TIMEOUT,
                     on_other=after.on_other,
+                    on_datagram=self._on_datagram,
+                    settings=self.path_settings,
                 )
             except BaseException:
                 after.close()
                 raise
-            kind = path_kind(peer, remote, gathered.mapping, remote_mapping)
+            kind = path_kind(peer, remote, remote_mapping, spray_socket=result.locked.path.socket_id != 0)
             direct = DirectPath(quic, kind, result.locked.elapsed)
             asyncio.get_running_loop().create_task(_close_after(direct, after, sock))
             kept = True
@@ -287,12 +326,194 @@ class VisitorP2p:
             if not kept:
                 sock.close()
 
+    # -- direct TCP connections --------------------------------------------------------------------
+
+    def take_tcp(self) -> tuple[End, ConnectionPath] | None:
+        """A ready direct TCP connection (the caller sends `GO` on it first), and a refill started."""
+        found = None
+        now = time.monotonic()
+        while self._pool and found is None:
+            end, kind, made = self._pool.popleft()
+            if now - made < POOL_IDLE_MAX - POOL_MARGIN:
+                found = (end, kind)
+            else:
+                end.close()  # the owner is about to give up on it
+        self._fill_tcp()
+        return found
+
+    def path_dead(self, direct: DirectPath, why: str) -> None:
+        """``direct`` stopped answering: close it (new connections take the relay) and punch again."""
+        if self.direct is direct:
+            self.status.reason = f"the direct path stopped answering ({why})"
+        direct.quic.close_now(why)
+
+    def tcp_dead(self, why: str) -> None:
+        """A ready direct TCP connection did not answer: the others went the same way; make new ones."""
+        while self._pool:
+            self._pool.popleft()[0].close()
+        self.tcp_reason = why
+        self._tcp_retry_at = 0.0
+        self._fill_tcp()
+
+    def tcp_ready(self) -> bool:
+        """Whether a direct TCP connection is ready to take."""
+        return bool(self._pool)
+
+    def path_now(self) -> ConnectionPath:
+        """The path a new connection would take now: a ready direct TCP connection, the direct UDP
+        path, or the relay."""
+        if self._pool and self.tcp_path is not None:
+            return self.tcp_path
+        if self.direct is not None and self.direct.alive:
+            return self.direct.path
+        return ConnectionPath.RELAY
+
+    def why_relay(self) -> str:
+        """Why new connections would take the relay now ("" when a direct path is up)."""
+        if self.path_now() is not ConnectionPath.RELAY:
+            return ""
+        reasons = [r for r in (self.status.reason, self.tcp_reason) if r]
+        return "; ".join(dict.fromkeys(reasons))
+
+    def _fill_tcp(self) -> None:
+        if self.symmetric:
+            if not self.tcp_reason and self.tcp:
+                self.tcp_reason = (
+                    "a symmetric NAT: no direct TCP connection (its TCP ports cannot be predicted)"
+                )
+                event(
+                    log,
+                    logging.INFO,
+                    "p2p.failed",
+                    f"visitor {self.config.name}: {self.tcp_reason}",
+                    visitor_name=self.config.name,
+                    proxy=self.config.server_name,
+                    proto="tcp",
+                    reason=self.tcp_reason,
+                )
+            return
+        if not self.tcp or self._closed or self._tcp_task is not None or len(self._pool) >= POOL_SIZE:
+            return
+        if time.monotonic() < self._tcp_retry_at:
+            return
+        self._tcp_task = asyncio.get_running_loop().create_task(
+            self._tcp_loop(), name=f"p2p tcp {self.config.name}"
+        )
+
+    async def _tcp_loop(self) -> None:
+        cfg = self.config
+        try:
+            while not self._closed and len(self._pool) < POOL_SIZE:
+                started = time.monotonic()
+                try:
+                    end, kind = await self._connect_tcp()
+                except (PierceError, OSError, TimeoutError, BadOffer, ssl.SSLError) as exc:
+                    self.tcp_reason = str(exc) or type(exc).__name__
+                    self._tcp_retry_at = time.monotonic() + self._tcp_delay
+                    self._tcp_delay = min(RETRY_MAX, self._tcp_delay * 2)
+                    event(
+                        log,
+                        logging.INFO,
+                        "p2p.failed",
+                        f"visitor {cfg.name}: no direct TCP connection to proxy {cfg.server_name} "
+                        f"({self.tcp_reason})",
+                        visitor_name=cfg.name,
+                        proxy=cfg.server_name,
+                        proto="tcp",
+                        reason=self.tcp_reason,
+                    )
+                    return
+                first = self.tcp_path is None
+                self.tcp_path, self.tcp_reason, self._tcp_delay = kind, "", RETRY_FIRST
+                self._pool.append((end, kind, time.monotonic()))
+                self._changed.set()
+                if first:
+                    event(
+                        log,
+                        logging.INFO,
+                        "p2p.direct",
+                        f"visitor {cfg.name}: direct TCP connection to proxy {cfg.server_name} "
+                        f"({kind.value}) after {(time.monotonic() - started) * 1000:.0f} ms",
+                        visitor_name=cfg.name,
+                        proxy=cfg.server_name,
+                        conn_path=kind.value,
+                        proto="tcp",
+                        elapsed_ms=round((time.monotonic() - started) * 1000),
+                    )
+        finally:
+            self._tcp_task = None
+
+    async def _connect_tcp(self) -> tuple[End, ConnectionPath]:
+        """One direct TCP connection: a rendezvous asking for "tcp", the race, then TLS or proofs."""
+        cfg = self.config
+        visit = await accepted_visit(self.dialer, cfg, self.tickets, p2p=True)
+        channel = visit.channel
+        result = P2pResult(path=ConnectionPath.RELAY.value, reason="gave up")
+        try:
+            key = p2p_key(visit.key, proxy=cfg.server_name, visit_id=visit.visit_id)
+            stun_port = visit.ready.stun_port
+            loop = asyncio.get_running_loop()
+            begun = loop.time()
+            with reserved_port() as port:
+                stun = HostPort(self.dialer.server_ip(), stun_port) if stun_port else None
+                candidates = await tcp_candidates(port, stun)
+                data, tag = seal(Offer(candidates=to_wire(candidates, "tcp"), want="tcp"), key, owner=False)
+                await channel.send(P2pOffer(offer=data, mac=tag))
+                start, theirs = await _start(channel, key)
+                start_at = loop.time() + start.delay_ms / 1000
+                sock, _, kind = await connect_direct(
+                    "visitor",
+                    port,
+                    from_wire(theirs.candidates, "tcp"),
+                    start_at=start_at,
+                    deadline=start_at + self.settings.budget_s,
+                    opening_ttl=self.settings.opening_ttl,
+                )
+            end = await secure_visitor(sock, theirs.fingerprint, key, encrypt=theirs.encrypt)
+            path = ConnectionPath.DIRECT_LAN if kind == "lan" else ConnectionPath.DIRECT_TCP
+            result = P2pResult(path=f"{path.value}", elapsed_ms=round((loop.time() - begun) * 1000))
+            return end, path
+        except BaseException as exc:
+            result = P2pResult(path=ConnectionPath.RELAY.value, reason=(str(exc) or type(exc).__name__)[:500])
+            raise
+        finally:
+            if channel.alive():
+                with contextlib.suppress(PierceError, OSError):
+                    await channel.send(result)
+            channel.close()
+
+    def _on_datagram(self, data: bytes) -> None:
+        if self.datagrams is not None:
+            self.datagrams.deliver(data)
+
+    async def open_datagrams(self, direct: DirectPath) -> DatagramEnd:
+        """The xudp tunnel's end on ``direct``: DATAGRAM frames, and a stream for the large ones."""
+        end = DatagramEnd(direct.quic)
+        self.datagrams = end
+        await end.open()
+        return end
+
     def close(self) -> None:
         self._closed = True
+        if self._tcp_task is not None:
+            self._tcp_task.cancel()
+        while self._pool:
+            self._pool.popleft()[0].close()
         if self._attempt is not None:
             self._attempt.cancel()
         if self.direct is not None:
             self.direct.close()
+
+
+async def _start(channel: MessageChannel, key: bytes) -> tuple[P2pStart, Offer]:
+    """The server's `P2pStart` and the owner's offer in it, opened (or the owner's refusal, raised)."""
+    async with asyncio.timeout(START_TIMEOUT):
+        start = await channel.recv()
+    if isinstance(start, Error):
+        raise Refused(start.code, start.reason)
+    if not isinstance(start, P2pStart):
+        raise UnexpectedMessage(start, "P2pStart")
+    return start, open_offer(start.offer, start.mac, key, owner=True)
 
 
 class NoHole(PierceError):

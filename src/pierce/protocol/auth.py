@@ -41,6 +41,7 @@ _VISIT_LABEL = b"pierce/2 visit"
 _OWNER_LABEL = b"pierce/2 owner"
 _P2P_OFFER_LABEL = b"pierce/2 p2p offer"
 _P2P_CLIENT_LABEL = b"pierce/2 p2p client"
+_P2P_OWNER_LABEL = b"pierce/2 p2p owner"
 
 
 def new_nonce() -> bytes:
@@ -126,3 +127,10 @@ def p2p_client_proof(key: bytes, *, server_fingerprint: bytes, nonce: bytes) -> 
     """The visitor's proof, sent first inside a direct path's encrypted channel, that it holds the
     rendezvous key (bound to the certificate it pinned and a fresh nonce)."""
     return mac(key, _P2P_CLIENT_LABEL, server_fingerprint, nonce)
+
+
+def p2p_owner_proof(key: bytes, *, server_fingerprint: bytes, nonce: bytes) -> bytes:
+    """The owner's answer to `p2p_client_proof` (over the visitor's fresh ``nonce``): it holds the
+    rendezvous key too. Over TLS it confirms the visitor was accepted; on a plain direct path
+    (``encrypt_data = false``) it is what authenticates the owner."""
+    return mac(key, _P2P_OWNER_LABEL, server_fingerprint, nonce)

@@ -39,6 +39,9 @@ class Offer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Fal
     fingerprint: Annotated[bytes, msgspec.Meta(max_length=FINGERPRINT_SIZE)] = b""
     #: Whether this side carries data encrypted on a direct TCP path (the owner's ``encrypt_data``).
     encrypt: bool = True
+    #: What the visitor asks for (the owner answers in kind): "udp", a punched hole with QUIC for all
+    #: of its connections; "tcp", one direct TCP connection (TCP simultaneous open or a LAN connect).
+    want: Annotated[str, msgspec.Meta(pattern="^(udp|tcp)$")] = "udp"
 
 
 _encoder = msgspec.msgpack.Encoder()
