@@ -207,14 +207,33 @@ def proxy_name(owner: Host) -> str:
     return f"svc-{owner.name}"
 
 
+def _decided(line: str) -> bool:
+    """A visitor's verdict on its UDP attempt (a direct TCP connection's, proto "tcp", is told after it)."""
+    doc = _json_object(line)
+    return doc is not None and doc.get("event") in ("p2p.direct", "p2p.failed") and doc.get("proto") != "tcp"
+
+
 def verdict(visitor: Proc, timeout: float = VERDICT_TIMEOUT_S) -> Verdict:
-    """Wait for the visitor's ``p2p.direct`` or ``p2p.failed``, whichever comes first."""
+    """Wait for the visitor's ``p2p.direct`` or ``p2p.failed`` of its UDP attempt, whichever comes first."""
+    return _verdict(visitor.expect(_decided, "stderr", timeout))
 
-    def decided(line: str) -> bool:
-        doc = _json_object(line)
-        return doc is not None and doc.get("event") in ("p2p.direct", "p2p.failed")
 
-    doc = _json_object(visitor.expect(decided, "stderr", timeout))
+def verdict_after_retry(host: Host, visitor: Proc, port: int = VISIT_PORT) -> Verdict:
+    """The verdict of the visitor's next attempt. It retries a failed one on demand, on the first
+    connection after its retry delay (5 s): so a small echo goes through its port once a second until
+    a new verdict shows (bounded by `VERDICT_TIMEOUT_S`)."""
+    deadline = time.monotonic() + VERDICT_TIMEOUT_S
+    while True:
+        host.run_helper("tcp_client.py", f"127.0.0.1:{port}", "--hex", "00", "--timeout", "5")
+        try:
+            return _verdict(visitor.expect(_decided, "stderr", 1.0))
+        except LabError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def _verdict(line: str) -> Verdict:
+    doc = _json_object(line)
     assert doc is not None
     if doc["event"] == "p2p.failed":
         return Verdict("relay", reason=str(doc.get("reason")))

@@ -37,6 +37,7 @@ from .p2p_cells import (
     matrix_lab,
     random_payload,
     verdict,
+    verdict_after_retry,
 )
 from .p2p_lab import SiteSpec, build
 
@@ -79,18 +80,20 @@ def test_matrix_cell(matrix: PierceLab, payload: Path, cell: Cell) -> None:
         got = verdict(visitor)
         if not got.direct and expected(cell) == "direct":
             # Port prediction misses now and then (about 2 % in theory, more on a loaded machine); the
-            # visitor itself tries again after 5 s, as it would for a user: its second verdict counts.
+            # visitor itself tries again on a connection after 5 s, as for a user: that verdict counts.
             print(f"{cell.name}: first attempt {got}")
-            got = verdict(visitor)
+            got = verdict_after_retry(host, visitor)
         moved = echo_transfer(matrix.plab, host, visitor, payload)
         dump = visitor.dump()
     print(f"{cell.name}: {got} {moved}")
     if expected(cell) == "direct":
         assert got.direct, (cell.name, got, dump)
-        assert moved.conn_path == got.path, (moved, got)
+        # A connection takes a ready direct TCP connection first, else a QUIC stream in the UDP hole.
+        assert moved.conn_path in (got.path, "direct tcp"), (moved, got)
         assert moved.server_bytes < DIRECT_SERVER_BYTES, moved
-    elif got.path == "direct tcp":  # no UDP: TCP may still go direct
-        assert moved.conn_path == "direct tcp" and moved.server_bytes < DIRECT_SERVER_BYTES, moved
+    elif moved.conn_path == "direct tcp":  # no UDP path, but TCP went direct (simultaneous open)
+        assert "udp-blocked" in {cell.owner_kind, cell.visitor_kind}, (cell.name, moved)
+        assert moved.server_bytes < DIRECT_SERVER_BYTES, moved
     else:
         assert got.path == "relay" and got.reason, (cell.name, got, dump)
         assert moved.conn_path == "relay", moved
@@ -109,20 +112,25 @@ def test_cone_x_cone_with_loss_and_delay(natlab_ready: None, tmp_path: Path) -> 
         pl.owner(plab.sites["a"].host)
         visitor = pl.visitor(plab.sites["b"].host, plab.sites["a"].host)
         got = verdict(visitor)
+        if not got.direct:  # 10 % loss end to end can starve one attempt; the visitor's retry counts
+            print(f"lossy: first attempt {got}")
+            got = verdict_after_retry(plab.sites["b"].host, visitor)
         assert got.direct, (got, visitor.dump())
-        assert got.rtt_ms is not None and got.rtt_ms >= 200, got  # the delay lines are on the path
+        # The delay lines are on the path: a punch needs at least one round trip, 200 ms here.
+        assert got.elapsed_ms is not None and got.elapsed_ms >= 200, got
         moved = echo_transfer(
             plab, plab.sites["b"].host, visitor, random_payload(tmp_path / "p.bin", 256 * 1024)
         )
         print(f"lossy: {got}, {moved}")
-        assert moved.conn_path == got.path and moved.server_bytes < DIRECT_SERVER_BYTES, moved
+        assert moved.conn_path.startswith("direct") and moved.server_bytes < DIRECT_SERVER_BYTES, moved
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="after NAT state loss the first new connection waits on the dead direct path until QUIC's "
-    "30 s idle timeout and then ends with a clean EOF and no data; the next ones fail on the owner's "
-    "pooled work connections, which the flush killed (one failed visitor connection per dead one)",
+    reason="after NAT state loss new visitor connections fail for a while: the owner's TCP connections "
+    "to the server die (the router answers the server's next packets with a reset), its proxy is gone "
+    "from the server until it logs in again (visitors are refused: unknown proxy), and a connection "
+    "handed to the dead direct path or to a dead pooled work connection is reset",
 )
 def test_conntrack_flush_loses_no_new_connection(matrix: PierceLab, tmp_path: Path) -> None:
     """Both NAT routers forget every mapping mid-session (as after a router reboot); connections opened
@@ -131,7 +139,7 @@ def test_conntrack_flush_loses_no_new_connection(matrix: PierceLab, tmp_path: Pa
     with cell_processes(matrix, Cell("cone", "cone")) as (host, _, visitor):
         got = verdict(visitor)
         assert got.direct, (got, visitor.dump())
-        assert echo_transfer(matrix.plab, host, visitor, small).conn_path == got.path
+        assert echo_transfer(matrix.plab, host, visitor, small).conn_path.startswith("direct")
         matrix.plab.flush_conntrack()
         paths = [echo_transfer(matrix.plab, host, visitor, small).conn_path for _ in range(5)]
     print(f"after the flush: {paths}")
@@ -153,7 +161,7 @@ def test_twenty_connections_at_once_over_one_direct_path(matrix: PierceLab, tmp_
         opens = [visitor.expect_json("stderr", event="visitor.open") for _ in range(20)]
     want = (size, hashlib.sha256(blob.read_bytes()).hexdigest())
     assert all((r["result"], r["received"], r["sha256"]) == ("ok", *want) for r in results), results
-    assert {o["conn_path"] for o in opens} == {got.path}, opens
+    assert all(o["conn_path"].startswith("direct") for o in opens), opens
     assert (rx1 - rx0) + (tx1 - tx0) < DIRECT_SERVER_BYTES
 
 
