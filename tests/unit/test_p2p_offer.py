@@ -100,6 +100,8 @@ def test_the_owner_gives_a_visit_key_only_for_an_accepted_visit_of_that_proxy() 
         (("203.0.113.5", 41234), Behaviour.ADDRESS_DEPENDENT, False, ConnectionPath.DIRECT_PREDICTED),
         (("8.8.8.8", 53), None, False, ConnectionPath.DIRECT_UDP),  # a host candidate, but public: no LAN
         (("100.64.3.3", 9), None, False, ConnectionPath.DIRECT_UDP),  # a carrier's shared space: no LAN
+        (("198.51.100.7", 9), None, False, ConnectionPath.DIRECT_UDP),  # documentation range: public
+        (("fd00::7", 9), None, False, ConnectionPath.DIRECT_LAN),
     ],
 )
 def test_path_kind(
@@ -107,6 +109,8 @@ def test_path_kind(
 ) -> None:
     candidates = [*CANDIDATES, Candidate(CandidateKind.HOST, "8.8.8.8", 53)]
     candidates.append(Candidate(CandidateKind.HOST, "100.64.3.3", 9))
+    candidates.append(Candidate(CandidateKind.HOST, "198.51.100.7", 9))
+    candidates.append(Candidate(CandidateKind.HOST, "fd00::7", 9))
     assert path_kind(remote, candidates, remote_map, spray_socket=spray) is want
 
 

@@ -132,3 +132,29 @@ def form_pairs(
 def address_version(address: Address) -> int:
     """4 or 6, for an IP-literal address (raises ValueError otherwise)."""
     return ipaddress.ip_address(address[0]).version
+
+
+#: Networks a peer can only be reached on from its own site: RFC 1918, link-local, loopback, and IPv6
+#: unique-local and link-local. Not the carrier's shared space (RFC 6598), not documentation ranges
+#: (those stand for public hosts wherever they appear, as in a test lab).
+_LAN_NETWORKS = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "127.0.0.0/8",
+        "fc00::/7",
+        "fe80::/10",
+        "::1/128",
+    )
+)
+
+
+def on_lan(host: str) -> bool:
+    """Whether ``host`` is an address of a local network (a path to it is a "direct lan" path)."""
+    ip = ipaddress.ip_address(host)
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == net.version and ip in net for net in _LAN_NETWORKS)

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import socket
 from dataclasses import dataclass
 
 from pierce.config import P2pOptions
-from pierce.nat.candidates import Candidate, CandidateKind
+from pierce.errors import PierceError
+from pierce.nat.candidates import Candidate, CandidateKind, on_lan
 from pierce.nat.classify import Behaviour
 from pierce.nat.punch import PunchAgent, PunchSettings, Role
-from pierce.nat.punch_io import PunchResult, run_punch
+from pierce.nat.punch_io import run_punch
+from pierce.p2p.gather import Gathered, from_wire
 from pierce.p2p.quic import PathSettings, QuicPath
+from pierce.protocol.p2p import Offer
 from pierce.snapshot import ConnectionPath
 
 #: Mapping behaviours that give each destination its own public port (symmetric NATs).
@@ -69,50 +71,69 @@ def path_kind(
     sockets a prediction opened, or the peer is symmetric and answered from a port it never offered), or
     a plain punched hole ("direct udp", also to a peer with a public address and no NAT)."""
     offered = {c.address: c.kind for c in remote_candidates}
-    if offered.get(remote) is CandidateKind.HOST and not _public(remote[0]):
+    if offered.get(remote) is CandidateKind.HOST and on_lan(remote[0]):
         return ConnectionPath.DIRECT_LAN
     if spray_socket or (remote not in offered and remote_mapping in HARD):
         return ConnectionPath.DIRECT_PREDICTED
     return ConnectionPath.DIRECT_UDP
 
 
-def _public(host: str) -> bool:
-    ip = ipaddress.ip_address(host)
-    shared = ip.version == 4 and ip in _SHARED  # RFC 6598: a carrier's NAT, not a LAN
-    return ip.is_global or shared
+@dataclass(slots=True)
+class Hole:
+    """A locked hole: the socket that holds it (a prediction socket may have won), the peer's address,
+    the kind of path, how long the punch took, and the agent that keeps answering the peer."""
+
+    sock: socket.socket
+    peer: tuple[str, int]
+    kind: ConnectionPath
+    elapsed: float
+    after: AfterLock
 
 
-_SHARED = ipaddress.ip_network("100.64.0.0/10")
+class NoHole(PierceError):
+    """The punch found no path (the reason names why)."""
 
 
-async def punch_udp(
+async def punch_hole(
     role: Role,
     sock: socket.socket,
     *,
-    session_id: bytes,
+    visit_id: str,
     key: bytes,
-    local: list[Candidate],
-    remote: list[Candidate],
-    local_mapping: Behaviour | None,
-    remote_mapping: Behaviour | None,
+    local: Gathered,
+    remote: Offer,
     settings: PunchSettings,
     delay: float = 0.0,
-) -> tuple[PunchAgent, PunchResult]:
+) -> Hole:
+    """Punch from ``sock`` (which gathered ``local``) toward the peer's offer, starting after ``delay``
+    seconds. On a lock, ``sock`` is closed if another socket won, and the agent keeps answering on the
+    winner (`Hole.after`, started). Raises `NoHole` with the reason otherwise."""
     loop = asyncio.get_running_loop()
     now = loop.time()
+    candidates = from_wire(remote.candidates)
+    mapping = behaviour(remote.mapping)
     agent = PunchAgent(
         role,
-        session_id,
+        visit_id.encode()[:32],
         key,
-        local,
-        remote,
+        local.candidates,
+        candidates,
         now,
         start_at=now + delay,
-        local_mapping=local_mapping,
-        remote_mapping=remote_mapping,
+        local_mapping=local.mapping,
+        remote_mapping=mapping,
         settings=settings,
     )
-    return agent, await run_punch(agent, {0: sock})
+    result = await run_punch(agent, {0: sock})
+    if result.locked is None or result.sock is None:
+        raise NoHole(result.failed.reason.value if result.failed else "no lock")
+    if result.sock is not sock:
+        sock.close()
+    path = result.locked.path
+    after = AfterLock(agent, result.sock, path.socket_id)
+    after.start()
+    kind = path_kind(path.remote, candidates, mapping, spray_socket=path.socket_id != 0)
+    return Hole(result.sock, path.remote, kind, result.locked.elapsed, after)
 
 
 class AfterLock:

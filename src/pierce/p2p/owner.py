@@ -22,7 +22,7 @@ from pierce.errors import PierceError
 from pierce.logs import event
 from pierce.nat.punch import PunchSettings, Role
 from pierce.p2p.datagrams import DatagramEnd
-from pierce.p2p.direct import AfterLock, DirectPath, behaviour, path_kind, punch_udp
+from pierce.p2p.direct import DirectPath, NoHole, punch_hole
 from pierce.p2p.gather import from_wire, gather_udp, to_wire
 from pierce.p2p.handoff import take_over
 from pierce.p2p.identity import process_identity
@@ -161,38 +161,29 @@ class OwnerP2p:
             await channel.send(P2pAnswer(proxy=msg.proxy, visit_id=msg.visit_id, offer=data, mac=tag))
             async with asyncio.timeout(START_TIMEOUT):
                 start = await waiter
-            remote = from_wire(theirs.candidates)
-            remote_mapping = behaviour(theirs.mapping)
-            agent, result = await punch_udp(
-                Role.CONTROLLED,
-                sock,
-                session_id=msg.visit_id.encode()[:32],
-                key=key,
-                local=gathered.candidates,
-                remote=remote,
-                local_mapping=gathered.mapping,
-                remote_mapping=remote_mapping,
-                settings=self.settings,
-                delay=start.delay_ms / 1000,
-            )
-            if result.locked is None or result.sock is None:
-                reason = result.failed.reason.value if result.failed else "no lock"
+            try:
+                hole = await punch_hole(
+                    Role.CONTROLLED,
+                    sock,
+                    visit_id=msg.visit_id,
+                    key=key,
+                    local=gathered,
+                    remote=theirs,
+                    settings=self.settings,
+                    delay=start.delay_ms / 1000,
+                )
+            except NoHole as exc:
                 event(
                     log,
                     logging.INFO,
                     "p2p.failed",
-                    f"proxy {msg.proxy}: no direct path to the visitor ({reason})",
+                    f"proxy {msg.proxy}: no direct path to the visitor ({exc})",
                     proxy=msg.proxy,
-                    reason=reason,
+                    proto="udp",
+                    reason=str(exc),
                 )
                 return
-            if result.sock is not sock:
-                sock.close()
-                sock = result.sock
-            peer = result.locked.path.remote
-            after = AfterLock(agent, sock, result.locked.path.socket_id)
-            after.start()
-            kind = path_kind(peer, remote, remote_mapping, spray_socket=result.locked.path.socket_id != 0)
+            sock, peer, kind, after = hole.sock, hole.peer, hole.kind, hole.after
             visitor = f"{peer[0]}:{peer[1]}"
 
             start_work = StartWork(proxy=msg.proxy, visitor_host=peer[0], visitor_port=peer[1])
@@ -236,19 +227,19 @@ class OwnerP2p:
                 work = self.handler(config, start_work, datagrams[0])
                 if work is not None:
                     self._spawn(_closing(work, quic), f"p2p {msg.proxy} datagrams")
-            direct = DirectPath(quic, kind, result.locked.elapsed, msg.proxy)
+            direct = DirectPath(quic, kind, hole.elapsed, msg.proxy)
             self.paths[msg.visit_id] = direct
             event(
                 log,
                 logging.INFO,
                 "p2p.direct",
                 f"proxy {msg.proxy}: direct path to visitor {visitor} ({kind.value}) after "
-                f"{result.locked.elapsed * 1000:.0f} ms",
+                f"{hole.elapsed * 1000:.0f} ms",
                 proxy=msg.proxy,
                 visitor=visitor,
                 conn_path=kind.value,
                 proto="udp",
-                elapsed_ms=round(result.locked.elapsed * 1000),
+                elapsed_ms=round(hole.elapsed * 1000),
             )
             try:
                 await quic.wait_closed()

@@ -87,7 +87,7 @@ from typing import Any, Literal
 from pierce.addr import HostPort
 from pierce.errors import LocalError, PierceError, RemoteError
 from pierce.nat import stun
-from pierce.nat.candidates import Candidate, CandidateKind
+from pierce.nat.candidates import Candidate, CandidateKind, on_lan
 from pierce.p2p.identity import COMMON_NAME, Identity, client_ssl_context, fingerprint_of
 from pierce.protocol.auth import (
     NONCE_SIZE,
@@ -305,7 +305,8 @@ async def connect_direct(
         raise NoDirectPath(loop.time() - begun, race.outcomes) from None
     finally:
         await race.close()
-    return sock, candidate, "lan" if candidate.kind is CandidateKind.HOST else "tcp"
+    lan = candidate.kind is CandidateKind.HOST and on_lan(candidate.host)
+    return sock, candidate, "lan" if lan else "tcp"
 
 
 @dataclass(eq=False)

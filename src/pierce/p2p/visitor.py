@@ -35,11 +35,11 @@ from pierce.p2p.direct import (
     HARD,
     AfterLock,
     DirectPath,
+    NoHole,
     behaviour,
-    path_kind,
     path_settings,
+    punch_hole,
     punch_settings,
-    punch_udp,
 )
 from pierce.p2p.gather import from_wire, gather_udp, to_wire
 from pierce.p2p.quic import PathSettings, QuicPath
@@ -263,32 +263,23 @@ class VisitorP2p:
             )
             await channel.send(P2pOffer(offer=data, mac=tag))
             start, theirs = await _start(channel, key)
-            remote = from_wire(theirs.candidates)
-            remote_mapping = behaviour(theirs.mapping)
-            self.symmetric = any(m in HARD for m in (gathered.mapping, remote_mapping))
-            agent, result = await punch_udp(
-                Role.CONTROLLING,
-                sock,
-                session_id=visit.visit_id.encode()[:32],
-                key=key,
-                local=gathered.candidates,
-                remote=remote,
-                local_mapping=gathered.mapping,
-                remote_mapping=remote_mapping,
-                settings=self.settings,
-                delay=start.delay_ms / 1000,
-            )
-            if result.locked is None or result.sock is None:
-                reason = result.failed.reason.value if result.failed else "no lock"
-                await channel.send(P2pResult(path=ConnectionPath.RELAY.value, reason=reason))
+            self.symmetric = any(m in HARD for m in (gathered.mapping, behaviour(theirs.mapping)))
+            try:
+                hole = await punch_hole(
+                    Role.CONTROLLING,
+                    sock,
+                    visit_id=visit.visit_id,
+                    key=key,
+                    local=gathered,
+                    remote=theirs,
+                    settings=self.settings,
+                    delay=start.delay_ms / 1000,
+                )
+            except NoHole as exc:
+                await channel.send(P2pResult(path=ConnectionPath.RELAY.value, reason=str(exc)))
                 result_sent = True
-                raise NoHole(reason)
-            if result.sock is not sock:
-                sock.close()
-                sock = result.sock
-            peer = result.locked.path.remote
-            after = AfterLock(agent, sock, result.locked.path.socket_id)
-            after.start()
+                raise
+            sock, peer, after = hole.sock, hole.peer, hole.after
             try:
                 quic = await QuicPath.connect(
                     sock,
@@ -303,14 +294,14 @@ class VisitorP2p:
             except BaseException:
                 after.close()
                 raise
-            kind = path_kind(peer, remote, remote_mapping, spray_socket=result.locked.path.socket_id != 0)
-            direct = DirectPath(quic, kind, result.locked.elapsed)
+            kind = hole.kind
+            direct = DirectPath(quic, kind, hole.elapsed)
             asyncio.get_running_loop().create_task(_close_after(direct, after, sock))
             kept = True
             await channel.send(
                 P2pResult(
                     path=kind.value,
-                    elapsed_ms=round(result.locked.elapsed * 1000),
+                    elapsed_ms=round(hole.elapsed * 1000),
                     rtt_ms=round(direct.rtt_ms, 2),
                 )
             )
@@ -514,10 +505,6 @@ async def _start(channel: MessageChannel, key: bytes) -> tuple[P2pStart, Offer]:
     if not isinstance(start, P2pStart):
         raise UnexpectedMessage(start, "P2pStart")
     return start, open_offer(start.offer, start.mac, key, owner=True)
-
-
-class NoHole(PierceError):
-    """The punch found no path (the reason names why)."""
 
 
 async def _close_after(direct: DirectPath, after: AfterLock, sock: socket.socket) -> None:
