@@ -425,6 +425,12 @@ def _add_nat_command(sub: Any) -> None:
     p_nat.add_argument(
         "--timeout", type=float, default=3.0, metavar="S", help="wait for each test's answer (default 3)"
     )
+    p_nat.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where --lifetime records the measured lifetime for the client's direct paths (default: "
+        "state_dir of ~/.config/pierce/client.toml, else the client's default)",
+    )
     p_nat.set_defaults(func=cmd_nat)
 
 
@@ -467,7 +473,30 @@ def cmd_nat(args: argparse.Namespace) -> int:
         )
     )
     print(json.dumps(report.as_json()) if args.json else report.as_text())
+    if report.mapping_lifetime_s is not None and report.public_address is not None:
+        _record_lifetime(args, str(report.public_address.ip), report.mapping_lifetime_s)
     return EXIT_OK if report.public_address is not None else EXIT_FAILURE
+
+
+def _record_lifetime(args: argparse.Namespace, public_ip: str, lifetime_s: float) -> None:
+    """Keep the measured lifetime where the client's direct paths find it (their keepalive)."""
+    from pierce.p2p import keepalive
+    from pierce.statedir import state_dir_for
+
+    configured = args.state_dir
+    if configured is None:
+        path = config.user_client_config()
+        configured = config.read_key(path, config.ClientConfig, "state_dir") if path.is_file() else ""
+    try:
+        written = keepalive.record(state_dir_for("client", configured or ""), public_ip, lifetime_s)
+    except OSError as exc:
+        print(f"nat: the lifetime was not recorded: {exc}", file=sys.stderr)
+        return
+    interval = keepalive.keepalive_for(config.P2pOptions().keepalive_s, lifetime_s)
+    print(
+        f"nat: recorded in {written}: direct paths from {public_ip} keep alive every {interval:g} s",
+        file=sys.stderr,
+    )
 
 
 def _add_visit_command(sub: Any) -> None:

@@ -25,6 +25,8 @@ from test_map_udp import udp_echo
 from test_secret_proxies import SECRET, secret_proxy, serve_secret, visit, visitor_port
 from test_tunnel_udp import Visitor
 
+from pierce.p2p import keepalive
+
 
 async def echo_service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     while data := await reader.read(65536):
@@ -154,3 +156,20 @@ async def test_snapshots_say_which_path_and_its_rtt(pierce: StartPierce, tmp_pat
         assert info["rtt_ms"] > 0 and info["p2p_attempts"] == 1 and info["direct_since"] > 0
         counts = server.matching("p2p.result")
         assert counts and all(r["conn_path"] != "relay" for r in counts)
+
+
+async def test_a_measured_mapping_lifetime_shortens_the_keepalive(
+    pierce: StartPierce, tmp_path: Path
+) -> None:
+    """``pierce nat --lifetime`` recorded that mappings behind this address live 6 s idle: the visitor's
+    direct path keeps alive every 3 s; the owner, with no record, every 15 s (the default)."""
+    state = tmp_path / "visitor-state"
+    keepalive.record(state, "127.0.0.1", 6.0)
+    async with tcp_server(echo_service) as local:
+        _, port, owner = await serve_secret(
+            pierce, tmp_path, [secret_proxy("xtcp", "p2p-ssh", local)], stun_port=free_port_pair()
+        )
+        _, udp = await direct_visitor(pierce, port, "p2p-ssh", "--state-dir", str(state), tcp=False)
+        assert udp["keepalive_s"] == 3.0, udp
+        (owned,) = await owner.wait_event("p2p.direct", lambda e: e["proto"] == "udp")
+        assert owned["keepalive_s"] == 15.0, owned

@@ -23,7 +23,8 @@ async def test_an_answering_owner_takes_the_stream_and_data_follows() -> None:
     with udp_sockets(2) as (v_sock, o_sock):
         async with quic_pair(owner, visitor_sock=v_sock, owner_sock=o_sock) as (visitor, _):
             end = await visitor.open_stream()
-            assert await hand_over(end, ready_timeout(visitor.rtt))
+            rtt = await hand_over(end, ready_timeout(visitor.rtt))
+            assert rtt is not None and rtt > 0  # the round trip, as the snapshot shows it for direct TCP
             await end.write(b"hello")
             end.write_eof()
             assert await end.read(100) == b"HELLO"
@@ -39,7 +40,7 @@ async def test_a_silent_owner_is_given_up_within_the_deadline() -> None:
         async with quic_pair(owner, visitor_sock=v_sock, owner_sock=o_sock) as (visitor, _):
             end = await visitor.open_stream()
             started = time.monotonic()
-            assert not await hand_over(end, 0.5)
+            assert await hand_over(end, 0.5) is None
             assert time.monotonic() - started < 0.5 + 1.0  # the deadline plus slack for a busy machine
             silent.set()
 

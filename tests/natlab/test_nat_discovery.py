@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 from support.tunnel import TOKEN, write_toml
 
+from pierce.p2p import keepalive
+
 from .lab import Host, Lab, NatMode, NatRouter, Segment
 
 pytestmark = pytest.mark.natlab
@@ -231,7 +233,11 @@ def test_mapping_lifetime(lab: Lab, tmp_path: Path) -> None:
     """The router forgets idle UDP mappings after 2 s: the bisection finds a lower bound just under it."""
     router, l1 = nat_router_lab(lab, tmp_path, "masquerade")
     router.run("sysctl", "-q", "-w", "net.netfilter.nf_conntrack_udp_timeout=2")
-    report = pierce_nat(l1, "--lifetime", "--lifetime-max", "3")
+    state = tmp_path / "client-state"
+    report = pierce_nat(l1, "--lifetime", "--lifetime-max", "3", "--state-dir", str(state))
     lifetime = report["mapping_lifetime_s"]
     assert isinstance(lifetime, float) and 1.5 <= lifetime <= 2.0, report
     assert report == expected(report, mapping_lifetime_s=lifetime)
+    # Recorded for the client's direct paths behind this public address (their keepalive).
+    public_ip = str(report["public_address"]).rpartition(":")[0]
+    assert keepalive.load(state) == {public_ip: lifetime}

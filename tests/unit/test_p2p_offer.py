@@ -9,8 +9,8 @@ from pierce.config import P2pOptions
 from pierce.errors import InvalidValue
 from pierce.nat.candidates import Candidate, CandidateKind
 from pierce.nat.classify import Behaviour
-from pierce.p2p.direct import path_kind, punch_settings
-from pierce.p2p.gather import from_wire, to_wire
+from pierce.p2p.direct import lan_only, path_kind, punch_settings
+from pierce.p2p.gather import Gathered, from_wire, to_wire
 from pierce.protocol.auth import p2p_client_proof, p2p_key
 from pierce.protocol.p2p import MAX_CANDIDATES, BadOffer, Offer, WireCandidate, open_offer, seal
 from pierce.proxies.visitor_auth import VISIT_TTL, OwnerExchanges
@@ -128,3 +128,15 @@ def test_p2p_options_bound_everything_and_reach_the_agent() -> None:
     ]:
         with pytest.raises(InvalidValue, match=f"p2p.{key}"):
             P2pOptions(**{key: bad})
+
+
+def test_a_side_without_a_public_udp_address_makes_a_short_lan_only_punch() -> None:
+    lan = Candidate(CandidateKind.HOST, "192.168.1.20", 4000)
+    public = Candidate(CandidateKind.SRFLX, "198.51.100.9", 4000)
+    natted = Gathered([lan, public], Behaviour.ENDPOINT_INDEPENDENT, public.address)
+    blocked = Gathered([lan], None, None)
+    assert lan_only(natted, [lan, public], stun_asked=True) is None
+    assert lan_only(natted, [Candidate(CandidateKind.HOST, "198.51.100.7", 9)], stun_asked=False) is None
+    assert "outgoing UDP looks blocked" in (lan_only(blocked, [lan, public], stun_asked=True) or "")
+    assert "outside the LAN here" in (lan_only(blocked, [lan, public], stun_asked=False) or "")
+    assert "the peer has no public UDP address" in (lan_only(natted, [lan], stun_asked=True) or "")

@@ -26,6 +26,7 @@ from pierce.errors import ConfigError, PierceError
 from pierce.handshake import AuthenticationFailed, resume_key
 from pierce.logs import event
 from pierce.p2p.direct import path_settings, punch_settings
+from pierce.p2p.keepalive import load as load_lifetimes
 from pierce.p2p.owner import OwnerP2p
 from pierce.protocol import ErrorCode, Refused
 from pierce.protocol.messages import DEFAULT_USER
@@ -86,6 +87,7 @@ class Client:
             settings=punch_settings(config.p2p),
             path=path_settings(config.p2p),
             encrypt_data=lambda: self.config.transport.encrypt_data,
+            lifetimes=load_lifetimes(state_dir_for("client", config.state_dir)),
         )
         #: The last session's run id and resume key: a reconnect proves it held that session.
         self._resume: tuple[str, bytes] | None = None

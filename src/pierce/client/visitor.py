@@ -341,7 +341,9 @@ async def _take_tcp(p2p: VisitorP2p) -> tuple[End, str] | None:
     if pooled is None:
         return None
     end, kind = pooled
-    if await hand_over(end, ready_timeout(p2p.rtt_ms() / 1000)):
+    rtt = await hand_over(end, ready_timeout(p2p.tcp_rtt_ms / 1000))
+    if rtt is not None:
+        p2p.tcp_rtt_ms = rtt * 1000
         return end, kind.value
     p2p.tcp_dead("a ready direct TCP connection did not answer")
     return None
@@ -350,7 +352,7 @@ async def _take_tcp(p2p: VisitorP2p) -> tuple[End, str] | None:
 async def _open_stream(p2p: VisitorP2p, direct: DirectPath) -> End | None:
     """A QUIC stream that answered the handoff (None, and the path closed, when it did not)."""
     end = await direct.quic.open_stream()
-    if await hand_over(end, ready_timeout(direct.quic.rtt)):
+    if await hand_over(end, ready_timeout(direct.quic.rtt)) is not None:
         return end
     p2p.path_dead(direct, "a new stream was not answered")
     return None

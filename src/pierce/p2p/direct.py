@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 from dataclasses import dataclass
 
@@ -94,6 +95,22 @@ class NoHole(PierceError):
     """The punch found no path (the reason names why)."""
 
 
+#: Seconds a punch tries when only a LAN path is possible (a LAN answers within milliseconds).
+LAN_BUDGET_S = 1.5
+
+
+def lan_only(local: Gathered, remote: list[Candidate], stun_asked: bool) -> str | None:
+    """Why only a path over a shared LAN can work (None when a path across NATs may): a side with no
+    address outside its LAN. Both sides reach the same verdict from the same two offers."""
+    if stun_asked and local.reflexive is None:
+        return "no STUN answer here: outgoing UDP looks blocked"
+    if all(on_lan(c.host) for c in local.candidates):
+        return "no UDP address outside the LAN here"
+    if all(on_lan(c.host) for c in remote):
+        return "the peer has no public UDP address (its UDP looks blocked)"
+    return None
+
+
 async def punch_hole(
     role: Role,
     sock: socket.socket,
@@ -103,15 +120,20 @@ async def punch_hole(
     local: Gathered,
     remote: Offer,
     settings: PunchSettings,
+    stun_asked: bool,
     delay: float = 0.0,
 ) -> Hole:
     """Punch from ``sock`` (which gathered ``local``) toward the peer's offer, starting after ``delay``
     seconds. On a lock, ``sock`` is closed if another socket won, and the agent keeps answering on the
-    winner (`Hole.after`, started). Raises `NoHole` with the reason otherwise."""
+    winner (`Hole.after`, started). Raises `NoHole` with the reason otherwise. When only a LAN path can
+    work (`lan_only`), the punch gives up after `LAN_BUDGET_S` and says why."""
     loop = asyncio.get_running_loop()
     now = loop.time()
     candidates = from_wire(remote.candidates)
     mapping = behaviour(remote.mapping)
+    lan = lan_only(local, candidates, stun_asked)
+    if lan is not None:
+        settings = dataclasses.replace(settings, budget_s=min(settings.budget_s, LAN_BUDGET_S))
     agent = PunchAgent(
         role,
         visit_id.encode()[:32],
@@ -126,6 +148,8 @@ async def punch_hole(
     )
     result = await run_punch(agent, {0: sock})
     if result.locked is None or result.sock is None:
+        if lan is not None:
+            raise NoHole(f"{lan}; no LAN path answered")
         raise NoHole(result.failed.reason.value if result.failed else "no lock")
     if result.sock is not sock:
         sock.close()

@@ -26,8 +26,11 @@ def ready_timeout(rtt_s: float) -> float:
     return max(MIN_READY_TIMEOUT, 4 * rtt_s)
 
 
-async def hand_over(end: End, timeout: float) -> bool:
-    """The visitor's side: `GO`, then `READY` within ``timeout``; False (``end`` closed) otherwise."""
+async def hand_over(end: End, timeout: float) -> float | None:
+    """The visitor's side: `GO`, then `READY` within ``timeout``. The round trip in seconds (the
+    path's RTT as a connection sees it), or None (``end`` closed) when no `READY` came."""
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
     try:
         async with asyncio.timeout(timeout):
             await end.write(GO)
@@ -36,8 +39,8 @@ async def hand_over(end: End, timeout: float) -> bool:
         answer = b""
     if answer != READY:
         end.close()
-        return False
-    return True
+        return None
+    return loop.time() - sent
 
 
 async def take_over(end: End, timeout: float) -> bool:

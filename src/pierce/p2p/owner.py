@@ -23,9 +23,10 @@ from pierce.logs import event
 from pierce.nat.punch import PunchSettings, Role
 from pierce.p2p.datagrams import DatagramEnd
 from pierce.p2p.direct import DirectPath, NoHole, punch_hole
-from pierce.p2p.gather import from_wire, gather_udp, to_wire
+from pierce.p2p.gather import Gathered, from_wire, gather_udp, to_wire
 from pierce.p2p.handoff import take_over
 from pierce.p2p.identity import process_identity
+from pierce.p2p.keepalive import tuned
 from pierce.p2p.quic import PathSettings, QuicPath
 from pierce.p2p.tcp_direct import connect_direct, secure_owner
 from pierce.p2p.tcp_pool import POOL_IDLE_MAX, reserved_port, tcp_candidates
@@ -71,6 +72,7 @@ class OwnerP2p:
         settings: PunchSettings | None = None,
         path: PathSettings | None = None,
         encrypt_data: Callable[[], bool] = lambda: True,
+        lifetimes: dict[str, float] | None = None,
     ) -> None:
         self.exchanges = exchanges
         self.proxies = proxies
@@ -78,6 +80,8 @@ class OwnerP2p:
         self.server_host = server_host
         self.settings = settings or PunchSettings()
         self.path_settings = path or PathSettings()
+        #: Mapping lifetimes `pierce nat --lifetime` measured, by public address (`pierce.p2p.keepalive`).
+        self.lifetimes = lifetimes or {}
         #: Whether a direct TCP path is encrypted (``transport.encrypt_data``; the visitor follows).
         self.encrypt_data = encrypt_data
         self.paths: dict[str, DirectPath] = {}
@@ -151,6 +155,7 @@ class OwnerP2p:
             sock.bind(("0.0.0.0", 0))
             stun = (self.server_host(), msg.stun_port) if msg.stun_port else None
             gathered = await gather_udp(sock, stun)
+            settings, path_settings = self.tuned(gathered)
             identity = process_identity()
             ours = Offer(
                 candidates=to_wire(gathered.candidates),
@@ -169,7 +174,8 @@ class OwnerP2p:
                     key=key,
                     local=gathered,
                     remote=theirs,
-                    settings=self.settings,
+                    settings=settings,
+                    stun_asked=msg.stun_port != 0,
                     delay=start.delay_ms / 1000,
                 )
             except NoHole as exc:
@@ -216,7 +222,7 @@ class OwnerP2p:
                     timeout=QUIC_TIMEOUT,
                     on_other=after.on_other,
                     on_datagram=on_datagram,
-                    settings=self.path_settings,
+                    settings=path_settings,
                 )
             except BaseException:
                 after.close()
@@ -240,6 +246,7 @@ class OwnerP2p:
                 conn_path=kind.value,
                 proto="udp",
                 elapsed_ms=round(hole.elapsed * 1000),
+                keepalive_s=quic.keepalive_s,
             )
             try:
                 await quic.wait_closed()
@@ -270,6 +277,12 @@ class OwnerP2p:
             self._starts.pop(msg.visit_id, None)
             if not kept:
                 sock.close()
+
+    def tuned(self, gathered: Gathered) -> tuple[PunchSettings, PathSettings]:
+        """The settings for a path from the address ``gathered``: a measured mapping lifetime there
+        shortens the keepalive."""
+        lifetime = self.lifetimes.get(gathered.reflexive[0]) if gathered.reflexive else None
+        return tuned(self.settings, self.path_settings, lifetime)
 
     async def _attempt_tcp(
         self, msg: P2pRequest, channel: MessageChannel, config: Any, key: bytes, theirs: Offer

@@ -247,6 +247,11 @@ class QuicPath:
     def _keepalive_s(self) -> float:
         return self._settings.keepalive_s
 
+    @property
+    def keepalive_s(self) -> float:
+        """Seconds between keepalives when the path is idle."""
+        return self._settings.keepalive_s
+
     # -- public surface ------------------------------------------------------------------------
 
     @property

@@ -42,6 +42,8 @@ from pierce.p2p.direct import (
     punch_settings,
 )
 from pierce.p2p.gather import from_wire, gather_udp, to_wire
+from pierce.p2p.keepalive import load as load_lifetimes
+from pierce.p2p.keepalive import tuned
 from pierce.p2p.quic import PathSettings, QuicPath
 from pierce.p2p.tcp_direct import connect_direct, secure_visitor
 from pierce.p2p.tcp_pool import POOL_IDLE_MAX, POOL_SIZE, reserved_port, tcp_candidates
@@ -51,6 +53,7 @@ from pierce.protocol.messages import SecretKind
 from pierce.protocol.p2p import BadOffer, Offer, open_offer, seal
 from pierce.relay import End
 from pierce.snapshot import ConnectionPath
+from pierce.statedir import state_dir_for
 from pierce.transport import MessageChannel
 
 if TYPE_CHECKING:
@@ -99,6 +102,8 @@ class VisitorP2p:
         #: ``[p2p]`` of the visitor's client config, unless given.
         self.settings = settings or punch_settings(dialer.config.p2p)
         self.path_settings = path or path_settings(dialer.config.p2p)
+        #: Mapping lifetimes `pierce nat --lifetime` measured, by public address (`pierce.p2p.keepalive`).
+        self.lifetimes = load_lifetimes(state_dir_for("client", dialer.config.state_dir))
         self.status = P2pStatus()
         self.direct: DirectPath | None = None
         self._attempt: asyncio.Task[None] | None = None
@@ -124,11 +129,17 @@ class VisitorP2p:
         #: Whether either NAT maps per destination (learnt by the UDP attempt): then no TCP reflexive
         #: address is the one the peer must reach, and no direct TCP connection is tried.
         self.symmetric = False
+        #: The direct TCP path's round trip as the last handoff measured it (0: none yet).
+        self.tcp_rtt_ms = 0.0
 
     def rtt_ms(self) -> float:
-        """The direct path's RTT now (0 on the relay)."""
+        """The RTT of the path a new connection would take now (0 on the relay): the direct TCP
+        path's from its last handoff (the UDP path's until one was measured), else the QUIC path's."""
         direct = self.direct
-        return direct.rtt_ms if direct is not None and direct.alive else 0.0
+        quic = direct.rtt_ms if direct is not None and direct.alive else 0.0
+        if self._pool and self.tcp_path is not None:
+            return self.tcp_rtt_ms or quic
+        return quic
 
     def usable(self) -> DirectPath | None:
         """The direct path if it is up (and an attempt started in the background when it is not)."""
@@ -199,6 +210,7 @@ class VisitorP2p:
             proto="udp",
             elapsed_ms=round((time.monotonic() - started) * 1000),
             rtt_ms=round(direct.rtt_ms, 1),
+            keepalive_s=direct.quic.keepalive_s,
         )
         self._watcher = asyncio.get_running_loop().create_task(self._watch(direct))
         if self.on_direct is not None:
@@ -253,6 +265,11 @@ class VisitorP2p:
             key = p2p_key(visit.key, proxy=cfg.server_name, visit_id=visit.visit_id)
             stun = (self.dialer.server_ip(), visit.ready.stun_port) if visit.ready.stun_port else None
             gathered = await gather_udp(sock, stun)
+            settings, path_settings = tuned(
+                self.settings,
+                self.path_settings,
+                self.lifetimes.get(gathered.reflexive[0]) if gathered.reflexive else None,
+            )
             data, tag = seal(
                 Offer(
                     candidates=to_wire(gathered.candidates),
@@ -272,7 +289,8 @@ class VisitorP2p:
                     key=key,
                     local=gathered,
                     remote=theirs,
-                    settings=self.settings,
+                    settings=settings,
+                    stun_asked=stun is not None,
                     delay=start.delay_ms / 1000,
                 )
             except NoHole as exc:
@@ -289,7 +307,7 @@ class VisitorP2p:
                     timeout=QUIC_TIMEOUT,
                     on_other=after.on_other,
                     on_datagram=self._on_datagram,
-                    settings=self.path_settings,
+                    settings=path_settings,
                 )
             except BaseException:
                 after.close()
