@@ -53,6 +53,7 @@ from natlab.p2p_cells import (  # noqa: E402
     echo_transfer,
     matrix_lab,
     random_payload,
+    tcp_verdict,
     verdict,
 )
 from natlab.p2p_lab import Shape  # noqa: E402
@@ -60,8 +61,9 @@ from natlab.p2p_lab import Shape  # noqa: E402
 PING = bytes(range(256)) * 4
 
 
-def attempt(pl: PierceLab, cell: Cell) -> tuple[Verdict, bool]:
-    """One fresh visitor of ``cell``'s owner (already running): its verdict and whether 1 KiB echoed."""
+def attempt(pl: PierceLab, cell: Cell) -> tuple[Verdict, Verdict, str, bool]:
+    """One fresh visitor of ``cell``'s owner (already running): its verdicts on the UDP path and on a
+    direct TCP connection, the path 1 KiB then took, and whether it echoed whole."""
     owner_host, visitor_host = cell.hosts(pl.plab)
     pl.plab.flush_conntrack("udp", cell.sites(pl.plab))
     visitor = pl.visitor(visitor_host, owner_host)
@@ -69,10 +71,16 @@ def attempt(pl: PierceLab, cell: Cell) -> tuple[Verdict, bool]:
         try:
             got = verdict(visitor)
         except LabError as exc:
-            return Verdict("none", reason=f"no verdict: {str(exc).splitlines()[0]}"), False
+            none = Verdict("none", reason=f"no verdict: {str(exc).splitlines()[0]}")
+            return none, none, "none", False
+        try:
+            tcp = tcp_verdict(visitor)
+        except LabError as exc:
+            tcp = Verdict("none", reason=f"no verdict: {str(exc).splitlines()[0]}")
         [echo] = visitor_host.run_helper("tcp_client.py", f"127.0.0.1:{VISIT_PORT}", "--hex", PING.hex())
         ok = echo["result"] == "ok" and echo["sha256"] == hashlib.sha256(PING).hexdigest()
-        return got, ok
+        opened = visitor.expect_json("stderr", event="visitor.open")
+        return got, tcp, str(opened.get("conn_path")), ok
     finally:
         visitor.stop()
 
@@ -82,24 +90,33 @@ def run_cell(pl: PierceLab, cell: Cell, attempts: int) -> dict[str, Any]:
     pl.plab.flush_conntrack(sites=cell.sites(pl.plab))
     service, client = pl.owner(owner_host)
     verdicts: list[Verdict] = []
+    tcps: list[Verdict] = []
+    conn_paths: list[str] = []
     connected = 0
     try:
         for _ in range(attempts):
-            got, ok = attempt(pl, cell)
+            got, tcp, conn_path, ok = attempt(pl, cell)
             verdicts.append(got)
+            tcps.append(tcp)
+            conn_paths.append(conn_path)
             connected += ok
     finally:
         client.stop()
         service.stop()
     times = [v.elapsed_ms for v in verdicts if v.direct and v.elapsed_ms is not None]
+    tcp_times = [v.elapsed_ms for v in tcps if v.direct and v.elapsed_ms is not None]
     return {
         "cell": cell.name,
         "attempts": attempts,
         "direct": sum(v.direct for v in verdicts),
+        "direct_tcp": sum(v.direct for v in tcps),
         "connected": connected,
         "median_direct_ms": round(statistics.median(times)) if times else None,
+        "median_tcp_ms": round(statistics.median(tcp_times)) if tcp_times else None,
         "paths": dict(Counter(v.path for v in verdicts)),
+        "conn_paths": dict(Counter(conn_paths)),
         "reasons": dict(Counter(v.reason for v in verdicts if v.reason)),
+        "tcp_reasons": dict(Counter(v.reason for v in tcps if v.reason)),
     }
 
 
@@ -131,8 +148,9 @@ def run_cells(
             try:
                 row = run_cell(pl, cell, attempts)
             except (LabError, OSError) as exc:  # the cell could not run (owner did not start...)
-                row = {"cell": cell.name, "attempts": attempts, "direct": 0, "connected": 0}
-                row.update(median_direct_ms=None, paths={}, reasons={}, error=str(exc)[:2000])
+                row = {"cell": cell.name, "attempts": attempts, "direct": 0, "direct_tcp": 0, "connected": 0}
+                row.update(median_direct_ms=None, median_tcp_ms=None, paths={}, conn_paths={})
+                row.update(reasons={}, tcp_reasons={}, error=str(exc)[:2000])
             finally:
                 with lock:
                     busy.difference_update(names)
@@ -209,13 +227,21 @@ def markdown(report: dict[str, Any]) -> str:
             f"**{shape['shape']}** ({report['attempts']} attempts per cell, "
             f"{report['parallel']} cells at once, {shape['seconds']} s)\n"
         )
-        out.append("| cell (owner × visitor) | direct | connected | median ms to direct | paths seen |")
-        out.append("|---|---|---|---|---|")
+        out.append(
+            "| owner × visitor | UDP direct | median ms | UDP paths | TCP direct | median ms "
+            "| a connection took | connected |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|")
         for row in shape["cells"]:
             n = row["attempts"]
             ms = "–" if row["median_direct_ms"] is None else str(row["median_direct_ms"])
+            tcp_ms = "–" if row["median_tcp_ms"] is None else str(row["median_tcp_ms"])
             paths = ", ".join(f"{path} {count}" for path, count in sorted(row["paths"].items()))
-            out.append(f"| {row['cell']} | {row['direct']}/{n} | {row['connected']}/{n} | {ms} | {paths} |")
+            took = ", ".join(f"{path} {count}" for path, count in sorted(row["conn_paths"].items()))
+            out.append(
+                f"| {row['cell']} | {row['direct']}/{n} | {ms} | {paths} "
+                f"| {row['direct_tcp']}/{n} | {tcp_ms} | {took} | {row['connected']}/{n} |"
+            )
         speed = shape["throughput"]
         if speed:
             out.append(

@@ -218,6 +218,16 @@ def verdict(visitor: Proc, timeout: float = VERDICT_TIMEOUT_S) -> Verdict:
     return _verdict(visitor.expect(_decided, "stderr", timeout))
 
 
+def _tcp_decided(line: str) -> bool:
+    doc = _json_object(line)
+    return doc is not None and doc.get("event") in ("p2p.direct", "p2p.failed") and doc.get("proto") == "tcp"
+
+
+def tcp_verdict(visitor: Proc, timeout: float = VERDICT_TIMEOUT_S) -> Verdict:
+    """An xtcp visitor's verdict on its first direct TCP connection (told after the UDP one)."""
+    return _verdict(visitor.expect(_tcp_decided, "stderr", timeout))
+
+
 def verdict_after_retry(host: Host, visitor: Proc, port: int = VISIT_PORT) -> Verdict:
     """The verdict of the visitor's next attempt. It retries a failed one on demand, on the first
     connection after its retry delay (5 s): so a small echo goes through its port once a second until
