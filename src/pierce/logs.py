@@ -47,6 +47,7 @@ FIELDS: dict[str, str] = {
     "rule": "map rule name",
     "run_id": "id of a client's control session",
     "work_conn": "number of a work connection within its client session (repeats show reuse)",
+    "closed_idle": "idle work connections closed together with one found dead",
     "front": "shared front: http, https or tcpmux",
     "server_name": "name a visitor asked for (TLS SNI, HTTP CONNECT host)",
     "type": "proxy type (tcp, udp, http, https, stcp, sudp, ...)",
@@ -144,6 +145,7 @@ EVENTS: dict[str, frozenset[str]] = {
         | _DATAGRAMS,
         "proxy.no_work_conn": {"proxy", "visitor", "client_id", "visitor_id", "type", "server_name"},
         "proxy.work_failed": {"proxy", "visitor", "client_id", "visitor_id", "type", "server_name", "error"},
+        "proxy.work_dead": {"client_id", "proxy", "work_conn", "error", "closed_idle"},
         "proxy.local_failed": {"proxy", "visitor", "target", "error"},
         "proxy.tls_failed": {"proxy", "visitor", "error"},
         "proxy.plugin_failed": {"proxy", "error"},
@@ -165,6 +167,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "visitor.listening": {"visitor_name", "proxy", "type", "listen", "port"},
         "visitor.checked": {"visitor_name", "proxy"},
         "visitor.failed": {"visitor_name", "proxy", "error"},
+        "visitor.retry": {"visitor_name", "proxy", "reason", "failures", "delay_s"},
         "visitor.open": {"visitor_name", "proxy", "app", "conn_path"},
         # P2P
         "p2p.direct": {

@@ -141,10 +141,13 @@ class PierceLab:
     def _state(self, role: str) -> Path:
         return self.workdir / f"{role}-{next(self._runs)}"
 
-    def owner(self, host: Host, kind: str = "xtcp", *, also_stcp: bool = False) -> tuple[Proc, Proc]:
+    def owner(
+        self, host: Host, kind: str = "xtcp", *, also_stcp: bool = False, **settings: Any
+    ) -> tuple[Proc, Proc]:
         """A TCP (UDP for xudp) echo on ``host``'s loopback and a client with a ``kind`` proxy for it,
         named after the host (`proxy_name`), and with ``also_stcp`` an stcp proxy ``NAME-relay`` for the
-        same service; both ready (or both stopped and the error raised)."""
+        same service; both ready (or both stopped and the error raised). ``settings``: more keys of its
+        client.toml."""
         udp = kind == "xudp"
         service = host.helper(
             "udp_echo.py" if udp else "tcp_echo.py", "--host", "127.0.0.1", "--port", SERVICE_PORT
@@ -162,6 +165,7 @@ class PierceLab:
                 "server_port": CONTROL_PORT,
                 "token": TOKEN,
                 "client_id": f"owner-{host.name}",
+                **settings,
                 "proxies": proxies,
             },
         )

@@ -20,21 +20,25 @@ one direct path; xudp datagrams over a direct path.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .lab import Lab
+from .lab import Host, Lab
 from .p2p_cells import (
     CELLS,
+    CONTROL_PORT,
+    SHORT,
     VISIT_PORT,
     Cell,
     PierceLab,
     cell_processes,
     echo_transfer,
     matrix_lab,
+    proxy_name,
     random_payload,
     verdict,
     verdict_after_retry,
@@ -125,13 +129,6 @@ def test_cone_x_cone_with_loss_and_delay(natlab_ready: None, tmp_path: Path) -> 
         assert moved.conn_path.startswith("direct") and moved.server_bytes < DIRECT_SERVER_BYTES, moved
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after NAT state loss new visitor connections fail for a while: the owner's TCP connections "
-    "to the server die (the router answers the server's next packets with a reset), its proxy is gone "
-    "from the server until it logs in again (visitors are refused: unknown proxy), and a connection "
-    "handed to the dead direct path or to a dead pooled work connection is reset",
-)
 def test_conntrack_flush_loses_no_new_connection(matrix: PierceLab, tmp_path: Path) -> None:
     """Both NAT routers forget every mapping mid-session (as after a router reboot); connections opened
     afterwards still complete, over the direct path or the relay."""
@@ -143,6 +140,53 @@ def test_conntrack_flush_loses_no_new_connection(matrix: PierceLab, tmp_path: Pa
         matrix.plab.flush_conntrack()
         paths = [echo_transfer(matrix.plab, host, visitor, small).conn_path for _ in range(5)]
     print(f"after the flush: {paths}")
+
+
+def test_dead_pooled_work_connections_lose_no_visitor(matrix: PierceLab, tmp_path: Path) -> None:
+    """The owner's router forgets its idle work connections but not its control connection (the state
+    after a reboot once the owner's next heartbeat has mapped its control connection again): the
+    server's next packet on a work connection is answered with a reset. Relayed visitor connections
+    still complete: the server lets a visitor through only on a work connection that answered, and
+    drops the dead ones with the idle ones."""
+    small = random_payload(tmp_path / "small.bin", 256 * 1024)
+    owner_host, visitor_host = Cell("cone", "cone").hosts(matrix.plab)
+    router = matrix.plab.sites[f"{SHORT['cone']}-o"].router
+    assert router is not None and matrix.server is not None
+    matrix.plab.flush_conntrack()
+    service, client = matrix.owner(owner_host, also_stcp=True)
+    visitor = matrix.visitor(visitor_host, owner_host, stcp=True)
+    relay_name = f"{proxy_name(owner_host)}-relay"
+    try:
+        connected = [json.loads(line) for line in client.dump().splitlines() if '"client.connected"' in line]
+        run_id = connected[-1]["run_id"]
+        login = matrix.server.expect_json("stderr", event="client.login", run_id=run_id)
+        control = int(login["peer"].rpartition(":")[2])
+        assert echo_transfer(matrix.plab, visitor_host, visitor, small).conn_path == "relay"
+        assert forget_work_connections(router, control) >= 1
+        paths = [echo_transfer(matrix.plab, visitor_host, visitor, small).conn_path for _ in range(3)]
+        dead = matrix.server.expect_json("stderr", timeout=5, event="proxy.work_dead", proxy=relay_name)
+        log = client.dump()
+    finally:
+        for proc in (visitor, client, service):
+            proc.stop()
+    assert paths == ["relay"] * 3
+    assert dead["closed_idle"] >= 1, dead
+    assert '"client.disconnected"' not in log, log  # the control connection lived on
+
+
+def forget_work_connections(router: Host, control: int) -> int:
+    """Delete ``router``'s conntrack entries of TCP connections to the server's control port, except
+    the one mapped to public port ``control``; how many were deleted."""
+    out = router.run("conntrack", "-L", "-p", "tcp", "--dport", str(CONTROL_PORT), check=False).stdout
+    deleted = 0
+    for line in out.splitlines():
+        ports = [int(word[6:]) for word in line.split() if word.startswith("sport=")]
+        public = [int(word[6:]) for word in line.split() if word.startswith("dport=")]
+        if len(ports) != 2 or len(public) != 2 or public[1] == control:
+            continue
+        router.run("conntrack", "-D", "-p", "tcp", "--sport", ports[0], "--dport", CONTROL_PORT, check=False)
+        deleted += 1
+    return deleted
 
 
 def test_twenty_connections_at_once_over_one_direct_path(matrix: PierceLab, tmp_path: Path) -> None:

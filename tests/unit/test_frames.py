@@ -52,6 +52,7 @@ from pierce.protocol import (
     VisitorCheck,
     VisitorVerdict,
     VisitReady,
+    WorkReady,
     encode_frame,
 )
 from pierce.protocol.messages import P2pAnswer, P2pOffer, P2pRequest, P2pResult, P2pStart
@@ -137,6 +138,8 @@ SAMPLES: list[Message] = [
     StartWork(
         proxy="ssh", visitor_host="198.51.100.2", visitor_port=5, server_host="203.0.113.1", server_port=443
     ),
+    StartWork(proxy="ssh", visitor_host="198.51.100.2", visitor_port=5, confirm=True),
+    WorkReady(),
     VisitorCheck(
         proxy="ssh-secret",
         check_id=7,

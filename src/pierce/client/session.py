@@ -39,6 +39,7 @@ from pierce.protocol import (
     UdpPacket,
     VisitorAnswer,
     VisitorCheck,
+    WorkReady,
     certificate_binding,
 )
 from pierce.protocol.heartbeat import Due, Heartbeat
@@ -389,6 +390,12 @@ class ClientSession:
         # asks for more (ReqWorkConn) when visitors outrun the pool.
         if self.idle_work < self._low_water():
             self._spawn(self._work_conn(), "work")
+        if msg.confirm:  # at once, before the local service is dialled: the server waits for it
+            try:
+                await channel.send(WorkReady())
+            except (PierceError, OSError):
+                channel.close()
+                return
         proxy = self.proxies.get(msg.proxy)
         end = channel.into_end(on_reuse=lambda: self._reuse_work(channel))
         if proxy is None:

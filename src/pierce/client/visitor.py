@@ -28,6 +28,7 @@ from collections import OrderedDict
 from typing import Any
 
 from pierce.addr import HostPort, format_sockaddr
+from pierce.client.revisit import revisit
 from pierce.client.session import Dialer
 from pierce.client.visit import NoDirectPath, open_visit
 from pierce.config import (
@@ -100,6 +101,8 @@ class StcpVisitor:
         self.dialer = dialer
         self.tickets = tickets
         self.listener: TcpListener | None = None
+        #: The proxy accepted this visitor before (a connection then waits while its owner is away).
+        self.known = False
         #: The direct path manager of an xtcp visitor.
         self.p2p = VisitorP2p(config, dialer, tickets) if isinstance(config, XtcpVisitorConfig) else None
 
@@ -121,7 +124,7 @@ class StcpVisitor:
         app = format_sockaddr(addr)
         started = time.monotonic()
         try:
-            end, path = await self._open(cfg)
+            end, path = await self._open(cfg, started)
         except PierceError as exc:
             conn.close()
             log_failure(cfg, exc)
@@ -153,9 +156,10 @@ class StcpVisitor:
             **fields,
         )
 
-    async def _open(self, cfg: StcpVisitorConfig) -> tuple[End, str]:
-        """A tunnel for one connection, best first: a ready direct TCP connection, a stream of the direct
-        UDP path, else the relay."""
+    async def _open(self, cfg: StcpVisitorConfig, started: float) -> tuple[End, str]:
+        """A tunnel for one connection (that came at ``started``), best first: a ready direct TCP
+        connection, a stream of the direct UDP path, else the relay (tried again while the owner is
+        away: `pierce.client.revisit`)."""
         if self.p2p is not None:
             pooled = await _take_tcp(self.p2p)
             if pooled is not None:
@@ -175,7 +179,14 @@ class StcpVisitor:
                 return stream, direct.path.value
             if not getattr(cfg, "fallback", True):
                 raise NoDirectPath(f"the direct path to {cfg.server_name!r} stopped answering")
-        channel = await open_visit(self.dialer, cfg, self.tickets)
+        channel = await revisit(
+            lambda: open_visit(self.dialer, cfg, self.tickets),
+            known=self.known,
+            since=started,
+            name=cfg.name,
+            proxy=cfg.server_name,
+        )
+        self.known = True
         return channel.into_end(), RELAY
 
     async def close(self) -> None:
@@ -201,6 +212,8 @@ class SudpVisitor:
         self._pending: list[tuple[tuple[str, int], bytes]] = []
         self._retry_at = 0.0
         self._dropped = DropCounter(log, "udp.dropped", f"visitor {config.name}", visitor_name=config.name)
+        #: The proxy accepted this visitor before (a new tunnel then waits while its owner is away).
+        self.known = False
         #: The direct path manager of an xudp visitor.
         self.p2p = VisitorP2p(config, dialer, tickets) if isinstance(config, XudpVisitorConfig) else None
         if self.p2p is not None:
@@ -263,7 +276,7 @@ class SudpVisitor:
         cfg = self.config
         try:
             try:
-                end, path = await self._open(cfg)
+                end, path = await self._open(cfg, time.monotonic())
             except PierceError as exc:
                 log_failure(cfg, exc)
                 self._retry_at = time.monotonic() + SUDP_RETRY_DELAY
@@ -307,7 +320,7 @@ class SudpVisitor:
             self._tunnel = None
             self._task = None
 
-    async def _open(self, cfg: SudpVisitorConfig) -> tuple[End, str]:
+    async def _open(self, cfg: SudpVisitorConfig, started: float) -> tuple[End, str]:
         direct = await direct_for(cfg, self.p2p)
         if direct is not None and self.p2p is not None:
             try:
@@ -315,7 +328,14 @@ class SudpVisitor:
             except (PierceError, OSError) as exc:
                 if not getattr(cfg, "fallback", True):
                     raise NoDirectPath(f"the direct path to {cfg.server_name!r} failed: {exc}") from exc
-        channel = await open_visit(self.dialer, cfg, self.tickets)
+        channel = await revisit(
+            lambda: open_visit(self.dialer, cfg, self.tickets),
+            known=self.known,
+            since=started,
+            name=cfg.name,
+            proxy=cfg.server_name,
+        )
+        self.known = True
         return channel.into_end(), RELAY
 
     async def close(self) -> None:
@@ -418,6 +438,7 @@ class Visitors:
         """A ``check_only`` visit: raises as `open_visit` does when this visitor would be turned away."""
         channel = await open_visit(self.dialer, visitor.config, self.tickets, check_only=True)
         channel.close()
+        visitor.known = True
         cfg = visitor.config
         event(
             log,

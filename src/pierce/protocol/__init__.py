@@ -57,6 +57,7 @@ from pierce.protocol.messages import (
     VisitorCheck,
     VisitorVerdict,
     VisitReady,
+    WorkReady,
 )
 
 __all__ = [
@@ -109,6 +110,7 @@ __all__ = [
     "VisitorAnswer",
     "VisitorCheck",
     "VisitorVerdict",
+    "WorkReady",
     "certificate_binding",
     "encode_frame",
     "new_nonce",

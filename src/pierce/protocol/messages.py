@@ -31,7 +31,7 @@ from pierce.protocol.p2p import MAX_OFFER_SIZE
 from pierce.protocol.pake import MAX_PUBLIC_SIZE, SALT_SIZE
 
 #: Sent in `Hello` and `Challenge`; peers with different versions refuse each other with a named error.
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 #: The longest proxy name, client id or run id accepted from a peer.
 MAX_NAME_LENGTH = 255
@@ -293,6 +293,14 @@ class StartWork(_Message, frozen=True, kw_only=True, tag="start_work"):
     #: The server address the visitor connected to (the destination of a PROXY protocol header).
     server_host: Annotated[str, msgspec.Meta(max_length=MAX_HOST_LENGTH)] = ""
     server_port: Port = 0
+    #: Answer `WorkReady` before any data: the server tells the visitor it is through only then (a
+    #: pooled connection can be dead without a sign, e.g. after the owner's NAT forgot it).
+    confirm: bool = False
+
+
+class WorkReady(_Message, frozen=True, kw_only=True, tag="work_ready"):
+    """The client's answer to a `StartWork` with ``confirm``: this work connection is alive; data
+    follows."""
 
 
 class VisitorCheck(_Message, frozen=True, kw_only=True, tag="visitor_check"):
@@ -445,6 +453,7 @@ ClientMessage: TypeAlias = (
     | Ping
     | Pong
     | UdpPacket
+    | WorkReady
     | Error
 )
 

@@ -80,6 +80,9 @@ class ProxyOwner(Protocol):
     async def take_work_conn(self) -> WorkConn:
         """A ready work connection; TimeoutError when none comes in time."""
 
+    def work_conn_dead(self, work: WorkConn, proxy: str, error: str) -> None:
+        """``work`` did not confirm its `StartWork`: drop the idle ones too (fresh ones are asked for)."""
+
 
 class ServerProxy(Protocol):
     """An open proxy on the server, whatever its kind."""

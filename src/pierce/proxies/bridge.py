@@ -173,14 +173,27 @@ async def refuse_channel(channel: MessageChannel, code: ErrorCode, reason: str) 
     channel.close()
 
 
+#: Work connections one visitor is offered at most when ``start.confirm`` finds them dead: after the
+#: first dead one the owner's idle ones are dropped, so the second is a fresh one.
+MAX_WORK_TRIES = 2
+
+
 async def open_work(owner: ProxyOwner, start: StartWork) -> tuple[End, WorkConn]:
-    """A work connection of ``owner`` started for one visitor: the relay end of its data."""
-    work = await owner.take_work_conn()
-    try:
-        return await work.start(start), work
-    except BaseException:
-        work.close()
-        raise
+    """A work connection of ``owner`` started for one visitor: the relay end of its data. With
+    ``start.confirm`` a connection that does not confirm is passed over (at most `MAX_WORK_TRIES`)."""
+    for tries in range(1, MAX_WORK_TRIES + 1):
+        work = await owner.take_work_conn()
+        try:
+            return await work.start(start), work
+        except (PierceError, OSError) as exc:
+            work.close()
+            if not start.confirm or tries == MAX_WORK_TRIES:
+                raise
+            owner.work_conn_dead(work, start.proxy, str(exc) or type(exc).__name__)
+        except BaseException:
+            work.close()
+            raise
+    raise AssertionError("unreachable")  # the last try returns or raises
 
 
 async def bridge(

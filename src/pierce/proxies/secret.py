@@ -232,7 +232,9 @@ class SecretProxyServer:
         self, channel: MessageChannel, visitor: tuple[str, int], visitor_id: str, ready: VisitReady
     ) -> None:
         """Pair an accepted visitor with a work connection of the owner and relay until both ends finish."""
-        start = StartWork(proxy=self.name, visitor_host=visitor[0], visitor_port=visitor[1])
+        # Confirmed: the visitor hears `VisitReady` only on a live work connection, so a dead pooled one
+        # never loses its bytes (the visitor reads none from its application before).
+        start = StartWork(proxy=self.name, visitor_host=visitor[0], visitor_port=visitor[1], confirm=True)
         await bridge(
             self.name,
             self.owner,

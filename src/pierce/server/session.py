@@ -97,6 +97,21 @@ class ControlSession:
     async def take_work_conn(self) -> WorkConn:
         return await self.pool.get(self.server.config.user_conn_timeout)
 
+    def work_conn_dead(self, work: WorkConn, proxy: str, error: str) -> None:
+        dropped = self.pool.drop_idle()
+        event(
+            log,
+            logging.WARNING,
+            "proxy.work_dead",
+            f"client {self.client_id}: work connection {work.serial} for proxy {proxy} is dead ({error}); "
+            f"{dropped} idle ones closed with it, fresh ones asked for",
+            client_id=self.client_id,
+            proxy=proxy,
+            work_conn=work.serial,
+            error=error,
+            closed_idle=dropped,
+        )
+
     @property
     def owner(self) -> ControlSession:
         return self

@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 from collections import deque
 
-from pierce.protocol import ReqWorkConn, StartWork
+from pierce.protocol import ReqWorkConn, StartWork, UnexpectedMessage, WorkReady
 from pierce.relay import End
-from pierce.transport import MessageChannel
+from pierce.transport import ConnectionClosed, MessageChannel
 
 #: Idle work connections the server keeps per client at most; extra ones are closed.
 MAX_IDLE_WORK_CONNS = 64
+#: Seconds a work connection has to answer a `StartWork` that asks for `WorkReady`.
+CONFIRM_TIMEOUT = 3.0
 
 
 class WorkConn:
@@ -29,8 +31,18 @@ class WorkConn:
         return self.channel.alive()
 
     async def start(self, msg: StartWork) -> End:
-        """Hand the connection a visitor; return the relay end for its data."""
+        """Hand the connection a visitor; return the relay end for its data. With ``msg.confirm``,
+        only once the client answered `WorkReady` (ConnectionClosed when it does not in
+        `CONFIRM_TIMEOUT` seconds: a dead connection)."""
         await self.channel.send(msg)
+        if msg.confirm:
+            try:
+                async with asyncio.timeout(CONFIRM_TIMEOUT):
+                    answer = await self.channel.recv()
+            except TimeoutError:
+                raise ConnectionClosed(f"no answer on the work connection in {CONFIRM_TIMEOUT:g}s") from None
+            if not isinstance(answer, WorkReady):
+                raise UnexpectedMessage(answer, "WorkReady")
         return self.channel.into_end(on_reuse=self._reuse)
 
     def _reuse(self) -> None:
@@ -88,6 +100,14 @@ class WorkConnPool:
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+
+    def drop_idle(self) -> int:
+        """Close every idle connection (one was found dead: the others likely went with it); the next
+        `get` asks the client for fresh ones. How many were closed."""
+        dropped = len(self._idle)
+        while self._idle:
+            self._idle.popleft().close()
+        return dropped
 
     def close(self) -> None:
         self.closed = True
