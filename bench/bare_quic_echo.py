@@ -13,8 +13,9 @@ client address) back on the same stream, FIN for FIN.
 
 ``client HOST:PORT --send FILE``: handshakes, opens one stream, writes the whole file with FIN at once,
 reads the echo to its FIN and prints one JSON line: ``{"result": "ok", "sent": n, "received": m,
-"sha256": ..., "seconds": t}``, ``t`` from the first byte written to the last byte read (the handshake
-is not counted, as a direct path is set up before a connection uses it).
+"sha256": ..., "seconds": t, "lost": k, "cpu_s": c}``: ``t`` from the first byte written to the last
+byte read (the handshake is not counted, as a direct path is set up before a connection uses it), ``k``
+the packets it sent that its loss recovery declared lost, ``c`` the CPU time it took meanwhile.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -182,15 +184,27 @@ async def client(target: Address, payload: bytes, pacer: str, timeout: float) ->
 
     driver = Driver(sock, on_event)
     conn = use_pacer(QuicConnection(configuration=config(True)), pacer)
+    lost = 0
+    on_packets_lost = conn._loss._on_packets_lost
+
+    def count_lost(**kw: Any) -> None:  # what this end sent that its recovery declared lost
+        nonlocal lost
+        kw["packets"] = list(kw["packets"])
+        lost += len(kw["packets"])
+        on_packets_lost(**kw)
+
+    conn._loss._on_packets_lost = count_lost  # type: ignore[method-assign]
     conn.connect(target, time.monotonic())
     driver.conns[target] = conn
     driver.transmit(target)
     async with asyncio.timeout(timeout):
         await connected
+        cpu = time.process_time()
         start = time.monotonic()
         conn.send_stream_data(conn.get_next_available_stream_id(), payload, end_stream=True)
         driver.transmit(target)
         end = await done
+        cpu = time.process_time() - cpu
     conn.close()
     driver.transmit(target)
     return {
@@ -199,6 +213,8 @@ async def client(target: Address, payload: bytes, pacer: str, timeout: float) ->
         "received": received,
         "sha256": digest.hexdigest(),
         "seconds": end - start,
+        "lost": lost,
+        "cpu_s": cpu,
     }
 
 

@@ -243,19 +243,25 @@ class PathLab:
         tcp = self.procs["direct_tcp"].expect_json("stderr", timeout=40, event="p2p.direct", proto="tcp")
         self.tcp_path = str(tcp.get("conn_path"))
 
-    def transfer(self, path: str, payload: Path) -> tuple[float, str]:
-        """One echo of ``payload`` over ``path``: (Mbit/s both ways summed, the path it took)."""
+    def transfer(self, path: str, payload: Path) -> tuple[float, str, float]:
+        """One echo of ``payload`` over ``path``: Mbit/s (both ways summed), the path it took, and the CPU
+        seconds its two ends (the owner's and the visitor's processes) took meanwhile."""
         size = payload.stat().st_size
         if path.startswith("bare"):
             pacer = "pierce" if path == "bare_paced" else "aioquic"
+            server = self.bare_servers[pacer].pid
+            cpu0 = cpu_seconds(server)
             [doc] = self.bare_client(payload, pacer)
+            cpu = cpu_seconds(server) - cpu0 + doc.get("cpu_s", 0.0)
             if doc.get("result") != "ok" or doc["received"] != size:
                 raise LabError(f"bare aioquic echo failed: {doc}")
             if doc["sha256"] != hashlib.sha256(payload.read_bytes()).hexdigest():
                 raise LabError(f"bare aioquic echo came back different: {doc}")
-            return 2 * size * 8 / doc["seconds"] / 1e6, f"bare aioquic ({pacer}'s pacer)"
+            return 2 * size * 8 / doc["seconds"] / 1e6, f"bare aioquic ({pacer}'s pacer)", cpu
+        ends = (self.owner_client.pid, self.procs[path].pid)
+        cpu0 = sum(map(cpu_seconds, ends))
         moved = echo_transfer(self.pl.plab, self.visitor, self.procs[path], payload, port=self.ports[path])
-        return moved.mbit_s, moved.conn_path
+        return moved.mbit_s, moved.conn_path, sum(map(cpu_seconds, ends)) - cpu0
 
     def bare_client(self, payload: Path, pacer: str, prefix: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         target = f"{self.owner_site.public_ip}:{BARE_PORTS[pacer]}"
@@ -263,6 +269,12 @@ class PathLab:
                 "--pacer", pacer)  # fmt: skip
         out = self.visitor.run(*argv, timeout=300).stdout
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 #: Kinds of work in a py-spy sample, decided by the innermost aioquic frame of its stack (by file, then
@@ -343,7 +355,7 @@ def run_profiles(paths: PathLab, workdir: Path, size: int) -> dict[str, Any] | N
         return [spy_summary(raw, rate) for _, raw in spies]
 
     spies = [record(paths.owner_client.pid, "quic-owner"), record(paths.procs["quic"].pid, "quic-visitor")]
-    mbit, _ = paths.transfer("quic", payload)
+    mbit, _, _ = paths.transfer("quic", payload)
     owner, visitor = finish(spies)
     out["quic"] = {"mbit_s": round(mbit, 1), "owner": owner, "visitor": visitor}
     for pacer, name in (("aioquic", "bare"), ("pierce", "bare_paced")):
@@ -363,13 +375,15 @@ def lab_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     with Lab() as lab:
         paths = PathLab(lab, workdir / "paths")
         rows: dict[int, dict[str, list[float]]] = {size: {p: [] for p in PATHS} for size in sizes}
+        cpus: dict[int, dict[str, list[float]]] = {size: {p: [] for p in PATHS} for size in sizes}
         seen: dict[str, set[str]] = {p: set() for p in PATHS}
         for r in range(args.rounds):
             for size in sizes:
                 payload = random_payload(workdir / f"payload-{size}.bin", size << 20)
                 for path in PATHS[r % len(PATHS) :] + PATHS[: r % len(PATHS)]:
-                    mbit, conn_path = paths.transfer(path, payload)
+                    mbit, conn_path, cpu = paths.transfer(path, payload)
                     rows[size][path].append(mbit)
+                    cpus[size][path].append(cpu * 1000 / (2 * size))
                     seen[path].add(conn_path)
                     print(f"[throughput] round {r + 1} {size} MiB {path}: {mbit:.0f} Mbit/s ({conn_path})",
                           file=sys.stderr, flush=True)  # fmt: skip
@@ -379,13 +393,13 @@ def lab_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "rounds": args.rounds,
         "tcp_path": paths.tcp_path,
         "paths_seen": {p: sorted(v) for p, v in seen.items()},
-        "sizes": [size_row(size, rows[size]) for size in sizes],
+        "sizes": [size_row(size, rows[size], cpus[size]) for size in sizes],
         "profile": profile,
         "seconds": round(time.monotonic() - started),
     }
 
 
-def size_row(size: int, runs: dict[str, list[float]]) -> dict[str, Any]:
+def size_row(size: int, runs: dict[str, list[float]], cpus: dict[str, list[float]]) -> dict[str, Any]:
     def paired(a: str, b: str) -> float:
         return round(statistics.median(x / y for x, y in zip(runs[a], runs[b], strict=True)), 2)
 
@@ -393,9 +407,11 @@ def size_row(size: int, runs: dict[str, list[float]]) -> dict[str, Any]:
     for path in PATHS:
         row[f"{path}_mbit_s"] = round(statistics.median(runs[path]), 1)
         row[f"{path}_runs"] = [round(x, 1) for x in runs[path]]
+        row[f"{path}_cpu_ms_per_mib"] = round(statistics.median(cpus[path]), 1)
     row["direct_tcp_to_relay"] = paired("direct_tcp", "relay")
     row["quic_to_bare"] = paired("quic", "bare")
     row["quic_to_bare_paced"] = paired("quic", "bare_paced")
+    row["quic_cpu_to_bare"] = round(row["quic_cpu_ms_per_mib"] / row["bare_cpu_ms_per_mib"], 2)
     return row
 
 
@@ -464,6 +480,16 @@ def throughput_markdown(report: dict[str, Any]) -> str:
             f"| {row['size_mib']} | {cells} | {row['direct_tcp_to_relay']}x | {row['quic_to_bare']}x "
             f"| {row['quic_to_bare_paced']}x |"
         )
+    out.append(
+        "\nCPU of both ends per MiB moved (ms, medians): "
+        + "; ".join(
+            f"{row['size_mib']} MiB: "
+            + ", ".join(f"{LABELS[p]} {row[f'{p}_cpu_ms_per_mib']}" for p in PATHS)
+            + f" (QUIC / bare {row['quic_cpu_to_bare']}x)"
+            for row in report["sizes"]
+        )
+        + "."
+    )
     seen = "; ".join(f"{LABELS[p]}: {', '.join(v)}" for p, v in report["paths_seen"].items())
     out.append(f"\nPaths the connections took: {seen}.")
     profile = report.get("profile")
