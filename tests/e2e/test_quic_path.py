@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import struct
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -29,6 +30,7 @@ from pierce.p2p import quic_core
 from pierce.p2p.identity import Identity
 from pierce.p2p.quic import (
     UDP_GRO,
+    UDP_SEGMENT,
     FingerprintMismatch,
     PathSettings,
     ProofRejected,
@@ -184,6 +186,26 @@ async def test_bursts_go_out_segmented_and_come_in_coalesced_intact() -> None:
         # The sockets go back to their owner reading one datagram at a time.
         assert v_sock.getsockopt(socket.SOL_UDP, UDP_GRO) == 0
         assert o_sock.getsockopt(socket.SOL_UDP, UDP_GRO) == 0
+
+
+@linux_only
+async def test_a_coalesced_run_is_split_into_its_datagrams() -> None:
+    others: list[tuple[bytes, Address]] = []
+    punches = [encode(PunchPacket(Kind.KEEPALIVE, True, b"session", txid), KEY) for txid in range(20)]
+    assert len({len(p) for p in punches}) == 1
+    with udp_sockets(3) as (v_sock, o_sock, agent_sock):
+        async with quic_pair(
+            echo, visitor_sock=v_sock, owner_sock=o_sock, on_other=lambda d, a: others.append((d, a))
+        ) as (visitor, owner):
+            reads = owner.gro_reads
+            segment = struct.pack("@H", len(punches[0]))
+            agent_sock.sendmsg(
+                [b"".join(punches)], [(socket.SOL_UDP, UDP_SEGMENT, segment)], 0, addr_of(o_sock)
+            )
+            # A stream round trip after the run was sent: loopback keeps their order.
+            assert await echo_once(visitor, b"ping") == b"ping"
+            assert owner.gro_reads == reads + 1
+        assert others == [(p, addr_of(agent_sock)) for p in punches]
 
 
 SO_NO_CHECK = 11  # Linux: UDP without checksums, on which the kernel refuses UDP_SEGMENT (EINVAL)
