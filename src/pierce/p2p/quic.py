@@ -21,7 +21,11 @@ I/O: one ``add_reader`` callback reads bursts of datagrams, then the connection'
 and whatever QUIC wants to send goes out at once (acknowledgements must not wait); application writes
 only schedule one flush per event-loop turn. A send that would block is dropped (QUIC recovers it as a
 loss). aioquic's timer runs on ``loop.call_later`` against `time.monotonic` (see `_clock`); a PING
-goes out when nothing was sent for ``keepalive_s`` so the NAT mappings stay.
+goes out when nothing was sent for ``keepalive_s`` so the NAT mappings stay. On Linux a burst goes to
+the kernel in runs of equal-size datagrams, one ``sendmsg`` with ``UDP_SEGMENT`` each (`gso_runs`), and
+reads take whole runs with ``UDP_GRO`` (split by the segment size): in a bulk transfer one ``sendto``
+and one ``recvfrom`` per datagram were about 18 % of each side's CPU. GSO is off for the path after
+the kernel refuses it once; UDP_GRO is cleared when the path ends.
 
 Throughput is bound by aioquic's per-packet Python work (bench/bench_quic.py: loopback, one CPU for
 both ends, about 240 Mbit/s with 1200-byte datagrams, ~0.95x bare aioquic driven with the same pacer,
