@@ -1,7 +1,8 @@
 """One-shot TCP client: connect, send a payload, half-close, read until EOF; print one JSON line.
 
 The payload is ``--hex`` or the contents of ``--send FILE``; what comes back is written to ``--recv FILE``
-(when given) and summarised as ``{"result": "ok", "local": [...], "sent": n, "received": m, "sha256": ...}``.
+(when given) and summarised as ``{"result": "ok", "local": [...], "sent": n, "received": m, "sha256": ...,
+"seconds": t}`` (``t``: from the connect to the end of the echo).
 Sending runs in its own thread, so large payloads through an echo cannot deadlock on full buffers. A failed
 connect or a reset prints ``{"result": "error", "stage": "connect" | "transfer", "errno": "ENETUNREACH"...}``.
 """
@@ -14,6 +15,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 from pathlib import Path
 
 
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args()
     payload = args.send.read_bytes() if args.send else bytes.fromhex(args.hex)
+    start = time.monotonic()
     try:
         sock = socket.create_connection(args.target, timeout=args.timeout)
     except OSError as exc:
@@ -64,6 +67,7 @@ def main() -> None:
     finally:
         thread.join(args.timeout)
         sock.close()
+    seconds = time.monotonic() - start
     if args.recv:
         args.recv.write_bytes(received)
     doc = {
@@ -73,6 +77,7 @@ def main() -> None:
         "received": len(received),
         "sha256": hashlib.sha256(received).hexdigest(),
         "send_error": str(send_error[0]) if send_error else None,
+        "seconds": seconds,
     }
     print(json.dumps(doc), flush=True)
 

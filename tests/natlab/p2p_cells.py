@@ -190,10 +190,14 @@ class PierceLab:
         udp: bool = False,
         stcp: bool = False,
         port: int = VISIT_PORT,
+        direct_tcp: bool = True,
     ) -> Proc:
         """``pierce visit --p2p`` (plain, of the ``-relay`` stcp proxy, with ``stcp``) of ``owner``'s proxy
-        on ``host``, bound to ``127.0.0.1:port``; returns once it listens."""
+        on ``host``, bound to ``127.0.0.1:port``; returns once it listens. ``direct_tcp=False``: an xtcp
+        visitor in a ``pierce client`` config with ``[p2p] direct_tcp = false`` (the QUIC path only)."""
         name = proxy_name(owner) + ("-relay" if stcp else "")
+        if not direct_tcp:
+            return self._quic_only_visitor(host, name, port)
         args = ["visit", "--server", f"{self.plab.server_ip}:{CONTROL_PORT}", "--token", TOKEN,
                 "--name", name, "--secret", SECRET, "--bind", f"127.0.0.1:{port}",
                 "--client-id", f"visitor-{host.name}"]  # fmt: skip
@@ -202,6 +206,27 @@ class PierceLab:
         if udp:
             args.append("--udp")
         visitor = run_pierce(host, self._state("visitor"), *args, *extra)
+        event(visitor, "visitor.listening", timeout=20)
+        return visitor
+
+    def _quic_only_visitor(self, host: Host, name: str, port: int) -> Proc:
+        state = self._state("visitor")
+        state.mkdir(parents=True)
+        conf = write_toml(
+            state / "client.toml",
+            {
+                "server_addr": self.plab.server_ip,
+                "server_port": CONTROL_PORT,
+                "token": TOKEN,
+                "client_id": f"visitor-{host.name}-quic",
+                "p2p": {"direct_tcp": False},
+                "visitors": [
+                    {"type": "xtcp", "name": f"visit-{name}", "server_name": name, "secret_key": SECRET,
+                     "bind_addr": "127.0.0.1", "bind_port": port},
+                ],
+            },
+        )  # fmt: skip
+        visitor = run_pierce(host, state, "client", "-c", conf)
         event(visitor, "visitor.listening", timeout=20)
         return visitor
 
@@ -256,21 +281,20 @@ def _verdict(line: str) -> Verdict:
 
 def echo_transfer(plab: P2pLab, host: Host, visitor: Proc, payload: Path, port: int = VISIT_PORT) -> Transfer:
     """Send ``payload`` through ``127.0.0.1:port`` on ``host`` to the owner's echo and back, checked by
-    SHA-256; the server's interface counters are read just before and after."""
+    SHA-256; the server's interface counters are read just before and after. The time is the client's
+    own, from its connect to the end of the echo (its interpreter's start is not counted)."""
     data = payload.read_bytes()
     rx0, tx0 = plab.server_bytes()
-    start = time.monotonic()
     [result] = host.run_helper(
         "tcp_client.py", f"127.0.0.1:{port}", "--send", payload, "--timeout", "60", timeout=180
     )
-    seconds = time.monotonic() - start
     rx1, tx1 = plab.server_bytes()
     if result["result"] != "ok" or result["send_error"] is not None:
         raise LabError(f"transfer failed: {result}\n{visitor.dump()}")
     if (result["received"], result["sha256"]) != (len(data), hashlib.sha256(data).hexdigest()):
         raise LabError(f"echo came back different: {result}")
     opened = event(visitor, "visitor.open", timeout=DEFAULT_TIMEOUT_S)
-    return Transfer(len(data), seconds, str(opened["conn_path"]), rx1 - rx0, tx1 - tx0)
+    return Transfer(len(data), float(result["seconds"]), str(opened["conn_path"]), rx1 - rx0, tx1 - tx0)
 
 
 @contextlib.contextmanager

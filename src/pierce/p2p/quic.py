@@ -21,7 +21,11 @@ I/O: one ``add_reader`` callback reads bursts of datagrams, then the connection'
 and whatever QUIC wants to send goes out at once (acknowledgements must not wait); application writes
 only schedule one flush per event-loop turn. A send that would block is dropped (QUIC recovers it as a
 loss). aioquic's timer runs on ``loop.call_later`` against `time.monotonic` (see `_clock`); a PING
-goes out when nothing was sent for ``keepalive_s`` so the NAT mappings stay.
+goes out when nothing was sent for ``keepalive_s`` so the NAT mappings stay. On Linux a burst goes to
+the kernel in runs of equal-size datagrams, one ``sendmsg`` with ``UDP_SEGMENT`` each (`gso_runs`), and
+reads take whole runs with ``UDP_GRO`` (split by the segment size): in a bulk transfer one ``sendto``
+and one ``recvfrom`` per datagram were about 18 % of each side's CPU. GSO is off for the path after
+the kernel refuses it once; UDP_GRO is cleared when the path ends.
 
 Throughput is bound by aioquic's per-packet Python work (bench/bench_quic.py: loopback, one CPU for
 both ends, about 240 Mbit/s with 1200-byte datagrams, ~0.95x bare aioquic driven with the same pacer,
@@ -39,7 +43,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
+import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -75,6 +82,20 @@ _clock = time.monotonic
 #: Shortest wait for a timer that is not due yet: a pacing wait of microseconds would otherwise spin the
 #: loop (uvloop runs sub-millisecond timers at once); the pacer's burst credit covers the millisecond.
 MIN_TIMER = 0.001
+#: Linux UDP segmentation offload (``UDP_SEGMENT``, linux/udp.h): equal-size datagrams to one address go
+#: to the kernel in one ``sendmsg`` and are cut there (or on the NIC). A run holds at most
+#: `GSO_MAX_SEGMENTS` datagrams and `GSO_MAX_BYTES` in all (one IP packet's worth, the kernel's limits).
+UDP_SEGMENT = 103
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
+#: What a ``sendmsg`` with ``UDP_SEGMENT`` fails with where the kernel, the socket or the device cannot
+#: segment: GSO is then off for the path and the run goes out datagram by datagram.
+GSO_UNSUPPORTED = frozenset({errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
+#: Linux UDP receive offload (``UDP_GRO``): a run of equal-size datagrams of one flow arrives in one read,
+#: with its segment size in a control message; read with room for one whole run.
+UDP_GRO = 104
+GRO_RECV_SIZE = 65535
+GRO_CMSG_SIZE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 #: Streams a peer may open that we refuse (before the proof, or of a kind we do not serve) before the
 #: connection is closed.
 MAX_REFUSED_STREAMS = 64
@@ -163,6 +184,14 @@ class QuicPath:
         self.reason = ""
         #: Datagrams not sent because the socket's buffer was full or the network refused them.
         self.send_drops = 0
+        #: Whether runs of datagrams go out with UDP_SEGMENT (Linux; off after the kernel refuses one).
+        self.gso = sys.platform == "linux"
+        #: ``sendmsg`` calls that carried more than one datagram.
+        self.gso_sends = 0
+        #: Whether reads may return runs of datagrams (UDP_GRO, set on the socket while the path runs).
+        self._gro = False
+        #: Reads that returned more than one datagram.
+        self.gro_reads = 0
         #: Largest payload `send_datagram` takes.
         self.max_datagram_payload = settings.max_datagram_size - quic_core.DATAGRAM_OVERHEAD
 
@@ -238,6 +267,12 @@ class QuicPath:
                 if self._sock.getsockopt(socket.SOL_SOCKET, option) < SOCKET_BUFFER:
                     self._sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         self._sock.setblocking(False)
+        if sys.platform == "linux" and GRO_CMSG_SIZE:
+            try:
+                self._sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+                self._gro = True
+            except OSError:  # an older kernel: one datagram per read
+                pass
         self._loop.add_reader(self._sock.fileno(), self._readable)
         self._reading = True
         self._keepalive = self._loop.call_later(self._keepalive_s, self._on_keepalive)
@@ -322,29 +357,51 @@ class QuicPath:
     # -- reading ----------------------------------------------------------------------------
 
     def _readable(self) -> None:
-        recvfrom = self._sock.recvfrom
         now = _clock()
         got = False
-        for _ in range(READ_BURST):
+        read = 0
+        while read < READ_BURST:
             try:
-                data, source = recvfrom(RECV_SIZE)
+                datagrams, source = self._recv()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # an ICMP error queued on the socket: nothing to read
+                read += 1
                 continue
+            read += len(datagrams)
             addr = (str(source[0]), int(source[1]))
-            if is_punch_packet(data):
-                if self._on_other is not None:
-                    self._call(self._on_other, data, addr)
-                continue
-            conn = self._conn or self._first_packet(data, addr)
-            if conn is None:
-                continue
-            conn.receive_datagram(data, addr, now)
-            got = True
+            for data in datagrams:
+                if is_punch_packet(data):
+                    if self._on_other is not None:
+                        self._call(self._on_other, data, addr)
+                    continue
+                conn = self._conn or self._first_packet(data, addr)
+                if conn is None:
+                    continue
+                conn.receive_datagram(data, addr, now)
+                got = True
         if got and not self.closed.is_set():
             self._handle_events()
             self._transmit()
+
+    def _recv(self) -> tuple[list[bytes], Address]:
+        """The next datagram, or run of datagrams of one sender (UDP_GRO), and where it came from."""
+        if not self._gro:
+            data, source = self._sock.recvfrom(RECV_SIZE)
+            return [data], source
+        data, ancillary, _flags, source = self._sock.recvmsg(GRO_RECV_SIZE, GRO_CMSG_SIZE)
+        size = next(
+            (
+                int.from_bytes(cdata[:4], sys.byteorder)
+                for level, kind, cdata in ancillary
+                if level == socket.SOL_UDP and kind == UDP_GRO and len(cdata) >= 4
+            ),
+            0,
+        )
+        if not 0 < size < len(data):
+            return [data], source
+        self.gro_reads += 1
+        return [data[i : i + size] for i in range(0, len(data), size)], source
 
     def _first_packet(self, data: bytes, addr: Address) -> PathConnection | None:
         """Server side: a connection for the visitor's first Initial; anything else is dropped."""
@@ -560,18 +617,42 @@ class QuicPath:
         if conn is None or self.closed.is_set():
             return
         now = _clock()
-        sendto = self._sock.sendto
         datagrams = conn.datagrams_to_send(now)
-        for data, addr in datagrams:
-            try:
-                sendto(data, addr)
-            except OSError:  # full buffer, unreachable for now: a loss, as on the wire
-                self.send_drops += 1
+        if self.gso and len(datagrams) > 1:
+            for addr, size, run in gso_runs(datagrams):
+                self._send_run(addr, size, run)
+        else:
+            self._send_each(datagrams)
         if datagrams:
             self._last_sent = now
         self._arm_timer(conn)
         if self._send_waiters:
             self._wake_writers()
+
+    def _send_each(self, datagrams: list[tuple[bytes, Address]]) -> None:
+        sendto = self._sock.sendto
+        for data, addr in datagrams:
+            try:
+                sendto(data, addr)
+            except OSError:  # full buffer, unreachable for now: a loss, as on the wire
+                self.send_drops += 1
+
+    def _send_run(self, addr: Address, size: int, run: list[bytes]) -> None:
+        """``run``: datagrams of ``size`` bytes (the last may be shorter) to ``addr``, in one ``sendmsg``."""
+        if len(run) == 1:
+            self._send_each([(run[0], addr)])
+            return
+        try:
+            self._sock.sendmsg(
+                [b"".join(run)], [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("@H", size))], 0, addr
+            )
+            self.gso_sends += 1
+        except OSError as exc:
+            if exc.errno not in GSO_UNSUPPORTED:
+                self.send_drops += len(run)  # full buffer...: a loss, as on the wire
+                return
+            self.gso = False
+            self._send_each([(data, addr) for data in run])
 
     def _arm_timer(self, conn: PathConnection) -> None:
         when = conn.get_timer()
@@ -649,6 +730,10 @@ class QuicPath:
             self._reading = False
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(self._sock.fileno())
+        if self._gro:  # the socket goes back to its owner as it came: one datagram per read
+            self._gro = False
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.SOL_UDP, UDP_GRO, 0)
         for handle in (self._timer, self._keepalive):
             if handle is not None:
                 handle.cancel()
@@ -658,6 +743,36 @@ class QuicPath:
         for task in list(self._tasks):
             task.cancel()
         self.closed.set()
+
+
+def gso_runs(datagrams: list[tuple[bytes, Address]]) -> list[tuple[Address, int, list[bytes]]]:
+    """``datagrams`` in order, cut into runs that one ``UDP_SEGMENT`` send can carry: (address, segment
+    size, datagrams), every datagram of a run that size but the last, which may be shorter and ends it."""
+    runs: list[tuple[Address, int, list[bytes]]] = []
+    run: list[bytes] = []
+    run_addr: Address | None = None
+    size = total = 0
+    for data, addr in datagrams:
+        n = len(data)
+        if (
+            run
+            and addr == run_addr
+            and n <= size
+            and len(run) < GSO_MAX_SEGMENTS
+            and total + n <= GSO_MAX_BYTES
+            and len(run[-1]) == size
+        ):
+            run.append(data)
+            total += n
+            continue
+        if run:
+            assert run_addr is not None
+            runs.append((run_addr, size, run))
+        run, run_addr, size, total = [data], addr, n, n
+    if run:
+        assert run_addr is not None
+        runs.append((run_addr, size, run))
+    return runs
 
 
 class QuicStreamEnd(End):
