@@ -33,6 +33,7 @@ import errno
 import mmap
 import os
 import socket
+import struct
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -91,6 +92,11 @@ class End(ABC):
     def close(self) -> None:
         """Release the end. Idempotent."""
 
+    def abort(self) -> None:
+        """Release the end so that its peer sees a failure, not an orderly end (a TCP reset): for a
+        relay that broke off, whose peer must not take a truncated stream for a complete one."""
+        self.close()
+
     def peer_done(self) -> bool:
         """True when the peer has already ended its side (seen without consuming data); False if unknown."""
         return False
@@ -121,6 +127,17 @@ class SocketEnd(End):
     def close(self) -> None:
         self._sock.close()
 
+    def abort(self) -> None:
+        abort_socket(self._sock)
+
+
+def abort_socket(sock: socket.socket) -> None:
+    """Close ``sock`` with a reset (SO_LINGER 0), so its peer reads an error instead of EOF."""
+    if sock.fileno() >= 0:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
 
 class StreamEnd(End):
     """An asyncio stream pair (TLS or any transport without a usable raw socket)."""
@@ -143,6 +160,21 @@ class StreamEnd(End):
 
     def close(self) -> None:
         self._writer.close()
+
+    def abort(self) -> None:
+        abort_transport(self._writer.transport)
+
+
+def abort_transport(transport: asyncio.BaseTransport) -> None:
+    """Close ``transport`` at once with a reset on its TCP socket (see `abort_socket`)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.type == socket.SOCK_STREAM:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+    else:
+        transport.close()
 
 
 @dataclass(slots=True, eq=False)
@@ -167,7 +199,9 @@ async def relay(a: End, b: End, stats: RelayStats | None = None) -> RelayStats:
     """Move bytes both ways between ``a`` and ``b`` until both directions end; close both.
 
     Returns the counters. A peer that resets or vanishes ends the relay with ``stats.error`` set
-    instead of an exception; cancellation propagates after both ends are closed.
+    instead of an exception; cancellation propagates after both ends are closed. A relay that did not
+    see both directions end aborts both ends (`End.abort`): a failure on one side reaches the other as
+    a failure, never as an orderly end that would pass a truncated stream off as complete.
     """
     stats = stats if stats is not None else RelayStats()
     forward = asyncio.ensure_future(_pump(a, b, stats, forward=True))
@@ -187,8 +221,14 @@ async def relay(a: End, b: End, stats: RelayStats | None = None) -> RelayStats:
             # Let cancelled pumps unregister their fd callbacks before the fds are closed.
             await asyncio.shield(asyncio.gather(forward, backward, return_exceptions=True))
         finally:
-            a.close()
-            b.close()
+            complete = all(
+                t.done() and not t.cancelled() and t.exception() is None for t in (forward, backward)
+            )
+            for end in (a, b):
+                if complete:
+                    end.close()
+                else:
+                    end.abort()
             stats.ended = time.monotonic()
     return stats
 
@@ -228,9 +268,18 @@ async def _pump(src: End, dst: End, stats: RelayStats, *, forward: bool) -> None
         else:
             await _copy_pump(src, dst, stats, forward)
     except OSError as exc:
-        if exc.errno in _GONE_ERRNOS or isinstance(exc, ConnectionError):
-            raise PeerGone(str(exc)) from exc
-        raise
+        failure: OSError = (
+            PeerGone(str(exc)) if exc.errno in _GONE_ERRNOS or isinstance(exc, ConnectionError) else exc
+        )
+        if stats.error is None:
+            stats.error = failure
+        if failure is exc:
+            raise
+        raise failure from exc
+    if stats.error is not None:
+        # The other direction failed first. A socket reports a reset once: this direction may have
+        # read EOF only because the other one took the error, so no EOF is passed on.
+        raise PeerGone(f"the other direction failed: {stats.error}")
     dst.write_eof()
 
 

@@ -41,7 +41,7 @@ from pierce.protocol.chunks import (
     ChunkDecoder,
     chunk,
 )
-from pierce.relay import End, SocketEnd, wait_fd
+from pierce.relay import End, SocketEnd, abort_transport, wait_fd
 
 #: Read buffer of a logged-in TLS stream (asyncio stops reading from the socket past twice this).
 STREAM_LIMIT = 2**20
@@ -382,6 +382,12 @@ class FramedEnd(End):
         else:
             self._writer.close()
 
+    def abort(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        abort_transport(self._writer.transport)
+
 
 class TlsEnd(End):
     """TLS spoken over another end (a work connection), e.g. the client terminating a visitor's HTTPS.
@@ -461,6 +467,11 @@ class TlsEnd(End):
             closing.add_done_callback(lambda _: self._inner.close())
         else:
             self._inner.close()
+
+    def abort(self) -> None:
+        if self._closing is not None:
+            self._closing.cancel()
+        self._inner.abort()
 
 
 class MemoryEnd(End):

@@ -110,7 +110,29 @@ async def test_reset_ends_relay_with_error_and_closes_both(socket_mode: str) -> 
     assert stats.error is not None
     assert stats.mode is RelayMode(socket_mode)
     assert inner_a.fileno() == -1 and inner_b.fileno() == -1
+    # The reset reaches the other side as a reset: an EOF would pass a broken transfer off as complete.
+    with pytest.raises(ConnectionResetError):
+        while await asyncio.get_running_loop().sock_recv(outer_a, 65536):
+            pass
     outer_a.close()
+
+
+async def test_a_reset_reaches_a_stream_end_peer_as_a_reset() -> None:
+    outer_a, inner_a = await tcp_pair()
+    inner_b, outer_b = await tcp_pair()
+    reader, writer = await asyncio.open_connection(sock=inner_b)
+    task = asyncio.create_task(relay(SocketEnd(inner_a), StreamEnd(reader, writer)))
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(outer_b, b"y" * 1000)
+    assert await loop.sock_recv(outer_a, 1000)
+    outer_a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    outer_a.close()  # RST on the socket side
+    stats = await asyncio.wait_for(task, 10)
+    assert stats.error is not None
+    with pytest.raises(ConnectionResetError):
+        while await loop.sock_recv(outer_b, 65536):
+            pass
+    outer_b.close()
 
 
 async def test_cancel_closes_both_ends() -> None:

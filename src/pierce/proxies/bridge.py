@@ -114,6 +114,10 @@ class CountedEnd(End):
         self._live.done(self.stats)
         self._inner.close()
 
+    def abort(self) -> None:
+        self._live.done(self.stats)
+        self._inner.abort()
+
 
 class Visitor(Protocol):
     """The visitor side of a bridge."""
