@@ -71,6 +71,34 @@ async def test_64mib_both_ways_with_half_close(pierce, tmp_path: Path, encrypt: 
     assert (closed["up_bytes"], closed["down_bytes"]) == (size, size)
 
 
+@pytest.mark.parametrize("encrypt", [True, False], ids=["tls-data", "plain-data"])
+async def test_a_service_reset_reaches_the_visitor_as_a_reset(pierce, tmp_path: Path, encrypt: bool) -> None:
+    """The service sends 1 MiB and then resets: the visitor reads what came and then an error, never an
+    orderly end (which would make a truncated download look complete)."""
+    sent = payload(MiB, 21)
+
+    async def resetting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await send_all(writer, sent)
+        await reader.read(1)  # the visitor's byte: what was sent before it has been read by the tunnel
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async with tcp_server(resetting) as local:
+        transport = {"encrypt_data": encrypt}
+        _, port = await start_server(pierce, tmp_path, transport=transport)
+        client = await start_client(pierce, tmp_path, port, [tcp_proxy("svc", local)], transport=transport)
+        public = await proxy_port(client, "svc")
+        reader, writer = await asyncio.open_connection("127.0.0.1", public)
+        got = await reader.readexactly(len(sent))
+        writer.write(b"!")
+        with pytest.raises(ConnectionResetError):
+            while await reader.read(65536):
+                pass
+        writer.close()
+    assert got == sent
+
+
 async def test_100_concurrent_visitors_and_server_picked_port(pierce, tmp_path: Path) -> None:
     async with tcp_server(echo) as local:
         _, port = await start_server(pierce, tmp_path)
