@@ -5,9 +5,14 @@ One asyncio program holds everything: a `Server` and a `Client` (the real ones, 
 generated certificate, and ports the kernel picks on 127.0.0.1. The client exposes the web service; the demo
 fetches it through the tunnel's public port and checks the bytes (SHA-256) end to end.
 
-Then either a live panel (public address, proxies, connections, bytes, recent events) until Ctrl-C, or,
-with ``--check``, a few more verified requests (a page, a 4 MiB download, a 1 MiB upload echoed back,
-concurrent visitors), one line per step, and ``demo check: OK`` (exit 0) or the failing step (exit 1).
+The client also offers the web service as an ``xtcp`` (P2P) proxy, and a second client visits it: the
+visitor makes a direct path (here a LAN one on loopback; across NATs a hole-punched one) and requests go
+over it, not through the server.
+
+Then either a live panel (public address, proxies, the P2P visitor's path, connections, bytes, recent
+events) until Ctrl-C, or, with ``--check``, a few more verified requests (a page, a 4 MiB download, a
+1 MiB upload echoed back, concurrent visitors, the download over the direct path), one line per step, and
+``demo check: OK`` (exit 0) or the failing step (exit 1).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hashlib
 import logging
 import os
 import secrets
+import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -35,16 +41,20 @@ from rich.text import Text
 
 from pierce.addr import HostPort
 from pierce.client.app import Client
-from pierce.config import ClientConfig, ServerConfig
+from pierce.config import ClientConfig, ServerConfig, XtcpVisitorConfig
 from pierce.errors import PierceError
 from pierce.logs import event, human_bytes
 from pierce.proxies.tcp import TcpProxyConfig
+from pierce.proxies.xtcp import XtcpProxyConfig
 from pierce.server.app import Server
-from pierce.snapshot import ClientProxyInfo, ProxyState, ProxyStats
+from pierce.snapshot import ClientProxyInfo, ConnectionPath, ProxyState, ProxyStats, VisitorInfo
 
 log = logging.getLogger("pierce.demo")
 
 PROXY_NAME = "web"
+#: The web service again, as a P2P proxy, and the visitor's name for it.
+P2P_PROXY = "web-p2p"
+P2P_VISITOR = "to-web-p2p"
 LOOPBACK = "127.0.0.1"
 MiB = 1024 * 1024
 #: The large download of ``--check``.
@@ -205,13 +215,23 @@ class DemoStack:
         self.client: Client | None = None
         self.public = HostPort(LOOPBACK, 0)
         self._client_task: asyncio.Task[None] | None = None
+        #: The P2P visitor: another client with an xtcp visitor of `P2P_PROXY`.
+        self.secret = secrets.token_urlsafe(16)
+        self.visitor: Client | None = None
+        self._visitor_task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.public}/"
 
     async def start_server(self) -> str:
-        config = ServerConfig(bind_addr=LOOPBACK, bind_port=0, token=self.token, state_dir=self._state.name)
+        config = ServerConfig(
+            bind_addr=LOOPBACK,
+            bind_port=0,
+            token=self.token,
+            state_dir=self._state.name,
+            stun_port=free_stun_port(),  # P2P rendezvous; 0 (none free) leaves the visitor on the relay
+        )
         self.server = Server(config)
         await self.server.start()
         info = self.server.snapshot()
@@ -230,7 +250,15 @@ class DemoStack:
             token=self.token,
             client_id="demo",
             server_fingerprint=server.fingerprint,
-            proxies=[TcpProxyConfig(name=PROXY_NAME, local_ip=LOOPBACK, local_port=self.web.address.port)],
+            proxies=[
+                TcpProxyConfig(name=PROXY_NAME, local_ip=LOOPBACK, local_port=self.web.address.port),
+                XtcpProxyConfig(
+                    name=P2P_PROXY,
+                    local_ip=LOOPBACK,
+                    local_port=self.web.address.port,
+                    secret_key=self.secret,
+                ),
+            ],
         )
         client = self.client = Client(config)
         self._client_task = asyncio.get_running_loop().create_task(client.run())
@@ -255,8 +283,58 @@ class DemoStack:
         self.public = HostPort(LOOPBACK, ready.remote_port)
         return f"client logged in; proxy {PROXY_NAME} ({ready.local}) is public at {self.public}"
 
+    async def start_visitor(self) -> str:
+        """The P2P visitor's client; returns once its direct path is up (or says why it is not)."""
+        assert self.server is not None
+        server = self.server.snapshot()
+        config = ClientConfig(
+            server_addr=LOOPBACK,
+            server_port=server.ports["bind_port"],
+            token=self.token,
+            client_id="demo-visitor",
+            server_fingerprint=server.fingerprint,
+            visitors=[
+                XtcpVisitorConfig(
+                    name=P2P_VISITOR, server_name=P2P_PROXY, secret_key=self.secret, bind_port=0
+                )
+            ],
+        )
+        visitor = self.visitor = Client(config)
+        self._visitor_task = asyncio.get_running_loop().create_task(visitor.run())
+        started = time.monotonic()
+
+        def settled() -> bool:
+            info = self.visitor_info()
+            done = self._visitor_task is None or self._visitor_task.done()
+            return done or (info is not None and (info.path is not ConnectionPath.RELAY or bool(info.reason)))
+
+        await self.tap.wait_for(settled, STEP_TIMEOUT)
+        info = self.visitor_info()
+        if info is None or info.path is ConnectionPath.RELAY:
+            why = info.reason if info is not None else "the visitor's client stopped"
+            raise DemoFailure(f"no direct path: {why}")
+        took = (time.monotonic() - started) * 1000
+        return f"P2P visitor at {info.listen}: {info.path.value} path to {P2P_PROXY} in {took:.0f} ms"
+
+    def visitor_info(self) -> VisitorInfo | None:
+        if self.visitor is None:
+            return None
+        found = [v for v in self.visitor.snapshot().visitors if v.name == P2P_VISITOR]
+        return found[0] if found else None
+
+    @property
+    def p2p_url(self) -> str:
+        info = self.visitor_info()
+        return f"http://{info.listen}/" if info is not None else ""
+
+    def relayed(self, proxy: str) -> int:
+        """Connections the server relayed for ``proxy`` (0 for a P2P proxy whose visitors went direct)."""
+        if self.server is None:
+            return 0
+        return sum(p.stats.total_connections for p in self.server.snapshot().proxies if p.name == proxy)
+
     async def start(self) -> None:
-        for step in (self.start_server, self.start_web, self.start_client):
+        for step in (self.start_server, self.start_web, self.start_client, self.start_visitor):
             await step()
 
     def proxy_counters(self) -> ProxyStats | None:
@@ -267,6 +345,11 @@ class DemoStack:
         return found[0] if found else None
 
     async def close(self) -> None:
+        if self.visitor is not None:
+            await self.visitor.close()
+        if self._visitor_task is not None:
+            self._visitor_task.cancel()
+            await asyncio.gather(self._visitor_task, return_exceptions=True)
         if self.client is not None:
             await self.client.close()
         if self._client_task is not None:
@@ -276,6 +359,33 @@ class DemoStack:
             await self.server.close()
         await self.web.close()
         self._state.cleanup()
+
+
+def free_stun_port() -> int:
+    """A port P for the server's STUN: UDP P and P + 1 and TCP P free on loopback (0: none found)."""
+    for _ in range(20):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((LOOPBACK, 0))
+            port = int(probe.getsockname()[1])
+        if port >= 65534:
+            continue
+        held: list[socket.socket] = []
+        try:
+            for kind, p in (
+                (socket.SOCK_DGRAM, port),
+                (socket.SOCK_DGRAM, port + 1),
+                (socket.SOCK_STREAM, port),
+            ):
+                sock = socket.socket(socket.AF_INET, kind)
+                held.append(sock)
+                sock.bind((LOOPBACK, p))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        return port
+    return 0
 
 
 # -- fetching through the tunnel ----------------------------------------------------------------------
@@ -377,6 +487,16 @@ async def run_check(stack: DemoStack, say: Callable[[str], None]) -> bool:
             f"{human_bytes(proxy.bytes_out)} out"
         )
 
+    async def direct() -> str:
+        async with _http() as http:
+            n = await fetch_verified(http, stack.p2p_url + "blob", stack.web.blob)
+        relayed = stack.relayed(P2P_PROXY)
+        if relayed:
+            raise DemoFailure(
+                f"{relayed} connection(s) of {P2P_PROXY} went through the server, expected none"
+            )
+        return f"GET /blob over the direct path: {human_bytes(n)}, SHA-256 matches, none via the server"
+
     steps: list[tuple[str, Callable[[], Awaitable[str]]]] = [
         ("server", stack.start_server),
         ("web service", stack.start_web),
@@ -386,6 +506,8 @@ async def run_check(stack: DemoStack, say: Callable[[str], None]) -> bool:
         ("upload", upload),
         ("concurrent visitors", concurrent),
         ("counters", counters),
+        ("p2p visitor", stack.start_visitor),
+        ("direct path", direct),
     ]
     for name, step in steps:
         t0 = time.monotonic()
@@ -443,6 +565,18 @@ def render_panel(stack: DemoStack, self_check: str) -> Panel:
                 human_bytes(counters.bytes_in) if counters else "-",
                 human_bytes(counters.bytes_out) if counters else "-",
             )
+    info = stack.visitor_info()
+    if info is not None:
+        path = info.path.value + (f", rtt {info.rtt_ms:.1f} ms" if info.rtt_ms else "")
+        proxies.add_row(
+            P2P_PROXY,
+            f"{stack.web.address}",
+            f"P2P visitor {info.listen}",
+            Text(path, style="green"),
+            "",
+            "",
+            "",
+        )
     web_line = Text(
         f"web service {stack.web.address}: {stack.web.requests} requests, "
         f"{human_bytes(stack.web.bytes_served)} served ",

@@ -18,6 +18,8 @@ CHECK_STEPS = (
     "POST /echo",
     "concurrent",
     "counters",
+    "P2P visitor",
+    "over the direct path",
 )
 
 
@@ -43,6 +45,8 @@ async def test_demo_check_passes_end_to_end() -> None:
     for line, word in zip(steps, CHECK_STEPS, strict=True):
         assert word in line, (word, line)
     assert "4.0 MiB, SHA-256 matches" in out.decode()
+    assert "none via the server" in steps[-1] and "direct" in steps[-2], steps
+    assert b"lost the server" not in err, err.decode()  # closing is quiet
     assert time.monotonic() - started < 20
 
 

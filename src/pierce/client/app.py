@@ -225,10 +225,15 @@ class Client:
                 try:
                     await self.session.run()
                 except (PierceError, OSError) as exc:
-                    self.status.last_error = str(exc)
-                    event(
-                        log, logging.WARNING, "client.disconnected", f"lost the server: {exc}", error=str(exc)
-                    )
+                    if not self._stop.is_set():  # not our own close: the server or the network went away
+                        self.status.last_error = str(exc)
+                        event(
+                            log,
+                            logging.WARNING,
+                            "client.disconnected",
+                            f"lost the server: {exc}",
+                            error=str(exc),
+                        )
                 finally:
                     self.session = None
                     self.status.connected = False
