@@ -110,7 +110,10 @@ _SERVER_UNMAPPED: dict[KeyPath, str] = {
 
 
 def _common_auth(src: Source, unmapped: dict[KeyPath, str]) -> None:
-    method = src.get("auth", "method")
+    method = src.lookup(("auth", "method"))
+    if method == "token":
+        src.note(("auth", "method"), "pierce logs in with the token (SRP, never sent)")
+    src.get("auth", "method")
     if method not in (None, "token"):
         src.add_warning(
             src.where(("auth", "method")),
@@ -148,6 +151,9 @@ def client(src: Source) -> dict[str, Any]:
     _common_auth(src, _CLIENT_UNMAPPED)
     if "token" not in out:
         src.add_warning("auth.token", "not set: a pierce client needs the server's token (token = ...)")
+    protocol = src.lookup(("transport", "protocol"))
+    if protocol == "tcp":
+        src.note(("transport", "protocol"), "the control connection is TCP with TLS")
     protocol = src.get("transport", "protocol")
     if protocol not in (None, "tcp"):
         src.add_warning(
@@ -179,10 +185,10 @@ def _left_out(src: Source, base: KeyPath, wanted: set[str] | None) -> bool:
     """A proxy or visitor frp would not start (``enabled = false``, not in ``start``): warned, left out."""
     name = src.lookup((*base, "name"))
     if src.lookup((*base, "enabled")) is False:
-        src.warn(base, f'left out: "{name}" has enabled = false')
+        src.drop(base, f'left out: "{name}" has enabled = false')
         return True
     if wanted is not None and name not in wanted:
-        src.warn(base, f'left out: "{name}" is not in start')
+        src.drop(base, f'left out: "{name}" is not in start')
         return True
     src.get(*base, "enabled")
     return False
@@ -198,7 +204,7 @@ def _proxy(src: Source, base: KeyPath, wanted: set[str] | None) -> dict[str, Any
         return None
     kind = src.lookup((*base, "type"))
     if kind not in _PROXY_KINDS:
-        src.warn(base, f"left out: proxy type {kind!r} has no pierce equivalent")
+        src.drop(base, f"left out: proxy type {kind!r} has no pierce equivalent")
         return None
     out: dict[str, Any] = {"name": src.get(*base, "name"), "type": src.get(*base, "type")}
     for frp, pierce in (("localIP", "local_ip"), ("localPort", "local_port")):
@@ -294,11 +300,7 @@ def _plugin(src: Source, base: KeyPath, out: dict[str, Any]) -> bool:
             )
         src.warn(plugin, "no pierce equivalent for this option of the http2http plugin")
         return True
-    src.warn(
-        (*plugin, "type"),
-        f'left out with its proxy: plugin "{name}" on a {kind} proxy has no pierce equivalent',
-    )
-    src.warn(base, f'left out with its proxy (plugin "{name}")')
+    src.drop(base, f'left out: plugin "{name}" on a {kind} proxy has no pierce equivalent')
     return False
 
 
@@ -310,11 +312,11 @@ def _visitor(src: Source, base: KeyPath, wanted: set[str] | None) -> dict[str, A
         return None
     kind = src.lookup((*base, "type"))
     if kind not in _VISITOR_KINDS:
-        src.warn(base, f"left out: visitor type {kind!r} has no pierce equivalent")
+        src.drop(base, f"left out: visitor type {kind!r} has no pierce equivalent")
         return None
     port = src.lookup((*base, "bindPort"))
     if isinstance(port, int) and port < 0:
-        src.warn(
+        src.drop(
             base,
             "left out: a visitor without a local port (bindPort < 0); pierce's xtcp visitors fall back "
             "through the server on their own (fallback = true)",
@@ -337,6 +339,8 @@ def _visitor(src: Source, base: KeyPath, wanted: set[str] | None) -> dict[str, A
     src.warn((*base, "transport", "useCompression"), NO_COMPRESSION)
     src.warn((*base, "plugin"), "no pierce equivalent: pierce visitors have no plugins")
     if kind == "xtcp":
+        if src.lookup((*base, "protocol")) == "quic":
+            src.note((*base, "protocol"), "pierce runs QUIC in the hole")
         protocol = src.get(*base, "protocol")
         if protocol not in (None, "quic"):
             src.add_warning(

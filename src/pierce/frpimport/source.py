@@ -42,7 +42,17 @@ class Source:
     def where(self, path: KeyPath) -> str:
         if path in self.origin:
             return self.origin[path]
-        return format_key_path(path) or "(top level)"
+        named = {where for leaf, where in self.origin.items() if _under(leaf, path)}
+        if (*path, "name") in self.origin:  # a legacy section: "[ssh]"
+            return self.origin[(*path, "name")]
+        if len(named) == 1:
+            return named.pop()
+        text = format_key_path(path) or "(top level)"
+        if len(path) >= 2 and path[0] in ("proxies", "visitors"):
+            name = self.lookup((*path[:2], "name"))
+            if isinstance(name, str):
+                text += f' ({"proxy" if path[0] == "proxies" else "visitor"} "{name}")'
+        return text
 
     def lookup(self, path: KeyPath) -> Any:
         """The value at ``path`` without taking it; None when absent."""
@@ -69,6 +79,15 @@ class Source:
         for leaf in [leaf for leaf in self.pending if _under(leaf, path)]:
             del self.pending[leaf]
             self.add_warning(self.where(leaf), reason)
+
+    def drop(self, path: KeyPath, reason: str) -> None:
+        """A whole table (a proxy, a visitor) is not converted: one warning naming all its options."""
+        under = [leaf for leaf in self.pending if _under(leaf, path)]
+        for leaf in under:
+            del self.pending[leaf]
+        if under:
+            names = sorted({self.origin.get(leaf, format_key_path(leaf[len(path) :])) for leaf in under})
+            self.add_warning(self.where(path), f"{reason}; not converted: {', '.join(names)}")
 
     def add_warning(self, where: str, reason: str) -> None:
         text = f"{self.file}: {where}: {reason}"
