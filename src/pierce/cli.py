@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_nat_command(sub)
     _add_visit_command(sub)
     _add_trust_command(sub)
+    _add_import_frp_command(sub)
 
     p_verify = sub.add_parser("verify", help="check a config file without starting anything")
     _add_logging_flags(p_verify, suppress=True)
@@ -323,7 +324,7 @@ def server_config_from_args(args: argparse.Namespace) -> config.ServerConfig:
 
 
 def client_config_from_args(args: argparse.Namespace) -> config.ClientConfig:
-    doc: dict[str, Any] = config.load_toml(args.config) if args.config else {}
+    doc: dict[str, Any] = _client_doc(args.config) if args.config else {}
     source = str(args.config) if args.config else "command line"
     if args.server:
         from pierce.addr import parse_host_port
@@ -645,6 +646,65 @@ def cmd_trust(args: argparse.Namespace) -> int:
         "records the certificate the server presents then"
     )
     return EXIT_OK
+
+
+def _add_import_frp_command(sub: Any) -> None:
+    p_import = sub.add_parser(
+        "import-frp",
+        help="convert an frpc/frps config (TOML, YAML, JSON or legacy INI) to pierce's TOML",
+        description=(
+            "Convert an frp config file to a pierce client.toml or server.toml, printed on standard output. "
+            "Every frp option pierce cannot carry over gets a warning on standard error naming the file, "
+            "the option and why; options pierce has built in are listed as comments on top. Exit status 0: "
+            "converted (warnings allowed); 1: the file is unreadable or invalid, or the result does not load."
+        ),
+        epilog=(
+            "examples:\n"
+            "  pierce import-frp frpc.toml > client.toml\n"
+            "  pierce import-frp /etc/frp/frps.ini > server.toml\n"
+            "  pierce import-frp --kind client frpc.yaml > client.toml"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_logging_flags(p_import, suppress=True)
+    p_import.add_argument("file", type=Path, help="the frp config file (format told by content and suffix)")
+    p_import.add_argument(
+        "--kind",
+        choices=["client", "server"],
+        help="frpc (client) or frps (server); default: guess from keys",
+    )
+    p_import.set_defaults(func=cmd_import_frp)
+
+
+def cmd_import_frp(args: argparse.Namespace) -> int:
+    from pierce.frpimport import convert_file
+    from pierce.frpimport.formats import Role
+
+    try:
+        result = convert_file(args.file, Role(args.kind) if args.kind else None)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    sys.stdout.write(result.text)
+    for problem in result.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return EXIT_FAILURE if result.problems else EXIT_OK
+
+
+def _client_doc(path: Path) -> dict[str, Any]:
+    """client.toml, or an frpc file converted on the fly (with the warnings `pierce import-frp` gives)."""
+    from pierce.frpimport import convert_file, is_frp_file
+    from pierce.frpimport.formats import Role
+
+    if not is_frp_file(path):
+        return config.load_toml(path)
+    result = convert_file(path, Role.CLIENT)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return result.doc
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -1,0 +1,88 @@
+"""One frp file -> pierce TOML text, the warnings, and the result checked by pierce's own loader."""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pierce import config
+from pierce.errors import ConfigError
+from pierce.frpimport import emit, legacy, mapping
+from pierce.frpimport.formats import Format, Role, detect_format, detect_role, parse, read_text
+from pierce.frpimport.source import Source
+
+#: A TOML file is frp's when it has keys that only frp's current format uses (pierce's are snake_case).
+_FRP_TOML_KEYS = re.compile(
+    r"^\s*(serverAddr|serverPort|bindPort|\[\[proxies\]\][^\[]*?localPort)\s*=", re.M | re.S
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Converted:
+    """The result of converting one frp file."""
+
+    role: Role
+    format: Format
+    #: The pierce config document and its TOML text (with notes as comments on top).
+    doc: dict[str, Any]
+    text: str
+    #: ``file: option: why`` for every option that was not carried over.
+    warnings: list[str]
+    #: What pierce's loader says about the result (empty: it loads as it is).
+    problems: list[str]
+
+
+def is_frp_file(path: Path) -> bool:
+    """Whether ``path`` is an frp config rather than pierce's: legacy INI (``[common]``), a YAML/JSON/INI
+    suffix, or TOML with frp's camelCase keys. Unreadable files are not (the normal loader reports them)."""
+    if path.suffix.lower() in (".ini", ".yaml", ".yml", ".json"):
+        return True
+    try:
+        text = read_text(path)
+    except ConfigError:
+        return False
+    return detect_format(path, text) is Format.INI or bool(_FRP_TOML_KEYS.search(text))
+
+
+def convert_file(path: Path, role: Role | None = None) -> Converted:
+    """Convert the frp file at ``path``; ConfigError when it cannot be read or parsed."""
+    text = read_text(path)
+    fmt = detect_format(path, text)
+    parsed = parse(path, text, fmt)
+    origin: dict[Any, str] = {}
+    unplaced: list[tuple[str, str]] = []
+    if isinstance(parsed, configparser.RawConfigParser):
+        old = legacy.from_ini(parsed, str(path))
+        doc, origin, unplaced = old.doc, old.origin, old.unplaced
+        top = dict(parsed.items("common")) if parsed.has_section("common") else {}
+        if doc.get("proxies") or doc.get("visitors"):
+            top["proxies"] = "(sections)"
+    else:
+        if not isinstance(parsed, dict):
+            raise ConfigError([f"{path}: expected a table of frp options at the top level"])
+        doc = top = parsed
+    role = role or detect_role(path, top)
+    src = Source(doc, str(path), origin)
+    for where, reason in unplaced:
+        src.add_warning(where, reason)
+    out = mapping.client(src) if role is Role.CLIENT else mapping.server(src)
+    src.finish()
+    kind = config.ClientConfig if role is Role.CLIENT else config.ServerConfig
+    frp_name = "frpc" if role is Role.CLIENT else "frps"
+    header = [
+        f"pierce {role.value} config converted from {path.name} ({frp_name}, {fmt.value})",
+        "by `pierce import-frp`.",
+        "Check it with `pierce verify -c FILE`. frp options pierce has built in:" if src.notes else "",
+        *(f"  {note}" for note in src.notes),
+    ]
+    toml_text = emit.dumps(out, [line for line in header if line])
+    problems: list[str] = []
+    try:
+        config.convert(tomllib.loads(toml_text), kind, f"converted {path.name}")
+    except ConfigError as exc:
+        problems = exc.problems
+    return Converted(role, fmt, out, toml_text, src.warnings, problems)
