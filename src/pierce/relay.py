@@ -39,6 +39,8 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from pierce.bandwidth import Throttle
+
 #: Bytes moved per copy-loop read: a connection starts small and grows while transfers fill the buffer.
 COPY_BUFFER_MIN = 64 * 1024
 COPY_BUFFER_SIZE = 4 * 1024 * 1024
@@ -195,7 +197,13 @@ class RelayStats:
         return (self.ended or time.monotonic()) - self.started
 
 
-async def relay(a: End, b: End, stats: RelayStats | None = None) -> RelayStats:
+async def relay(
+    a: End,
+    b: End,
+    stats: RelayStats | None = None,
+    *,
+    throttles: tuple[Throttle | None, Throttle | None] = (None, None),
+) -> RelayStats:
     """Move bytes both ways between ``a`` and ``b`` until both directions end; close both.
 
     Returns the counters. A peer that resets or vanishes ends the relay with ``stats.error`` set
@@ -204,8 +212,8 @@ async def relay(a: End, b: End, stats: RelayStats | None = None) -> RelayStats:
     a failure, never as an orderly end that would pass a truncated stream off as complete.
     """
     stats = stats if stats is not None else RelayStats()
-    forward = asyncio.ensure_future(_pump(a, b, stats, forward=True))
-    backward = asyncio.ensure_future(_pump(b, a, stats, forward=False))
+    forward = asyncio.ensure_future(_pump(a, b, stats, forward=True, throttle=throttles[0]))
+    backward = asyncio.ensure_future(_pump(b, a, stats, forward=False, throttle=throttles[1]))
     try:
         pending: set[asyncio.Future[None]] = {forward, backward}
         while pending:
@@ -255,11 +263,13 @@ def choose_mode(a: socket.socket | None, b: socket.socket | None) -> RelayMode:
     return RelayMode.COPY
 
 
-async def _pump(src: End, dst: End, stats: RelayStats, *, forward: bool) -> None:
+async def _pump(src: End, dst: End, stats: RelayStats, *, forward: bool, throttle: Throttle | None) -> None:
     src_sock, dst_sock = src.socket, dst.socket
     try:
-        mode = stats.mode = choose_mode(src_sock, dst_sock)
-        if mode is RelayMode.SPLICE:
+        mode = stats.mode = choose_mode(src_sock, dst_sock) if throttle is None else RelayMode.STREAM
+        if throttle is not None:
+            await _copy_pump(src, dst, stats, forward, throttle)
+        elif mode is RelayMode.SPLICE:
             assert src_sock is not None and dst_sock is not None
             await _splice_pump(src_sock, dst_sock, stats, forward)
         elif mode is RelayMode.COPY:
@@ -355,12 +365,19 @@ def _free(buf: bytearray | mmap.mmap | None) -> None:
 _MAPPED_BUFFER = 1024 * 1024
 
 
-async def _copy_pump(src: End, dst: End, stats: RelayStats, forward: bool) -> None:
+async def _copy_pump(
+    src: End, dst: End, stats: RelayStats, forward: bool, throttle: Throttle | None = None
+) -> None:
     # No buffer of our own: stream ends hand over the bytes objects they read. The read size starts
     # small (most tunnelled connections are idle or interactive) and grows while reads come back full.
     size = STREAM_BUFFER_MIN
     while True:
-        data = await src.read(size)
+        if throttle is None:
+            data = await src.read(size)
+        else:
+            allowed = await throttle.take(size)
+            data = await src.read(allowed)
+            throttle.refund(allowed - len(data))
         if not data:
             return
         await dst.write(data)

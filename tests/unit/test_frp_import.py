@@ -60,6 +60,7 @@ def test_frpc_toml_maps_every_proxy_kind_and_visitor() -> None:
         "type": "tcp",
         "local_ip": "127.0.0.1",
         "local_port": 22,
+        "bandwidth_limit": "1MB",
         "remote_port": 6022,
         "proxy_protocol_version": "v2",
     }
@@ -160,8 +161,6 @@ FRPC_TOML_WARNINGS = [
     "webServer.pprofEnable: no pierce equivalent",
     'proxies[0].transport.useCompression (proxy "ssh"): no pierce equivalent: pierce does not compress '
     "tunnel data",
-    'proxies[0].transport.bandwidthLimit (proxy "ssh"): no pierce equivalent: pierce has no per-proxy '
-    "bandwidth limit",
     'proxies[0].loadBalancer.group (proxy "ssh"): no pierce equivalent: pierce has no load-balancing groups '
     "(a proxy name or port belongs to one client)",
     'proxies[0].loadBalancer.groupKey (proxy "ssh"): no pierce equivalent: pierce has no load-balancing '

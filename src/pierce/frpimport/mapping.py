@@ -13,7 +13,7 @@ from pierce.frpimport.source import Source
 from pierce.token_strength import check_token_strength
 
 NO_COMPRESSION = "no pierce equivalent: pierce does not compress tunnel data"
-NO_LIMIT = "no pierce equivalent: pierce has no per-proxy bandwidth limit"
+NO_LIMIT = "no pierce equivalent: pierce has no bandwidth limit for UDP proxies"
 NO_GROUPS = (
     "no pierce equivalent: pierce has no load-balancing groups (a proxy name or port belongs to one client)"
 )
@@ -195,6 +195,8 @@ def _left_out(src: Source, base: KeyPath, wanted: set[str] | None) -> bool:
 
 
 _PROXY_KINDS = ("tcp", "udp", "http", "https", "stcp", "sudp", "xtcp", "tcpmux")
+#: Kinds with a bandwidth_limit in pierce (the TCP ones).
+_LIMIT_KINDS = ("tcp", "http", "https", "stcp", "xtcp", "tcpmux")
 #: Kinds that can send a PROXY protocol header in pierce.
 _PROXY_PROTOCOL_KINDS = ("tcp", "http", "https", "tcpmux")
 
@@ -214,6 +216,12 @@ def _proxy(src: Source, base: KeyPath, wanted: set[str] | None) -> dict[str, Any
         return None
     src.note((*base, "transport", "useEncryption"), ENCRYPTED)
     src.warn((*base, "transport", "useCompression"), NO_COMPRESSION)
+    if kind in _LIMIT_KINDS and src.has(*base, "transport", "bandwidthLimit"):
+        out["bandwidth_limit"] = src.get(*base, "transport", "bandwidthLimit")
+        src.note(
+            (*base, "transport", "bandwidthLimitMode"),
+            "pierce applies bandwidth_limit on the client (the sender is slowed either way)",
+        )
     src.warn((*base, "transport", "bandwidthLimit"), NO_LIMIT)
     src.warn((*base, "transport", "bandwidthLimitMode"), NO_LIMIT)
     if kind in _PROXY_PROTOCOL_KINDS and src.has(*base, "transport", "proxyProtocolVersion"):

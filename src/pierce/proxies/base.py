@@ -168,6 +168,17 @@ def check_proxy(name: str, local_port: int, remote_port: int = 0) -> None:
         )
 
 
+def check_bandwidth_limit(text: str) -> None:
+    """``bandwidth_limit``: empty (none) or a rate such as "10MB" (`pierce.bandwidth.parse_rate`)."""
+    if text:
+        from pierce.bandwidth import parse_rate
+
+        try:
+            parse_rate(text)
+        except ValueError as exc:
+            raise InvalidValue("bandwidth_limit", str(exc)) from None
+
+
 def check_idle_timeout(seconds: float) -> None:
     if seconds <= 0:
         raise InvalidValue("idle_timeout", f"expected a number of seconds > 0, got {seconds:g}")

@@ -28,6 +28,7 @@ from pierce.proxies.base import (
     ProxySite,
     ProxySpec,
     ProxyType,
+    check_bandwidth_limit,
     check_proxy,
     masked_repr,
 )
@@ -136,9 +137,12 @@ class HttpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, 
     #: The server obtains certificates for these domains (ACME) and serves them on vhost_https_port too.
     https_auto: bool = False
     proxy_protocol_version: ProxyProtocolVersion | None = None
+    #: Most bytes per second each way, all connections of the proxy together ("10MB", "512KB"; "" = none).
+    bandwidth_limit: str = ""
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
+        check_bandwidth_limit(self.bandwidth_limit)
         check_domains(self.custom_domains, self.subdomain)
         for i, loc in enumerate(self.locations):
             if not loc.startswith("/") or any(c in loc for c in " ?#\r\n"):
@@ -295,4 +299,6 @@ class HttpProxyServer(WebProxy):
 async def serve_http_work(config: HttpProxyConfig, start: StartWork, tunnel: End) -> None:
     local = HostPort(config.local_ip, config.local_port)
     header = proxy_protocol_header(config.proxy_protocol_version, start)
-    await serve_tcp_work(config.name, local, start, tunnel, header=header)
+    await serve_tcp_work(
+        config.name, local, start, tunnel, header=header, bandwidth_limit=config.bandwidth_limit
+    )

@@ -21,7 +21,15 @@ from pierce.errors import InvalidValue
 from pierce.logs import event
 from pierce.protocol import StartWork
 from pierce.protocol.messages import MAX_DOMAINS, DomainName
-from pierce.proxies.base import ProxyOwner, ProxyProtocolVersion, ProxySite, ProxySpec, ProxyType, check_proxy
+from pierce.proxies.base import (
+    ProxyOwner,
+    ProxyProtocolVersion,
+    ProxySite,
+    ProxySpec,
+    ProxyType,
+    check_bandwidth_limit,
+    check_proxy,
+)
 from pierce.proxies.bridge import SocketVisitor, bridge
 from pierce.proxies.http import WebProxy, check_domains, route_refusal
 from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
@@ -52,12 +60,15 @@ class HttpsProxyConfig(
     custom_domains: list[str] = []
     subdomain: str = ""
     proxy_protocol_version: ProxyProtocolVersion | None = None
+    #: Most bytes per second each way, all connections of the proxy together ("10MB", "512KB"; "" = none).
+    bandwidth_limit: str = ""
     plugin: Https2HttpPlugin | None = None
     plugin_crt_path: str = ""
     plugin_key_path: str = ""
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
+        check_bandwidth_limit(self.bandwidth_limit)
         check_domains(self.custom_domains, self.subdomain)
         if self.plugin is not None and not (self.plugin_crt_path and self.plugin_key_path):
             raise InvalidValue(
@@ -155,4 +166,6 @@ async def serve_https_work(
             return
     local = HostPort(config.local_ip, config.local_port)
     header = proxy_protocol_header(config.proxy_protocol_version, start)
-    await serve_tcp_work(config.name, local, start, tunnel, header=header, tls=tls)
+    await serve_tcp_work(
+        config.name, local, start, tunnel, header=header, tls=tls, bandwidth_limit=config.bandwidth_limit
+    )

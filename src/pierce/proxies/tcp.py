@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from pierce.addr import HostPort, format_sockaddr
+from pierce.bandwidth import limits_for, parse_rate
 from pierce.dial import TargetUnreachable, connect_tcp
 from pierce.listeners import TcpListener
 from pierce.logs import event, log_conn_closed
@@ -27,6 +28,7 @@ from pierce.proxies.base import (
     ProxySite,
     ProxySpec,
     ProxyType,
+    check_bandwidth_limit,
     check_proxy,
 )
 from pierce.proxies.bridge import LiveConnections, SocketVisitor, bridge
@@ -51,9 +53,12 @@ class TcpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, t
     remote_port: int = 0
     #: Send a PROXY protocol header with the visitor's address to the local service.
     proxy_protocol_version: ProxyProtocolVersion | None = None
+    #: Most bytes per second each way, all connections of the proxy together ("10MB", "512KB"; "" = none).
+    bandwidth_limit: str = ""
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port, self.remote_port)
+        check_bandwidth_limit(self.bandwidth_limit)
 
 
 class TcpSpec(ProxySpec, frozen=True, kw_only=True, tag="tcp"):
@@ -128,8 +133,11 @@ async def serve_tcp_work(
     *,
     header: bytes = b"",
     tls: ssl.SSLContext | None = None,
+    bandwidth_limit: str = "",
 ) -> None:
     """Client side: connect the local service for one visitor and relay it with the tunnel end.
+
+    ``bandwidth_limit`` (the proxy's) throttles both directions, shared by the proxy's connections.
 
     ``header`` (a PROXY protocol header) goes to the local service before the visitor's bytes. With
     ``tls`` the visitor's TLS ends here (the https2http plugin) and the local service gets plain bytes.
@@ -185,11 +193,15 @@ async def serve_tcp_work(
         visitor=visitor,
         target=str(local),
     )
-    stats = await relay(tunnel, local_end)
+    limits = limits_for(name, parse_rate(bandwidth_limit) if bandwidth_limit else 0)
+    throttles = (limits.inbound, limits.outbound) if limits is not None else (None, None)
+    stats = await relay(tunnel, local_end, throttles=throttles)
     log_conn_closed(log, name, visitor, str(local), stats)
 
 
 async def serve_tcp_proxy_work(config: TcpProxyConfig, start: StartWork, tunnel: End) -> None:
     local = HostPort(config.local_ip, config.local_port)
     header = proxy_protocol_header(config.proxy_protocol_version, start)
-    await serve_tcp_work(config.name, local, start, tunnel, header=header)
+    await serve_tcp_work(
+        config.name, local, start, tunnel, header=header, bandwidth_limit=config.bandwidth_limit
+    )

@@ -38,6 +38,7 @@ from pierce.proxies.base import (
     ProxySite,
     ProxySpec,
     ProxyType,
+    check_bandwidth_limit,
     check_proxy,
     masked_repr,
 )
@@ -87,9 +88,12 @@ class TcpMuxProxyConfig(
     http_user: str = ""
     http_password: str = ""
     proxy_protocol_version: ProxyProtocolVersion | None = None
+    #: Most bytes per second each way, all connections of the proxy together ("10MB", "512KB"; "" = none).
+    bandwidth_limit: str = ""
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
+        check_bandwidth_limit(self.bandwidth_limit)
         check_domains(self.custom_domains, self.subdomain)
         check_credentials(self.http_user, self.http_password)
 
@@ -367,4 +371,6 @@ async def read_connect(conn: socket.socket, timeout: float) -> tuple[Head, bytes
 async def serve_tcpmux_work(config: TcpMuxProxyConfig, start: StartWork, tunnel: End) -> None:
     local = HostPort(config.local_ip, config.local_port)
     header = proxy_protocol_header(config.proxy_protocol_version, start)
-    await serve_tcp_work(config.name, local, start, tunnel, header=header)
+    await serve_tcp_work(
+        config.name, local, start, tunnel, header=header, bandwidth_limit=config.bandwidth_limit
+    )
