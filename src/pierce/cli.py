@@ -389,8 +389,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         # reads only the admin address and credential: the file may be broken
         return call_admin(args.config, args.action, state_dir=args.state_dir)
     cfg = client_config_from_args(args)
-    run(run_client(cfg, args.config))
-    return EXIT_OK
+    return run(run_client(cfg, args.config))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

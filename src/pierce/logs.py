@@ -190,6 +190,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "client.connected": {"server", "run_id", "user"},
         "client.disconnected": {"error"},
         "client.login_failed": {"error"},
+        "client.gave_up": {"error", "server", "user"},
         "client.retry": {"delay_s"},
         "client.reloaded": {"added", "removed", "changed"},
         "client.reload_failed": {"error"},

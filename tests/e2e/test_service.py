@@ -3,10 +3,13 @@ token but never on the network, and the systemd units shipped in the package."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from pathlib import Path
 
-from support.streams import free_port
+import pytest
+from support.streams import echo, free_port, tcp_server
 from support.tunnel import TOKEN, start_client, start_server, write_toml
 
 #: A plain log line: date, time, level, message (nothing else may start a line).
@@ -16,8 +19,34 @@ LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRI
 LONG_NAME = "a-proxy-with-a-name-longer-than-any-terminal-is-wide-" + "x" * 120
 
 
-def tcp_proxy(name: str) -> dict[str, object]:
-    return {"type": "tcp", "name": name, "local_ip": "127.0.0.1", "local_port": 9, "remote_port": 0}
+#: The client's backoff is 1 s doubling to 20 s plus 20% jitter; a retry comes within this.
+RETRY_WITHIN_S = 25.0
+#: A refused login is answered within the dial timeout; the client then exits at once.
+EXIT_WITHIN_S = 15.0
+#: Another token of the strength the server requires.
+OTHER_TOKEN = "other-token-Zx4nM8qR2vT6wY9bC3dF7h"
+
+
+def tcp_proxy(name: str, local: str = "127.0.0.1:9", remote_port: int = 0) -> dict[str, object]:
+    host, _, port = local.rpartition(":")
+    return {
+        "type": "tcp",
+        "name": name,
+        "local_ip": host,
+        "local_port": int(port),
+        "remote_port": remote_port,
+    }
+
+
+async def echo_through(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        writer.write_eof()
+        async with asyncio.timeout(10):
+            return await reader.read(-1)
+    finally:
+        writer.close()
 
 
 async def test_logs_that_are_not_a_terminal_are_one_line_per_event(pierce, tmp_path: Path) -> None:
@@ -48,6 +77,57 @@ async def test_logs_that_are_not_a_terminal_are_one_line_per_event(pierce, tmp_p
     (ready_event,) = await client.wait_event("proxy.ready")
     assert ready_event["proxy"] == LONG_NAME and LONG_NAME in ready_event["msg"]
     assert client.other_lines == []
+
+
+@pytest.mark.parametrize("who", [{"token": "not-the-token"}, {"user": "nobody"}], ids=["token", "user"])
+async def test_a_first_login_refused_for_the_credentials_exits_1(pierce, tmp_path: Path, who) -> None:
+    _, port = await start_server(pierce, tmp_path)
+    started = time.monotonic()
+    client = await start_client(pierce, tmp_path, port, [tcp_proxy("x")], **who)
+    assert await client.wait_exit(EXIT_WITHIN_S) == 1
+    assert time.monotonic() - started < EXIT_WITHIN_S
+    (failed,) = client.matching("client.login_failed")
+    assert "unknown user or wrong token" in failed["error"]
+    (gave_up,) = client.matching("client.gave_up")
+    assert gave_up["level"] == "error" and gave_up["server"] == f"127.0.0.1:{port}"
+    assert gave_up["user"] == who.get("user", "default")
+    assert "giving up" in gave_up["msg"] and "check user and token" in gave_up["msg"]
+    assert client.matching("client.retry") == []
+
+
+async def test_a_client_started_before_its_server_retries_until_it_is_up(pierce, tmp_path: Path) -> None:
+    port, public = free_port(), free_port()
+    async with tcp_server(echo) as local:
+        client = await start_client(pierce, tmp_path, port, [tcp_proxy("svc", local, public)])
+        # Nothing listens yet: refused, refused, ... and still running.
+        failed = await client.wait_event("client.login_failed", count=2, timeout=RETRY_WITHIN_S)
+        assert all("Connection refused" in e["error"] for e in failed)
+        assert client.proc.returncode is None
+        await start_server(pierce, tmp_path, bind_port=port)
+        await client.wait_event("proxy.ready", timeout=RETRY_WITHIN_S)
+        assert await echo_through(public, b"late server") == b"late server"
+
+
+async def test_a_refusal_after_a_login_is_retried(pierce, tmp_path: Path) -> None:
+    public = free_port()
+    async with tcp_server(echo) as local:
+        server, port = await start_server(pierce, tmp_path)
+        client = await start_client(pierce, tmp_path, port, [tcp_proxy("svc", local, public)])
+        await client.wait_event("proxy.ready")
+        # The server comes back with another token: refused, logged, retried, not fatal.
+        await server.stop()
+        server, _ = await start_server(pierce, tmp_path, bind_port=port, token=OTHER_TOKEN)
+        await server.wait_event("auth.failed", timeout=RETRY_WITHIN_S)
+        (refused,) = await client.wait_event(
+            "client.login_failed", lambda e: "wrong token" in e["error"], timeout=RETRY_WITHIN_S
+        )
+        await client.wait_event("client.retry", lambda e: e["ts"] > refused["ts"])
+        assert client.proc.returncode is None and client.matching("client.gave_up") == []
+        # ... and its own token again: back in.
+        await server.stop()
+        await start_server(pierce, tmp_path, bind_port=port)
+        await client.wait_event("proxy.ready", count=2, timeout=2 * RETRY_WITHIN_S)
+        assert await echo_through(public, b"back") == b"back"
 
 
 def _token_file(tmp_path: Path) -> Path:
