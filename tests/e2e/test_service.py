@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+from support.procs import pierce_cli
 from support.streams import echo, free_port, tcp_server
 from support.tunnel import TOKEN, start_client, start_server, write_toml
 
@@ -135,3 +137,70 @@ def _token_file(tmp_path: Path) -> Path:
     path.write_text(TOKEN)
     path.chmod(0o600)
     return path
+
+
+#: What both units must say (the issue's list); ``None``: any value.
+UNIT_MUST = {
+    "Restart": "always",
+    "DynamicUser": "yes",
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX AF_NETLINK",
+    "After": "network-online.target",
+    "Wants": "network-online.target",
+    "CapabilityBoundingSet": None,
+    "AmbientCapabilities": None,
+}
+#: systemd-analyze security's overall exposure (0 safest, 10 worst) the units stay within.
+MAX_EXPOSURE = 2.5
+
+
+def directives(text: str) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+    return {key: value for key, value in pairs}
+
+
+@pytest.mark.parametrize("role", ["server", "client"])
+async def test_systemd_units_verify_and_start_this_pierce(tmp_path: Path, role: str) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    rc, text, err = await pierce_cli("systemd-unit", role)
+    assert rc == 0 and err == ""
+    unit = directives(text)
+    for key, value in UNIT_MUST.items():
+        assert key in unit and (value is None or unit[key] == value), (key, unit.get(key))
+    assert unit["StateDirectory"] == f"pierce-{role}"
+    assert "--state-dir ${STATE_DIRECTORY}" in unit["ExecStart"]
+    program = unit["ExecStart"].split()[0]
+    assert Path(program).name == "pierce" and shutil.which(program), program  # the installed entry point
+    assert unit["CapabilityBoundingSet"] == ("CAP_NET_BIND_SERVICE" if role == "server" else "")
+
+    path = tmp_path / f"pierce-{role}.service"
+    path.write_text(text)
+    proc = await asyncio.create_subprocess_exec(
+        analyze,
+        "verify",
+        "--man=no",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, problems = await asyncio.wait_for(proc.communicate(), 60)
+    complaints = [line for line in (out + problems).decode().splitlines() if path.name in line]
+    assert proc.returncode == 0 and complaints == [], complaints
+
+    proc = await asyncio.create_subprocess_exec(
+        analyze,
+        "security",
+        "--offline=true",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    level = re.search(rb"Overall exposure level for \S+: ([0-9.]+)", out)
+    assert level is not None, out[-500:]
+    assert float(level.group(1)) <= MAX_EXPOSURE, out.decode()
