@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_visit_command(sub)
     _add_trust_command(sub)
     _add_import_frp_command(sub)
+    _add_systemd_command(sub)
 
     p_verify = sub.add_parser("verify", help="check a config file without starting anything")
     _add_logging_flags(p_verify, suppress=True)
@@ -389,8 +390,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         # reads only the admin address and credential: the file may be broken
         return call_admin(args.config, args.action, state_dir=args.state_dir)
     cfg = client_config_from_args(args)
-    run(run_client(cfg, args.config))
-    return EXIT_OK
+    return run(run_client(cfg, args.config))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -705,6 +705,36 @@ def _client_doc(path: Path) -> dict[str, Any]:
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return result.doc
+
+
+def _add_systemd_command(sub: Any) -> None:
+    p_unit = sub.add_parser(
+        "systemd-unit",
+        help="print the systemd unit of the server or the client, starting this pierce",
+        description=(
+            "Print pierce-ROLE.service (shipped in the package) with ExecStart naming this pierce:\n"
+            "  pierce systemd-unit client > /etc/systemd/system/pierce-client.service\n"
+            "The comments at its top say where the config goes."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_logging_flags(p_unit, suppress=True)
+    p_unit.add_argument("role", choices=["server", "client"])
+    p_unit.set_defaults(func=cmd_systemd_unit)
+
+
+def cmd_systemd_unit(args: argparse.Namespace) -> int:
+    from pierce import systemd
+
+    pierce = systemd.entry_point()
+    if systemd.hidden_by_protect_home(pierce):
+        print(
+            f"warning: {pierce} is under a home directory, which the unit's ProtectHome= hides from the "
+            "service: install pierce in /opt or /usr/local (see the README)",
+            file=sys.stderr,
+        )
+    sys.stdout.write(systemd.unit(args.role, pierce))
+    return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

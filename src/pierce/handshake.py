@@ -72,6 +72,14 @@ class AuthenticationFailed(RemoteError):
     """The token did not match (on the server: the client's proof; on the client: the server's)."""
 
 
+class WrongCredentials(AuthenticationFailed):
+    """The server refused the login: it knows no such user, or the token is not the user's.
+
+    A client that never logged in gives up on this (the config is wrong); one that has logged in
+    before keeps trying (the server's users may change back).
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Login:
     """A login the server accepted."""
@@ -244,6 +252,10 @@ async def _auth_ok(channel: MessageChannel) -> AuthOk:
     reply = await channel.recv()
     if isinstance(reply, Error):
         if reply.code is ErrorCode.AUTH_FAILED:
+            # The server's words for a failed proof (the same protocol version, so the same text); its
+            # other AUTH_FAILED answers are about the connection (a man in the middle), not the token.
+            if reply.reason == WRONG_CREDENTIALS:
+                raise WrongCredentials(reply.reason)
             raise AuthenticationFailed(reply.reason)
         raise Refused(reply.code, reply.reason)
     if not isinstance(reply, AuthOk):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -189,6 +190,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "client.connected": {"server", "run_id", "user"},
         "client.disconnected": {"error"},
         "client.login_failed": {"error"},
+        "client.gave_up": {"error", "server", "user"},
         "client.retry": {"delay_s"},
         "client.reloaded": {"added", "removed", "changed"},
         "client.reload_failed": {"error"},
@@ -257,8 +259,53 @@ class JsonFormatter(logging.Formatter):
         return _JSON.encode(doc).decode()
 
 
+#: Control characters, line breaks included: escaped on a plain line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+#: syslog priorities by level: the journal reads a ``<N>`` prefix as the line's priority.
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or f"\\x{ord(char):02x}"
+
+
+class LineFormatter(logging.Formatter):
+    """One line per record, for a file, a pipe or the journal: time, level, message, never wrapped.
+
+    Line breaks and other control characters in the message (a peer's name, a traceback) are escaped
+    as ``\\n``, ``\\x1b`` and so on, so one record stays one line and no text can forge another line.
+    ``journal``: the journal stamps the time itself and takes the level from a ``<N>`` prefix.
+    """
+
+    def __init__(self, *, journal: bool = False) -> None:
+        fmt = "%(levelname)s %(message)s" if journal else "%(asctime)s %(levelname)-7s %(message)s"
+        super().__init__(fmt, datefmt="%Y-%m-%d %H:%M:%S")
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = _CONTROL.sub(_escape, super().format(record))
+        return f"<{_PRIORITY.get(record.levelno, 6)}>{line}" if self.journal else line
+
+
+def stderr_is_journal() -> bool:
+    """stderr is the stream systemd connected to the journal (its ``JOURNAL_STREAM`` names it)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == f"{device}:{inode}"
+
+
 def setup_logging(level: str = "info", *, json_logs: bool = False) -> None:
-    """Configure the root ``pierce`` logger once, for the process."""
+    """Configure the root ``pierce`` logger once, for the process.
+
+    ``json_logs``: one JSON object per line. Otherwise a terminal gets rich's columns (wrapped to its
+    width) and anything else (a file, a pipe, the journal) one plain line per event.
+    """
     root = logging.getLogger("pierce")
     root.handlers.clear()
     root.propagate = False
@@ -267,6 +314,9 @@ def setup_logging(level: str = "info", *, json_logs: bool = False) -> None:
     if json_logs:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
+    elif not sys.stderr.isatty():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(LineFormatter(journal=stderr_is_journal()))
     else:
         from rich.console import Console
         from rich.logging import RichHandler

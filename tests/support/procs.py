@@ -15,7 +15,8 @@ Event = dict[str, Any]
 
 
 class PierceProcess:
-    """A running ``python -m pierce --json-logs ...``; its stderr events are collected as they come."""
+    """A running ``python -m pierce --json-logs ...``; its stderr events are collected as they come
+    (started with ``json_logs=False``: its plain log lines, in `other_lines`)."""
 
     def __init__(self, proc: asyncio.subprocess.Process, argv: list[str]) -> None:
         self.proc = proc
@@ -26,8 +27,10 @@ class PierceProcess:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, *args: str, env: dict[str, str] | None = None) -> PierceProcess:
-        argv = [sys.executable, "-m", "pierce", "--json-logs", *args]
+    async def start(
+        cls, *args: str, env: dict[str, str] | None = None, json_logs: bool = True
+    ) -> PierceProcess:
+        argv = [sys.executable, "-m", "pierce", *(["--json-logs"] if json_logs else []), *args]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -75,6 +78,21 @@ class PierceProcess:
                 f"events={self.events[-20:]} other={self.other_lines[-20:]}"
             )
         return found
+
+    async def wait_line(self, pred: Callable[[str], bool], *, timeout: float = 15) -> str:
+        """Wait for a line that is not a JSON event (a plain log line) matching ``pred``."""
+
+        def found() -> str | None:
+            return next((line for line in self.other_lines if pred(line)), None)
+
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: found() is not None or self._reader.done())
+        line = found()
+        if line is None:
+            raise AssertionError(
+                f"process exited (rc={self.proc.returncode}); lines={self.other_lines[-20:]}"
+            )
+        return line
 
     async def listening(self, count: int = 1) -> list[str]:
         """The bound addresses of the first ``count`` map rules, in order."""

@@ -143,7 +143,8 @@ def test_frpc_toml_maps_every_proxy_kind_and_visitor() -> None:
 FRPC_TOML_WARNINGS = [
     "user: not converted: frp prefixes proxy names with it, pierce's user is a login identity of the "
     "server's [[users]] (set user = ... once the server has that user)",
-    "loginFailExit: not yet supported by pierce: the client keeps retrying the first login",
+    "loginFailExit: not converted: a pierce client exits (status 1) when its first login is refused for "
+    "the token, and retries network failures for ever",
     "dnsServer: no pierce equivalent: pierce resolves names with the system resolver",
     "natHoleStunServer: not needed: pierce clients use the STUN responder of the pierce server",
     "udpPacketSize: no pierce equivalent: pierce carries UDP datagrams of any size up to 64 KiB",

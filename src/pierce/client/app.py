@@ -23,7 +23,7 @@ from pierce.client.session import ClientSession, Dialer
 from pierce.client.visitor import Visitors
 from pierce.config import ClientConfig
 from pierce.errors import ConfigError, PierceError
-from pierce.handshake import AuthenticationFailed, resume_key
+from pierce.handshake import AuthenticationFailed, WrongCredentials, resume_key
 from pierce.logs import event
 from pierce.p2p.direct import path_settings, punch_settings
 from pierce.p2p.keepalive import load as load_lifetimes
@@ -98,6 +98,8 @@ class Client:
         self.visitors = Visitors(config, self.client_id)
         self._visitors_started: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        #: Why the client stopped trying (its first login was refused for the credentials), or None.
+        self.gave_up: WrongCredentials | None = None
         self._sync_states()
 
     # -- proxy bookkeeping -------------------------------------------------------------------------
@@ -178,7 +180,12 @@ class Client:
     # -- main loop ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect, serve, and reconnect with capped exponential backoff plus jitter, until stopped."""
+        """Connect, serve, and reconnect with capped exponential backoff plus jitter, until stopped.
+
+        Network failures are retried for ever. A first login the server refuses for the credentials
+        (unknown user, wrong token) ends the loop with `gave_up` set: retrying cannot fix the config.
+        Once logged in, the same refusal is retried (the server's users may be restored).
+        """
         backoff = BACKOFF_FIRST
         dialer = Dialer(self.config, self.client_id)
         if self.visitors.visitors and self._visitors_started is None:
@@ -188,6 +195,11 @@ class Client:
             started = time.monotonic()
             try:
                 channel, run_id, key = await dialer.control(self._resume)
+            except WrongCredentials as exc:
+                self._failed(exc, fatal_hint=True)
+                if self._resume is None:
+                    self._give_up(exc, dialer)
+                    break
             except (AuthenticationFailed, FingerprintMismatch) as exc:
                 self._failed(exc, fatal_hint=True)
             except Refused as exc:
@@ -257,6 +269,20 @@ class Client:
         msg = f"cannot log in to {self.config.server_addr}:{self.config.server_port}: {exc}"
         event(
             log, logging.ERROR if fatal_hint else logging.WARNING, "client.login_failed", msg, error=str(exc)
+        )
+
+    def _give_up(self, exc: WrongCredentials, dialer: Dialer) -> None:
+        self.gave_up = exc
+        user = self.config.user or DEFAULT_USER
+        event(
+            log,
+            logging.ERROR,
+            "client.gave_up",
+            f"giving up: {dialer.server} refused the first login of user {user}: {exc}; check user and "
+            "token (a client that has logged in once keeps retrying instead)",
+            error=str(exc),
+            server=str(dialer.server),
+            user=user,
         )
 
     def stop(self) -> None:
@@ -337,8 +363,9 @@ async def reload_logged(client: Client) -> dict[str, list[str]] | None:
         return None
 
 
-async def run_client(config: ClientConfig, config_path: Path | None = None) -> None:
-    """Run until SIGINT/SIGTERM; SIGHUP reloads the config file."""
+async def run_client(config: ClientConfig, config_path: Path | None = None) -> int:
+    """Run until SIGINT/SIGTERM; SIGHUP reloads the config file. Returns the exit status: 1 when the
+    client gave up (its first login was refused for the credentials), else 0."""
     from pierce.client.admin import AdminApi
     from pierce.runtime import wait_for_stop_signal
 
@@ -371,3 +398,4 @@ async def run_client(config: ClientConfig, config_path: Path | None = None) -> N
         await asyncio.gather(runner, return_exceptions=True)
         if admin is not None:
             await admin.close()
+    return 1 if client.gave_up is not None else 0

@@ -56,7 +56,8 @@ _CLIENT_UNMAPPED: dict[KeyPath, str] = {
     ("auth", "tokenSource"): "not converted: pierce reads the token from the file, --token-file or "
     "PIERCE_TOKEN",
     ("auth", "oidc"): "no pierce equivalent: pierce logs in with a token per user (SRP), not OIDC",
-    ("loginFailExit",): "not yet supported by pierce: the client keeps retrying the first login",
+    ("loginFailExit",): "not converted: a pierce client exits (status 1) when its first login is refused "
+    "for the token, and retries network failures for ever",
     ("dnsServer",): "no pierce equivalent: pierce resolves names with the system resolver",
     ("natHoleStunServer",): "not needed: pierce clients use the STUN responder of the pierce server",
     ("udpPacketSize",): "no pierce equivalent: pierce carries UDP datagrams of any size up to 64 KiB",
