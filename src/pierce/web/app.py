@@ -43,6 +43,8 @@ log = logging.getLogger("pierce.server")
 SAMPLE_S = 10.0
 #: Seconds an idle keep-alive connection stays open.
 KEEPALIVE_S = 15.0
+#: The query parameters each path takes; any other is refused (400), so a typo is never ignored.
+QUERY_KEYS = {"/api/proxies": frozenset({"type"})}
 #: Request bodies are not used; anything larger than this is refused (413).
 MAX_BODY = 1024
 
@@ -152,6 +154,11 @@ class WebServer:
                 return _error(403, f"unexpected Host header {request.host!r}")
             if request.method not in ("GET", "HEAD") and request.headers.get("Origin") is not None:
                 return _error(403, "changes from web pages are not accepted")
+        route = request.match_info.route.resource
+        allowed = QUERY_KEYS.get(route.canonical, frozenset()) if route is not None else frozenset()
+        unknown = sorted(set(request.query) - allowed)
+        if unknown and request.match_info.http_exception is None:  # a 404 or 405 says so first
+            return _error(400, f"unknown query parameter {unknown[0][:64]!r}")
         response: web.StreamResponse = await handler(request)
         return response
 

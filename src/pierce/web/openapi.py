@@ -70,7 +70,7 @@ def document(*, basic_auth: bool) -> dict[str, Any]:
                     "schema": {"type": "string", "enum": [t.value for t in ProxyType]},
                 }
             ],
-            responses={"400": _json(error, "Unknown proxy type")},
+            responses={"400": _json(error, "Unknown proxy type or query parameter")},
         ),
         "/api/proxies/{name}": get(
             "getProxy", "One proxy", proxy, parameters=[name_param], responses=not_found
@@ -83,11 +83,21 @@ def document(*, basic_auth: bool) -> dict[str, Any]:
             responses={"404": _json(error, "No such proxy, or none kept for it")},
         ),
         "/api/proxies/offline": {
+            # A proxy may be named "offline": GET on this path is /api/proxies/{name} for it.
+            **get("getProxyNamedOffline", "The proxy named offline", proxy, responses=not_found),
             "delete": {
                 "operationId": "forgetOfflineProxies",
                 "summary": "Forget the proxies seen earlier that are gone",
                 "responses": {"200": _json(removed, "The names forgotten"), **unauthorized},
-            }
+            },
+        },
+    }
+    listed = paths["/api/proxies"]["get"]["responses"]["200"]
+    listed["links"] = {
+        "GetProxy": {"operationId": "getProxy", "parameters": {"name": "$response.body#/0/name"}},
+        "GetProxyTraffic": {
+            "operationId": "getProxyTraffic",
+            "parameters": {"name": "$response.body#/0/name"},
         },
     }
     doc: dict[str, Any] = {
