@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -245,3 +246,39 @@ async def test_non_loopback_addr_needs_credentials(tmp_path: Path) -> None:
     rc, _, err = await pierce_cli("server", "-c", str(conf), env={"PIERCE_STATE_DIR": str(tmp_path / "s")})
     assert rc != 0
     assert f"{conf}: web.password: expected user and password" in err, err
+
+
+async def next_state(content: aiohttp.StreamReader) -> Any:
+    """The data of the next ``state`` server-sent event."""
+    name = ""
+    async with asyncio.timeout(15):
+        while line := (await content.readline()).decode():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ").strip()
+            elif line.startswith("data: ") and name == "state":
+                return json.loads(line.removeprefix("data: "))
+    raise AssertionError("the event stream ended")
+
+
+async def test_dashboard_page_and_its_live_updates(pierce, tmp_path: Path, service: str) -> None:
+    _, port, base = await start_web_server(pierce, tmp_path)
+    client, ports = await start_proxies(pierce, tmp_path, port, [tcp_proxy("watched", service)])
+    status, page = await request("GET", f"{base}/")
+    assert status == 200 and '<script src="dashboard.js">' in page
+    status, script = await request("GET", f"{base}/dashboard.js")
+    assert status == 200 and 'new EventSource("api/events")' in script
+
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(f"{base}/api/events") as resp,
+    ):
+        assert resp.status == 200 and resp.content_type == "text/event-stream"
+        state = await next_state(resp.content)
+        assert [(p["name"], p["stats"]["bytes_in"]) for p in state["proxies"]] == [("watched", 0)]
+        assert [c["client_id"] for c in state["clients"]] == ["web-test"]
+        await echo_through(ports["watched"], SENT)
+        while state["proxies"][0]["stats"]["bytes_out"] != SENT:  # the next updates show the traffic
+            state = await next_state(resp.content)
+        assert state["serverinfo"]["bytes_in"] == SENT
+    await client.stop()

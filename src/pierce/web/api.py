@@ -105,6 +105,14 @@ class Removed(msgspec.Struct, frozen=True, kw_only=True):
     removed: list[str]
 
 
+class DashboardState(msgspec.Struct, frozen=True, kw_only=True):
+    """One ``state`` event of ``GET /api/events`` (the dashboard's live feed)."""
+
+    serverinfo: ServerInfo
+    clients: list[ClientInfo]
+    proxies: list[ProxyInfo]
+
+
 class ApiError(msgspec.Struct, frozen=True, kw_only=True):
     error: str
 

@@ -1,4 +1,6 @@
-"""`WebServer`: the aiohttp application behind ``[web]``: the JSON API, its OpenAPI document and /metrics.
+"""`WebServer`: the aiohttp application behind ``[web]``: the JSON API, its OpenAPI document, /metrics and
+the dashboard (a page and its script from the package, live through server-sent events on ``/api/events``;
+neither is in the OpenAPI document).
 
 It holds only a callable that returns the server's snapshot; each request builds one and answers from it,
 so a request costs one pass over the clients and proxies and nothing is counted on the data path. A timer
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import logging
 import time
 from collections.abc import Callable
@@ -43,6 +46,14 @@ log = logging.getLogger("pierce.server")
 SAMPLE_S = 10.0
 #: Seconds an idle keep-alive connection stays open.
 KEEPALIVE_S = 15.0
+#: Seconds between two ``state`` events of ``/api/events``, and the most one may take to be sent.
+EVENT_INTERVAL_S = 2.0
+EVENT_SEND_TIMEOUT_S = 10.0
+#: ``/api/events`` streams open at once (more get 503).
+MAX_EVENT_STREAMS = 16
+#: The dashboard's files, served from the package (no CDN).
+STATIC = {"/": ("index.html", "text/html"), "/dashboard.js": ("dashboard.js", "text/javascript")}
+
 #: The query parameters each path takes; any other is refused (400), so a typo is never ignored.
 QUERY_KEYS = {"/api/proxies": frozenset({"type"})}
 #: Request bodies are not used; anything larger than this is refused (413).
@@ -67,6 +78,11 @@ class WebServer:
         self._openapi = msgspec.json.encode(document(basic_auth=bool(options.password)))
         self._runner: web.AppRunner | None = None
         self._sampler: asyncio.Task[None] | None = None
+        self._streams: set[asyncio.Task[Any]] = set()
+        files = importlib.resources.files("pierce.web") / "static"
+        self._static = {
+            path: (files.joinpath(name).read_bytes(), kind) for path, (name, kind) in STATIC.items()
+        }
         self.address = ""
 
     def application(self) -> web.Application:
@@ -80,6 +96,9 @@ class WebServer:
         app.router.add_get("/api/proxies/{name}/traffic", self._traffic)
         app.router.add_get(OPENAPI_PATH, self._document)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/api/events", self._events)
+        for path in STATIC:
+            app.router.add_get(path, self._file)
         return app
 
     async def start(self) -> str:
@@ -112,6 +131,8 @@ class WebServer:
         return self.address
 
     async def close(self) -> None:
+        for stream in list(self._streams):  # else the runner waits for them to end on their own
+            stream.cancel()
         if self._sampler is not None:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -213,6 +234,37 @@ class WebServer:
         return web.Response(
             body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
+
+    async def _file(self, request: web.Request) -> web.Response:
+        body, kind = self._static[request.path]
+        return web.Response(body=body, content_type=kind, headers={"Cache-Control": "no-cache"})
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: a ``state`` event (`api.DashboardState`) now and every ``EVENT_INTERVAL_S``."""
+        if len(self._streams) >= MAX_EVENT_STREAMS:
+            return _error(503, f"at most {MAX_EVENT_STREAMS} live views at once")
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            await response.prepare(request)
+            while True:
+                snap, now = self._observe()
+                state = api.DashboardState(
+                    serverinfo=api.server_info(snap, now),
+                    clients=api.clients(snap),
+                    proxies=api.proxies(snap, self.history, now),
+                )
+                async with asyncio.timeout(EVENT_SEND_TIMEOUT_S):  # a reader that stopped reading goes
+                    await response.write(b"event: state\ndata: " + msgspec.json.encode(state) + b"\n\n")
+                await asyncio.sleep(EVENT_INTERVAL_S)
+        except (ConnectionError, TimeoutError):
+            return response
+        finally:
+            self._streams.discard(task)
 
 
 def _json(value: Any) -> web.Response:
