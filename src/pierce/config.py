@@ -239,6 +239,42 @@ class P2pOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             )
 
 
+class WebOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[web]`` of server.toml: the JSON API and ``/metrics`` (`pierce.web`), off unless ``port`` is set."""
+
+    addr: str = "127.0.0.1"
+    #: 0: off.
+    port: int = 0
+    #: HTTP basic auth for every request; required when ``addr`` is not a loopback address.
+    user: str = ""
+    password: str = msgspec.field(default="")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise InvalidValue("port", f"expected 0 (off) or a port up to 65535, got {self.port}")
+        if bool(self.user) != bool(self.password):
+            raise InvalidValue("user" if self.password else "password", "expected user and password together")
+        if self.port and not self.password and not is_loopback(self.addr):
+            raise InvalidValue(
+                "password",
+                f'expected user and password: addr "{self.addr}" is reachable from other hosts '
+                '(or keep addr = "127.0.0.1")',
+            )
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
+
+
+def is_loopback(addr: str) -> bool:
+    """``localhost`` or a loopback address (an empty address or a wildcard is every interface)."""
+    if addr.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``server.toml``."""
 
@@ -288,6 +324,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Honour RFC 5780 RESPONSE-PORT (answers to another port of the requesting address).
     stun_allow_response_port: bool = False
     transport: TransportOptions = msgspec.field(default_factory=TransportOptions)
+    #: The JSON API and /metrics.
+    web: WebOptions = msgspec.field(default_factory=WebOptions)
     #: Public port for HTTP proxies, routed by Host (0 = off).
     vhost_http_port: int = 0
     #: Public port for HTTPS proxies, routed by TLS SNI without terminating TLS (0 = off).

@@ -131,6 +131,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "client.protocol_error": {"client_id", "peer", "error"},
         "client.error": {"client_id", "code"},
         "stun.listening": {"addresses", "alt_addr", "ports", "listen"},
+        "web.listening": {"listen", "port"},
         "stun.unavailable": {"error"},
         "stun.tcp_unavailable": {"error"},
         "front.listening": {"front", "listen", "port"},

@@ -111,6 +111,16 @@ class ServerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     #: (visitors left on the relay), and one count per direct path taken (``direct lan``, ``direct udp``,
     #: ``direct tcp``, ``direct predicted``).
     p2p: dict[str, int] = {}
+    #: Connections to the control port since start: ``admitted``, ``logged_in``, ``failed`` (logins that
+    #: failed, counted against their source), ``auth_failed`` (of those, a wrong token or proof), and the
+    #: connections turned away before they said anything: ``refused_pending`` (too many waiting to log
+    #: in), ``refused_source`` (too many from one source), ``refused_blocked`` (a source blocked after
+    #: failed logins).
+    logins: dict[str, int] = {}
+    #: The configured user names ([[users]], and "default" for the top-level token).
+    users: list[str] = []
+    #: Unix time the server started.
+    started_at: float = 0.0
 
 
 class ClientProxyInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -185,7 +185,7 @@ def check_idle_timeout(seconds: float) -> None:
 
 
 #: Config fields that never show in a repr (logs, tracebacks, debuggers).
-SECRET_FIELDS = frozenset({"token", "secret_key", "http_password", "admin_password"})
+SECRET_FIELDS = frozenset({"token", "secret_key", "http_password", "admin_password", "password"})
 
 
 def masked_repr(cfg: msgspec.Struct) -> str:

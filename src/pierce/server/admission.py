@@ -73,6 +73,8 @@ class AdmissionStats:
     admitted: int = 0
     logged_in: int = 0
     failed: int = 0
+    #: Failed logins that were a wrong token or proof (`pierce.handshake.AuthenticationFailed`).
+    auth_failed: int = 0
     refused_pending: int = 0
     refused_source: int = 0
     refused_blocked: int = 0

@@ -15,6 +15,7 @@ import logging
 import secrets
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ from pierce.snapshot import ServerProxyInfo, ServerSnapshot
 from pierce.statedir import prepare_state_dir, state_dir_for
 from pierce.tls import ServerCertificate, ensure_server_certificate, server_context
 from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, accept_tls
+from pierce.web.app import WebServer
 
 log = logging.getLogger("pierce.server")
 
@@ -112,6 +114,9 @@ class Server:
         self._noise: dict[str, LogBudget] = {}
         self._trimmed_at = 0  # admissions when memory was last given back
         self._trim: asyncio.TimerHandle | None = None
+        #: The JSON API and /metrics (``[web]``), when configured.
+        self.web: WebServer | None = None
+        self.started_at = time.time()
 
     async def start(self) -> str:
         cfg = self.config
@@ -136,6 +141,9 @@ class Server:
         self._listener = TcpListener.open(
             HostPort(cfg.bind_addr, cfg.bind_port), self._accept, name="control", handler_owns=True
         )
+        if cfg.web.port:
+            self.web = WebServer(cfg.web, self.snapshot)
+            await self.web.start()
         event(
             log,
             logging.INFO,
@@ -174,6 +182,8 @@ class Server:
         self.stun = stun
 
     async def close(self) -> None:
+        if self.web is not None:
+            await self.web.close()
         if self._listener is not None:
             await self._listener.close()
         if self._trim is not None:
@@ -205,6 +215,9 @@ class Server:
             clients=[s.info() for s in sessions],
             stun=stun,
             p2p=self.p2p.snapshot(),
+            logins=dataclasses.asdict(self.admission.stats),
+            users=sorted(self.verifiers),
+            started_at=self.started_at,
             proxies=[
                 ServerProxyInfo(
                     name=p.name,
@@ -302,6 +315,8 @@ class Server:
     def _dropped(self, exc: Exception, ticket: Ticket, peer: str, hello: Hello | None) -> None:
         """Log a connection that ended in ``exc``; a stranger's failure counts against its source."""
         error = str(exc) or type(exc).__name__
+        if isinstance(exc, AuthenticationFailed):
+            self.admission.stats.auth_failed += 1
         stranger = ticket.open
         if stranger and _is_failure(exc, said_hello=hello is not None):
             block = ticket.failed()
