@@ -241,15 +241,22 @@ class DemoStack:
         address = await self.web.start()
         return f"web service listening on {address}"
 
-    async def start_client(self) -> str:
+    def _client_config(self, client_id: str, **parts: Any) -> ClientConfig:
+        """A client of the demo's server (``parts``: its proxies or visitors)."""
         assert self.server is not None
         server = self.server.snapshot()
-        config = ClientConfig(
+        return ClientConfig(
             server_addr=LOOPBACK,
             server_port=server.ports["bind_port"],
             token=self.token,
-            client_id="demo",
+            client_id=client_id,
             server_fingerprint=server.fingerprint,
+            **parts,
+        )
+
+    async def start_client(self) -> str:
+        config = self._client_config(
+            "demo",
             proxies=[
                 TcpProxyConfig(name=PROXY_NAME, local_ip=LOOPBACK, local_port=self.web.address.port),
                 XtcpProxyConfig(
@@ -285,14 +292,8 @@ class DemoStack:
 
     async def start_visitor(self) -> str:
         """The P2P visitor's client; returns once its direct path is up (or says why it is not)."""
-        assert self.server is not None
-        server = self.server.snapshot()
-        config = ClientConfig(
-            server_addr=LOOPBACK,
-            server_port=server.ports["bind_port"],
-            token=self.token,
-            client_id="demo-visitor",
-            server_fingerprint=server.fingerprint,
+        config = self._client_config(
+            "demo-visitor",
             visitors=[
                 XtcpVisitorConfig(
                     name=P2P_VISITOR, server_name=P2P_PROXY, secret_key=self.secret, bind_port=0

@@ -179,15 +179,7 @@ class StcpVisitor:
                 return stream, direct.path.value
             if not getattr(cfg, "fallback", True):
                 raise NoDirectPath(f"the direct path to {cfg.server_name!r} stopped answering")
-        channel = await revisit(
-            lambda: open_visit(self.dialer, cfg, self.tickets),
-            known=self.known,
-            since=started,
-            name=cfg.name,
-            proxy=cfg.server_name,
-        )
-        self.known = True
-        return channel.into_end(), RELAY
+        return await _via_server(self, cfg, started)
 
     async def close(self) -> None:
         if self.p2p is not None:
@@ -328,15 +320,7 @@ class SudpVisitor:
             except (PierceError, OSError) as exc:
                 if not getattr(cfg, "fallback", True):
                     raise NoDirectPath(f"the direct path to {cfg.server_name!r} failed: {exc}") from exc
-        channel = await revisit(
-            lambda: open_visit(self.dialer, cfg, self.tickets),
-            known=self.known,
-            since=started,
-            name=cfg.name,
-            proxy=cfg.server_name,
-        )
-        self.known = True
-        return channel.into_end(), RELAY
+        return await _via_server(self, cfg, started)
 
     async def close(self) -> None:
         if self.p2p is not None:
@@ -351,6 +335,23 @@ class SudpVisitor:
 
 
 Visitor = StcpVisitor | SudpVisitor
+
+
+async def _via_server(
+    visitor: Visitor, cfg: StcpVisitorConfig | SudpVisitorConfig, started: float
+) -> tuple[End, str]:
+    """A visit through the server, tried again while the owner is away (`revisit`)."""
+    channel = await revisit(
+        lambda: open_visit(visitor.dialer, cfg, visitor.tickets),
+        known=visitor.known,
+        since=started,
+        name=cfg.name,
+        proxy=cfg.server_name,
+    )
+    visitor.known = True
+    return channel.into_end(), RELAY
+
+
 RELAY = ConnectionPath.RELAY.value
 
 
