@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pierce.client.admin import host_header_allowed
+from pierce.local_http import host_header_allowed
 
 
 @pytest.mark.parametrize(

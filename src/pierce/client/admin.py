@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import ipaddress
 import json
 import logging
 import sys
@@ -37,6 +36,7 @@ from aiohttp import web
 from pierce import config as config_mod
 from pierce.config import ClientConfig
 from pierce.errors import ConfigError, LocalError, PierceError
+from pierce.local_http import host_header_allowed, start_site
 from pierce.logs import event
 from pierce.statedir import ensure_secret, read_secret, state_dir_for
 from pierce.vhost.http_parse import basic_auth_matches
@@ -75,19 +75,7 @@ class AdminApi:
         app.router.add_get("/api/status", self._status)
         app.router.add_post("/api/reload", self._reload)
         app.router.add_post("/api/stop", self._stop)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, cfg.admin_addr, cfg.admin_port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise LocalError(
-                f"admin API: cannot listen on {cfg.admin_addr}:{cfg.admin_port}: {exc.strerror or exc}"
-            ) from exc
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._runner, self.address, port = await start_site(app, cfg.admin_addr, cfg.admin_port, "admin API")
         how = (
             f"token in {self.token_path}" if self.token_path is not None else "admin_user and admin_password"
         )
@@ -179,36 +167,6 @@ async def _refuse_browsers(request: web.Request, handler: Any) -> web.StreamResp
         return web.json_response({"error": f"unexpected Host header {request.host!r}"}, status=403)
     response: web.StreamResponse = await handler(request)
     return response
-
-
-def host_header_allowed(host: str, local_address: str | None) -> bool:
-    """True for ``localhost``, a loopback address, or `local_address` (where the request arrived).
-
-    A page on another site can point its own name at this address (DNS rebinding), but the browser then
-    sends that name as Host. An address literal that is neither loopback nor this connection's own
-    address is refused too: nothing legitimate sends one.
-    """
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
-    name = name.strip("[]")
-    if name.lower() == "localhost":
-        return True
-    given = _ip(name)
-    if given is None:
-        return False
-    if given.is_loopback:
-        return True
-    arrived = _ip(local_address) if local_address else None
-    return arrived is not None and given == arrived
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        ip = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 # -- the CLI side --------------------------------------------------------------------------------------

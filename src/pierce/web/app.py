@@ -28,9 +28,8 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pierce.client.admin import host_header_allowed
 from pierce.config import WebOptions
-from pierce.errors import LocalError
+from pierce.local_http import host_header_allowed, start_site
 from pierce.logs import event
 from pierce.proxies.base import ProxyType
 from pierce.snapshot import ServerSnapshot
@@ -104,21 +103,9 @@ class WebServer:
     async def start(self) -> str:
         """Listen on ``addr:port``; returns the bound ``host:port``. `LocalError` when it cannot bind."""
         opts = self.options
-        runner = web.AppRunner(
-            self.application(), access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_S
+        self._runner, self.address, port = await start_site(
+            self.application(), opts.addr, opts.port, "[web]", keepalive_timeout=KEEPALIVE_S
         )
-        await runner.setup()
-        site = web.TCPSite(runner, opts.addr, opts.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise LocalError(
-                f"[web]: cannot listen on {opts.addr}:{opts.port}: {exc.strerror or exc}"
-            ) from exc
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._sampler = asyncio.create_task(self._sample())
         event(
             log,
