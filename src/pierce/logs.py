@@ -140,6 +140,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "proxy.ready": {"client_id", "proxy", "type", "remote_port", "urls", "server"},
         "proxy.refused": {"client_id", "proxy", "code", "reason", "error"},
         "proxy.closed": {"client_id", "proxy", "reason"},
+        "proxy.ip_refused": {"proxy", "visitor", "refused"},
         "proxy.conn_open": {"proxy", "visitor", "client_id", "target", "work_conn", "visitor_id", "type"}
         | {"server_name"},
         "proxy.conn_close": {"proxy", "visitor", "client_id", "target", "visitor_id", "type", "server_name"}

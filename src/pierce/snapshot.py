@@ -58,6 +58,8 @@ class ProxyStats(msgspec.Struct, frozen=True, kw_only=True):
     bytes_out: int = 0
     #: Visitors that got no work connection in time, or whose work connection failed.
     failed_connections: int = 0
+    #: Visitors turned away by the proxy's allow_ips / deny_ips.
+    refused_connections: int = 0
 
 
 class ServerProxyInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -45,6 +45,10 @@ class Route:
     request_headers: dict[str, str] = field(default_factory=dict)
     response_headers: dict[str, str] = field(default_factory=dict)
     opened: int = 0
+    denied: tuple[str, ...] = ()
+
+    def admits(self, host: str) -> bool:
+        return host not in self.denied
 
     async def open(self, visitor: tuple[str, int]) -> End:
         self.opened += 1
@@ -174,6 +178,16 @@ async def test_paths_go_to_their_services_over_one_keepalive_connection() -> Non
                     assert doc["body_sha256"] == hashlib.sha256(b"x" * 1000).hexdigest()
             # One browser connection; one backend connection per route, reused for every request.
             assert (front.accepted, site.opened, api.opened) == (1, 1, 1)
+
+
+async def test_a_denied_address_gets_403_and_never_reaches_the_service() -> None:
+    async with web_service("a") as (pa, seen):
+        route = Route("a", pa, denied=("127.0.0.1",))
+        async with vhost(Routes((A, "/", route))) as front, aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{front.port}/x"
+            async with session.get(url, headers={"Host": A}) as resp:
+                assert resp.status == 403
+        assert seen.requests == [] and route.opened == 0
 
 
 async def test_basic_auth_is_answered_before_the_service() -> None:

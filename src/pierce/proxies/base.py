@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, ClassVar, Protocol, TypeVar
 
 import msgspec
 
@@ -63,6 +63,11 @@ class ProxySpec(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", for
     Tagged by ``"type"`` with the kind's `ProxyType` value. Constraints on peer-controlled values are
     part of each spec's types, so an out-of-range value fails to decode instead of reaching the kind.
     """
+
+    #: Visitor addresses the server lets in (`pierce.proxies.access`); empty: every one.
+    allow_ips: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=256)] = []
+    #: Visitor addresses the server turns away.
+    deny_ips: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=256)] = []
 
 
 class ProxyOwner(Protocol):
@@ -177,6 +182,14 @@ def check_bandwidth_limit(text: str) -> None:
             parse_rate(text)
         except ValueError as exc:
             raise InvalidValue("bandwidth_limit", str(exc)) from None
+
+
+def check_ip_lists(allow: list[str], deny: list[str]) -> None:
+    """``allow_ips`` / ``deny_ips``: addresses or CIDR networks (`pierce.proxies.access`)."""
+    from pierce.proxies.access import parse_networks
+
+    parse_networks("allow_ips", allow)
+    parse_networks("deny_ips", deny)
 
 
 def check_idle_timeout(seconds: float) -> None:

@@ -24,6 +24,7 @@ from pierce.errors import PierceError
 from pierce.listeners import set_nodelay
 from pierce.logs import event, log_conn_closed
 from pierce.protocol import Error, ErrorCode, StartWork, VisitReady
+from pierce.proxies.access import IpAccess
 from pierce.proxies.base import ProxyOwner
 from pierce.relay import End, RelayStats, SocketEnd, relay
 from pierce.server.workconn import WorkConn
@@ -43,6 +44,8 @@ class LiveConnections:
         self._ended_in = 0
         self._ended_out = 0
         self.closed = False
+        #: The proxy's allow_ips / deny_ips, checked before a visitor is served (None: all pass).
+        self.access: IpAccess | None = None
 
     def stats(self) -> ProxyStats:
         live = self._live
@@ -52,7 +55,12 @@ class LiveConnections:
             bytes_in=self._ended_in + sum(s.a_to_b for s in live),
             bytes_out=self._ended_out + sum(s.b_to_a for s in live),
             failed_connections=self._failed,
+            refused_connections=self.access.refused if self.access is not None else 0,
         )
+
+    def admits(self, host: str) -> bool:
+        """Whether the proxy's allow_ips / deny_ips let ``host`` in (a refusal is counted and logged)."""
+        return self.access is None or self.access.admit(host)
 
     def failed(self) -> None:
         """A visitor could not be served (no work connection in time, or it failed)."""
@@ -219,6 +227,9 @@ async def bridge(
     assert task is not None
     if live.closed:
         await visitor.refuse(ErrorCode.UNKNOWN_PROXY, f"proxy {name!r} is closing")
+        return
+    if not live.admits(visitor.address[0]):
+        await visitor.refuse(ErrorCode.NOT_ALLOWED, "your address is not allowed to reach this proxy")
         return
     live.add(stats, task)
     try:

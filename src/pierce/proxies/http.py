@@ -29,6 +29,7 @@ from pierce.proxies.base import (
     ProxySpec,
     ProxyType,
     check_bandwidth_limit,
+    check_ip_lists,
     check_proxy,
     masked_repr,
 )
@@ -139,10 +140,15 @@ class HttpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, 
     proxy_protocol_version: ProxyProtocolVersion | None = None
     #: Most bytes per second each way, all connections of the proxy together ("10MB", "512KB"; "" = none).
     bandwidth_limit: str = ""
+    #: Visitor addresses or CIDR networks the server lets in (empty: all); checked on the server.
+    allow_ips: list[str] = []
+    #: Visitor addresses or CIDR networks the server turns away (wins over allow_ips).
+    deny_ips: list[str] = []
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
         check_bandwidth_limit(self.bandwidth_limit)
+        check_ip_lists(self.allow_ips, self.deny_ips)
         check_domains(self.custom_domains, self.subdomain)
         for i, loc in enumerate(self.locations):
             if not loc.startswith("/") or any(c in loc for c in " ?#\r\n"):
@@ -278,6 +284,9 @@ class HttpProxyServer(WebProxy):
         except RouteError as exc:
             raise route_refusal(exc) from exc
         return proxy
+
+    def admits(self, host: str) -> bool:
+        return self.live.admits(host)
 
     async def open(self, visitor: tuple[str, int]) -> End:
         """A new stream to the client's local service for this visitor (the HTTP engine's backend)."""

@@ -28,6 +28,7 @@ from pierce.proxies.base import (
     ProxySpec,
     ProxyType,
     check_bandwidth_limit,
+    check_ip_lists,
     check_proxy,
 )
 from pierce.proxies.bridge import SocketVisitor, bridge
@@ -62,6 +63,10 @@ class HttpsProxyConfig(
     proxy_protocol_version: ProxyProtocolVersion | None = None
     #: Most bytes per second each way, all connections of the proxy together ("10MB", "512KB"; "" = none).
     bandwidth_limit: str = ""
+    #: Visitor addresses or CIDR networks the server lets in (empty: all); checked on the server.
+    allow_ips: list[str] = []
+    #: Visitor addresses or CIDR networks the server turns away (wins over allow_ips).
+    deny_ips: list[str] = []
     plugin: Https2HttpPlugin | None = None
     plugin_crt_path: str = ""
     plugin_key_path: str = ""
@@ -69,6 +74,7 @@ class HttpsProxyConfig(
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
         check_bandwidth_limit(self.bandwidth_limit)
+        check_ip_lists(self.allow_ips, self.deny_ips)
         check_domains(self.custom_domains, self.subdomain)
         if self.plugin is not None and not (self.plugin_crt_path and self.plugin_key_path):
             raise InvalidValue(

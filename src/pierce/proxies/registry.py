@@ -13,10 +13,20 @@ from typing import Any, TypeAlias, assert_never
 
 import msgspec
 
-from pierce.protocol import ProtocolError, StartWork
+from pierce.errors import InvalidValue
+from pierce.protocol import ErrorCode, ProtocolError, Refused, StartWork
+from pierce.proxies.access import IpAccess
 from pierce.proxies.base import FrontType, ProxySite, ServerProxy
-from pierce.proxies.http import HttpProxyConfig, HttpProxyServer, HttpSpec, http_spec, serve_http_work
+from pierce.proxies.http import (
+    HttpProxyConfig,
+    HttpProxyServer,
+    HttpSpec,
+    WebProxy,
+    http_spec,
+    serve_http_work,
+)
 from pierce.proxies.https import HttpsProxyConfig, HttpsProxyServer, HttpsSpec, https_spec, serve_https_work
+from pierce.proxies.secret import SecretProxyServer
 from pierce.proxies.stcp import StcpProxyConfig, StcpProxyServer, StcpSpec, serve_stcp_work, stcp_spec
 from pierce.proxies.sudp import SudpProxyConfig, SudpProxyServer, SudpSpec, serve_sudp_work, sudp_spec
 from pierce.proxies.tcp import TcpProxyConfig, TcpProxyServer, TcpSpec, serve_tcp_proxy_work, tcp_spec
@@ -74,7 +84,14 @@ def decode_spec(raw: msgspec.Raw) -> ProxySpecs:
 
 
 async def client_spec(config: ProxyConfig, udp: UdpProxies) -> ProxySpecs:
-    """The spec to send for ``config``, after the client-side set-up its kind needs."""
+    """The spec to send for ``config``, after the client-side set-up its kind needs, with the proxy's
+    ``allow_ips`` / ``deny_ips`` for the server to check."""
+    spec = await _kind_spec(config, udp)
+    allow, deny = getattr(config, "allow_ips", []), getattr(config, "deny_ips", [])
+    return msgspec.structs.replace(spec, allow_ips=allow, deny_ips=deny) if allow or deny else spec
+
+
+async def _kind_spec(config: ProxyConfig, udp: UdpProxies) -> ProxySpecs:
     match config:
         case TcpProxyConfig():
             return tcp_spec(config)
@@ -131,6 +148,19 @@ def work_handler(
 
 def open_proxy(name: str, spec: ProxySpecs, site: ProxySite) -> ServerProxy:
     """Open a proxy on the server; raises `pierce.proxies.base.Refused`."""
+    try:
+        access = IpAccess.of(name, spec.allow_ips, spec.deny_ips)
+    except InvalidValue as exc:
+        raise Refused(ErrorCode.BAD_MESSAGE, str(exc)) from None
+    proxy = _open_kind(name, spec, site)
+    if isinstance(proxy, UdpProxyServer):
+        proxy.access = access
+    elif isinstance(proxy, TcpProxyServer | WebProxy | TcpMuxProxyServer | SecretProxyServer):
+        proxy.live.access = access
+    return proxy
+
+
+def _open_kind(name: str, spec: ProxySpecs, site: ProxySite) -> ServerProxy:
     match spec:
         case TcpSpec():
             return TcpProxyServer.create(name, spec, site)

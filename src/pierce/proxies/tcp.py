@@ -29,6 +29,7 @@ from pierce.proxies.base import (
     ProxySpec,
     ProxyType,
     check_bandwidth_limit,
+    check_ip_lists,
     check_proxy,
 )
 from pierce.proxies.bridge import LiveConnections, SocketVisitor, bridge
@@ -55,10 +56,15 @@ class TcpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, t
     proxy_protocol_version: ProxyProtocolVersion | None = None
     #: Most bytes per second each way, all connections of the proxy together ("10MB", "512KB"; "" = none).
     bandwidth_limit: str = ""
+    #: Visitor addresses or CIDR networks the server lets in (empty: all); checked on the server.
+    allow_ips: list[str] = []
+    #: Visitor addresses or CIDR networks the server turns away (wins over allow_ips).
+    deny_ips: list[str] = []
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port, self.remote_port)
         check_bandwidth_limit(self.bandwidth_limit)
+        check_ip_lists(self.allow_ips, self.deny_ips)
 
 
 class TcpSpec(ProxySpec, frozen=True, kw_only=True, tag="tcp"):

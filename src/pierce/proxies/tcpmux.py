@@ -39,6 +39,7 @@ from pierce.proxies.base import (
     ProxySpec,
     ProxyType,
     check_bandwidth_limit,
+    check_ip_lists,
     check_proxy,
     masked_repr,
 )
@@ -90,10 +91,15 @@ class TcpMuxProxyConfig(
     proxy_protocol_version: ProxyProtocolVersion | None = None
     #: Most bytes per second each way, all connections of the proxy together ("10MB", "512KB"; "" = none).
     bandwidth_limit: str = ""
+    #: Visitor addresses or CIDR networks the server lets in (empty: all); checked on the server.
+    allow_ips: list[str] = []
+    #: Visitor addresses or CIDR networks the server turns away (wins over allow_ips).
+    deny_ips: list[str] = []
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
         check_bandwidth_limit(self.bandwidth_limit)
+        check_ip_lists(self.allow_ips, self.deny_ips)
         check_domains(self.custom_domains, self.subdomain)
         check_credentials(self.http_user, self.http_password)
 

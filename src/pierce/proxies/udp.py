@@ -34,6 +34,7 @@ from pierce.addr import HostPort, format_sockaddr
 from pierce.listeners import bind_socket
 from pierce.protocol import MAX_HOST_LENGTH, UdpPacket
 from pierce.protocol.messages import Port
+from pierce.proxies.access import IpAccess
 from pierce.proxies.base import (
     DEFAULT_UDP_IDLE_TIMEOUT,
     ProxyOwner,
@@ -41,6 +42,7 @@ from pierce.proxies.base import (
     ProxySpec,
     ProxyType,
     check_idle_timeout,
+    check_ip_lists,
     check_proxy,
 )
 from pierce.snapshot import ProxyStats
@@ -72,10 +74,15 @@ class UdpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, t
     remote_port: int = 0
     #: Seconds a visitor's UDP session lives without traffic.
     idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
+    #: Visitor addresses or CIDR networks the server lets in (empty: all); checked on the server.
+    allow_ips: list[str] = []
+    #: Visitor addresses or CIDR networks the server turns away (wins over allow_ips).
+    deny_ips: list[str] = []
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port, self.remote_port)
         check_idle_timeout(self.idle_timeout)
+        check_ip_lists(self.allow_ips, self.deny_ips)
 
 
 class UdpSpec(ProxySpec, frozen=True, kw_only=True, tag="udp"):
@@ -110,6 +117,8 @@ class UdpProxyServer:
         self.domains: list[str] = []
         self.visitors: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._seen = 0
+        #: allow_ips / deny_ips (set by `pierce.proxies.registry.open_proxy`; None: every visitor).
+        self.access: IpAccess | None = None
         self.up_packets = self.up_bytes = self.down_packets = self.down_bytes = 0
         self._transport: asyncio.DatagramTransport | None = None
         self._dropped = DropCounter(
@@ -138,12 +147,15 @@ class UdpProxyServer:
             total_connections=self._seen,
             bytes_in=self.up_bytes,
             bytes_out=self.down_bytes,
+            refused_connections=self.access.refused if self.access is not None else 0,
         )
 
     def from_visitor(self, data: bytes, addr: Any) -> None:
         visitor = (str(addr[0]), int(addr[1]))
         if len(visitor[0]) > MAX_HOST_LENGTH:  # cannot be encoded for the client; no real address is
             return
+        if self.access is not None and not self.access.admit(visitor[0]):
+            return  # allow_ips / deny_ips: dropped here, counted and logged
         if visitor in self.visitors:
             self.visitors.move_to_end(visitor)
         else:

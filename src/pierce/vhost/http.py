@@ -115,6 +115,10 @@ class HttpRoute(Protocol):
     def response_headers(self) -> Mapping[str, str]:
         """Headers set (replaced or added) on every response."""
 
+    def admits(self, host: str) -> bool:
+        """Whether a visitor from ``host`` may use this route (the proxy's allow_ips / deny_ips)."""
+        ...
+
     async def open(self, visitor: tuple[str, int]) -> End:
         """A new connection to the inside service; raises when it cannot be had."""
         ...
@@ -290,6 +294,7 @@ _REASONS = {
     200: "OK",
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
@@ -571,6 +576,8 @@ class _BrowserConnection:
             return await self._answer(head, 404, page, has_body=has_body)
         use = self._use(route)
         self.route_name = route.name
+        if not route.admits(self.visitor[0]):
+            return await self._answer(head, 403, has_body=has_body)
         if use.auth is not None and not use.authorized(head.authorization):
             return await self._answer(head, 401, extra=_WWW_AUTHENTICATE, has_body=has_body)
         request = self._request_head(head, target, host, use)
