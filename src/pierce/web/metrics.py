@@ -66,6 +66,11 @@ def _per_proxy(snap: ServerSnapshot) -> Iterator[Metric]:
         "Visitors that got no work connection in time, or whose work connection failed",
         labels=labels,
     )
+    refused = CounterMetricFamily(
+        "pierce_proxy_refused_connections",
+        "Visitors turned away by the proxy's allow_ips / deny_ips",
+        labels=labels,
+    )
     bytes_in = CounterMetricFamily(
         "pierce_proxy_bytes_in", "Bytes visitor -> service since the proxy opened", labels=labels
     )
@@ -78,9 +83,10 @@ def _per_proxy(snap: ServerSnapshot) -> Iterator[Metric]:
         live.add_metric(values, stats.connections)
         total.add_metric(values, stats.total_connections)
         failed.add_metric(values, stats.failed_connections)
+        refused.add_metric(values, stats.refused_connections)
         bytes_in.add_metric(values, stats.bytes_in)
         bytes_out.add_metric(values, stats.bytes_out)
-    yield from (live, total, failed, bytes_in, bytes_out)
+    yield from (live, total, failed, refused, bytes_in, bytes_out)
 
 
 def _logins(logins: dict[str, int]) -> Iterator[Metric]:
