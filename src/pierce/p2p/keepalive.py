@@ -71,9 +71,14 @@ def keepalive_for(configured_s: float, lifetime_s: float | None) -> float:
 
 
 def tuned(
-    settings: PunchSettings, path: PathSettings, lifetime_s: float | None
+    settings: PunchSettings,
+    path: PathSettings,
+    lifetimes: dict[str, float],
+    reflexive: tuple[str, int] | None,
 ) -> tuple[PunchSettings, PathSettings]:
-    """``settings`` and ``path`` with the keepalive for a mapping that lives ``lifetime_s`` idle."""
+    """``settings`` and ``path`` for a path from the public address ``reflexive``: a lifetime recorded
+    for it in ``lifetimes`` (`load`) shortens the keepalive."""
+    lifetime_s = lifetimes.get(reflexive[0]) if reflexive is not None else None
     keepalive = keepalive_for(settings.keepalive_s, lifetime_s)
     if keepalive == settings.keepalive_s:
         return settings, path

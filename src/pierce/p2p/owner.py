@@ -23,7 +23,7 @@ from pierce.logs import event
 from pierce.nat.punch import PunchSettings, Role
 from pierce.p2p.datagrams import DatagramEnd
 from pierce.p2p.direct import DirectPath, NoHole, punch_hole
-from pierce.p2p.gather import Gathered, from_wire, gather_udp, to_wire
+from pierce.p2p.gather import from_wire, gather_udp, to_wire
 from pierce.p2p.handoff import take_over
 from pierce.p2p.identity import process_identity
 from pierce.p2p.keepalive import tuned
@@ -155,7 +155,9 @@ class OwnerP2p:
             sock.bind(("0.0.0.0", 0))
             stun = (self.server_host(), msg.stun_port) if msg.stun_port else None
             gathered = await gather_udp(sock, stun)
-            settings, path_settings = self.tuned(gathered)
+            settings, path_settings = tuned(
+                self.settings, self.path_settings, self.lifetimes, gathered.reflexive
+            )
             identity = process_identity()
             ours = Offer(
                 candidates=to_wire(gathered.candidates),
@@ -277,12 +279,6 @@ class OwnerP2p:
             self._starts.pop(msg.visit_id, None)
             if not kept:
                 sock.close()
-
-    def tuned(self, gathered: Gathered) -> tuple[PunchSettings, PathSettings]:
-        """The settings for a path from the address ``gathered``: a measured mapping lifetime there
-        shortens the keepalive."""
-        lifetime = self.lifetimes.get(gathered.reflexive[0]) if gathered.reflexive else None
-        return tuned(self.settings, self.path_settings, lifetime)
 
     async def _attempt_tcp(
         self, msg: P2pRequest, channel: MessageChannel, config: Any, key: bytes, theirs: Offer

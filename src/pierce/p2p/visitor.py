@@ -266,9 +266,7 @@ class VisitorP2p:
             stun = (self.dialer.server_ip(), visit.ready.stun_port) if visit.ready.stun_port else None
             gathered = await gather_udp(sock, stun)
             settings, path_settings = tuned(
-                self.settings,
-                self.path_settings,
-                self.lifetimes.get(gathered.reflexive[0]) if gathered.reflexive else None,
+                self.settings, self.path_settings, self.lifetimes, gathered.reflexive
             )
             data, tag = seal(
                 Offer(
