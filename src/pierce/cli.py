@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_command(sub)
     _add_import_frp_command(sub)
     _add_systemd_command(sub)
+    _add_status_command(sub)
 
     p_verify = sub.add_parser("verify", help="check a config file without starting anything")
     _add_logging_flags(p_verify, suppress=True)
@@ -734,6 +735,62 @@ def cmd_systemd_unit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     sys.stdout.write(systemd.unit(args.role, pierce))
+    return EXIT_OK
+
+
+def _add_status_command(sub: Any) -> None:
+    p_status = sub.add_parser(
+        "status",
+        help="show a running client's (or, with --server, server's) proxies, clients and traffic",
+        description=(
+            "Print the state of a running client from its admin API (admin_port in client.toml):\n"
+            "  pierce status -c client.toml\n"
+            "or of a running server from its JSON API ([web] in server.toml, or --url):\n"
+            "  pierce status --server -c server.toml\n"
+            "  pierce status --server --url http://203.0.113.5:7500 --user admin --password-file pw\n"
+            "With --json: the APIs' answers as one JSON document."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_logging_flags(p_status, suppress=True)
+    p_status.add_argument("-c", "--config", type=Path, help="the running client's (or server's) config")
+    p_status.add_argument("--server", action="store_true", help="the server's state, from its [web] API")
+    p_status.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p_status.add_argument("--state-dir", help="the running client's state directory (its admin token)")
+    p_status.add_argument("--url", help="with --server: the web API's address, http://HOST:PORT")
+    p_status.add_argument("--user", help="with --server: the [web] user (default: the file's)")
+    p_status.add_argument(
+        "--password-file",
+        type=Path,
+        help="with --server: a file holding the [web] password (or set PIERCE_WEB_PASSWORD)",
+    )
+    p_status.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import os
+
+    from pierce import status
+
+    if args.server:
+        password = os.environ.get("PIERCE_WEB_PASSWORD")
+        if args.password_file is not None:
+            try:
+                password = args.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    [f"--password-file: cannot read {args.password_file}: {exc.strerror}"]
+                ) from None
+        endpoint = status.web_endpoint(args.config, url=args.url, user=args.user, password=password)
+        result: Any = status.server_status(endpoint)
+    else:
+        for flag in ("url", "user", "password_file"):
+            if getattr(args, flag) is not None:
+                raise ConfigError([f"--{flag.replace('_', '-')}: only with --server"])
+        if args.config is None:
+            raise ConfigError(["status: give -c client.toml (the running client's config), or --server"])
+        result = status.client_status(args.config, state_dir=args.state_dir)
+    status.print_status(result, json_out=args.json)
     return EXIT_OK
 
 

@@ -205,6 +205,8 @@ def admin_endpoint(config_path: Path, *, state_dir: str | None = None) -> AdminE
         problems.append(f"{config_path}: admin_port: expected a port from 0 to 65535, got {port!r}")
     if problems:
         raise ConfigError(problems)
+    if not port:  # the admin API is off: no credential to find (callers say so)
+        return AdminEndpoint(addr=values["admin_addr"], port=0, authorization="")
     if values["admin_password"]:
         pair = f"{values['admin_user']}:{values['admin_password']}".encode()
         authorization = "Basic " + base64.b64encode(pair).decode()
