@@ -193,7 +193,7 @@ async def test_no_visitor_fails_once_a_dead_member_is_marked_down_and_it_comes_b
     and recovers. Connections that reach the dying member before its health check marks it down may
     fail; from the moment the server has taken it out of the group none may, through its recovery."""
     server, control = await start_server(pierce, tmp_path)
-    check = {"type": "tcp", "interval_s": 0.2, "timeout_s": 1, "max_failed": 2}
+    check = {"type": "tcp", "interval_s": 0.2, "timeout_s": 3, "max_failed": 2}
     async with id_services("a", "b") as (a, b):
         ca = await start_client(pierce, tmp_path, control, [member("a", a, health_check=check)], name="ca")
         public = await ready_port(ca, "a")
@@ -308,23 +308,25 @@ async def test_an_http_group_by_domain_and_a_health_path_answering_500(
         }
 
     async with StatusService("a").running() as a, StatusService("b").running() as b:
+        b.health = 500  # from the start: b is not registered until its check passes
         clients = [
             await start_client(pierce, tmp_path, control, [web_member(s.ident, s)], name=f"c{s.ident}")
             for s in (a, b)
         ]
-        for c, name in zip(clients, "ab", strict=True):
-            await c.wait_event("proxy.ready", lambda e, n=name: e.get("proxy") == n)
+        await clients[0].wait_event("proxy.ready", lambda e: e.get("proxy") == "a")
+        (failed,) = await clients[1].wait_event("proxy.health_failed", lambda e: e.get("proxy") == "b")
+        assert "answered 500 to GET /healthz" in failed["error"], failed
+        got = [await get(http_port, domain) for _ in range(4)]
+        assert Counter(got) == {(200, "a"): 4}, got
+        assert not server.matching("proxy.group_joined", lambda e: e.get("proxy") == "b")
+
+        b.health = 200
+        await waited(server, "proxy.group_joined", "b")
         got = [await get(http_port, domain) for _ in range(10)]
         assert Counter(got) == {(200, "a"): 5, (200, "b"): 5}, got
 
-        b.health = 500
-        (failed,) = await clients[1].wait_event("proxy.health_failed", lambda e: e.get("proxy") == "b")
-        assert "answered 500 to GET /healthz" in failed["error"], failed
+        b.health = 500  # up, then down: it leaves the group
+        await clients[1].wait_event("proxy.health_failed", lambda e: e.get("proxy") == "b", count=2)
         await waited(server, "proxy.group_left", "b")
         got = [await get(http_port, domain) for _ in range(6)]
         assert Counter(got) == {(200, "a"): 6}, got
-
-        b.health = 200
-        await waited(server, "proxy.group_joined", "b", count=2)
-        got = [await get(http_port, domain) for _ in range(6)]
-        assert Counter(got) == {(200, "a"): 3, (200, "b"): 3}, got
