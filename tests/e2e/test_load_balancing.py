@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import ssl
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from support.certs import self_signed
 from support.procs import PierceProcess
 from support.streams import free_port
 from support.tunnel import TOKEN, StartPierce, start_client, start_server, write_toml
@@ -27,13 +29,14 @@ class IdService:
     """A local service answering each connection's line with its id and the line (``b:<line>``); it can
     be stopped (its port refuses) and started again on the same port."""
 
-    def __init__(self, ident: str) -> None:
+    def __init__(self, ident: str, tls: ssl.SSLContext | None = None) -> None:
         self.ident = ident
         self.port = 0
+        self.tls = tls
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, ssl=self.tls)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
@@ -65,18 +68,30 @@ async def id_services(*idents: str) -> AsyncIterator[list[IdService]]:
                 await s.stop()
 
 
-async def visit(port: int, nonce: int) -> str | None:
-    """One short verified connection: the id of the member whose service answered, None when it failed."""
+async def visit(
+    port: int, nonce: int, *, connect: str = "", tls: ssl.SSLContext | None = None, sni: str = ""
+) -> str | None:
+    """One short verified connection: the id of the member whose service answered, None when it failed.
+
+    ``connect``: a tcpmux name to ask for first (HTTP CONNECT); ``tls``: a TLS session inside, asking
+    for ``sni``."""
     try:
         async with asyncio.timeout(10):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            if connect:
+                writer.write(f"CONNECT {connect}:22 HTTP/1.1\r\nHost: {connect}:22\r\n\r\n".encode())
+                if not (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200"):
+                    writer.close()
+                    return None
+            if tls is not None:
+                await writer.start_tls(tls, server_hostname=sni)
             try:
                 writer.write(f"{nonce}\n".encode())
                 await writer.drain()
                 answer = await reader.read(-1)
             finally:
                 writer.close()
-    except (OSError, TimeoutError):
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError):
         return None
     ident, _, echoed = answer.decode(errors="replace").partition(":")
     return ident if echoed == f"{nonce}\n" else None
@@ -330,3 +345,35 @@ async def test_an_http_group_by_domain_and_a_health_path_answering_500(
         await waited(server, "proxy.group_left", "b")
         got = [await get(http_port, domain) for _ in range(6)]
         assert Counter(got) == {(200, "a"): 6}, got
+
+
+async def test_tcpmux_and_https_groups_take_turns_too(pierce: StartPierce, tmp_path: Path) -> None:
+    name = "sec.example.test"
+    crt, key = self_signed(tmp_path, name)
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(crt, key)
+    visiting = ssl.create_default_context(cafile=str(crt))
+    server, control = await start_server(
+        pierce, tmp_path, tcpmux_httpconnect_port=free_port(), vhost_https_port=free_port()
+    )
+    ports = {e["front"]: int(e["port"]) for e in await server.wait_event("front.listening", count=2)}
+    mux = [IdService(f"mux-{i}") for i in "ab"]
+    sec = [IdService(f"sec-{i}", served) for i in "ab"]
+    for s in (*mux, *sec):
+        await s.start()
+    try:
+        for i, (m, t) in enumerate(zip(mux, sec, strict=True)):
+            common = {"local_ip": "127.0.0.1", "group_key": KEY, "custom_domains": [name]}
+            proxies = [
+                {"type": "tcpmux", "name": f"m{i}", "local_port": m.port, "group": "mux", **common},
+                {"type": "https", "name": f"s{i}", "local_port": t.port, "group": "sec", **common},
+            ]
+            client = await start_client(pierce, tmp_path, control, proxies, name=f"c{i}")
+            await client.wait_event("proxy.ready", count=2)
+        got = [await visit(ports["tcpmux"], i, connect=name) for i in range(6)]
+        assert Counter(got) == {"mux-a": 3, "mux-b": 3}, got
+        got = [await visit(ports["https"], i, tls=visiting, sni=name) for i in range(6)]
+        assert Counter(got) == {"sec-a": 3, "sec-b": 3}, got
+    finally:
+        for s in (*mux, *sec):
+            await s.stop()
