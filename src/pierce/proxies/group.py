@@ -105,12 +105,12 @@ class ProxyGroup(Generic[M]):
         self.members.append(member)
         self._log("proxy.group_joined", member, "joined")
 
-    async def leave(self, member: M, reason: str = "closed") -> None:
+    async def leave(self, member: M) -> None:
         """``member`` is gone; the last member to leave closes what the group shares."""
         if member not in self.members:
             return
         self.members.remove(member)
-        self._log("proxy.group_left", member, f"left ({reason})")
+        self._log("proxy.group_left", member, "left")
         if not self.members:
             self._groups.forget(self)
             await self.release()
