@@ -24,6 +24,8 @@ class ProxyState(enum.StrEnum):
     RUNNING = "running"
     #: The server refused it (see ``error``).
     REFUSED = "refused"
+    #: Its local service fails its health check: withdrawn from the server until the check passes.
+    UNHEALTHY = "unhealthy"
 
 
 class ConnectionPath(enum.StrEnum):
@@ -75,6 +77,9 @@ class ServerProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
     path: ConnectionPath = ConnectionPath.RELAY
     #: The user whose client registered it.
     user: str = "default"
+    #: Its load-balancing group ("": none), and the members the group has now (itself included).
+    group: str = ""
+    group_members: int = 0
 
 
 class ClientInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -63,6 +63,9 @@ def test_frpc_toml_maps_every_proxy_kind_and_visitor() -> None:
         "bandwidth_limit": "1MB",
         "remote_port": 6022,
         "proxy_protocol_version": "v2",
+        "group": "ssh-group",
+        "group_key": "group-secret",
+        "health_check": {"type": "tcp", "interval_s": 10},
     }
     assert proxies["dns"] == {
         "name": "dns",
@@ -83,6 +86,7 @@ def test_frpc_toml_maps_every_proxy_kind_and_visitor() -> None:
         "http_password": "alice-pass",
         "request_headers": {"set": {"x-from-where": "frp"}},
         "response_headers": {"set": {"x-served-by": "frp"}},
+        "health_check": {"type": "http", "path": "/status"},
     }
     assert proxies["cam"]["proxy_protocol_version"] == "v1"
     assert proxies["vault"] == {
@@ -162,19 +166,7 @@ FRPC_TOML_WARNINGS = [
     "webServer.pprofEnable: no pierce equivalent",
     'proxies[0].transport.useCompression (proxy "ssh"): no pierce equivalent: pierce does not compress '
     "tunnel data",
-    'proxies[0].loadBalancer.group (proxy "ssh"): no pierce equivalent: pierce has no load-balancing groups '
-    "(a proxy name or port belongs to one client)",
-    'proxies[0].loadBalancer.groupKey (proxy "ssh"): no pierce equivalent: pierce has no load-balancing '
-    "groups (a proxy name or port belongs to one client)",
-    'proxies[0].healthCheck.type (proxy "ssh"): no pierce equivalent: pierce has no health checks of local '
-    "services",
-    'proxies[0].healthCheck.intervalSeconds (proxy "ssh"): no pierce equivalent: pierce has no health checks '
-    "of local services",
     'proxies[0].metadatas.owner (proxy "ssh"): no pierce equivalent: pierce has no metadata or annotations',
-    'proxies[2].healthCheck.type (proxy "web"): no pierce equivalent: pierce has no health checks of local '
-    "services",
-    'proxies[2].healthCheck.path (proxy "web"): no pierce equivalent: pierce has no health checks of local '
-    "services",
     'proxies[2].routeByHTTPUser (proxy "web"): no pierce equivalent: pierce routes by host and path only',
     'proxies[5].transport.proxyProtocolVersion (proxy "games"): no pierce equivalent: sudp proxies send no '
     "PROXY protocol header",
@@ -231,6 +223,9 @@ def test_frpc_legacy_ini_names_the_keys_the_user_wrote() -> None:
         "local_ip": "127.0.0.1",
         "local_port": 22,
         "remote_port": 6022,
+        "group": "ssh",
+        "group_key": "gk",
+        "health_check": {"type": "tcp", "interval_s": 10},
     }
     assert proxies["web"]["custom_domains"] == ["web.example.net", "www.example.net"]
     assert proxies["web"]["locations"] == ["/", "/api"]
@@ -260,8 +255,6 @@ def test_frpc_legacy_ini_names_the_keys_the_user_wrote() -> None:
         "[common] meta_site: no pierce equivalent: pierce has no metadata or annotations",
         "[common] bogus_option: not an frp option this converter knows; not converted",
         "[ssh] use_compression: no pierce equivalent: pierce does not compress tunnel data",
-        "[ssh] group_key: no pierce equivalent: pierce has no load-balancing groups (a proxy name or port "
-        "belongs to one client)",
         '[files]: left out: plugin "static_file" on a tcp proxy has no pierce equivalent; not converted: '
         "[files] plugin, [files] plugin_http_passwd, [files] plugin_http_user, [files] plugin_local_path, "
         "[files] plugin_strip_prefix, [files] remote_port",
@@ -278,7 +271,7 @@ def test_frpc_legacy_ini_names_the_keys_the_user_wrote() -> None:
         "[range:games] local_port: range sections are not converted; write one proxy per port",
     ]:
         assert expected in warned
-    assert len(warned) == 25
+    assert len(warned) == 21
 
 
 def test_frps_toml_maps_server_options_and_flags_a_weak_token() -> None:

@@ -19,6 +19,7 @@ import msgspec
 
 from pierce import __version__
 from pierce import config as config_mod
+from pierce.addr import HostPort
 from pierce.client.session import ClientSession, Dialer
 from pierce.client.visitor import Visitors
 from pierce.config import ClientConfig
@@ -31,6 +32,7 @@ from pierce.p2p.owner import OwnerP2p
 from pierce.protocol import ErrorCode, Refused
 from pierce.protocol.messages import DEFAULT_USER
 from pierce.proxies.base import ProxyType
+from pierce.proxies.health import Health, HealthCheck
 from pierce.proxies.registry import ProxyConfig, work_handler
 from pierce.proxies.udp import UdpProxies
 from pierce.proxies.visitor_auth import OwnerExchanges
@@ -97,6 +99,8 @@ class Client:
         #: The ``[[visitors]]`` of the config: local ports reaching other clients' secret proxies.
         self.visitors = Visitors(config, self.client_id)
         self._visitors_started: asyncio.Task[None] | None = None
+        #: Health checks of the proxies that have one, by proxy name (they outlive reconnects).
+        self.health: dict[str, HealthCheck] = {}
         self._stop = asyncio.Event()
         #: Why the client stopped trying (its first login was refused for the credentials), or None.
         self.gave_up: WrongCredentials | None = None
@@ -118,7 +122,7 @@ class Client:
         self, name: str, state: ProxyState, port: int | None, error: str, urls: Sequence[str] = ()
     ) -> None:
         proxy = self.status.proxies.get(name)
-        if proxy is None:
+        if proxy is None or not self._ready(name):  # withdrawn since it was asked for: the answer is stale
             return
         proxy = self.status.proxies[name] = msgspec.structs.replace(
             proxy, state=state, remote_port=port, error=error, urls=list(urls)
@@ -147,6 +151,54 @@ class Client:
                 proxy=name,
                 error=error,
             )
+
+    # -- health checks -----------------------------------------------------------------------------
+
+    def _ready(self, name: str) -> bool:
+        """Whether proxy ``name`` may be registered: it has no health check, or its check passes."""
+        check = self.health.get(name)
+        return check is None or check.health is Health.UP
+
+    async def _sync_health(self) -> None:
+        """One running health check per configured proxy that has one; a check whose settings or local
+        service changed starts over (its proxy waits for the first pass again)."""
+        wanted: dict[str, HealthCheck] = {}
+        for p in self.config.proxies:
+            settings = getattr(p, "health_check", None)
+            if settings is not None:
+                wanted[p.name] = HealthCheck(
+                    p.name, settings, HostPort(p.local_ip, p.local_port), self._health_changed
+                )
+        for name, check in list(self.health.items()):
+            new = wanted.get(name)
+            if new is not None and (new.config, new.local) == (check.config, check.local):
+                wanted[name] = check
+            else:
+                del self.health[name]
+                await check.close()
+        for name, check in wanted.items():
+            if name not in self.health:
+                self.health[name] = check
+                check.start()
+
+    async def _health_changed(self, name: str, new: Health, old: Health) -> None:
+        """A proxy's local service came up (register the proxy) or went down (withdraw it)."""
+        proxy = next((p for p in self.config.proxies if p.name == name), None)
+        info = self.status.proxies.get(name)
+        if proxy is None or info is None:
+            return
+        session = self.session
+        if new is Health.UP:
+            self.status.proxies[name] = msgspec.structs.replace(info, state=ProxyState.PENDING, error="")
+            if session is not None:
+                await session.register(proxy)
+        else:
+            error = "its local service fails the health check"
+            self.status.proxies[name] = msgspec.structs.replace(
+                info, state=ProxyState.UNHEALTHY, error=error, remote_port=None, urls=[]
+            )
+            if session is not None:
+                await session.unregister(name)
 
     def snapshot(self) -> ClientSnapshot:
         """What the client is doing now (the admin API and the demo read this)."""
@@ -188,6 +240,7 @@ class Client:
         """
         backoff = BACKOFF_FIRST
         dialer = Dialer(self.config, self.client_id)
+        await self._sync_health()
         if self.visitors.visitors and self._visitors_started is None:
             self._visitors_started = asyncio.get_running_loop().create_task(self.visitors.start(strict=False))
         while not self._stop.is_set():
@@ -233,6 +286,7 @@ class Client:
                     udp=self.udp,
                     exchanges=self.exchanges,
                     p2p=self.p2p,
+                    ready=self._ready,
                 )
                 try:
                     await self.session.run()
@@ -250,7 +304,10 @@ class Client:
                     self.session = None
                     self.status.connected = False
                     for name, proxy in self.status.proxies.items():
-                        self.status.proxies[name] = msgspec.structs.replace(proxy, state=ProxyState.PENDING)
+                        if proxy.state is not ProxyState.UNHEALTHY:
+                            self.status.proxies[name] = msgspec.structs.replace(
+                                proxy, state=ProxyState.PENDING
+                            )
                 if time.monotonic() - started > BACKOFF_MAX:
                     backoff = BACKOFF_FIRST  # it was a healthy session: start the backoff over
             if self._stop.is_set():
@@ -296,6 +353,8 @@ class Client:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for check in self.health.values():
+            await check.close()
         await self.udp.close()
         await self.p2p.close()
         if self._visitors_started is not None:
@@ -322,12 +381,14 @@ class Client:
         self._sync_states()
         for name in removed + changed:  # a visitor's ticket never outlives the secret it proved
             self.exchanges.forget(name)
+        await self._sync_health()
         session = self.session
         if session is not None:
             for name in removed + changed:
                 await session.unregister(name)
             for name in added + changed:
-                await session.register(new_by_name[name])
+                if self._ready(name):
+                    await session.register(new_by_name[name])
         result = {"added": added, "removed": removed, "changed": changed}
         event(
             log,

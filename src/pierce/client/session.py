@@ -231,6 +231,7 @@ class ClientSession:
         udp: UdpProxies | None = None,
         exchanges: OwnerExchanges | None = None,
         p2p: OwnerP2p | None = None,
+        ready: Callable[[str], bool] = lambda name: True,
     ) -> None:
         self.dialer = dialer
         self.config = dialer.config
@@ -238,6 +239,10 @@ class ClientSession:
         self.run_id = run_id
         self.work_key = work_key(key, run_id)
         self.proxies = dict(proxies)
+        #: Whether a proxy may be registered now (False while its health check fails).
+        self.ready = ready
+        #: The proxies asked for (`NewProxy`) and not withdrawn since.
+        self.registered: set[str] = set()
         self.on_proxy_state = on_proxy_state
         #: Runs a visitor's relay outside this session, so it survives a reconnect or a reload.
         self.spawn_active = spawn_active
@@ -267,8 +272,9 @@ class ClientSession:
         """Register proxies, keep the pool full and heartbeats going; return or raise when the link dies."""
         self.udp.attach(self.channel)
         await self.udp.retain([p.name for p in self.proxies.values() if isinstance(p, UdpProxyConfig)])
-        for proxy in self.proxies.values():
-            await self.register(proxy)
+        for proxy in list(self.proxies.values()):
+            if self.ready(proxy.name):
+                await self.register(proxy)
         for _ in range(self.config.pool_count):
             self._spawn(self._work_conn(), "work")
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat())
@@ -339,14 +345,21 @@ class ClientSession:
                     pass
 
     async def register(self, proxy: ProxyConfig) -> None:
+        """Ask the server to open ``proxy`` (once: a proxy asked for already is left as it is)."""
         self.proxies[proxy.name] = proxy
+        if proxy.name in self.registered:
+            return
+        self.registered.add(proxy.name)
         spec = await client_spec(proxy, self.udp)
         await self.channel.send(NewProxy(name=proxy.name, spec=encode_spec(spec)))
 
     async def unregister(self, name: str) -> None:
+        """Withdraw proxy ``name`` from the server and forget it."""
         self.proxies.pop(name, None)
         await self.udp.unregister(name)
-        await self.channel.send(CloseProxy(name=name))
+        if name in self.registered:
+            self.registered.discard(name)
+            await self.channel.send(CloseProxy(name=name))
 
     async def _work_conn(self) -> None:
         """Open one work connection and put it in the pool."""

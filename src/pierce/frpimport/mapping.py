@@ -14,10 +14,9 @@ from pierce.token_strength import check_token_strength
 
 NO_COMPRESSION = "no pierce equivalent: pierce does not compress tunnel data"
 NO_LIMIT = "no pierce equivalent: pierce has no bandwidth limit for UDP proxies"
-NO_GROUPS = (
-    "no pierce equivalent: pierce has no load-balancing groups (a proxy name or port belongs to one client)"
-)
-NO_HEALTH = "no pierce equivalent: pierce has no health checks of local services"
+NO_GROUPS = "no pierce equivalent: pierce groups tcp, http, https and tcpmux proxies only"
+NO_HEALTH = "no pierce equivalent: pierce checks the health of tcp, http, https and tcpmux proxies only"
+NO_HEALTH_HEADERS = "no pierce equivalent: pierce's http health check sends no extra headers"
 NO_META = "no pierce equivalent: pierce has no metadata or annotations"
 NO_LOG = "not a pierce config key: use --log-level and --json-logs (logs go to stderr)"
 ENCRYPTED = "pierce always encrypts tunnel data with TLS (transport.encrypt_data)"
@@ -200,6 +199,10 @@ _PROXY_KINDS = ("tcp", "udp", "http", "https", "stcp", "sudp", "xtcp", "tcpmux")
 _LIMIT_KINDS = ("tcp", "http", "https", "stcp", "xtcp", "tcpmux")
 #: Kinds that can send a PROXY protocol header in pierce.
 _PROXY_PROTOCOL_KINDS = ("tcp", "http", "https", "tcpmux")
+#: Kinds with load-balancing groups and health checks in pierce.
+_GROUP_KINDS = ("tcp", "http", "https", "tcpmux")
+#: frp's ``healthCheck`` options and pierce's ``health_check`` keys.
+_HEALTH_KEYS = {"intervalSeconds": "interval_s", "timeoutSeconds": "timeout_s", "maxFailed": "max_failed"}
 
 
 def _proxy(src: Source, base: KeyPath, wanted: set[str] | None) -> dict[str, Any] | None:
@@ -231,6 +234,8 @@ def _proxy(src: Source, base: KeyPath, wanted: set[str] | None) -> dict[str, Any
         (*base, "transport", "proxyProtocolVersion"),
         f"no pierce equivalent: {kind} proxies send no PROXY protocol header",
     )
+    if kind in _GROUP_KINDS:
+        _group_and_health(src, base, out)
     src.warn((*base, "loadBalancer"), NO_GROUPS)
     src.warn((*base, "healthCheck"), NO_HEALTH)
     src.warn((*base, "metadatas"), NO_META)
@@ -266,6 +271,22 @@ def _proxy(src: Source, base: KeyPath, wanted: set[str] | None) -> dict[str, Any
     if kind == "xtcp":
         src.warn((*base, "natTraversal"), "no pierce equivalent: pierce gathers its own candidates")
     return out
+
+
+def _group_and_health(src: Source, base: KeyPath, out: dict[str, Any]) -> None:
+    """``loadBalancer`` -> ``group`` / ``group_key``; ``healthCheck`` -> ``health_check``."""
+    for frp, pierce in (("group", "group"), ("groupKey", "group_key")):
+        if src.has(*base, "loadBalancer", frp):
+            out[pierce] = src.get(*base, "loadBalancer", frp)
+    if not src.has(*base, "healthCheck", "type"):
+        return
+    check: dict[str, Any] = {"type": src.get(*base, "healthCheck", "type")}
+    keys = _HEALTH_KEYS | ({"path": "path"} if check["type"] == "http" else {})
+    for frp, pierce in keys.items():
+        if src.has(*base, "healthCheck", frp):
+            check[pierce] = src.get(*base, "healthCheck", frp)
+    out["health_check"] = check
+    src.warn((*base, "healthCheck", "httpHeaders"), NO_HEALTH_HEADERS)
 
 
 def _local_addr(src: Source, path: KeyPath, out: dict[str, Any]) -> None:

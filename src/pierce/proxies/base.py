@@ -17,9 +17,10 @@ The seams a kind sees, each a small Protocol so that it gets only what it uses:
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, TypeVar
 
 import msgspec
 
@@ -30,6 +31,7 @@ from pierce.transport import MessageChannel
 
 if TYPE_CHECKING:
     from pierce.config import ServerConfig
+    from pierce.proxies.group import ProxyGroup, ProxyGroups
     from pierce.snapshot import ProxyStats
 
 #: Seconds a visitor's UDP flow (udp, sudp) lives without traffic, unless its proxy says otherwise.
@@ -68,6 +70,24 @@ class ProxySpec(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", for
     allow_ips: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=256)] = []
     #: Visitor addresses the server turns away.
     deny_ips: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=256)] = []
+
+
+#: A ``group`` name, in config and on the wire.
+GROUP_NAME = r"[A-Za-z0-9._-]{1,64}"
+#: The longest ``group_key``.
+MAX_GROUP_KEY = 255
+
+
+class GroupedSpec(ProxySpec, frozen=True, kw_only=True):
+    """Base of the specs of kinds that can share their port, domain or name (`pierce.proxies.group`)."""
+
+    #: Load-balancing group ("": none); members take turns with the visitors.
+    group: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9._-]*$")] = ""
+    #: What every member of the group must present (never logged or shown).
+    group_key: Annotated[str, msgspec.Meta(max_length=MAX_GROUP_KEY)] = ""
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
 
 
 class ProxyOwner(Protocol):
@@ -112,10 +132,14 @@ class ServerProxy(Protocol):
     def domains(self) -> list[str]:
         """The domains it is routed by (web and tcpmux proxies; none for the others)."""
 
+    @property
+    def group(self) -> ProxyGroup[Any] | None:
+        """The load-balancing group it is a member of (tcp, http, https and tcpmux proxies can be)."""
+
     def stats(self) -> ProxyStats: ...
 
     async def close(self) -> None:
-        """Stop taking visitors and end the live connections."""
+        """Stop taking visitors and end the live connections (and leave its group)."""
 
 
 class Front(Protocol):
@@ -157,6 +181,10 @@ class ProxySite(Protocol):
     def front(self, kind: type[F]) -> F:
         """The server's shared front of that kind; `pierce.protocol.Refused` when it has none."""
 
+    @property
+    def groups(self) -> ProxyGroups:
+        """The server's load-balancing groups."""
+
 
 # -- config checks shared by the kinds --------------------------------------------------------------
 
@@ -192,13 +220,23 @@ def check_ip_lists(allow: list[str], deny: list[str]) -> None:
     parse_networks("deny_ips", deny)
 
 
+def check_group(group: str, group_key: str) -> None:
+    """``group`` / ``group_key`` of a proxy (the key is never repeated in a message)."""
+    if group and not re.fullmatch(GROUP_NAME, group):
+        raise InvalidValue("group", f"expected 1 to 64 letters, digits, '.', '_' or '-', got {group!r}")
+    if group_key and not group:
+        raise InvalidValue("group_key", "expected group too (a group_key only guards a group)")
+    if len(group_key) > MAX_GROUP_KEY:
+        raise InvalidValue("group_key", f"expected at most {MAX_GROUP_KEY} characters")
+
+
 def check_idle_timeout(seconds: float) -> None:
     if seconds <= 0:
         raise InvalidValue("idle_timeout", f"expected a number of seconds > 0, got {seconds:g}")
 
 
 #: Config fields that never show in a repr (logs, tracebacks, debuggers).
-SECRET_FIELDS = frozenset({"token", "secret_key", "http_password", "admin_password", "password"})
+SECRET_FIELDS = frozenset({"token", "secret_key", "http_password", "admin_password", "password", "group_key"})
 
 
 def masked_repr(cfg: msgspec.Struct) -> str:

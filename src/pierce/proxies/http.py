@@ -4,6 +4,7 @@ Server side: an `HttpProxyServer` is a route of the `VhostFront` (`pierce.vhost.
 (`pierce.vhost.http`) hands it each request it claims, and it opens streams to the client's local service
 through work connections, with its options (basic auth, header rewrites) applied by the server. With
 ``https_auto`` the server also obtains certificates for its domains and serves them on the HTTPS port.
+The members of a group (`HttpGroup`) share one route and take turns with new service connections.
 Client side: to the client an http proxy is a TCP stream (`pierce.proxies.tcp.serve_tcp_work`).
 
 `WebProxy` is what http and https proxies share: domains on a shared front instead of a port of their own.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -23,17 +24,20 @@ from pierce.errors import InvalidValue, KeyPath, PierceError
 from pierce.protocol import ErrorCode, Refused, StartWork
 from pierce.protocol.messages import MAX_DOMAINS, MAX_HEADERS, DomainName, HeaderText, PathPrefix
 from pierce.proxies.base import (
+    GroupedSpec,
     ProxyOwner,
     ProxyProtocolVersion,
     ProxySite,
-    ProxySpec,
     ProxyType,
     check_bandwidth_limit,
+    check_group,
     check_ip_lists,
     check_proxy,
     masked_repr,
 )
 from pierce.proxies.bridge import LiveConnections, open_work
+from pierce.proxies.group import ProxyGroup, ProxyGroups
+from pierce.proxies.health import HealthCheckConfig
 from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
 from pierce.relay import End
 from pierce.snapshot import ProxyStats
@@ -144,11 +148,17 @@ class HttpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, 
     allow_ips: list[str] = []
     #: Visitor addresses or CIDR networks the server turns away (wins over allow_ips).
     deny_ips: list[str] = []
+    #: Load balancing: proxies of this user with the same group share the domains and take turns.
+    group: str = ""
+    group_key: str = ""
+    #: Withdraw the proxy from the server while its local service fails this check.
+    health_check: HealthCheckConfig | None = None
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
         check_bandwidth_limit(self.bandwidth_limit)
         check_ip_lists(self.allow_ips, self.deny_ips)
+        check_group(self.group, self.group_key)
         check_domains(self.custom_domains, self.subdomain)
         for i, loc in enumerate(self.locations):
             if not loc.startswith("/") or any(c in loc for c in " ?#\r\n"):
@@ -164,7 +174,7 @@ class HttpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, 
         return masked_repr(self)
 
 
-class HttpSpec(ProxySpec, frozen=True, kw_only=True, tag="http"):
+class HttpSpec(GroupedSpec, frozen=True, kw_only=True, tag="http"):
     """Route HTTP requests for these domains and path prefixes on the server's vhost port to this client."""
 
     custom_domains: Annotated[list[DomainName], msgspec.Meta(max_length=MAX_DOMAINS)] = msgspec.field(
@@ -199,6 +209,8 @@ def http_spec(config: HttpProxyConfig) -> HttpSpec:
         request_headers=config.request_headers.set,
         response_headers=config.response_headers.set,
         https_auto=config.https_auto,
+        group=config.group,
+        group_key=config.group_key,
     )
 
 
@@ -213,7 +225,9 @@ class WebProxy:
     scheme: ClassVar[str]
     default_port: ClassVar[int]
 
-    def __init__(self, name: str, owner: ProxyOwner, domains: list[str], front: HostPort) -> None:
+    def __init__(
+        self, name: str, owner: ProxyOwner, domains: list[str], front: HostPort, group: ProxyGroup[Any] | None
+    ) -> None:
         self.name = name
         self.owner = owner
         self.domains = domains
@@ -221,6 +235,8 @@ class WebProxy:
         self.front_address = front
         self.port = front.port
         self.live = LiveConnections()
+        #: Its group, which holds the route (None: it holds its own).
+        self.group = group
 
     def __str__(self) -> str:
         return f"proxy {self.name!r}"
@@ -248,16 +264,11 @@ def route_refusal(exc: RouteError) -> Refused:
     return Refused(code, str(exc))
 
 
-class HttpProxyServer(WebProxy):
-    """An http proxy: requests whose Host and path it claims, with its options applied by the server."""
+class HttpOptions:
+    """What the server does to the requests of a route (an http proxy, or a group of them): the
+    settings of `pierce.vhost.http.HttpRoute`."""
 
-    type = ProxyType.HTTP
-    scheme = "http"
-    default_port = 80
-
-    def __init__(self, name: str, owner: ProxyOwner, front: VhostFront, domains: list[str], spec: HttpSpec):
-        super().__init__(name, owner, domains, front.http_address)
-        self._front = front
+    def __init__(self, spec: HttpSpec) -> None:
         self.locations = spec.locations
         self.http_user = spec.http_user or None
         self.http_password = spec.http_password or None
@@ -265,6 +276,27 @@ class HttpProxyServer(WebProxy):
         self.request_headers: Mapping[str, str] = dict(spec.request_headers)
         self.response_headers: Mapping[str, str] = dict(spec.response_headers)
         self.https_auto = spec.https_auto
+
+
+class HttpProxyServer(WebProxy, HttpOptions):
+    """An http proxy: requests whose Host and path it claims, with its options applied by the server."""
+
+    type = ProxyType.HTTP
+    scheme = "http"
+    default_port = 80
+
+    def __init__(
+        self,
+        name: str,
+        owner: ProxyOwner,
+        front: VhostFront,
+        domains: list[str],
+        spec: HttpSpec,
+        group: HttpGroup | None = None,
+    ):
+        WebProxy.__init__(self, name, owner, domains, front.http_address, group)
+        HttpOptions.__init__(self, spec)
+        self._front = front
 
     @classmethod
     def create(cls, name: str, spec: HttpSpec, site: ProxySite) -> HttpProxyServer:
@@ -279,6 +311,14 @@ class HttpProxyServer(WebProxy):
         front = site.front(VhostFront)
         try:
             domains = proxy_domains(spec.custom_domains, spec.subdomain, front.config.subdomain_host)
+            if spec.group:
+                user = site.owner.user
+                group = site.groups.join(
+                    HttpGroup, user, name, spec, lambda: HttpGroup(site.groups, user, spec, front, domains)
+                )
+                member = cls(name, site.owner, front, domains, spec, group)
+                group.add(member)
+                return member
             proxy = cls(name, site.owner, front, domains, spec)
             front.add_http(proxy, proxy.domains, proxy.locations, https_auto=proxy.https_auto)
         except RouteError as exc:
@@ -298,8 +338,39 @@ class HttpProxyServer(WebProxy):
         return self.live.counted(end)
 
     async def close(self) -> None:
-        self._front.remove_http(self, self.domains, https_auto=self.https_auto)
+        if self.group is not None:
+            await self.group.leave(self)
+        else:
+            self._front.remove_http(self, self.domains, https_auto=self.https_auto)
         await self.live.close()
+
+
+class HttpGroup(ProxyGroup[HttpProxyServer], HttpOptions):
+    """The route of a group of http proxies: each new connection to a service goes to the next member."""
+
+    kind = ProxyType.HTTP
+
+    def __init__(
+        self, groups: ProxyGroups, user: str, spec: HttpSpec, front: VhostFront, domains: list[str]
+    ) -> None:
+        ProxyGroup.__init__(self, groups, user, spec)
+        HttpOptions.__init__(self, spec)
+        self._front = front
+        self.domains = domains
+        front.add_http(self, domains, self.locations, https_auto=self.https_auto)
+
+    def admits(self, host: str) -> bool:
+        # Every member has the same allow_ips / deny_ips; the first one counts the refusals.
+        return bool(self.members) and self.members[0].admits(host)
+
+    async def open(self, visitor: tuple[str, int]) -> End:
+        member = self.pick()
+        if member is None:
+            raise ConnectionRefusedError(f"group {self.name!r} has no member left")
+        return await member.open(visitor)
+
+    async def release(self) -> None:
+        self._front.remove_http(self, self.domains, https_auto=self.https_auto)
 
 
 # -- client side ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Server side: an `HttpsProxyServer` is an SNI route of the `VhostFront`; each con
 names one of its domains is bridged to a work connection untouched (TLS is not terminated on the
 server). Client side: the local service keeps its own certificate, unless ``plugin = "https2http"``: then
 the client ends TLS with ``plugin_crt_path``/``plugin_key_path`` and the local service speaks plain HTTP.
+The members of a group (`HttpsGroup`) share one SNI route and take turns with the connections.
 """
 
 from __future__ import annotations
@@ -22,16 +23,20 @@ from pierce.logs import event
 from pierce.protocol import StartWork
 from pierce.protocol.messages import MAX_DOMAINS, DomainName
 from pierce.proxies.base import (
+    GroupedSpec,
     ProxyOwner,
     ProxyProtocolVersion,
     ProxySite,
-    ProxySpec,
     ProxyType,
     check_bandwidth_limit,
+    check_group,
     check_ip_lists,
     check_proxy,
+    masked_repr,
 )
 from pierce.proxies.bridge import SocketVisitor, bridge
+from pierce.proxies.group import ProxyGroup, ProxyGroups
+from pierce.proxies.health import HealthCheckConfig
 from pierce.proxies.http import WebProxy, check_domains, route_refusal
 from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
 from pierce.relay import End
@@ -70,19 +75,28 @@ class HttpsProxyConfig(
     plugin: Https2HttpPlugin | None = None
     plugin_crt_path: str = ""
     plugin_key_path: str = ""
+    #: Load balancing: proxies of this user with the same group share the domains and take turns.
+    group: str = ""
+    group_key: str = ""
+    #: Withdraw the proxy from the server while its local service fails this check.
+    health_check: HealthCheckConfig | None = None
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
         check_bandwidth_limit(self.bandwidth_limit)
         check_ip_lists(self.allow_ips, self.deny_ips)
+        check_group(self.group, self.group_key)
         check_domains(self.custom_domains, self.subdomain)
         if self.plugin is not None and not (self.plugin_crt_path and self.plugin_key_path):
             raise InvalidValue(
                 "plugin_crt_path", "expected plugin_crt_path and plugin_key_path for https2http"
             )
 
+    def __repr__(self) -> str:
+        return masked_repr(self)
 
-class HttpsSpec(ProxySpec, frozen=True, kw_only=True, tag="https"):
+
+class HttpsSpec(GroupedSpec, frozen=True, kw_only=True, tag="https"):
     """Route TLS connections whose SNI names these domains on the server's vhost HTTPS port to this client."""
 
     custom_domains: Annotated[list[DomainName], msgspec.Meta(max_length=MAX_DOMAINS)] = msgspec.field(
@@ -92,7 +106,12 @@ class HttpsSpec(ProxySpec, frozen=True, kw_only=True, tag="https"):
 
 
 def https_spec(config: HttpsProxyConfig) -> HttpsSpec:
-    return HttpsSpec(custom_domains=config.custom_domains, subdomain=config.subdomain)
+    return HttpsSpec(
+        custom_domains=config.custom_domains,
+        subdomain=config.subdomain,
+        group=config.group,
+        group_key=config.group_key,
+    )
 
 
 # -- server side ------------------------------------------------------------------------------------
@@ -105,8 +124,15 @@ class HttpsProxyServer(WebProxy):
     scheme = "https"
     default_port = 443
 
-    def __init__(self, name: str, owner: ProxyOwner, front: VhostFront, domains: list[str]) -> None:
-        super().__init__(name, owner, domains, front.https_address)
+    def __init__(
+        self,
+        name: str,
+        owner: ProxyOwner,
+        front: VhostFront,
+        domains: list[str],
+        group: HttpsGroup | None = None,
+    ) -> None:
+        super().__init__(name, owner, domains, front.https_address, group)
         self._front = front
 
     @classmethod
@@ -114,6 +140,14 @@ class HttpsProxyServer(WebProxy):
         front = site.front(VhostFront)
         try:
             domains = proxy_domains(spec.custom_domains, spec.subdomain, front.config.subdomain_host)
+            if spec.group:
+                user = site.owner.user
+                group = site.groups.join(
+                    HttpsGroup, user, name, spec, lambda: HttpsGroup(site.groups, user, spec, front, domains)
+                )
+                member = cls(name, site.owner, front, domains, group)
+                group.add(member)
+                return member
             proxy = cls(name, site.owner, front, domains)
             front.add_https(proxy, domains)
         except RouteError as exc:
@@ -128,8 +162,34 @@ class HttpsProxyServer(WebProxy):
         )
 
     async def close(self) -> None:
-        self._front.remove_https(self)
+        if self.group is not None:
+            await self.group.leave(self)
+        else:
+            self._front.remove_https(self)
         await self.live.close()
+
+
+class HttpsGroup(ProxyGroup[HttpsProxyServer]):
+    """The SNI route of a group of https proxies: each connection goes to the next member."""
+
+    kind = ProxyType.HTTPS
+
+    def __init__(
+        self, groups: ProxyGroups, user: str, spec: HttpsSpec, front: VhostFront, domains: list[str]
+    ) -> None:
+        super().__init__(groups, user, spec)
+        self._front = front
+        front.add_https(self, domains)
+
+    async def serve(self, conn: socket.socket, addr: tuple[str, int], server_name: str) -> None:
+        member = self.pick()
+        if member is None:
+            conn.close()
+            return
+        await member.serve(conn, addr, server_name)
+
+    async def release(self) -> None:
+        self._front.remove_https(self)
 
 
 # -- client side ------------------------------------------------------------------------------------

@@ -113,6 +113,8 @@ class SecretProxyServer:
         #: Secret proxies hold no port; `ProxyReady` says 0.
         self.port = 0
         self.urls: list[str] = []
+        #: Secret proxies form no groups.
+        self.group: None = None
         self.domains: list[str] = []
         self.live = LiveConnections()
         self._checks: dict[int, asyncio.Future[VisitorVerdict]] = {}

@@ -1,7 +1,8 @@
 """TCP proxies: a public port on the server whose connections reach a local TCP service of the client.
 
 Server side: `TcpProxyServer` accepts visitors on its port and bridges each one to a work connection of
-the owning client (`pierce.proxies.bridge`). Client side: `serve_tcp_work` connects the local service
+the owning client (`pierce.proxies.bridge`); the members of a group (`TcpGroup`) share one port and
+take turns. Client side: `serve_tcp_work` connects the local service
 for a started work connection and relays; every stream kind (http, https, stcp, tcpmux) uses it.
 """
 
@@ -20,19 +21,23 @@ from pierce.bandwidth import limits_for, parse_rate
 from pierce.dial import TargetUnreachable, connect_tcp
 from pierce.listeners import TcpListener
 from pierce.logs import event, log_conn_closed
-from pierce.protocol import StartWork
+from pierce.protocol import ErrorCode, Refused, StartWork
 from pierce.protocol.messages import Port
 from pierce.proxies.base import (
+    GroupedSpec,
     ProxyOwner,
     ProxyProtocolVersion,
     ProxySite,
-    ProxySpec,
     ProxyType,
     check_bandwidth_limit,
+    check_group,
     check_ip_lists,
     check_proxy,
+    masked_repr,
 )
 from pierce.proxies.bridge import LiveConnections, SocketVisitor, bridge
+from pierce.proxies.group import ProxyGroup, ProxyGroups
+from pierce.proxies.health import HealthCheckConfig
 from pierce.proxy_protocol import build_v1, build_v2
 from pierce.relay import End, SocketEnd, relay
 from pierce.snapshot import ProxyStats
@@ -60,46 +65,82 @@ class TcpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, t
     allow_ips: list[str] = []
     #: Visitor addresses or CIDR networks the server turns away (wins over allow_ips).
     deny_ips: list[str] = []
+    #: Load balancing: proxies of this user with the same group share one port and take turns.
+    group: str = ""
+    group_key: str = ""
+    #: Withdraw the proxy from the server while its local service fails this check.
+    health_check: HealthCheckConfig | None = None
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port, self.remote_port)
         check_bandwidth_limit(self.bandwidth_limit)
         check_ip_lists(self.allow_ips, self.deny_ips)
+        check_group(self.group, self.group_key)
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
 
 
-class TcpSpec(ProxySpec, frozen=True, kw_only=True, tag="tcp"):
+class TcpSpec(GroupedSpec, frozen=True, kw_only=True, tag="tcp"):
     """Listen on a TCP port and hand its connections to this client."""
 
-    #: 0 lets the server pick a free port from its allowed range.
+    #: 0 lets the server pick a free port from its allowed range (in a group: the group's port).
     remote_port: Port
 
 
 def tcp_spec(config: TcpProxyConfig) -> TcpSpec:
-    return TcpSpec(remote_port=config.remote_port)
+    return TcpSpec(remote_port=config.remote_port, group=config.group, group_key=config.group_key)
 
 
 # -- server side ------------------------------------------------------------------------------------
 
 
 class TcpProxyServer:
-    """The public listener of one TCP proxy on the server."""
+    """One TCP proxy on the server: its public listener, or its place in a group's turns."""
 
     type: ClassVar[ProxyType] = ProxyType.TCP
 
-    def __init__(self, name: str, owner: ProxyOwner, listen: HostPort) -> None:
+    def __init__(
+        self, name: str, owner: ProxyOwner, listen: HostPort | None = None, *, group: TcpGroup | None = None
+    ) -> None:
         self.name = name
         self.owner = owner
         self.live = LiveConnections()
-        self.listener = TcpListener.open(listen, self._visitor, name=f"proxy {name}")
-        self.port = self.listener.port
+        self.group = group
+        self.listener: TcpListener | None = None
+        if group is not None:
+            self.port = group.port
+        else:
+            assert listen is not None
+            self.listener = TcpListener.open(listen, self.serve, name=f"proxy {name}")
+            self.port = self.listener.port
         self.urls: list[str] = []
         self.domains: list[str] = []
 
     @classmethod
     def create(cls, name: str, spec: TcpSpec, site: ProxySite) -> TcpProxyServer:
-        return site.bind_public(name, spec.remote_port, lambda addr: cls(name, site.owner, addr))
+        if not spec.group:
+            return site.bind_public(name, spec.remote_port, lambda addr: cls(name, site.owner, addr))
+        user = site.owner.user
+        group = site.groups.find(TcpGroup, user, name, spec)
+        if group is None:
+            group = site.bind_public(
+                name, spec.remote_port, lambda addr: TcpGroup(site.groups, user, spec, addr)
+            )
+            site.groups.add(group)
+        elif spec.remote_port not in (0, group.port):
+            raise Refused(
+                ErrorCode.NOT_ALLOWED,
+                f"proxy {name!r}: group {spec.group!r} is on port {group.port}, not {spec.remote_port}",
+            )
+        else:  # the port rules and max_ports_per_client count each member's hold on the port
+            site.bind_public(name, group.port, lambda addr: addr)
+        member = cls(name, site.owner, group=group)
+        group.add(member)
+        return member
 
-    async def _visitor(self, conn: socket.socket, addr: Any) -> None:
+    async def serve(self, conn: socket.socket, addr: Any) -> None:
+        """A visitor accepted on the public port."""
         here = conn.getsockname()
         start = StartWork(
             proxy=self.name,
@@ -114,8 +155,33 @@ class TcpProxyServer:
         return self.live.stats()
 
     async def close(self) -> None:
-        await self.listener.close()
+        if self.group is not None:
+            await self.group.leave(self)
+        if self.listener is not None:
+            await self.listener.close()
         await self.live.close()
+
+
+class TcpGroup(ProxyGroup[TcpProxyServer]):
+    """The public port of a group of tcp proxies: each visitor goes to the next member."""
+
+    kind = ProxyType.TCP
+    checked_apart = frozenset({"remote_port"})
+
+    def __init__(self, groups: ProxyGroups, user: str, spec: TcpSpec, listen: HostPort) -> None:
+        super().__init__(groups, user, spec)
+        self.listener = TcpListener.open(listen, self._visitor, name=f"group {spec.group}")
+        self.port = self.listener.port
+
+    async def _visitor(self, conn: socket.socket, addr: Any) -> None:
+        member = self.pick()
+        if member is None:
+            conn.close()
+            return
+        await member.serve(conn, addr)
+
+    async def release(self) -> None:
+        await self.listener.close()
 
 
 # -- client side ------------------------------------------------------------------------------------

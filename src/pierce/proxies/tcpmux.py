@@ -13,7 +13,8 @@ a request that is not a CONNECT, 502/504 when the owner's side fails. Before the
 bounded: the request head by size, field count and time.
 
 `TcpMuxFront` is the shared listener (a front, `pierce.proxies.base.Front`); `TcpMuxProxyServer` the
-proxy; the client side is `pierce.proxies.tcp.serve_tcp_work`.
+proxy; `TcpMuxGroup` the name of a group of them, which take turns; the client side is
+`pierce.proxies.tcp.serve_tcp_work`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import enum
 import logging
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol
 
 import msgspec
 
@@ -33,17 +34,20 @@ from pierce.logs import event, log_front_refused
 from pierce.protocol import ErrorCode, StartWork
 from pierce.protocol.messages import MAX_DOMAINS, DomainName, HeaderText
 from pierce.proxies.base import (
+    GroupedSpec,
     ProxyOwner,
     ProxyProtocolVersion,
     ProxySite,
-    ProxySpec,
     ProxyType,
     check_bandwidth_limit,
+    check_group,
     check_ip_lists,
     check_proxy,
     masked_repr,
 )
 from pierce.proxies.bridge import LiveConnections, bridge
+from pierce.proxies.group import ProxyGroup, ProxyGroups
+from pierce.proxies.health import HealthCheckConfig
 from pierce.proxies.http import check_credentials, check_domains, route_refusal
 from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
 from pierce.relay import End, SocketEnd, wait_fd
@@ -95,11 +99,17 @@ class TcpMuxProxyConfig(
     allow_ips: list[str] = []
     #: Visitor addresses or CIDR networks the server turns away (wins over allow_ips).
     deny_ips: list[str] = []
+    #: Load balancing: proxies of this user with the same group share the names and take turns.
+    group: str = ""
+    group_key: str = ""
+    #: Withdraw the proxy from the server while its local service fails this check.
+    health_check: HealthCheckConfig | None = None
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
         check_bandwidth_limit(self.bandwidth_limit)
         check_ip_lists(self.allow_ips, self.deny_ips)
+        check_group(self.group, self.group_key)
         check_domains(self.custom_domains, self.subdomain)
         check_credentials(self.http_user, self.http_password)
 
@@ -107,7 +117,7 @@ class TcpMuxProxyConfig(
         return masked_repr(self)
 
 
-class TcpMuxSpec(ProxySpec, frozen=True, kw_only=True, tag="tcpmux"):
+class TcpMuxSpec(GroupedSpec, frozen=True, kw_only=True, tag="tcpmux"):
     """Route HTTP CONNECT requests for these names on the server's tcpmux port to this client."""
 
     multiplexer: Multiplexer = Multiplexer.HTTPCONNECT
@@ -126,6 +136,8 @@ def tcpmux_spec(config: TcpMuxProxyConfig) -> TcpMuxSpec:
         subdomain=config.subdomain,
         http_user=config.http_user,
         http_password=config.http_password,
+        group=config.group,
+        group_key=config.group_key,
     )
 
 
@@ -167,13 +179,38 @@ class ConnectVisitor:
         await _refuse(self.conn, _answer(_REFUSALS.get(code, "502 Bad Gateway"), reason))
 
 
+class MuxRoute(Protocol):
+    """What a name on the tcpmux port leads to: one proxy, or a group of them."""
+
+    @property
+    def name(self) -> str: ...
+
+    def authorized(self, head: Head) -> bool: ...
+
+    async def serve(self, visitor: ConnectVisitor, here: tuple[str, int], name: str) -> None: ...
+
+
+def _authorized(spec: TcpMuxSpec, head: Head) -> bool:
+    """Whether ``head`` carries the ``Proxy-Authorization`` that ``spec`` asks for (if any)."""
+    if not spec.http_user:
+        return True
+    value = next((v for f, v in head.headers if f.lower() == b"proxy-authorization"), None)
+    return basic_auth_matches(value, spec.http_user.encode(), spec.http_password.encode())
+
+
 class TcpMuxProxyServer:
     """A tcpmux proxy: CONNECT requests for the names it claims on the tcpmux port."""
 
     type: ClassVar[ProxyType] = ProxyType.TCPMUX
 
     def __init__(
-        self, name: str, owner: ProxyOwner, front: TcpMuxFront, domains: list[str], spec: TcpMuxSpec
+        self,
+        name: str,
+        owner: ProxyOwner,
+        front: TcpMuxFront,
+        domains: list[str],
+        spec: TcpMuxSpec,
+        group: TcpMuxGroup | None = None,
     ):
         self.name = name
         self.owner = owner
@@ -181,8 +218,9 @@ class TcpMuxProxyServer:
         self.port = front.port
         self.urls: list[str] = []
         self.live = LiveConnections()
+        self.group = group
         self._front = front
-        self._credentials = (spec.http_user, spec.http_password) if spec.http_user else None
+        self._spec = spec
 
     def __str__(self) -> str:
         return f"proxy {self.name!r}"
@@ -192,6 +230,18 @@ class TcpMuxProxyServer:
         front = site.front(TcpMuxFront)
         try:
             domains = proxy_domains(spec.custom_domains, spec.subdomain, front.config.subdomain_host)
+            if spec.group:
+                user = site.owner.user
+                group = site.groups.join(
+                    TcpMuxGroup,
+                    user,
+                    name,
+                    spec,
+                    lambda: TcpMuxGroup(site.groups, user, spec, front, domains),
+                )
+                member = cls(name, site.owner, front, domains, spec, group)
+                group.add(member)
+                return member
             proxy = cls(name, site.owner, front, domains, spec)
             front.routes.add_all(domains, ["/"], proxy)
         except RouteError as exc:
@@ -199,10 +249,7 @@ class TcpMuxProxyServer:
         return proxy
 
     def authorized(self, head: Head) -> bool:
-        if self._credentials is None:
-            return True
-        value = next((v for f, v in head.headers if f.lower() == b"proxy-authorization"), None)
-        return basic_auth_matches(value, *(c.encode() for c in self._credentials))
+        return _authorized(self._spec, head)
 
     async def serve(self, visitor: ConnectVisitor, here: tuple[str, int], name: str) -> None:
         start = StartWork(
@@ -218,8 +265,38 @@ class TcpMuxProxyServer:
         return self.live.stats()
 
     async def close(self) -> None:
-        self._front.routes.remove_value(self)
+        if self.group is not None:
+            await self.group.leave(self)
+        else:
+            self._front.routes.remove_value(self)
         await self.live.close()
+
+
+class TcpMuxGroup(ProxyGroup[TcpMuxProxyServer]):
+    """The names of a group of tcpmux proxies: each CONNECT goes to the next member."""
+
+    kind = ProxyType.TCPMUX
+
+    def __init__(
+        self, groups: ProxyGroups, user: str, spec: TcpMuxSpec, front: TcpMuxFront, domains: list[str]
+    ) -> None:
+        super().__init__(groups, user, spec)
+        self._front = front
+        self._tcpmux_spec = spec
+        front.routes.add_all(domains, ["/"], self)
+
+    def authorized(self, head: Head) -> bool:
+        return _authorized(self._tcpmux_spec, head)
+
+    async def serve(self, visitor: ConnectVisitor, here: tuple[str, int], name: str) -> None:
+        member = self.pick()
+        if member is None:
+            await visitor.refuse(ErrorCode.UNKNOWN_PROXY, f"group {self.name!r} has no member left")
+            return
+        await member.serve(visitor, here, name)
+
+    async def release(self) -> None:
+        self._front.routes.remove_value(self)
 
 
 class TcpMuxFront:
@@ -233,7 +310,7 @@ class TcpMuxFront:
 
     def __init__(self, config: ServerConfig, state_dir: Path) -> None:
         self.config = config
-        self.routes: DomainRouter[TcpMuxProxyServer] = DomainRouter()
+        self.routes: DomainRouter[MuxRoute] = DomainRouter()
         self._listener: TcpListener | None = None
         #: The same caps as the web ports (their keys), counted for this port on its own.
         self.limits = ConnectionLimits(

@@ -114,6 +114,8 @@ class UdpProxyServer:
         sock = bind_socket(listen, socket.SOCK_DGRAM)
         self.port = int(sock.getsockname()[1])
         self.urls: list[str] = []
+        #: UDP proxies form no groups.
+        self.group: None = None
         self.domains: list[str] = []
         self.visitors: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._seen = 0

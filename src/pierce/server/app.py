@@ -51,6 +51,7 @@ from pierce.protocol import (
 from pierce.protocol.messages import DEFAULT_USER
 from pierce.protocol.pake import Verifier, make_verifier
 from pierce.proxies.base import Front
+from pierce.proxies.group import ProxyGroups
 from pierce.proxies.registry import FRONTS
 from pierce.proxies.rendezvous import P2pCounters
 from pierce.proxies.secret import SecretProxyServer, serve_visit
@@ -93,6 +94,8 @@ class Server:
         self.verifiers: dict[str, Verifier] = user_verifiers(config)
         #: Which user owns which proxy name, port and domain.
         self.claims = Claims(config.claim_hold_s)
+        #: Load-balancing groups of proxies that share a port, domain or tcpmux name.
+        self.groups = ProxyGroups()
         #: Logged-in visitors, whose later connections prove a key derived from their login.
         self.visitor_sessions = VisitorSessions()
         self.features = frozenset({Feature.ENCRYPT_DATA} if config.transport.encrypt_data else set())
@@ -227,6 +230,8 @@ class Server:
                     remote_port=p.port,
                     urls=p.urls,
                     stats=p.stats(),
+                    group=p.group.name if p.group is not None else "",
+                    group_members=len(p.group.members) if p.group is not None else 0,
                 )
                 for s in sessions
                 for p in s.proxies.values()

@@ -31,6 +31,7 @@ from pierce.protocol import (
     VisitorVerdict,
 )
 from pierce.proxies.base import F, P, ProxyType, ServerProxy
+from pierce.proxies.group import ProxyGroups
 from pierce.proxies.registry import decode_spec, open_proxy
 from pierce.proxies.secret import SecretProxyServer
 from pierce.proxies.udp import UdpProxyServer
@@ -296,6 +297,10 @@ class ControlSession:
         self._claimed[name] = keys
 
     # -- the site proxies open on ------------------------------------------------------------------
+
+    @property
+    def groups(self) -> ProxyGroups:
+        return self.server.groups
 
     def front(self, kind: type[F]) -> F:
         front = self.server.fronts.get(kind)

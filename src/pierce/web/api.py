@@ -81,6 +81,9 @@ class ProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
     stats: ProxyStats
     #: Unix time it was last seen open (offline proxies; for online ones the time of this answer).
     last_seen: float
+    #: Its load-balancing group ("": none), and the members the group has (offline: had) at the time.
+    group: str = ""
+    group_members: int = 0
 
 
 class TrafficPoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -172,6 +175,8 @@ def _proxy(p: ServerProxyInfo, status: ProxyStatus, last_seen: float) -> ProxyIn
         path=p.path,
         stats=p.stats,
         last_seen=last_seen,
+        group=p.group,
+        group_members=p.group_members,
     )
 
 
