@@ -219,12 +219,10 @@ class InspectorOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 
     def __post_init__(self) -> None:
         if not 1 <= self.requests <= MAX_INSPECTOR_REQUESTS:
-            raise InvalidValue(
-                "inspector.requests", f"expected 1 to {MAX_INSPECTOR_REQUESTS}, got {self.requests}"
-            )
+            raise InvalidValue("requests", f"expected 1 to {MAX_INSPECTOR_REQUESTS}, got {self.requests}")
         if not 0 <= self.body_bytes <= MAX_INSPECTOR_BODY_BYTES:
             raise InvalidValue(
-                "inspector.body_bytes", f"expected 0 to {MAX_INSPECTOR_BODY_BYTES}, got {self.body_bytes}"
+                "body_bytes", f"expected 0 to {MAX_INSPECTOR_BODY_BYTES}, got {self.body_bytes}"
             )
 
 

@@ -201,6 +201,9 @@ async def test_inspector_needs_the_admin_credential(pierce, tmp_path: Path) -> N
             assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
             status, script, _ = await call(http, "GET", admin, "/inspect.js", basic)
             assert status == 200 and "/api/inspect" in script
+            # Basic auth with the token is for the inspector only: it cannot stop or reload the client.
+            assert (await call(http, "GET", admin, "/api/status", basic))[0] == 401
+            assert (await call(http, "POST", admin, "/api/stop", basic))[0] == 401
             status, listing, _ = await call(http, "GET", admin, "/api/inspect", basic)
             assert [p["name"] for p in listing["proxies"]] == ["nas"]  # inspect = false: not recorded
             assert (await call(http, "GET", admin, "/api/inspect/quiet", basic))[0] == 404

@@ -17,10 +17,11 @@ and a ``Host`` other than ``localhost``, a loopback address or the address the r
 rebinding). Keep ``admin_addr`` on loopback.
 
 The request inspector (`pierce.inspect.api`) is served here too, under the same checks; its page at
-``/inspect`` is for browsers, which cannot send a bearer token: they use basic auth, which the API
-takes in both modes (``admin_user`` with ``admin_password``, or with the token as the password when
-no password is set), and a 401 on the inspector's paths asks for it, so the browser prompts once and
-then sends it with every request of the page (same origin, so its POSTs pass the ``Origin`` check).
+``/inspect`` is for browsers, which cannot send a bearer token: on the inspector's paths (the page and
+``/api/inspect...``) basic auth is taken in both modes (``admin_user`` with ``admin_password``, or with
+the token as the password when no password is set; elsewhere the token stays a bearer token), and a 401
+there asks for basic auth, so the browser prompts once and then sends it with every request of the page
+(same origin, so its POSTs pass the ``Origin`` check).
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ class AdminApi:
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if not self._authorized(request.headers.get("Authorization")):
-            browser = paths_for_browsers(request.path)
+        browser = paths_for_browsers(request.path)
+        if not self._authorized(request.headers.get("Authorization"), browser=browser):
             scheme = "Bearer" if self.token_path is not None and not browser else "Basic"
             return web.json_response(
                 {"error": "the admin API needs its credential (pierce client status|reload|stop send it)"},
@@ -116,15 +117,20 @@ class AdminApi:
         response: web.StreamResponse = await handler(request)
         return response
 
-    def _authorized(self, header: str | None) -> bool:
+    def _authorized(self, header: str | None, *, browser: bool) -> bool:
+        """``browser``: a path of the inspector, where basic auth with the token as the password is
+        taken too (a browser cannot send a bearer token); elsewhere the token is a bearer token only."""
         if header is None:
             return False
         cfg = self.client.config
-        password = cfg.admin_password if self.token_path is None else self._token
-        if basic_auth_matches(header.encode(errors="replace"), cfg.admin_user.encode(), password.encode()):
-            return True  # basic auth: the password, or the token (a browser cannot send a bearer token)
         if self.token_path is None:
-            return False
+            return basic_auth_matches(
+                header.encode(errors="replace"), cfg.admin_user.encode(), cfg.admin_password.encode()
+            )
+        if browser and basic_auth_matches(
+            header.encode(errors="replace"), cfg.admin_user.encode(), self._token.encode()
+        ):
+            return True
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer":
             return False
