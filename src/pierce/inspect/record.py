@@ -36,6 +36,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from itertools import chain
 from typing import Any
 
 from pierce.vhost.http_parse import EndOfMessage, Head, MessageParser
@@ -130,19 +131,31 @@ def _as_text(data: bytes, truncated: bool) -> str | None:
 class Message:
     """One side of an exchange: its header fields (bounded) and a preview of its body."""
 
-    __slots__ = ("body", "headers", "headers_truncated")
+    __slots__ = ("_fields", "body", "headers_truncated")
 
     def __init__(self, head: Head, body_limit: int) -> None:
-        self.headers: list[tuple[str, str]] = []
+        # The parser made this list for this head alone: it is kept as it is (decoded when shown), cut
+        # to the bounds when it is over them.
+        fields = head.headers
         self.headers_truncated = False
-        size = 0
-        for name, value in head.headers:
-            size += len(name) + len(value) + 4
-            if size > MAX_STORED_HEAD or len(self.headers) >= MAX_STORED_FIELDS:
-                self.headers_truncated = True
-                break
-            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        size = sum(map(len, chain.from_iterable(fields))) + 4 * len(fields)
+        if len(fields) > MAX_STORED_FIELDS or size > MAX_STORED_HEAD:
+            kept: list[tuple[bytes, bytes]] = []
+            size = 0
+            for name, value in fields:
+                size += len(name) + len(value) + 4
+                if size > MAX_STORED_HEAD or len(kept) >= MAX_STORED_FIELDS:
+                    break
+                kept.append((name, value))
+            fields = kept
+            self.headers_truncated = True
+        self._fields = fields
         self.body = Body(body_limit)
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The header fields kept, in order, as text (ISO 8859-1, so every byte maps to a character)."""
+        return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in self._fields]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -156,12 +169,14 @@ class Exchange:
     """One request and its response as recorded; mutable while its connection is recorded."""
 
     __slots__ = (
+        "_host",
+        "_method",
         "_started_mono",
+        "_target",
         "context",
         "duration_ms",
-        "host",
         "id",
-        "method",
+        "is_head",
         "note",
         "reason",
         "remote",
@@ -170,7 +185,6 @@ class Exchange:
         "response",
         "state",
         "status",
-        "target",
         "time",
         "upgrade",
         "version",
@@ -183,12 +197,15 @@ class Exchange:
         self.time = wall
         self._started_mono = mono
         self.remote = remote
-        self.method = head.method.decode("latin-1")
-        self.target = head.target.decode("latin-1")
-        self.host = (head.host or b"").decode("latin-1")
+        self._method = head.method
+        self._target = head.target[:MAX_STORED_HEAD]
+        self._host = (head.host or b"")[:MAX_STORED_HEAD]
+        self.is_head = head.method == b"HEAD"
         self.version = head.version
         self.upgrade = head.upgrade
         self.request = Message(head, body_limit)
+        if len(head.target) > MAX_STORED_HEAD:
+            self.request.headers_truncated = True  # the head was not all recorded: not replayed
         self.response: Message | None = None
         self.status: int | None = None
         self.reason = ""
@@ -198,6 +215,18 @@ class Exchange:
         self.replay_of: int | None = None
         #: What the recorder's owner attached (the work connection's start, for a replay).
         self.context = context
+
+    @property
+    def method(self) -> str:
+        return self._method.decode("latin-1")
+
+    @property
+    def target(self) -> str:
+        return self._target.decode("latin-1")
+
+    @property
+    def host(self) -> str:
+        return self._host.decode("latin-1")
 
     def finish(self, state: State, mono: float, note: str = "") -> None:
         self.state = state
@@ -328,6 +357,8 @@ class ConnectionRecorder:
         #: Bytes of a response head to HEAD being collected.
         self._head_bytes = b""
         self._bytewise_left = BYTEWISE_BUDGET
+        #: HEAD requests among ``_pending``.
+        self._heads_pending = 0
         self.stopped = False
         #: Why recording stopped early ("" while recording, and after an upgrade: an orderly end of HTTP).
         self.stop_reason = ""
@@ -356,7 +387,11 @@ class ConnectionRecorder:
         if self.stopped:
             return
         try:
-            self._feed_responses(bytes(data))
+            if self._heads_pending or self._head_bytes:
+                self._feed_responses(bytes(data))
+            else:  # no HEAD awaits its answer: the parser reads the bytes as they come
+                self._responses.feed(bytes(data))
+                self._take_responses()
         except Exception as exc:
             self._stop(str(exc) or type(exc).__name__)
 
@@ -376,6 +411,7 @@ class ConnectionRecorder:
         for exchange in self._pending:
             exchange.finish(State.INCOMPLETE, now, "the connection ended before a response")
         self._pending.clear()
+        self._heads_pending = 0
         self.stopped = True
 
     # -- requests ------------------------------------------------------------------------------------
@@ -399,6 +435,7 @@ class ConnectionRecorder:
                 self._log.add(exchange)
                 self.started.append(exchange)
                 self._pending.append(exchange)
+                self._heads_pending += exchange.is_head
                 self._sending = exchange
             elif isinstance(item, bytes):
                 if self._sending is not None:
@@ -421,10 +458,10 @@ class ConnectionRecorder:
     def _feed_responses(self, data: bytes) -> None:
         view = memoryview(data)
         while view and not self.stopped:
-            next_is_head = not self._in_response and bool(self._pending) and self._pending[0].method == "HEAD"
+            next_is_head = not self._in_response and bool(self._pending) and self._pending[0].is_head
             if next_is_head:
                 view = self._feed_head_response(view)
-            elif any(e.method == "HEAD" for e in self._pending):
+            elif self._heads_pending:
                 # A HEAD waits behind the next response: find that one's end exactly, a byte at a time.
                 if self._bytewise_left <= 0:
                     raise _StopRecording("a HEAD request pipelined behind a long response")
@@ -484,6 +521,7 @@ class ConnectionRecorder:
         if not self._pending:
             raise _StopRecording("a response without a request")
         exchange = self._pending.popleft()
+        self._heads_pending -= exchange.is_head
         exchange.status = head.status
         exchange.reason = head.reason.decode("latin-1")
         exchange.response = Message(head, self._body_limit)
@@ -512,6 +550,7 @@ class ConnectionRecorder:
                 if exchange is not None and exchange.state is State.PENDING:
                     exchange.finish(State.INCOMPLETE, now, note)
         self._pending.clear()
+        self._heads_pending = 0
         self._answering = self._sending = None
         self._held = None
         self.stopped = True
