@@ -24,7 +24,10 @@ function say(text, ok) {
 }
 
 async function api(method, path) {
-  const response = await fetch(path, { method, credentials: "same-origin", cache: "no-store" });
+  // Against the origin, not the page's URL: a page opened as http://user:pass@host/ may not fetch
+  // relative URLs (they would carry the credentials); the browser sends its remembered basic auth.
+  const url = new URL(path, window.location.origin);
+  const response = await fetch(url, { method, credentials: "same-origin", cache: "no-store" });
   let doc = null;
   try { doc = await response.json(); } catch (e) { doc = null; }
   if (!response.ok) {
