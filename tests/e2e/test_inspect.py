@@ -221,3 +221,53 @@ async def test_inspector_needs_the_admin_credential(pierce, tmp_path: Path) -> N
             assert (await call(http, "GET", admin, "/api/inspect", rebound))[0] == 403
             assert (await call(http, "GET", admin, "/inspect", rebound))[0] == 403
             assert len(seen.requests) == 3
+
+
+async def test_https2http_requests_are_recorded(pierce, tmp_path: Path) -> None:
+    """With the https2http plugin the client ends TLS, so it sees (and records) plain HTTP."""
+    from support.certs import self_signed
+    from support.tunnel import start_server
+    from support.web import curl, resolve
+
+    domain = "plug.example.com"
+    crt, key = self_signed(tmp_path, domain)
+    https_port = free_port()
+    async with web_service("plain-app") as (inside, seen):
+        _, control = await start_server(pierce, tmp_path, vhost_https_port=https_port)
+        plugged = {
+            "type": "https",
+            "name": "plug",
+            "local_port": inside,
+            "custom_domains": [domain],
+            "plugin": "https2http",
+            "plugin_crt_path": str(crt),
+            "plugin_key_path": str(key),
+        }
+        passthrough = {
+            "type": "https",
+            "name": "tls",
+            "local_port": inside,
+            "custom_domains": ["tls.example.com"],
+        }
+        admin, auth = await inspected_client(pierce, tmp_path, control, [plugged, passthrough])
+        url = f"https://{domain}:{https_port}/secure?q=1"
+        code, out, err = await curl(
+            "--cacert", str(crt), *resolve(domain, https_port), "-H", "X-Test: tls", url
+        )
+        assert code == 0, err
+        assert json.loads(out)["service"] == "plain-app"
+        async with aiohttp.ClientSession() as http:
+            status, listing, _ = await call(http, "GET", admin, "/api/inspect", auth)
+            assert [(p["name"], p["type"]) for p in listing["proxies"]] == [("plug", "https")]  # not "tls"
+            (row,) = listing["proxies"][0]["requests"]
+            assert (row["method"], row["path"], row["status"], row["state"]) == (
+                "GET",
+                "/secure?q=1",
+                200,
+                "complete",
+            )
+            status, replayed, _ = await call(
+                http, "POST", admin, f"/api/inspect/plug/{row['id']}/replay", auth
+            )
+            assert status == 200 and replayed["status"] == 200 and replayed["replay_of"] == row["id"]
+            assert [r["path"] for r in seen.requests] == ["/secure?q=1", "/secure?q=1"]

@@ -171,16 +171,18 @@ class Inspector:
         payload = request_bytes(original)
         local = HostPort(config.local_ip, config.local_port)
         header = proxy_protocol_header(config.proxy_protocol_version, start) if start is not None else b""
+        recorder.request(payload)  # logged now; an unreachable service is said in its note
+        exchange = recorder.last
+        if exchange is None:
+            raise InspectError(500, f"the recorded request did not parse again: {recorder.stop_reason}")
         try:
             sock = await connect_tcp(local, LOCAL_CONNECT_TIMEOUT)
         except TargetUnreachable as exc:
-            raise InspectError(502, f"local service {local} unreachable: {exc}") from exc
+            exchange.note = f"local service {local} unreachable: {exc}"
+            recorder.close()
+            raise InspectError(502, exchange.note) from exc
         end = SocketEnd(sock)
         try:
-            recorder.request(payload)
-            if not recorder.started:
-                raise InspectError(500, f"the recorded request did not parse again: {recorder.stop_reason}")
-            exchange = recorder.started[-1]
             async with asyncio.timeout(REPLAY_TIMEOUT_S):
                 await end.write(header + payload)
                 while exchange.state is State.PENDING and not recorder.stopped:

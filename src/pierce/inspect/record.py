@@ -362,8 +362,8 @@ class ConnectionRecorder:
         self.stopped = False
         #: Why recording stopped early ("" while recording, and after an upgrade: an orderly end of HTTP).
         self.stop_reason = ""
-        #: The exchanges this recorder started, newest last (a replay reads its one exchange here).
-        self.started: list[Exchange] = []
+        #: The last exchange this recorder started (a replay reads its one exchange here).
+        self.last: Exchange | None = None
 
     # -- the relay's side ----------------------------------------------------------------------------
 
@@ -433,7 +433,7 @@ class ConnectionRecorder:
                 )
                 exchange.replay_of = self._replay_of
                 self._log.add(exchange)
-                self.started.append(exchange)
+                self.last = exchange
                 self._pending.append(exchange)
                 self._heads_pending += exchange.is_head
                 self._sending = exchange
