@@ -22,8 +22,14 @@ sending a request to the end of its response); errors are failed, errored and ti
 answers and requests never done; the body bytes received must be exactly requests x page size. The rate is
 held when h2load's achieved rate is within 2% of the target.
 
+Request inspector (``--inspector``): instead of the above, the http proxy with the client's request
+inspector off (``pierce``) and on (``pierce_inspect``: a second client of the same server, its proxy on
+another domain with ``inspect = true`` and its admin port open) in the same run, interleaved rounds as
+above; the paired ratio of requests/s on/off is reported (bar: >= 0.95x), with the clients' CPU time per
+request. After the rounds the inspected proxy's log must hold requests (read from its admin API).
+
 Usage: ``python3 bench/bench_web.py [--rounds 5] [--seconds 5] [--connections 32] [--threads 2]
-[--rate 4000] [--rate-seconds 30] [--rate-clients 40] [--json] [--quick]``.
+[--rate 4000] [--rate-seconds 30] [--rate-clients 40] [--json] [--quick] [--inspector]``.
 Needs nginx, wrk and h2load (Debian packages nginx, wrk, nghttp2-client). Each nginx runs from a temporary
 directory with its own config (as root it keeps root as its worker user) and is stopped on exit.
 """
@@ -59,6 +65,9 @@ from benchlib import (
 
 HOST = "127.0.0.1"
 DOMAIN = "web.bench.example"
+#: The domain of the inspected proxy (``--inspector``).
+INSPECT_DOMAIN = "inspect.bench.example"
+GOAL_INSPECT_ON_VS_OFF = 0.95
 TOKEN = "bench-token-Kq7vB2mN9pL4sR8tW3zY6c"
 PAGE = "/index.html"
 PATHS = ["direct", "nginx", "pierce"]
@@ -154,7 +163,8 @@ def start_nginx(
 class WebTunnel:
     """A `pierce server` with a vhost HTTP port and a `pierce client` with one ``http`` proxy."""
 
-    def __init__(self, procs: Procs, workdir: Path, backend: int) -> None:
+    def __init__(self, procs: Procs, workdir: Path, backend: int, *, inspected: bool = False) -> None:
+        """``inspected``: a second client too, its proxy on `INSPECT_DOMAIN` recorded by its inspector."""
         control, self.port = free_port(), free_port()
         self.logs = [workdir / "pierce-server.log", workdir / "pierce-client.log"]
         server_conf = workdir / "server.toml"
@@ -173,6 +183,35 @@ class WebTunnel:
         wait_listening(control)
         wait_listening(self.port)
         self.procs.append(self._start(procs, "client", client_conf, self.logs[1], env))
+        #: The inspected client's admin port and state directory (``inspected`` only).
+        self.admin_port = 0
+        self.admin_state = workdir / "inspect-state"
+        if inspected:
+            self.admin_port = free_port()
+            inspect_conf = workdir / "client-inspect.toml"
+            inspect_conf.write_text(
+                f'server_addr = "{HOST}"\nserver_port = {control}\ntoken = "{TOKEN}"\n'
+                f'client_id = "bench-inspect"\nadmin_port = {self.admin_port}\n'
+                f'state_dir = "{self.admin_state}"\n'
+                '[[proxies]]\nname = "web-inspect"\ntype = "http"\ninspect = true\n'
+                f'local_ip = "{HOST}"\nlocal_port = {backend}\ncustom_domains = ["{INSPECT_DOMAIN}"]\n'
+            )
+            self.logs.append(workdir / "pierce-client-inspect.log")
+            self.procs.append(self._start(procs, "client", inspect_conf, self.logs[2], env))
+
+    def inspected_requests(self) -> int:
+        """How many requests the inspected proxy's log holds (its admin API, with the generated token)."""
+        token = (self.admin_state / "admin.token").read_text().strip()
+        conn = http.client.HTTPConnection(HOST, self.admin_port, timeout=10)
+        try:
+            conn.request("GET", "/api/inspect/web-inspect", headers={"Authorization": f"Bearer {token}"})
+            response = conn.getresponse()
+            doc = json.loads(response.read())
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise RuntimeError(f"inspector API answered {response.status}: {doc}")
+        return len(doc["requests"])
 
     @staticmethod
     def _start(
@@ -191,18 +230,20 @@ class WebTunnel:
 # -- HTTP checks -----------------------------------------------------------------------------------
 
 
-def fetch(port: int) -> tuple[int, bytes]:
+def fetch(port: int, host: str = DOMAIN) -> tuple[int, bytes]:
     """GET the page with the proxy's Host header; (status, body)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=10)
     try:
-        conn.request("GET", PAGE, headers={"Host": DOMAIN})
+        conn.request("GET", PAGE, headers={"Host": host})
         response = conn.getresponse()
         return response.status, response.read()
     finally:
         conn.close()
 
 
-def wait_page(port: int, page: bytes, tunnel: WebTunnel | None = None, timeout: float = 20) -> None:
+def wait_page(
+    port: int, page: bytes, tunnel: WebTunnel | None = None, timeout: float = 20, host: str = DOMAIN
+) -> None:
     """Poll until ``port`` serves the page (a vhost answers 404 until the proxy is registered)."""
     deadline = time.monotonic() + timeout
     last = "nothing yet"
@@ -210,7 +251,7 @@ def wait_page(port: int, page: bytes, tunnel: WebTunnel | None = None, timeout: 
         if tunnel is not None:
             tunnel.check_running()
         try:
-            status, body = fetch(port)
+            status, body = fetch(port, host)
         except OSError as exc:
             last = str(exc)
         else:
@@ -221,20 +262,22 @@ def wait_page(port: int, page: bytes, tunnel: WebTunnel | None = None, timeout: 
     raise RuntimeError(f"port {port} does not serve the page: {last}")
 
 
-def page_intact(port: int, page: bytes) -> bool:
+def page_intact(port: int, page: bytes, host: str = DOMAIN) -> bool:
     """One GET; True when the body's SHA-256 is the page's."""
-    status, body = fetch(port)
+    status, body = fetch(port, host)
     return status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(page).digest()
 
 
 # -- load generators -------------------------------------------------------------------------------
 
 
-def wrk(port: int, seconds: int, connections: int, threads: int, script: Path) -> dict[str, Any]:
+def wrk(
+    port: int, seconds: int, connections: int, threads: int, script: Path, host: str = DOMAIN
+) -> dict[str, Any]:
     """One closed-loop ``wrk`` run on keep-alive connections; requests/s, latency, error counts."""
     argv = [
         "wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
-        "--timeout", "10s", "-s", str(script), "-H", f"Host: {DOMAIN}", f"http://{HOST}:{port}{PAGE}",
+        "--timeout", "10s", "-s", str(script), "-H", f"Host: {host}", f"http://{HOST}:{port}{PAGE}",
     ]  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     line = next((x for x in out.stdout.splitlines() if x.startswith("WRK-RESULT ")), None)
@@ -423,6 +466,114 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+INSPECT_PATHS = {"pierce": DOMAIN, "pierce_inspect": INSPECT_DOMAIN}
+
+
+def run_inspector(args: argparse.Namespace) -> dict[str, Any]:
+    """``--inspector``: the http proxy with the request inspector off and on, in the same run."""
+    procs = Procs()
+    page = page_bytes(args.page_size)
+    with tempfile.TemporaryDirectory(prefix="pierce-bench-inspect-") as tmp:
+        workdir = Path(tmp)
+        try:
+            www = workdir / "www"
+            www.mkdir()
+            (www / PAGE.lstrip("/")).write_bytes(page)
+            backend = free_port()
+            start_nginx(procs, workdir / "backend", args.nginx_workers, backend_block(backend, www), backend)
+            tunnel = WebTunnel(procs, workdir, backend, inspected=True)
+            _, client, client_inspect = tunnel.procs
+            groups = {"pierce": [client.pid], "pierce_inspect": [client_inspect.pid]}
+            for host in INSPECT_PATHS.values():
+                wait_page(tunnel.port, page, tunnel, host=host)
+            intact = {name: page_intact(tunnel.port, page, host) for name, host in INSPECT_PATHS.items()}
+            script = workdir / "report.lua"
+            script.write_text(WRK_REPORT)
+            for host in INSPECT_PATHS.values():
+                wrk(tunnel.port, args.warmup, args.connections, args.threads, script, host)
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in INSPECT_PATHS}
+            cpu = dict.fromkeys(INSPECT_PATHS, 0.0)
+            for r in range(args.rounds):
+                for name in rotated(list(INSPECT_PATHS), r):
+                    before = group_cpu_seconds(groups[name][0])
+                    runs[name].append(
+                        wrk(
+                            tunnel.port,
+                            args.seconds,
+                            args.connections,
+                            args.threads,
+                            script,
+                            INSPECT_PATHS[name],
+                        )
+                    )
+                    cpu[name] += group_cpu_seconds(groups[name][0]) - before
+                print(
+                    f"round {r + 1}/{args.rounds}: "
+                    + ", ".join(f"{n} {runs[n][-1]['rps']:.0f} req/s" for n in INSPECT_PATHS),
+                    file=sys.stderr,
+                )
+            tunnel.check_running()
+            recorded = tunnel.inspected_requests()
+            intact = {n: intact[n] and page_intact(tunnel.port, page, h) for n, h in INSPECT_PATHS.items()}
+        finally:
+            procs.close()
+    rps = {n: [one["rps"] for one in runs[n]] for n in INSPECT_PATHS}
+    ratio = paired_ratio(rps["pierce_inspect"], rps["pierce"])
+    return {
+        "path": "loopback",
+        "cpus": os.cpu_count(),
+        "page_bytes": len(page),
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "connections": args.connections,
+        "threads": args.threads,
+        "requests_per_s_median": {n: round(statistics.median(v)) for n, v in rps.items()},
+        "latency_us_median": {
+            n: {q: round(statistics.median(one[f"{q}_us"] for one in runs[n])) for q in ("p50", "p99")}
+            for n in INSPECT_PATHS
+        },
+        "errors": {
+            n: {k: sum(one["errors"][k] for one in runs[n]) for k in WRK_ERRORS} for n in INSPECT_PATHS
+        },
+        "client_cpu_us_per_request": {
+            n: round(cpu[n] * 1e6 / max(1, sum(one["requests"] for one in runs[n])), 1) for n in INSPECT_PATHS
+        },
+        "body_sha256_ok": intact,
+        "inspected_requests_kept": recorded,
+        "ratios": {"rps_inspect_on_vs_off": ratio},
+        "bars": {
+            "rps_inspect_on_vs_off": {
+                "bar": f">= {GOAL_INSPECT_ON_VS_OFF}x",
+                "met": ratio >= GOAL_INSPECT_ON_VS_OFF,
+            }
+        },
+    }
+
+
+def print_inspector_table(res: dict[str, Any]) -> None:
+    rps, lat, err = res["requests_per_s_median"], res["latency_us_median"], res["errors"]
+    cpu = res["client_cpu_us_per_request"]
+    print(
+        f"\n{res['path']} ({res['cpus']} CPUs): {res['page_bytes']} B page, wrk -t{res['threads']} "
+        f"-c{res['connections']} -d{res['seconds']}s x {res['rounds']} rounds, http proxy, inspector off / on"
+    )
+    print(
+        f"{'path':<15} {'requests/s':>11} {'p50 (ms)':>9} {'p99 (ms)':>9} {'errors':>7} {'sha256':>7} "
+        f"{'client CPU us/req':>18}"
+    )
+    for n in rps:
+        print(
+            f"{n:<15} {rps[n]:>11,} {lat[n]['p50'] / 1000:>9.2f} {lat[n]['p99'] / 1000:>9.2f} "
+            f"{sum(err[n].values()):>7} {'ok' if res['body_sha256_ok'][n] else 'BAD':>7} {cpu[n]:>18.1f}"
+        )
+    bar = res["bars"]["rps_inspect_on_vs_off"]
+    verdict = "met" if bar["met"] else "MISSED"
+    print(
+        f"\nrequests/s  inspector on/off = {res['ratios']['rps_inspect_on_vs_off']:.2f}x   "
+        f"(bar {bar['bar']}: {verdict}); requests kept by the inspector: {res['inspected_requests_kept']}"
+    )
+
+
 def print_table(res: dict[str, Any]) -> None:
     rps, lat, err = res["requests_per_s_median"], res["latency_us_median"], res["errors"]
     print(
@@ -487,6 +638,9 @@ def main() -> int:
     ap.add_argument("--rate-clients", type=int, default=40, help="h2load connections sharing the rate")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 2 s, 3 s at the rate")
+    ap.add_argument(
+        "--inspector", action="store_true", help="only the http proxy, request inspector off vs on (ratio)"
+    )
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.seconds, args.warmup, args.rate_seconds = 1, 2, 1, 3
@@ -494,7 +648,7 @@ def main() -> int:
         ap.error("--page-size must be at least 64 bytes")
     if args.rate % args.rate_clients:
         ap.error("--rate must be a multiple of --rate-clients (each client paces rate/clients requests/s)")
-    if missing := missing_tools("wrk", "h2load", "ss"):
+    if missing := missing_tools("wrk", "ss", *([] if args.inspector else ["h2load"])):
         print(f"bench: {missing} is not installed", file=sys.stderr)
         return 2
     if nginx_binary() is None:
@@ -502,9 +656,11 @@ def main() -> int:
         return 2
     # A terminated run still stops its nginx and pierce processes (the finally in `run`).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    res = run(args)
+    res = run_inspector(args) if args.inspector else run(args)
     if args.json:
         print(json.dumps(res, indent=2))
+    elif args.inspector:
+        print_inspector_table(res)
     else:
         print_table(res)
     return 0

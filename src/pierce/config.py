@@ -203,6 +203,29 @@ class TransportOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     encrypt_data: bool = True
 
 
+#: Most requests ``[inspector] requests`` may keep per proxy, and most bytes of each body preview.
+MAX_INSPECTOR_REQUESTS = 1000
+MAX_INSPECTOR_BODY_BYTES = 64 * 1024
+
+
+class InspectorOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[inspector]`` of client.toml: what the request inspector keeps (read at start)."""
+
+    #: Requests kept per http proxy (the oldest goes when a new one comes).
+    requests: int = 50
+    #: Bytes of each request and response body kept as a preview (a request replays only when its
+    #: whole body fits).
+    body_bytes: int = 4096
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.requests <= MAX_INSPECTOR_REQUESTS:
+            raise InvalidValue("requests", f"expected 1 to {MAX_INSPECTOR_REQUESTS}, got {self.requests}")
+        if not 0 <= self.body_bytes <= MAX_INSPECTOR_BODY_BYTES:
+            raise InvalidValue(
+                "body_bytes", f"expected 0 to {MAX_INSPECTOR_BODY_BYTES}, got {self.body_bytes}"
+            )
+
+
 class P2pOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[p2p]`` of client.toml: how this client punches holes (both for its xtcp/xudp proxies and its
     P2P visitors). The defaults are the documented ones; each bounds time, sockets or packets."""
@@ -562,6 +585,8 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     state_dir: str = ""
     transport: TransportOptions = msgspec.field(default_factory=TransportOptions)
     p2p: P2pOptions = msgspec.field(default_factory=P2pOptions)
+    #: The request inspector of http proxies (on the admin port).
+    inspector: InspectorOptions = msgspec.field(default_factory=InspectorOptions)
     proxies: list[ProxyConfig] = []
     #: Local ports that reach other clients' secret (stcp/sudp) proxies; read at start.
     visitors: list[VisitorConfig] = []

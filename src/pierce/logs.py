@@ -204,6 +204,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "client.reload_failed": {"error"},
         "client.stopping": set(),
         "admin.listening": {"listen", "port", "path"},
+        "inspect.replayed": {"proxy", "method", "target", "status"},
         "tls.pinned": {"server", "fingerprint", "path"},
         "work.failed": {"error"},
         "work.unexpected": {"proxy"},

@@ -19,6 +19,12 @@ Fast paths, for two plain sockets (the mapper, unencrypted tunnel data):
 
 TLS streams and event loops without ``add_reader`` (Windows) use the stream copy loop.
 
+Taps: a relay may be given a callable per direction that sees every piece of bytes just before it is
+written on (the client's request inspector, `pierce.inspect`), so a request is always seen before the
+other side can answer it. A tapped direction never splices (the bytes must pass through Python); it uses
+the copy loops. A tap must not raise, block or keep the memoryview it gets past its call. Without taps
+nothing changes.
+
 Cancel safety: :func:`relay` may be cancelled or wrapped in a timeout at any point once it has
 started; it owns both ends from its first step (a task cancelled before it ever ran leaves the ends
 to its creator).
@@ -37,9 +43,13 @@ import struct
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pierce.bandwidth import Throttle
+
+#: Sees the bytes of one direction of a relay just before they are written on (see "Taps" above).
+Tap = Callable[[bytes | memoryview], None]
 
 #: Bytes moved per copy-loop read: a connection starts small and grows while transfers fill the buffer.
 COPY_BUFFER_MIN = 64 * 1024
@@ -203,6 +213,7 @@ async def relay(
     stats: RelayStats | None = None,
     *,
     throttles: tuple[Throttle | None, Throttle | None] = (None, None),
+    taps: tuple[Tap | None, Tap | None] = (None, None),
 ) -> RelayStats:
     """Move bytes both ways between ``a`` and ``b`` until both directions end; close both.
 
@@ -210,10 +221,12 @@ async def relay(
     instead of an exception; cancellation propagates after both ends are closed. A relay that did not
     see both directions end aborts both ends (`End.abort`): a failure on one side reaches the other as
     a failure, never as an orderly end that would pass a truncated stream off as complete.
+
+    ``taps``: callables that see the bytes of a -> b and b -> a (see "Taps" in the module docstring).
     """
     stats = stats if stats is not None else RelayStats()
-    forward = asyncio.ensure_future(_pump(a, b, stats, forward=True, throttle=throttles[0]))
-    backward = asyncio.ensure_future(_pump(b, a, stats, forward=False, throttle=throttles[1]))
+    forward = asyncio.ensure_future(_pump(a, b, stats, forward=True, throttle=throttles[0], tap=taps[0]))
+    backward = asyncio.ensure_future(_pump(b, a, stats, forward=False, throttle=throttles[1], tap=taps[1]))
     try:
         pending: set[asyncio.Future[None]] = {forward, backward}
         while pending:
@@ -263,20 +276,24 @@ def choose_mode(a: socket.socket | None, b: socket.socket | None) -> RelayMode:
     return RelayMode.COPY
 
 
-async def _pump(src: End, dst: End, stats: RelayStats, *, forward: bool, throttle: Throttle | None) -> None:
+async def _pump(
+    src: End, dst: End, stats: RelayStats, *, forward: bool, throttle: Throttle | None, tap: Tap | None
+) -> None:
     src_sock, dst_sock = src.socket, dst.socket
     try:
         mode = stats.mode = choose_mode(src_sock, dst_sock) if throttle is None else RelayMode.STREAM
+        if mode is RelayMode.SPLICE and tap is not None:
+            mode = stats.mode = RelayMode.COPY  # a tap sees the bytes: they pass through Python
         if throttle is not None:
-            await _copy_pump(src, dst, stats, forward, throttle)
+            await _copy_pump(src, dst, stats, forward, throttle, tap)
         elif mode is RelayMode.SPLICE:
             assert src_sock is not None and dst_sock is not None
             await _splice_pump(src_sock, dst_sock, stats, forward)
         elif mode is RelayMode.COPY:
             assert src_sock is not None and dst_sock is not None
-            await _socket_copy_pump(src_sock, dst_sock, stats, forward)
+            await _socket_copy_pump(src_sock, dst_sock, stats, forward, tap)
         else:
-            await _copy_pump(src, dst, stats, forward)
+            await _copy_pump(src, dst, stats, forward, None, tap)
     except OSError as exc:
         failure: OSError = (
             PeerGone(str(exc)) if exc.errno in _GONE_ERRNOS or isinstance(exc, ConnectionError) else exc
@@ -297,7 +314,9 @@ class PeerGone(ConnectionError):
     """One end reset or vanished mid-transfer."""
 
 
-async def _socket_copy_pump(src: socket.socket, dst: socket.socket, stats: RelayStats, forward: bool) -> None:
+async def _socket_copy_pump(
+    src: socket.socket, dst: socket.socket, stats: RelayStats, forward: bool, tap: Tap | None = None
+) -> None:
     """socket -> buffer -> socket with non-blocking calls, waking only when a side would block.
 
     The buffer exists only while data flows: it is allocated when the source becomes readable, grows
@@ -335,6 +354,8 @@ async def _socket_copy_pump(src: socket.socket, dst: socket.socket, stats: Relay
             stats.a_to_b += n
         else:
             stats.b_to_a += n
+        if tap is not None:
+            tap(view[:n])
         sent = 0
         while sent < n:
             try:
@@ -366,7 +387,12 @@ _MAPPED_BUFFER = 1024 * 1024
 
 
 async def _copy_pump(
-    src: End, dst: End, stats: RelayStats, forward: bool, throttle: Throttle | None = None
+    src: End,
+    dst: End,
+    stats: RelayStats,
+    forward: bool,
+    throttle: Throttle | None = None,
+    tap: Tap | None = None,
 ) -> None:
     # No buffer of our own: stream ends hand over the bytes objects they read. The read size starts
     # small (most tunnelled connections are idle or interactive) and grows while reads come back full.
@@ -380,6 +406,8 @@ async def _copy_pump(
             throttle.refund(allowed - len(data))
         if not data:
             return
+        if tap is not None:
+            tap(data)
         await dst.write(data)
         n = len(data)
         if forward:

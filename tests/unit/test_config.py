@@ -247,3 +247,23 @@ def test_the_walk_builds_what_msgspec_convert_builds(name: str, kind: str) -> No
 def test_pre_login_limits_are_checked(line: str, problem: str) -> None:
     text = f'token = "t"\nallow_weak_token = true\n{line}\n'
     assert problems_of(text, config.ServerConfig) == [f"c.toml: {problem}"]
+
+
+def test_inspector_keys() -> None:
+    assert problems_of(CLIENT + "[inspector]\nrequests = 0\nbody_bytes = 100000\n") == [
+        "c.toml: inspector.requests: expected 1 to 1000, got 0",
+    ]
+    assert problems_of(CLIENT + "[inspector]\nbody_bytes = 100000\n") == [
+        "c.toml: inspector.body_bytes: expected 0 to 65536, got 100000",
+    ]
+    (problem,) = problems_of(
+        CLIENT
+        + '[[proxies]]\ntype = "https"\nname = "s"\nlocal_port = 443\nsubdomain = "s"\ninspect = true\n'
+    )
+    assert problem.startswith(
+        'c.toml: proxies[0].inspect: expected plugin = "https2http" with inspect = true'
+    )
+    (problem,) = problems_of(
+        CLIENT + '[[proxies]]\ntype = "http"\nname = "w"\nlocal_port = 80\nsubdomain = "w"\ninspect = 1\n'
+    )
+    assert problem.startswith("c.toml: proxies[0].inspect: expected")

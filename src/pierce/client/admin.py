@@ -1,6 +1,6 @@
 """The client's local admin API (status, reload, stop) and the CLI side that calls it.
 
-`AdminApi` serves three JSON endpoints on ``admin_addr:admin_port`` (off unless ``admin_port`` is set):
+`AdminApi` serves these JSON endpoints on ``admin_addr:admin_port`` (off unless ``admin_port`` is set):
 
 - ``GET /api/status``: connection state, run id, attempts, last error, proxies and active connections.
 - ``POST /api/reload``: re-read the config file; ``{"added", "removed", "changed"}``, or HTTP 400 with
@@ -11,10 +11,17 @@ Every request must carry the admin credential, or it gets HTTP 401: ``Authorizat
 with the token the client generates on first start in its state directory (``admin.token``, mode
 0600, so only its owner can read it), or HTTP basic auth with ``admin_user``/``admin_password`` when
 the config sets a password (then no token is generated). ``pierce client status|reload|stop`` read
-the credential themselves. What cannot come from a web page is refused before that: a request
-carrying an ``Origin`` header (every browser sends one on a cross-site POST), and a ``Host`` other
-than ``localhost``, a loopback address or the address the request arrived on (DNS rebinding).
-Keep ``admin_addr`` on loopback.
+the credential themselves. What cannot come from another site's page is refused before that: a request
+carrying an ``Origin`` header other than this API's own (every browser sends one on a cross-site POST),
+and a ``Host`` other than ``localhost``, a loopback address or the address the request arrived on (DNS
+rebinding). Keep ``admin_addr`` on loopback.
+
+The request inspector (`pierce.inspect.api`) is served here too, under the same checks; its page at
+``/inspect`` is for browsers, which cannot send a bearer token: on the inspector's paths (the page and
+``/api/inspect...``) basic auth is taken in both modes (``admin_user`` with ``admin_password``, or with
+the token as the password when no password is set; elsewhere the token stays a bearer token), and a 401
+there asks for basic auth, so the browser prompts once and then sends it with every request of the page
+(same origin, so its POSTs pass the ``Origin`` check).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from aiohttp import web
 from pierce import config as config_mod
 from pierce.config import ClientConfig
 from pierce.errors import ConfigError, LocalError, PierceError
+from pierce.inspect.api import InspectApi, paths_for_browsers
 from pierce.local_http import host_header_allowed, start_site
 from pierce.logs import event
 from pierce.statedir import ensure_secret, read_secret, state_dir_for
@@ -71,10 +79,11 @@ class AdminApi:
         if not cfg.admin_password:
             self.token_path = state_dir_for("client", cfg.state_dir) / TOKEN_FILE_NAME
             self._token, _ = ensure_secret(self.token_path)
-        app = web.Application(middlewares=[_refuse_browsers, self._authenticate])
+        app = web.Application(middlewares=[_refuse_other_sites, self._authenticate])
         app.router.add_get("/api/status", self._status)
         app.router.add_post("/api/reload", self._reload)
         app.router.add_post("/api/stop", self._stop)
+        InspectApi(self.client.inspector).add_routes(app)
         self._runner, self.address, port = await start_site(app, cfg.admin_addr, cfg.admin_port, "admin API")
         how = (
             f"token in {self.token_path}" if self.token_path is not None else "admin_user and admin_password"
@@ -97,8 +106,9 @@ class AdminApi:
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if not self._authorized(request.headers.get("Authorization")):
-            scheme = "Bearer" if self.token_path is not None else "Basic"
+        browser = paths_for_browsers(request.path)
+        if not self._authorized(request.headers.get("Authorization"), browser=browser):
+            scheme = "Bearer" if self.token_path is not None and not browser else "Basic"
             return web.json_response(
                 {"error": "the admin API needs its credential (pierce client status|reload|stop send it)"},
                 status=401,
@@ -107,14 +117,20 @@ class AdminApi:
         response: web.StreamResponse = await handler(request)
         return response
 
-    def _authorized(self, header: str | None) -> bool:
+    def _authorized(self, header: str | None, *, browser: bool) -> bool:
+        """``browser``: a path of the inspector, where basic auth with the token as the password is
+        taken too (a browser cannot send a bearer token); elsewhere the token is a bearer token only."""
         if header is None:
             return False
+        cfg = self.client.config
         if self.token_path is None:
-            cfg = self.client.config
             return basic_auth_matches(
                 header.encode(errors="replace"), cfg.admin_user.encode(), cfg.admin_password.encode()
             )
+        if browser and basic_auth_matches(
+            header.encode(errors="replace"), cfg.admin_user.encode(), self._token.encode()
+        ):
+            return True
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer":
             return False
@@ -158,13 +174,15 @@ class AdminApi:
 
 
 @web.middleware
-async def _refuse_browsers(request: web.Request, handler: Any) -> web.StreamResponse:
-    if request.headers.get("Origin") is not None:
-        return web.json_response({"error": "requests from web pages are not accepted"}, status=403)
+async def _refuse_other_sites(request: web.Request, handler: Any) -> web.StreamResponse:
     sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
     local = str(sockname[0]) if isinstance(sockname, tuple) and sockname else None
     if not host_header_allowed(request.host, local):
         return web.json_response({"error": f"unexpected Host header {request.host!r}"}, status=403)
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.lower() != f"http://{request.host}".lower():
+        # Another site's page (its POSTs carry its Origin); this API's own page (/inspect) is let in.
+        return web.json_response({"error": "requests from other sites' pages are not accepted"}, status=403)
     response: web.StreamResponse = await handler(request)
     return response
 

@@ -25,6 +25,7 @@ from pierce.client.visitor import Visitors
 from pierce.config import ClientConfig
 from pierce.errors import ConfigError, PierceError
 from pierce.handshake import AuthenticationFailed, WrongCredentials, resume_key
+from pierce.inspect.inspector import Inspector
 from pierce.logs import event
 from pierce.p2p.direct import path_settings, punch_settings
 from pierce.p2p.keepalive import load as load_lifetimes
@@ -78,6 +79,10 @@ class Client:
         self.session: ClientSession | None = None
         #: Visitors' exchanges and tickets for this client's secret services (outlive reconnects).
         self.exchanges = OwnerExchanges()
+        #: What the http proxies' visitors asked and got (the admin port's /inspect).
+        self.inspector = Inspector(
+            config.inspector, lambda: self.config.proxies, admin_on=bool(config.admin_port)
+        )
         #: TLS contexts of https2http plugins on direct paths, by certificate and key file.
         self._tls_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
         #: Direct paths to visitors of this client's xtcp/xudp proxies (they outlive reconnects).
@@ -287,6 +292,7 @@ class Client:
                     exchanges=self.exchanges,
                     p2p=self.p2p,
                     ready=self._ready,
+                    inspector=self.inspector,
                 )
                 try:
                     await self.session.run()

@@ -15,6 +15,7 @@ from pierce.config import ClientConfig
 from pierce.dial import connect_tcp
 from pierce.errors import PierceError
 from pierce.handshake import client_login, client_work_login, plain_binding, visitor_key, work_key
+from pierce.inspect.inspector import Inspector
 from pierce.known_hosts import KnownHosts
 from pierce.logs import event
 from pierce.p2p.owner import OwnerP2p
@@ -232,6 +233,7 @@ class ClientSession:
         exchanges: OwnerExchanges | None = None,
         p2p: OwnerP2p | None = None,
         ready: Callable[[str], bool] = lambda name: True,
+        inspector: Inspector | None = None,
     ) -> None:
         self.dialer = dialer
         self.config = dialer.config
@@ -254,6 +256,8 @@ class ClientSession:
         self.exchanges = exchanges if exchanges is not None else OwnerExchanges()
         #: Direct paths to P2P visitors (the client's own: they outlive this session).
         self.p2p = p2p
+        #: Records the requests of http proxies (the client's own: logs outlive this session).
+        self.inspector = inspector
         self.tasks: set[asyncio.Task[None]] = set()
         self.idle_work = 0
         self._closing = False
@@ -421,7 +425,8 @@ class ClientSession:
                 proxy=msg.proxy,
             )
             return
-        handler = work_handler(proxy, msg, end, self._tls_contexts)
+        recorder = self.inspector.recorder(proxy, msg) if self.inspector is not None else None
+        handler = work_handler(proxy, msg, end, self._tls_contexts, recorder)
         if handler is None:
             end.close()
             event(

@@ -21,6 +21,7 @@ import msgspec
 from pierce.addr import HostPort
 from pierce.domains import InvalidDomain, normalize_domain, normalize_label
 from pierce.errors import InvalidValue, KeyPath, PierceError
+from pierce.inspect.record import ConnectionRecorder
 from pierce.protocol import ErrorCode, Refused, StartWork
 from pierce.protocol.messages import MAX_DOMAINS, MAX_HEADERS, DomainName, HeaderText, PathPrefix
 from pierce.proxies.base import (
@@ -153,6 +154,8 @@ class HttpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, 
     group_key: str = ""
     #: Withdraw the proxy from the server while its local service fails this check.
     health_check: HealthCheckConfig | None = None
+    #: Record requests for the inspector on the admin port; unset: on when ``admin_port`` is set.
+    inspect: bool | None = None
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
@@ -376,9 +379,17 @@ class HttpGroup(ProxyGroup[HttpProxyServer], HttpOptions):
 # -- client side ------------------------------------------------------------------------------------
 
 
-async def serve_http_work(config: HttpProxyConfig, start: StartWork, tunnel: End) -> None:
+async def serve_http_work(
+    config: HttpProxyConfig, start: StartWork, tunnel: End, recorder: ConnectionRecorder | None = None
+) -> None:
     local = HostPort(config.local_ip, config.local_port)
     header = proxy_protocol_header(config.proxy_protocol_version, start)
     await serve_tcp_work(
-        config.name, local, start, tunnel, header=header, bandwidth_limit=config.bandwidth_limit
+        config.name,
+        local,
+        start,
+        tunnel,
+        header=header,
+        bandwidth_limit=config.bandwidth_limit,
+        recorder=recorder,
     )

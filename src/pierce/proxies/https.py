@@ -19,6 +19,7 @@ import msgspec
 
 from pierce.addr import HostPort
 from pierce.errors import InvalidValue
+from pierce.inspect.record import ConnectionRecorder
 from pierce.logs import event
 from pierce.protocol import StartWork
 from pierce.protocol.messages import MAX_DOMAINS, DomainName
@@ -80,6 +81,9 @@ class HttpsProxyConfig(
     group_key: str = ""
     #: Withdraw the proxy from the server while its local service fails this check.
     health_check: HealthCheckConfig | None = None
+    #: With the https2http plugin (this client sees plain HTTP): record requests for the inspector on
+    #: the admin port; unset: on when ``admin_port`` is set.
+    inspect: bool | None = None
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
@@ -90,6 +94,12 @@ class HttpsProxyConfig(
         if self.plugin is not None and not (self.plugin_crt_path and self.plugin_key_path):
             raise InvalidValue(
                 "plugin_crt_path", "expected plugin_crt_path and plugin_key_path for https2http"
+            )
+        if self.inspect and self.plugin is None:
+            raise InvalidValue(
+                "inspect",
+                'expected plugin = "https2http" with inspect = true (without it this client relays TLS '
+                "it cannot read)",
             )
 
     def __repr__(self) -> str:
@@ -222,8 +232,13 @@ def plugin_context(
 
 
 async def serve_https_work(
-    config: HttpsProxyConfig, start: StartWork, tunnel: End, tls_cache: dict[tuple[str, str], ssl.SSLContext]
+    config: HttpsProxyConfig,
+    start: StartWork,
+    tunnel: End,
+    tls_cache: dict[tuple[str, str], ssl.SSLContext],
+    recorder: ConnectionRecorder | None = None,
 ) -> None:
+    """``recorder``: the inspector's, with the https2http plugin only (else this client sees only TLS)."""
     tls = None
     if config.plugin is not None:
         tls = plugin_context(config, tls_cache)
@@ -233,5 +248,12 @@ async def serve_https_work(
     local = HostPort(config.local_ip, config.local_port)
     header = proxy_protocol_header(config.proxy_protocol_version, start)
     await serve_tcp_work(
-        config.name, local, start, tunnel, header=header, tls=tls, bandwidth_limit=config.bandwidth_limit
+        config.name,
+        local,
+        start,
+        tunnel,
+        header=header,
+        tls=tls,
+        bandwidth_limit=config.bandwidth_limit,
+        recorder=recorder if tls is not None else None,
     )

@@ -14,6 +14,7 @@ from typing import Any, TypeAlias, assert_never
 import msgspec
 
 from pierce.errors import InvalidValue
+from pierce.inspect.record import ConnectionRecorder
 from pierce.protocol import ErrorCode, ProtocolError, Refused, StartWork
 from pierce.proxies.access import IpAccess
 from pierce.proxies.base import FrontType, ProxySite, ServerProxy
@@ -117,18 +118,25 @@ async def _kind_spec(config: ProxyConfig, udp: UdpProxies) -> ProxySpecs:
 
 
 def work_handler(
-    config: ProxyConfig, start: StartWork, tunnel: End, tls_cache: dict[tuple[str, str], ssl.SSLContext]
+    config: ProxyConfig,
+    start: StartWork,
+    tunnel: End,
+    tls_cache: dict[tuple[str, str], ssl.SSLContext],
+    recorder: ConnectionRecorder | None = None,
 ) -> Coroutine[Any, Any, None] | None:
-    """What serves a started work connection of ``config`` (None: its kind takes no work connections)."""
+    """What serves a started work connection of ``config`` (None: its kind takes no work connections).
+
+    ``recorder``: the request inspector's for this connection (http, and https with https2http).
+    """
     match config:
         case TcpProxyConfig():
             return serve_tcp_proxy_work(config, start, tunnel)
         case UdpProxyConfig():
             return None  # datagrams travel on the control channel
         case HttpProxyConfig():
-            return serve_http_work(config, start, tunnel)
+            return serve_http_work(config, start, tunnel, recorder)
         case HttpsProxyConfig():
-            return serve_https_work(config, start, tunnel, tls_cache)
+            return serve_https_work(config, start, tunnel, tls_cache, recorder)
         case StcpProxyConfig():
             return serve_stcp_work(config, start, tunnel)
         case XudpProxyConfig():  # before sudp, which it extends

@@ -19,6 +19,7 @@ import msgspec
 from pierce.addr import HostPort, format_sockaddr
 from pierce.bandwidth import limits_for, parse_rate
 from pierce.dial import TargetUnreachable, connect_tcp
+from pierce.inspect.record import ConnectionRecorder
 from pierce.listeners import TcpListener
 from pierce.logs import event, log_conn_closed
 from pierce.protocol import ErrorCode, Refused, StartWork
@@ -206,8 +207,11 @@ async def serve_tcp_work(
     header: bytes = b"",
     tls: ssl.SSLContext | None = None,
     bandwidth_limit: str = "",
+    recorder: ConnectionRecorder | None = None,
 ) -> None:
     """Client side: connect the local service for one visitor and relay it with the tunnel end.
+
+    ``recorder`` (the request inspector's, http proxies only) sees the bytes both ways as they pass.
 
     ``bandwidth_limit`` (the proxy's) throttles both directions, shared by the proxy's connections.
 
@@ -267,7 +271,15 @@ async def serve_tcp_work(
     )
     limits = limits_for(name, parse_rate(bandwidth_limit) if bandwidth_limit else 0)
     throttles = (limits.inbound, limits.outbound) if limits is not None else (None, None)
-    stats = await relay(tunnel, local_end, throttles=throttles)
+    if recorder is None:
+        stats = await relay(tunnel, local_end, throttles=throttles)
+    else:
+        try:
+            stats = await relay(
+                tunnel, local_end, throttles=throttles, taps=(recorder.request, recorder.response)
+            )
+        finally:
+            recorder.close()
     log_conn_closed(log, name, visitor, str(local), stats)
 
 
