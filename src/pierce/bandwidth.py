@@ -6,6 +6,12 @@ so the limit holds for the proxy as a whole. The relay asks it before every read
 reads at most what it grants: the bytes then wait in the kernel's socket buffers and TCP flow control
 slows the sender down, wherever it is, with no unbounded queue anywhere.
 
+Datagrams cannot wait: a UDP proxy asks `Throttle.admit` for each one and drops it when the bucket is
+empty (counted in `Throttle.dropped`). A datagram that finds any tokens passes whole and may leave the
+bucket in debt, so a datagram larger than the bucket still passes, and over any time the bytes passed
+stay within the rate plus one bucket and one datagram. TCP connections and datagrams may share one
+throttle (a user's limit on the server covers all its proxies).
+
 `TokenBucket` is the arithmetic alone (sans-I/O: the caller passes ``now``), `Throttle` puts it on the
 event loop's clock.
 """
@@ -25,6 +31,10 @@ MAX_RATE = 100 * 1024**3
 #: the long-run rate is the limit.
 BURST_S = 0.05
 MIN_BURST = 16 * 1024
+#: The bucket of throttles that admit datagrams holds more: a datagram cannot wait in a socket buffer
+#: for tokens, and datagrams come in clumps (a sender's or our event loop's pause, a batch read from the
+#: tunnel), so a 50 ms bucket would throw away the budget of any pause longer than that.
+DATAGRAM_BURST_S = 0.25
 #: A reader that finds the bucket empty waits until this share of the burst is back (no 1-byte reads).
 REFILL_SHARE = 0.25
 
@@ -52,8 +62,8 @@ class TokenBucket:
     stamp: float
 
     @classmethod
-    def start(cls, rate: float, now: float) -> TokenBucket:
-        burst = max(MIN_BURST, rate * BURST_S)
+    def start(cls, rate: float, now: float, burst_s: float = BURST_S) -> TokenBucket:
+        burst = max(MIN_BURST, rate * burst_s)
         return cls(rate, burst, burst, now)
 
     def _refill(self, now: float) -> None:
@@ -64,9 +74,18 @@ class TokenBucket:
     def grant(self, want: int, now: float) -> int:
         """Take up to ``want`` bytes now (0 when the bucket is empty)."""
         self._refill(now)
-        granted = int(min(want, self.tokens))
+        granted = int(min(want, max(self.tokens, 0.0)))
         self.tokens -= granted
         return granted
+
+    def admit(self, size: int, now: float) -> bool:
+        """Whether a datagram of ``size`` bytes passes now: yes while any tokens are left (it takes all
+        of ``size``, possibly leaving a debt of less than one datagram), no when the bucket is empty."""
+        self._refill(now)
+        if self.tokens <= 0:
+            return False
+        self.tokens -= size
+        return True
 
     def refund(self, unused: int) -> None:
         self.tokens = min(self.burst, self.tokens + unused)
@@ -81,16 +100,22 @@ class TokenBucket:
 class Throttle:
     """A `TokenBucket` on the running loop's clock, shared by the connections of one direction."""
 
-    def __init__(self, rate: int) -> None:
+    def __init__(self, rate: int, burst_s: float = BURST_S) -> None:
         self.rate = rate
+        self.burst_s = burst_s
         self._bucket: TokenBucket | None = None
+        #: Datagrams `admit` turned away so far.
+        self.dropped = 0
+
+    def _started(self, now: float) -> TokenBucket:
+        if self._bucket is None:
+            self._bucket = TokenBucket.start(self.rate, now, self.burst_s)
+        return self._bucket
 
     async def take(self, want: int) -> int:
         """Bytes the caller may read now, at least 1 and at most ``want``; waits while none are left."""
         loop = asyncio.get_running_loop()
-        if self._bucket is None:
-            self._bucket = TokenBucket.start(self.rate, loop.time())
-        bucket = self._bucket
+        bucket = self._started(loop.time())
         while True:
             granted = bucket.grant(want, loop.time())
             if granted:
@@ -101,6 +126,14 @@ class Throttle:
         if unused > 0 and self._bucket is not None:
             self._bucket.refund(unused)
 
+    def admit(self, size: int) -> bool:
+        """Whether a datagram of ``size`` bytes passes now (`TokenBucket.admit`); a refusal is counted."""
+        now = asyncio.get_running_loop().time()
+        if self._started(now).admit(size, now):
+            return True
+        self.dropped += 1
+        return False
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -109,22 +142,26 @@ class Limits:
     inbound: Throttle
     outbound: Throttle
 
+    @classmethod
+    def of(cls, rate: int, burst_s: float = BURST_S) -> Limits:
+        return cls(Throttle(rate, burst_s), Throttle(rate, burst_s))
 
-_by_proxy: dict[str, tuple[int, Limits]] = {}
+
+_by_proxy: dict[str, tuple[int, float, Limits]] = {}
 #: Proxies whose limits are kept (a client config has far fewer).
 MAX_PROXIES = 4096
 
 
-def limits_for(proxy: str, rate: int) -> Limits | None:
+def limits_for(proxy: str, rate: int, *, burst_s: float = BURST_S) -> Limits | None:
     """The shared throttles of ``proxy`` at ``rate`` (None without a limit); a new rate starts afresh."""
     if not rate:
         _by_proxy.pop(proxy, None)
         return None
     known = _by_proxy.get(proxy)
-    if known is not None and known[0] == rate:
-        return known[1]
+    if known is not None and known[:2] == (rate, burst_s):
+        return known[2]
     if len(_by_proxy) >= MAX_PROXIES:
         _by_proxy.pop(next(iter(_by_proxy)))
-    limits = Limits(Throttle(rate), Throttle(rate))
-    _by_proxy[proxy] = (rate, limits)
+    limits = Limits.of(rate, burst_s)
+    _by_proxy[proxy] = (rate, burst_s, limits)
     return limits

@@ -177,6 +177,46 @@ class StreamEnd(End):
         abort_transport(self._writer.transport)
 
 
+class ThrottledEnd(End):
+    """``inner`` with its reads held to ``reads`` and its writes to ``writes`` (either may be None), for
+    code that moves bytes through an end itself rather than through `relay` (the HTTP engine)."""
+
+    def __init__(self, inner: End, *, reads: Throttle | None, writes: Throttle | None) -> None:
+        self._inner = inner
+        self._reads = reads
+        self._writes = writes
+
+    async def read(self, max_bytes: int) -> bytes:
+        if self._reads is None:
+            return await self._inner.read(max_bytes)
+        allowed = await self._reads.take(max_bytes)
+        data = await self._inner.read(allowed)
+        self._reads.refund(allowed - len(data))
+        return data
+
+    async def write(self, data: bytes | memoryview) -> None:
+        if self._writes is None:
+            await self._inner.write(data)
+            return
+        view = memoryview(data)
+        while view:
+            allowed = await self._writes.take(len(view))
+            await self._inner.write(view[:allowed])
+            view = view[allowed:]
+
+    def write_eof(self) -> None:
+        self._inner.write_eof()
+
+    def peer_done(self) -> bool:
+        return self._inner.peer_done()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+
 def abort_transport(transport: asyncio.BaseTransport) -> None:
     """Close ``transport`` at once with a reset on its TCP socket (see `abort_socket`)."""
     sock = transport.get_extra_info("socket")

@@ -50,3 +50,26 @@ def test_a_bad_limit_in_a_config_names_the_key(tmp_path) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(path, config.ClientConfig)
     assert "bandwidth_limit" in str(info.value) and 'expected a rate such as "10MB"' in str(info.value)
+
+
+def test_datagrams_pass_while_tokens_last_then_are_dropped_and_the_rate_holds() -> None:
+    bucket = TokenBucket.start(100_000, now=0.0)
+    assert bucket.admit(60_000, now=0.0)  # a datagram larger than the bucket passes whole ...
+    assert bucket.tokens < 0
+    assert not bucket.admit(1, now=0.0)  # ... and leaves a debt: the next ones wait for the refill
+    assert bucket.grant(10_000, now=0.0) == 0  # a stream sharing the bucket gets nothing, never less
+    passed = bucket.burst - bucket.tokens
+    for step in range(1, 1001):  # 10 s of 1,000-byte datagrams at ten times the rate
+        for _ in range(10):
+            if bucket.admit(1000, now=step / 100):
+                passed += 1000
+    assert 0.95 * 100_000 * 10 <= passed <= 100_000 * 10 + bucket.burst + 60_000
+
+
+async def test_a_throttle_counts_the_datagrams_it_drops() -> None:
+    from pierce.bandwidth import MIN_BURST, Throttle
+
+    throttle = Throttle(1024)
+    assert throttle.admit(MIN_BURST + 100)  # a debt of 100 bytes: about 0.1 s to pay back
+    assert not throttle.admit(1) and not throttle.admit(1)
+    assert throttle.dropped == 2
