@@ -34,7 +34,7 @@ from pierce.nat.stun_server import DEFAULT_RATE as DEFAULT_STUN_RATE
 from pierce.protocol import SecretKind
 from pierce.protocol.messages import DEFAULT_USER
 from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
-from pierce.proxies.base import masked_repr
+from pierce.proxies.base import check_bandwidth_limit, masked_repr
 from pierce.proxies.registry import ProxyConfig
 from pierce.server.workconn import MAX_IDLE_WORK_CONNS
 from pierce.token_strength import check_token_strength
@@ -177,10 +177,24 @@ class UserConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Or the verifier itself, from `pierce verifier` (``salt:verifier`` in hex): the file then holds
     #: nothing that logs in.
     verifier: str = ""
+    #: Public ports this user's proxies may take, on top of the server's ``allow_ports``; empty: any
+    #: the server allows.
+    allow_ports: list[PortRange] = []
+    #: Proxies open at once over all this user's clients; 0 = no limit.
+    max_proxies: int = 0
+    #: Clients logged in at once as this user; 0 = no limit. A login beyond it is refused.
+    max_clients: int = 0
+    #: Bytes per second each way over all this user's proxies (``"10MB"``), enforced on the server;
+    #: empty: none.
+    bandwidth_limit: str = ""
 
     def __post_init__(self) -> None:
         for problem in user_problems(self.name):
             raise InvalidValue("name", problem)
+        for key in ("max_proxies", "max_clients"):
+            if getattr(self, key) < 0:
+                raise InvalidValue(key, f"expected 0 (no limit) or more, got {getattr(self, key)}")
+        check_bandwidth_limit(self.bandwidth_limit)
         if bool(self.token) == bool(self.verifier):
             raise InvalidValue("token", "expected either token or verifier for this user (exactly one)")
         if self.verifier:
@@ -386,6 +400,14 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise InvalidValue("users", f"duplicate user name {dupes[0]!r}{hint}")
         if self.claim_hold_s < 0:
             raise InvalidValue("claim_hold_s", "expected a number of seconds >= 0")
+        if self.allow_ports:
+            for i, user in enumerate(self.users):
+                if user.allow_ports and not any(self.port_allowed(p) for r in user.allow_ports for p in r):
+                    allowed = ", ".join(str(r) for r in self.allow_ports)
+                    raise InvalidValue(
+                        ("users", i, "allow_ports"),
+                        f"expected ports within the server's allow_ports ({allowed})",
+                    )
         taken = {"bind_port": self.bind_port}
         for key in ("vhost_http_port", "vhost_https_port", "tcpmux_httpconnect_port"):
             port = getattr(self, key)
@@ -440,7 +462,12 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return masked_repr(self)
 
     def port_allowed(self, port: int) -> bool:
-        return not self.allow_ports or any(port in r for r in self.allow_ports)
+        return ports_allow(self.allow_ports, port)
+
+
+def ports_allow(allowed: list[PortRange], port: int) -> bool:
+    """Whether an ``allow_ports`` list lets ``port`` in (an empty one lets every port in)."""
+    return not allowed or any(port in r for r in allowed)
 
 
 class AcmeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

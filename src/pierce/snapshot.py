@@ -62,6 +62,10 @@ class ProxyStats(msgspec.Struct, frozen=True, kw_only=True):
     failed_connections: int = 0
     #: Visitors turned away by the proxy's allow_ips / deny_ips.
     refused_connections: int = 0
+    #: Datagram proxies (udp): datagrams the server dropped, towards the service and towards the
+    #: visitors (over the user's bandwidth_limit, or a full buffer).
+    dropped_datagrams_in: int = 0
+    dropped_datagrams_out: int = 0
 
 
 class ServerProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,6 +104,21 @@ class ClientInfo(msgspec.Struct, frozen=True, kw_only=True):
     user: str = "default"
 
 
+class UserLimitsInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One user's limits from ``[[users]]`` (0 and empty: none) and its datagrams dropped over them."""
+
+    max_clients: int = 0
+    max_proxies: int = 0
+    #: Ports or ranges (``"6000-6010"``) its proxies may take, on top of the server's allow_ports.
+    allow_ports: list[str] = []
+    #: Bytes per second each way over all its proxies.
+    bandwidth_limit: int = 0
+    #: Datagrams of its UDP proxies dropped over ``bandwidth_limit`` since start, towards the services
+    #: and towards the visitors.
+    dropped_datagrams_in: int = 0
+    dropped_datagrams_out: int = 0
+
+
 class ServerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     """A running server."""
 
@@ -126,6 +145,8 @@ class ServerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     logins: dict[str, int] = {}
     #: The configured user names ([[users]], and "default" for the top-level token).
     users: list[str] = []
+    #: Each known user's limits (``[[users]]``) and the datagrams dropped over them, by user name.
+    user_limits: dict[str, UserLimitsInfo] = {}
     #: Unix time the server started.
     started_at: float = 0.0
 

@@ -8,7 +8,7 @@ names a kind.
 The seams a kind sees, each a small Protocol so that it gets only what it uses:
 
 - `ProxyOwner`: the client session on the server that registered the proxy (its id, its control
-  channel, its work connections).
+  channel, its work connections, its user's bandwidth throttles).
 - `ProxySite`: what opening a proxy on the server may use: the owner, the port policy for a public port
   of its own, and the server's shared fronts (the web ports, the tcpmux port).
 - `ServerProxy`: what the session, the server and its snapshot need from an open proxy.
@@ -30,6 +30,7 @@ from pierce.server.workconn import WorkConn
 from pierce.transport import MessageChannel
 
 if TYPE_CHECKING:
+    from pierce.bandwidth import Limits
     from pierce.config import ServerConfig
     from pierce.proxies.group import ProxyGroup, ProxyGroups
     from pierce.snapshot import ProxyStats
@@ -101,6 +102,11 @@ class ProxyOwner(Protocol):
 
     @property
     def channel(self) -> MessageChannel: ...
+
+    @property
+    def bandwidth(self) -> Limits | None:
+        """The throttles of the owner's user (``bandwidth_limit`` in ``[[users]]``), shared by all its
+        proxies' traffic through the server; None without a limit."""
 
     async def take_work_conn(self) -> WorkConn:
         """A ready work connection; TimeoutError when none comes in time."""

@@ -3,8 +3,9 @@
 `bridge` takes a visitor that reached a proxy (a TCP connection on its public port, a TLS connection
 chosen by SNI or by an HTTP CONNECT, a secret proxy's visitor connection), asks the owner's session for
 a work connection, starts it with `StartWork`, accepts the visitor and relays the two until both ends
-finish. One error policy: no work connection in time or a work connection that fails is a refusal the
-visitor hears when it can (`Visitor.refuse`) and one log line; the visitor is never left open.
+finish (through the throttles of the owner's user, when it has a ``bandwidth_limit``). One error policy:
+no work connection in time or a work connection that fails is a refusal the visitor hears when it can
+(`Visitor.refuse`) and one log line; the visitor is never left open.
 
 `LiveConnections` is each proxy's lifecycle: it counts bytes while connections run and after they end,
 and `close` ends every live one, so closing any proxy ends its connections.
@@ -20,13 +21,14 @@ import time
 from typing import Any, Protocol
 
 from pierce.addr import format_sockaddr
+from pierce.bandwidth import Throttle
 from pierce.errors import PierceError
 from pierce.listeners import set_nodelay
 from pierce.logs import event, log_conn_closed
 from pierce.protocol import Error, ErrorCode, StartWork, VisitReady
 from pierce.proxies.access import IpAccess
 from pierce.proxies.base import ProxyOwner
-from pierce.relay import End, RelayStats, SocketEnd, relay
+from pierce.relay import End, RelayStats, SocketEnd, ThrottledEnd, relay
 from pierce.server.workconn import WorkConn
 from pierce.snapshot import ProxyStats
 from pierce.transport import MessageChannel
@@ -283,7 +285,7 @@ async def bridge(
             **fields,
         )
         try:
-            await relay(here, end, stats)
+            await relay(here, end, stats, throttles=user_throttles(owner))
         except asyncio.CancelledError:
             if stats.error is None:  # cancelled: the proxy (or the server) is closing
                 stats.error = ConnectionAbortedError(f"proxy {name!r} closed")
@@ -293,6 +295,22 @@ async def bridge(
             log_conn_closed(log, name, who, target, stats, client_id=owner.client_id, **fields)
     finally:
         live.done(stats)
+
+
+def user_throttles(owner: ProxyOwner) -> tuple[Throttle | None, Throttle | None]:
+    """The relay throttles of ``owner``'s user: visitor -> service, service -> visitor (none: splice
+    and the other fast paths stay on)."""
+    limits = owner.bandwidth
+    return (limits.inbound, limits.outbound) if limits is not None else (None, None)
+
+
+def user_throttled(owner: ProxyOwner, end: End) -> End:
+    """``end`` (towards the service) held to ``owner``'s user bandwidth, for code that moves the bytes
+    itself (the HTTP engine): writes go towards the service, reads towards the visitor."""
+    limits = owner.bandwidth
+    if limits is None:
+        return end
+    return ThrottledEnd(end, reads=limits.outbound, writes=limits.inbound)
 
 
 def _work_failed(name: str, who: str, owner: ProxyOwner, exc: BaseException, fields: dict[str, Any]) -> None:

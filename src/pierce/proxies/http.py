@@ -36,7 +36,7 @@ from pierce.proxies.base import (
     check_proxy,
     masked_repr,
 )
-from pierce.proxies.bridge import LiveConnections, open_work
+from pierce.proxies.bridge import LiveConnections, open_work, user_throttled
 from pierce.proxies.group import ProxyGroup, ProxyGroups
 from pierce.proxies.health import HealthCheckConfig
 from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
@@ -338,7 +338,7 @@ class HttpProxyServer(WebProxy, HttpOptions):
         except (TimeoutError, PierceError, OSError):
             self.live.failed()
             raise
-        return self.live.counted(end)
+        return self.live.counted(user_throttled(self.owner, end))
 
     async def close(self) -> None:
         if self.group is not None:

@@ -61,6 +61,7 @@ from pierce.server.admission import Admission, LogBudget, Refusal, Ticket
 from pierce.server.claims import Claims
 from pierce.server.session import ControlSession
 from pierce.server.token import generated_token
+from pierce.server.users import Users
 from pierce.server.visitor_sessions import VisitorSessions
 from pierce.server.workconn import WorkConn
 from pierce.snapshot import ServerProxyInfo, ServerSnapshot
@@ -96,6 +97,8 @@ class Server:
         self.claims = Claims(config.claim_hold_s)
         #: Load-balancing groups of proxies that share a port, domain or tcpmux name.
         self.groups = ProxyGroups()
+        #: Each user's limits (``[[users]]``: clients, proxies, ports, bandwidth) and their use.
+        self.users = Users(config)
         #: Logged-in visitors, whose later connections prove a key derived from their login.
         self.visitor_sessions = VisitorSessions()
         self.features = frozenset({Feature.ENCRYPT_DATA} if config.transport.encrypt_data else set())
@@ -220,6 +223,7 @@ class Server:
             p2p=self.p2p.snapshot(),
             logins=dataclasses.asdict(self.admission.stats),
             users=sorted(self.verifiers),
+            user_limits=self.users.info(),
             started_at=self.started_at,
             proxies=[
                 ServerProxyInfo(
@@ -445,8 +449,18 @@ class Server:
                     peer=peer,
                 )
                 await self._end_session(old, "replaced by a new login")
+            # After the replacements (they free their places); no await from here until the session
+            # is in `sessions` or the login failed, so the count stays right.
+            self.users[user].take_client()
+            admitted.append(user)
 
-        login = await self._tls_login(channel, hello, binding, run_id, "control", admit)
+        admitted: list[str] = []
+        try:
+            login = await self._tls_login(channel, hello, binding, run_id, "control", admit)
+        except BaseException:
+            for name in admitted:
+                self.users[name].client_left()
+            raise
         user = login.user
         session = ControlSession(
             self, channel, user=user, client_id=client_id, run_id=run_id, peer=peer, key=login.key
@@ -470,6 +484,7 @@ class Server:
     async def _end_session(self, session: ControlSession, reason: str) -> None:
         if self.sessions.get(session.run_id) is session:
             del self.sessions[session.run_id]
+            session.limits.client_left()
         await session.close(reason)
 
     async def _work(self, channel: MessageChannel, hello: Hello, binding: bytes | None, peer: str) -> None:
@@ -586,6 +601,7 @@ def _is_failure(exc: Exception, *, said_hello: bool) -> bool:
             ErrorCode.UNKNOWN_SESSION,
             ErrorCode.FEATURE_MISMATCH,
             ErrorCode.DUPLICATE_CLIENT,
+            ErrorCode.LIMIT_REACHED,  # a user's max_clients: the login itself was right
         )
     if isinstance(exc, AuthenticationFailed | ProtocolError | TimeoutError | ssl.SSLError):
         return True

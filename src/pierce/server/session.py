@@ -42,6 +42,7 @@ from pierce.transport import ConnectionClosed, MessageChannel
 from pierce.udpflow import DropCounter
 
 if TYPE_CHECKING:
+    from pierce.bandwidth import Limits
     from pierce.server.app import Server
 
 log = logging.getLogger("pierce.server")
@@ -71,6 +72,8 @@ class ControlSession:
         self.client_id = client_id
         self.run_id = run_id
         self.peer = peer
+        #: The limits of this session's user, shared with its other sessions.
+        self.limits = server.users[user]
         #: Keys derived from the login's: work connections prove the first, a reconnect the second.
         self.work_key = work_key(key, run_id)
         self.resume_key = resume_key(key, run_id)
@@ -116,6 +119,10 @@ class ControlSession:
     @property
     def owner(self) -> ControlSession:
         return self
+
+    @property
+    def bandwidth(self) -> Limits | None:
+        return self.limits.bandwidth
 
     def info(self) -> ClientInfo:
         return ClientInfo(
@@ -234,6 +241,7 @@ class ControlSession:
         try:
             spec = decode_spec(msg.spec)
             self._check_name(name)
+            self.limits.check_proxy()
             proxy = open_proxy(name, spec, self)
             try:
                 self._claim(name, proxy)
@@ -255,6 +263,7 @@ class ControlSession:
             await self.channel.send(ProxyRefused(name=name, code=code, reason=str(exc)))
             return
         self.proxies[name] = proxy
+        self.limits.proxies += 1
         self.server.proxy_owners[name] = self
         where = f"on port {proxy.port}" if proxy.port else "with no public port, for visitors with its secret"
         if proxy.urls:
@@ -318,15 +327,19 @@ class ControlSession:
                 ErrorCode.LIMIT_REACHED, f"client already holds {held} ports (max_ports_per_client)"
             )
         bind = cfg.proxy_bind_addr
+        limits = self.limits
         if port:
             if not cfg.port_allowed(port):
                 allowed = ", ".join(str(r) for r in cfg.allow_ports)
                 raise Refused(
                     ErrorCode.PORT_NOT_ALLOWED, f"port {port} is not allowed (allow_ports: {allowed})"
                 )
+            if not limits.port_allowed(port):
+                raise limits.port_refusal(port)
             candidates = [port]
-        elif cfg.allow_ports:
-            candidates = [p for r in cfg.allow_ports for p in r]
+        elif cfg.allow_ports or limits.allow_ports:
+            ranges = limits.allow_ports or cfg.allow_ports
+            candidates = [p for r in ranges for p in r if cfg.port_allowed(p) and limits.port_allowed(p)]
             random.shuffle(candidates)
             candidates = candidates[:256]
         else:
@@ -352,6 +365,7 @@ class ControlSession:
         self.server.claims.release(self.user, self._claimed.pop(name, []))
         if proxy is None:
             return
+        self.limits.proxies -= 1
         if self.server.proxy_owners.get(name) is self:
             del self.server.proxy_owners[name]
         await proxy.close()

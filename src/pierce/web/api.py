@@ -13,7 +13,14 @@ from collections import Counter
 import msgspec
 
 from pierce.proxies.base import ProxyType
-from pierce.snapshot import ClientInfo, ConnectionPath, ProxyStats, ServerProxyInfo, ServerSnapshot
+from pierce.snapshot import (
+    ClientInfo,
+    ConnectionPath,
+    ProxyStats,
+    ServerProxyInfo,
+    ServerSnapshot,
+    UserLimitsInfo,
+)
 from pierce.web.history import MINUTE, TrafficHistory
 
 
@@ -56,14 +63,27 @@ class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class UserInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """One configured user and what its clients hold now."""
+    """One configured user, what its clients hold now, and its limits (``[[users]]``; 0 and empty:
+    none beyond the server's)."""
 
     name: str
+    #: Clients logged in now (``max_clients`` counts them).
     clients: int
+    #: Proxies open now over all its clients (``max_proxies`` counts them).
     proxies: int
     connections: int
     bytes_in: int
     bytes_out: int
+    max_clients: int = 0
+    max_proxies: int = 0
+    #: Ports or ranges its proxies may take, on top of the server's allow_ports.
+    allow_ports: list[str] = []
+    #: Bytes per second each way over all its proxies (0: no limit).
+    bandwidth_limit: int = 0
+    #: Datagrams of its UDP proxies the server dropped over ``bandwidth_limit`` since start, towards the
+    #: services and towards the visitors.
+    dropped_datagrams_in: int = 0
+    dropped_datagrams_out: int = 0
 
 
 class ProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -146,6 +166,7 @@ def users(snap: ServerSnapshot) -> list[UserInfo]:
     out = []
     for name in names:
         proxies = [p for p in snap.proxies if p.user == name]
+        limits = snap.user_limits.get(name) or UserLimitsInfo()
         out.append(
             UserInfo(
                 name=name,
@@ -154,6 +175,12 @@ def users(snap: ServerSnapshot) -> list[UserInfo]:
                 connections=sum(p.stats.connections for p in proxies),
                 bytes_in=sum(p.stats.bytes_in for p in proxies),
                 bytes_out=sum(p.stats.bytes_out for p in proxies),
+                max_clients=limits.max_clients,
+                max_proxies=limits.max_proxies,
+                allow_ports=limits.allow_ports,
+                bandwidth_limit=limits.bandwidth_limit,
+                dropped_datagrams_in=limits.dropped_datagrams_in,
+                dropped_datagrams_out=limits.dropped_datagrams_out,
             )
         )
     return out
