@@ -81,6 +81,7 @@ FIELDS: dict[str, str] = {
     "duration_s": "seconds the connection lasted",
     "mode": "how the relay moved the bytes: splice, copy or stream",
     "dropped": "datagrams dropped so far",
+    "direction": "which way dropped datagrams went: in (visitor -> service) or out (service -> visitor)",
     "refused": "connections turned away that this (rate-limited) line stands for",
     "delay_s": "seconds until the next attempt",
     "suppressed": "lines left out just before this one (a stranger can cause them: rate-limited)",
@@ -111,7 +112,7 @@ FIELDS: dict[str, str] = {
 
 _RELAY = frozenset({"up_bytes", "down_bytes", "duration_s", "mode", "error"})
 _DATAGRAMS = frozenset({"up_bytes", "down_bytes", "up_packets", "down_packets", "duration_s", "error"})
-_DROPS = frozenset({"reason", "dropped", "proxy", "visitor", "visitor_name", "client", "rule"})
+_DROPS = frozenset({"reason", "dropped", "proxy", "visitor", "visitor_name", "client", "rule", "direction"})
 _FLOW = frozenset({"rule", "client", "target", "proxy", "visitor", "error", "reason", "dropped"}) | _DATAGRAMS
 
 #: Every event name and the fields it may carry.

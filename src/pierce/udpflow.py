@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pierce.addr import HostPort, format_sockaddr
+from pierce.bandwidth import DATAGRAM_BURST_S, limits_for, parse_rate
 from pierce.dial import TargetUnreachable, resolve
 from pierce.listeners import grow_udp_buffers
 from pierce.logs import event, human_bytes
@@ -72,6 +73,39 @@ class DropCounter:
             **fields,
             **self.fields,
         )
+
+
+class DatagramLimit:
+    """A datagram proxy's own ``bandwidth_limit`` (udp, sudp, xudp), applied by its client: each
+    direction admits a datagram or drops it (`pierce.bandwidth.Throttle.admit`, counted and logged as
+    ``udp.dropped`` with its ``direction``), for all the proxy's flows together."""
+
+    REASON = "over the proxy's bandwidth_limit"
+
+    def __init__(self, logger: logging.Logger, proxy: str, bandwidth_limit: str) -> None:
+        rate = parse_rate(bandwidth_limit) if bandwidth_limit else 0
+        self.limits = limits_for(proxy, rate, burst_s=DATAGRAM_BURST_S)
+        what = f"proxy {proxy}"
+        self.dropped_in = DropCounter(
+            logger, "udp.dropped", f"{what}: datagrams to the service", proxy=proxy, direction="in"
+        )
+        self.dropped_out = DropCounter(
+            logger, "udp.dropped", f"{what}: datagrams to the visitors", proxy=proxy, direction="out"
+        )
+
+    def inbound(self, data: bytes, host: str, port: int) -> bool:
+        """Whether a visitor's datagram may go on to the service."""
+        if self.limits is None or self.limits.inbound.admit(len(data)):
+            return True
+        self.dropped_in.drop(self.REASON, visitor=format_sockaddr((host, port)))
+        return False
+
+    def outbound(self, data: bytes, host: str, port: int) -> bool:
+        """Whether the service's datagram may go back towards the visitor."""
+        if self.limits is None or self.limits.outbound.admit(len(data)):
+            return True
+        self.dropped_out.drop(self.REASON, visitor=format_sockaddr((host, port)))
+        return False
 
 
 class DatagramProtocol(asyncio.DatagramProtocol):

@@ -13,7 +13,6 @@ from pierce.frpimport.source import Source
 from pierce.token_strength import check_token_strength
 
 NO_COMPRESSION = "no pierce equivalent: pierce does not compress tunnel data"
-NO_LIMIT = "no pierce equivalent: pierce has no bandwidth limit for UDP proxies"
 NO_GROUPS = "no pierce equivalent: pierce groups tcp, http, https and tcpmux proxies only"
 NO_HEALTH = "no pierce equivalent: pierce checks the health of tcp, http, https and tcpmux proxies only"
 NO_HEALTH_HEADERS = "no pierce equivalent: pierce's http health check sends no extra headers"
@@ -195,8 +194,6 @@ def _left_out(src: Source, base: KeyPath, wanted: set[str] | None) -> bool:
 
 
 _PROXY_KINDS = ("tcp", "udp", "http", "https", "stcp", "sudp", "xtcp", "tcpmux")
-#: Kinds with a bandwidth_limit in pierce (the TCP ones).
-_LIMIT_KINDS = ("tcp", "http", "https", "stcp", "xtcp", "tcpmux")
 #: Kinds that can send a PROXY protocol header in pierce.
 _PROXY_PROTOCOL_KINDS = ("tcp", "http", "https", "tcpmux")
 #: Kinds with load-balancing groups and health checks in pierce.
@@ -220,14 +217,13 @@ def _proxy(src: Source, base: KeyPath, wanted: set[str] | None) -> dict[str, Any
         return None
     src.note((*base, "transport", "useEncryption"), ENCRYPTED)
     src.warn((*base, "transport", "useCompression"), NO_COMPRESSION)
-    if kind in _LIMIT_KINDS and src.has(*base, "transport", "bandwidthLimit"):
+    if src.has(*base, "transport", "bandwidthLimit"):  # every kind has bandwidth_limit
         out["bandwidth_limit"] = src.get(*base, "transport", "bandwidthLimit")
         src.note(
             (*base, "transport", "bandwidthLimitMode"),
-            "pierce applies bandwidth_limit on the client (the sender is slowed either way)",
+            "pierce applies bandwidth_limit on the client (the sender is slowed, or datagrams dropped, "
+            "either way)",
         )
-    src.warn((*base, "transport", "bandwidthLimit"), NO_LIMIT)
-    src.warn((*base, "transport", "bandwidthLimitMode"), NO_LIMIT)
     if kind in _PROXY_PROTOCOL_KINDS and src.has(*base, "transport", "proxyProtocolVersion"):
         out["proxy_protocol_version"] = src.get(*base, "transport", "proxyProtocolVersion")
     src.warn(

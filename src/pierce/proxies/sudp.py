@@ -11,7 +11,9 @@ is the owner's side: a flow per visiting application (`pierce.udpflow`) to the l
 the proxy's ``idle_timeout``. The visitor's side is `pierce.client.visitor.SudpVisitor`.
 
 Neither side queues without limit: a datagram that finds more than `SEND_BACKLOG_LIMIT` bytes waiting for
-the stream is dropped and counted, as a congested network would drop it.
+the stream is dropped and counted, as a congested network would drop it. The proxy's ``bandwidth_limit``
+drops datagrams on the owner's side (`pierce.udpflow.DatagramLimit`); the owner's user's limit on the
+server holds the stream to its rate like any relay's, so the queues above fill and drop.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from pierce.addr import HostPort, format_sockaddr
 from pierce.errors import PierceError
 from pierce.logs import event, human_bytes
 from pierce.protocol import FrameDecoder, ProtocolError, SecretKind, StartWork, UdpPacket, encode_frame
-from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT, ProxyType, check_idle_timeout
+from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT, ProxyType, check_bandwidth_limit, check_idle_timeout
 from pierce.proxies.secret import SecretProxyConfig, SecretProxyServer, SecretSpec
 from pierce.relay import End
-from pierce.udpflow import SEND_BACKLOG_LIMIT, DropCounter, UdpFlow, UdpFlows
+from pierce.udpflow import SEND_BACKLOG_LIMIT, DatagramLimit, DropCounter, UdpFlow, UdpFlows
 
 log = logging.getLogger("pierce.proxy")
 
@@ -45,10 +47,14 @@ class SudpProxyConfig(SecretProxyConfig, tag="sudp", tag_field="type"):
 
     #: Seconds a visiting application's UDP flow lives without traffic.
     idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
+    #: Bytes per second each way (``"1MB"``), over all its visitors, enforced here: datagrams over it
+    #: are dropped.
+    bandwidth_limit: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_idle_timeout(self.idle_timeout)
+        check_bandwidth_limit(self.bandwidth_limit)
 
 
 class SudpSpec(SecretSpec, frozen=True, kw_only=True, tag="sudp"):
@@ -147,12 +153,19 @@ async def serve_sudp_work(config: SudpProxyConfig, start: StartWork, tunnel: End
     visitor = format_sockaddr((start.visitor_host, start.visitor_port))
     flows = UdpFlows(name, log)
     dropped = DropCounter(log, "udp.dropped", f"proxy {name}: datagrams to visitor {visitor}", proxy=name)
+    limit = DatagramLimit(log, name, config.bandwidth_limit)
 
     def on_packet(packet: UdpPacket) -> None:
+        if not limit.inbound(packet.data, packet.peer_host, packet.peer_port):
+            return
         app = (packet.peer_host, packet.peer_port)
         flow = flows.get(app) or flows.open(app, lambda ended: open_flow(app, ended))
         if flow is not None:
             flow.send(packet.data)
+
+    def reply(app: tuple[str, int], data: bytes) -> None:
+        if limit.outbound(data, *app):
+            datagrams.send(app[0], app[1], data)
 
     def open_flow(app: tuple[str, int], ended: Callable[[], None]) -> UdpFlow:
         return UdpFlow(
@@ -160,7 +173,7 @@ async def serve_sudp_work(config: SudpProxyConfig, start: StartWork, tunnel: End
             peer=format_sockaddr(app),
             target=local,
             idle_timeout=config.idle_timeout,
-            reply=lambda data: datagrams.send(app[0], app[1], data),
+            reply=lambda data: reply(app, data),
             ended=ended,
             logger=log,
             fields={"proxy": name, "visitor": visitor},

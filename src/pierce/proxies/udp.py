@@ -17,6 +17,11 @@ the flows of unchanged proxies carry on.
 
 Neither side queues without limit: a datagram that finds the control channel's send buffer over
 `SEND_BACKLOG_LIMIT` is dropped and counted, as a congested network would drop it.
+
+Bandwidth limits drop datagrams too, never queue them (`pierce.bandwidth.Throttle.admit`): the owner's
+user's ``bandwidth_limit`` on the server, as a visitor's datagram arrives and as a reply leaves, and the
+proxy's own ``bandwidth_limit`` on the client, before a datagram reaches the local service and before a
+reply goes back to the server. Each direction is counted and logged (``udp.dropped``, ``direction``).
 """
 
 from __future__ import annotations
@@ -41,18 +46,29 @@ from pierce.proxies.base import (
     ProxySite,
     ProxySpec,
     ProxyType,
+    check_bandwidth_limit,
     check_idle_timeout,
     check_ip_lists,
     check_proxy,
 )
 from pierce.snapshot import ProxyStats
 from pierce.transport import MessageChannel
-from pierce.udpflow import SEND_BACKLOG_LIMIT, DatagramProtocol, DropCounter, UdpFlow, UdpFlows, send_backlog
+from pierce.udpflow import (
+    SEND_BACKLOG_LIMIT,
+    DatagramLimit,
+    DatagramProtocol,
+    DropCounter,
+    UdpFlow,
+    UdpFlows,
+    send_backlog,
+)
 
 log = logging.getLogger("pierce.proxy")
 
 #: Visitor addresses a server-side UDP proxy remembers as allowed destinations for replies.
 MAX_VISITORS = 65536
+#: Why a datagram over the owner's user's bandwidth limit was dropped, as logged.
+USER_LIMIT = "over the user's bandwidth_limit"
 
 
 def send_packet(channel: MessageChannel, packet: UdpPacket) -> bool:
@@ -78,11 +94,14 @@ class UdpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, t
     allow_ips: list[str] = []
     #: Visitor addresses or CIDR networks the server turns away (wins over allow_ips).
     deny_ips: list[str] = []
+    #: Bytes per second each way (``"1MB"``), enforced on the client: datagrams over it are dropped.
+    bandwidth_limit: str = ""
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port, self.remote_port)
         check_idle_timeout(self.idle_timeout)
         check_ip_lists(self.allow_ips, self.deny_ips)
+        check_bandwidth_limit(self.bandwidth_limit)
 
 
 class UdpSpec(ProxySpec, frozen=True, kw_only=True, tag="udp"):
@@ -123,8 +142,12 @@ class UdpProxyServer:
         self.access: IpAccess | None = None
         self.up_packets = self.up_bytes = self.down_packets = self.down_bytes = 0
         self._transport: asyncio.DatagramTransport | None = None
-        self._dropped = DropCounter(
-            log, "udp.dropped", f"proxy {name} (client {owner.client_id})", proxy=name
+        what = f"proxy {name} (client {owner.client_id})"
+        self._dropped_in = DropCounter(
+            log, "udp.dropped", f"{what}, to the client", proxy=name, direction="in"
+        )
+        self._dropped_out = DropCounter(
+            log, "udp.dropped", f"{what}, to the visitors", proxy=name, direction="out"
         )
         self._starting = asyncio.get_running_loop().create_task(self._start(sock))
 
@@ -150,6 +173,8 @@ class UdpProxyServer:
             bytes_in=self.up_bytes,
             bytes_out=self.down_bytes,
             refused_connections=self.access.refused if self.access is not None else 0,
+            dropped_datagrams_in=self._dropped_in.count,
+            dropped_datagrams_out=self._dropped_out.count,
         )
 
     def from_visitor(self, data: bytes, addr: Any) -> None:
@@ -165,25 +190,34 @@ class UdpProxyServer:
             self._seen += 1
             if len(self.visitors) > MAX_VISITORS:
                 self.visitors.popitem(last=False)
+        limits = self.owner.bandwidth
+        if limits is not None and not limits.inbound.admit(len(data)):
+            self._dropped_in.drop(USER_LIMIT, visitor=format_sockaddr(visitor))
+            return
         packet = UdpPacket(proxy=self.name, peer_host=visitor[0], peer_port=visitor[1], data=data)
         if send_packet(self.owner.channel, packet):
             self.up_packets += 1
             self.up_bytes += len(data)
         else:
-            self._dropped.drop("tunnel send buffer full", visitor=format_sockaddr(visitor))
+            self._dropped_in.drop("tunnel send buffer full", visitor=format_sockaddr(visitor))
 
     def deliver(self, packet: UdpPacket) -> None:
         """A datagram from the client, for the visitor it names."""
         visitor = (packet.peer_host, packet.peer_port)
+        shown = format_sockaddr(visitor)
         if visitor not in self.visitors:
-            self._dropped.drop("reply to an address that never sent here", visitor=format_sockaddr(visitor))
+            self._dropped_out.drop("reply to an address that never sent here", visitor=shown)
             return
         transport = self._transport
         if transport is None or transport.is_closing():
-            self._dropped.drop("public port not open", visitor=format_sockaddr(visitor))
+            self._dropped_out.drop("public port not open", visitor=shown)
             return
         if send_backlog(transport) > SEND_BACKLOG_LIMIT:
-            self._dropped.drop("socket send buffer full", visitor=format_sockaddr(visitor))
+            self._dropped_out.drop("socket send buffer full", visitor=shown)
+            return
+        limits = self.owner.bandwidth
+        if limits is not None and not limits.outbound.admit(len(packet.data)):
+            self._dropped_out.drop(USER_LIMIT, visitor=shown)
             return
         transport.sendto(packet.data, visitor)
         self.down_packets += 1
@@ -208,9 +242,12 @@ class UdpProxyClient:
         self.proxies = proxies
         self.local = HostPort(config.local_ip, config.local_port)
         self.flows = UdpFlows(config.name, log)
+        self.limit = DatagramLimit(log, config.name, config.bandwidth_limit)
 
     def deliver(self, packet: UdpPacket) -> None:
         """A visitor's datagram from the server, for the local service."""
+        if not self.limit.inbound(packet.data, packet.peer_host, packet.peer_port):
+            return
         visitor = (packet.peer_host, packet.peer_port)
         flow = self.flows.get(visitor) or self.flows.open(visitor, lambda ended: self._flow(visitor, ended))
         if flow is not None:
@@ -221,7 +258,8 @@ class UdpProxyClient:
         host, port = visitor
 
         def reply(data: bytes) -> None:
-            self.proxies.send(UdpPacket(proxy=name, peer_host=host, peer_port=port, data=data))
+            if self.limit.outbound(data, host, port):
+                self.proxies.send(UdpPacket(proxy=name, peer_host=host, peer_port=port, data=data))
 
         return UdpFlow(
             label=name,
