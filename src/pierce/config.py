@@ -19,7 +19,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeGuard, TypeVar
 
@@ -832,7 +832,10 @@ class _Walk:
             field = fields.get(key)
             if field is None:
                 if struct_config.forbid_unknown_fields:
-                    known = [*fields, *([struct_config.tag_field] if struct_config.tag_field else [])]
+                    known = [
+                        *_own_first(kind, fields),
+                        *([struct_config.tag_field] if struct_config.tag_field else []),
+                    ]
                     self.problem((*path, key), f"unknown key{_did_you_mean(key, known)}")
                     failed = True
                 continue
@@ -872,6 +875,17 @@ def _position(doc: object, path: KeyPath) -> tuple[int, ...]:
         else:
             break
     return tuple(position)
+
+
+def _own_first(kind: type[msgspec.Struct], keys: Iterable[str]) -> list[str]:
+    """``keys`` of ``kind``: its own fields first, then those of its bases from the farthest one: a
+    proxy's ``name`` and ports before the keys every public proxy shares."""
+    depth: dict[str, int] = {}
+    for level, cls in enumerate(kind.__mro__):
+        if isinstance(cls, type) and issubclass(cls, msgspec.Struct) and cls is not msgspec.Struct:
+            for name in cls.__struct_fields__:
+                depth[name] = level  # the farthest class that declares it wins
+    return sorted(keys, key=lambda name: (depth.get(name, 0) > 0, -depth.get(name, 0)))
 
 
 def _did_you_mean(key: str, known: list[str]) -> str:

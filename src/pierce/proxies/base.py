@@ -26,6 +26,7 @@ import msgspec
 
 from pierce.addr import HostPort
 from pierce.errors import InvalidValue
+from pierce.proxies.health import HealthCheckConfig
 from pierce.server.workconn import WorkConn
 from pierce.transport import MessageChannel
 
@@ -89,6 +90,42 @@ class GroupedSpec(ProxySpec, frozen=True, kw_only=True):
 
     def __repr__(self) -> str:
         return masked_repr(self)
+
+
+class PublicProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The keys every proxy with a public side takes (tcp, udp, http, https, tcpmux) besides its own: how
+    fast it may go and who may reach it. A kind's ``__post_init__`` checks its name and ports, then
+    calls this one."""
+
+    #: Most bytes per second each way, all connections of the proxy together ("10MB", "512KB"; "" = none).
+    bandwidth_limit: str = ""
+    #: Visitor addresses or CIDR networks the server lets in (empty: all); checked on the server.
+    allow_ips: list[str] = []
+    #: Visitor addresses or CIDR networks the server turns away (wins over allow_ips).
+    deny_ips: list[str] = []
+
+    def __post_init__(self) -> None:
+        check_bandwidth_limit(self.bandwidth_limit)
+        check_ip_lists(self.allow_ips, self.deny_ips)
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
+
+
+class GroupedProxyConfig(PublicProxyConfig):
+    """`PublicProxyConfig` of the kinds that can share their port, domain or name with other clients'
+    proxies (tcp, http, https, tcpmux: `pierce.proxies.group`), and withdraw while their service fails."""
+
+    #: Load balancing: proxies of this user with the same group share the port, domains or name and
+    #: take turns.
+    group: str = ""
+    group_key: str = ""
+    #: Withdraw the proxy from the server while its local service fails this check.
+    health_check: HealthCheckConfig | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_group(self.group, self.group_key)
 
 
 class ProxyOwner(Protocol):

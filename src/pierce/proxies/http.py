@@ -25,20 +25,17 @@ from pierce.inspect.record import ConnectionRecorder
 from pierce.protocol import ErrorCode, Refused, StartWork
 from pierce.protocol.messages import MAX_DOMAINS, MAX_HEADERS, DomainName, HeaderText, PathPrefix
 from pierce.proxies.base import (
+    GroupedProxyConfig,
     GroupedSpec,
     ProxyOwner,
     ProxyProtocolVersion,
     ProxySite,
     ProxyType,
-    check_bandwidth_limit,
-    check_group,
-    check_ip_lists,
     check_proxy,
     masked_repr,
 )
 from pierce.proxies.bridge import LiveConnections, open_work, user_throttled
 from pierce.proxies.group import ProxyGroup, ProxyGroups
-from pierce.proxies.health import HealthCheckConfig
 from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
 from pierce.relay import End
 from pierce.snapshot import ProxyStats
@@ -122,13 +119,13 @@ def check_domains(domains: list[str], subdomain: str) -> None:
             raise InvalidValue("subdomain", str(exc)) from None
 
 
-class HttpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="http", tag_field="type"):
+class HttpProxyConfig(GroupedProxyConfig, kw_only=True, tag="http", tag_field="type"):
     """``[[proxies]] type = "http"``: requests for some domains (and paths) on vhost_http_port."""
 
     name: str
     local_ip: str = "127.0.0.1"
     local_port: int
-    custom_domains: list[str] = []
+    custom_domains: list[str] = msgspec.field(default_factory=list)
     #: ``"nas"`` => nas.<subdomain_host of the server>.
     subdomain: str = ""
     #: Path prefixes this proxy serves; the longest match wins across proxies of one domain.
@@ -143,25 +140,12 @@ class HttpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, 
     #: The server obtains certificates for these domains (ACME) and serves them on vhost_https_port too.
     https_auto: bool = False
     proxy_protocol_version: ProxyProtocolVersion | None = None
-    #: Most bytes per second each way, all connections of the proxy together ("10MB", "512KB"; "" = none).
-    bandwidth_limit: str = ""
-    #: Visitor addresses or CIDR networks the server lets in (empty: all); checked on the server.
-    allow_ips: list[str] = []
-    #: Visitor addresses or CIDR networks the server turns away (wins over allow_ips).
-    deny_ips: list[str] = []
-    #: Load balancing: proxies of this user with the same group share the domains and take turns.
-    group: str = ""
-    group_key: str = ""
-    #: Withdraw the proxy from the server while its local service fails this check.
-    health_check: HealthCheckConfig | None = None
     #: Record requests for the inspector on the admin port; unset: on when ``admin_port`` is set.
     inspect: bool | None = None
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
-        check_bandwidth_limit(self.bandwidth_limit)
-        check_ip_lists(self.allow_ips, self.deny_ips)
-        check_group(self.group, self.group_key)
+        super().__post_init__()
         check_domains(self.custom_domains, self.subdomain)
         for i, loc in enumerate(self.locations):
             if not loc.startswith("/") or any(c in loc for c in " ?#\r\n"):

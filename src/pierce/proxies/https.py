@@ -24,20 +24,17 @@ from pierce.logs import event
 from pierce.protocol import StartWork
 from pierce.protocol.messages import MAX_DOMAINS, DomainName
 from pierce.proxies.base import (
+    GroupedProxyConfig,
     GroupedSpec,
     ProxyOwner,
     ProxyProtocolVersion,
     ProxySite,
     ProxyType,
-    check_bandwidth_limit,
-    check_group,
-    check_ip_lists,
     check_proxy,
     masked_repr,
 )
 from pierce.proxies.bridge import SocketVisitor, bridge
 from pierce.proxies.group import ProxyGroup, ProxyGroups
-from pierce.proxies.health import HealthCheckConfig
 from pierce.proxies.http import WebProxy, check_domains, route_refusal
 from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
 from pierce.relay import End
@@ -51,9 +48,7 @@ class Https2HttpPlugin(enum.Enum):
     HTTPS2HTTP = "https2http"
 
 
-class HttpsProxyConfig(
-    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="https", tag_field="type"
-):
+class HttpsProxyConfig(GroupedProxyConfig, kw_only=True, tag="https", tag_field="type"):
     """``[[proxies]] type = "https"``: TLS connections for some domains on vhost_https_port, by SNI.
 
     TLS is not terminated on the server; the local service keeps its own certificate, unless
@@ -64,32 +59,19 @@ class HttpsProxyConfig(
     name: str
     local_ip: str = "127.0.0.1"
     local_port: int
-    custom_domains: list[str] = []
+    custom_domains: list[str] = msgspec.field(default_factory=list)
     subdomain: str = ""
     proxy_protocol_version: ProxyProtocolVersion | None = None
-    #: Most bytes per second each way, all connections of the proxy together ("10MB", "512KB"; "" = none).
-    bandwidth_limit: str = ""
-    #: Visitor addresses or CIDR networks the server lets in (empty: all); checked on the server.
-    allow_ips: list[str] = []
-    #: Visitor addresses or CIDR networks the server turns away (wins over allow_ips).
-    deny_ips: list[str] = []
     plugin: Https2HttpPlugin | None = None
     plugin_crt_path: str = ""
     plugin_key_path: str = ""
-    #: Load balancing: proxies of this user with the same group share the domains and take turns.
-    group: str = ""
-    group_key: str = ""
-    #: Withdraw the proxy from the server while its local service fails this check.
-    health_check: HealthCheckConfig | None = None
     #: With the https2http plugin (this client sees plain HTTP): record requests for the inspector on
     #: the admin port; unset: on when ``admin_port`` is set.
     inspect: bool | None = None
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
-        check_bandwidth_limit(self.bandwidth_limit)
-        check_ip_lists(self.allow_ips, self.deny_ips)
-        check_group(self.group, self.group_key)
+        super().__post_init__()
         check_domains(self.custom_domains, self.subdomain)
         if self.plugin is not None and not (self.plugin_crt_path and self.plugin_key_path):
             raise InvalidValue(

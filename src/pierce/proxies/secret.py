@@ -44,7 +44,15 @@ from pierce.protocol import (
     VisitorVerdict,
     VisitReady,
 )
-from pierce.proxies.base import ProxyOwner, ProxySite, ProxySpec, ProxyType, check_proxy, masked_repr
+from pierce.proxies.base import (
+    ProxyOwner,
+    ProxySite,
+    ProxySpec,
+    ProxyType,
+    check_bandwidth_limit,
+    check_proxy,
+    masked_repr,
+)
 from pierce.proxies.bridge import ChannelVisitor, LiveConnections, bridge, refuse_channel
 from pierce.proxies.rendezvous import (
     MAX_PENDING_ANSWERS,
@@ -81,11 +89,15 @@ class SecretProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     #: Users (the server's ``[[users]]`` names, as authenticated by the server) whose visitors may come
     #: in; empty or ``"*"`` lets in every user's visitor that knows the secret.
     allow_users: list[str] = []
+    #: Most bytes per second each way, all visitors of the proxy together ("10MB", "512KB"; "" = none);
+    #: the datagram kinds drop what is over it.
+    bandwidth_limit: str = ""
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
         if not self.secret_key:
             raise InvalidValue("secret_key", "expected a non-empty secret shared with the visitors")
+        check_bandwidth_limit(self.bandwidth_limit)
 
     def __repr__(self) -> str:
         return masked_repr(self)

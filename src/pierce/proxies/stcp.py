@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from pierce.addr import HostPort
 from pierce.protocol import SecretKind, StartWork
-from pierce.proxies.base import ProxyType, check_bandwidth_limit
+from pierce.proxies.base import ProxyType
 from pierce.proxies.secret import SecretProxyConfig, SecretProxyServer, SecretSpec
 from pierce.proxies.tcp import serve_tcp_work
 from pierce.relay import End
@@ -23,12 +23,6 @@ class StcpProxyConfig(SecretProxyConfig, tag="stcp", tag_field="type"):
     ``secret_key`` reach it through the server (``pierce visit`` or ``[[visitors]]``)."""
 
     secret_kind: ClassVar[SecretKind] = SecretKind.STCP
-    #: Most bytes per second each way, all connections of the proxy together ("10MB", "512KB"; "" = none).
-    bandwidth_limit: str = ""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_bandwidth_limit(self.bandwidth_limit)
 
 
 class StcpSpec(SecretSpec, frozen=True, kw_only=True, tag="stcp"):

@@ -29,7 +29,7 @@ from pierce.addr import HostPort, format_sockaddr
 from pierce.errors import PierceError
 from pierce.logs import event, human_bytes
 from pierce.protocol import FrameDecoder, ProtocolError, SecretKind, StartWork, UdpPacket, encode_frame
-from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT, ProxyType, check_bandwidth_limit, check_idle_timeout
+from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT, ProxyType, check_idle_timeout
 from pierce.proxies.secret import SecretProxyConfig, SecretProxyServer, SecretSpec
 from pierce.relay import End
 from pierce.udpflow import SEND_BACKLOG_LIMIT, DatagramLimit, DropCounter, UdpFlow, UdpFlows
@@ -47,14 +47,10 @@ class SudpProxyConfig(SecretProxyConfig, tag="sudp", tag_field="type"):
 
     #: Seconds a visiting application's UDP flow lives without traffic.
     idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
-    #: Bytes per second each way (``"1MB"``), over all its visitors, enforced here: datagrams over it
-    #: are dropped.
-    bandwidth_limit: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_idle_timeout(self.idle_timeout)
-        check_bandwidth_limit(self.bandwidth_limit)
 
 
 class SudpSpec(SecretSpec, frozen=True, kw_only=True, tag="sudp"):

@@ -14,8 +14,6 @@ import socket
 import ssl
 from typing import Any, ClassVar
 
-import msgspec
-
 from pierce.addr import HostPort, format_sockaddr
 from pierce.bandwidth import limits_for, parse_rate
 from pierce.dial import TargetUnreachable, connect_tcp
@@ -25,20 +23,17 @@ from pierce.logs import event, log_conn_closed
 from pierce.protocol import ErrorCode, Refused, StartWork
 from pierce.protocol.messages import Port
 from pierce.proxies.base import (
+    GroupedProxyConfig,
     GroupedSpec,
     ProxyOwner,
     ProxyProtocolVersion,
     ProxySite,
     ProxyType,
-    check_bandwidth_limit,
-    check_group,
-    check_ip_lists,
     check_proxy,
     masked_repr,
 )
 from pierce.proxies.bridge import LiveConnections, SocketVisitor, bridge
 from pierce.proxies.group import ProxyGroup, ProxyGroups
-from pierce.proxies.health import HealthCheckConfig
 from pierce.proxy_protocol import build_v1, build_v2
 from pierce.relay import End, SocketEnd, relay
 from pierce.snapshot import ProxyStats
@@ -50,7 +45,7 @@ log = logging.getLogger("pierce.proxy")
 LOCAL_CONNECT_TIMEOUT = 10.0
 
 
-class TcpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="tcp", tag_field="type"):
+class TcpProxyConfig(GroupedProxyConfig, kw_only=True, tag="tcp", tag_field="type"):
     """``[[proxies]] type = "tcp"``: a public TCP port on the server -> a local TCP service."""
 
     name: str
@@ -60,23 +55,10 @@ class TcpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, t
     remote_port: int = 0
     #: Send a PROXY protocol header with the visitor's address to the local service.
     proxy_protocol_version: ProxyProtocolVersion | None = None
-    #: Most bytes per second each way, all connections of the proxy together ("10MB", "512KB"; "" = none).
-    bandwidth_limit: str = ""
-    #: Visitor addresses or CIDR networks the server lets in (empty: all); checked on the server.
-    allow_ips: list[str] = []
-    #: Visitor addresses or CIDR networks the server turns away (wins over allow_ips).
-    deny_ips: list[str] = []
-    #: Load balancing: proxies of this user with the same group share one port and take turns.
-    group: str = ""
-    group_key: str = ""
-    #: Withdraw the proxy from the server while its local service fails this check.
-    health_check: HealthCheckConfig | None = None
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port, self.remote_port)
-        check_bandwidth_limit(self.bandwidth_limit)
-        check_ip_lists(self.allow_ips, self.deny_ips)
-        check_group(self.group, self.group_key)
+        super().__post_init__()
 
     def __repr__(self) -> str:
         return masked_repr(self)

@@ -34,20 +34,17 @@ from pierce.logs import event, log_front_refused
 from pierce.protocol import ErrorCode, StartWork
 from pierce.protocol.messages import MAX_DOMAINS, DomainName, HeaderText
 from pierce.proxies.base import (
+    GroupedProxyConfig,
     GroupedSpec,
     ProxyOwner,
     ProxyProtocolVersion,
     ProxySite,
     ProxyType,
-    check_bandwidth_limit,
-    check_group,
-    check_ip_lists,
     check_proxy,
     masked_repr,
 )
 from pierce.proxies.bridge import LiveConnections, bridge
 from pierce.proxies.group import ProxyGroup, ProxyGroups
-from pierce.proxies.health import HealthCheckConfig
 from pierce.proxies.http import check_credentials, check_domains, route_refusal
 from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
 from pierce.relay import End, SocketEnd, wait_fd
@@ -76,9 +73,7 @@ class Multiplexer(enum.Enum):
     HTTPCONNECT = "httpconnect"
 
 
-class TcpMuxProxyConfig(
-    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="tcpmux", tag_field="type"
-):
+class TcpMuxProxyConfig(GroupedProxyConfig, kw_only=True, tag="tcpmux", tag_field="type"):
     """``[[proxies]] type = "tcpmux"``: a local TCP service reached through the server's tcpmux port by
     the name a visitor puts in its HTTP CONNECT request."""
 
@@ -86,30 +81,17 @@ class TcpMuxProxyConfig(
     local_ip: str = "127.0.0.1"
     local_port: int
     multiplexer: Multiplexer = Multiplexer.HTTPCONNECT
-    custom_domains: list[str] = []
+    custom_domains: list[str] = msgspec.field(default_factory=list)
     #: ``"ssh"`` => ssh.<subdomain_host of the server>.
     subdomain: str = ""
     #: Proxy authentication (``Proxy-Authorization: Basic``), checked by the server.
     http_user: str = ""
     http_password: str = ""
     proxy_protocol_version: ProxyProtocolVersion | None = None
-    #: Most bytes per second each way, all connections of the proxy together ("10MB", "512KB"; "" = none).
-    bandwidth_limit: str = ""
-    #: Visitor addresses or CIDR networks the server lets in (empty: all); checked on the server.
-    allow_ips: list[str] = []
-    #: Visitor addresses or CIDR networks the server turns away (wins over allow_ips).
-    deny_ips: list[str] = []
-    #: Load balancing: proxies of this user with the same group share the names and take turns.
-    group: str = ""
-    group_key: str = ""
-    #: Withdraw the proxy from the server while its local service fails this check.
-    health_check: HealthCheckConfig | None = None
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port)
-        check_bandwidth_limit(self.bandwidth_limit)
-        check_ip_lists(self.allow_ips, self.deny_ips)
-        check_group(self.group, self.group_key)
+        super().__post_init__()
         check_domains(self.custom_domains, self.subdomain)
         check_credentials(self.http_user, self.http_password)
 

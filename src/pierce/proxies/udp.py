@@ -33,8 +33,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection
 from typing import Any, ClassVar
 
-import msgspec
-
 from pierce.addr import HostPort, format_sockaddr
 from pierce.listeners import bind_socket
 from pierce.protocol import MAX_HOST_LENGTH, UdpPacket
@@ -46,9 +44,8 @@ from pierce.proxies.base import (
     ProxySite,
     ProxySpec,
     ProxyType,
-    check_bandwidth_limit,
+    PublicProxyConfig,
     check_idle_timeout,
-    check_ip_lists,
     check_proxy,
 )
 from pierce.snapshot import ProxyStats
@@ -81,8 +78,9 @@ def send_packet(channel: MessageChannel, packet: UdpPacket) -> bool:
     return True
 
 
-class UdpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="udp", tag_field="type"):
-    """``[[proxies]] type = "udp"``: a public UDP port on the server -> a local UDP service."""
+class UdpProxyConfig(PublicProxyConfig, kw_only=True, tag="udp", tag_field="type"):
+    """``[[proxies]] type = "udp"``: a public UDP port on the server -> a local UDP service; its
+    ``bandwidth_limit`` drops the datagrams over it (on the client)."""
 
     name: str
     local_ip: str = "127.0.0.1"
@@ -90,18 +88,11 @@ class UdpProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, t
     remote_port: int = 0
     #: Seconds a visitor's UDP session lives without traffic.
     idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
-    #: Visitor addresses or CIDR networks the server lets in (empty: all); checked on the server.
-    allow_ips: list[str] = []
-    #: Visitor addresses or CIDR networks the server turns away (wins over allow_ips).
-    deny_ips: list[str] = []
-    #: Bytes per second each way (``"1MB"``), enforced on the client: datagrams over it are dropped.
-    bandwidth_limit: str = ""
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port, self.remote_port)
         check_idle_timeout(self.idle_timeout)
-        check_ip_lists(self.allow_ips, self.deny_ips)
-        check_bandwidth_limit(self.bandwidth_limit)
+        super().__post_init__()
 
 
 class UdpSpec(ProxySpec, frozen=True, kw_only=True, tag="udp"):

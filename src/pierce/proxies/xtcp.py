@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from pierce.addr import HostPort
 from pierce.protocol import SecretKind, StartWork
-from pierce.proxies.base import ProxyType, check_bandwidth_limit
+from pierce.proxies.base import ProxyType
 from pierce.proxies.secret import SecretProxyConfig, SecretProxyServer, SecretSpec
 from pierce.proxies.tcp import serve_tcp_work
 from pierce.relay import End
@@ -24,12 +24,6 @@ class XtcpProxyConfig(SecretProxyConfig, tag="xtcp", tag_field="type"):
     """``[[proxies]] type = "xtcp"``: a secret TCP service for P2P visitors (relayed when not direct)."""
 
     secret_kind: ClassVar[SecretKind] = SecretKind.XTCP
-    #: Most bytes per second each way, all connections of the proxy together ("10MB", "512KB"; "" = none).
-    bandwidth_limit: str = ""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_bandwidth_limit(self.bandwidth_limit)
 
 
 class XtcpSpec(SecretSpec, frozen=True, kw_only=True, tag="xtcp"):
