@@ -29,7 +29,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pierce.config import WebOptions
-from pierce.local_http import host_header_allowed, start_site
+from pierce.local_http import ConnectionGuard, ConnectionLimits, host_header_allowed, start_site
 from pierce.logs import event
 from pierce.proxies.base import ProxyType
 from pierce.snapshot import ServerSnapshot
@@ -45,6 +45,14 @@ log = logging.getLogger("pierce.server")
 SAMPLE_S = 10.0
 #: Seconds an idle keep-alive connection stays open.
 KEEPALIVE_S = 15.0
+#: Connections open at once, and from one source (an IPv4 address or IPv6 /64); more get 503 and close.
+#: A browser keeps at most 6 per host, each event stream holds one.
+MAX_CONNECTIONS = 64
+MAX_CONNECTIONS_PER_SOURCE = 16
+#: Seconds a request head may take from the connection's opening (or its first byte) until it is read.
+HEAD_TIMEOUT_S = 10.0
+#: Seconds between two log lines about connections turned away (the ones between are counted).
+REFUSED_LOG_INTERVAL_S = 1.0
 #: Seconds between two ``state`` events of ``/api/events``, and the most one may take to be sent.
 EVENT_INTERVAL_S = 2.0
 EVENT_SEND_TIMEOUT_S = 10.0
@@ -83,6 +91,14 @@ class WebServer:
             path: (files.joinpath(name).read_bytes(), kind) for path, (name, kind) in STATIC.items()
         }
         self.address = ""
+        limits = ConnectionLimits(
+            max_connections=MAX_CONNECTIONS,
+            max_per_source=MAX_CONNECTIONS_PER_SOURCE,
+            head_timeout=HEAD_TIMEOUT_S,
+        )
+        self.guard = ConnectionGuard(limits, self._turned_away)
+        self._unlogged_refusals = 0
+        self._refusal_logged_at = -REFUSED_LOG_INTERVAL_S
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
@@ -104,7 +120,12 @@ class WebServer:
         """Listen on ``addr:port``; returns the bound ``host:port``. `LocalError` when it cannot bind."""
         opts = self.options
         self._runner, self.address, port = await start_site(
-            self.application(), opts.addr, opts.port, "[web]", keepalive_timeout=KEEPALIVE_S
+            self.application(),
+            opts.addr,
+            opts.port,
+            "[web]",
+            guard=self.guard,
+            keepalive_timeout=KEEPALIVE_S,
         )
         self._sampler = asyncio.create_task(self._sample())
         event(
@@ -139,6 +160,25 @@ class WebServer:
         snap, now = self._snapshot(), self._clock()
         self.history.observe(snap.proxies, now)
         return snap, now
+
+    def _turned_away(self, peer: str, reason: str) -> None:
+        """A connection over the caps was refused: logged at most once a second, with a count."""
+        self._unlogged_refusals += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at < REFUSED_LOG_INTERVAL_S:
+            return
+        event(
+            log,
+            logging.WARNING,
+            "web.turned_away",
+            f"web: connection from {peer} refused: {reason}"
+            + (f" ({self._unlogged_refusals} since the last line)" if self._unlogged_refusals > 1 else ""),
+            peer=peer,
+            reason=reason,
+            refused=self._unlogged_refusals,
+        )
+        self._refusal_logged_at = now
+        self._unlogged_refusals = 0
 
     # -- who may ask ------------------------------------------------------------------------------
 
