@@ -33,6 +33,8 @@ from support.procs import pierce_cli
 from support.streams import echo, free_port, tcp_server
 from support.tunnel import TOKEN, start_client, write_toml
 
+from pierce import __version__
+
 SENT = 300_000 + 17
 
 
@@ -59,6 +61,7 @@ async def test_api_with_real_proxies(pierce, tmp_path: Path, service: str) -> No
     assert [(u["name"], u["clients"], u["proxies"]) for u in users] == [("default", 1, 2)]
     clients = await get_json(f"{base}/api/clients")
     assert [(c["client_id"], sorted(c["proxies"])) for c in clients] == [("web-test", ["web-a", "web-b"])]
+    assert (clients[0]["version"], clients[0]["path"]) == (__version__, "relay")
 
     listed = await get_json(f"{base}/api/proxies?type=tcp")
     assert [(p["name"], p["status"], p["remote_port"]) for p in listed] == [
