@@ -59,7 +59,19 @@ EVENT_SEND_TIMEOUT_S = 10.0
 #: ``/api/events`` streams open at once (more get 503).
 MAX_EVENT_STREAMS = 16
 #: The dashboard's files, served from the package (no CDN).
-STATIC = {"/": ("index.html", "text/html"), "/dashboard.js": ("dashboard.js", "text/javascript")}
+STATIC = {
+    "/": ("index.html", "text/html"),
+    "/dashboard.js": ("dashboard.js", "text/javascript"),
+    "/dashboard.css": ("dashboard.css", "text/css"),
+}
+#: Sent with the dashboard's files: it loads only from this origin and may not be framed.
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 #: The query parameters each path takes; any other is refused (400), so a typo is never ignored.
 QUERY_KEYS = {"/api/proxies": frozenset({"type"})}
@@ -264,7 +276,7 @@ class WebServer:
 
     async def _file(self, request: web.Request) -> web.Response:
         body, kind = self._static[request.path]
-        return web.Response(body=body, content_type=kind, headers={"Cache-Control": "no-cache"})
+        return web.Response(body=body, content_type=kind, headers=PAGE_HEADERS)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: a ``state`` event (`api.DashboardState`) now and every ``EVENT_INTERVAL_S``."""
