@@ -137,7 +137,9 @@ function plot(svg, series, minutes, width, height, pad) {
   const x = i => pad.left + (i / Math.max(1, minutes - 1)) * (width - pad.left - pad.right);
   const y = v => pad.top + (1 - v / top) * (height - pad.top - pad.bottom);
   const base = y(0);
+  svg.append(svgEl("line", { class: "grid", x1: pad.left, x2: width - pad.right, y1: base, y2: base }));
   for (const [name, values] of [["in", ins], ["out", outs]]) {
+    if (!values.some(v => v > 0)) continue; // nothing to draw over the base line
     const line = values.map((v, i) => `${i ? "L" : "M"}${x(i).toFixed(1)} ${y(v).toFixed(1)}`).join("");
     svg.append(svgEl("path", { class: `area-${name}`, d: `${line}L${x(values.length - 1).toFixed(1)} ${base}L${x(0).toFixed(1)} ${base}Z` }));
     svg.append(svgEl("path", { class: `line-${name}`, d: line }));
