@@ -50,6 +50,15 @@ function duration(s) {
 const clock = seconds =>
   new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
 
+/** The proxy named in the address's #fragment (a link to one proxy's chart), if any. */
+function hashName() {
+  try {
+    return decodeURIComponent(location.hash.slice(1)) || null;
+  } catch (e) {
+    return null; // not percent-encoded text: ignored
+  }
+}
+
 // -- state ---------------------------------------------------------------------------------------
 
 const view = {
@@ -59,7 +68,7 @@ const view = {
   groups: new Map(),
   /** "user/client_id" -> {row, cells} */
   clients: new Map(),
-  selected: decodeURIComponent(location.hash.slice(1)) || null,
+  selected: hashName(),
   range: 180,
   /** The server's clock at the latest event, in seconds. */
   now: 0,
@@ -186,7 +195,9 @@ function drawChart() {
   const first = Math.floor(view.now / 60) - minutes + 1;
   for (let i = 0; i < minutes; i++) {
     if ((first + i) % every) continue;
-    const label = svgEl("text", { class: "tick", x: x(i).toFixed(1), y: height - 6, "text-anchor": "middle" });
+    const at = x(i);
+    const anchor = at > width - pad.right - 20 ? "end" : at < pad.left + 20 ? "start" : "middle";
+    const label = svgEl("text", { class: "tick", x: at.toFixed(1), y: height - 6, "text-anchor": anchor });
     label.textContent = clock((first + i) * 60);
     grid.append(label);
   }
