@@ -25,7 +25,10 @@ With ``--web`` it measures only what the server's web side costs a tunnel moving
 loopback, pierce-tls, iperf3 through it): the server process's CPU seconds per GiB moved, interleaved per
 round between a server without ``[web]`` (``no-web``), the same server with ``[web]`` on and no browser
 (``web``), and that server with a headless Chromium showing its dashboard, live (``web+dashboard``; the
-system's ``chromium`` through Playwright). Bar: the dashboard open adds < 2 % (web+dashboard / web).
+system's ``chromium`` through Playwright). Bar: the dashboard open adds < 2 % (web+dashboard / web). As
+that ratio is within the noise of a loaded machine, each round also measures the server at rest with the
+dashboard open and closed: the difference is what the dashboard costs, reported as a share of the CPU the
+server spends per second moving data at full speed.
 
 Usage: ``python3 bench/bench_tunnel.py [--netns] [--rounds 5] [--seconds 3] [--connections 500]
 [--idle-conns 1000] [--web] [--json]``. Needs iperf3, socat, ss, ssh, ssh-keygen and /usr/sbin/sshd (and ip
@@ -487,6 +490,8 @@ def web_cost(args: argparse.Namespace, chromium: str) -> dict[str, Any]:
             iperf(HOST, tunnel.public["iperf"], 1)
         gbps: dict[str, list[float]] = {n: [] for n in names}
         cpu: dict[str, list[float]] = {n: [] for n in names}
+        busy: list[float] = []  #: server CPU seconds per second while moving data ([web], no browser)
+        idle: dict[str, list[float]] = {"closed": [], "open": []}  #: the same at rest
         for r in range(args.rounds):
             for name in rotated(names, r):
                 tunnel = paths[name]
@@ -499,6 +504,18 @@ def web_cost(args: argparse.Namespace, chromium: str) -> dict[str, Any]:
                 used = process_cpu_seconds(tunnel.server.pid) - before
                 gbps[name].append(rate)
                 cpu[name].append(used / (rate * 1e9 * args.seconds / 8 / 2**30))
+                if name == "web":
+                    busy.append(used / args.seconds)
+            for state in rotated(list(idle), r):
+                if state == "open":
+                    dashboard.show()
+                else:
+                    dashboard.hide()
+                before, start = process_cpu_seconds(watched.server.pid), time.monotonic()
+                time.sleep(args.seconds)
+                idle[state].append(
+                    (process_cpu_seconds(watched.server.pid) - before) / (time.monotonic() - start)
+                )
             print(
                 f"web round {r + 1}/{args.rounds}: "
                 + ", ".join(f"{n} {gbps[n][-1]:.2f} Gbit/s {cpu[n][-1]:.3f} CPU s/GiB" for n in names),
@@ -514,6 +531,7 @@ def web_cost(args: argparse.Namespace, chromium: str) -> dict[str, Any]:
         "cpu_per_gib_dashboard_vs_web": paired_ratio(cpu["web+dashboard"], cpu["web"]),
         "cpu_per_gib_web_vs_no_web": paired_ratio(cpu["web"], cpu["no-web"]),
     }
+    dashboard_cpu = sum(idle["open"]) / len(idle["open"]) - sum(idle["closed"]) / len(idle["closed"])
     return {
         "path": "loopback-web",
         "layout": "pierce-tls on 127.0.0.1, iperf3 single stream; server CPU from /proc",
@@ -522,6 +540,9 @@ def web_cost(args: argparse.Namespace, chromium: str) -> dict[str, Any]:
         "iperf_seconds": args.seconds,
         "throughput_gbps_median": {n: round(statistics.median(v), 2) for n, v in gbps.items()},
         "server_cpu_s_per_gib_median": {n: round(statistics.median(v), 4) for n, v in cpu.items()},
+        "server_busy_cpu_s_per_s_median": round(statistics.median(busy), 3),
+        "server_idle_cpu_ms_per_s_mean": {k: round(1000 * sum(v) / len(v), 2) for k, v in idle.items()},
+        "dashboard_cpu_share_of_busy_server": round(dashboard_cpu / statistics.median(busy), 4),
         "ratios": ratios,
         "bars": {
             key: {
@@ -548,6 +569,12 @@ def print_web_table(res: dict[str, Any]) -> None:
         f"   (bar {bar['bar']}: {'met' if bar['met'] else 'MISSED'})"
     )
     print(f"server CPU/GiB  web/no-web        = {rat['cpu_per_gib_web_vs_no_web']:.3f}x")
+    rest = res["server_idle_cpu_ms_per_s_mean"]
+    print(
+        f"server at rest: {rest['closed']:.2f} ms CPU/s with the dashboard closed, {rest['open']:.2f} open; "
+        f"moving data: {res['server_busy_cpu_s_per_s_median']:.3f} s CPU/s; the dashboard's share of that: "
+        f"{100 * res['dashboard_cpu_share_of_busy_server']:.2f} %"
+    )
 
 
 def print_table(res: dict[str, Any]) -> None:
