@@ -263,7 +263,11 @@ function reachedAt(info) {
 function drawProxy(proxy) {
   const { info, cells } = proxy;
   proxy.row.dataset.status = info.status;
-  setText(cells.name, info.name);
+  const group = info.group ? `group ${info.group} · ${info.group_members} members` : "";
+  if (cells.name.dataset.shown !== info.name + group) {
+    cells.name.dataset.shown = info.name + group;
+    cells.name.replaceChildren(info.name, ...(group ? [el("div", { class: "group muted", text: group })] : []));
+  }
   const badge = el("span", { class: `badge ${info.status}`, text: info.status });
   if (info.status === "offline") badge.title = "last seen " + new Date(info.last_seen * 1000).toLocaleString();
   const path = info.path !== "relay" ? [" ", el("span", { class: "badge direct", text: info.path })] : [];
