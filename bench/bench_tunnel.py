@@ -21,9 +21,19 @@ the paths rotates every round):
 Prints absolute medians (context only: these machines are noisy) and the ratios the bars are about:
 pierce-tls / ssh-R throughput (bar >= 1.0x, goal 1.5x), pierce-plain / socat throughput (bar >= 1.5x),
 pierce-tls / socat first-byte time (bar <= 2.0x).
+With ``--web`` it measures only what the server's web side costs a tunnel moving data at full speed (on
+loopback, pierce-tls, iperf3 through it): the server process's CPU seconds per GiB moved, interleaved per
+round between a server without ``[web]`` (``no-web``), the same server with ``[web]`` on and no browser
+(``web``), and that server with a headless Chromium showing its dashboard, live (``web+dashboard``; the
+system's ``chromium`` through Playwright). Bar: the dashboard open adds < 2 % (web+dashboard / web). As
+that ratio is within the noise of a loaded machine, each round also measures the server at rest with the
+dashboard open and closed: the difference is what the dashboard costs, reported as a share of the CPU the
+server spends per second moving data at full speed.
+
 Usage: ``python3 bench/bench_tunnel.py [--netns] [--rounds 5] [--seconds 3] [--connections 500]
-[--idle-conns 1000] [--json]``. Needs iperf3, socat, ss, ssh, ssh-keygen and /usr/sbin/sshd (and ip for
-``--netns``); run as root or as a user sshd accepts (the sshd and its keys live in a temporary directory).
+[--idle-conns 1000] [--web] [--json]``. Needs iperf3, socat, ss, ssh, ssh-keygen and /usr/sbin/sshd (and ip
+for ``--netns``; chromium for ``--web``); run as root or as a user sshd accepts (the sshd and its keys live
+in a temporary directory).
 The namespaces, their veths and every process started are removed at the end, on errors, Ctrl-C and
 SIGTERM too.
 """
@@ -71,6 +81,11 @@ BARS = {
     "throughput_pierce_plain_vs_socat": (">=", 1.5),
     "first_byte_pierce_tls_vs_socat": ("<=", 2.0),
 }
+#: ``--web``: server CPU per GiB with the dashboard open / with [web] on and no browser.
+WEB_BARS = {"cpu_per_gib_dashboard_vs_web": ("<=", 1.02)}
+WEB_USER = "bench"
+WEB_PASSWORD = "bench-web-pw-Zr8qL2xT5vN9"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
 @dataclass(frozen=True)
@@ -123,7 +138,15 @@ class Tunnel:
     ports (on 127.0.0.1 there) on fixed public ports."""
 
     def __init__(
-        self, procs: Procs, workdir: Path, name: str, *, site: Site, encrypt: bool, targets: dict[str, int]
+        self,
+        procs: Procs,
+        workdir: Path,
+        name: str,
+        *,
+        site: Site,
+        encrypt: bool,
+        targets: dict[str, int],
+        web: dict[str, Any] | None = None,
     ) -> None:
         self.public = {proxy: free_port() for proxy in targets}
         control = free_port()
@@ -137,6 +160,7 @@ class Tunnel:
                     "proxy_bind_addr": site.public_ip,
                     "token": TOKEN,
                     "transport": transport,
+                    **({"web": web} if web else {}),
                 }
             )
         )
@@ -394,6 +418,165 @@ def run(args: argparse.Namespace, *, netns: bool) -> dict[str, Any]:
     }
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def chromium_path() -> str | None:
+    return os.environ.get("PIERCE_CHROMIUM") or next(
+        (found for name in CHROMIUM_NAMES if (found := shutil.which(name))), None
+    )
+
+
+class Dashboard:
+    """One headless Chromium tab (Playwright over the system's browser) that shows the server's dashboard,
+    live, or a blank page."""
+
+    def __init__(self, url: str, chromium: str) -> None:
+        from playwright.sync_api import sync_playwright
+
+        self.url = url
+        self._playwright = sync_playwright().start()
+        try:
+            self._browser = self._playwright.chromium.launch(executable_path=chromium, args=["--disable-gpu"])
+            context = self._browser.new_context(
+                http_credentials={"username": WEB_USER, "password": WEB_PASSWORD}
+            )
+            self.page = context.new_page()
+        except BaseException:
+            self._playwright.stop()
+            raise
+
+    def show(self) -> None:
+        self.page.goto(self.url)
+        self.page.wait_for_selector("#status[data-state=live]", timeout=15_000)
+
+    def hide(self) -> None:
+        self.page.goto("about:blank")
+
+    def close(self) -> None:
+        try:
+            self._browser.close()
+        finally:
+            self._playwright.stop()
+
+
+def web_cost(args: argparse.Namespace, chromium: str) -> dict[str, Any]:
+    """``--web``: the server's CPU seconds per GiB without [web], with it, and with the dashboard open."""
+    procs = Procs()
+    workdir = Path(tempfile.mkdtemp(prefix="pierce-bench-"))
+    dashboard: Dashboard | None = None
+    try:
+        iperf_port = free_port()
+        procs.start(
+            ["iperf3", "-s", "-p", str(iperf_port), "-B", HOST],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_listening(iperf_port)
+        targets = {"iperf": iperf_port}
+        web_port = free_port()
+        web = {"addr": HOST, "port": web_port, "user": WEB_USER, "password": WEB_PASSWORD}
+        bare = Tunnel(procs, workdir, "bare", site=LOOPBACK, encrypt=True, targets=targets)
+        watched = Tunnel(procs, workdir, "web", site=LOOPBACK, encrypt=True, targets=targets, web=web)
+        wait_listening(web_port)
+        dashboard = Dashboard(f"http://{HOST}:{web_port}/", chromium)
+        paths = {"no-web": bare, "web": watched, "web+dashboard": watched}
+        names = list(paths)
+        for tunnel in (bare, watched):  # warm up: logins done, pools full
+            iperf(HOST, tunnel.public["iperf"], 1)
+        gbps: dict[str, list[float]] = {n: [] for n in names}
+        cpu: dict[str, list[float]] = {n: [] for n in names}
+        busy: list[float] = []  #: server CPU seconds per second while moving data ([web], no browser)
+        idle: dict[str, list[float]] = {"closed": [], "open": []}  #: the same at rest
+        for r in range(args.rounds):
+            for name in rotated(names, r):
+                tunnel = paths[name]
+                if name == "web+dashboard":
+                    dashboard.show()
+                else:
+                    dashboard.hide()
+                before = process_cpu_seconds(tunnel.server.pid)
+                rate = iperf(HOST, tunnel.public["iperf"], args.seconds)
+                used = process_cpu_seconds(tunnel.server.pid) - before
+                gbps[name].append(rate)
+                cpu[name].append(used / (rate * 1e9 * args.seconds / 8 / 2**30))
+                if name == "web":
+                    busy.append(used / args.seconds)
+            for state in rotated(list(idle), r):
+                if state == "open":
+                    dashboard.show()
+                else:
+                    dashboard.hide()
+                before, start = process_cpu_seconds(watched.server.pid), time.monotonic()
+                time.sleep(args.seconds)
+                idle[state].append(
+                    (process_cpu_seconds(watched.server.pid) - before) / (time.monotonic() - start)
+                )
+            print(
+                f"web round {r + 1}/{args.rounds}: "
+                + ", ".join(f"{n} {gbps[n][-1]:.2f} Gbit/s {cpu[n][-1]:.3f} CPU s/GiB" for n in names),
+                file=sys.stderr,
+            )
+    finally:
+        with signals_held():
+            if dashboard is not None:
+                dashboard.close()
+            procs.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+    ratios = {
+        "cpu_per_gib_dashboard_vs_web": paired_ratio(cpu["web+dashboard"], cpu["web"]),
+        "cpu_per_gib_web_vs_no_web": paired_ratio(cpu["web"], cpu["no-web"]),
+    }
+    dashboard_cpu = sum(idle["open"]) / len(idle["open"]) - sum(idle["closed"]) / len(idle["closed"])
+    return {
+        "path": "loopback-web",
+        "layout": "pierce-tls on 127.0.0.1, iperf3 single stream; server CPU from /proc",
+        "cpus": os.cpu_count(),
+        "rounds": args.rounds,
+        "iperf_seconds": args.seconds,
+        "throughput_gbps_median": {n: round(statistics.median(v), 2) for n, v in gbps.items()},
+        "server_cpu_s_per_gib_median": {n: round(statistics.median(v), 4) for n, v in cpu.items()},
+        "server_busy_cpu_s_per_s_median": round(statistics.median(busy), 3),
+        "server_idle_cpu_ms_per_s_mean": {k: round(1000 * sum(v) / len(v), 2) for k, v in idle.items()},
+        "dashboard_cpu_share_of_busy_server": round(dashboard_cpu / statistics.median(busy), 4),
+        "ratios": ratios,
+        "bars": {
+            key: {
+                "bar": f"{op} {limit}x",
+                "met": ratios[key] <= limit if op == "<=" else ratios[key] >= limit,
+            }
+            for key, (op, limit) in WEB_BARS.items()
+        },
+    }
+
+
+def print_web_table(res: dict[str, Any]) -> None:
+    thr, cpu, rat = res["throughput_gbps_median"], res["server_cpu_s_per_gib_median"], res["ratios"]
+    print(
+        f"\n{res['path']} ({res['layout']}; {res['cpus']} CPUs): {res['rounds']} rounds, "
+        f"iperf3 -t {res['iperf_seconds']}"
+    )
+    print(f"{'path':<14} {'throughput (Gbit/s)':>20} {'server CPU s/GiB':>17}")
+    for n in thr:
+        print(f"{n:<14} {thr[n]:>20.2f} {cpu[n]:>17.4f}")
+    bar = res["bars"]["cpu_per_gib_dashboard_vs_web"]
+    print(
+        f"\nserver CPU/GiB  web+dashboard/web = {rat['cpu_per_gib_dashboard_vs_web']:.3f}x"
+        f"   (bar {bar['bar']}: {'met' if bar['met'] else 'MISSED'})"
+    )
+    print(f"server CPU/GiB  web/no-web        = {rat['cpu_per_gib_web_vs_no_web']:.3f}x")
+    rest = res["server_idle_cpu_ms_per_s_mean"]
+    print(
+        f"server at rest: {rest['closed']:.2f} ms CPU/s with the dashboard closed, {rest['open']:.2f} open; "
+        f"moving data: {res['server_busy_cpu_s_per_s_median']:.3f} s CPU/s; the dashboard's share of that: "
+        f"{100 * res['dashboard_cpu_share_of_busy_server']:.2f} %"
+    )
+
+
 def print_table(res: dict[str, Any]) -> None:
     thr, ttfb, rat = res["throughput_gbps_median"], res["first_byte_us_median"], res["ratios"]
     print(
@@ -453,9 +636,16 @@ def main() -> int:
         "--netns", action="store_true", help="also run across veth links between namespaces V, S, L (root)"
     )
     ap.add_argument(
+        "--web",
+        action="store_true",
+        help="only measure the web side's CPU cost (no [web], [web], [web] with a dashboard open)",
+    )
+    ap.add_argument(
         "--json", action="store_true", help="print the results as JSON (a list, one per topology)"
     )
     args = ap.parse_args()
+    if args.web:
+        return main_web(args)
     tools = ("iperf3", "socat", "ss", "ssh", "ssh-keygen", SSHD, *(("ip",) if args.netns else ()))
     if missing := missing_tools(*tools):
         print(f"bench: {missing} is not installed", file=sys.stderr)
@@ -476,6 +666,24 @@ def main() -> int:
     else:
         for res in results:
             print_table(res)
+    return 0
+
+
+def main_web(args: argparse.Namespace) -> int:
+    chromium = chromium_path()
+    if (missing := missing_tools("iperf3", "ss")) or chromium is None:
+        print(f"bench: {missing or 'chromium (or $PIERCE_CHROMIUM)'} is not installed", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        result = web_cost(args, chromium)
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything it started is stopped and removed", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps([result], indent=2))
+    else:
+        print_web_table(result)
     return 0
 
 

@@ -14,6 +14,7 @@ if "PIERCE_STATE_DIR" not in os.environ:
     os.environ["PIERCE_STATE_DIR"] = tempfile.mkdtemp(prefix="pierce-test-state-")
 
 import pytest
+from support.browser import browser_page  # noqa: F401  (a fixture for any test that opens a web page)
 from support.procs import PierceProcess
 
 StartPierce = Callable[..., Awaitable[PierceProcess]]

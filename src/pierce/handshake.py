@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
+from pierce import __version__
 from pierce.errors import RemoteError
 from pierce.protocol import (
     MAX_FRAME_SIZE,
@@ -289,6 +290,7 @@ async def client_login(
             run_id=resume[0] if resume else "",
             user=user,
             pake=pake.public,
+            software=__version__ if role is Role.CONTROL else "",
         )
     )
     msg = await _challenge(channel, features, role)

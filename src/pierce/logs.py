@@ -135,6 +135,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "client.error": {"client_id", "code"},
         "stun.listening": {"addresses", "alt_addr", "ports", "listen"},
         "web.listening": {"listen", "port"},
+        "web.turned_away": {"peer", "reason", "refused"},
         "stun.unavailable": {"error"},
         "stun.tcp_unavailable": {"error"},
         "front.listening": {"front", "listen", "port"},

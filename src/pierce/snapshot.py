@@ -102,6 +102,11 @@ class ClientInfo(msgspec.Struct, frozen=True, kw_only=True):
     idle_work_conns: int
     #: The user the client logged in as.
     user: str = "default"
+    #: The client's pierce version, as it told at login (empty from clients that do not tell).
+    version: str = ""
+    #: How visitors reach its proxies: a direct kind when the latest P2P visitor of one of them took a
+    #: direct path (`ServerProxyInfo.path`), else relay.
+    path: ConnectionPath = ConnectionPath.RELAY
 
 
 class UserLimitsInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -160,3 +160,25 @@ def lan_processes(pid: int) -> list[str]:
         except OSError:
             continue
     return cmds
+
+
+CHROMIUM = os.environ.get("PIERCE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary (Debian package chromium)")
+def test_web_run_reports_the_server_cpu_per_gib_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    proc = start(tmp_path, "--web", "--rounds", "1", "--seconds", "1", "--json")
+    out, err = finish(proc, timeout=120)
+    assert proc.returncode == 0, err
+    (res,) = json.loads(out)
+    assert res["path"] == "loopback-web"
+    assert list(res["server_cpu_s_per_gib_median"]) == ["no-web", "web", "web+dashboard"]
+    assert all(v > 0 for v in res["throughput_gbps_median"].values())
+    assert all(v > 0 for v in res["server_cpu_s_per_gib_median"].values())
+    assert set(res["ratios"]) == {"cpu_per_gib_dashboard_vs_web", "cpu_per_gib_web_vs_no_web"}
+    assert isinstance(res["bars"]["cpu_per_gib_dashboard_vs_web"]["met"], bool)
+    assert res["server_busy_cpu_s_per_s_median"] > 0
+    assert set(res["server_idle_cpu_ms_per_s_mean"]) == {"closed", "open"}
+    assert isinstance(res["dashboard_cpu_share_of_busy_server"], float)
+    assert leftovers(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []

@@ -9,8 +9,6 @@ are compared with the bytes a visitor sent through a tcp proxy.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -20,12 +18,23 @@ from typing import Any
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.procs import PierceProcess, pierce_cli
-from support.streams import echo, free_port, payload, send_all, tcp_server
-from support.tunnel import TOKEN, start_client, start_server, write_toml
+from support.dashboard import (
+    WEB_PASSWORD,
+    WEB_USER,
+    basic,
+    echo_through,
+    get_json,
+    request,
+    start_proxies,
+    start_web_server,
+    tcp_proxy,
+)
+from support.procs import pierce_cli
+from support.streams import echo, free_port, tcp_server
+from support.tunnel import TOKEN, start_client, write_toml
 
-WEB_USER = "ops"
-WEB_PASSWORD = "web-pw-Zr8qL2xT5vN9"
+from pierce import __version__
+
 SENT = 300_000 + 17
 
 
@@ -33,68 +42,6 @@ SENT = 300_000 + 17
 async def service() -> AsyncIterator[str]:
     async with tcp_server(echo) as addr:
         yield addr
-
-
-def tcp_proxy(name: str, local: str) -> dict[str, Any]:
-    host, _, port = local.rpartition(":")
-    return {"type": "tcp", "name": name, "local_ip": host, "local_port": int(port), "remote_port": 0}
-
-
-async def start_web_server(pierce: Any, tmp_path: Path, **web: Any) -> tuple[PierceProcess, int, str]:
-    """A server with ``[web]`` on a free loopback port; returns it, its control port and the web base URL."""
-    server, port = await start_server(
-        pierce, tmp_path, stun_port=0, web={"addr": "127.0.0.1", "port": free_port(), **web}
-    )
-    (ready,) = await server.wait_event("web.listening")
-    return server, port, f"http://{ready['listen']}"
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-async def request(
-    method: str, url: str, *, auth: str | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, Any]:
-    """(status, decoded JSON body or text); ``auth`` is an Authorization header value."""
-    timeout = aiohttp.ClientTimeout(total=10)
-    headers = {**(headers or {}), **({"Authorization": auth} if auth else {})}
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.request(method, url, headers=headers) as resp,
-    ):
-        if resp.content_type == "application/json":
-            return resp.status, await resp.json()
-        return resp.status, await resp.text()
-
-
-async def get_json(url: str, auth: str | None = None) -> Any:
-    status, body = await request("GET", url, auth=auth)
-    assert status == 200, (url, status, body)
-    return body
-
-
-async def echo_through(port: int, size: int) -> None:
-    """Send ``size`` bytes through a proxy to the echo service and read them all back."""
-    data = payload(size, 7)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    await send_all(writer, data)
-    writer.write_eof()
-    async with asyncio.timeout(30):
-        back = await reader.read(-1)
-    writer.close()
-    assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
-
-
-async def start_proxies(
-    pierce: Any, tmp_path: Path, server_port: int, proxies: list[dict[str, Any]]
-) -> tuple[PierceProcess, dict[str, int]]:
-    client = await start_client(pierce, tmp_path, server_port, proxies, name="web-test")
-    ports = {}
-    for proxy in proxies:
-        (ready,) = await client.wait_event("proxy.ready", lambda e, n=proxy["name"]: e.get("proxy") == n)
-        ports[proxy["name"]] = int(ready["remote_port"])
-    return client, ports
 
 
 async def test_api_with_real_proxies(pierce, tmp_path: Path, service: str) -> None:
@@ -114,6 +61,7 @@ async def test_api_with_real_proxies(pierce, tmp_path: Path, service: str) -> No
     assert [(u["name"], u["clients"], u["proxies"]) for u in users] == [("default", 1, 2)]
     clients = await get_json(f"{base}/api/clients")
     assert [(c["client_id"], sorted(c["proxies"])) for c in clients] == [("web-test", ["web-a", "web-b"])]
+    assert (clients[0]["version"], clients[0]["path"]) == (__version__, "relay")
 
     listed = await get_json(f"{base}/api/proxies?type=tcp")
     assert [(p["name"], p["status"], p["remote_port"]) for p in listed] == [

@@ -37,6 +37,8 @@ PROTOCOL_VERSION = 6
 MAX_NAME_LENGTH = 255
 #: The most work connections one `ReqWorkConn` may ask for; a client caps its pool below this anyway.
 MAX_WORK_CONN_REQUEST = 256
+#: The longest software version a client may tell (`Hello.software`).
+MAX_SOFTWARE_LENGTH = 64
 #: Long enough for any IPv6 literal with a zone id (``fe80::...%eth0``).
 MAX_HOST_LENGTH = 64
 
@@ -153,6 +155,8 @@ class Hello(_Message, frozen=True, kw_only=True, tag="hello"):
     user: UserName = ""
     #: CONTROL and VISITOR: the client's SRP public value A (`pierce.protocol.pake`). WORK: empty.
     pake: PakePublic = b""
+    #: CONTROL: the client's pierce version, for people (the server's dashboard); never compared.
+    software: Annotated[str, msgspec.Meta(max_length=MAX_SOFTWARE_LENGTH)] = ""
 
 
 class AuthResponse(_Message, frozen=True, kw_only=True, tag="auth"):

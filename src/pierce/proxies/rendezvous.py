@@ -110,6 +110,8 @@ async def serve_rendezvous(
     finally:
         channel.close()
     path = result.path if result.path in _PATHS else "unknown"
+    if path in _PATHS:
+        proxy.path = ConnectionPath(path)
     counters.counts[path if path != ConnectionPath.RELAY.value else "fallbacks"] += 1
     event(
         log,

@@ -49,6 +49,7 @@ from pierce.proxies.base import (
     ProxySite,
     ProxySpec,
     ProxyType,
+    ServerProxy,
     check_bandwidth_limit,
     check_proxy,
     masked_repr,
@@ -62,7 +63,7 @@ from pierce.proxies.rendezvous import (
     serve_rendezvous,
 )
 from pierce.proxies.visitor_auth import OwnerExchanges, Who
-from pierce.snapshot import ProxyStats
+from pierce.snapshot import ConnectionPath, ProxyStats
 from pierce.transport import MessageChannel
 
 log = logging.getLogger("pierce.proxy")
@@ -129,6 +130,8 @@ class SecretProxyServer:
         self.group: None = None
         self.domains: list[str] = []
         self.live = LiveConnections()
+        #: The path the latest P2P visitor reported taking (`pierce.proxies.rendezvous`).
+        self.path = ConnectionPath.RELAY
         self._checks: dict[int, asyncio.Future[VisitorVerdict]] = {}
         #: P2P rendezvous waiting for the owner's `P2pAnswer`, by visit id.
         self._p2p: dict[str, asyncio.Future[P2pAnswer]] = {}
@@ -348,6 +351,12 @@ async def serve_visit(
             channel.close()
         return
     await proxy.serve(channel, visitor, visitor_id, ready)
+
+
+def visitor_path(proxy: ServerProxy) -> ConnectionPath:
+    """How the visitors of ``proxy`` reach it, as far as the server knows: the path the latest P2P visitor
+    reported (xtcp/xudp), else the relay (every other kind goes through the server)."""
+    return proxy.path if isinstance(proxy, SecretProxyServer) else ConnectionPath.RELAY
 
 
 # -- owner side -------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from pierce.proxies.base import Front
 from pierce.proxies.group import ProxyGroups
 from pierce.proxies.registry import FRONTS
 from pierce.proxies.rendezvous import P2pCounters
-from pierce.proxies.secret import SecretProxyServer, serve_visit
+from pierce.proxies.secret import SecretProxyServer, serve_visit, visitor_path
 from pierce.relay import wait_fd
 from pierce.runtime import release_free_memory
 from pierce.server.admission import Admission, LogBudget, Refusal, Ticket
@@ -236,6 +236,7 @@ class Server:
                     stats=p.stats(),
                     group=p.group.name if p.group is not None else "",
                     group_members=len(p.group.members) if p.group is not None else 0,
+                    path=visitor_path(p),
                 )
                 for s in sessions
                 for p in s.proxies.values()
@@ -463,7 +464,14 @@ class Server:
             raise
         user = login.user
         session = ControlSession(
-            self, channel, user=user, client_id=client_id, run_id=run_id, peer=peer, key=login.key
+            self,
+            channel,
+            user=user,
+            client_id=client_id,
+            run_id=run_id,
+            peer=peer,
+            key=login.key,
+            software=hello.software,
         )
         self.sessions[run_id] = session
         event(

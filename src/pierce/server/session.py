@@ -33,11 +33,11 @@ from pierce.protocol import (
 from pierce.proxies.base import F, P, ProxyType, ServerProxy
 from pierce.proxies.group import ProxyGroups
 from pierce.proxies.registry import decode_spec, open_proxy
-from pierce.proxies.secret import SecretProxyServer
+from pierce.proxies.secret import SecretProxyServer, visitor_path
 from pierce.proxies.udp import UdpProxyServer
 from pierce.server.claims import Key, Thing
 from pierce.server.workconn import WorkConn, WorkConnPool
-from pierce.snapshot import ClientInfo
+from pierce.snapshot import ClientInfo, ConnectionPath
 from pierce.transport import ConnectionClosed, MessageChannel
 from pierce.udpflow import DropCounter
 
@@ -65,6 +65,7 @@ class ControlSession:
         run_id: str,
         peer: str,
         key: bytes,
+        software: str = "",
     ) -> None:
         self.server = server
         self.channel = channel
@@ -74,6 +75,8 @@ class ControlSession:
         self.peer = peer
         #: The limits of this session's user, shared with its other sessions.
         self.limits = server.users[user]
+        #: The client's version, as it told in `Hello`.
+        self.software = software
         #: Keys derived from the login's: work connections prove the first, a reconnect the second.
         self.work_key = work_key(key, run_id)
         self.resume_key = resume_key(key, run_id)
@@ -134,6 +137,10 @@ class ControlSession:
             idle_s=round(time.monotonic() - self.last_seen, 3),
             proxies=list(self.proxies),
             idle_work_conns=self.pool.idle,
+            version=self.software,
+            path=next(
+                (p for p in map(visitor_path, self.proxies.values()) if p.direct), ConnectionPath.RELAY
+            ),
         )
 
     # -- control loop ------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pierce.config import WebOptions
-from pierce.local_http import host_header_allowed, start_site
+from pierce.local_http import ConnectionGuard, ConnectionLimits, host_header_allowed, start_site
 from pierce.logs import event
 from pierce.proxies.base import ProxyType
 from pierce.snapshot import ServerSnapshot
@@ -45,13 +45,33 @@ log = logging.getLogger("pierce.server")
 SAMPLE_S = 10.0
 #: Seconds an idle keep-alive connection stays open.
 KEEPALIVE_S = 15.0
+#: Connections open at once, and from one source (an IPv4 address or IPv6 /64); more get 503 and close.
+#: A browser keeps at most 6 per host, each event stream holds one.
+MAX_CONNECTIONS = 64
+MAX_CONNECTIONS_PER_SOURCE = 16
+#: Seconds a request head may take from the connection's opening (or its first byte) until it is read.
+HEAD_TIMEOUT_S = 10.0
+#: Seconds between two log lines about connections turned away (the ones between are counted).
+REFUSED_LOG_INTERVAL_S = 1.0
 #: Seconds between two ``state`` events of ``/api/events``, and the most one may take to be sent.
 EVENT_INTERVAL_S = 2.0
 EVENT_SEND_TIMEOUT_S = 10.0
 #: ``/api/events`` streams open at once (more get 503).
 MAX_EVENT_STREAMS = 16
 #: The dashboard's files, served from the package (no CDN).
-STATIC = {"/": ("index.html", "text/html"), "/dashboard.js": ("dashboard.js", "text/javascript")}
+STATIC = {
+    "/": ("index.html", "text/html"),
+    "/dashboard.js": ("dashboard.js", "text/javascript"),
+    "/dashboard.css": ("dashboard.css", "text/css"),
+}
+#: Sent with the dashboard's files: it loads only from this origin and may not be framed.
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 #: The query parameters each path takes; any other is refused (400), so a typo is never ignored.
 QUERY_KEYS = {"/api/proxies": frozenset({"type"})}
@@ -83,6 +103,14 @@ class WebServer:
             path: (files.joinpath(name).read_bytes(), kind) for path, (name, kind) in STATIC.items()
         }
         self.address = ""
+        limits = ConnectionLimits(
+            max_connections=MAX_CONNECTIONS,
+            max_per_source=MAX_CONNECTIONS_PER_SOURCE,
+            head_timeout=HEAD_TIMEOUT_S,
+        )
+        self.guard = ConnectionGuard(limits, self._turned_away)
+        self._unlogged_refusals = 0
+        self._refusal_logged_at = -REFUSED_LOG_INTERVAL_S
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
@@ -104,7 +132,12 @@ class WebServer:
         """Listen on ``addr:port``; returns the bound ``host:port``. `LocalError` when it cannot bind."""
         opts = self.options
         self._runner, self.address, port = await start_site(
-            self.application(), opts.addr, opts.port, "[web]", keepalive_timeout=KEEPALIVE_S
+            self.application(),
+            opts.addr,
+            opts.port,
+            "[web]",
+            guard=self.guard,
+            keepalive_timeout=KEEPALIVE_S,
         )
         self._sampler = asyncio.create_task(self._sample())
         event(
@@ -139,6 +172,25 @@ class WebServer:
         snap, now = self._snapshot(), self._clock()
         self.history.observe(snap.proxies, now)
         return snap, now
+
+    def _turned_away(self, peer: str, reason: str) -> None:
+        """A connection over the caps was refused: logged at most once a second, with a count."""
+        self._unlogged_refusals += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at < REFUSED_LOG_INTERVAL_S:
+            return
+        event(
+            log,
+            logging.WARNING,
+            "web.turned_away",
+            f"web: connection from {peer} refused: {reason}"
+            + (f" ({self._unlogged_refusals} since the last line)" if self._unlogged_refusals > 1 else ""),
+            peer=peer,
+            reason=reason,
+            refused=self._unlogged_refusals,
+        )
+        self._refusal_logged_at = now
+        self._unlogged_refusals = 0
 
     # -- who may ask ------------------------------------------------------------------------------
 
@@ -224,7 +276,7 @@ class WebServer:
 
     async def _file(self, request: web.Request) -> web.Response:
         body, kind = self._static[request.path]
-        return web.Response(body=body, content_type=kind, headers={"Cache-Control": "no-cache"})
+        return web.Response(body=body, content_type=kind, headers=PAGE_HEADERS)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: a ``state`` event (`api.DashboardState`) now and every ``EVENT_INTERVAL_S``."""
