@@ -13,34 +13,10 @@ from typing import Any
 import aiohttp
 from helpers.http_services import web_service
 from support.streams import free_port
-from support.tunnel import start_client
-from support.web import http_proxy, ready, vhost_server
+from support.web import INSPECT_BODY_BYTES as BODY_BYTES
+from support.web import http_proxy, inspected_client, vhost_server
 
 NAS = "nas.example.com"
-BODY_BYTES = 1024
-
-
-async def inspected_client(
-    pierce: Any, tmp_path: Path, control: int, proxies: list[dict[str, Any]], **settings: Any
-) -> tuple[int, dict[str, str]]:
-    """A client with its admin API and the given proxies; its admin port and bearer header."""
-    admin_port = free_port()
-    state = tmp_path / "client-state"
-    client = await start_client(
-        pierce,
-        tmp_path,
-        control,
-        proxies,
-        admin_port=admin_port,
-        state_dir=str(state),
-        inspector={"requests": 50, "body_bytes": BODY_BYTES},
-        **settings,
-    )
-    await client.wait_event("admin.listening")
-    for proxy in proxies:
-        await ready(client, proxy["name"])
-    token = (state / "admin.token").read_text().strip()
-    return admin_port, {"Authorization": f"Bearer {token}"}
 
 
 async def call(

@@ -8,7 +8,7 @@ from typing import Any
 
 from support.procs import PierceProcess
 from support.streams import free_port
-from support.tunnel import StartPierce, start_server
+from support.tunnel import StartPierce, start_client, start_server
 
 
 async def curl(*args: str) -> tuple[int, str, str]:
@@ -45,3 +45,31 @@ async def vhost_server(
     http_port = free_port()
     server, control = await start_server(pierce, tmp_path, vhost_http_port=http_port, **settings)
     return server, control, http_port
+
+
+#: Bytes of each body the inspector of `inspected_client` keeps.
+INSPECT_BODY_BYTES = 1024
+
+
+async def inspected_client(
+    pierce: Any, tmp_path: Path, control: int, proxies: list[dict[str, Any]], **settings: Any
+) -> tuple[int, dict[str, str]]:
+    """A client with its admin API (the request inspector keeping `INSPECT_BODY_BYTES` of each body) and
+    the given proxies; its admin port and bearer header."""
+    admin_port = free_port()
+    state = tmp_path / "client-state"
+    client = await start_client(
+        pierce,
+        tmp_path,
+        control,
+        proxies,
+        admin_port=admin_port,
+        state_dir=str(state),
+        inspector={"requests": 50, "body_bytes": INSPECT_BODY_BYTES},
+        **settings,
+    )
+    await client.wait_event("admin.listening")
+    for proxy in proxies:
+        await ready(client, proxy["name"])
+    token = (state / "admin.token").read_text().strip()
+    return admin_port, {"Authorization": f"Bearer {token}"}
