@@ -296,6 +296,7 @@ def test_frps_toml_maps_server_options_and_flags_a_weak_token() -> None:
         "allow_weak_token": True,
         "allow_ports": ["2000-3000", "3001"],
         "heartbeat_timeout": 90,
+        "web": {"addr": "127.0.0.1", "port": 7500, "user": "admin", "password": "admin"},
     }
     warned = _warned(result.warnings)
     assert warned[0].startswith("auth.token: this token is too easy to guess")
@@ -307,11 +308,6 @@ def test_frps_toml_maps_server_options_and_flags_a_weak_token() -> None:
         "kcpBindPort: no pierce equivalent: the control port is TCP with TLS",
         "quicBindPort: no pierce equivalent: the control port is TCP with TLS",
         *[
-            f"webServer.{k}: not converted: the server dashboard's keys are not mapped by this converter yet"
-            for k in ("addr", "port", "user", "password")
-        ],
-        "enablePrometheus: not converted: pierce's metrics are not mapped by this converter yet",
-        *[
             f"httpPlugins[0].{k}: no pierce equivalent: pierce has no server plugins (HTTP hooks)"
             for k in ("name", "addr", "path", "ops")
         ],
@@ -321,6 +317,7 @@ def test_frps_toml_maps_server_options_and_flags_a_weak_token() -> None:
         "a client certificate",
     ]
     assert "#   transport.tls.force: pierce always requires TLS on the control port" in result.text
+    assert "#   enablePrometheus: pierce serves /metrics on the [web] port" in result.text
 
 
 def test_frps_legacy_ini() -> None:
@@ -334,7 +331,9 @@ def test_frps_legacy_ini() -> None:
         "token": TOKEN,
         "allow_ports": ["2000-3000", "3001", "3003"],
         "heartbeat_timeout": 60,
+        "web": {"port": 7500, "user": "admin", "password": "admin"},
     }
+    assert "[web] listens on 127.0.0.1 without addr" in result.text
     warned = _warned(result.warnings)
     assert (
         "[common] oidc_issuer: no pierce equivalent: pierce logs in with a token per user (SRP), not OIDC"
@@ -347,7 +346,7 @@ def test_frps_legacy_ini() -> None:
     assert (
         "[plugin.user-manager] ops: no pierce equivalent: pierce has no server plugins (HTTP hooks)" in warned
     )
-    assert len(warned) == 13
+    assert len(warned) == 10  # the dashboard_* keys are converted to [web]
 
 
 def _drop_leaf(node: Any, path: tuple[Any, ...]) -> None:

@@ -78,7 +78,7 @@ _CLIENT_UNMAPPED: dict[KeyPath, str] = {
     ("transport", "tls", "serverName"): "no pierce equivalent: pin the server with server_fingerprint or "
     "trusted_ca_file",
     ("transport", "tls", "disableCustomTLSFirstByte"): "no pierce equivalent: pierce speaks its own protocol",
-    ("webServer", "assetsDir"): "no pierce equivalent: the admin API serves no web pages",
+    ("webServer", "assetsDir"): "no pierce equivalent: the admin API's pages are served from the package",
     ("webServer", "pprofEnable"): "no pierce equivalent",
     ("webServer", "tls"): "no pierce equivalent: the admin API listens on loopback without TLS",
 }
@@ -89,8 +89,10 @@ _SERVER_UNMAPPED: dict[KeyPath, str] = {
     ("kcpBindPort",): "no pierce equivalent: the control port is TCP with TLS",
     ("quicBindPort",): "no pierce equivalent: the control port is TCP with TLS",
     ("bindUdpPort",): "not needed: pierce punches holes with its own STUN responder (stun_port)",
-    ("webServer",): "not converted: the server dashboard's keys are not mapped by this converter yet",
-    ("enablePrometheus",): "not converted: pierce's metrics are not mapped by this converter yet",
+    ("webServer", "assetsDir"): "no pierce equivalent: the dashboard's files are served from the package",
+    ("webServer", "pprofEnable"): "no pierce equivalent",
+    ("webServer", "tls"): "no pierce equivalent: [web] speaks plain HTTP; put it behind a TLS reverse "
+    "proxy, or keep it on loopback",
     ("log",): NO_LOG,
     ("sshTunnelGateway",): "no pierce equivalent: pierce has no SSH gateway",
     ("httpPlugins",): "no pierce equivalent: pierce has no server plugins (HTTP hooks)",
@@ -412,11 +414,37 @@ def server(src: Source) -> dict[str, Any]:
     if isinstance(ports, list):
         out["allow_ports"] = [_port_range(src, item) for item in ports]
     _heartbeat(src, out, "heartbeatTimeout", "heartbeat_timeout")
+    _web(src, out)
     src.note(("transport", "tls", "force"), "pierce always requires TLS on the control port")
     if src.lookup(("detailedErrorsToClient",)) is False:
         src.warn(("detailedErrorsToClient",), "false: pierce always tells a client why it was refused")
     src.note(("detailedErrorsToClient",), "pierce always tells a client why it was refused")
     return out
+
+
+def _web(src: Source, out: dict[str, Any]) -> None:
+    """``webServer`` (the dashboard and its API) becomes ``[web]``; its /metrics is ``enablePrometheus``."""
+    web = {
+        key: src.get("webServer", key)
+        for key in ("addr", "port", "user", "password")
+        if src.has("webServer", key)
+    }
+    if web:
+        out["web"] = web
+    if web.get("port") and "addr" not in web:
+        src.notes.append(
+            f"{src.where(('webServer', 'port'))}: [web] listens on 127.0.0.1 without addr; add "
+            'addr = "0.0.0.0" (with user and password) to reach it from other hosts'
+        )
+    prometheus = src.lookup(("enablePrometheus",))
+    if prometheus is True and web.get("port"):
+        src.note(("enablePrometheus",), "pierce serves /metrics on the [web] port")
+    elif prometheus is True:
+        src.warn(
+            ("enablePrometheus",), "not converted: pierce serves /metrics on the [web] port, not set here"
+        )
+    else:
+        src.note(("enablePrometheus",), "pierce serves /metrics on the [web] port")
 
 
 def _port_range(src: Source, item: Any) -> str:
