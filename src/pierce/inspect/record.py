@@ -485,12 +485,12 @@ class ConnectionRecorder:
         if self.stopped:
             return
         try:
-            if self._held is not None:
-                if len(self._held) + len(data) > MAX_HELD:
-                    raise _StopRecording("too many bytes sent while an upgrade awaited its answer")
+            if self._held is None:
+                self._feed_requests(data)
+            elif len(self._held) + len(data) > MAX_HELD:
+                raise _StopRecording("too many bytes sent while an upgrade awaited its answer")
+            else:
                 self._held += data
-                return
-            self._feed_requests(data)
         except Exception as exc:  # never let the relay see a failure of the recorder
             self._stop(str(exc) or type(exc).__name__)
 
