@@ -262,13 +262,26 @@ def test_garbage_stops_recording_without_raising() -> None:
 
 
 def test_head_pipelined_behind_a_long_answer_stops_within_its_budget() -> None:
+    """llhttp reads a chunked answer: with a HEAD behind it, a byte at a time, within a budget."""
+    rec, log = recorder()
+    rec.request(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\nHEAD /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    size = 2 * BYTEWISE_BUDGET
+    rec.response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % size + b"z" * size)
+    rec.close()
+    assert [e.state for e in log] == [State.INCOMPLETE, State.INCOMPLETE]
+    assert "pipelined" in rec.stop_reason
+
+
+def test_head_pipelined_behind_a_long_sized_answer_is_recorded() -> None:
+    """The fast path counts a sized answer: a HEAD behind it costs nothing, however long the answer."""
     rec, log = recorder()
     rec.request(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\nHEAD /x HTTP/1.1\r\nHost: h\r\n\r\n")
     size = 2 * BYTEWISE_BUDGET
     rec.response(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"z" * size)
+    rec.response(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
     rec.close()
-    assert [e.state for e in log] == [State.INCOMPLETE, State.INCOMPLETE]
-    assert "pipelined" in rec.stop_reason
+    assert [(e.method, e.state) for e in log] == [("GET", State.COMPLETE), ("HEAD", State.COMPLETE)]
+    assert [e.response.body.size for e in log if e.response is not None] == [size, 0]
 
 
 def test_ring_keeps_the_last_n() -> None:

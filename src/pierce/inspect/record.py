@@ -5,8 +5,8 @@ Theory of operation
 A :class:`ConnectionRecorder` watches one tunnelled connection of an http proxy: the relay hands it
 every piece of bytes just before writing it on (:meth:`ConnectionRecorder.request` for visitor -> service,
 :meth:`ConnectionRecorder.response` for service -> visitor), and :meth:`ConnectionRecorder.close` when
-the connection ends. It never holds the relay up and never changes a byte: heads are parsed as the bytes
-pass (one :class:`pierce.vhost.http_parse.MessageParser` per direction) and only bounded copies are kept.
+the connection ends. It never holds the relay up and never changes a byte, and only bounded copies are
+kept.
 
 Each request head starts an :class:`Exchange`, put at once in the proxy's :class:`RequestLog` (a ring of
 the last N); responses are matched to requests in order (kept-alive and pipelined requests alike).
@@ -14,18 +14,29 @@ Interim ``1xx`` answers are skipped; a ``101`` is recorded and ends parsing for 
 after it are another protocol). While an upgrade request waits for its answer the visitor's bytes are
 held (bounded) and parsed as HTTP again only if the upgrade was refused.
 
-A response to ``HEAD`` has no body whatever its head says, and the parser must know before it reads
-the head: such a head is collected (bounded) and fed on its own with ``skip_body``. When a ``HEAD``
-is pipelined behind a response still in progress, that response is fed a byte at a time so that its
-end is found exactly; a small budget per connection bounds this (past it the connection is no longer
-recorded). ``204`` and ``304`` need nothing: llhttp knows they have no body.
+Two ways to read a message. The fast path takes most of them: at a message boundary, when the piece of
+bytes holds the whole head and the head is plain (`pierce.inspect.heads` says which), the head is checked
+and its framing read by two compiled regexes, kept raw (its fields are split only when shown), and its
+body is counted by its ``Content-Length`` and previewed by slicing. Any other message (a head split over
+pieces, chunked framing, an upgrade, a close-delimited body, interim answers, anything unusual or
+malformed) goes from its first byte to llhttp (one :class:`pierce.vhost.http_parse.MessageParser` per
+direction), which reads it as it reads every message with the fast path off; the direction returns to
+the fast path once llhttp stands between two messages of a kept-alive connection. Both ways record the
+same exchanges (tests/unit/test_inspect_record.py feeds both the same streams and compares).
+
+A response to ``HEAD`` has no body whatever its head says. The fast path knows the request; llhttp
+must know before it reads the head: such a head is collected (bounded) and fed on its own with
+``skip_body``. When a ``HEAD`` is pipelined behind a response llhttp reads, that response is fed a byte at
+a time so that its end is found exactly; a small budget per connection bounds this (past it the
+connection is no longer recorded). ``204`` and ``304`` have no body either, on both ways.
 
 Anything the recorder cannot follow (bytes that are not HTTP, limits passed) stops the recording of
 that connection only: the exchanges so far stay in the log, marked, and the relay goes on untouched.
 
 Bounds: per head at most :data:`MAX_STORED_HEAD` bytes and :data:`MAX_STORED_FIELDS` fields are kept
-(more is marked ``headers_truncated``); per body the first ``body_limit`` bytes (chunked framing
-removed) with the total size; per connection at most :data:`MAX_PENDING` requests awaiting an answer.
+(more is marked ``headers_truncated``; the fast path takes only heads within both); per body the first
+``body_limit`` bytes (chunked framing removed) with the total size; per connection at most
+:data:`MAX_PENDING` requests awaiting an answer.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import Any
 
+from pierce.inspect import heads
 from pierce.vhost.http_parse import EndOfMessage, Head, MessageParser
 
 #: Bytes of header fields kept per head (name, value and 4 for ": " and CRLF each), and fields.
@@ -73,17 +85,21 @@ class Body:
 
     __slots__ = ("complete", "data", "limit", "size")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, complete: bool = False, data: bytes = b"") -> None:
         self.limit = limit
-        self.data = bytearray()
-        self.size = 0
+        #: The bytes kept (the fast path stores a whole body's preview as it is, ``add`` makes a
+        #: bytearray of it when more comes).
+        self.data: bytes | bytearray = data
+        self.size = len(data)
         #: The body's end was seen.
-        self.complete = False
+        self.complete = complete
 
-    def add(self, piece: bytes) -> None:
+    def add(self, piece: bytes | memoryview) -> None:
         self.size += len(piece)
         room = self.limit - len(self.data)
         if room > 0:
+            if not isinstance(self.data, bytearray):
+                self.data = bytearray(self.data)
             self.data += piece[:room]
 
     @property
@@ -129,33 +145,28 @@ def _as_text(data: bytes, truncated: bool) -> str | None:
 
 
 class Message:
-    """One side of an exchange: its header fields (bounded) and a preview of its body."""
+    """One side of an exchange: its header fields (bounded) and a preview of its body.
+
+    ``fields`` is the list llhttp made for this head alone, or the raw head the fast path read (split
+    when shown); either is kept as it is, within the bounds (see :func:`_bounded_message`).
+    """
 
     __slots__ = ("_fields", "body", "headers_truncated")
 
-    def __init__(self, head: Head, body_limit: int) -> None:
-        # The parser made this list for this head alone: it is kept as it is (decoded when shown), cut
-        # to the bounds when it is over them.
-        fields = head.headers
-        self.headers_truncated = False
-        size = sum(map(len, chain.from_iterable(fields))) + 4 * len(fields)
-        if len(fields) > MAX_STORED_FIELDS or size > MAX_STORED_HEAD:
-            kept: list[tuple[bytes, bytes]] = []
-            size = 0
-            for name, value in fields:
-                size += len(name) + len(value) + 4
-                if size > MAX_STORED_HEAD or len(kept) >= MAX_STORED_FIELDS:
-                    break
-                kept.append((name, value))
-            fields = kept
-            self.headers_truncated = True
+    def __init__(self, fields: list[tuple[bytes, bytes]] | bytes, body: Body) -> None:
         self._fields = fields
-        self.body = Body(body_limit)
+        self.headers_truncated = False
+        self.body = body
+
+    def fields(self) -> list[tuple[bytes, bytes]]:
+        """The header fields kept, in order, as sent."""
+        fields = self._fields
+        return heads.fields(fields) if isinstance(fields, bytes) else fields
 
     @property
     def headers(self) -> list[tuple[str, str]]:
         """The header fields kept, in order, as text (ISO 8859-1, so every byte maps to a character)."""
-        return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in self._fields]
+        return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in self.fields()]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -165,72 +176,157 @@ class Message:
         }
 
 
+def _bounded_message(head: Head, body_limit: int) -> Message:
+    """The message of a head llhttp read, its fields cut to the bounds when they are over them."""
+    fields = head.headers
+    size = sum(map(len, chain.from_iterable(fields))) + 4 * len(fields)
+    if len(fields) <= MAX_STORED_FIELDS and size <= MAX_STORED_HEAD:
+        return Message(fields, Body(body_limit))
+    kept: list[tuple[bytes, bytes]] = []
+    size = 0
+    for name, value in fields:
+        size += len(name) + len(value) + 4
+        if size > MAX_STORED_HEAD or len(kept) >= MAX_STORED_FIELDS:
+            break
+        kept.append((name, value))
+    message = Message(kept, Body(body_limit))
+    message.headers_truncated = True
+    return message
+
+
+#: What a recorder gives each of its exchanges: the visitor's address, the context its owner attached,
+#: the id of the exchange it replays, and the body preview's limit.
+Origin = tuple[str, object, int | None, int]
+
+
 class Exchange:
-    """One request and its response as recorded; mutable while its connection is recorded."""
+    """One request and its response as recorded; mutable while its connection is recorded.
+
+    Built to be cheap while nobody looks: what the fast path read stays raw until it is shown. The
+    request is a `Message`, or the raw head of a request without a body; the response None, a
+    `Message`, or ``(raw head, body preview, body size)`` of a whole response. `request` and `response`
+    make their messages when first asked for; method, target, host and reason are read from the raw
+    heads then too.
+    """
 
     __slots__ = (
-        "_host",
-        "_method",
+        "_ended_mono",
+        "_line",
+        "_origin",
+        "_reason",
+        "_request",
+        "_response",
         "_started_mono",
-        "_target",
-        "context",
-        "duration_ms",
         "id",
         "is_head",
         "note",
-        "reason",
-        "remote",
-        "replay_of",
-        "request",
-        "response",
         "state",
         "status",
         "time",
         "upgrade",
-        "version",
     )
 
     def __init__(
-        self, head: Head, *, remote: str, body_limit: int, wall: float, mono: float, context: object
+        self,
+        request: Message | bytes,
+        line: tuple[bytes, bytes, bytes, str] | None,
+        mono: float,
+        wall: float,
+        origin: Origin,
+        is_head: bool,
     ) -> None:
         self.id = 0  # given by the log
         self.time = wall
         self._started_mono = mono
-        self.remote = remote
-        self._method = head.method
-        self._target = head.target[:MAX_STORED_HEAD]
-        self._host = (head.host or b"")[:MAX_STORED_HEAD]
-        self.is_head = head.method == b"HEAD"
-        self.version = head.version
-        self.upgrade = head.upgrade
-        self.request = Message(head, body_limit)
-        if len(head.target) > MAX_STORED_HEAD:
-            self.request.headers_truncated = True  # the head was not all recorded: not replayed
-        self.response: Message | None = None
+        self._ended_mono: float | None = None
+        self._origin = origin
+        self._request = request
+        #: Method, target, host and version as llhttp read them; None: from the raw head.
+        self._line = line
+        self._response: Message | tuple[bytes, bytes, int] | None = None
+        #: The reason phrase llhttp read; None: from the raw head.
+        self._reason: bytes | None = None
         self.status: int | None = None
-        self.reason = ""
-        self.duration_ms: float | None = None
         self.state = State.PENDING
         self.note = ""
-        self.replay_of: int | None = None
-        #: What the recorder's owner attached (the work connection's start, for a replay).
-        self.context = context
+        self.is_head = is_head
+        self.upgrade = False
+
+    @property
+    def request(self) -> Message:
+        request = self._request
+        if isinstance(request, bytes):
+            request = self._request = Message(request, Body(self._origin[3], True))
+        return request
+
+    @property
+    def response(self) -> Message | None:
+        response = self._response
+        if isinstance(response, tuple):
+            head, preview, size = response
+            body = Body(self._origin[3], True, preview)
+            body.size = size
+            response = self._response = Message(head, body)
+        return response
+
+    def _request_line(self) -> tuple[bytes, bytes, bytes, str]:
+        line = self._line
+        if line is None:
+            raw = self.request._fields
+            assert isinstance(raw, bytes)
+            method, target = heads.request_line(raw)
+            hosts = [value for name, value in heads.fields(raw) if name.lower() == b"host"]
+            line = self._line = (method, target, hosts[-1] if hosts else b"", "1.1")
+        return line
+
+    @property
+    def remote(self) -> str:
+        return self._origin[0]
+
+    @property
+    def context(self) -> object:
+        """What the recorder's owner attached (the work connection's start, for a replay)."""
+        return self._origin[1]
+
+    @property
+    def replay_of(self) -> int | None:
+        return self._origin[2]
 
     @property
     def method(self) -> str:
-        return self._method.decode("latin-1")
+        return self._request_line()[0].decode("latin-1")
 
     @property
     def target(self) -> str:
-        return self._target.decode("latin-1")
+        return self._request_line()[1].decode("latin-1")
 
     @property
     def host(self) -> str:
-        return self._host.decode("latin-1")
+        """The last ``Host`` field of the request."""
+        return self._request_line()[2].decode("latin-1")
+
+    @property
+    def version(self) -> str:
+        return self._request_line()[3]
+
+    @property
+    def reason(self) -> str:
+        reason = self._reason
+        if reason is None:
+            raw = self.response._fields if self.response is not None else b""
+            reason = heads.reason(raw) if isinstance(raw, bytes) and raw else b""
+        return reason.decode("latin-1")
+
+    @property
+    def duration_ms(self) -> float | None:
+        """From the request's head to the response's end (or to where recording ended)."""
+        if self._ended_mono is None:
+            return None
+        return round((self._ended_mono - self._started_mono) * 1000, 3)
 
     def finish(self, state: State, mono: float, note: str = "") -> None:
         self.state = state
-        self.duration_ms = round((mono - self._started_mono) * 1000, 3)
+        self._ended_mono = mono
         if note and not self.note:
             self.note = note
 
@@ -313,6 +409,15 @@ class RequestLog:
         return len(self._entries)
 
 
+_REQUEST_HEAD = heads.REQUEST_HEAD
+_RESPONSE_HEAD = heads.RESPONSE_HEAD
+_MAX_FAST_HEAD = heads.MAX_FAST_HEAD
+# A head the fast path takes is kept whole (see heads.MAX_FAST_FIELDS).
+assert (
+    _MAX_FAST_HEAD + heads.MAX_FAST_FIELDS <= MAX_STORED_HEAD and heads.MAX_FAST_FIELDS <= MAX_STORED_FIELDS
+)
+
+
 class _StopRecording(Exception):
     """This connection can no longer be followed; the reason is the message."""
 
@@ -321,7 +426,9 @@ class ConnectionRecorder:
     """Records the exchanges of one connection into ``log``; see the module docstring.
 
     ``remote`` is the visitor's address; ``context`` is attached to each exchange; ``replay_of`` marks
-    the exchanges as a replay of that id. ``mono`` and ``wall`` are the clocks (tests pass their own).
+    the exchanges as a replay of that id. ``mono`` and ``wall`` are the clocks (tests pass their own);
+    an exchange's wall-clock time is its monotonic start plus their difference when the recorder began.
+    ``fast_path`` False sends every message through llhttp (the tests and the benchmark compare).
     """
 
     def __init__(
@@ -334,22 +441,28 @@ class ConnectionRecorder:
         replay_of: int | None = None,
         mono: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        fast_path: bool = True,
     ) -> None:
         self._log = log
-        self._remote = remote
+        self._origin: Origin = (remote, context, replay_of, body_limit)
         self._body_limit = body_limit
-        self._context = context
-        self._replay_of = replay_of
         self._mono = mono
-        self._wall = wall
+        self._wall_offset = wall() - mono()
+        self._fast_path = fast_path
         self._requests = MessageParser(request=True, max_size=PARSE_MAX_HEAD, max_count=PARSE_MAX_FIELDS)
         self._responses = MessageParser(request=False, max_size=PARSE_MAX_HEAD, max_count=PARSE_MAX_FIELDS)
+        #: Each direction's next message goes to the fast path (else to llhttp).
+        self._fast_requests = self._fast_responses = fast_path
+        #: Body bytes still to come of the request and of the response the fast path reads.
+        self._request_left = self._response_left = 0
+        #: The last head llhttp read in each direction kept the connection alive.
+        self._request_kept = self._response_kept = True
         #: Requests whose response has not begun, oldest first.
         self._pending: deque[Exchange] = deque()
         #: The request whose body is being read, and the exchange whose response body is.
         self._sending: Exchange | None = None
         self._answering: Exchange | None = None
-        #: A response message (final or interim) has begun and not ended.
+        #: A response message (final or interim) read by llhttp has begun and not ended.
         self._in_response = False
         self._interim = False
         #: Visitor bytes held while an upgrade request awaits its answer (None: not waiting).
@@ -372,13 +485,12 @@ class ConnectionRecorder:
         if self.stopped:
             return
         try:
-            if self._held is not None:
-                if len(self._held) + len(data) > MAX_HELD:
-                    raise _StopRecording("too many bytes sent while an upgrade awaited its answer")
+            if self._held is None:
+                self._feed_requests(data)
+            elif len(self._held) + len(data) > MAX_HELD:
+                raise _StopRecording("too many bytes sent while an upgrade awaited its answer")
+            else:
                 self._held += data
-                return
-            self._requests.feed(bytes(data))
-            self._take_requests()
         except Exception as exc:  # never let the relay see a failure of the recorder
             self._stop(str(exc) or type(exc).__name__)
 
@@ -387,11 +499,7 @@ class ConnectionRecorder:
         if self.stopped:
             return
         try:
-            if self._heads_pending or self._head_bytes:
-                self._feed_responses(bytes(data))
-            else:  # no HEAD awaits its answer: the parser reads the bytes as they come
-                self._responses.feed(bytes(data))
-                self._take_responses()
+            self._feed_responses(data)
         except Exception as exc:
             self._stop(str(exc) or type(exc).__name__)
 
@@ -416,26 +524,82 @@ class ConnectionRecorder:
 
     # -- requests ------------------------------------------------------------------------------------
 
+    def _feed_requests(self, data: bytes | memoryview) -> None:
+        pos, n = 0, len(data)
+        while pos < n:
+            if self._request_left:  # the body of a request the fast path read: counted
+                take = min(self._request_left, n - pos)
+                self._request_left -= take
+                sending = self._sending
+                assert sending is not None
+                body = sending.request.body
+                body.add(data[pos : pos + take])
+                pos += take
+                if not self._request_left:
+                    body.complete = True
+                    self._sending = None
+                continue
+            if self._fast_requests:
+                m = _REQUEST_HEAD.match(data, pos, pos + _MAX_FAST_HEAD)
+                if m is not None:
+                    end = m.end()
+                    length = m[3]
+                    left = int(length) if length is not None else 0
+                    head = bytes(data[pos:end])
+                    is_head = data[pos] == 72  # H: the one method of METHODS that begins so is HEAD
+                    if left:
+                        message = Message(head, Body(self._body_limit))
+                        self._sending = self._open(message, None, is_head)
+                        self._request_left = left
+                    else:  # the common case: kept raw, made a message when shown
+                        self._open(head, None, is_head)
+                    pos = end
+                    continue
+                self._fast_requests = False  # llhttp reads this message, from its first byte
+            try:
+                self._requests.feed(bytes(data[pos:]))
+            finally:  # what llhttp read before bytes it refuses is recorded, however they were split
+                self._take_requests()
+            pos = n
+            # Back to the fast path between two messages of a kept-alive connection.
+            self._fast_requests = (
+                self._fast_path
+                and self._request_kept
+                and self._held is None
+                and self._sending is None
+                and not self._requests.in_head
+            )
+
+    def _open(
+        self, request: Message | bytes, line: tuple[bytes, bytes, bytes, str] | None, is_head: bool
+    ) -> Exchange:
+        """A new exchange in the log, awaiting its answer."""
+        pending = self._pending
+        if len(pending) >= MAX_PENDING:
+            raise _StopRecording(f"more than {MAX_PENDING} requests awaiting their answers")
+        mono = self._mono()
+        exchange = Exchange(request, line, mono, mono + self._wall_offset, self._origin, is_head)
+        self._log.add(exchange)
+        self.last = exchange
+        pending.append(exchange)
+        if is_head:
+            self._heads_pending += 1
+        return exchange
+
     def _take_requests(self) -> None:
         events = self._requests.events
         while events:
             item = events.popleft()
             if isinstance(item, Head):
-                if len(self._pending) >= MAX_PENDING:
-                    raise _StopRecording(f"more than {MAX_PENDING} requests awaiting their answers")
-                exchange = Exchange(
-                    item,
-                    remote=self._remote,
-                    body_limit=self._body_limit,
-                    wall=self._wall(),
-                    mono=self._mono(),
-                    context=self._context,
-                )
-                exchange.replay_of = self._replay_of
-                self._log.add(exchange)
-                self.last = exchange
-                self._pending.append(exchange)
-                self._heads_pending += exchange.is_head
+                self._request_kept = item.keep_alive
+                message = _bounded_message(item, self._body_limit)
+                target = item.target
+                if len(target) > MAX_STORED_HEAD:
+                    message.headers_truncated = True  # the head was not all recorded: not replayed
+                host = (item.host or b"")[:MAX_STORED_HEAD]
+                line = (item.method, target[:MAX_STORED_HEAD], host, item.version)
+                exchange = self._open(message, line, item.method == b"HEAD")
+                exchange.upgrade = item.upgrade
                 self._sending = exchange
             elif isinstance(item, bytes):
                 if self._sending is not None:
@@ -455,26 +619,96 @@ class ConnectionRecorder:
 
     # -- responses -----------------------------------------------------------------------------------
 
-    def _feed_responses(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view and not self.stopped:
-            next_is_head = not self._in_response and bool(self._pending) and self._pending[0].is_head
+    def _feed_responses(self, data: bytes | memoryview) -> None:
+        pos, n = 0, len(data)
+        while pos < n and not self.stopped:
+            if self._response_left:  # the body of a response the fast path read: counted
+                take = min(self._response_left, n - pos)
+                self._response_left -= take
+                answering = self._answering
+                assert answering is not None and answering.response is not None
+                body = answering.response.body
+                body.add(data[pos : pos + take])
+                pos += take
+                if not self._response_left:
+                    self._answering = None
+                    body.complete = True
+                    answering.state = State.COMPLETE
+                    answering._ended_mono = self._mono()
+                continue
+            if self._fast_responses:
+                m = _RESPONSE_HEAD.match(data, pos, pos + _MAX_FAST_HEAD) if self._pending else None
+                left = -1 if m is None else self._fast_body_length(m)
+                if left >= 0:
+                    assert m is not None
+                    end = m.end()
+                    exchange = self._pending.popleft()
+                    if exchange.is_head:
+                        self._heads_pending -= 1
+                    head = bytes(data[pos:end])
+                    if left <= n - end:  # the common case: the whole body is here, kept raw
+                        pos = end + left
+                        preview = bytes(data[end : min(pos, end + self._body_limit)])
+                        exchange._response = (head, preview, left)
+                        exchange.state = State.COMPLETE
+                        exchange._ended_mono = self._mono()
+                    else:
+                        exchange._response = Message(head, Body(self._body_limit))
+                        self._response_left = left
+                        self._answering = exchange
+                        pos = end
+                    continue
+                self._fast_responses = False  # llhttp reads this message, from its first byte
+            pos = self._llhttp_response(data, pos)
+            # Back to the fast path between two messages of a kept-alive connection.
+            self._fast_responses = (
+                self._fast_path
+                and self._response_kept
+                and not self._in_response
+                and not self._head_bytes
+                and not self._responses.in_head
+            )
+
+    def _fast_body_length(self, m: re.Match[bytes]) -> int:
+        """The body length of the response head the fast path matched (its status is set on the exchange
+        it answers); -1 when llhttp is to read it: an answer to an upgrade request (llhttp holds the
+        visitor's bytes meanwhile) or a body that ends with the connection (no Content-Length)."""
+        status, length = m.groups()
+        exchange = self._pending[0]
+        if exchange.upgrade:
+            return -1
+        code = int(status)
+        if exchange.is_head or code == 204 or code == 304:
+            left = 0  # no body whatever the head says
+        elif length is not None:
+            left = int(length)
+        else:
+            return -1
+        exchange.status = code
+        return left
+
+    def _llhttp_response(self, data: bytes | memoryview, pos: int) -> int:
+        """Feed llhttp what it reads next of ``data[pos:]``; where the bytes go on."""
+        next_is_head = not self._in_response and bool(self._pending) and self._pending[0].is_head
+        try:
             if next_is_head:
-                view = self._feed_head_response(view)
+                rest = self._feed_head_response(data[pos:])
+                pos = len(data) - len(rest)
             elif self._heads_pending:
                 # A HEAD waits behind the next response: find that one's end exactly, a byte at a time.
                 if self._bytewise_left <= 0:
                     raise _StopRecording("a HEAD request pipelined behind a long response")
                 self._bytewise_left -= 1
-                self._responses.feed(bytes(view[:1]))
-                view = view[1:]
-                self._take_responses()
+                self._responses.feed(bytes(data[pos : pos + 1]))
+                pos += 1
             else:
-                self._responses.feed(bytes(view))
-                view = view[len(view) :]
-                self._take_responses()
+                self._responses.feed(bytes(data[pos:]))
+                pos = len(data)
+        finally:  # what llhttp read before bytes it refuses is recorded, however they were split
+            self._take_responses()
+        return pos
 
-    def _feed_head_response(self, view: memoryview) -> memoryview:
+    def _feed_head_response(self, view: bytes | memoryview) -> memoryview:
         """Collect the next response head (to HEAD) and feed it alone; the bytes after it are returned."""
         buf = self._head_bytes + bytes(view)
         end = buf.find(b"\r\n\r\n")
@@ -482,14 +716,13 @@ class ConnectionRecorder:
             if len(buf) > MAX_HELD:
                 raise _StopRecording(f"a response head over {MAX_HELD} bytes")
             self._head_bytes = buf
-            return view[len(view) :]
+            return memoryview(b"")
         self._head_bytes = b""
         self._responses.skip_body = True
         try:
             self._responses.feed(buf[: end + 4])
         finally:
             self._responses.skip_body = False
-        self._take_responses()
         return memoryview(buf)[end + 4 :]
 
     def _take_responses(self) -> None:
@@ -498,6 +731,7 @@ class ConnectionRecorder:
             item = events.popleft()
             if isinstance(item, Head):
                 self._in_response = True
+                self._response_kept = item.keep_alive
                 if 100 <= item.status < 200 and item.status != 101:
                     self._interim = True
                     continue
@@ -523,11 +757,11 @@ class ConnectionRecorder:
         exchange = self._pending.popleft()
         self._heads_pending -= exchange.is_head
         exchange.status = head.status
-        exchange.reason = head.reason.decode("latin-1")
-        exchange.response = Message(head, self._body_limit)
+        exchange._reason = head.reason
+        exchange._response = response = _bounded_message(head, self._body_limit)
         self._answering = exchange
         if head.status == 101:
-            exchange.response.body.complete = True
+            response.body.complete = True
             exchange.finish(State.UPGRADED, self._mono())
             self._answering = None
             self._stop("", upgraded=True)
@@ -536,8 +770,7 @@ class ConnectionRecorder:
             # The upgrade was refused: what the visitor sent meanwhile is HTTP again.
             held, self._held = bytes(self._held), None
             if held:
-                self._requests.feed(held)
-                self._take_requests()
+                self._feed_requests(held)
 
     def _stop(self, reason: str, *, upgraded: bool = False) -> None:
         """Stop recording this connection; open exchanges are marked with ``reason``."""
@@ -552,6 +785,7 @@ class ConnectionRecorder:
         self._pending.clear()
         self._heads_pending = 0
         self._answering = self._sending = None
+        self._request_left = self._response_left = 0
         self._held = None
         self.stopped = True
         self.stop_reason = reason
@@ -560,7 +794,7 @@ class ConnectionRecorder:
 def _ends_by_close(exchange: Exchange) -> bool:
     """The response has neither a length nor chunked framing: its body ends with the connection."""
     assert exchange.response is not None
-    for name, _ in exchange.response.headers:
-        if name.lower() in ("content-length", "transfer-encoding"):
+    for name, _ in exchange.response.fields():
+        if name.lower() in (b"content-length", b"transfer-encoding"):
             return False
     return not exchange.response.headers_truncated
