@@ -177,3 +177,9 @@ def source_of(host: str) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
+
+
+def listener_url(addr: str, port: int) -> str:
+    """``http://HOST:PORT`` of a local HTTP listener bound to ``addr``: a wildcard is reached on loopback."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr) or addr
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from pierce.addr import listener_url
 from pierce.errors import ConfigError, LocalError
 from pierce.logs import human_bytes
 from pierce.snapshot import ClientInfo, ClientSnapshot, ConnectionPath, ProxyState
@@ -118,8 +119,7 @@ def web_endpoint(
             raise ConfigError(problems)
         if not port:
             raise ConfigError([f"{config_path}: web.port: the web API is off; set [web] port to use status"])
-        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr) or addr
-        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        url = listener_url(addr, port)
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ConfigError([f'--url: expected http://HOST:PORT or https://HOST:PORT, got "{url}"'])

@@ -41,6 +41,7 @@ import msgspec
 from aiohttp import web
 
 from pierce import config as config_mod
+from pierce.addr import listener_url
 from pierce.config import ClientConfig
 from pierce.errors import ConfigError, LocalError, PierceError
 from pierce.inspect.api import InspectApi, paths_for_browsers
@@ -241,10 +242,7 @@ def admin_endpoint(config_path: Path, *, state_dir: str | None = None) -> AdminE
 
 
 def admin_url(addr: str, port: int, action: str) -> str:
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr, addr)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/api/{action}"
+    return f"{listener_url(addr, port)}/api/{action}"
 
 
 def call_admin(config_path: Path | None, action: str, *, state_dir: str | None = None) -> int:
