@@ -261,18 +261,18 @@ class P2pOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if not 1 <= self.punch_budget_s <= 60:
-            raise InvalidValue("p2p.punch_budget_s", f"expected 1 to 60 seconds, got {self.punch_budget_s}")
+            raise InvalidValue("punch_budget_s", f"expected 1 to 60 seconds, got {self.punch_budget_s}")
         if not 0 <= self.opening_ttl <= 64:
-            raise InvalidValue("p2p.opening_ttl", f"expected 0 (none) to 64, got {self.opening_ttl}")
+            raise InvalidValue("opening_ttl", f"expected 0 (none) to 64, got {self.opening_ttl}")
         if not 1 <= self.keepalive_s <= 300:
-            raise InvalidValue("p2p.keepalive_s", f"expected 1 to 300 seconds, got {self.keepalive_s}")
+            raise InvalidValue("keepalive_s", f"expected 1 to 300 seconds, got {self.keepalive_s}")
         if not 1 <= self.prediction_sockets <= 1024:
-            raise InvalidValue("p2p.prediction_sockets", f"expected 1 to 1024, got {self.prediction_sockets}")
+            raise InvalidValue("prediction_sockets", f"expected 1 to 1024, got {self.prediction_sockets}")
         if not 1 <= self.prediction_probes <= 8192:
-            raise InvalidValue("p2p.prediction_probes", f"expected 1 to 8192, got {self.prediction_probes}")
+            raise InvalidValue("prediction_probes", f"expected 1 to 8192, got {self.prediction_probes}")
         if not 1 <= self.prediction_rate <= 2000:
             raise InvalidValue(
-                "p2p.prediction_rate", f"expected 1 to 2000 per second, got {self.prediction_rate}"
+                "prediction_rate", f"expected 1 to 2000 per second, got {self.prediction_rate}"
             )
 
 

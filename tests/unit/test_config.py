@@ -267,3 +267,12 @@ def test_inspector_keys() -> None:
         CLIENT + '[[proxies]]\ntype = "http"\nname = "w"\nlocal_port = 80\nsubdomain = "w"\ninspect = 1\n'
     )
     assert problem.startswith("c.toml: proxies[0].inspect: expected")
+
+
+def test_p2p_keys_are_named_once() -> None:
+    assert problems_of(CLIENT + "[p2p]\npunch_budget_s = 99\n") == [
+        "c.toml: p2p.punch_budget_s: expected 1 to 60 seconds, got 99.0"
+    ]
+    assert problems_of(CLIENT + "[p2p]\nprediction_rate = 0\n") == [
+        "c.toml: p2p.prediction_rate: expected 1 to 2000 per second, got 0.0"
+    ]
