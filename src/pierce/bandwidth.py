@@ -66,14 +66,17 @@ class TokenBucket:
         burst = max(MIN_BURST, rate * burst_s)
         return cls(rate, burst, burst, now)
 
-    def _refill(self, now: float) -> None:
+    def _refill(self, now: float, room: float = 0.0) -> None:
         if now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.tokens = min(max(self.burst, room), self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
 
-    def grant(self, want: int, now: float) -> int:
-        """Take up to ``want`` bytes now (0 when the bucket is empty)."""
-        self._refill(now)
+    def grant(self, want: int, now: float, waited_since: float | None = None) -> int:
+        """Take up to ``want`` bytes now (0 when the bucket is empty). A reader that has waited since
+        ``waited_since`` may take what accrued while it waited, even beyond the burst: a late wake-up
+        (a busy event loop) must not throw away budget a waiting reader was owed."""
+        room = (now - waited_since) * self.rate if waited_since is not None else 0.0
+        self._refill(now, room)
         granted = int(min(want, max(self.tokens, 0.0)))
         self.tokens -= granted
         return granted
@@ -88,7 +91,8 @@ class TokenBucket:
         return True
 
     def refund(self, unused: int) -> None:
-        self.tokens = min(self.burst, self.tokens + unused)
+        """Give back granted bytes that were not read (up to the burst, or to what is there already)."""
+        self.tokens = max(self.tokens, min(self.burst, self.tokens + unused))
 
     def wait_s(self, want: int, now: float) -> float:
         """Seconds until a useful amount is back: ``want`` bytes or a share of the burst, the smaller."""
@@ -116,10 +120,13 @@ class Throttle:
         """Bytes the caller may read now, at least 1 and at most ``want``; waits while none are left."""
         loop = asyncio.get_running_loop()
         bucket = self._started(loop.time())
+        waited_since: float | None = None
         while True:
-            granted = bucket.grant(want, loop.time())
+            granted = bucket.grant(want, loop.time(), waited_since)
             if granted:
                 return granted
+            if waited_since is None:
+                waited_since = loop.time()
             await asyncio.sleep(bucket.wait_s(want, loop.time()))
 
     def refund(self, unused: int) -> None:
