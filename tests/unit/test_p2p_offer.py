@@ -126,7 +126,7 @@ def test_p2p_options_bound_everything_and_reach_the_agent() -> None:
         ("prediction_probes", 0),
         ("prediction_rate", 10_000),
     ]:
-        with pytest.raises(InvalidValue, match=f"p2p.{key}"):
+        with pytest.raises(InvalidValue, match=f"^{key}: expected"):
             P2pOptions(**{key: bad})
 
 
