@@ -237,3 +237,45 @@ async def test_a_stranger_on_a_candidate_address_is_passed_over() -> None:
     finally:
         stranger.close()
         await stranger.wait_closed()
+
+
+async def test_a_nominated_connection_closed_before_the_answer_is_dialled_again() -> None:
+    """Something on the owner's port takes the visitor's first connection and closes it without an
+    answer (as when the owner's own SYN crosses the visitor's connection to its listener); the visitor
+    connects to that candidate again and the owner, listening from then on, accepts it."""
+    loop = asyncio.get_running_loop()
+    pa, pb, dead = free_port(), free_port(), free_port()
+    start, deadline = loop.time(), loop.time() + 10
+    first = bind_reusable("127.0.0.1", pb)
+    first.listen(1)
+    closed = asyncio.Event()
+
+    async def close_the_first() -> None:
+        while True:
+            try:
+                conn, _ = first.accept()
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+                continue
+            conn.close()
+            first.close()
+            closed.set()
+            return
+
+    async def owner_after_the_first() -> tuple[socket.socket, Candidate, str]:
+        await closed.wait()
+        return await connect_direct(
+            "owner", pb, [host("127.0.0.1", dead)], start_at=loop.time(), deadline=deadline
+        )
+
+    closer = asyncio.ensure_future(close_the_first())
+    try:
+        (v_sock, _, _), (o_sock, _, _) = await asyncio.gather(
+            connect_direct("visitor", pa, [host("127.0.0.1", pb)], start_at=start, deadline=deadline),
+            owner_after_the_first(),
+        )
+    finally:
+        closer.cancel()
+        first.close()
+    with v_sock, o_sock:
+        assert v_sock.getsockname() == o_sock.getpeername()

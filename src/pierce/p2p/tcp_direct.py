@@ -117,6 +117,10 @@ RETRY_PACING = 0.05
 ATTEMPT_WINDOW = 0.5
 #: Seconds the visitor waits for `ACCEPT` on the socket it nominated.
 NOMINATION_TIMEOUT = 2.0
+#: Times the visitor connects to a candidate again after a socket it nominated there was closed or
+#: reset before the answer (both sides on fixed ports: the owner's own SYN towards us can cross our
+#: connection to its listener and end it).
+MAX_REDIALS = 2
 #: Seconds for the TLS handshake and the proofs, on each side.
 AUTH_TIMEOUT = 5.0
 #: Peer candidates raced at most (the rest are ignored).
@@ -457,7 +461,10 @@ class _Race:
     # -- agreeing on one socket ---------------------------------------------------------------------
 
     async def _nominate(self) -> tuple[socket.socket, Candidate]:
-        """The visitor: nominate connected sockets one at a time until the owner accepts one."""
+        """The visitor: nominate connected sockets one at a time until the owner accepts one. A socket
+        closed or reset before the answer is replaced by a new connection to its candidate (at most
+        `MAX_REDIALS` times per candidate)."""
+        redials: dict[Candidate, int] = {}
         while True:
             sock, candidate = await self._connected.get()
             try:
@@ -468,6 +475,10 @@ class _Race:
                 self.outcomes[candidate] = "connected, the nomination got no answer"
             except OSError as exc:
                 self.outcomes[candidate] = f"connected, then {(exc.strerror or str(exc)).lower()}"
+                if redials.get(candidate, 0) < MAX_REDIALS and candidate in self.candidates:
+                    redials[candidate] = redials.get(candidate, 0) + 1
+                    window = ATTEMPT_WINDOW if candidate.kind is CandidateKind.HOST else None
+                    self._spawn(self._connect_until_connected(candidate, window))
             else:
                 if answer == ACCEPT:
                     return sock, candidate
