@@ -130,13 +130,25 @@ def record(
     interleave: bool = False,
 ) -> Any:
     """What a recorder makes of the streams cut at those points (requests first, or taking turns)."""
-    log = RequestLog(1000)
-    rec = ConnectionRecorder(log, remote="203.0.113.7:5555", body_limit=100, fast_path=fast)
-    pieces = []
-    for data, cuts, side in ((requests, req_cuts, rec.request), (responses, resp_cuts, rec.response)):
+    split = []
+    for data, cuts in ((requests, req_cuts), (responses, resp_cuts)):
         bounds = [0, *sorted({c % (len(data) + 1) for c in cuts}), len(data)]
         # As the socket copy loop hands them over: views of its buffer.
-        pieces.append([(side, memoryview(data)[lo:hi]) for lo, hi in itertools.pairwise(bounds) if hi > lo])
+        split.append([memoryview(data)[lo:hi] for lo, hi in itertools.pairwise(bounds) if hi > lo])
+    return record_pieces(split[0], split[1], fast=fast, interleave=interleave)
+
+
+def record_pieces(
+    requests: list[bytes] | list[memoryview],
+    responses: list[bytes] | list[memoryview],
+    *,
+    fast: bool,
+    interleave: bool = False,
+) -> Any:
+    """What a recorder makes of these pieces of each direction (requests first, or taking turns)."""
+    log = RequestLog(1000)
+    rec = ConnectionRecorder(log, remote="203.0.113.7:5555", body_limit=100, fast_path=fast)
+    pieces = [[(rec.request, p) for p in requests], [(rec.response, p) for p in responses]]
     order = itertools.chain(*itertools.zip_longest(*pieces)) if interleave else itertools.chain(*pieces)
     for piece in order:
         if piece is not None:
@@ -198,6 +210,43 @@ def test_fast_path_stops_where_llhttp_stops(
     requests, responses = (stream[0], bytes(data)) if side else (bytes(data), stream[1])
     fast = record(requests, responses, req_cuts, resp_cuts, fast=True, interleave=interleave)
     assert fast == record(requests, responses, req_cuts, resp_cuts, fast=False, interleave=interleave)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    n=st.integers(1, 5),
+    data=st.data(),
+    change=st.none() | st.tuples(st.integers(0, 1 << 16), st.binary(max_size=3), st.integers(0, 3)),
+    interleave=st.booleans(),
+    views=st.booleans(),
+)
+def test_message_pieces_record_what_llhttp_records(
+    n: int,
+    data: st.DataObject,
+    change: tuple[int, bytes, int] | None,
+    interleave: bool,
+    views: bool,
+) -> None:
+    """Each request and each answer in a piece of its own, as a kept-alive connection brings them most
+    (the recorder's shortest way takes those), as bytes (a TLS stream) or views (the socket copy loop);
+    sometimes one piece has bytes changed: the same record as llhttp's."""
+    pairs = [data.draw(exchange(last=i == n - 1)) for i in range(n)]
+    requests, responses = [r for r, _ in pairs], [r for _, r in pairs]
+    if change is not None:
+        at, new, drop = change
+        side = requests if data.draw(st.booleans()) else responses
+        i = at % len(side)
+        piece = bytearray(side[i])
+        at %= len(piece) + 1
+        piece[at : at + drop] = new
+        side[i] = bytes(piece)
+    if views:
+        requests = [memoryview(bytearray(r)) for r in requests]  # type: ignore[misc]
+        responses = [memoryview(bytearray(r)) for r in responses]  # type: ignore[misc]
+    fast = record_pieces(requests, responses, fast=True, interleave=interleave)
+    assert fast == record_pieces(requests, responses, fast=False, interleave=interleave)
+    if change is None and not interleave:
+        assert fast[0], "a valid stream records its exchanges"
 
 
 def test_plain_messages_never_reach_llhttp(monkeypatch: pytest.MonkeyPatch) -> None:

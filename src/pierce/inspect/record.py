@@ -17,12 +17,14 @@ held (bounded) and parsed as HTTP again only if the upgrade was refused.
 Two ways to read a message. The fast path takes most of them: at a message boundary, when the piece of
 bytes holds the whole head and the head is plain (`pierce.inspect.heads` says which), the head is checked
 and its framing read by two compiled regexes, kept raw (its fields are split only when shown), and its
-body is counted by its ``Content-Length`` and previewed by slicing. Any other message (a head split over
-pieces, chunked framing, an upgrade, a close-delimited body, interim answers, anything unusual or
-malformed) goes from its first byte to llhttp (one :class:`pierce.vhost.http_parse.MessageParser` per
-direction), which reads it as it reads every message with the fast path off; the direction returns to
-the fast path once llhttp stands between two messages of a kept-alive connection. Both ways record the
-same exchanges (tests/unit/test_inspect_record.py feeds both the same streams and compares).
+body is counted by its ``Content-Length`` and previewed by slicing; a piece that is one such message and
+nothing else (a kept-alive connection's usual request, or answer with its whole body) takes a shorter way
+still, straight from the relay's call, and a response piece is kept as it came. Any other message (a head
+split over pieces, chunked framing, an upgrade, a close-delimited body, interim answers, anything unusual
+or malformed) goes from its first byte to llhttp (one :class:`pierce.vhost.http_parse.MessageParser` per
+direction), which reads it as it reads every message with the fast path off; the direction returns to the
+fast path once llhttp stands between two messages of a kept-alive connection. Both ways record the same
+exchanges (tests/unit/test_inspect_record.py feeds both the same streams and compares).
 
 A response to ``HEAD`` has no body whatever its head says. The fast path knows the request; llhttp
 must know before it reads the head: such a head is collected (bounded) and fed on its own with
@@ -204,9 +206,9 @@ class Exchange:
 
     Built to be cheap while nobody looks: what the fast path read stays raw until it is shown. The
     request is a `Message`, or the raw head of a request without a body; the response None, a
-    `Message`, or ``(raw head, body preview, body size)`` of a whole response. `request` and `response`
-    make their messages when first asked for; method, target, host and reason are read from the raw
-    heads then too.
+    `Message`, or ``(raw head and body preview, head size, body size)`` of a whole response. `request`
+    and `response` make their messages when first asked for; method, target, host and reason are read
+    from the raw heads then too.
     """
 
     __slots__ = (
@@ -243,7 +245,7 @@ class Exchange:
         self._request = request
         #: Method, target, host and version as llhttp read them; None: from the raw head.
         self._line = line
-        self._response: Message | tuple[bytes, bytes, int] | None = None
+        self._response: Message | tuple[bytes, int, int] | None = None
         #: The reason phrase llhttp read; None: from the raw head.
         self._reason: bytes | None = None
         self.status: int | None = None
@@ -263,10 +265,10 @@ class Exchange:
     def response(self) -> Message | None:
         response = self._response
         if isinstance(response, tuple):
-            head, preview, size = response
-            body = Body(self._origin[3], True, preview)
+            raw, head_size, size = response
+            body = Body(self._origin[3], True, raw[head_size : head_size + self._origin[3]])
             body.size = size
-            response = self._response = Message(head, body)
+            response = self._response = Message(raw[:head_size], body)
         return response
 
     def _request_line(self) -> tuple[bytes, bytes, bytes, str]:
@@ -484,6 +486,23 @@ class ConnectionRecorder:
         """Bytes the visitor sent, on their way to the service."""
         if self.stopped:
             return
+        if self._fast_requests and not self._request_left and self._held is None:
+            # The piece a kept-alive connection brings most: one plain head without a body, alone. What
+            # `_feed_requests` and `_open` would do with it, without their generality.
+            m = _REQUEST_HEAD.match(data, 0, _MAX_FAST_HEAD)
+            if m is not None and m.end() == len(data) and m[3] is None:
+                pending = self._pending
+                if len(pending) < MAX_PENDING:
+                    mono = self._mono()
+                    is_head = data[0] == 72  # H: the one method of heads.METHODS that begins so is HEAD
+                    self.last = exchange = Exchange(
+                        bytes(data), None, mono, mono + self._wall_offset, self._origin, is_head
+                    )
+                    self._log.add(exchange)
+                    pending.append(exchange)
+                    if is_head:
+                        self._heads_pending += 1
+                    return
         try:
             if self._held is None:
                 self._feed_requests(data)
@@ -498,6 +517,28 @@ class ConnectionRecorder:
         """Bytes the service answered, on their way to the visitor."""
         if self.stopped:
             return
+        pending = self._pending
+        if self._fast_responses and not self._response_left and pending:
+            # The piece a kept-alive connection brings most: one plain response, head and whole body by
+            # its Content-Length, alone. What `_feed_responses` would do with it, without its generality.
+            m = _RESPONSE_HEAD.match(data, 0, _MAX_FAST_HEAD)
+            if m is not None:
+                status, length = m.groups()
+                exchange = pending[0]
+                if length is not None and not exchange.upgrade and not exchange.is_head:
+                    end = m.end()
+                    size = int(length)
+                    code = int(status)
+                    if end + size == len(data) and code != 204 and code != 304:
+                        pending.popleft()
+                        exchange.status = code
+                        # Kept as it came when that is all head and preview (no copy of bytes).
+                        kept = end + self._body_limit
+                        raw = data if kept >= len(data) else data[:kept]
+                        exchange._response = (bytes(raw), end, size)
+                        exchange.state = State.COMPLETE
+                        exchange._ended_mono = self._mono()
+                        return
         try:
             self._feed_responses(data)
         except Exception as exc:
@@ -645,15 +686,14 @@ class ConnectionRecorder:
                     exchange = self._pending.popleft()
                     if exchange.is_head:
                         self._heads_pending -= 1
-                    head = bytes(data[pos:end])
                     if left <= n - end:  # the common case: the whole body is here, kept raw
-                        pos = end + left
-                        preview = bytes(data[end : min(pos, end + self._body_limit)])
-                        exchange._response = (head, preview, left)
+                        start, pos = pos, end + left
+                        raw = bytes(data[start : min(pos, end + self._body_limit)])
+                        exchange._response = (raw, end - start, left)
                         exchange.state = State.COMPLETE
                         exchange._ended_mono = self._mono()
                     else:
-                        exchange._response = Message(head, Body(self._body_limit))
+                        exchange._response = Message(bytes(data[pos:end]), Body(self._body_limit))
                         self._response_left = left
                         self._answering = exchange
                         pos = end
