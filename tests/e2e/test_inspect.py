@@ -201,24 +201,14 @@ async def test_inspector_needs_the_admin_credential(pierce, tmp_path: Path) -> N
 
 async def test_https2http_requests_are_recorded(pierce, tmp_path: Path) -> None:
     """With the https2http plugin the client ends TLS, so it sees (and records) plain HTTP."""
-    from support.certs import self_signed
     from support.tunnel import start_server
-    from support.web import curl, resolve
+    from support.web import curl, https2http_proxy, resolve
 
     domain = "plug.example.com"
-    crt, key = self_signed(tmp_path, domain)
     https_port = free_port()
     async with web_service("plain-app") as (inside, seen):
         _, control = await start_server(pierce, tmp_path, vhost_https_port=https_port)
-        plugged = {
-            "type": "https",
-            "name": "plug",
-            "local_port": inside,
-            "custom_domains": [domain],
-            "plugin": "https2http",
-            "plugin_crt_path": str(crt),
-            "plugin_key_path": str(key),
-        }
+        plugged, crt = https2http_proxy(tmp_path, "plug", inside, domain)
         passthrough = {
             "type": "https",
             "name": "tls",

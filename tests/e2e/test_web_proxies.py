@@ -16,7 +16,7 @@ import pytest
 from helpers.http_services import web_service as served
 from support.streams import CHUNK, MiB, free_port, payload, send_all
 from support.tunnel import start_client, start_server
-from support.web import curl, http_proxy, ready, resolve, vhost_server
+from support.web import curl, http_proxy, https2http_proxy, ready, resolve, vhost_server
 
 NAS, HA = "nas.example.com", "ha.example.com"
 
@@ -283,22 +283,11 @@ async def test_automatic_https_with_acme(pierce, tmp_path: Path) -> None:
 
 async def test_https2http_plugin_terminates_tls_on_the_client(pierce, tmp_path: Path) -> None:
     """The inside app speaks plain HTTP; the client holds the certificate and ends TLS itself."""
-    from support.certs import self_signed
-
     domain = "plug.example.com"
-    crt, key = self_signed(tmp_path, domain)
     https_port = free_port()
     async with served("plain-app") as (inside, _):
         _, control = await start_server(pierce, tmp_path, vhost_https_port=https_port)
-        proxy = {
-            "type": "https",
-            "name": "plug",
-            "local_port": inside,
-            "custom_domains": [domain],
-            "plugin": "https2http",
-            "plugin_crt_path": str(crt),
-            "plugin_key_path": str(key),
-        }
+        proxy, crt = https2http_proxy(tmp_path, "plug", inside, domain)
         client = await start_client(pierce, tmp_path, control, [proxy])
         await ready(client, "plug")
         big = tmp_path / "up.bin"

@@ -27,6 +27,24 @@ def http_proxy(name: str, port: int, **options: Any) -> dict[str, Any]:
     return {"type": "http", "name": name, "local_ip": "127.0.0.1", "local_port": port, **options}
 
 
+def https2http_proxy(directory: Path, name: str, port: int, domain: str) -> tuple[dict[str, Any], Path]:
+    """An https proxy whose TLS the client ends (plugin https2http) with a self-signed certificate for
+    ``domain`` written into ``directory``; the proxy and the certificate (for curl's ``--cacert``)."""
+    from support.certs import self_signed
+
+    crt, key = self_signed(directory, domain)
+    proxy = {
+        "type": "https",
+        "name": name,
+        "local_port": port,
+        "custom_domains": [domain],
+        "plugin": "https2http",
+        "plugin_crt_path": str(crt),
+        "plugin_key_path": str(key),
+    }
+    return proxy, crt
+
+
 async def ready(client: PierceProcess, name: str) -> dict[str, Any]:
     """The client's ``proxy.ready`` event of proxy ``name``, once it has come."""
     (event,) = await client.wait_event("proxy.ready", lambda e: e.get("proxy") == name)
