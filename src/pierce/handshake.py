@@ -274,8 +274,9 @@ async def client_login(
     role: Role,
     binding: bytes | Callable[[], bytes],
     resume: tuple[str, bytes] | None = None,
-) -> tuple[str, bytes, bytes]:
-    """Log in as ``user``; return the server's run id, the session key and the server's nonce.
+) -> tuple[str, bytes, bytes, frozenset[str]]:
+    """Log in as ``user``; return the server's run id, the session key, the server's nonce and the
+    features the server offers.
 
     ``resume`` is the previous session's run id and resume key, to take that session over.
     Raises Refused / AuthenticationFailed by name.
@@ -325,7 +326,7 @@ async def client_login(
             "this client saw: a man in the middle"
         )
     channel.max_frame_size = MAX_FRAME_SIZE
-    return reply.run_id, key, msg.server_nonce
+    return reply.run_id, key, msg.server_nonce, msg.features
 
 
 async def client_work_login(

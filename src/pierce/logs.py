@@ -209,6 +209,8 @@ EVENTS: dict[str, frozenset[str]] = {
         "inspect.replayed": {"proxy", "method", "target", "status"},
         "tls.pinned": {"server", "fingerprint", "path"},
         "work.failed": {"error"},
+        "work.mux_failed": {"error"},
+        "work.mux_joined": {"client_id", "peer"},
         "work.unexpected": {"proxy"},
         "work.unknown_proxy": {"proxy"},
         # pierce map, and UDP flows everywhere

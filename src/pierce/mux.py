@@ -78,11 +78,30 @@ class MuxConnection:
         self._on_stream = on_stream
         #: Why the connection ended ("" while it runs).
         self.ended = ""
+        #: What the peer's GOAWAY said (it closes once its streams are done).
+        self._goaway = ""
         self._pings: dict[bytes, asyncio.Future[None]] = {}
 
     @property
     def alive(self) -> bool:
         return not self.ended and not self._writer.is_closing()
+
+    @property
+    def accepting(self) -> bool:
+        """New streams may be opened (alive, and neither side said GOAWAY)."""
+        return self.alive and not self.state.going_away
+
+    def drain(self, reason: str = "draining") -> None:
+        """No new streams (the peer hears GOAWAY); the connection closes once its last stream ended."""
+        if not self.state.going_away and self.alive:
+            self._writer.write(self.state.goaway_frame(ResetCode.CLOSED, reason))
+        self.state.going_away = True
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self.state.going_away and not self._streams and not self.ended:
+            self._end("drained")
+            self._writer.close()
 
     def __len__(self) -> int:
         """Streams open."""
@@ -90,8 +109,8 @@ class MuxConnection:
 
     def open(self) -> MuxStream:
         """A new stream of ours (the peer learns of it with its first frame, sent now)."""
-        if not self.alive:
-            raise ConnectionResetError(f"multiplexed connection ended: {self.ended or 'closing'}")
+        if not self.accepting:
+            raise ConnectionResetError(f"multiplexed connection ended: {self.ended or 'going away'}")
         try:
             stream_id, frame = self.state.open_frame()
         except ProtocolError as exc:
@@ -111,7 +130,9 @@ class MuxConnection:
                 except asyncio.IncompleteReadError as exc:
                     if exc.partial:
                         raise ProtocolError("connection closed in the middle of a mux frame") from None
-                    self._end("connection closed by peer")
+                    self._end(
+                        f"peer went away: {self._goaway}" if self._goaway else "connection closed by peer"
+                    )
                     return
                 length = self.state.header(header)[3]  # checked before its bytes are read
                 try:
@@ -155,6 +176,7 @@ class MuxConnection:
                     stream = streams.pop(ev.stream, None)
                     if stream is not None:
                         stream._fail(f"stream reset by peer (code {ev.code})")
+                    self._close_if_drained()
                 elif isinstance(ev, PingReceived):
                     if ev.ack:
                         waiter = self._pings.pop(ev.payload, None)
@@ -163,7 +185,10 @@ class MuxConnection:
                     else:
                         self._writer.write(state.ping_frame(ev.payload, ack=True))
                 elif isinstance(ev, GoAway):
-                    self.ended = f"peer went away: {ev.reason or ev.code}"
+                    self._goaway = ev.reason or f"code {ev.code}"
+                    if ev.code != ResetCode.CLOSED:  # a failure: the peer closes at once
+                        self._end(f"peer went away: {self._goaway}")
+                    self._close_if_drained()
             if state.refused:
                 self._writer.write(state.take_refusals())
 
@@ -188,10 +213,12 @@ class MuxConnection:
             self._writer.write(frame)
         if stream is not None:
             stream._fail("stream reset")
+        self._close_if_drained()
 
     def _forget(self, stream_id: int) -> None:
         """The stream ended both ways in order."""
         self._streams.pop(stream_id, None)
+        self._close_if_drained()
 
     def close(self, reason: str = "closed") -> None:
         """End the connection and every stream on it, telling the peer (GOAWAY)."""

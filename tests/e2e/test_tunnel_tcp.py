@@ -119,12 +119,16 @@ async def test_100_concurrent_visitors_and_server_picked_port(pierce, tmp_path: 
     assert results.count(True) == 100
 
 
-async def test_tls_work_connections_are_reused_after_clean_visits(pierce, tmp_path: Path) -> None:
-    """Sequential visitors share a few TLS work connections (no handshake each), bytes intact; a visitor
-    that resets mid-transfer poisons nothing: its connection is dropped, the next visitors verify."""
+@pytest.mark.parametrize("mux", [False, True], ids=["one-tls-each", "multiplexed"])
+async def test_tls_work_connections_are_reused_after_clean_visits(pierce, tmp_path: Path, mux: bool) -> None:
+    """Sequential visitors share a few TLS work connections (no handshake each), or with tcp_mux each
+    gets a stream of one multiplexed TLS connection; bytes intact; a visitor that resets mid-transfer
+    poisons nothing: its connection (stream) is dropped, the next visitors verify."""
     async with tcp_server(echo) as local:
         server, port = await start_server(pierce, tmp_path)
-        client = await start_client(pierce, tmp_path, port, [tcp_proxy("echo", local)])
+        client = await start_client(
+            pierce, tmp_path, port, [tcp_proxy("echo", local)], transport={"tcp_mux": mux}
+        )
         public = await proxy_port(client, "echo")
 
         async def visit(i: int) -> None:
@@ -151,8 +155,14 @@ async def test_tls_work_connections_are_reused_after_clean_visits(pierce, tmp_pa
             await visit(i)
         opened = await server.wait_event("proxy.conn_open", count=21)
         closed = await server.wait_event("proxy.conn_close", count=21)
+        joined = server.matching("work.mux_joined")
     serials = [e["work_conn"] for e in opened]
-    assert len(set(serials)) <= 8, serials  # pool_count 4 (+ refills), not one per visitor
+    if mux:
+        assert len(joined) == 1  # one TLS connection carried every visitor
+        assert len(set(serials)) == 21  # a fresh stream each
+    else:
+        assert not joined
+        assert len(set(serials)) <= 8, serials  # pool_count 4 (+ refills), not one per visitor
     assert sum(1 for e in closed if e.get("error")) == 1
 
 

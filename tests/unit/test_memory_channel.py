@@ -34,7 +34,7 @@ async def login(client_token: str) -> tuple[str | BaseException, BaseException |
     served = asyncio.ensure_future(serve())
     try:
         got: str | BaseException
-        got, _, _ = await client_login(
+        got, _, _, _ = await client_login(
             client,
             user="",
             token=client_token,

@@ -47,6 +47,8 @@ class MemoryDialer:
         self.opened = 0
         #: When set, every work connection fails (as when the server cannot be reached).
         self.broken = False
+        #: Work connections are memory channels of their own, never streams of a multiplexed one.
+        self.multiplexed = False
 
     async def work(self, run_id: str, key: bytes) -> MemoryChannel:
         if self.broken:
@@ -163,7 +165,7 @@ async def test_sessions_register_refuse_visit_and_close_in_memory(tmp_path: Path
             return session
 
         logging_in = asyncio.ensure_future(login())
-        run_id, key, _ = await client_login(
+        run_id, key, _, _ = await client_login(
             client_end, user="", token=TOKEN, features=features_of(config), client_id="home",
             role=Role.CONTROL, binding=BINDING,
         )  # fmt: skip

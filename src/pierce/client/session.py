@@ -18,8 +18,10 @@ from pierce.handshake import client_login, client_work_login, plain_binding, vis
 from pierce.inspect.inspector import Inspector
 from pierce.known_hosts import KnownHosts
 from pierce.logs import event
+from pierce.mux import MuxChannel, MuxConnection
 from pierce.p2p.owner import OwnerP2p
 from pierce.protocol import (
+    MAX_FRAME_SIZE,
     CloseProxy,
     Error,
     ErrorCode,
@@ -66,7 +68,10 @@ class ServerUnreachable(PierceError):
 
 
 def features_of(config: ClientConfig) -> frozenset[str]:
-    return frozenset({Feature.ENCRYPT_DATA} if config.transport.encrypt_data else set())
+    transport = config.transport
+    if not transport.encrypt_data:
+        return frozenset()
+    return frozenset({Feature.ENCRYPT_DATA, Feature.MUX} if transport.tcp_mux else {Feature.ENCRYPT_DATA})
 
 
 class Dialer:
@@ -78,6 +83,8 @@ class Dialer:
         self.server = HostPort(config.server_addr, config.server_port)
         #: The visitor session from the last visitor login: its run id and visitor key.
         self._visitor_session: tuple[str, bytes] | None = None
+        #: What the server offered at the last control login.
+        self.server_features: frozenset[str] = frozenset()
         #: The server's address as last connected (its STUN answers there).
         self._server_ip = ""
         self._ssl = client_context(
@@ -134,7 +141,7 @@ class Dialer:
 
     async def _login(
         self, channel: MessageChannel, binding: bytes, role: Role, resume: tuple[str, bytes] | None
-    ) -> tuple[str, bytes, bytes]:
+    ) -> tuple[str, bytes, bytes, frozenset[str]]:
         try:
             return await asyncio.wait_for(
                 client_login(
@@ -159,8 +166,13 @@ class Dialer:
         ``resume``: the previous session's run id and resume key, so the server hands its place over.
         """
         channel, binding = await self._tls()
-        run_id, key, _ = await self._login(channel, binding, Role.CONTROL, resume)
+        run_id, key, _, self.server_features = await self._login(channel, binding, Role.CONTROL, resume)
         return channel, run_id, key
+
+    @property
+    def multiplexed(self) -> bool:
+        """Work connections are streams of a multiplexed connection (both sides offered it)."""
+        return Feature.MUX in self.server_features and Feature.MUX in features_of(self.config)
 
     async def visitor(self) -> tuple[StreamChannel, str]:
         """A logged-in visitor connection (always TLS) and its visit id (fresh, known to both ends).
@@ -179,7 +191,7 @@ class Dialer:
                     raise
                 self._visitor_session = None
                 channel, binding = await self._tls()
-        run_id, key, nonce = await self._login(channel, binding, Role.VISITOR, None)
+        run_id, key, nonce, _ = await self._login(channel, binding, Role.VISITOR, None)
         self._visitor_session = (run_id, visitor_key(key, run_id))
         return channel, nonce.hex()
 
@@ -194,6 +206,12 @@ class Dialer:
             channel, binding = SocketChannel(sock), plain_binding(run_id)
         await self._join(channel, binding, run_id, key, Role.WORK)
         return channel
+
+    async def mux(self, run_id: str, key: bytes) -> MuxConnection:
+        """A multiplexed connection joined to session ``run_id`` (``key``: its work key), not yet run."""
+        channel, binding = await self._tls()
+        await self._join(channel, binding, run_id, key, Role.MUX)
+        return MuxConnection(channel.reader, channel.writer, initiator=True)
 
     async def _join(
         self, channel: MessageChannel, binding: bytes, run_id: str, key: bytes, role: Role
@@ -259,6 +277,9 @@ class ClientSession:
         #: Records the requests of http proxies (the client's own: logs outlive this session).
         self.inspector = inspector
         self.tasks: set[asyncio.Task[None]] = set()
+        #: The multiplexed connection work streams are opened on (`Dialer.multiplexed`), and its dial.
+        self._mux: MuxConnection | None = None
+        self._mux_dial: asyncio.Future[MuxConnection] | None = None
         self.idle_work = 0
         self._closing = False
         #: TLS contexts of https2http plugins, by certificate and key file.
@@ -368,11 +389,55 @@ class ClientSession:
     async def _work_conn(self) -> None:
         """Open one work connection and put it in the pool."""
         try:
-            channel = await self.dialer.work(self.run_id, self.work_key)
+            if self.dialer.multiplexed:
+                channel: MessageChannel = await self._work_stream()
+            else:
+                channel = await self.dialer.work(self.run_id, self.work_key)
         except (PierceError, OSError, TimeoutError) as exc:
             event(log, logging.DEBUG, "work.failed", f"work connection failed: {exc}", error=str(exc))
             return
         await self._serve_work(channel)
+
+    async def _work_stream(self) -> MuxChannel:
+        """A work connection as a new stream of the multiplexed connection (dialled once when needed)."""
+        conn = self._mux
+        if conn is None or not conn.accepting:
+            dial = self._mux_dial
+            if dial is None:
+                dial = self._mux_dial = asyncio.ensure_future(self._dial_mux())
+                # Its failure is each waiter's to handle; waiters that were cancelled leave it unread.
+                dial.add_done_callback(lambda f: f.cancelled() or f.exception())
+            try:
+                conn = await asyncio.shield(dial)
+            finally:
+                if dial.done() and self._mux_dial is dial:
+                    self._mux_dial = None
+        return MuxChannel(conn.open(), peer=str(self.dialer.server), max_frame_size=MAX_FRAME_SIZE)
+
+    async def _dial_mux(self) -> MuxConnection:
+        conn = await self.dialer.mux(self.run_id, self.work_key)
+        if self._closing:
+            conn.close("client session closed")
+            raise ConnectionClosed("client session closed")
+        self._mux = conn
+        # Outside this session: the streams relaying visitors outlive a reconnect or a reload.
+        self.spawn_active(self._run_mux(conn))
+        return conn
+
+    async def _run_mux(self, conn: MuxConnection) -> None:
+        try:
+            await conn.run()
+        except ProtocolError as exc:
+            event(
+                log,
+                logging.WARNING,
+                "work.mux_failed",
+                f"multiplexed work connection failed: {exc}",
+                error=str(exc),
+            )
+        finally:
+            if self._mux is conn:
+                self._mux = None
 
     def _low_water(self) -> int:
         """Below this many idle work connections the client opens another when one is taken."""
@@ -442,6 +507,8 @@ class ClientSession:
     async def close(self) -> None:
         self._closing = True
         self.channel.close()
+        if self._mux is not None:
+            self._mux.drain("client session closed")  # live streams go on; closes after the last
         self.udp.detach(self.channel)
         if self._owns_udp:
             await self.udp.close()

@@ -74,6 +74,9 @@ class Feature(enum.StrEnum):
     ENCRYPT_DATA = "encrypt_data"
     #: UDP proxies: datagrams travel as `UdpPacket` messages.
     UDP = "udp"
+    #: Work connections are streams multiplexed over a few TLS connections (`pierce.mux`); used when
+    #: both sides offer it (``transport.tcp_mux``), so either side may turn it off.
+    MUX = "mux"
 
 
 class Role(enum.Enum):
@@ -85,6 +88,9 @@ class Role(enum.Enum):
     WORK = "work"
     #: A visitor reaching a proxy through the server (secret and P2P proxies).
     VISITOR = "visitor"
+    #: A connection that carries the client's work connections as multiplexed streams (`pierce.mux`),
+    #: joined to a session like a work connection. Sent only to a server that offered `Feature.MUX`.
+    MUX = "mux"
 
 
 class SecretKind(enum.Enum):

@@ -35,8 +35,10 @@ from pierce.handshake import (
 )
 from pierce.listeners import TcpListener, drop, set_nodelay
 from pierce.logs import event
+from pierce.mux import MuxChannel, MuxConnection, MuxStream
 from pierce.nat.stun_server import StunPolicy, StunServer
 from pierce.protocol import (
+    MAX_FRAME_SIZE,
     Error,
     ErrorCode,
     Feature,
@@ -67,7 +69,7 @@ from pierce.server.workconn import WorkConn
 from pierce.snapshot import ServerProxyInfo, ServerSnapshot
 from pierce.statedir import prepare_state_dir, state_dir_for
 from pierce.tls import ServerCertificate, ensure_server_certificate, server_context
-from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, accept_tls
+from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, StreamChannel, accept_tls
 from pierce.web.app import WebServer
 
 log = logging.getLogger("pierce.server")
@@ -101,7 +103,11 @@ class Server:
         self.users = Users(config)
         #: Logged-in visitors, whose later connections prove a key derived from their login.
         self.visitor_sessions = VisitorSessions()
-        self.features = frozenset({Feature.ENCRYPT_DATA} if config.transport.encrypt_data else set())
+        transport = config.transport
+        self.features = frozenset(
+            ({Feature.ENCRYPT_DATA} if transport.encrypt_data else set())
+            | ({Feature.MUX} if transport.encrypt_data and transport.tcp_mux else set())
+        )
         self.certificate: ServerCertificate | None = None
         self._ssl: ssl.SSLContext | None = None
         self._listener: TcpListener | None = None
@@ -319,6 +325,8 @@ class Server:
             await self._control(channel, hello, binding, peer)
         elif hello.role is Role.WORK:
             await self._work(channel, hello, binding, peer)
+        elif hello.role is Role.MUX:
+            await self._mux(channel, hello, binding, peer)
         else:
             await self._visitor(channel, hello, binding, (str(addr[0]), int(addr[1])))
 
@@ -514,6 +522,40 @@ class Server:
             binding=binding or plain_binding(hello.run_id),
         )
         session.add_work_conn(WorkConn(channel))
+
+    async def _mux(self, channel: MessageChannel, hello: Hello, binding: bytes | None, peer: str) -> None:
+        """A multiplexed connection of a session: each stream the client opens is a work connection."""
+        session = self.sessions.get(hello.run_id)
+        if session is None:
+            reason = "unknown or expired session; log in again"
+            await channel.send(Error(code=ErrorCode.UNKNOWN_SESSION, reason=reason))
+            raise Refused(ErrorCode.UNKNOWN_SESSION, reason)
+        if Feature.MUX not in self.features or binding is None or not isinstance(channel, StreamChannel):
+            reason = "multiplexed connection refused: transport.tcp_mux is off on the server"
+            await channel.send(Error(code=ErrorCode.FEATURE_MISMATCH, reason=reason))
+            raise Refused(ErrorCode.FEATURE_MISMATCH, reason)
+        await server_work_login(channel, hello, key=session.work_key, features=self.features, binding=binding)
+
+        def work_stream(stream: MuxStream) -> None:
+            if session.closed.is_set():
+                stream.close()
+            else:
+                session.add_work_conn(WorkConn(MuxChannel(stream, peer=peer, max_frame_size=MAX_FRAME_SIZE)))
+
+        conn = MuxConnection(channel.reader, channel.writer, initiator=False, on_stream=work_stream)
+        session.mux.add(conn)
+        event(
+            log,
+            logging.INFO,
+            "work.mux_joined",
+            f"client {session.client_id}: multiplexed work connection from {peer}",
+            client_id=session.client_id,
+            peer=peer,
+        )
+        try:
+            await conn.run()
+        finally:
+            session.mux.discard(conn)
 
     async def _visitor(
         self, channel: MessageChannel, hello: Hello, binding: bytes | None, peer: tuple[str, int]

@@ -15,6 +15,7 @@ from pierce.errors import LocalError, PierceError
 from pierce.handshake import resume_key, work_key
 from pierce.listeners import PortInUse
 from pierce.logs import event
+from pierce.mux import MuxConnection
 from pierce.protocol import (
     CloseProxy,
     Error,
@@ -85,6 +86,8 @@ class ControlSession:
         self._probe: asyncio.Future[None] | None = None
         self._probe_seq = 0
         self.pool = WorkConnPool(channel)
+        #: The client's multiplexed connections (their streams are work connections in ``pool``).
+        self.mux: set[MuxConnection] = set()
         self._work_serial = 0
         self.proxies: dict[str, ServerProxy] = {}
         #: Proxies holding a public port of their own (``max_ports_per_client`` counts them).
@@ -392,6 +395,8 @@ class ControlSession:
             return
         self.closed.set()
         self.pool.close()
+        for conn in list(self.mux):
+            conn.drain("client session closed")  # live streams go on; each closes after its last
         for name in list(self.proxies):
             await self._close_proxy(name, reason=reason)
         self.channel.close()
