@@ -51,14 +51,14 @@ from pierce.protocol import (
 from pierce.protocol.messages import DEFAULT_USER
 from pierce.protocol.pake import Verifier, make_verifier
 from pierce.proxies.base import Front
-from pierce.proxies.group import ProxyGroups
-from pierce.proxies.registry import FRONTS
-from pierce.proxies.rendezvous import P2pCounters
-from pierce.proxies.secret import SecretProxyServer, serve_visit, visitor_path
 from pierce.relay import wait_fd
 from pierce.runtime import release_free_memory
 from pierce.server.admission import Admission, LogBudget, Refusal, Ticket
 from pierce.server.claims import Claims
+from pierce.server.proxies.group import ProxyGroups
+from pierce.server.proxies.registry import FRONTS
+from pierce.server.proxies.rendezvous import P2pCounters
+from pierce.server.proxies.secret import SecretProxyServer, serve_visit, visitor_path
 from pierce.server.session import ControlSession
 from pierce.server.token import generated_token
 from pierce.server.users import Users
