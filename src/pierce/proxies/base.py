@@ -69,7 +69,7 @@ class ProxySpec(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", for
     part of each spec's types, so an out-of-range value fails to decode instead of reaching the kind.
     """
 
-    #: Visitor addresses the server lets in (`pierce.server.proxies.access`); empty: every one.
+    #: Visitor addresses the server lets in (`pierce.proxies.access`); empty: every one.
     allow_ips: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=256)] = []
     #: Visitor addresses the server turns away.
     deny_ips: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=256)] = []
@@ -259,8 +259,8 @@ def check_bandwidth_limit(text: str) -> None:
 
 
 def check_ip_lists(allow: list[str], deny: list[str]) -> None:
-    """``allow_ips`` / ``deny_ips``: addresses or CIDR networks (`pierce.server.proxies.access`)."""
-    from pierce.server.proxies.access import parse_networks
+    """``allow_ips`` / ``deny_ips``: addresses or CIDR networks (`pierce.proxies.access`)."""
+    from pierce.proxies.access import parse_networks
 
     parse_networks("allow_ips", allow)
     parse_networks("deny_ips", deny)

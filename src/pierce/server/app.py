@@ -18,7 +18,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -68,7 +68,9 @@ from pierce.snapshot import ServerProxyInfo, ServerSnapshot
 from pierce.statedir import prepare_state_dir, state_dir_for
 from pierce.tls import ServerCertificate, ensure_server_certificate, server_context
 from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, accept_tls
-from pierce.web.app import WebServer
+
+if TYPE_CHECKING:
+    from pierce.web.app import WebServer
 
 log = logging.getLogger("pierce.server")
 
@@ -148,6 +150,9 @@ class Server:
             HostPort(cfg.bind_addr, cfg.bind_port), self._accept, name="control", handler_owns=True
         )
         if cfg.web.port:
+            # aiohttp and prometheus_client load only when [web] is configured
+            from pierce.web.app import WebServer
+
             self.web = WebServer(cfg.web, self.snapshot)
             await self.web.start()
         event(

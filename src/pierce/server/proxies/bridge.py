@@ -26,9 +26,9 @@ from pierce.errors import PierceError
 from pierce.listeners import set_nodelay
 from pierce.logs import event, log_conn_closed
 from pierce.protocol import Error, ErrorCode, StartWork, VisitReady
+from pierce.proxies.access import IpAccess
 from pierce.proxies.base import ProxyOwner
 from pierce.relay import End, RelayStats, SocketEnd, ThrottledEnd, relay
-from pierce.server.proxies.access import IpAccess
 from pierce.server.workconn import WorkConn
 from pierce.snapshot import ProxyStats
 from pierce.transport import MessageChannel

@@ -10,6 +10,7 @@ from typing import assert_never
 
 from pierce.errors import InvalidValue
 from pierce.protocol import ErrorCode, Refused
+from pierce.proxies.access import IpAccess
 from pierce.proxies.base import FrontType, ProxySite, ServerProxy
 from pierce.proxies.http import HttpSpec
 from pierce.proxies.https import HttpsSpec
@@ -21,7 +22,6 @@ from pierce.proxies.tcpmux import TcpMuxSpec
 from pierce.proxies.udp import UdpSpec
 from pierce.proxies.xtcp import XtcpSpec
 from pierce.proxies.xudp import XudpSpec
-from pierce.server.proxies.access import IpAccess
 from pierce.server.proxies.http import HttpProxyServer, WebProxy
 from pierce.server.proxies.https import HttpsProxyServer
 from pierce.server.proxies.secret import (
