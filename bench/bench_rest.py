@@ -68,6 +68,7 @@ class Proc:
             if isinstance(doc, dict) and "event" in doc:
                 self.events.setdefault(doc["event"], (time.perf_counter(), doc))
                 self._seen.set()
+        self._seen.set()  # exited: a waiter stops waiting
 
     async def wait(self, name: str, timeout: float = 30) -> float:
         """Seconds from spawn to the first ``name`` event."""
