@@ -53,7 +53,8 @@ from aioquic.quic.connection import QuicConnection
 
 from pierce.p2p import quic_core
 from pierce.p2p.identity import Identity
-from pierce.p2p.quic import PathSettings, QuicPath, QuicStreamEnd
+from pierce.p2p.quic import QuicPath, QuicStreamEnd
+from pierce.p2p.settings import PathSettings
 
 CHUNK = 256 * 1024
 KEY = bytes(32)

@@ -32,11 +32,10 @@ from pierce.nat.stun_server import DEFAULT_BURST as DEFAULT_STUN_BURST
 from pierce.nat.stun_server import DEFAULT_GLOBAL_RATE as DEFAULT_STUN_GLOBAL_RATE
 from pierce.nat.stun_server import DEFAULT_RATE as DEFAULT_STUN_RATE
 from pierce.protocol import SecretKind
-from pierce.protocol.messages import DEFAULT_USER
+from pierce.protocol.messages import DEFAULT_USER, MAX_IDLE_WORK_CONNS
 from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
 from pierce.proxies.base import check_bandwidth_limit, masked_repr
 from pierce.proxies.registry import ProxyConfig
-from pierce.server.workconn import MAX_IDLE_WORK_CONNS
 from pierce.token_strength import check_token_strength
 
 #: The current config format version; files may say ``version = 1``.

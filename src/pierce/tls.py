@@ -38,12 +38,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from pierce.errors import LocalError, RemoteError
 
 #: The DNS name every generated certificate carries; clients verifying with a CA file connect with it.
@@ -287,6 +281,11 @@ def default_state_dir(role: str) -> Path:
 
 
 def _load(cert_path: Path, key_path: Path, *, generated: bool) -> ServerCertificate:
+    # cryptography is the server's alone: a client hashes and pins with hashlib and ssl.
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     cert_pem = _read(cert_path, "certificate")
     key_pem = cert_pem if key_path == cert_path else _read(key_path, "key")
     try:
@@ -317,6 +316,11 @@ def _read(path: Path, what: str) -> bytes:
 
 def _generate(names: list[str]) -> tuple[bytes, bytes]:
     """A self-signed certificate and its key, both PEM."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GENERATED_COMMON_NAME)])
     alt_names: list[x509.GeneralName] = []

@@ -13,6 +13,9 @@ from typing import Any
 
 Event = dict[str, Any]
 
+#: Environment that makes a pierce process report every module it imports (`PierceProcess.imported`).
+IMPORT_TIME = {"PYTHONPROFILEIMPORTTIME": "1"}
+
 
 class PierceProcess:
     """A running ``python -m pierce --json-logs ...``; its stderr events are collected as they come
@@ -117,6 +120,18 @@ class PierceProcess:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._reader, 5)
         return self.proc.returncode
+
+    def imported(self) -> set[str]:
+        """The modules the process has imported so far, when it was started with
+        ``PYTHONPROFILEIMPORTTIME=1`` (`IMPORT_TIME`): CPython writes an ``import time:`` line to stderr
+        for each module as it is first imported."""
+        names = set()
+        for line in self.other_lines:
+            if line.startswith("import time:"):
+                name = line.rpartition("|")[2].strip()
+                if name != "imported package":  # the header line
+                    names.add(name)
+        return names
 
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))

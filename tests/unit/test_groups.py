@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from pierce.protocol import ErrorCode, Refused
-from pierce.proxies import group as group_mod
 from pierce.proxies.base import ProxyType
-from pierce.proxies.group import ProxyGroup, ProxyGroups
 from pierce.proxies.http import HttpSpec
 from pierce.proxies.tcp import TcpSpec
+from pierce.server.proxies import group as group_mod
+from pierce.server.proxies.group import ProxyGroup, ProxyGroups
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The server learns each P2P proxy's path from its visitors' results: what the dashboard shows per proxy
-and per client (`pierce.proxies.secret.visitor_path`). One rendezvous runs over in-memory channels."""
+and per client (`pierce.server.proxies.secret.visitor_path`). One rendezvous runs over in-memory channels."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import asyncio
 from dataclasses import dataclass
 
 from pierce.protocol import P2pAnswer, P2pOffer, P2pRequest, P2pResult, P2pStart
-from pierce.proxies.rendezvous import P2pCounters, serve_rendezvous
-from pierce.proxies.xtcp import XtcpProxyServer
+from pierce.server.proxies.rendezvous import P2pCounters, serve_rendezvous
+from pierce.server.proxies.secret import XtcpProxyServer
 from pierce.snapshot import ConnectionPath
 from pierce.transport import MemoryChannel, memory_pair
 

@@ -23,11 +23,11 @@ from pierce.config import ClientConfig, ServerConfig, StcpVisitorConfig
 from pierce.handshake import client_login, client_work_login, server_login, server_work_login
 from pierce.protocol import ErrorCode, Hello, NewProxy, Refused, Role, Visit
 from pierce.proxies.http import HttpProxyConfig
-from pierce.proxies.secret import serve_visit
 from pierce.proxies.stcp import StcpProxyConfig
 from pierce.proxies.tcpmux import TcpMuxProxyConfig
 from pierce.proxies.visitor_auth import VisitorTickets
 from pierce.server.app import Server
+from pierce.server.proxies.secret import serve_visit
 from pierce.server.session import ControlSession
 from pierce.server.workconn import WorkConn
 from pierce.snapshot import ProxyState

@@ -149,7 +149,8 @@ def test_config_head_values_pass_and_the_server_checks_a_peers_again() -> None:
     """What a client's config may set passes; a peer that sends a value with CR/LF anyway (a client that
     skips the checks) is refused by the server, naming the key, before anything is routed."""
     from pierce.protocol import Refused
-    from pierce.proxies.http import HttpProxyServer, HttpSpec
+    from pierce.proxies.http import HttpSpec
+    from pierce.server.proxies.http import HttpProxyServer
 
     ok = HttpProxyConfig(
         name="w",

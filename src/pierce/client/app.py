@@ -433,14 +433,16 @@ async def reload_logged(client: Client) -> dict[str, list[str]] | None:
 async def run_client(config: ClientConfig, config_path: Path | None = None) -> int:
     """Run until SIGINT/SIGTERM; SIGHUP reloads the config file. Returns the exit status: 1 when the
     client gave up (its first login was refused for the credentials), else 0."""
-    from pierce.client.admin import AdminApi
     from pierce.runtime import wait_for_stop_signal
 
     prepare_state_dir(state_dir_for("client", config.state_dir), log)
     client = Client(config, config_path=config_path)
     loop = asyncio.get_running_loop()
-    admin = AdminApi(client) if config.admin_port else None
-    if admin is not None:
+    admin = None
+    if config.admin_port:
+        from pierce.client.admin import AdminApi  # aiohttp loads only when admin_port is set
+
+        admin = AdminApi(client)
         await admin.start()  # POST /api/stop ends client.run(), which ends this function
 
     reloads: set[asyncio.Task[Any]] = set()

@@ -46,11 +46,11 @@ from pierce.protocol import (
     certificate_binding,
 )
 from pierce.protocol.heartbeat import Due, Heartbeat
+from pierce.protocol.messages import MAX_IDLE_WORK_CONNS
 from pierce.proxies.registry import ProxyConfig, client_spec, encode_spec, work_handler
 from pierce.proxies.secret import answer_visitor, check_visitor
 from pierce.proxies.udp import UdpProxies, UdpProxyConfig
 from pierce.proxies.visitor_auth import OwnerExchanges
-from pierce.server.workconn import MAX_IDLE_WORK_CONNS
 from pierce.snapshot import ProxyState
 from pierce.statedir import state_dir_for
 from pierce.tls import certificate_fingerprint, check_peer, client_context

@@ -10,8 +10,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pierce.errors import ConfigError
 
 #: frp refuses bigger config files too; a converter has no reason to read more.
@@ -94,8 +92,13 @@ def parse(path: Path, text: str, fmt: Format) -> Any:
             case Format.JSON:
                 return json.loads(text)
             case Format.YAML:
+                import yaml  # only for frp's YAML files: a client checking its own TOML never loads it
+
                 # frp's YAML is plain data: the safe loader (no tags, no objects) is all it takes
-                return yaml.safe_load(text)
+                try:
+                    return yaml.safe_load(text)
+                except yaml.YAMLError as exc:
+                    raise ConfigError([f"{path}: YAML syntax error: {' '.join(str(exc).split())}"]) from None
             case Format.INI:
                 # frp reads INI without interpolation and with case-sensitive keys (header_X-From)
                 ini = configparser.RawConfigParser(strict=True, default_section="\x00none")
@@ -106,8 +109,6 @@ def parse(path: Path, text: str, fmt: Format) -> Any:
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
     except json.JSONDecodeError as exc:
         raise ConfigError([f"{path}: JSON syntax error: {exc}"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: YAML syntax error: {' '.join(str(exc).split())}"]) from None
     except configparser.Error as exc:
         raise ConfigError([f"{path}: INI syntax error: {' '.join(str(exc).split())}"]) from None
 

@@ -15,10 +15,13 @@ import asyncio
 import contextlib
 import struct
 from collections import deque
+from typing import TYPE_CHECKING
 
-from pierce.p2p.quic import QuicPath
 from pierce.protocol.frames import HEADER_SIZE, MAX_FRAME_SIZE
 from pierce.relay import End
+
+if TYPE_CHECKING:
+    from pierce.p2p.quic import QuicPath
 
 #: Frames waiting to be read before arriving datagrams are dropped.
 MAX_QUEUED = 1024

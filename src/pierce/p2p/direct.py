@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pierce.config import P2pOptions
 from pierce.errors import PierceError
@@ -21,9 +22,12 @@ from pierce.nat.classify import Behaviour
 from pierce.nat.punch import PunchAgent, PunchSettings, Role
 from pierce.nat.punch_io import run_punch
 from pierce.p2p.gather import Gathered, from_wire
-from pierce.p2p.quic import PathSettings, QuicPath
+from pierce.p2p.settings import PathSettings
 from pierce.protocol.p2p import Offer
 from pierce.snapshot import ConnectionPath
+
+if TYPE_CHECKING:
+    from pierce.p2p.quic import QuicPath
 
 #: Mapping behaviours that give each destination its own public port (symmetric NATs).
 HARD = frozenset({Behaviour.ADDRESS_DEPENDENT, Behaviour.ADDRESS_AND_PORT_DEPENDENT})

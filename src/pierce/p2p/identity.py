@@ -6,6 +6,9 @@ visitor and the owner share (`pierce.protocol.auth.p2p_offer_mac`), so neither t
 the path can substitute a certificate: the visitor's TLS (TCP) or QUIC (UDP) handshake accepts exactly
 that certificate and no other. The visitor proves itself inside the encrypted channel with
 `pierce.protocol.auth.p2p_client_proof`.
+
+`cryptography` is imported where a certificate is made or encoded, so a client that never serves a
+direct path does not load it (a visitor needs only the fingerprint and `client_ssl_context`).
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 #: How long a generated certificate is valid (a process serving longer makes a new one).
 VALIDITY = datetime.timedelta(days=30)
@@ -37,6 +40,11 @@ class Identity:
 
     @classmethod
     def generate(cls) -> Identity:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, COMMON_NAME)])
         now = datetime.datetime.now(datetime.UTC)
@@ -55,6 +63,8 @@ class Identity:
 
     @property
     def der(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self.certificate.public_bytes(serialization.Encoding.DER)
 
     @property
@@ -63,6 +73,8 @@ class Identity:
 
     def server_ssl_context(self) -> ssl.SSLContext:
         """A TLS 1.3 server context presenting this certificate (for the direct TCP path)."""
+        from cryptography.hazmat.primitives import serialization
+
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         cert_pem = self.certificate.public_bytes(serialization.Encoding.PEM)

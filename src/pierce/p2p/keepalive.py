@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from pierce.nat.punch import PunchSettings
-from pierce.p2p.quic import PathSettings
+from pierce.p2p.settings import PathSettings
 from pierce.tls import make_private_dir, write_private
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,9 @@ client (`pierce.proxies.visitor_auth.OwnerExchanges.visit_key`), gathers candida
 socket, answers with its sealed offer, and on `P2pStart` punches and accepts the visitor's QUIC
 connection. Every stream the visitor opens is served like a work connection of that proxy (the local
 service gets the visitor's bytes; an xudp stream carries `UdpPacket` frames as an sudp tunnel does).
+
+Every client has an `OwnerP2p`, most never use it: QUIC (aioquic) is imported by the first attempt, and
+`cryptography` when the process first makes its identity (`pierce.p2p.identity`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pierce.addr import HostPort
 from pierce.errors import PierceError
@@ -27,7 +30,7 @@ from pierce.p2p.gather import from_wire, gather_udp, to_wire
 from pierce.p2p.handoff import take_over
 from pierce.p2p.identity import process_identity
 from pierce.p2p.keepalive import tuned
-from pierce.p2p.quic import PathSettings, QuicPath
+from pierce.p2p.settings import PathSettings
 from pierce.p2p.tcp_direct import connect_direct, secure_owner
 from pierce.p2p.tcp_pool import POOL_IDLE_MAX, reserved_port, tcp_candidates
 from pierce.protocol import ErrorCode, P2pAnswer, P2pRequest, P2pStart, StartWork
@@ -37,6 +40,9 @@ from pierce.proxies.visitor_auth import OwnerExchanges
 from pierce.relay import End
 from pierce.snapshot import ConnectionPath
 from pierce.transport import MessageChannel
+
+if TYPE_CHECKING:
+    from pierce.p2p.quic import QuicPath
 
 log = logging.getLogger("pierce.p2p")
 
@@ -118,6 +124,7 @@ class OwnerP2p:
             waiter.set_result(msg)
 
     async def _attempt(self, msg: P2pRequest, channel: MessageChannel) -> None:
+        from pierce.p2p.quic import QuicPath  # aioquic: loaded with the first attempt, never at start
         from pierce.proxies.xtcp import XtcpProxyConfig
         from pierce.proxies.xudp import XudpProxyConfig
 

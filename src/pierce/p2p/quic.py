@@ -50,11 +50,9 @@ import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from aioquic._buffer import Buffer
 from aioquic.quic import events
-from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
 from pierce.errors import RemoteError
@@ -62,6 +60,7 @@ from pierce.nat.punch_wire import is_punch_packet
 from pierce.p2p import quic_core
 from pierce.p2p.identity import Identity, fingerprint_of
 from pierce.p2p.quic_core import CloseCode, PathConnection, StreamCode
+from pierce.p2p.settings import PathSettings
 from pierce.protocol import auth
 from pierce.relay import End
 
@@ -111,25 +110,6 @@ class FingerprintMismatch(QuicPathError):
 
 class ProofRejected(QuicPathError):
     """The visitor's proof of the rendezvous key was wrong or missing."""
-
-
-@dataclass(frozen=True, slots=True)
-class PathSettings:
-    """Tunables of one path (the defaults suit an unknown Internet path)."""
-
-    keepalive_s: float = quic_core.KEEPALIVE
-    idle_timeout: float = quic_core.IDLE_TIMEOUT
-    max_datagram_size: int = quic_core.DEFAULT_DATAGRAM_SIZE
-    congestion_control: str = quic_core.CONGESTION_CONTROL
-
-    def configuration(self, *, is_client: bool, identity: Identity | None = None) -> QuicConfiguration:
-        return quic_core.configuration(
-            is_client=is_client,
-            identity=identity,
-            max_datagram_size=self.max_datagram_size,
-            idle_timeout=self.idle_timeout,
-            congestion_control=self.congestion_control,
-        )
 
 
 class QuicPath:

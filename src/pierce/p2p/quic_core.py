@@ -41,6 +41,7 @@ from aioquic.quic.stream import QuicStream
 from cryptography.hazmat.primitives import serialization
 
 from pierce.p2p.identity import Identity
+from pierce.p2p.settings import CONGESTION_CONTROL, DEFAULT_DATAGRAM_SIZE, IDLE_TIMEOUT
 from pierce.protocol.auth import NONCE_SIZE, PROOF_SIZE
 
 ALPN = "pierce-p2p/1"
@@ -50,9 +51,6 @@ PROOF_MESSAGE_SIZE = NONCE_SIZE + PROOF_SIZE
 #: The owner's answer on the proof stream.
 PROOF_ACCEPTED = b"\x01"
 
-#: Largest UDP payload QUIC may build (1200 is the protocol minimum and the safe default for an unknown
-#: punched path; 1452 fits a 1500-byte MTU with IPv6 and PPPoE headers).
-DEFAULT_DATAGRAM_SIZE = 1200
 MIN_DATAGRAM_SIZE = 1200
 MAX_DATAGRAM_SIZE = 1452
 #: Room taken in a packet by the short header (up to a 20-byte connection id), the AEAD tag and a
@@ -68,9 +66,6 @@ CONNECTION_SEND_BUFFER = 8 * 1024 * 1024
 MAX_PENDING_DATAGRAMS = 256
 #: Length of the connection ids we issue (aioquic's default; the owner parses the first Initial with it).
 CONNECTION_ID_LENGTH = 8
-IDLE_TIMEOUT = 30.0
-KEEPALIVE = 15.0
-CONGESTION_CONTROL = "cubic"
 
 
 class CloseCode(enum.IntEnum):

@@ -44,7 +44,7 @@ from pierce.p2p.direct import (
 from pierce.p2p.gather import from_wire, gather_udp, to_wire
 from pierce.p2p.keepalive import load as load_lifetimes
 from pierce.p2p.keepalive import tuned
-from pierce.p2p.quic import PathSettings, QuicPath
+from pierce.p2p.settings import PathSettings
 from pierce.p2p.tcp_direct import connect_direct, secure_visitor
 from pierce.p2p.tcp_pool import POOL_IDLE_MAX, POOL_SIZE, reserved_port, tcp_candidates
 from pierce.protocol import Error, P2pOffer, P2pResult, P2pStart, Refused, UnexpectedMessage
@@ -254,6 +254,8 @@ class VisitorP2p:
         )
 
     async def _connect(self) -> DirectPath:
+        from pierce.p2p.quic import QuicPath  # aioquic: loaded with the first attempt of a P2P visitor
+
         cfg = self.config
         visit = await accepted_visit(self.dialer, cfg, self.tickets, p2p=True)
         channel = visit.channel

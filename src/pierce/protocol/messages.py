@@ -37,6 +37,9 @@ PROTOCOL_VERSION = 6
 MAX_NAME_LENGTH = 255
 #: The most work connections one `ReqWorkConn` may ask for; a client caps its pool below this anyway.
 MAX_WORK_CONN_REQUEST = 256
+#: Idle work connections the server keeps per client at most (it closes extras); a client's pool stays
+#: within it.
+MAX_IDLE_WORK_CONNS = 64
 #: The longest software version a client may tell (`Hello.software`).
 MAX_SOFTWARE_LENGTH = 64
 #: Long enough for any IPv6 literal with a zone id (``fe80::...%eth0``).

@@ -1,8 +1,9 @@
 """What every proxy kind shares: its type, the shape of its config and wire spec, and the server-side seams.
 
 A proxy kind is one module in `pierce.proxies` holding its config struct (``[[proxies]] type = ...``),
-its wire spec (what the client sends in `NewProxy`), the server-side object and the client-side work
-handler. `pierce.proxies.registry` lists the kinds; both sessions dispatch through it and nothing else
+its wire spec (what the client sends in `NewProxy`) and the client-side work handler, and one module of
+the same name in `pierce.server.proxies` holding the server-side object. `pierce.proxies.registry` and
+`pierce.server.proxies.registry` list the kinds; the sessions dispatch through them and nothing else
 names a kind.
 
 The seams a kind sees, each a small Protocol so that it gets only what it uses:
@@ -27,13 +28,13 @@ import msgspec
 from pierce.addr import HostPort
 from pierce.errors import InvalidValue
 from pierce.proxies.health import HealthCheckConfig
-from pierce.server.workconn import WorkConn
 from pierce.transport import MessageChannel
 
 if TYPE_CHECKING:
     from pierce.bandwidth import Limits
     from pierce.config import ServerConfig
-    from pierce.proxies.group import ProxyGroup, ProxyGroups
+    from pierce.server.proxies.group import ProxyGroup, ProxyGroups
+    from pierce.server.workconn import WorkConn
     from pierce.snapshot import ProxyStats
 
 #: Seconds a visitor's UDP flow (udp, sudp) lives without traffic, unless its proxy says otherwise.
@@ -81,7 +82,8 @@ MAX_GROUP_KEY = 255
 
 
 class GroupedSpec(ProxySpec, frozen=True, kw_only=True):
-    """Base of the specs of kinds that can share their port, domain or name (`pierce.proxies.group`)."""
+    """Base of the specs of kinds that can share their port, domain or name
+    (`pierce.server.proxies.group`)."""
 
     #: Load-balancing group ("": none); members take turns with the visitors.
     group: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9._-]*$")] = ""
@@ -114,7 +116,8 @@ class PublicProxyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
 
 class GroupedProxyConfig(PublicProxyConfig):
     """`PublicProxyConfig` of the kinds that can share their port, domain or name with other clients'
-    proxies (tcp, http, https, tcpmux: `pierce.proxies.group`), and withdraw while their service fails."""
+    proxies (tcp, http, https, tcpmux: `pierce.server.proxies.group`), and withdraw while their service
+    fails."""
 
     #: Load balancing: proxies of this user with the same group share the port, domains or name and
     #: take turns.

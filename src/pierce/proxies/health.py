@@ -4,7 +4,7 @@ Every ``interval_s`` the client tries the local service: ``tcp`` connects, ``htt
 and wants a 2xx or 3xx answer, each within ``timeout_s``. As in frp, a proxy with a health check is
 registered with the server only while its service passes: at start once the first check passes,
 withdrawn (`CloseProxy`) after ``max_failed`` failures in a row, registered again when a check passes.
-In a group (`pierce.proxies.group`) the other members serve the visitors meanwhile.
+In a group (`pierce.server.proxies.group`) the other members serve the visitors meanwhile.
 
 `HealthState` is the sans-I/O part (results in, changes out); `HealthCheck` runs it on a task.
 """

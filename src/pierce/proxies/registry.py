@@ -1,8 +1,9 @@
-"""The table of proxy kinds: both sessions dispatch through it, and nothing else names a kind.
+"""The table of proxy kinds: the config and spec unions, the spec codec, and the client's dispatch.
 
 Adding a kind means a new module in `pierce.proxies` and an arm in each table below (the type checker
-insists: every table ends with `assert_never`), plus its `ProxyType` member and, when it needs a
-listener the server shares between proxies, its front in `FRONTS`.
+insists: every table ends with `assert_never`), plus its `ProxyType` member, its server side in
+`pierce.server.proxies` and an arm in `pierce.server.proxies.registry` (and, when it needs a listener the
+server shares between proxies, its front in `FRONTS` there).
 """
 
 from __future__ import annotations
@@ -13,37 +14,18 @@ from typing import Any, TypeAlias, assert_never
 
 import msgspec
 
-from pierce.errors import InvalidValue
 from pierce.inspect.record import ConnectionRecorder
-from pierce.protocol import ErrorCode, ProtocolError, Refused, StartWork
-from pierce.proxies.access import IpAccess
-from pierce.proxies.base import FrontType, ProxySite, ServerProxy
-from pierce.proxies.http import (
-    HttpProxyConfig,
-    HttpProxyServer,
-    HttpSpec,
-    WebProxy,
-    http_spec,
-    serve_http_work,
-)
-from pierce.proxies.https import HttpsProxyConfig, HttpsProxyServer, HttpsSpec, https_spec, serve_https_work
-from pierce.proxies.secret import SecretProxyServer
-from pierce.proxies.stcp import StcpProxyConfig, StcpProxyServer, StcpSpec, serve_stcp_work, stcp_spec
-from pierce.proxies.sudp import SudpProxyConfig, SudpProxyServer, SudpSpec, serve_sudp_work, sudp_spec
-from pierce.proxies.tcp import TcpProxyConfig, TcpProxyServer, TcpSpec, serve_tcp_proxy_work, tcp_spec
-from pierce.proxies.tcpmux import (
-    TcpMuxFront,
-    TcpMuxProxyConfig,
-    TcpMuxProxyServer,
-    TcpMuxSpec,
-    serve_tcpmux_work,
-    tcpmux_spec,
-)
-from pierce.proxies.udp import UdpProxies, UdpProxyConfig, UdpProxyServer, UdpSpec, udp_spec
-from pierce.proxies.xtcp import XtcpProxyConfig, XtcpProxyServer, XtcpSpec, serve_xtcp_work, xtcp_spec
-from pierce.proxies.xudp import XudpProxyConfig, XudpProxyServer, XudpSpec, serve_xudp_work, xudp_spec
+from pierce.protocol import ProtocolError, StartWork
+from pierce.proxies.http import HttpProxyConfig, HttpSpec, http_spec, serve_http_work
+from pierce.proxies.https import HttpsProxyConfig, HttpsSpec, https_spec, serve_https_work
+from pierce.proxies.stcp import StcpProxyConfig, StcpSpec, serve_stcp_work, stcp_spec
+from pierce.proxies.sudp import SudpProxyConfig, SudpSpec, serve_sudp_work, sudp_spec
+from pierce.proxies.tcp import TcpProxyConfig, TcpSpec, serve_tcp_proxy_work, tcp_spec
+from pierce.proxies.tcpmux import TcpMuxProxyConfig, TcpMuxSpec, serve_tcpmux_work, tcpmux_spec
+from pierce.proxies.udp import UdpProxies, UdpProxyConfig, UdpSpec, udp_spec
+from pierce.proxies.xtcp import XtcpProxyConfig, XtcpSpec, serve_xtcp_work, xtcp_spec
+from pierce.proxies.xudp import XudpProxyConfig, XudpSpec, serve_xudp_work, xudp_spec
 from pierce.relay import End
-from pierce.vhost.front import VhostFront
 
 #: ``[[proxies]]`` tables, tagged by ``type``.
 ProxyConfig: TypeAlias = (
@@ -61,9 +43,6 @@ ProxyConfig: TypeAlias = (
 ProxySpecs: TypeAlias = (
     TcpSpec | UdpSpec | HttpSpec | HttpsSpec | StcpSpec | SudpSpec | TcpMuxSpec | XtcpSpec | XudpSpec
 )
-
-#: Listeners the server shares between proxies, started when their config keys are set.
-FRONTS: tuple[FrontType, ...] = (VhostFront, TcpMuxFront)
 
 _spec_decoder = msgspec.msgpack.Decoder(ProxySpecs)
 _spec_encoder = msgspec.msgpack.Encoder()
@@ -149,44 +128,3 @@ def work_handler(
             return serve_xtcp_work(config, start, tunnel)
         case _:
             assert_never(config)
-
-
-# -- server side ------------------------------------------------------------------------------------
-
-
-def open_proxy(name: str, spec: ProxySpecs, site: ProxySite) -> ServerProxy:
-    """Open a proxy on the server; raises `pierce.proxies.base.Refused`."""
-    try:
-        access = IpAccess.of(name, spec.allow_ips, spec.deny_ips)
-    except InvalidValue as exc:
-        raise Refused(ErrorCode.BAD_MESSAGE, str(exc)) from None
-    proxy = _open_kind(name, spec, site)
-    if isinstance(proxy, UdpProxyServer):
-        proxy.access = access
-    elif isinstance(proxy, TcpProxyServer | WebProxy | TcpMuxProxyServer | SecretProxyServer):
-        proxy.live.access = access
-    return proxy
-
-
-def _open_kind(name: str, spec: ProxySpecs, site: ProxySite) -> ServerProxy:
-    match spec:
-        case TcpSpec():
-            return TcpProxyServer.create(name, spec, site)
-        case UdpSpec():
-            return UdpProxyServer.create(name, spec, site)
-        case HttpSpec():
-            return HttpProxyServer.create(name, spec, site)
-        case HttpsSpec():
-            return HttpsProxyServer.create(name, spec, site)
-        case StcpSpec():
-            return StcpProxyServer.create(name, spec, site)
-        case SudpSpec():
-            return SudpProxyServer.create(name, spec, site)
-        case TcpMuxSpec():
-            return TcpMuxProxyServer.create(name, spec, site)
-        case XtcpSpec():
-            return XtcpProxyServer.create(name, spec, site)
-        case XudpSpec():
-            return XudpProxyServer.create(name, spec, site)
-        case _:
-            assert_never(spec)

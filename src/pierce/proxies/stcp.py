@@ -12,8 +12,7 @@ from typing import ClassVar
 
 from pierce.addr import HostPort
 from pierce.protocol import SecretKind, StartWork
-from pierce.proxies.base import ProxyType
-from pierce.proxies.secret import SecretProxyConfig, SecretProxyServer, SecretSpec
+from pierce.proxies.secret import SecretProxyConfig, SecretSpec
 from pierce.proxies.tcp import serve_tcp_work
 from pierce.relay import End
 
@@ -31,11 +30,6 @@ class StcpSpec(SecretSpec, frozen=True, kw_only=True, tag="stcp"):
 
 def stcp_spec(config: StcpProxyConfig) -> StcpSpec:
     return StcpSpec()
-
-
-class StcpProxyServer(SecretProxyServer):
-    type = ProxyType.STCP
-    kind = SecretKind.STCP
 
 
 async def serve_stcp_work(config: StcpProxyConfig, start: StartWork, tunnel: End) -> None:

@@ -29,8 +29,8 @@ from pierce.addr import HostPort, format_sockaddr
 from pierce.errors import PierceError
 from pierce.logs import event, human_bytes
 from pierce.protocol import FrameDecoder, ProtocolError, SecretKind, StartWork, UdpPacket, encode_frame
-from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT, ProxyType, check_idle_timeout
-from pierce.proxies.secret import SecretProxyConfig, SecretProxyServer, SecretSpec
+from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT, check_idle_timeout
+from pierce.proxies.secret import SecretProxyConfig, SecretSpec
 from pierce.relay import End
 from pierce.udpflow import SEND_BACKLOG_LIMIT, DatagramLimit, DropCounter, UdpFlow, UdpFlows
 
@@ -59,11 +59,6 @@ class SudpSpec(SecretSpec, frozen=True, kw_only=True, tag="sudp"):
 
 def sudp_spec(config: SudpProxyConfig) -> SudpSpec:
     return SudpSpec()
-
-
-class SudpProxyServer(SecretProxyServer):
-    type = ProxyType.SUDP
-    kind = SecretKind.SUDP
 
 
 class DatagramTunnel:

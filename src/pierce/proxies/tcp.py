@@ -1,8 +1,8 @@
 """TCP proxies: a public port on the server whose connections reach a local TCP service of the client.
 
-Server side: `TcpProxyServer` accepts visitors on its port and bridges each one to a work connection of
-the owning client (`pierce.proxies.bridge`); the members of a group (`TcpGroup`) share one port and
-take turns. Client side: `serve_tcp_work` connects the local service
+Server side (`pierce.server.proxies.tcp`): `TcpProxyServer` accepts visitors on its port and bridges each
+one to a work connection of the owning client (`pierce.server.proxies.bridge`); the members of a group
+(`TcpGroup`) share one port and take turns. Client side, here: `serve_tcp_work` connects the local service
 for a started work connection and relays; every stream kind (http, https, stcp, tcpmux) uses it.
 """
 
@@ -10,33 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
-from typing import Any, ClassVar
 
 from pierce.addr import HostPort, format_sockaddr
 from pierce.bandwidth import limits_for, parse_rate
 from pierce.dial import TargetUnreachable, connect_tcp
 from pierce.inspect.record import ConnectionRecorder
-from pierce.listeners import TcpListener
 from pierce.logs import event, log_conn_closed
-from pierce.protocol import ErrorCode, Refused, StartWork
+from pierce.protocol import StartWork
 from pierce.protocol.messages import Port
 from pierce.proxies.base import (
     GroupedProxyConfig,
     GroupedSpec,
-    ProxyOwner,
     ProxyProtocolVersion,
-    ProxySite,
-    ProxyType,
     check_proxy,
     masked_repr,
 )
-from pierce.proxies.bridge import LiveConnections, SocketVisitor, bridge
-from pierce.proxies.group import ProxyGroup, ProxyGroups
 from pierce.proxy_protocol import build_v1, build_v2
 from pierce.relay import End, SocketEnd, relay
-from pierce.snapshot import ProxyStats
 from pierce.transport import TlsEnd
 
 log = logging.getLogger("pierce.proxy")
@@ -73,98 +64,6 @@ class TcpSpec(GroupedSpec, frozen=True, kw_only=True, tag="tcp"):
 
 def tcp_spec(config: TcpProxyConfig) -> TcpSpec:
     return TcpSpec(remote_port=config.remote_port, group=config.group, group_key=config.group_key)
-
-
-# -- server side ------------------------------------------------------------------------------------
-
-
-class TcpProxyServer:
-    """One TCP proxy on the server: its public listener, or its place in a group's turns."""
-
-    type: ClassVar[ProxyType] = ProxyType.TCP
-
-    def __init__(
-        self, name: str, owner: ProxyOwner, listen: HostPort | None = None, *, group: TcpGroup | None = None
-    ) -> None:
-        self.name = name
-        self.owner = owner
-        self.live = LiveConnections()
-        self.group = group
-        self.listener: TcpListener | None = None
-        if group is not None:
-            self.port = group.port
-        else:
-            assert listen is not None
-            self.listener = TcpListener.open(listen, self.serve, name=f"proxy {name}")
-            self.port = self.listener.port
-        self.urls: list[str] = []
-        self.domains: list[str] = []
-
-    @classmethod
-    def create(cls, name: str, spec: TcpSpec, site: ProxySite) -> TcpProxyServer:
-        if not spec.group:
-            return site.bind_public(name, spec.remote_port, lambda addr: cls(name, site.owner, addr))
-        user = site.owner.user
-        group = site.groups.find(TcpGroup, user, name, spec)
-        if group is None:
-            group = site.bind_public(
-                name, spec.remote_port, lambda addr: TcpGroup(site.groups, user, spec, addr)
-            )
-            site.groups.add(group)
-        elif spec.remote_port not in (0, group.port):
-            raise Refused(
-                ErrorCode.NOT_ALLOWED,
-                f"proxy {name!r}: group {spec.group!r} is on port {group.port}, not {spec.remote_port}",
-            )
-        else:  # the port rules and max_ports_per_client count each member's hold on the port
-            site.bind_public(name, group.port, lambda addr: addr)
-        member = cls(name, site.owner, group=group)
-        group.add(member)
-        return member
-
-    async def serve(self, conn: socket.socket, addr: Any) -> None:
-        """A visitor accepted on the public port."""
-        here = conn.getsockname()
-        start = StartWork(
-            proxy=self.name,
-            visitor_host=addr[0],
-            visitor_port=addr[1],
-            server_host=here[0],
-            server_port=here[1],
-        )
-        await bridge(self.name, self.owner, self.live, SocketVisitor(conn, (addr[0], addr[1])), start)
-
-    def stats(self) -> ProxyStats:
-        return self.live.stats()
-
-    async def close(self) -> None:
-        if self.group is not None:
-            await self.group.leave(self)
-        if self.listener is not None:
-            await self.listener.close()
-        await self.live.close()
-
-
-class TcpGroup(ProxyGroup[TcpProxyServer]):
-    """The public port of a group of tcp proxies: each visitor goes to the next member."""
-
-    kind = ProxyType.TCP
-    checked_apart = frozenset({"remote_port"})
-
-    def __init__(self, groups: ProxyGroups, user: str, spec: TcpSpec, listen: HostPort) -> None:
-        super().__init__(groups, user, spec)
-        self.listener = TcpListener.open(listen, self._visitor, name=f"group {spec.group}")
-        self.port = self.listener.port
-
-    async def _visitor(self, conn: socket.socket, addr: Any) -> None:
-        member = self.pick()
-        if member is None:
-            conn.close()
-            return
-        await member.serve(conn, addr)
-
-    async def release(self) -> None:
-        await self.listener.close()
 
 
 # -- client side ------------------------------------------------------------------------------------

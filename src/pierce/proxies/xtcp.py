@@ -14,8 +14,7 @@ from typing import ClassVar
 
 from pierce.addr import HostPort
 from pierce.protocol import SecretKind, StartWork
-from pierce.proxies.base import ProxyType
-from pierce.proxies.secret import SecretProxyConfig, SecretProxyServer, SecretSpec
+from pierce.proxies.secret import SecretProxyConfig, SecretSpec
 from pierce.proxies.tcp import serve_tcp_work
 from pierce.relay import End
 
@@ -32,11 +31,6 @@ class XtcpSpec(SecretSpec, frozen=True, kw_only=True, tag="xtcp"):
 
 def xtcp_spec(config: XtcpProxyConfig) -> XtcpSpec:
     return XtcpSpec()
-
-
-class XtcpProxyServer(SecretProxyServer):
-    type = ProxyType.XTCP
-    kind = SecretKind.XTCP
 
 
 async def serve_xtcp_work(config: XtcpProxyConfig, start: StartWork, tunnel: End) -> None:

@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from pierce.protocol import SecretKind, StartWork
-from pierce.proxies.base import ProxyType
-from pierce.proxies.secret import SecretProxyServer, SecretSpec
+from pierce.proxies.secret import SecretSpec
 from pierce.proxies.sudp import SudpProxyConfig, serve_sudp_work
 from pierce.relay import End
 
@@ -29,11 +28,6 @@ class XudpSpec(SecretSpec, frozen=True, kw_only=True, tag="xudp"):
 
 def xudp_spec(config: XudpProxyConfig) -> XudpSpec:
     return XudpSpec()
-
-
-class XudpProxyServer(SecretProxyServer):
-    type = ProxyType.XUDP
-    kind = SecretKind.XUDP
 
 
 async def serve_xudp_work(config: XudpProxyConfig, start: StartWork, tunnel: End) -> None:

@@ -18,7 +18,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -53,14 +53,14 @@ from pierce.protocol import (
 from pierce.protocol.messages import DEFAULT_USER
 from pierce.protocol.pake import Verifier, make_verifier
 from pierce.proxies.base import Front
-from pierce.proxies.group import ProxyGroups
-from pierce.proxies.registry import FRONTS
-from pierce.proxies.rendezvous import P2pCounters
-from pierce.proxies.secret import SecretProxyServer, serve_visit, visitor_path
 from pierce.relay import wait_fd
 from pierce.runtime import release_free_memory
 from pierce.server.admission import Admission, LogBudget, Refusal, Ticket
 from pierce.server.claims import Claims
+from pierce.server.proxies.group import ProxyGroups
+from pierce.server.proxies.registry import FRONTS
+from pierce.server.proxies.rendezvous import P2pCounters
+from pierce.server.proxies.secret import SecretProxyServer, serve_visit, visitor_path
 from pierce.server.session import ControlSession
 from pierce.server.token import generated_token
 from pierce.server.users import Users
@@ -70,7 +70,9 @@ from pierce.snapshot import ServerProxyInfo, ServerSnapshot
 from pierce.statedir import prepare_state_dir, state_dir_for
 from pierce.tls import ServerCertificate, ensure_server_certificate, server_context
 from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, StreamChannel, accept_tls
-from pierce.web.app import WebServer
+
+if TYPE_CHECKING:
+    from pierce.web.app import WebServer
 
 log = logging.getLogger("pierce.server")
 
@@ -154,6 +156,9 @@ class Server:
             HostPort(cfg.bind_addr, cfg.bind_port), self._accept, name="control", handler_owns=True
         )
         if cfg.web.port:
+            # aiohttp and prometheus_client load only when [web] is configured
+            from pierce.web.app import WebServer
+
             self.web = WebServer(cfg.web, self.snapshot)
             await self.web.start()
         event(

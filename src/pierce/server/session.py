@@ -32,11 +32,12 @@ from pierce.protocol import (
     VisitorVerdict,
 )
 from pierce.proxies.base import F, P, ProxyType, ServerProxy
-from pierce.proxies.group import ProxyGroups
-from pierce.proxies.registry import decode_spec, open_proxy
-from pierce.proxies.secret import SecretProxyServer, visitor_path
-from pierce.proxies.udp import UdpProxyServer
+from pierce.proxies.registry import decode_spec
 from pierce.server.claims import Key, Thing
+from pierce.server.proxies.group import ProxyGroups
+from pierce.server.proxies.registry import open_proxy
+from pierce.server.proxies.secret import SecretProxyServer, visitor_path
+from pierce.server.proxies.udp import UdpProxyServer
 from pierce.server.workconn import WorkConn, WorkConnPool
 from pierce.snapshot import ClientInfo, ConnectionPath
 from pierce.transport import ConnectionClosed, MessageChannel

@@ -7,11 +7,10 @@ import contextlib
 from collections import deque
 
 from pierce.protocol import ReqWorkConn, StartWork, UnexpectedMessage, WorkReady
+from pierce.protocol.messages import MAX_IDLE_WORK_CONNS
 from pierce.relay import End
 from pierce.transport import ConnectionClosed, MessageChannel
 
-#: Idle work connections the server keeps per client at most; extra ones are closed.
-MAX_IDLE_WORK_CONNS = 64
 #: Seconds a work connection has to answer a `StartWork` that asks for `WorkReady`.
 CONFIRM_TIMEOUT = 3.0
 

@@ -1,7 +1,7 @@
 """The server's side of a P2P rendezvous for xtcp/xudp: relay the two sealed offers, tell both sides
 to start, count how it ended.
 
-A visitor that wants a direct path makes a visit with ``p2p`` set (`pierce.proxies.secret.serve_visit`
+A visitor that wants a direct path makes a visit with ``p2p`` set (`pierce.server.proxies.secret.serve_visit`
 checks it with the owner as for any visit). After `VisitReady` the connection carries, with a deadline
 on each step:
 
@@ -39,7 +39,7 @@ from pierce.snapshot import ConnectionPath
 from pierce.transport import MessageChannel
 
 if TYPE_CHECKING:
-    from pierce.proxies.secret import SecretProxyServer
+    from pierce.server.proxies.secret import SecretProxyServer
 
 log = logging.getLogger("pierce.p2p")
 
