@@ -63,6 +63,8 @@ COPY_BUFFER_SHRINK_AFTER = 2.0
 PIPE_SIZE = 1024 * 1024
 
 HAVE_SPLICE = sys.platform == "linux" and hasattr(os, "splice")
+#: The loop can wait for a socket's readiness itself (``add_reader``): not the Windows loops.
+_HAVE_FD_WAITS = sys.platform != "win32"
 #: Operator override of the socket fast path: "splice", "copy" or "" (choose per connection).
 FORCED_MODE = os.environ.get("PIERCE_RELAY", "").strip().lower()
 _F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ on Linux
@@ -115,22 +117,45 @@ class End(ABC):
 
 
 class SocketEnd(End):
-    """A connected, non-blocking socket owned by the relay."""
+    """A connected, non-blocking socket owned by the relay.
+
+    Reads and writes try the socket first and wait for readiness only when it would block (as the
+    copy loops do): a connection that waits for its next bytes holds one future and one reader
+    callback, about half of what the loop's ``sock_recv`` keeps per waiting read (uvloop). Loops
+    without ``add_reader`` (Windows) use ``sock_recv`` / ``sock_sendall``.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._loop = asyncio.get_running_loop()
+        self._fd_waits = _HAVE_FD_WAITS and hasattr(self._loop, "add_reader")
 
     @property
     def socket(self) -> socket.socket:
         return self._sock
 
     async def read(self, max_bytes: int) -> bytes:
-        return await self._loop.sock_recv(self._sock, max_bytes)
+        if not self._fd_waits:
+            return await self._loop.sock_recv(self._sock, max_bytes)
+        sock = self._sock
+        while True:
+            try:
+                return sock.recv(max_bytes)
+            except (BlockingIOError, InterruptedError):
+                await wait_fd(self._loop, sock.fileno(), writable=False)
 
     async def write(self, data: bytes | memoryview) -> None:
-        await self._loop.sock_sendall(self._sock, data)
+        if not self._fd_waits:
+            await self._loop.sock_sendall(self._sock, data)
+            return
+        sock = self._sock
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[sock.send(view) :]
+            except (BlockingIOError, InterruptedError):
+                await wait_fd(self._loop, sock.fileno(), writable=True)
 
     def write_eof(self) -> None:
         with contextlib.suppress(OSError):
@@ -265,25 +290,47 @@ async def relay(
     ``taps``: callables that see the bytes of a -> b and b -> a (see "Taps" in the module docstring).
     """
     stats = stats if stats is not None else RelayStats()
-    forward = asyncio.ensure_future(_pump(a, b, stats, forward=True, throttle=throttles[0], tap=taps[0]))
+    # a -> b is pumped by the calling task itself and b -> a by one task of its own: an idle relay
+    # holds one task and one pump less than two tasks and a wait would (it waits for its whole life).
+    # When b -> a fails first, the calling task is cancelled to stop a -> b; that cancellation is told
+    # from any other (the caller's, a timeout's) by its count (`Task.uncancel`).
+    me = asyncio.current_task()
+    assert me is not None, "relay() runs in a task"
     backward = asyncio.ensure_future(_pump(b, a, stats, forward=False, throttle=throttles[1], tap=taps[1]))
+    state = _RelayState()
+
+    def on_backward(task: asyncio.Future[None]) -> None:
+        if not state.forward_done and not task.cancelled() and task.exception() is not None:
+            state.interrupted = True
+            me.cancel()
+
+    backward.add_done_callback(on_backward)
+    forward_ok = False
     try:
-        pending: set[asyncio.Future[None]] = {forward, backward}
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            failed = [t for t in done if t.exception() is not None]
-            if failed:
-                stats.error = failed[0].exception()
-                break
-    finally:
-        for task in (forward, backward):
-            task.cancel()
         try:
-            # Let cancelled pumps unregister their fd callbacks before the fds are closed.
-            await asyncio.shield(asyncio.gather(forward, backward, return_exceptions=True))
+            await _pump(a, b, stats, forward=True, throttle=throttles[0], tap=taps[0])
+            forward_ok = True
+        except asyncio.CancelledError:
+            if not state.interrupted or me.uncancel() > 0:
+                raise
+        except Exception as exc:
+            if stats.error is None:
+                stats.error = exc
         finally:
-            complete = all(
-                t.done() and not t.cancelled() and t.exception() is None for t in (forward, backward)
+            state.forward_done = True
+        if forward_ok:
+            with contextlib.suppress(Exception):
+                await backward
+        if backward.done() and not backward.cancelled() and backward.exception() is not None:
+            stats.error = stats.error or backward.exception()
+    finally:
+        backward.cancel()
+        try:
+            # Let a cancelled pump unregister its fd callbacks before the fds are closed.
+            await asyncio.shield(asyncio.gather(backward, return_exceptions=True))
+        finally:
+            complete = (
+                forward_ok and backward.done() and not backward.cancelled() and backward.exception() is None
             )
             for end in (a, b):
                 if complete:
@@ -292,6 +339,16 @@ async def relay(
                     end.abort()
             stats.ended = time.monotonic()
     return stats
+
+
+class _RelayState:
+    """What a relay's two directions tell each other (see `relay`)."""
+
+    __slots__ = ("forward_done", "interrupted")
+
+    def __init__(self) -> None:
+        self.forward_done = False
+        self.interrupted = False
 
 
 def _is_loopback(sock: socket.socket) -> bool:
@@ -450,6 +507,7 @@ async def _copy_pump(
             tap(data)
         await dst.write(data)
         n = len(data)
+        del data  # not held while the next read waits: an idle connection keeps no chunk of its last burst
         if forward:
             stats.a_to_b += n
         else:
@@ -522,23 +580,24 @@ async def _splice_pump(src: socket.socket, dst: socket.socket, stats: RelayStats
 
 async def wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, writable: bool) -> None:
     fut: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
     if writable:
-        loop.add_writer(fd, wake)
+        loop.add_writer(fd, _wake, fut)
         try:
             await fut
         finally:
             loop.remove_writer(fd)
     else:
-        loop.add_reader(fd, wake)
+        loop.add_reader(fd, _wake, fut)
         try:
             await fut
         finally:
             loop.remove_reader(fd)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    """A readiness callback (no closure per wait: idle connections wait for their whole life)."""
+    if not fut.done():
+        fut.set_result(None)
 
 
 async def _wait_either(loop: asyncio.AbstractEventLoop, read_fd: int, write_fd: int) -> None:
