@@ -155,7 +155,6 @@ FRPC_TOML_WARNINGS = [
     "log.to: not a pierce config key: use --log-level and --json-logs (logs go to stderr)",
     "log.level: not a pierce config key: use --log-level and --json-logs (logs go to stderr)",
     "log.maxDays: not a pierce config key: use --log-level and --json-logs (logs go to stderr)",
-    "transport.tcpMux: no pierce equivalent: pierce keeps a pool of work connections (pool_count)",
     "transport.proxyURL: not yet supported by pierce: the client connects to the server directly",
     "transport.tls.certFile: no pierce equivalent: clients log in with their token (SRP), not with a client "
     "certificate",
@@ -297,6 +296,7 @@ def test_frps_toml_maps_server_options_and_flags_a_weak_token() -> None:
         "allow_ports": ["2000-3000", "3001"],
         "heartbeat_timeout": 90,
         "web": {"addr": "127.0.0.1", "port": 7500, "user": "admin", "password": "admin"},
+        "transport": {"tcp_mux": True},
     }
     warned = _warned(result.warnings)
     assert warned[0].startswith("auth.token: this token is too easy to guess")
@@ -312,7 +312,6 @@ def test_frps_toml_maps_server_options_and_flags_a_weak_token() -> None:
             for k in ("name", "addr", "path", "ops")
         ],
         "transport.maxPoolCount: no pierce equivalent: the server caps each client's pool at 64",
-        "transport.tcpMux: no pierce equivalent: pierce keeps a pool of work connections",
         "transport.tls.trustedCaFile: no pierce equivalent: clients log in with their token (SRP), not with "
         "a client certificate",
     ]

@@ -64,7 +64,6 @@ _CLIENT_UNMAPPED: dict[KeyPath, str] = {
     ("featureGates",): "no pierce equivalent",
     ("virtualNet",): "no pierce equivalent: pierce has no virtual network (TUN)",
     ("log",): NO_LOG,
-    ("transport", "tcpMux"): "no pierce equivalent: pierce keeps a pool of work connections (pool_count)",
     ("transport", "tcpMuxKeepaliveInterval"): "no pierce equivalent: see heartbeat_interval",
     ("transport", "dialServerTimeout"): "no pierce equivalent: the client's connect timeout is fixed",
     ("transport", "dialServerKeepalive"): "no pierce equivalent",
@@ -99,7 +98,6 @@ _SERVER_UNMAPPED: dict[KeyPath, str] = {
     ("natholeAnalysisDataReserveHours",): "no pierce equivalent",
     ("udpPacketSize",): "no pierce equivalent: pierce carries UDP datagrams of any size up to 64 KiB",
     ("transport", "maxPoolCount"): "no pierce equivalent: the server caps each client's pool at 64",
-    ("transport", "tcpMux"): "no pierce equivalent: pierce keeps a pool of work connections",
     ("transport", "tcpMuxKeepaliveInterval"): "no pierce equivalent",
     ("transport", "tcpKeepalive"): "no pierce equivalent",
     ("transport", "quic"): "no pierce equivalent: the control port is TCP with TLS",
@@ -163,6 +161,7 @@ def client(src: Source) -> dict[str, Any]:
         )
     _heartbeat(src, out, "heartbeatInterval", "heartbeat_interval")
     _heartbeat(src, out, "heartbeatTimeout", "heartbeat_timeout")
+    _tcp_mux(src, out)
     if src.lookup(("transport", "tls", "enable")) is False:
         src.warn(("transport", "tls", "enable"), "false: pierce always uses TLS to the server")
     src.note(("transport", "tls", "enable"), "pierce always uses TLS to the server")
@@ -392,9 +391,23 @@ def _visitor(src: Source, base: KeyPath, wanted: set[str] | None) -> dict[str, A
     return out
 
 
+def _tcp_mux(src: Source, out: dict[str, Any]) -> None:
+    """frp's ``transport.tcpMux`` (work connections as streams of one connection) is pierce's
+    ``transport.tcp_mux``; on by default in both."""
+    if not src.has("transport", "tcpMux"):
+        return
+    value = src.lookup(("transport", "tcpMux"))
+    if isinstance(value, bool):
+        src.get("transport", "tcpMux")
+        out.setdefault("transport", {})["tcp_mux"] = value
+    else:
+        src.warn(("transport", "tcpMux"), f"{value!r} is not true or false: not converted")
+
+
 def server(src: Source) -> dict[str, Any]:
     out: dict[str, Any] = {}
     _renamed(src, out, _SERVER_KEYS)
+    _tcp_mux(src, out)
     if src.has("auth", "token"):
         token = src.get("auth", "token")
         out["token"] = token
