@@ -111,9 +111,10 @@ class Procs:
                 proc.wait()
 
 
-def start_echo(procs: Procs, host: str, prefix: Sequence[str] = ()) -> int:
-    """Start `ECHO_SERVER` on ``host``; return its port."""
-    echo = procs.start([*prefix, sys.executable, "-c", ECHO_SERVER, host], stdout=subprocess.PIPE)
+def start_echo(procs: Procs, host: str, prefix: Sequence[str] = (), nofile: int = 0) -> int:
+    """Start `ECHO_SERVER` on ``host`` (with RLIMIT_NOFILE ``nofile`` if given); return its port."""
+    extra: dict[str, Any] = {"preexec_fn": nofile_preexec(nofile)} if nofile else {}
+    echo = procs.start([*prefix, sys.executable, "-c", ECHO_SERVER, host], stdout=subprocess.PIPE, **extra)
     assert echo.stdout is not None
     return int(echo.stdout.readline())
 
@@ -327,11 +328,13 @@ def hold_connections(
     host: str = HOST,
     prelude: Callable[[socket.socket], None] | None = None,
     timeout: float = 15,
+    keep_on_error: bool = False,
 ) -> list[socket.socket]:
     """``count`` visitor connections, each carried one byte both ways through the tunnel, left open.
 
     ``prelude`` runs on each new socket first (a proxy's CONNECT). On a failure the connections opened
-    so far are closed and the exception says how many there were (``HoldFailed``).
+    so far are closed (with ``keep_on_error``, only the failing one: the others are ``HoldFailed.held``)
+    and the exception says how many had answered (``HoldFailed``).
     """
     held: list[socket.socket] = []
     answered = 0
@@ -346,10 +349,11 @@ def hold_connections(
                 raise RuntimeError("echo mismatch (or the connection closed)")
             answered += 1
     except BaseException as exc:
-        for sock in held:
+        keep = keep_on_error and isinstance(exc, Exception)
+        for sock in held[answered if keep else 0 :]:
             sock.close()
         if isinstance(exc, Exception):
-            raise HoldFailed(answered, exc) from exc
+            raise HoldFailed(answered, exc, held[:answered] if keep else []) from exc
         raise
     return held
 
@@ -357,10 +361,11 @@ def hold_connections(
 class HoldFailed(RuntimeError):
     """`hold_connections` stopped: ``opened`` connections had answered before ``cause``."""
 
-    def __init__(self, opened: int, cause: Exception) -> None:
+    def __init__(self, opened: int, cause: Exception, held: list[socket.socket]) -> None:
         super().__init__(f"after {opened} connections: {type(cause).__name__}: {cause}")
         self.opened = opened
         self.cause = cause
+        self.held = held
 
 
 def settled(
