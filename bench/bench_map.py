@@ -8,6 +8,8 @@ namespaces A -> B -> C with the relays running on B:
   ``socat`` (``TCP-LISTEN,fork``), ``rinetd`` (one forwarding rule) and ``haproxy`` (``mode tcp``, one
   ``listen`` section, its default threads); several rounds, the order rotated every round, medians.
 - Connection set-up latency: 1,000 sequential connect / 1-byte echo / close through each path.
+- The relay's CPU during each iperf3 run (its processes, with the per-connection children socat forks),
+  as cores busy per Gbit/s moved.
 
 Prints absolute medians (for context only: these machines are noisy) and the ratios that matter.
 Usage: ``python3 bench/bench_map.py [--netns] [--rounds 5] [--seconds 3] [--connections 1000] [--json]``.
@@ -33,12 +35,14 @@ from benchlib import (
     NetnsChain,
     Procs,
     connect_latency,
+    cores_per_gbps,
     free_port,
     iperf,
     missing_tools,
     paired_ratio,
     rotated,
     start_echo,
+    tree_cpu_seconds,
     wait_listening,
 )
 
@@ -155,6 +159,7 @@ def run(topo: Topology, args: argparse.Namespace) -> dict[str, Any]:
             ]
 
         paths: dict[str, tuple[str, int, int]] = {"direct": (topo.server_ip, iperf_port, echo_port)}
+        pids: dict[str, list[int]] = {"direct": []}  #: each relay's processes, for its CPU time
         relays = {"pierce": pierce({}), "pierce-splice": pierce({"PIERCE_RELAY": "splice"}), "socat": socat}
         relay, ip, sip = topo.prefix("relay"), topo.relay_ip, topo.server_ip
         if shutil.which("rinetd"):
@@ -163,18 +168,24 @@ def run(topo: Topology, args: argparse.Namespace) -> dict[str, Any]:
             relays["haproxy"] = lambda listen, target: haproxy_argv(workdir, relay, ip, listen, sip, target)
         for name, argv in relays.items():
             tp, ep = free_port(), free_port()
+            pids[name] = []
             for port, target in ((tp, iperf_port), (ep, echo_port)):
-                procs.start(argv(port, target), stderr=subprocess.DEVNULL)
+                pids[name].append(procs.start(argv(port, target), stderr=subprocess.DEVNULL).pid)
                 wait_listening(port, topo.prefix("relay"))
             paths[name] = (topo.relay_ip, tp, ep)
 
         names = list(paths)
         gbps: dict[str, list[float]] = {n: [] for n in names}
+        cores: dict[str, list[float]] = {n: [] for n in names if pids[n]}
         lat: dict[str, list[float]] = {n: [] for n in names}
         for r in range(args.rounds):
             for name in rotated(names, r):
                 host, tp, _ = paths[name]
+                before = tree_cpu_seconds(pids[name])
                 gbps[name].append(iperf(host, tp, args.seconds, topo.prefix("client")))
+                if pids[name]:
+                    used = tree_cpu_seconds(pids[name]) - before
+                    cores[name].append(cores_per_gbps(used, args.seconds, gbps[name][-1]))
             for name in rotated(names, r):
                 host, _, ep = paths[name]
                 count = max(1, args.connections // args.rounds)
@@ -199,6 +210,9 @@ def run(topo: Topology, args: argparse.Namespace) -> dict[str, Any]:
         if peer in gbps:
             ratios[f"throughput_pierce_vs_{peer}"] = paired_ratio(gbps["pierce"], gbps[peer])
             ratios[f"connect_latency_pierce_vs_{peer}"] = paired_ratio(lat["pierce"], lat[peer])
+    for peer in ("socat", *OPTIONAL_PEERS):
+        if peer in cores:
+            ratios[f"cpu_per_gbps_pierce_vs_{peer}"] = paired_ratio(cores["pierce"], cores[peer])
     return {
         "path": "netns-veth" if topo.netns else "loopback",
         "rounds": args.rounds,
@@ -206,6 +220,7 @@ def run(topo: Topology, args: argparse.Namespace) -> dict[str, Any]:
         "connections": args.connections,
         "throughput_gbps_median": {n: round(statistics.median(v), 2) for n, v in gbps.items()},
         "connect_latency_us_median": {n: round(statistics.median(v)) for n, v in lat.items()},
+        "relay_cpu_cores_per_gbps_median": {n: round(statistics.median(v), 3) for n, v in cores.items()},
         "ratios": ratios,
         "bars": {
             key: {
@@ -223,9 +238,12 @@ def print_table(res: dict[str, Any]) -> None:
         f"\n{res['path']}: {res['rounds']} rounds, iperf3 -t {res['iperf_seconds']}, "
         f"{res['connections']} connections"
     )
-    print(f"{'path':<14} {'throughput (Gbit/s)':>20} {'connect+echo+close (us)':>25}")
+    cpu = res["relay_cpu_cores_per_gbps_median"]
+    print(
+        f"{'path':<14} {'throughput (Gbit/s)':>20} {'connect+echo+close (us)':>25} {'relay CPU/(Gbit/s)':>19}"
+    )
     for n in thr:
-        print(f"{n:<14} {thr[n]:>20.2f} {lat[n]:>25.0f}")
+        print(f"{n:<14} {thr[n]:>20.2f} {lat[n]:>25.0f} {cpu.get(n, '-'):>19}")
     for key, value in rat.items():
         bar = res["bars"].get(key)
         verdict = f"   (bar {bar['bar']}: {'met' if bar['met'] else 'MISSED'})" if bar else ""

@@ -15,6 +15,8 @@ the paths rotates every round):
   ``pierce-plain`` (``transport.encrypt_data = false`` on both ends: the relay can splice),
   ``socat`` (``TCP-LISTEN,fork`` on the server host to the target: one hop) and ``direct`` (in the
   namespaces: V -> L routed by S's kernel).
+- CPU of each path's processes during its iperf3 runs (sshd with its session process, socat with the
+  children it forks), as cores busy per Gbit/s moved.
 - Time to first byte of a new visitor connection: connect, send 1 byte, read the echo, close; sequential
   connections to one echo service through every path; medians.
 - Memory (loopback only): VmRSS of the pierce server + client at idle, then with ``--idle-conns`` visitor
@@ -66,6 +68,7 @@ from benchlib import (
     Stunnel,
     Tunnel,
     connect_latency,
+    cores_per_gbps,
     exit_on_sigterm,
     free_port,
     hold_connections,
@@ -77,6 +80,7 @@ from benchlib import (
     settled,
     signals_held,
     start_echo,
+    tree_cpu_seconds,
     wait_listening,
 )
 
@@ -102,8 +106,8 @@ def netns_site(chain: NetnsChain) -> Site:
     return Site("netns-veth", layout, v, s, lan, chain.B_A_IP, chain.B_C_IP, chain.C_IP, "0.0.0.0")
 
 
-def socat(procs: Procs, site: Site, target: int) -> int:
-    """``socat`` on the server host forwarding a public port to ``target`` on the LAN host."""
+def socat(procs: Procs, site: Site, target: int) -> tuple[int, int]:
+    """``socat`` on the server host forwarding a public port to ``target`` on the LAN host; (port, pid)."""
     port = free_port()
     argv = [
         *site.server,
@@ -111,9 +115,9 @@ def socat(procs: Procs, site: Site, target: int) -> int:
         f"TCP-LISTEN:{port},fork,reuseaddr,bind={site.public_ip}",
         f"TCP:{site.lan_ip}:{target}",
     ]
-    procs.start(argv, stderr=subprocess.DEVNULL)  # quiet about visitors that reset
+    proc = procs.start(argv, stderr=subprocess.DEVNULL)  # quiet about visitors that reset
     wait_listening(port, site.server)
-    return port
+    return port, proc.pid
 
 
 def memory(procs: Procs, workdir: Path, echo_port: int, mode: str, count: int) -> dict[str, float]:
@@ -160,28 +164,41 @@ def run(args: argparse.Namespace, *, netns: bool) -> dict[str, Any]:
         tls = Tunnel(procs, workdir, "tls", site=site, encrypt=True, targets=targets)
         ssh = SshReverseTunnel(procs, workdir, site, targets)
         plain = Tunnel(procs, workdir, "plain", site=site, encrypt=False, targets=targets)
+        socats = {name: socat(procs, site, port) for name, port in targets.items()}
         paths: dict[str, tuple[str, dict[str, int]]] = {
             "direct": (site.lan_ip, targets),
             "pierce-tls": (site.public_ip, tls.public),
             "ssh-R": (site.public_ip, ssh.public),
             "pierce-plain": (site.public_ip, plain.public),
-            "socat": (
-                site.public_ip,
-                {"iperf": socat(procs, site, iperf_port), "echo": socat(procs, site, echo_port)},
-            ),
+            "socat": (site.public_ip, {name: port for name, (port, _) in socats.items()}),
+        }
+        #: Each path's processes (their trees), for the CPU it spends moving data.
+        pids: dict[str, list[int]] = {
+            "direct": [],
+            "pierce-tls": [tls.server.pid, tls.client.pid],
+            "ssh-R": [ssh.sshd.pid, ssh.client.pid],
+            "pierce-plain": [plain.server.pid, plain.client.pid],
+            "socat": [socats["iperf"][1]],
         }
         if shutil.which("stunnel") and shutil.which("openssl"):  # optional (Debian stunnel4)
-            paths["stunnel"] = (site.public_ip, Stunnel(procs, workdir, site, targets).public)
+            pipe = Stunnel(procs, workdir, site, targets)
+            paths["stunnel"] = (site.public_ip, pipe.public)
+            pids["stunnel"] = [pipe.client.pid, pipe.server.pid]
         names = list(paths)
         for host, ports in paths.values():  # warm up: logins done, pools full, sockets in the caches
             connect_latency(host, ports["echo"], 20, site.visitor)
 
         gbps: dict[str, list[float]] = {n: [] for n in names}
+        cores: dict[str, list[float]] = {n: [] for n in names if pids[n]}
         ttfb: dict[str, list[float]] = {n: [] for n in names}
         for r in range(args.rounds):
             for name in rotated(names, r):
                 host, ports = paths[name]
+                before = tree_cpu_seconds(pids[name])
                 gbps[name].append(iperf(host, ports["iperf"], args.seconds, site.visitor))
+                if pids[name]:
+                    used = tree_cpu_seconds(pids[name]) - before
+                    cores[name].append(cores_per_gbps(used, args.seconds, gbps[name][-1]))
             for name in rotated(names, r):
                 host, ports = paths[name]
                 ttfb[name].append(connect_latency(host, ports["echo"], args.connections, site.visitor))
@@ -212,6 +229,10 @@ def run(args: argparse.Namespace, *, netns: bool) -> dict[str, Any]:
         "first_byte_pierce_plain_vs_socat": paired_ratio(ttfb["pierce-plain"], ttfb["socat"]),
         "first_byte_ssh_vs_socat": paired_ratio(ttfb["ssh-R"], ttfb["socat"]),
     }
+    for mine, peer in (("pierce-tls", "ssh-R"), ("pierce-tls", "stunnel"), ("pierce-plain", "socat")):
+        if peer in cores:
+            key = f"cpu_per_gbps_{mine.replace('-', '_')}_vs_{peer.replace('-', '_').lower()}"
+            ratios[key] = paired_ratio(cores[mine], cores[peer])
     if "stunnel" in gbps:
         ratios["throughput_pierce_tls_vs_stunnel"] = paired_ratio(gbps["pierce-tls"], gbps["stunnel"])
         ratios["first_byte_pierce_tls_vs_stunnel"] = paired_ratio(ttfb["pierce-tls"], ttfb["stunnel"])
@@ -225,6 +246,7 @@ def run(args: argparse.Namespace, *, netns: bool) -> dict[str, Any]:
         "ssh_cipher": ssh.cipher,
         "throughput_gbps_median": {n: round(statistics.median(v), 2) for n, v in gbps.items()},
         "first_byte_us_median": {n: round(statistics.median(v)) for n, v in ttfb.items()},
+        "cpu_cores_per_gbps_median": {n: round(statistics.median(v), 3) for n, v in cores.items()},
         **({"rss": rss} if rss is not None else {}),
         "ratios": ratios,
         "bars": {
@@ -403,9 +425,10 @@ def print_table(res: dict[str, Any]) -> None:
         f"iperf3 -t {res['iperf_seconds']}, {res['connections_per_round']} sequential connections per round; "
         f"ssh cipher {res['ssh_cipher']}"
     )
-    print(f"{'path':<14} {'throughput (Gbit/s)':>20} {'first byte (us)':>16}")
+    cpu = res.get("cpu_cores_per_gbps_median", {})
+    print(f"{'path':<14} {'throughput (Gbit/s)':>20} {'first byte (us)':>16} {'CPU/(Gbit/s)':>13}")
     for n in thr:
-        print(f"{n:<14} {thr[n]:>20.2f} {ttfb[n]:>16.0f}")
+        print(f"{n:<14} {thr[n]:>20.2f} {ttfb[n]:>16.0f} {cpu.get(n, '-'):>13}")
     if "rss" in res:
         print(f"\n{'RSS server+client':<18} {'idle (MiB)':>11} {'conns':>6}", end="")
         print(f" {'loaded (MiB)':>13} {'KiB/conn':>9}")
@@ -431,6 +454,9 @@ def print_table(res: dict[str, Any]) -> None:
     line("first byte  pierce-plain/socat", "first_byte_pierce_plain_vs_socat")
     line("first byte  ssh-R/socat", "first_byte_ssh_vs_socat")
     line("first byte  pierce-tls/stunnel", "first_byte_pierce_tls_vs_stunnel")
+    line("CPU/Gbit/s  pierce-tls/ssh-R", "cpu_per_gbps_pierce_tls_vs_ssh_r")
+    line("CPU/Gbit/s  pierce-tls/stunnel", "cpu_per_gbps_pierce_tls_vs_stunnel")
+    line("CPU/Gbit/s  pierce-plain/socat", "cpu_per_gbps_pierce_plain_vs_socat")
 
 
 def main() -> int:

@@ -321,6 +321,26 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def tree_cpu_seconds(roots: Sequence[int]) -> float:
+    """User + system CPU seconds of each root's process tree, with the children it has reaped
+    (socat's per-connection forks end up in its ``cutime``/``cstime``)."""
+    total = 0
+    for root in roots:
+        for pid in process_tree(root):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += sum(int(f) for f in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def cores_per_gbps(cpu_s: float, seconds: float, gbps: float) -> float:
+    """CPU cores busy per Gbit/s moved: CPU seconds per second of transfer, per Gbit/s."""
+    return cpu_s / seconds / gbps if gbps > 0 else float("nan")
+
+
 def hold_connections(
     port: int,
     count: int,
