@@ -19,7 +19,11 @@ filled, the figure settled), then with N idle visitor connections held open thro
 ``--counts`` (each connection first carries one byte both ways, checked; N grows from one count to the
 next, the order of the tools rotating at every count); each figure is read once it stops moving. Per
 tool: the least-squares slope of RSS against N in KiB per connection, RSS - idle per connection at each
-N, and the file descriptors its processes hold. Ratios pierce / peer of idle RSS and of the slope.
+N, and the file descriptors its processes hold. Ratios pierce / peer of idle RSS and of the slope. A
+tool that fails to carry a connection, or takes longer than ``--step-budget`` seconds to reach the next
+count, is reported with where it stopped and left out of the larger counts. pagekite's front-end answers
+a lone CONNECT only at the next turn of its select loop (about 1.1 s when idle), so its visitors are
+opened 25 at a time; the others one after another.
 ``--rounds`` repeats the whole sweep with fresh processes; figures are medians over rounds.
 
 ``--hold N`` (e.g. 10000) then holds N idle connections through a fresh pierce-tls tunnel and checks at
@@ -53,6 +57,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +95,8 @@ BAR_PER_CONN_KIB = 16.0
 BAR_HOLD = 10_000
 #: Connections opened between two progress lines (and RSS reads) while holding ``--hold``.
 HOLD_CHUNK = 500
+#: Connections opened between two checks of a tool's time budget in the sweep.
+GROW_CHUNK = 25
 
 
 @dataclass
@@ -101,6 +108,8 @@ class Subject:
     roles: Callable[[], dict[str, list[int]]]
     prelude: Callable[[socket.socket], None] | None = None
     note: str = ""
+    #: Visitors opened at once (1: one after another).
+    parallel: int = 1
     held: list[socket.socket] = field(default_factory=list)
     failed: str | None = None
 
@@ -115,14 +124,48 @@ class Subject:
     def total_mib(self) -> float:
         return sum(vm_rss_kib(pid) for pids in self.roles().values() for pid in pids) / 1024
 
-    def grow(self, count: int) -> None:
-        """Hold ``count`` connections in all (a failure is recorded, not raised: it is a finding)."""
+    def grow(self, count: int, budget: float = 0) -> None:
+        """Hold ``count`` connections in all, within ``budget`` seconds if given (a failure or a tool too
+        slow is recorded, not raised: it is a finding; the tool is left out of the larger counts)."""
         if self.failed is not None or count <= len(self.held):
             return
-        try:
-            self.held += hold_connections(self.port, count - len(self.held), prelude=self.prelude)
-        except HoldFailed as exc:
-            self.failed = f"{len(self.held) + exc.opened} connections held, then {exc}"
+        start = time.monotonic()
+        while len(self.held) < count:
+            chunk = min(GROW_CHUNK, count - len(self.held))
+            began = time.monotonic()
+            try:
+                self.held += self._open(chunk)
+            except HoldFailed as exc:
+                self.failed = f"{len(self.held) + exc.opened} connections held, then {exc}"
+                return
+            if budget and len(self.held) < count and time.monotonic() - start > budget:
+                each = (time.monotonic() - began) / chunk
+                self.failed = (
+                    f"too slow: {len(self.held)} connections held after {budget:.0f} s towards {count} "
+                    f"(the last {chunk} took {each:.2f} s each)"
+                )
+                return
+
+    def _open(self, count: int) -> list[socket.socket]:
+        """``count`` more connections: one after another, or ``parallel`` at a time."""
+        if self.parallel <= 1:
+            return hold_connections(self.port, count, prelude=self.prelude)
+        with ThreadPoolExecutor(self.parallel) as pool:
+            futures = [
+                pool.submit(hold_connections, self.port, 1, prelude=self.prelude) for _ in range(count)
+            ]
+            got: list[socket.socket] = []
+            failure: HoldFailed | None = None
+            for future in futures:
+                try:
+                    got += future.result()
+                except HoldFailed as exc:
+                    failure = failure or exc
+        if failure is not None:
+            for sock in got:
+                sock.close()
+            raise HoldFailed(len(got), failure.cause, [])
+        return got
 
     def release(self) -> None:
         for sock in self.held:
@@ -239,8 +282,11 @@ def start_subjects(procs: Procs, workdir: Path, names: list[str]) -> list[Subjec
             )
         elif name == "pagekite":
             kite = PageKite(procs, workdir, echo)
-            note = "raw kite through HTTP CONNECT; tunnel over TLS, visitors multiplexed on it"
-            subjects.append(Subject(name, kite.port, kite.roles, kite.prelude, note))
+            note = (
+                "raw kite through HTTP CONNECT; tunnel over TLS, visitors multiplexed on it; "
+                f"visitors opened {GROW_CHUNK} at a time (a lone CONNECT waits ~1.1 s for its select loop)"
+            )
+            subjects.append(Subject(name, kite.port, kite.roles, kite.prelude, note, parallel=GROW_CHUNK))
         elif name == "stunnel":
             pipe = Stunnel(procs, workdir, LOOPBACK, targets)
             note = "client -> TLS -> server, one TLS connection per visitor (forward, not reverse)"
@@ -248,7 +294,7 @@ def start_subjects(procs: Procs, workdir: Path, names: list[str]) -> list[Subjec
     return subjects
 
 
-def sweep(names: list[str], counts: list[int], rnd: int) -> dict[str, dict[str, Any]]:
+def sweep(names: list[str], counts: list[int], rnd: int, budget: float) -> dict[str, dict[str, Any]]:
     """One round: fresh processes for every tool, then each count in turn, the tools rotating."""
     procs = Procs()
     workdir = Path(tempfile.mkdtemp(prefix="pierce-bench-mem-"))
@@ -263,7 +309,7 @@ def sweep(names: list[str], counts: list[int], rnd: int) -> dict[str, dict[str, 
         for i, count in enumerate(counts):
             for name in rotated(list(by_name), i + rnd):
                 subject = by_name[name]
-                subject.grow(count)
+                subject.grow(count, budget)
                 if subject.failed is not None:
                     continue
                 settled(subject.total_mib)
@@ -559,6 +605,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1, help="sweeps, each with fresh processes (medians)")
     ap.add_argument("--hold", type=int, default=0, help="then hold this many through pierce-tls (0: skip)")
     ap.add_argument("--tools", default=",".join(PIERCE + PEERS), help="which tools, comma-separated")
+    ap.add_argument(
+        "--step-budget",
+        type=float,
+        default=120,
+        help="seconds a tool may take to reach the next count; slower, it is left out of larger counts",
+    )
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--quick", action="store_true", help="a smoke run: counts 0,250,500,1000")
     args = ap.parse_args()
@@ -578,7 +630,7 @@ def main() -> int:
     raise_fd_limit(len(names) * max(counts) + 1024)
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
-        rounds = [sweep(names, counts, r) for r in range(args.rounds)]
+        rounds = [sweep(names, counts, r, args.step_budget) for r in range(args.rounds)]
         held = hold(args.hold) if args.hold else None
     except KeyboardInterrupt:
         print("bench: interrupted; everything it started is stopped", file=sys.stderr)
