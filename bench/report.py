@@ -346,6 +346,17 @@ def colour(name: str) -> str:
     return PIERCE_COLOURS.get(name, DIRECT_COLOUR if name == "direct" else PEER_COLOUR)
 
 
+def grid(plt: Any, count: int, width: float, height: float) -> tuple[Any, list[Any]]:
+    """A figure with ``count`` panels, at most two a row (readable at the README's width)."""
+    cols = min(count, 2) if count != 3 else 3
+    rows = -(-count // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat
+
+
 def chart_throughput(plt: Any, report: dict[str, Any], out: Path) -> str | None:
     panels = []
     for name in ("tunnel", "map"):
@@ -354,8 +365,8 @@ def chart_throughput(plt: Any, report: dict[str, Any], out: Path) -> str | None:
             panels.append((name, res))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
-    for ax, (name, res) in zip(axes[0], panels, strict=True):
+    fig, axes = grid(plt, len(panels), 5.2, 4.6)
+    for ax, (name, res) in zip(axes, panels, strict=False):
         thr = res["throughput_gbps_median"]
         names = list(thr)
         bars = ax.bar(names, [thr[n] for n in names], color=[colour(n) for n in names])
@@ -420,21 +431,25 @@ def chart_memory(plt: Any, report: dict[str, Any], out: Path) -> str | None:
     if not res:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    styles = {"pierce-tls": ("#1f77b4", "-"), "pierce-plain": ("#6baed6", "-")}
+    styles = {
+        "pierce-tls": ("#1f77b4", "-"),
+        "pierce-plain": ("#6baed6", "-"),
+        "ssh-R": ("#d62728", "--"),
+        "pagekite": ("#ff7f0e", "--"),
+        "stunnel": ("#2ca02c", "--"),
+    }
     for name, t in res["tools"].items():
         xs = [p["conns"] for p in t["points"]]
         ys = [p["rss_mib"] for p in t["points"]]
-        c, ls = styles.get(name, (None, "--"))
+        c, ls = styles.get(name, ("#7f7f7f", "--"))
         label = f"{name}: idle {fmt(t['idle_mib'], 0)} MiB, {fmt(t['per_conn_kib_slope'], 1)} KiB/conn"
         ax.plot(xs, ys, marker="o", linestyle=ls, color=c, label=label)
     bars = res["bars"]
     ax.scatter(
-        [1000], [80], marker="*", s=160, color="green", zorder=5, label="bar: <= 80 MiB at 1,000 (pierce-tls)"
+        [1000], [80], marker="*", s=160, color="black", zorder=5, label="bar: <= 80 MiB at 1,000 (pierce-tls)"
     )
-    ax.axhline(60, color="green", linestyle=":", linewidth=1)
-    ax.annotate(
-        "bar: idle <= 60 MiB", (0, 60), xytext=(4, 3), textcoords="offset points", fontsize=8, color="green"
-    )
+    ax.axhline(60, color="black", linestyle=":", linewidth=1)
+    ax.annotate("bar: idle <= 60 MiB", (0, 60), xytext=(4, 3), textcoords="offset points", fontsize=8)
     ax.set_xlabel("idle connections held through the tunnel")
     ax.set_ylabel("VmRSS of all the tool's processes (MiB)")
     met = bars["per_conn_kib_pierce_tls"]
@@ -462,8 +477,8 @@ def chart_cpu(plt: Any, report: dict[str, Any], out: Path) -> str | None:
     count = len(panels) + (1 if web else 0)
     if not count:
         return None
-    fig, axes = plt.subplots(1, count, figsize=(4.6 * count, 4.4), squeeze=False)
-    for ax, (name, res, cpu) in zip(axes[0], panels, strict=False):
+    fig, axes = grid(plt, count, 4.8, 4.4)
+    for ax, (name, res, cpu) in zip(axes, panels, strict=False):
         names = list(cpu)
         bars = ax.bar(names, [cpu[n] for n in names], color=[colour(n) for n in names])
         bar_labels(ax, bars, [f"{cpu[n]:.3f}" for n in names])
@@ -473,7 +488,7 @@ def chart_cpu(plt: Any, report: dict[str, Any], out: Path) -> str | None:
         ax.set_ylim(0, max(cpu.values()) * 1.2)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     if web:
-        ax = axes[0][-1]
+        ax = axes[len(panels)]
         c = web["cpu_us_per_request"]
         names, values = ["nginx", "pierce"], [c["nginx"], c["pierce_server"] + c["pierce_client"]]
         bars = ax.bar(names, values, color=[colour(n) for n in names])
