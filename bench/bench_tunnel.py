@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark pierce reverse tunnels against an OpenSSH reverse tunnel, socat and a direct connection.
+"""Benchmark pierce reverse tunnels against an OpenSSH reverse tunnel, stunnel, socat and a direct path.
 
 Runs on loopback and (with ``--netns``, as root) again across three network namespaces, the deployment a
 tunnel is for: V (the visitor: iperf3 and latency clients) -> S (the public server host: pierce server,
@@ -10,9 +10,13 @@ the paths rotates every round):
 - TCP throughput: single-stream ``iperf3 -t SECONDS`` to one iperf3 server through
   ``pierce-tls`` (a pierce server + client, data connections over TLS, the default),
   ``ssh-R`` (``ssh -N -R PORT:127.0.0.1:IPERF`` through a local sshd started here with its own keys),
+  ``stunnel`` (when installed: stunnel in client mode on S takes visitors and dials stunnel in server
+  mode on L over TLS, the hop pierce encrypts; the certificate is checked),
   ``pierce-plain`` (``transport.encrypt_data = false`` on both ends: the relay can splice),
   ``socat`` (``TCP-LISTEN,fork`` on the server host to the target: one hop) and ``direct`` (in the
   namespaces: V -> L routed by S's kernel).
+- CPU of each path's processes during its iperf3 runs (sshd with its session process, socat with the
+  children it forks), as cores busy per Gbit/s moved.
 - Time to first byte of a new visitor connection: connect, send 1 byte, read the echo, close; sequential
   connections to one echo service through every path; medians.
 - Memory (loopback only): VmRSS of the pierce server + client at idle, then with ``--idle-conns`` visitor
@@ -20,7 +24,7 @@ the paths rotates every round):
 
 Prints absolute medians (context only: these machines are noisy) and the ratios the bars are about:
 pierce-tls / ssh-R throughput (bar >= 1.0x, goal 1.5x), pierce-plain / socat throughput (bar >= 1.5x),
-pierce-tls / socat first-byte time (bar <= 2.0x).
+pierce-tls / socat first-byte time (bar <= 2.0x); pierce-tls / stunnel throughput and first byte (no bar).
 With ``--web`` it measures only what the server's web side costs a tunnel moving data at full speed (on
 loopback, pierce-tls, iperf3 through it): the server process's CPU seconds per GiB moved, interleaved per
 round between a server without ``[web]`` (``no-web``), the same server with ``[web]`` on and no browser
@@ -32,8 +36,8 @@ server spends per second moving data at full speed.
 
 Usage: ``python3 bench/bench_tunnel.py [--netns] [--rounds 5] [--seconds 3] [--connections 500]
 [--idle-conns 1000] [--web] [--json]``. Needs iperf3, socat, ss, ssh, ssh-keygen and /usr/sbin/sshd (and ip
-for ``--netns``; chromium for ``--web``); run as root or as a user sshd accepts (the sshd and its keys live
-in a temporary directory).
+for ``--netns``; chromium for ``--web``; stunnel and openssl for the stunnel path, which is left out without
+them); run as root or as a user sshd accepts (the sshd and its keys live in a temporary directory).
 The namespaces, their veths and every process started are removed at the end, on errors, Ctrl-C and
 SIGTERM too.
 """
@@ -41,41 +45,45 @@ SIGTERM too.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import getpass
 import json
 import os
-import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from benchlib import (
+    HOST,
+    LOOPBACK,
+    SSHD,
     NetnsChain,
     Procs,
+    Site,
+    SshReverseTunnel,
+    Stunnel,
+    Tunnel,
     connect_latency,
+    cores_per_gbps,
+    exit_on_sigterm,
     free_port,
+    hold_connections,
     iperf,
     missing_tools,
     paired_ratio,
+    raise_fd_limit,
     rotated,
+    settled,
+    signals_held,
     start_echo,
+    tree_cpu_seconds,
     wait_listening,
 )
 
-HOST = "127.0.0.1"
-TOKEN = "bench-token-Kq7vB2mN9pL4sR8tW3zY6c"
-SSHD = "/usr/sbin/sshd"
 BARS = {
     "throughput_pierce_tls_vs_ssh": (">=", 1.0),
     "throughput_pierce_plain_vs_socat": (">=", 1.5),
@@ -88,24 +96,6 @@ WEB_PASSWORD = "bench-web-pw-Zr8qL2xT5vN9"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
-@dataclass(frozen=True)
-class Site:
-    """Where the visitor, the public server and the LAN host run, and the addresses between them."""
-
-    path: str  #: the name reported for this topology
-    layout: str  #: one line describing it, for the report
-    visitor: list[str]  #: command prefix of the visitor host (iperf3 and latency clients)
-    server: list[str]  #: of the public server host (pierce server, sshd, socat)
-    lan: list[str]  #: of the LAN host (iperf3 server, echo, pierce client, ssh -R client)
-    public_ip: str  #: server address visitors connect to
-    server_ip: str  #: server address the LAN host dials (control port, sshd)
-    lan_ip: str  #: LAN host address: the direct path and socat's target
-    service_ip: str  #: address the LAN services bind to (pierce and ssh reach them on 127.0.0.1)
-
-
-LOOPBACK = Site("loopback", "every role on 127.0.0.1", [], [], [], HOST, HOST, HOST, HOST)
-
-
 def netns_site(chain: NetnsChain) -> Site:
     """V, S and L are the chain's namespaces a, b and c."""
     v, s, lan = (chain.prefix(ns) for ns in chain.names)
@@ -116,145 +106,8 @@ def netns_site(chain: NetnsChain) -> Site:
     return Site("netns-veth", layout, v, s, lan, chain.B_A_IP, chain.B_C_IP, chain.C_IP, "0.0.0.0")
 
 
-def toml(doc: dict[str, Any]) -> str:
-    """Just enough TOML for the two config files (scalars, one [transport] table, [[proxies]])."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        return json.dumps(v)
-
-    lines = [f"{k} = {value(v)}" for k, v in doc.items() if not isinstance(v, dict | list)]
-    for key, table in doc.items():
-        if isinstance(table, dict):
-            lines += [f"[{key}]", *(f"{k} = {value(v)}" for k, v in table.items())]
-    for item in doc.get("proxies", []):
-        lines += ["[[proxies]]", *(f"{k} = {value(v)}" for k, v in item.items())]
-    return "\n".join(lines) + "\n"
-
-
-class Tunnel:
-    """A `pierce server` on the server host and a `pierce client` on the LAN host exposing the LAN's TCP
-    ports (on 127.0.0.1 there) on fixed public ports."""
-
-    def __init__(
-        self,
-        procs: Procs,
-        workdir: Path,
-        name: str,
-        *,
-        site: Site,
-        encrypt: bool,
-        targets: dict[str, int],
-        web: dict[str, Any] | None = None,
-    ) -> None:
-        self.public = {proxy: free_port() for proxy in targets}
-        control = free_port()
-        transport = {"encrypt_data": encrypt}
-        server_conf = workdir / f"{name}-server.toml"
-        server_conf.write_text(
-            toml(
-                {
-                    "bind_addr": site.server_ip,
-                    "bind_port": control,
-                    "proxy_bind_addr": site.public_ip,
-                    "token": TOKEN,
-                    "transport": transport,
-                    **({"web": web} if web else {}),
-                }
-            )
-        )
-        proxies = [
-            {"name": p, "type": "tcp", "local_ip": HOST, "local_port": port, "remote_port": self.public[p]}
-            for p, port in targets.items()
-        ]
-        client_conf = workdir / f"{name}-client.toml"
-        client_conf.write_text(
-            toml(
-                {
-                    "server_addr": site.server_ip,
-                    "server_port": control,
-                    "token": TOKEN,
-                    "client_id": name,
-                    "transport": transport,
-                    "proxies": proxies,
-                }
-            )
-        )
-        env = {**os.environ, "PIERCE_STATE_DIR": str(workdir / f"{name}-state")}
-        self.server = self._start(procs, site.server, workdir, f"{name}-server", server_conf, env)
-        wait_listening(control, site.server)
-        self.client = self._start(procs, site.lan, workdir, f"{name}-client", client_conf, env)
-        for port in self.public.values():
-            wait_listening(port, site.server)
-
-    @staticmethod
-    def _start(
-        procs: Procs, prefix: list[str], workdir: Path, name: str, conf: Path, env: dict[str, str]
-    ) -> subprocess.Popen[bytes]:
-        role = name.rsplit("-", 1)[1]
-        argv = [*prefix, sys.executable, "-m", "pierce", "--log-level", "warning", role, "-c", str(conf)]
-        with (workdir / f"{name}.log").open("wb") as log:
-            return procs.start(argv, env=env, stdout=log, stderr=log)
-
-    def rss_mib(self) -> float:
-        return (vm_rss_kib(self.server.pid) + vm_rss_kib(self.client.pid)) / 1024
-
-    def fds(self) -> int:
-        return sum(len(os.listdir(f"/proc/{p.pid}/fd")) for p in (self.server, self.client))
-
-
-def vm_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-class SshReverseTunnel:
-    """A private sshd on the server host and ``ssh -N -R`` forwards to it from the LAN host."""
-
-    def __init__(self, procs: Procs, workdir: Path, site: Site, targets: dict[str, int]) -> None:
-        d = workdir / "ssh"
-        d.mkdir()
-        for key in ("host_key", "user_key"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
-        (d / "authorized_keys").write_bytes((d / "user_key.pub").read_bytes())
-        port = free_port()
-        config = d / "sshd_config"
-        config.write_text(
-            f"Port {port}\nListenAddress {site.server_ip}\n"
-            f"HostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
-            f"AuthorizedKeysFile {d / 'authorized_keys'}\nUsePAM no\nStrictModes no\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-            "AllowTcpForwarding yes\nGatewayPorts clientspecified\nLogLevel ERROR\n"
-        )
-        # sshd insists on its privilege separation directory, which a container may lack.
-        with contextlib.suppress(OSError):
-            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
-        procs.start([*site.server, SSHD, "-D", "-f", str(config), "-E", str(d / "sshd.log")])
-        wait_listening(port, site.server)
-        self.public = {name: free_port() for name in targets}
-        forwards = [
-            a for n, t in targets.items() for a in ("-R", f"{site.public_ip}:{self.public[n]}:{HOST}:{t}")
-        ]
-        self.argv = [
-            *site.lan, "ssh", "-N", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR",
-            "-i", str(d / "user_key"), "-p", str(port), *forwards, f"{getpass.getuser()}@{site.server_ip}",
-        ]  # fmt: skip
-        procs.start(self.argv)
-        for public in self.public.values():
-            wait_listening(public, site.server)
-        # What this ssh negotiates by default (its first cipher), for the report.
-        out = subprocess.run(["ssh", "-G", "-p", str(port), site.server_ip], capture_output=True, text=True)
-        ciphers = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("ciphers ")]
-        self.cipher = ciphers[0].split(",")[0] if ciphers else "?"
-
-
-def socat(procs: Procs, site: Site, target: int) -> int:
-    """``socat`` on the server host forwarding a public port to ``target`` on the LAN host."""
+def socat(procs: Procs, site: Site, target: int) -> tuple[int, int]:
+    """``socat`` on the server host forwarding a public port to ``target`` on the LAN host; (port, pid)."""
     port = free_port()
     argv = [
         *site.server,
@@ -262,38 +115,9 @@ def socat(procs: Procs, site: Site, target: int) -> int:
         f"TCP-LISTEN:{port},fork,reuseaddr,bind={site.public_ip}",
         f"TCP:{site.lan_ip}:{target}",
     ]
-    procs.start(argv, stderr=subprocess.DEVNULL)  # quiet about visitors that reset
+    proc = procs.start(argv, stderr=subprocess.DEVNULL)  # quiet about visitors that reset
     wait_listening(port, site.server)
-    return port
-
-
-def hold_connections(port: int, count: int) -> list[socket.socket]:
-    """``count`` visitor connections, each carried one byte both ways through the tunnel, left open."""
-    held = []
-    try:
-        for _ in range(count):
-            sock = socket.create_connection((HOST, port), timeout=15)
-            held.append(sock)
-            sock.sendall(b"x")
-            if sock.recv(1) != b"x":
-                raise RuntimeError("echo mismatch")
-    except BaseException:
-        for sock in held:
-            sock.close()
-        raise
-    return held
-
-
-def settled_rss(tunnel: Tunnel, timeout: float = 10) -> float:
-    """RSS once it stops moving (the pool refills in the background after a burst of visitors)."""
-    last, deadline = tunnel.rss_mib(), time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = tunnel.rss_mib()
-        if abs(now - last) < 0.1:
-            return now
-        last = now
-    return last
+    return port, proc.pid
 
 
 def memory(procs: Procs, workdir: Path, echo_port: int, mode: str, count: int) -> dict[str, float]:
@@ -301,10 +125,10 @@ def memory(procs: Procs, workdir: Path, echo_port: int, mode: str, count: int) -
     tunnel = Tunnel(procs, workdir, f"rss-{mode}", site=LOOPBACK, encrypt=mode == "tls", targets=targets)
     public = tunnel.public["echo"]
     hold_connections(public, 1)[0].close()  # logged in and the pool is full
-    idle = settled_rss(tunnel)
+    idle = settled(tunnel.rss_mib)
     held = hold_connections(public, count)
     try:
-        loaded = settled_rss(tunnel)
+        loaded = settled(tunnel.rss_mib)
         fds = tunnel.fds()
     finally:
         for sock in held:
@@ -316,12 +140,6 @@ def memory(procs: Procs, workdir: Path, echo_port: int, mode: str, count: int) -
         "per_conn_kib": round((loaded - idle) * 1024 / count, 1),
         "fds": fds,
     }
-
-
-def raise_fd_limit(need: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
 
 
 def run(args: argparse.Namespace, *, netns: bool) -> dict[str, Any]:
@@ -346,26 +164,41 @@ def run(args: argparse.Namespace, *, netns: bool) -> dict[str, Any]:
         tls = Tunnel(procs, workdir, "tls", site=site, encrypt=True, targets=targets)
         ssh = SshReverseTunnel(procs, workdir, site, targets)
         plain = Tunnel(procs, workdir, "plain", site=site, encrypt=False, targets=targets)
+        socats = {name: socat(procs, site, port) for name, port in targets.items()}
         paths: dict[str, tuple[str, dict[str, int]]] = {
             "direct": (site.lan_ip, targets),
             "pierce-tls": (site.public_ip, tls.public),
             "ssh-R": (site.public_ip, ssh.public),
             "pierce-plain": (site.public_ip, plain.public),
-            "socat": (
-                site.public_ip,
-                {"iperf": socat(procs, site, iperf_port), "echo": socat(procs, site, echo_port)},
-            ),
+            "socat": (site.public_ip, {name: port for name, (port, _) in socats.items()}),
         }
+        #: Each path's processes (their trees), for the CPU it spends moving data.
+        pids: dict[str, list[int]] = {
+            "direct": [],
+            "pierce-tls": [tls.server.pid, tls.client.pid],
+            "ssh-R": [ssh.sshd.pid, ssh.client.pid],
+            "pierce-plain": [plain.server.pid, plain.client.pid],
+            "socat": [socats["iperf"][1]],
+        }
+        if shutil.which("stunnel") and shutil.which("openssl"):  # optional (Debian stunnel4)
+            pipe = Stunnel(procs, workdir, site, targets)
+            paths["stunnel"] = (site.public_ip, pipe.public)
+            pids["stunnel"] = [pipe.client.pid, pipe.server.pid]
         names = list(paths)
         for host, ports in paths.values():  # warm up: logins done, pools full, sockets in the caches
             connect_latency(host, ports["echo"], 20, site.visitor)
 
         gbps: dict[str, list[float]] = {n: [] for n in names}
+        cores: dict[str, list[float]] = {n: [] for n in names if pids[n]}
         ttfb: dict[str, list[float]] = {n: [] for n in names}
         for r in range(args.rounds):
             for name in rotated(names, r):
                 host, ports = paths[name]
+                before = tree_cpu_seconds(pids[name])
                 gbps[name].append(iperf(host, ports["iperf"], args.seconds, site.visitor))
+                if pids[name]:
+                    used = tree_cpu_seconds(pids[name]) - before
+                    cores[name].append(cores_per_gbps(used, args.seconds, gbps[name][-1]))
             for name in rotated(names, r):
                 host, ports = paths[name]
                 ttfb[name].append(connect_latency(host, ports["echo"], args.connections, site.visitor))
@@ -396,6 +229,13 @@ def run(args: argparse.Namespace, *, netns: bool) -> dict[str, Any]:
         "first_byte_pierce_plain_vs_socat": paired_ratio(ttfb["pierce-plain"], ttfb["socat"]),
         "first_byte_ssh_vs_socat": paired_ratio(ttfb["ssh-R"], ttfb["socat"]),
     }
+    for mine, peer in (("pierce-tls", "ssh-R"), ("pierce-tls", "stunnel"), ("pierce-plain", "socat")):
+        if peer in cores:
+            key = f"cpu_per_gbps_{mine.replace('-', '_')}_vs_{peer.replace('-', '_').lower()}"
+            ratios[key] = paired_ratio(cores[mine], cores[peer])
+    if "stunnel" in gbps:
+        ratios["throughput_pierce_tls_vs_stunnel"] = paired_ratio(gbps["pierce-tls"], gbps["stunnel"])
+        ratios["first_byte_pierce_tls_vs_stunnel"] = paired_ratio(ttfb["pierce-tls"], ttfb["stunnel"])
     return {
         "path": site.path,
         "layout": site.layout,
@@ -406,6 +246,7 @@ def run(args: argparse.Namespace, *, netns: bool) -> dict[str, Any]:
         "ssh_cipher": ssh.cipher,
         "throughput_gbps_median": {n: round(statistics.median(v), 2) for n, v in gbps.items()},
         "first_byte_us_median": {n: round(statistics.median(v)) for n, v in ttfb.items()},
+        "cpu_cores_per_gbps_median": {n: round(statistics.median(v), 3) for n, v in cores.items()},
         **({"rss": rss} if rss is not None else {}),
         "ratios": ratios,
         "bars": {
@@ -584,9 +425,10 @@ def print_table(res: dict[str, Any]) -> None:
         f"iperf3 -t {res['iperf_seconds']}, {res['connections_per_round']} sequential connections per round; "
         f"ssh cipher {res['ssh_cipher']}"
     )
-    print(f"{'path':<14} {'throughput (Gbit/s)':>20} {'first byte (us)':>16}")
+    cpu = res.get("cpu_cores_per_gbps_median", {})
+    print(f"{'path':<14} {'throughput (Gbit/s)':>20} {'first byte (us)':>16} {'CPU/(Gbit/s)':>13}")
     for n in thr:
-        print(f"{n:<14} {thr[n]:>20.2f} {ttfb[n]:>16.0f}")
+        print(f"{n:<14} {thr[n]:>20.2f} {ttfb[n]:>16.0f} {cpu.get(n, '-'):>13}")
     if "rss" in res:
         print(f"\n{'RSS server+client':<18} {'idle (MiB)':>11} {'conns':>6}", end="")
         print(f" {'loaded (MiB)':>13} {'KiB/conn':>9}")
@@ -597,33 +439,24 @@ def print_table(res: dict[str, Any]) -> None:
             )
 
     def line(label: str, key: str) -> None:
+        if key not in rat:
+            return
         bar = res["bars"].get(key)
         verdict = f"   (bar {bar['bar']}: {'met' if bar['met'] else 'MISSED'})" if bar else ""
         print(f"{label:<36} = {rat[key]:.2f}x{verdict}")
 
     print()
     line("throughput  pierce-tls/ssh-R", "throughput_pierce_tls_vs_ssh")
+    line("throughput  pierce-tls/stunnel", "throughput_pierce_tls_vs_stunnel")
     line("throughput  pierce-plain/socat", "throughput_pierce_plain_vs_socat")
     line("throughput  pierce-tls/direct", "throughput_pierce_tls_vs_direct")
     line("first byte  pierce-tls/socat", "first_byte_pierce_tls_vs_socat")
     line("first byte  pierce-plain/socat", "first_byte_pierce_plain_vs_socat")
     line("first byte  ssh-R/socat", "first_byte_ssh_vs_socat")
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the enclosed cleanup is done, then take effect."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM unwinds like Ctrl-C does, so every ``finally`` removes what it set up."""
-    raise SystemExit(128 + signum)
+    line("first byte  pierce-tls/stunnel", "first_byte_pierce_tls_vs_stunnel")
+    line("CPU/Gbit/s  pierce-tls/ssh-R", "cpu_per_gbps_pierce_tls_vs_ssh_r")
+    line("CPU/Gbit/s  pierce-tls/stunnel", "cpu_per_gbps_pierce_tls_vs_stunnel")
+    line("CPU/Gbit/s  pierce-plain/socat", "cpu_per_gbps_pierce_plain_vs_socat")
 
 
 def main() -> int:

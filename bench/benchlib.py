@@ -1,4 +1,6 @@
-"""Pieces shared by the benchmark scripts: processes, readiness, iperf3, connection latency, ratios.
+"""Pieces shared by the benchmark scripts: processes, readiness, iperf3, connection latency, ratios, a
+pierce tunnel and an ``ssh -R`` tunnel to compare it with, idle connections held open and the memory
+they cost, clean exits on Ctrl-C and SIGTERM.
 
 Every measurement can run inside a network namespace: pass the ``ip netns exec NS`` prefix as ``prefix``
 (an empty list means the current namespace).
@@ -7,8 +9,10 @@ Every measurement can run inside a network namespace: pass the ``ip netns exec N
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -16,9 +20,15 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
+
+HOST = "127.0.0.1"
+TOKEN = "bench-token-Kq7vB2mN9pL4sR8tW3zY6c"
+SSHD = "/usr/sbin/sshd"
 
 #: A TCP echo (asyncio, uvloop when installed) on ``argv[1]``, any free port; prints the port.
 ECHO_SERVER = r"""
@@ -101,9 +111,10 @@ class Procs:
                 proc.wait()
 
 
-def start_echo(procs: Procs, host: str, prefix: Sequence[str] = ()) -> int:
-    """Start `ECHO_SERVER` on ``host``; return its port."""
-    echo = procs.start([*prefix, sys.executable, "-c", ECHO_SERVER, host], stdout=subprocess.PIPE)
+def start_echo(procs: Procs, host: str, prefix: Sequence[str] = (), nofile: int = 0) -> int:
+    """Start `ECHO_SERVER` on ``host`` (with RLIMIT_NOFILE ``nofile`` if given); return its port."""
+    extra: dict[str, Any] = {"preexec_fn": nofile_preexec(nofile)} if nofile else {}
+    echo = procs.start([*prefix, sys.executable, "-c", ECHO_SERVER, host], stdout=subprocess.PIPE, **extra)
     assert echo.stdout is not None
     return int(echo.stdout.readline())
 
@@ -234,3 +245,369 @@ class NetnsChain:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL, check=False)
+
+
+# -- clean exits -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the enclosed cleanup is done, then take effect."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM unwinds like Ctrl-C does, so every ``finally`` removes what it set up."""
+    raise SystemExit(128 + signum)
+
+
+# -- file descriptors and memory -------------------------------------------------------------------
+
+
+def raise_fd_limit(need: int) -> None:
+    """This process's RLIMIT_NOFILE to at least ``need`` (past the hard limit only as root)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    if os.geteuid() == 0 and hard < need:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+            return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, need), hard))
+
+
+def nofile_preexec(need: int) -> Callable[[], None]:
+    """A ``preexec_fn`` giving the child RLIMIT_NOFILE ``need`` (the product's defaults stay as they are)."""
+
+    def preexec() -> None:
+        raise_fd_limit(need)
+
+    return preexec
+
+
+def vm_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its live descendants (sshd forks a process per connection, in a new session)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def tree_cpu_seconds(roots: Sequence[int]) -> float:
+    """User + system CPU seconds of each root's process tree, with the children it has reaped
+    (socat's per-connection forks end up in its ``cutime``/``cstime``)."""
+    total = 0
+    for root in roots:
+        for pid in process_tree(root):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += sum(int(f) for f in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def cores_per_gbps(cpu_s: float, seconds: float, gbps: float) -> float:
+    """CPU cores busy per Gbit/s moved: CPU seconds per second of transfer, per Gbit/s."""
+    return cpu_s / seconds / gbps if gbps > 0 else float("nan")
+
+
+def hold_connections(
+    port: int,
+    count: int,
+    *,
+    host: str = HOST,
+    prelude: Callable[[socket.socket], None] | None = None,
+    timeout: float = 15,
+    keep_on_error: bool = False,
+) -> list[socket.socket]:
+    """``count`` visitor connections, each carried one byte both ways through the tunnel, left open.
+
+    ``prelude`` runs on each new socket first (a proxy's CONNECT). On a failure the connections opened
+    so far are closed (with ``keep_on_error``, only the failing one: the others are ``HoldFailed.held``)
+    and the exception says how many had answered (``HoldFailed``).
+    """
+    held: list[socket.socket] = []
+    answered = 0
+    try:
+        for _ in range(count):
+            sock = socket.create_connection((host, port), timeout=timeout)
+            held.append(sock)
+            if prelude is not None:
+                prelude(sock)
+            sock.sendall(b"x")
+            if sock.recv(1) != b"x":
+                raise RuntimeError("echo mismatch (or the connection closed)")
+            answered += 1
+    except BaseException as exc:
+        keep = keep_on_error and isinstance(exc, Exception)
+        for sock in held[answered if keep else 0 :]:
+            sock.close()
+        if isinstance(exc, Exception):
+            raise HoldFailed(answered, exc, held[:answered] if keep else []) from exc
+        raise
+    return held
+
+
+class HoldFailed(RuntimeError):
+    """`hold_connections` stopped: ``opened`` connections had answered before ``cause``."""
+
+    def __init__(self, opened: int, cause: Exception, held: list[socket.socket]) -> None:
+        super().__init__(f"after {opened} connections: {type(cause).__name__}: {cause}")
+        self.opened = opened
+        self.cause = cause
+        self.held = held
+
+
+def settled(
+    measure: Callable[[], float], timeout: float = 10, step: float = 0.5, still: float = 0.1
+) -> float:
+    """``measure()`` once it moves by less than ``still`` between two reads ``step`` seconds apart
+    (a pool refills in the background after a burst of visitors), or its last value at ``timeout``."""
+    last, deadline = measure(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(step)
+        now = measure()
+        if abs(now - last) < still:
+            return now
+        last = now
+    return last
+
+
+# -- a pierce tunnel and an ssh -R tunnel ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where the visitor, the public server and the LAN host run, and the addresses between them."""
+
+    path: str  #: the name reported for this topology
+    layout: str  #: one line describing it, for the report
+    visitor: list[str]  #: command prefix of the visitor host (iperf3 and latency clients)
+    server: list[str]  #: of the public server host (pierce server, sshd, socat)
+    lan: list[str]  #: of the LAN host (iperf3 server, echo, pierce client, ssh -R client)
+    public_ip: str  #: server address visitors connect to
+    server_ip: str  #: server address the LAN host dials (control port, sshd)
+    lan_ip: str  #: LAN host address: the direct path and socat's target
+    service_ip: str  #: address the LAN services bind to (pierce and ssh reach them on 127.0.0.1)
+
+
+LOOPBACK = Site("loopback", "every role on 127.0.0.1", [], [], [], HOST, HOST, HOST, HOST)
+
+
+def toml(doc: dict[str, Any]) -> str:
+    """Just enough TOML for the two config files (scalars, one [transport] table, [[proxies]])."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return json.dumps(v)
+
+    lines = [f"{k} = {value(v)}" for k, v in doc.items() if not isinstance(v, dict | list)]
+    for key, table in doc.items():
+        if isinstance(table, dict):
+            lines += [f"[{key}]", *(f"{k} = {value(v)}" for k, v in table.items())]
+    for item in doc.get("proxies", []):
+        lines += ["[[proxies]]", *(f"{k} = {value(v)}" for k, v in item.items())]
+    return "\n".join(lines) + "\n"
+
+
+class Tunnel:
+    """A `pierce server` on the server host and a `pierce client` on the LAN host exposing the LAN's TCP
+    ports (on 127.0.0.1 there) on fixed public ports. ``nofile``: both start with that RLIMIT_NOFILE."""
+
+    def __init__(
+        self,
+        procs: Procs,
+        workdir: Path,
+        name: str,
+        *,
+        site: Site,
+        encrypt: bool,
+        targets: dict[str, int],
+        web: dict[str, Any] | None = None,
+        nofile: int = 0,
+    ) -> None:
+        self.public = {proxy: free_port() for proxy in targets}
+        self.logs = [workdir / f"{name}-server.log", workdir / f"{name}-client.log"]
+        self.nofile = nofile
+        control = free_port()
+        transport = {"encrypt_data": encrypt}
+        server_conf = workdir / f"{name}-server.toml"
+        server_conf.write_text(
+            toml(
+                {
+                    "bind_addr": site.server_ip,
+                    "bind_port": control,
+                    "proxy_bind_addr": site.public_ip,
+                    "token": TOKEN,
+                    "transport": transport,
+                    **({"web": web} if web else {}),
+                }
+            )
+        )
+        proxies = [
+            {"name": p, "type": "tcp", "local_ip": HOST, "local_port": port, "remote_port": self.public[p]}
+            for p, port in targets.items()
+        ]
+        client_conf = workdir / f"{name}-client.toml"
+        client_conf.write_text(
+            toml(
+                {
+                    "server_addr": site.server_ip,
+                    "server_port": control,
+                    "token": TOKEN,
+                    "client_id": name,
+                    "transport": transport,
+                    "proxies": proxies,
+                }
+            )
+        )
+        env = {**os.environ, "PIERCE_STATE_DIR": str(workdir / f"{name}-state")}
+        self.server = self._start(procs, site.server, "server", server_conf, self.logs[0], env)
+        wait_listening(control, site.server)
+        self.client = self._start(procs, site.lan, "client", client_conf, self.logs[1], env)
+        for port in self.public.values():
+            wait_listening(port, site.server)
+
+    def _start(
+        self, procs: Procs, prefix: list[str], role: str, conf: Path, log: Path, env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        argv = [*prefix, sys.executable, "-m", "pierce", "--log-level", "warning", role, "-c", str(conf)]
+        extra: dict[str, Any] = {"preexec_fn": nofile_preexec(self.nofile)} if self.nofile else {}
+        with log.open("wb") as out:
+            return procs.start(argv, env=env, stdout=out, stderr=out, **extra)
+
+    def roles(self) -> dict[str, list[int]]:
+        return {"server": [self.server.pid], "client": [self.client.pid]}
+
+    def rss_mib(self) -> float:
+        return (vm_rss_kib(self.server.pid) + vm_rss_kib(self.client.pid)) / 1024
+
+    def fds(self) -> int:
+        return fd_count(self.server.pid) + fd_count(self.client.pid)
+
+
+class SshReverseTunnel:
+    """A private sshd on the server host and ``ssh -N -R`` forwards to it from the LAN host."""
+
+    def __init__(self, procs: Procs, workdir: Path, site: Site, targets: dict[str, int]) -> None:
+        d = workdir / "ssh"
+        d.mkdir()
+        for key in ("host_key", "user_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
+        (d / "authorized_keys").write_bytes((d / "user_key.pub").read_bytes())
+        port = free_port()
+        config = d / "sshd_config"
+        config.write_text(
+            f"Port {port}\nListenAddress {site.server_ip}\n"
+            f"HostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
+            f"AuthorizedKeysFile {d / 'authorized_keys'}\nUsePAM no\nStrictModes no\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+            "AllowTcpForwarding yes\nGatewayPorts clientspecified\nLogLevel ERROR\n"
+        )
+        # sshd insists on its privilege separation directory, which a container may lack.
+        with contextlib.suppress(OSError):
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
+        self.sshd = procs.start([*site.server, SSHD, "-D", "-f", str(config), "-E", str(d / "sshd.log")])
+        wait_listening(port, site.server)
+        self.public = {name: free_port() for name in targets}
+        forwards = [
+            a for n, t in targets.items() for a in ("-R", f"{site.public_ip}:{self.public[n]}:{HOST}:{t}")
+        ]
+        self.argv = [
+            *site.lan, "ssh", "-N", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR",
+            "-i", str(d / "user_key"), "-p", str(port), *forwards, f"{getpass.getuser()}@{site.server_ip}",
+        ]  # fmt: skip
+        self.client = procs.start(self.argv)
+        for public in self.public.values():
+            wait_listening(public, site.server)
+        # What this ssh negotiates by default (its first cipher), for the report.
+        out = subprocess.run(["ssh", "-G", "-p", str(port), site.server_ip], capture_output=True, text=True)
+        ciphers = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("ciphers ")]
+        self.cipher = ciphers[0].split(",")[0] if ciphers else "?"
+
+    def roles(self) -> dict[str, list[int]]:
+        """sshd with the processes it forked for the session; the ``ssh -R`` client."""
+        return {"sshd": process_tree(self.sshd.pid), "ssh": [self.client.pid]}
+
+
+class Stunnel:
+    """A TLS pipe over the server host -> LAN host hop, the hop a pierce tunnel encrypts: ``stunnel``
+    (client mode) on the server host takes visitors on public ports and dials ``stunnel`` (server mode)
+    on the LAN host over TLS, which connects to the LAN's ports on 127.0.0.1 there. The client checks
+    the server's self-signed certificate (``verifyPeer``), as pierce pins its server's."""
+
+    def __init__(self, procs: Procs, workdir: Path, site: Site, targets: dict[str, int]) -> None:
+        d = workdir / "stunnel"
+        d.mkdir()
+        cert, key = d / "cert.pem", d / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=stunnel.bench"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        self.public = {name: free_port() for name in targets}
+        inner = {name: free_port() for name in targets}
+        common = "foreground = yes\npid =\ndebug = 3\n"
+        server_conf, client_conf = d / "server.conf", d / "client.conf"
+        server_conf.write_text(
+            common
+            + "".join(
+                f"[{n}]\naccept = {site.lan_ip}:{inner[n]}\nconnect = {HOST}:{t}\n"
+                f"cert = {cert}\nkey = {key}\n"
+                for n, t in targets.items()
+            )
+        )
+        client_conf.write_text(
+            common
+            + "client = yes\n"
+            + "".join(
+                f"[{n}]\naccept = {site.public_ip}:{self.public[n]}\nconnect = {site.lan_ip}:{inner[n]}\n"
+                f"verifyPeer = yes\nCAfile = {cert}\n"
+                for n in targets
+            )
+        )
+        with (d / "server.log").open("wb") as log:
+            self.server = procs.start([*site.lan, "stunnel", str(server_conf)], stdout=log, stderr=log)
+        for port in inner.values():
+            wait_listening(port, site.lan)
+        with (d / "client.log").open("wb") as log:
+            self.client = procs.start([*site.server, "stunnel", str(client_conf)], stdout=log, stderr=log)
+        for port in self.public.values():
+            wait_listening(port, site.server)
+
+    def roles(self) -> dict[str, list[int]]:
+        """The stunnel on the server host (client mode) and the one on the LAN host (server mode)."""
+        return {"client": [self.client.pid], "server": [self.server.pid]}
