@@ -33,8 +33,10 @@ from collections.abc import Callable
 from pierce.protocol import Message
 from pierce.protocol.errors import ProtocolError
 from pierce.protocol.mux import (
+    FLAG_FIN,
     HEADER_SIZE,
     MAX_FRAME,
+    FrameType,
     GoAway,
     MuxState,
     PingReceived,
@@ -121,7 +123,8 @@ class MuxConnection:
     async def run(self) -> None:
         """Read and dispatch frames until the connection ends; raises `ProtocolError` for a peer that
         broke the protocol (after telling it so with GOAWAY). Every stream ends when this returns."""
-        reader, state = self._reader, self._state_receive()
+        reader, receive = self._reader, self._state_receive()
+        state, streams = self.state, self._streams
         try:
             while True:
                 try:
@@ -133,12 +136,19 @@ class MuxConnection:
                         f"peer went away: {self._goaway}" if self._goaway else "connection closed by peer"
                     )
                     return
-                length = self.state.header(header)[3]  # checked before its bytes are read
+                kind, flags, stream_id, length = state.header(header)  # checked before its bytes are read
                 try:
                     payload = await reader.readexactly(length) if length else b""
                 except asyncio.IncompleteReadError:
                     raise ProtocolError("connection closed in the middle of a mux frame") from None
-                state(header, payload)
+                if kind == FrameType.DATA:  # the hot path, without event objects
+                    fin = bool(flags & FLAG_FIN)
+                    if state.receive_data(stream_id, payload, fin):
+                        stream = streams.get(stream_id)
+                        if stream is not None:
+                            stream._deliver(payload, fin)
+                    continue
+                receive(header, payload)
         except ProtocolError as exc:
             with contextlib.suppress(Exception):
                 self._writer.write(self.state.goaway_frame(ResetCode.PROTOCOL, str(exc)))

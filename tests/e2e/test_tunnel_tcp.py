@@ -119,15 +119,22 @@ async def test_100_concurrent_visitors_and_server_picked_port(pierce, tmp_path: 
     assert results.count(True) == 100
 
 
-@pytest.mark.parametrize("mux", [False, True], ids=["one-tls-each", "multiplexed"])
-async def test_tls_work_connections_are_reused_after_clean_visits(pierce, tmp_path: Path, mux: bool) -> None:
-    """Sequential visitors share a few TLS work connections (no handshake each), or with tcp_mux each
-    gets a stream of one multiplexed TLS connection; bytes intact; a visitor that resets mid-transfer
-    poisons nothing: its connection (stream) is dropped, the next visitors verify."""
+@pytest.mark.parametrize(
+    ("client_mux", "server_mux"),
+    [(False, True), (True, True), (True, False)],
+    ids=["client-off", "multiplexed", "server-off"],
+)
+async def test_tls_work_connections_are_reused_after_clean_visits(
+    pierce, tmp_path: Path, client_mux: bool, server_mux: bool
+) -> None:
+    """Sequential visitors share a few TLS work connections (no handshake each), or, when both ends have
+    tcp_mux on, each gets a stream of one multiplexed TLS connection; bytes intact; a visitor that
+    resets mid-transfer poisons nothing: its connection (stream) is dropped, the next visitors verify."""
+    mux = client_mux and server_mux
     async with tcp_server(echo) as local:
-        server, port = await start_server(pierce, tmp_path)
+        server, port = await start_server(pierce, tmp_path, transport={"tcp_mux": server_mux})
         client = await start_client(
-            pierce, tmp_path, port, [tcp_proxy("echo", local)], transport={"tcp_mux": mux}
+            pierce, tmp_path, port, [tcp_proxy("echo", local)], transport={"tcp_mux": client_mux}
         )
         public = await proxy_port(client, "echo")
 

@@ -292,7 +292,8 @@ class MuxState:
         if len(payload) != length:
             raise ProtocolError(f"mux frame payload of {len(payload)} bytes, header said {length}")
         if kind == FrameType.DATA:
-            return self._data(stream, payload, bool(flags & FLAG_FIN))
+            fin = bool(flags & FLAG_FIN)
+            return [StreamData(stream, payload, fin)] if self.receive_data(stream, payload, fin) else []
         if kind == FrameType.OPEN:
             return self._open(stream)
         if kind == FrameType.WINDOW:
@@ -316,10 +317,13 @@ class MuxState:
         self.going_away = True
         return [GoAway(code, payload[4:].decode("utf-8", "replace"))]
 
-    def _data(self, stream: int, payload: bytes, fin: bool) -> list[Event]:
+    def receive_data(self, stream: int, payload: bytes, fin: bool) -> bool:
+        """A DATA frame whose header `header` checked (the hot path: no event objects); True when its
+        bytes are for an open stream, False when it is dropped (the stream ended here meanwhile)."""
         state = self._streams.get(stream)
         if state is None:
-            return self._unknown(stream, "DATA")
+            self._unknown(stream, "DATA")
+            return False
         if state.received_fin:
             raise ProtocolError(f"mux DATA on stream {stream} after its FIN")
         n = len(payload)
@@ -331,7 +335,7 @@ class MuxState:
             self._end_if_done(stream, state)
         elif not n:
             raise ProtocolError(f"empty mux DATA frame without FIN on stream {stream}")
-        return [StreamData(stream, payload, fin)]
+        return True
 
     def _open(self, stream: int) -> list[Event]:
         if self._mine(stream) or stream <= self._peer_last:
