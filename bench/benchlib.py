@@ -441,6 +441,13 @@ def toml(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Makes a pierce server's certificate in the state directory given (as a first start does).
+MAKE_CERTIFICATE = (
+    "import sys; from pathlib import Path; from pierce.tls import ensure_server_certificate; "
+    "ensure_server_certificate(Path(sys.argv[1]))"
+)
+
+
 class Tunnel:
     """A `pierce server` on the server host and a `pierce client` on the LAN host exposing the LAN's TCP
     ports (on 127.0.0.1 there) on fixed public ports. ``nofile``: both start with that RLIMIT_NOFILE."""
@@ -493,6 +500,11 @@ class Tunnel:
             )
         )
         env = {**os.environ, "PIERCE_STATE_DIR": str(workdir / f"{name}-state")}
+        # A server that has run before: its certificate waits in its state directory. The first start
+        # makes it, loading cryptography (~8 MiB) for that once; every later start checks it with ssl
+        # alone. The figures are those of a server's usual start.
+        server_state = workdir / f"{name}-state" / "server"
+        subprocess.run([sys.executable, "-c", MAKE_CERTIFICATE, str(server_state)], env=env, check=True)
         self.server = self._start(procs, site.server, "server", server_conf, self.logs[0], env)
         wait_listening(control, site.server)
         self.client = self._start(procs, site.lan, "client", client_conf, self.logs[1], env)

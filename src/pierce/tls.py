@@ -280,31 +280,43 @@ def default_state_dir(role: str) -> Path:
     return base / "pierce" / role
 
 
-def _load(cert_path: Path, key_path: Path, *, generated: bool) -> ServerCertificate:
-    # cryptography is the server's alone: a client hashes and pins with hashlib and ssl.
-    from cryptography import x509
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\s.+?\s-----END CERTIFICATE-----", re.S)
 
+
+class _EncryptedKey(Exception):
+    """The key asked for a password (we give none: a server must not prompt)."""
+
+
+def _no_password() -> bytes:
+    raise _EncryptedKey
+
+
+def _load(cert_path: Path, key_path: Path, *, generated: bool) -> ServerCertificate:
+    # With the ssl module alone (cryptography, ~8 MiB, loads only to generate a certificate): the
+    # first certificate of the file is parsed by OpenSSL as a trust anchor would be, then the pair is
+    # loaded as the TLS port will load it, which checks that the key matches.
     cert_pem = _read(cert_path, "certificate")
-    key_pem = cert_pem if key_path == cert_path else _read(key_path, "key")
+    if key_path != cert_path:
+        _read(key_path, "key")
+    found = _PEM_CERTIFICATE.search(cert_pem)
     try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError as exc:
+        if found is None:
+            raise ValueError("no BEGIN CERTIFICATE block")
+        der = ssl.PEM_cert_to_DER_cert(found.group().decode("ascii"))
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=der)
+    except (ValueError, ssl.SSLError) as exc:
         raise LocalError(f"TLS certificate {cert_path} is not a PEM certificate: {exc}") from exc
     try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except TypeError as exc:  # encrypted, and we have no password to give
-        raise LocalError(f"TLS key {key_path} is encrypted; give an unencrypted key") from exc
-    except (ValueError, UnsupportedAlgorithm) as exc:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path, password=_no_password)
+    except _EncryptedKey:
+        raise LocalError(f"TLS key {key_path} is encrypted; give an unencrypted key") from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise LocalError(f"TLS key {key_path} does not match certificate {cert_path}") from None
         raise LocalError(f"TLS key {key_path} is not a PEM private key: {exc}") from exc
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if cert.public_key().public_bytes(der, spki) != key.public_key().public_bytes(der, spki):
-        raise LocalError(f"TLS key {key_path} does not match certificate {cert_path}")
-    return ServerCertificate(
-        cert_path=cert_path, key_path=key_path, der=cert.public_bytes(der), generated=generated
-    )
+    except OSError as exc:
+        raise LocalError(f"cannot read TLS key {key_path}: {exc.strerror or exc}") from exc
+    return ServerCertificate(cert_path=cert_path, key_path=key_path, der=der, generated=generated)
 
 
 def _read(path: Path, what: str) -> bytes:

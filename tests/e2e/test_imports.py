@@ -93,6 +93,19 @@ async def test_an_idle_server_and_client_import_only_what_their_roles_use(
     assert loaded(client, CLIENT_AT_REST) == set()
 
 
+async def test_a_server_with_its_certificate_loads_no_cryptography(
+    pierce: StartPierce, tmp_path: Path
+) -> None:
+    """cryptography (about 8 MiB) makes the certificate on the first start only; a server that starts
+    with its certificate (the operator's, or the one in its state directory) checks it with ssl."""
+    first, _ = await start_server(traced(pierce), tmp_path)
+    assert loaded(first, ["cryptography"]) == {"cryptography"}  # it generated server.crt
+    await first.stop()
+    again, _ = await start_server(traced(pierce), tmp_path)
+    assert "pierce.server.app" in again.imported()
+    assert loaded(again, ["cryptography"]) == set()
+
+
 async def test_web_and_admin_port_load_what_they_serve_with(pierce: StartPierce, tmp_path: Path) -> None:
     """The other way round: with ``[web]`` the server loads aiohttp and prometheus_client, with
     ``admin_port`` the client loads aiohttp; still no server code in the client."""

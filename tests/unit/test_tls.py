@@ -172,6 +172,31 @@ def test_garbage_pem(cert: ServerCertificate, tmp_path: Path) -> None:
         ensure_server_certificate(tmp_path, cert_file=cert.key_path, key_file=cert.key_path)
 
 
+def test_an_encrypted_key_is_refused_without_a_prompt(cert: ServerCertificate, tmp_path: Path) -> None:
+    """A server never asks for a password (it runs unattended): an encrypted key is a named error."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(cert.key_path.read_bytes(), password=None)
+    locked = tmp_path / "locked.key"
+    locked.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(LocalError, match="is encrypted; give an unencrypted key") as info:
+        ensure_server_certificate(tmp_path, cert_file=cert.cert_path, key_file=locked)
+    assert str(locked) in str(info.value)
+
+
+def test_the_key_may_follow_the_certificate_in_one_file(cert: ServerCertificate, tmp_path: Path) -> None:
+    both = tmp_path / "both.pem"
+    both.write_bytes(cert.cert_path.read_bytes() + cert.key_path.read_bytes())
+    loaded = ensure_server_certificate(tmp_path, cert_file=both)
+    assert loaded.der == cert.der
+
+
 def test_state_dir_key_lost(cert: ServerCertificate) -> None:
     cert.key_path.unlink()
     with pytest.raises(LocalError, match="is missing") as info:

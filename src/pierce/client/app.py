@@ -280,6 +280,9 @@ class Client:
                     run_id=run_id,
                     user=self.config.user or DEFAULT_USER,
                 )
+                from pierce.runtime import release_free_memory
+
+                release_free_memory()  # what starting and logging in freed goes back now
                 self.session = ClientSession(
                     dialer,
                     channel,

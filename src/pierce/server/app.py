@@ -172,6 +172,7 @@ class Server:
             fingerprint=self.certificate.fingerprint,
             generated=self.certificate.generated,
         )
+        release_free_memory()  # what starting up freed (imports, config, certificate) goes back now
         return self._listener.address
 
     @property
