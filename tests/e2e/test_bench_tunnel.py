@@ -25,7 +25,10 @@ pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.joi
 #: The namespace topology needs root and iproute2.
 NETNS = os.geteuid() == 0 and shutil.which("ip") is not None
 
-PATHS = ["direct", "pierce-tls", "ssh-R", "pierce-plain", "socat"]
+#: stunnel is a peer when installed (Debian stunnel4; CI installs it).
+PATHS = ["direct", "pierce-tls", "ssh-R", "pierce-plain", "socat"] + (
+    ["stunnel"] if shutil.which("stunnel") and shutil.which("openssl") else []
+)
 BARS = {"throughput_pierce_tls_vs_ssh", "throughput_pierce_plain_vs_socat", "first_byte_pierce_tls_vs_socat"}
 QUICK = ["--rounds", "1", "--seconds", "1", "--connections", "20", "--idle-conns", "20"]
 
