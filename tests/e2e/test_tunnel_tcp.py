@@ -71,6 +71,26 @@ async def test_64mib_both_ways_with_half_close(pierce, tmp_path: Path, encrypt: 
     assert (closed["up_bytes"], closed["down_bytes"]) == (size, size)
 
 
+async def test_a_multiplexed_connection_outlives_the_login_deadline(pierce, tmp_path: Path) -> None:
+    """The login deadline bounds strangers only: once the multiplexed connection logged in, its streams
+    serve visitors long after ``login_timeout_s``."""
+    async with tcp_server(echo) as local:
+        server, port = await start_server(pierce, tmp_path, login_timeout_s=1)
+        client = await start_client(pierce, tmp_path, port, [tcp_proxy("echo", local)])
+        public = await proxy_port(client, "echo")
+        (joined,) = await server.wait_event("work.mux_joined")
+        await asyncio.sleep(2.5)  # the time itself is the point: past the deadline of that connection
+        for i in range(3):
+            data = payload(200_000 + i, 40 + i)
+            reader, writer = await asyncio.open_connection("127.0.0.1", public)
+            await send_all(writer, data)
+            writer.write_eof()
+            back = await reader.read(-1)
+            writer.close()
+            assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
+    assert server.matching("work.mux_joined") == [joined]  # the same connection carried them
+
+
 @pytest.mark.parametrize("encrypt", [True, False], ids=["tls-data", "plain-data"])
 async def test_a_service_reset_reaches_the_visitor_as_a_reset(pierce, tmp_path: Path, encrypt: bool) -> None:
     """The service sends 1 MiB and then resets: the visitor reads what came and then an error, never an
