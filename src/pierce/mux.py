@@ -240,8 +240,9 @@ class MuxConnection:
     def _end(self, reason: str) -> None:
         if not self.ended:
             self.ended = reason
-        streams, self._streams = self._streams, {}
-        for stream in streams.values():
+        streams = list(self._streams.values())
+        self._streams.clear()  # in place: the reader holds this dict
+        for stream in streams:
             stream._fail(f"multiplexed connection ended: {self.ended}")
         for waiter in self._pings.values():
             if not waiter.done():
