@@ -34,6 +34,7 @@ from typing import Any
 from benchlib import (
     NetnsChain,
     Procs,
+    bar_verdicts,
     connect_latency,
     cores_per_gbps,
     free_port,
@@ -222,13 +223,7 @@ def run(topo: Topology, args: argparse.Namespace) -> dict[str, Any]:
         "connect_latency_us_median": {n: round(statistics.median(v)) for n, v in lat.items()},
         "relay_cpu_cores_per_gbps_median": {n: round(statistics.median(v), 3) for n, v in cores.items()},
         "ratios": ratios,
-        "bars": {
-            key: {
-                "bar": f"{op} {limit}x",
-                "met": ratios[key] >= limit if op == ">=" else ratios[key] <= limit,
-            }
-            for key, (op, limit) in BARS.items()
-        },
+        "bars": bar_verdicts(ratios, BARS),
     }
 
 

@@ -67,6 +67,7 @@ from benchlib import (
     SshReverseTunnel,
     Stunnel,
     Tunnel,
+    bar_verdicts,
     connect_latency,
     cores_per_gbps,
     exit_on_sigterm,
@@ -249,13 +250,7 @@ def run(args: argparse.Namespace, *, netns: bool) -> dict[str, Any]:
         "cpu_cores_per_gbps_median": {n: round(statistics.median(v), 3) for n, v in cores.items()},
         **({"rss": rss} if rss is not None else {}),
         "ratios": ratios,
-        "bars": {
-            key: {
-                "bar": f"{op} {limit}x",
-                "met": ratios[key] >= limit if op == ">=" else ratios[key] <= limit,
-            }
-            for key, (op, limit) in BARS.items()
-        },
+        "bars": bar_verdicts(ratios, BARS),
     }
 
 
@@ -385,13 +380,7 @@ def web_cost(args: argparse.Namespace, chromium: str) -> dict[str, Any]:
         "server_idle_cpu_ms_per_s_mean": {k: round(1000 * sum(v) / len(v), 2) for k, v in idle.items()},
         "dashboard_cpu_share_of_busy_server": round(dashboard_cpu / statistics.median(busy), 4),
         "ratios": ratios,
-        "bars": {
-            key: {
-                "bar": f"{op} {limit}x",
-                "met": ratios[key] <= limit if op == "<=" else ratios[key] >= limit,
-            }
-            for key, (op, limit) in WEB_BARS.items()
-        },
+        "bars": bar_verdicts(ratios, WEB_BARS),
     }
 
 

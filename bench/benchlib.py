@@ -171,6 +171,14 @@ def rotated(items: list[str], k: int) -> Iterator[str]:
     yield from items[k:] + items[:k]
 
 
+def bar_verdicts(ratios: dict[str, float], bars: dict[str, tuple[str, float]]) -> dict[str, dict[str, Any]]:
+    """Each bar (ratio key -> ``(">=" | "<=", limit)``) as printed and whether its ratio meets it."""
+    return {
+        key: {"bar": f"{op} {limit}x", "met": ratios[key] >= limit if op == ">=" else ratios[key] <= limit}
+        for key, (op, limit) in bars.items()
+    }
+
+
 def paired_ratio(a: list[float], b: list[float]) -> float:
     """Pair by pair within each round, then the median: robust to drift between rounds."""
     return round(statistics.median(x / y for x, y in zip(a, b, strict=True)), 2)
