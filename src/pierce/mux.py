@@ -41,7 +41,6 @@ from pierce.protocol.mux import (
     MuxState,
     PingReceived,
     ResetCode,
-    StreamData,
     StreamOpened,
     StreamReset,
     WindowOpened,
@@ -166,12 +165,9 @@ class MuxConnection:
         state, streams = self.state, self._streams
 
         def receive(header: bytes, payload: bytes) -> None:
+            """Every frame but DATA (`run` delivers those itself)."""
             for ev in state.receive(header, payload):
-                if isinstance(ev, StreamData):
-                    stream = streams.get(ev.stream)
-                    if stream is not None:
-                        stream._deliver(ev.data, ev.fin)
-                elif isinstance(ev, WindowOpened):
+                if isinstance(ev, WindowOpened):
                     stream = streams.get(ev.stream)
                     if stream is not None:
                         stream._wake_writer()
