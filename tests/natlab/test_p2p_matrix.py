@@ -157,18 +157,28 @@ def test_conntrack_flush_loses_no_new_connection(matrix: PierceLab, tmp_path: Pa
     print(f"after the flush: {paths}")
 
 
-def test_dead_pooled_work_connections_lose_no_visitor(matrix: PierceLab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mux", [False, True], ids=["one-tls-each", "multiplexed"])
+def test_dead_pooled_work_connections_lose_no_visitor(matrix: PierceLab, tmp_path: Path, mux: bool) -> None:
     """The owner's router forgets its idle work connections but not its control connection (the state
     after a reboot once the owner's next heartbeat has mapped its control connection again): the
     server's next packet on a work connection is answered with a reset. Relayed visitor connections
-    still complete: the server lets a visitor through only on a work connection that answered, and
-    drops the dead ones with the idle ones."""
+    still complete. With one TLS connection each, the server lets a visitor through only on a work
+    connection that answered, and drops the dead ones with the idle ones; with multiplexed work
+    connections the one connection carrying them all is lost, and the owner fills its pool again on a
+    new one at once (no visitor waits for the server's next request in vain)."""
     small = random_payload(tmp_path / "small.bin", 256 * 1024)
     owner_host, visitor_host = Cell("cone", "cone").hosts(matrix.plab)
     router = matrix.plab.sites[f"{SHORT['cone']}-o"].router
     assert router is not None and matrix.server is not None
     matrix.plab.flush_conntrack()
-    service, client = matrix.owner(owner_host, also_stcp=True)
+    service, client = matrix.owner(owner_host, also_stcp=True, transport={"tcp_mux": mux})
+    owner_id = f"owner-{owner_host.name}"
+
+    def server_events(name: str) -> list[dict[str, object]]:
+        assert matrix.server is not None
+        docs = [json.loads(line) for line in matrix.server.lines("stderr") if line.startswith("{")]
+        return [d for d in docs if d.get("event") == name]
+
     visitor = matrix.visitor(visitor_host, owner_host, stcp=True)
     relay_name = f"{proxy_name(owner_host)}-relay"
     try:
@@ -177,15 +187,24 @@ def test_dead_pooled_work_connections_lose_no_visitor(matrix: PierceLab, tmp_pat
         login = matrix.server.expect_json("stderr", event="client.login", run_id=run_id)
         control = int(login["peer"].rpartition(":")[2])
         assert echo_transfer(matrix.plab, visitor_host, visitor, small).conn_path == "relay"
+        joined = [e for e in server_events("work.mux_joined") if e["client_id"] == owner_id]
+        waited = [e for e in server_events("proxy.no_work_conn") if e.get("proxy") == relay_name]
         assert forget_work_connections(router, control) >= 1
         paths = [echo_transfer(matrix.plab, visitor_host, visitor, small).conn_path for _ in range(3)]
-        dead = matrix.server.expect_json("stderr", timeout=5, event="proxy.work_dead", proxy=relay_name)
+        if not mux:
+            dead = matrix.server.expect_json("stderr", timeout=5, event="proxy.work_dead", proxy=relay_name)
         log = client.dump()
     finally:
         for proc in (visitor, client, service):
             proc.stop()
     assert paths == ["relay"] * 3
-    assert dead["closed_idle"] >= 1, dead
+    assert [e for e in server_events("proxy.no_work_conn") if e.get("proxy") == relay_name] == waited
+    rejoined = [e for e in server_events("work.mux_joined") if e["client_id"] == owner_id]
+    if mux:
+        assert len(joined) == 1 and len(rejoined) == 2, rejoined  # a new connection carried the rest
+    else:
+        assert dead["closed_idle"] >= 1, dead
+        assert not joined and rejoined == joined
     assert '"client.disconnected"' not in log, log  # the control connection lived on
 
 

@@ -438,6 +438,12 @@ class ClientSession:
         finally:
             if self._mux is conn:
                 self._mux = None
+                if not self._closing and not conn.state.going_away:
+                    # Lost, not drained (a router that forgot it, a reset): its pooled streams went with
+                    # it, and the server may already wait for one. Fill the pool again on a new
+                    # connection now rather than at the server's next request.
+                    for _ in range(self.config.pool_count):
+                        self._spawn(self._work_conn(), "work")
 
     def _low_water(self) -> int:
         """Below this many idle work connections the client opens another when one is taken."""
