@@ -171,12 +171,14 @@ def test_dead_pooled_work_connections_lose_no_visitor(matrix: PierceLab, tmp_pat
     router = matrix.plab.sites[f"{SHORT['cone']}-o"].router
     assert router is not None and matrix.server is not None
     matrix.plab.flush_conntrack()
+    seen = len(matrix.server.lines("stderr"))  # the server serves the module: only its lines from here
     service, client = matrix.owner(owner_host, also_stcp=True, transport={"tcp_mux": mux})
     owner_id = f"owner-{owner_host.name}"
 
     def server_events(name: str) -> list[dict[str, object]]:
         assert matrix.server is not None
-        docs = [json.loads(line) for line in matrix.server.lines("stderr") if line.startswith("{")]
+        lines = matrix.server.lines("stderr")[seen:]
+        docs = [json.loads(line) for line in lines if line.startswith("{")]
         return [d for d in docs if d.get("event") == name]
 
     visitor = matrix.visitor(visitor_host, owner_host, stcp=True)
