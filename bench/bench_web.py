@@ -22,6 +22,11 @@ sending a request to the end of its response); errors are failed, errored and ti
 answers and requests never done; the body bytes received must be exactly requests x page size. The rate is
 held when h2load's achieved rate is within 2% of the target.
 
+Against an older pierce (``--baseline SRC``): a fourth path, ``pierce_base``, the same server and client
+run from the source tree SRC (a checkout of an older commit, e.g. ``git worktree add /tmp/old COMMIT``;
+its ``src`` goes first on PYTHONPATH), in the same interleaved rounds; the paired ratio of requests/s
+pierce/pierce_base is reported (bar of the vhost work: >= 1.4x), with both pairs' CPU per request.
+
 Request inspector (``--inspector``): instead of the above, the http proxy with the client's request
 inspector off (``pierce``) and on (``pierce_inspect``: a second client of the same server, its proxy on
 another domain with ``inspect = true`` and its admin port open) in the same run, interleaved rounds as
@@ -29,7 +34,8 @@ above; the paired ratio of requests/s on/off is reported (bar: >= 0.95x), with t
 request. After the rounds the inspected proxy's log must hold requests (read from its admin API).
 
 Usage: ``python3 bench/bench_web.py [--rounds 5] [--seconds 5] [--connections 32] [--threads 2]
-[--rate 4000] [--rate-seconds 30] [--rate-clients 40] [--json] [--quick] [--inspector]``.
+[--rate 4000] [--rate-seconds 30] [--rate-clients 40] [--json] [--quick] [--inspector]
+[--baseline SRC]``.
 Needs nginx, wrk and h2load (Debian packages nginx, wrk, nghttp2-client). Each nginx runs from a temporary
 directory with its own config (as root it keeps root as its worker user) and is stopped on exit.
 """
@@ -72,6 +78,8 @@ TOKEN = "bench-token-Kq7vB2mN9pL4sR8tW3zY6c"
 PAGE = "/index.html"
 PATHS = ["direct", "nginx", "pierce"]
 GOAL_PIERCE_VS_NGINX = 0.5
+#: requests/s of this pierce over an older one (``--baseline``) that the vhost work aims for.
+GOAL_PIERCE_VS_BASE = 1.4
 RATE_BAR = (4000, 30)
 #: Achieved / target rate at or above which the constant rate counts as held.
 RATE_HELD = 0.98
@@ -163,8 +171,12 @@ def start_nginx(
 class WebTunnel:
     """A `pierce server` with a vhost HTTP port and a `pierce client` with one ``http`` proxy."""
 
-    def __init__(self, procs: Procs, workdir: Path, backend: int, *, inspected: bool = False) -> None:
-        """``inspected``: a second client too, its proxy on `INSPECT_DOMAIN` recorded by its inspector."""
+    def __init__(
+        self, procs: Procs, workdir: Path, backend: int, *, inspected: bool = False, src: Path | None = None
+    ) -> None:
+        """``inspected``: a second client too, its proxy on `INSPECT_DOMAIN` recorded by its inspector.
+        ``src``: run pierce from this source tree (its ``src`` first on PYTHONPATH) instead of this one."""
+        workdir.mkdir(parents=True, exist_ok=True)
         control, self.port = free_port(), free_port()
         self.logs = [workdir / "pierce-server.log", workdir / "pierce-client.log"]
         server_conf = workdir / "server.toml"
@@ -179,6 +191,8 @@ class WebTunnel:
             f'local_ip = "{HOST}"\nlocal_port = {backend}\ncustom_domains = ["{DOMAIN}"]\n'
         )
         env = {**os.environ, "PIERCE_STATE_DIR": str(workdir / "pierce-state")}
+        if src is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src / "src"), env.get("PYTHONPATH")]))
         self.procs = [self._start(procs, "server", server_conf, self.logs[0], env)]
         wait_listening(control)
         wait_listening(self.port)
@@ -363,6 +377,7 @@ def rate_verdict(rate: dict[str, Any], *, full: bool) -> bool | None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     procs = Procs()
+    paths = list(PATHS)
     page = page_bytes(args.page_size)
     with tempfile.TemporaryDirectory(prefix="pierce-bench-web-") as tmp:
         workdir = Path(tmp)
@@ -380,22 +395,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             server, client = tunnel.procs
             groups = {"nginx": [nginx.pid], "pierce_server": [server.pid], "pierce_client": [client.pid]}
             ports = {"direct": backend, "nginx": front, "pierce": tunnel.port}
-            for name in PATHS:
-                wait_page(ports[name], page, tunnel if name == "pierce" else None)
+            tunnels = {"pierce": tunnel}
+            if args.baseline is not None:
+                base = tunnels["pierce_base"] = WebTunnel(procs, workdir / "base", backend, src=args.baseline)
+                groups["pierce_base_server"] = [base.procs[0].pid]
+                groups["pierce_base_client"] = [base.procs[1].pid]
+                ports["pierce_base"] = base.port
+                paths.append("pierce_base")
+            for name in paths:
+                wait_page(ports[name], page, tunnels.get(name))
             intact = {name: page_intact(port, page) for name, port in ports.items()}
 
             script = workdir / "report.lua"
             script.write_text(WRK_REPORT)
-            for name in PATHS:  # warm up: logins done, work connections and upstream keep-alives open
+            for name in paths:  # warm up: logins done, work connections and upstream keep-alives open
                 wrk(ports[name], args.warmup, args.connections, args.threads, script)
-            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in PATHS}
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
             cpu_before = {name: sum(map(group_cpu_seconds, pids)) for name, pids in groups.items()}
             for r in range(args.rounds):
-                for name in rotated(PATHS, r):
+                for name in rotated(paths, r):
                     runs[name].append(wrk(ports[name], args.seconds, args.connections, args.threads, script))
                 print(
                     f"round {r + 1}/{args.rounds}: "
-                    + ", ".join(f"{n} {runs[n][-1]['rps']:.0f} req/s" for n in PATHS),
+                    + ", ".join(f"{n} {runs[n][-1]['rps']:.0f} req/s" for n in paths),
                     file=sys.stderr,
                 )
 
@@ -413,17 +435,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 len(page),
                 workdir / "h2load.log",
             )
-            tunnel.check_running()
+            for one in tunnels.values():
+                one.check_running()
             intact = {name: intact[name] and page_intact(port, page) for name, port in ports.items()}
         finally:
             procs.close()
 
-    rps = {n: [one["rps"] for one in runs[n]] for n in PATHS}
+    rps = {n: [one["rps"] for one in runs[n]] for n in paths}
     ratios = {
         "rps_pierce_vs_nginx": paired_ratio(rps["pierce"], rps["nginx"]),
         "rps_pierce_vs_direct": paired_ratio(rps["pierce"], rps["direct"]),
         "rps_nginx_vs_direct": paired_ratio(rps["nginx"], rps["direct"]),
     }
+    cpu_paths = [
+        ("nginx", "nginx", "nginx"),
+        ("pierce_server", "pierce_server", "pierce"),
+        ("pierce_client", "pierce_client", "pierce"),
+    ]
+    bars: dict[str, dict[str, Any]] = {}
+    if "pierce_base" in rps:
+        ratios["rps_pierce_vs_base"] = paired_ratio(rps["pierce"], rps["pierce_base"])
+        cpu_paths += [
+            ("pierce_base_server", "pierce_base_server", "pierce_base"),
+            ("pierce_base_client", "pierce_base_client", "pierce_base"),
+        ]
+        bars["rps_pierce_vs_base"] = {
+            "bar": f">= {GOAL_PIERCE_VS_BASE}x",
+            "met": ratios["rps_pierce_vs_base"] >= GOAL_PIERCE_VS_BASE,
+        }
     full_bar = args.rate >= RATE_BAR[0] and args.rate_seconds >= RATE_BAR[1]
     return {
         "path": "loopback",
@@ -435,24 +474,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": args.seconds,
         "connections": args.connections,
         "threads": args.threads,
+        "baseline": str(args.baseline) if args.baseline is not None else None,
         "requests_per_s_median": {n: round(statistics.median(v)) for n, v in rps.items()},
         "latency_us_median": {
             n: {q: round(statistics.median(one[f"{q}_us"] for one in runs[n])) for q in ("p50", "p99")}
-            for n in PATHS
+            for n in paths
         },
-        "errors": {n: {k: sum(one["errors"][k] for one in runs[n]) for k in WRK_ERRORS} for n in PATHS},
+        "errors": {n: {k: sum(one["errors"][k] for one in runs[n]) for k in WRK_ERRORS} for n in paths},
         "cpu_us_per_request": {
             name: round(cpu[group] * 1e6 / max(1, sum(one["requests"] for one in runs[path])), 1)
-            for name, group, path in [
-                ("nginx", "nginx", "nginx"),
-                ("pierce_server", "pierce_server", "pierce"),
-                ("pierce_client", "pierce_client", "pierce"),
-            ]
+            for name, group, path in cpu_paths
         },
         "body_sha256_ok": intact,
         "ratios": ratios,
         "constant_rate": rate,
         "bars": {
+            **bars,
             "rps_pierce_vs_nginx": {
                 "bar": f">= {GOAL_PIERCE_VS_NGINX}x",
                 "met": ratios["rps_pierce_vs_nginx"] >= GOAL_PIERCE_VS_NGINX,
@@ -584,13 +621,15 @@ def print_table(res: dict[str, Any]) -> None:
     cpu = dict(res["cpu_us_per_request"])
     split = f"{cpu.pop('pierce_server'):.1f} + {cpu.pop('pierce_client'):.1f}"
     cpu["pierce"] = split
+    if "pierce_base_server" in cpu:
+        cpu["pierce_base"] = f"{cpu.pop('pierce_base_server'):.1f} + {cpu.pop('pierce_base_client'):.1f}"
     print(
-        f"{'path':<8} {'requests/s':>11} {'p50 (ms)':>9} {'p99 (ms)':>9} {'errors':>7} {'sha256':>7} "
+        f"{'path':<11} {'requests/s':>11} {'p50 (ms)':>9} {'p99 (ms)':>9} {'errors':>7} {'sha256':>7} "
         f"{'proxy CPU us/request':>24}"
     )
     for n in rps:
         print(
-            f"{n:<8} {rps[n]:>11,} {lat[n]['p50'] / 1000:>9.2f} {lat[n]['p99'] / 1000:>9.2f} "
+            f"{n:<11} {rps[n]:>11,} {lat[n]['p50'] / 1000:>9.2f} {lat[n]['p99'] / 1000:>9.2f} "
             f"{sum(err[n].values()):>7} {'ok' if res['body_sha256_ok'][n] else 'BAD':>7} "
             f"{cpu.get(n, '-'):>24}"
         )
@@ -607,6 +646,13 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"{'requests/s  pierce/nginx':<26} = {rat['rps_pierce_vs_nginx']:.2f}x   {goal}")
     print(f"{'requests/s  pierce/direct':<26} = {rat['rps_pierce_vs_direct']:.2f}x")
     print(f"{'requests/s  nginx/direct':<26} = {rat['rps_nginx_vs_direct']:.2f}x")
+    if "rps_pierce_vs_base" in rat:
+        bar = res["bars"]["rps_pierce_vs_base"]
+        goal = f"(bar {bar['bar']}: {yes(bar['met'], 'met', 'MISSED')})"
+        print(
+            f"{'requests/s  pierce/base':<26} = {rat['rps_pierce_vs_base']:.2f}x   {goal}"
+            f"   base: {res['baseline']}"
+        )
 
     c, bar = res["constant_rate"], res["bars"]["constant_rate"]
     verdict = {True: "met", False: "MISSED", None: "not measured: shorter or slower run"}[bar["met"]]
@@ -641,7 +687,15 @@ def main() -> int:
     ap.add_argument(
         "--inspector", action="store_true", help="only the http proxy, request inspector off vs on (ratio)"
     )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="SRC",
+        help="also run pierce from this source tree (an older commit's checkout) as path pierce_base",
+    )
     args = ap.parse_args()
+    if args.baseline is not None and not (args.baseline / "src" / "pierce" / "__main__.py").is_file():
+        ap.error(f"--baseline {args.baseline}: no src/pierce/__main__.py there (a pierce checkout?)")
     if args.quick:
         args.rounds, args.seconds, args.warmup, args.rate_seconds = 1, 2, 1, 3
     if args.page_size < 64:
