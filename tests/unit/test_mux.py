@@ -17,7 +17,7 @@ import pytest
 from pierce.mux import MuxChannel, MuxConnection, MuxStream
 from pierce.protocol import StartWork
 from pierce.protocol.errors import ProtocolError
-from pierce.protocol.mux import HEADER, HEADER_SIZE, INITIAL_WINDOW, FrameType, ResetCode
+from pierce.protocol.mux import FLAG_ACK, FLAG_FIN, HEADER, HEADER_SIZE, INITIAL_WINDOW, FrameType, ResetCode
 from pierce.relay import relay
 
 pytestmark = pytest.mark.asyncio
@@ -182,7 +182,7 @@ async def test_a_lost_connection_ends_every_stream(tmp_path: Path) -> None:
         for stream in streams:
             await stream.write(b"x")
         far = [await incoming.get() for _ in streams]
-        client._writer.transport.abort()
+        client._transport.abort()
         for stream in far:
             assert await stream.read(10) == b"x"
             with pytest.raises(ConnectionResetError, match="multiplexed connection ended"):
@@ -257,3 +257,70 @@ async def test_messages_then_data_over_a_stream(tmp_path: Path) -> None:
         assert bytes(got) == payload
         service.close()
         await service.wait_closed()
+
+
+async def test_frames_split_at_every_byte_and_bytes_read_before_the_takeover(tmp_path: Path) -> None:
+    """Frames reach the connection in any pieces: the first ones already read with the login (held by
+    the stream reader when `run` takes the connection over), then a DATA frame and the frames after it
+    one byte per TLS record; the stream gets every byte in order, and the end."""
+    async with tls_pair(tmp_path) as ((_reader, writer), (far_reader, far_writer)):
+        incoming: asyncio.Queue[MuxStream] = asyncio.Queue()
+        body = bytes(random.Random(7).randbytes(3000))
+        first = HEADER.pack(FrameType.OPEN, 0, 1, 0) + HEADER.pack(FrameType.DATA, 0, 1, 5) + body[:5]
+        writer.write(b"L" + first)  # the login's last byte, then the first frames in the same record
+        assert await far_reader.readexactly(1) == b"L"  # what the login reads; the frames stay held
+        server = MuxConnection(far_reader, far_writer, initiator=False, on_stream=incoming.put_nowait)
+        running = asyncio.ensure_future(server.run())
+        try:
+            stream = await asyncio.wait_for(incoming.get(), 10)
+            rest = HEADER.pack(FrameType.DATA, 0, 1, len(body) - 5) + body[5:]
+            rest += HEADER.pack(FrameType.PING, 0, 0, 8) + b"12345678"
+            rest += HEADER.pack(FrameType.DATA, FLAG_FIN, 1, 0)
+            for i in range(len(rest)):  # one record per byte: every split of header and payload
+                writer.write(rest[i : i + 1])
+                await writer.drain()
+            assert await read_all(stream) == body
+            kind, flags, _, length = HEADER.unpack(await _reader.readexactly(HEADER_SIZE))
+            assert (kind, flags) == (FrameType.PING, FLAG_ACK)
+            assert await _reader.readexactly(length) == b"12345678"
+            assert not server.ended
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_the_frames_of_one_turn_go_out_in_one_write(tmp_path: Path) -> None:
+    """Small frames that many streams send in one turn of the loop leave as one write (one TLS record
+    instead of one each), and arrive intact."""
+    async with mux_pair(tmp_path) as (client, _server, incoming):
+        streams = [client.open() for _ in range(20)]
+        writes: list[int] = []
+        transport = client._transport
+        real_write = transport.write
+
+        def counting_write(data: bytes | bytearray | memoryview) -> None:
+            writes.append(len(data))
+            real_write(data)
+
+        transport.write = counting_write  # type: ignore[method-assign]
+        try:
+            for i, stream in enumerate(streams):
+                await stream.write(b"piece %d" % i)
+            await asyncio.sleep(0)  # the end of this turn: the queued frames go out
+        finally:
+            transport.write = real_write  # type: ignore[method-assign]
+        assert len(writes) == 1
+        far = {s.id: s for s in [await incoming.get() for _ in streams]}
+        for i, stream in enumerate(streams):
+            assert await far[stream.id].read(100) == b"piece %d" % i
+
+
+async def test_a_closed_connection_mid_frame_is_a_protocol_error(tmp_path: Path) -> None:
+    async with tls_pair(tmp_path) as ((_reader, writer), far):
+        server = MuxConnection(*far, initiator=False, on_stream=lambda stream: None)
+        running = asyncio.ensure_future(server.run())
+        writer.write(HEADER.pack(FrameType.OPEN, 0, 1, 0) + HEADER.pack(FrameType.DATA, 0, 1, 100) + b"x")
+        await writer.drain()
+        writer.close()
+        with pytest.raises(ProtocolError, match="in the middle of a mux frame"):
+            await running
