@@ -85,6 +85,8 @@ class RelayMode(enum.Enum):
 class End(ABC):
     """One side of a relay: something that reads, writes, half-closes and closes."""
 
+    __slots__ = ()
+
     @property
     def socket(self) -> socket.socket | None:
         """The plain socket underneath, when bytes may bypass Python (splice); else None."""
@@ -120,16 +122,31 @@ class SocketEnd(End):
     """A connected, non-blocking socket owned by the relay.
 
     Reads and writes try the socket first and wait for readiness only when it would block (as the
-    copy loops do): a connection that waits for its next bytes holds one future and one reader
-    callback, about half of what the loop's ``sock_recv`` keeps per waiting read (uvloop). Loops
-    without ``add_reader`` (Windows) use ``sock_recv`` / ``sock_sendall``.
+    copy loops do), except a read after a short one (a request or an answer that has ended), which
+    waits first: the next bytes are rarely there yet, and a ``recv`` that fails costs a system call.
+    Between reads the socket stays watched (one reader callback, kept while reads follow each other),
+    so a connection that takes turns, as HTTP keep-alive does, registers its socket with the loop once
+    instead of once per message; the watch ends when readiness comes with no read waiting (level-
+    triggered readiness would repeat), and with `close`, `abort` or `unwatch` (reads taken over).
+    A waiting connection holds one future and that callback, about half of what the loop's
+    ``sock_recv`` keeps per waiting read (uvloop). Loops without ``add_reader`` (Windows) use
+    ``sock_recv`` / ``sock_sendall``.
     """
+
+    __slots__ = ("_fd", "_fd_waits", "_loop", "_short", "_sock", "_waiter", "_watching")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._loop = asyncio.get_running_loop()
         self._fd_waits = _HAVE_FD_WAITS and hasattr(self._loop, "add_reader")
+        self._fd = sock.fileno()
+        #: The read waiting for readiness, if any.
+        self._waiter: asyncio.Future[None] | None = None
+        #: A reader callback is registered for ``_fd``.
+        self._watching = False
+        #: The last read returned less than it asked for.
+        self._short = False
 
     @property
     def socket(self) -> socket.socket:
@@ -139,11 +156,39 @@ class SocketEnd(End):
         if not self._fd_waits:
             return await self._loop.sock_recv(self._sock, max_bytes)
         sock = self._sock
+        if self._short:
+            await self._readable()
         while True:
             try:
-                return sock.recv(max_bytes)
+                data = sock.recv(max_bytes)
             except (BlockingIOError, InterruptedError):
-                await wait_fd(self._loop, sock.fileno(), writable=False)
+                await self._readable()
+                continue
+            self._short = 0 < len(data) < max_bytes
+            return data
+
+    async def _readable(self) -> None:
+        waiter = self._waiter = self._loop.create_future()
+        if not self._watching:
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._watching = True
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _on_readable(self) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            self.unwatch()
+        elif not waiter.done():
+            waiter.set_result(None)
+
+    def unwatch(self) -> None:
+        """Stop watching the socket for reads (its reads go on another way, e.g. a socket pump)."""
+        if self._watching:
+            self._watching = False
+            self._loop.remove_reader(self._fd)
 
     async def write(self, data: bytes | memoryview) -> None:
         if not self._fd_waits:
@@ -162,9 +207,11 @@ class SocketEnd(End):
             self._sock.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
+        self.unwatch()
         self._sock.close()
 
     def abort(self) -> None:
+        self.unwatch()
         abort_socket(self._sock)
 
 
@@ -384,10 +431,12 @@ async def _pump(
         if throttle is not None:
             await _copy_pump(src, dst, stats, forward, throttle, tap)
         elif mode is RelayMode.SPLICE:
-            assert src_sock is not None and dst_sock is not None
+            assert src_sock is not None and dst_sock is not None and isinstance(src, SocketEnd)
+            src.unwatch()  # the pump waits for the socket itself
             await _splice_pump(src_sock, dst_sock, stats, forward)
         elif mode is RelayMode.COPY:
-            assert src_sock is not None and dst_sock is not None
+            assert src_sock is not None and dst_sock is not None and isinstance(src, SocketEnd)
+            src.unwatch()
             await _socket_copy_pump(src_sock, dst_sock, stats, forward, tap)
         else:
             await _copy_pump(src, dst, stats, forward, None, tap)
