@@ -146,3 +146,46 @@ async def test_cancel_closes_both_ends() -> None:
     assert inner_a.fileno() == -1 and inner_b.fileno() == -1
     outer_a.close()
     outer_b.close()
+
+
+async def test_a_socket_end_taking_turns_registers_its_socket_once_then_hands_it_to_a_pump(
+    socket_mode: str,
+) -> None:
+    """Requests and answers in turn over a SocketEnd: the socket is registered with the loop once for
+    the whole exchange, not once per message; then the end goes to a relay whose socket pump waits on
+    the socket its own way (the upgrade case): exact bytes both ways, and nothing left registered."""
+    loop = asyncio.get_running_loop()
+    outer_a, inner_a = await tcp_pair()
+    inner_b, outer_b = await tcp_pair()
+    end = SocketEnd(inner_a)
+    fd = inner_a.fileno()
+    registrations = 0
+    real_add_reader = loop.add_reader
+
+    def counting_add_reader(fd: int, callback: object, *args: object) -> None:
+        nonlocal registrations
+        registrations += 1
+        real_add_reader(fd, callback, *args)  # type: ignore[arg-type]
+
+    loop.add_reader = counting_add_reader  # type: ignore[method-assign]
+    try:
+        for i in range(20):
+            request = b"GET /%d HTTP/1.1\r\n\r\n" % i
+            await loop.sock_sendall(outer_a, request)
+            assert await end.read(65536) == request
+            await end.write(b"answer %d" % i)
+            assert await loop.sock_recv(outer_a, 100) == b"answer %d" % i
+    finally:
+        loop.add_reader = real_add_reader  # type: ignore[method-assign]
+    assert registrations == 1
+    a_data = random.Random(1).randbytes(3_000_000)
+    b_data = random.Random(2).randbytes(2_000_000)
+    task = asyncio.ensure_future(relay(end, SocketEnd(inner_b)))
+    got_at_a, got_at_b = await exchange(outer_a, outer_b, a_data, b_data)
+    stats = await task
+    assert stats.mode is RelayMode(socket_mode)
+    assert hashlib.sha256(got_at_b).digest() == hashlib.sha256(a_data).digest()
+    assert hashlib.sha256(got_at_a).digest() == hashlib.sha256(b_data).digest()
+    assert inner_a.fileno() == -1 and not loop.remove_reader(fd)
+    outer_a.close()
+    outer_b.close()
