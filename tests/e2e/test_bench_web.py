@@ -27,15 +27,15 @@ MISSING = [
 ]
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.join(MISSING)}")
 
-PATHS = {"direct", "nginx", "pierce"}
+PATHS = {"direct", "nginx", "pierce", "pierce_base"}
 WRK_ERRORS = {"connect", "read", "write", "status", "timeout"}
 RATE_ERRORS = {"failed", "errored", "timeout", "non_2xx", "not_done"}
 
 
-def run_quick() -> dict[str, Any]:
+def run_quick(*args: str) -> dict[str, Any]:
     """``bench_web.py --quick --json``; on a hang it is terminated, which stops its nginx and pierce."""
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--quick", "--json"],
+        [sys.executable, str(SCRIPT), "--quick", "--json", *args],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -58,7 +58,8 @@ def run_quick() -> dict[str, Any]:
 
 
 def test_quick_run_reports_every_path_and_the_constant_rate_without_errors() -> None:
-    res = run_quick()
+    """With this tree as its own baseline too (``--baseline``: the pierce_base path)."""
+    res = run_quick("--baseline", str(ROOT))
 
     assert res["page_bytes"] == 1024
     assert (res["connections"], res["threads"]) == (32, 2)
@@ -70,8 +71,20 @@ def test_quick_run_reports_every_path_and_the_constant_rate_without_errors() -> 
         assert 0 < latency["p50"] <= latency["p99"]
     assert res["errors"] == {path: dict.fromkeys(WRK_ERRORS, 0) for path in PATHS}
     assert res["body_sha256_ok"] == dict.fromkeys(PATHS, True)
-    assert set(res["cpu_us_per_request"]) == {"nginx", "pierce_server", "pierce_client"}
-    assert set(res["ratios"]) == {"rps_pierce_vs_nginx", "rps_pierce_vs_direct", "rps_nginx_vs_direct"}
+    assert set(res["cpu_us_per_request"]) == {
+        "nginx",
+        "pierce_server",
+        "pierce_client",
+        "pierce_base_server",
+        "pierce_base_client",
+    }
+    assert set(res["ratios"]) == {
+        "rps_pierce_vs_nginx",
+        "rps_pierce_vs_direct",
+        "rps_nginx_vs_direct",
+        "rps_pierce_vs_base",
+    }
+    assert res["baseline"] == str(ROOT)
     assert all(isinstance(value, float) for value in res["ratios"].values())
 
     rate = res["constant_rate"]
@@ -87,5 +100,6 @@ def test_quick_run_reports_every_path_and_the_constant_rate_without_errors() -> 
 
     bars = res["bars"]
     assert isinstance(bars["rps_pierce_vs_nginx"]["met"], bool)
+    assert isinstance(bars["rps_pierce_vs_base"]["met"], bool)
     # A 3-second run cannot meet the 30-second bar; with zero errors it is reported as not measured.
     assert bars["constant_rate"]["met"] is None
