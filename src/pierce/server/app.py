@@ -36,7 +36,8 @@ from pierce.handshake import (
 from pierce.listeners import TcpListener, drop, set_nodelay
 from pierce.logs import event
 from pierce.mux import MuxChannel, MuxConnection, MuxStream
-from pierce.nat.stun_server import StunPolicy, StunServer
+from pierce.nat.stun_policy import StunPolicy
+from pierce.nat.stun_server import StunServer
 from pierce.protocol import (
     MAX_FRAME_SIZE,
     Error,
