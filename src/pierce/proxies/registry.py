@@ -3,7 +3,7 @@
 Adding a kind means a new module in `pierce.proxies` and an arm in each table below (the type checker
 insists: every table ends with `assert_never`), plus its `ProxyType` member, its server side in
 `pierce.server.proxies` and an arm in `pierce.server.proxies.registry` (and, when it needs a listener the
-server shares between proxies, its front in `FRONTS` there).
+server shares between proxies, its front in `configured_fronts` there).
 """
 
 from __future__ import annotations
