@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from pierce.addr import HostPort, format_sockaddr
 from pierce.bandwidth import limits_for, parse_rate
@@ -168,9 +169,11 @@ async def serve_tcp_work(
     log_conn_closed(log, name, visitor, str(local), stats)
 
 
-async def serve_tcp_proxy_work(config: TcpProxyConfig, start: StartWork, tunnel: End) -> None:
+def serve_tcp_proxy_work(config: TcpProxyConfig, start: StartWork, tunnel: End) -> Coroutine[Any, Any, None]:
+    """`serve_tcp_work` for a tcp proxy (its coroutine, returned: a held connection keeps no frame of this
+    function)."""
     local = HostPort(config.local_ip, config.local_port)
     header = proxy_protocol_header(config.proxy_protocol_version, start)
-    await serve_tcp_work(
+    return serve_tcp_work(
         config.name, local, start, tunnel, header=header, bandwidth_limit=config.bandwidth_limit
     )
