@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,8 +39,47 @@ def _add_logging_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> No
     )
 
 
+def _help_width() -> int:
+    """What argparse's formatters take from ``shutil.get_terminal_size()``: $COLUMNS, else the width of
+    the terminal on stdout, else 80; less 2."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return (columns or 80) - 2
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help layout with the same width, found without shutil: argparse makes a formatter for
+    every argument it adds, and shutil imports the archive modules (bz2, lzma, zlib), about half a MiB
+    in every server and client, which never print help."""
+
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
+        super().__init__(prog, indent_increment, max_help_position, _help_width() if width is None else width)
+
+
+class RawDescriptionHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """`HelpFormatter` keeping the description's and epilog's line breaks."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose help uses `HelpFormatter`; its subcommands' parsers are of this class too
+    (``add_subparsers`` makes them of the parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pierce",
         description="Reach services behind NAT: reverse tunnels, port mapping, P2P.",
     )
@@ -62,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  pierce map '[::]:8080' web.internal:80 --allow 10.0.0.0/8\n"
             "  pierce map -c map.toml"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     _add_logging_flags(p_map, suppress=True)
     p_map.add_argument("listen", nargs="?", help="address to accept on, host:port ([v6]:port; port 0 = any)")
@@ -130,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  pierce client --server H:7000 --token-file T http 8080 --domain nas.example.com\n"
             "Control a running client through its admin API: pierce client reload|status|stop -c client.toml"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     _add_logging_flags(p_client, suppress=True)
     p_client.add_argument("-c", "--config", type=Path, help="client.toml")
@@ -515,7 +555,7 @@ def _add_visit_command(sub: Any) -> None:
             "  pierce visit --server H:7000 --token-file T --name ssh --secret K --bind 127.0.0.1:9000\n"
             "  ssh -p 9000 127.0.0.1"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     _add_logging_flags(p_visit, suppress=True)
     p_visit.add_argument("--server", metavar="HOST:PORT", required=True, help="the server's control address")
@@ -665,7 +705,7 @@ def _add_import_frp_command(sub: Any) -> None:
             "  pierce import-frp /etc/frp/frps.ini > server.toml\n"
             "  pierce import-frp --kind client frpc.yaml > client.toml"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     _add_logging_flags(p_import, suppress=True)
     p_import.add_argument("file", type=Path, help="the frp config file (format told by content and suffix)")
@@ -697,11 +737,12 @@ def cmd_import_frp(args: argparse.Namespace) -> int:
 
 def _client_doc(path: Path) -> dict[str, Any]:
     """client.toml, or an frpc file converted on the fly (with the warnings `pierce import-frp` gives)."""
-    from pierce.frpimport import convert_file, is_frp_file
-    from pierce.frpimport.formats import Role
+    from pierce.frpimport.formats import Role, is_frp_file
 
     if not is_frp_file(path):
         return config.load_toml(path)
+    from pierce.frpimport import convert_file  # the converter loads only for an frp file
+
     result = convert_file(path, Role.CLIENT)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -717,7 +758,7 @@ def _add_systemd_command(sub: Any) -> None:
             "  pierce systemd-unit client > /etc/systemd/system/pierce-client.service\n"
             "The comments at its top say where the config goes."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     _add_logging_flags(p_unit, suppress=True)
     p_unit.add_argument("role", choices=["server", "client"])
@@ -750,7 +791,7 @@ def _add_status_command(sub: Any) -> None:
             "  pierce status --server --url http://203.0.113.5:7500 --user admin --password-file pw\n"
             "With --json: the APIs' answers as one JSON document."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     _add_logging_flags(p_status, suppress=True)
     p_status.add_argument("-c", "--config", type=Path, help="the running client's (or server's) config")
@@ -817,8 +858,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from pierce.logs import setup_logging
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)  # the parser is not kept: a running role never needs it again
     setup_logging(args.log_level, json_logs=args.json_logs)
     try:
         return int(args.func(args))

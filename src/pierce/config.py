@@ -11,7 +11,6 @@ gathered into `ProxyConfig` by `pierce.proxies.registry`; this module holds ever
 from __future__ import annotations
 
 import datetime
-import difflib
 import enum
 import ipaddress
 import os
@@ -28,9 +27,9 @@ import msgspec
 from pierce.addr import HostPort, Network, parse_host_port, parse_network
 from pierce.domains import InvalidDomain, normalize_domain
 from pierce.errors import ConfigError, InvalidValue, KeyPath, format_key_path
-from pierce.nat.stun_server import DEFAULT_BURST as DEFAULT_STUN_BURST
-from pierce.nat.stun_server import DEFAULT_GLOBAL_RATE as DEFAULT_STUN_GLOBAL_RATE
-from pierce.nat.stun_server import DEFAULT_RATE as DEFAULT_STUN_RATE
+from pierce.nat.stun_policy import DEFAULT_BURST as DEFAULT_STUN_BURST
+from pierce.nat.stun_policy import DEFAULT_GLOBAL_RATE as DEFAULT_STUN_GLOBAL_RATE
+from pierce.nat.stun_policy import DEFAULT_RATE as DEFAULT_STUN_RATE
 from pierce.protocol import SecretKind
 from pierce.protocol.messages import DEFAULT_USER, MAX_IDLE_WORK_CONNS
 from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
@@ -894,6 +893,8 @@ def _own_first(kind: type[msgspec.Struct], keys: Iterable[str]) -> list[str]:
 def _did_you_mean(key: str, known: list[str]) -> str:
     if not known:
         return ""
+    import difflib  # only a config with an unknown key needs it
+
     close = difflib.get_close_matches(key, known, n=1)
     return f' (did you mean "{close[0]}"?)' if close else f"; expected one of: {', '.join(known)}"
 

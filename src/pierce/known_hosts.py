@@ -21,7 +21,6 @@ moment may lose one of the new lines; that server is then recorded again at its 
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +57,8 @@ class CertificateChanged(FingerprintMismatch):
         self.expected = expected
         self.got = got
         self.path = path
+        import shlex  # only for this message
+
         state_dir = shlex.quote(str(path.parent))
         Exception.__init__(
             self,

@@ -156,26 +156,27 @@ class SocketEnd(End):
         if not self._fd_waits:
             return await self._loop.sock_recv(self._sock, max_bytes)
         sock = self._sock
-        if self._short:
-            await self._readable()
+        wait = self._short
         while True:
+            if wait:
+                # The wait is here, not in a coroutine of its own nor in the except clause below: an idle
+                # connection waits for its whole life, and would hold a frame more, or the exception
+                # with its traceback (an except clause keeps it while it runs), all the while.
+                waiter = self._waiter = self._loop.create_future()
+                if not self._watching:
+                    self._loop.add_reader(self._fd, self._on_readable)
+                    self._watching = True
+                try:
+                    await waiter
+                finally:
+                    self._waiter = None
             try:
                 data = sock.recv(max_bytes)
             except (BlockingIOError, InterruptedError):
-                await self._readable()
+                wait = True
                 continue
             self._short = 0 < len(data) < max_bytes
             return data
-
-    async def _readable(self) -> None:
-        waiter = self._waiter = self._loop.create_future()
-        if not self._watching:
-            self._loop.add_reader(self._fd, self._on_readable)
-            self._watching = True
-        try:
-            await waiter
-        finally:
-            self._waiter = None
 
     def _on_readable(self) -> None:
         waiter = self._waiter
@@ -198,9 +199,13 @@ class SocketEnd(End):
         view = memoryview(data)
         while view:
             try:
-                view = view[sock.send(view) :]
+                sent = sock.send(view)
             except (BlockingIOError, InterruptedError):
+                sent = -1  # waited for outside the except clause, which would hold the exception meanwhile
+            if sent < 0:
                 await wait_fd(self._loop, sock.fileno(), writable=True)
+            else:
+                view = view[sent:]
 
     def write_eof(self) -> None:
         with contextlib.suppress(OSError):
@@ -344,14 +349,8 @@ async def relay(
     me = asyncio.current_task()
     assert me is not None, "relay() runs in a task"
     backward = asyncio.ensure_future(_pump(b, a, stats, forward=False, throttle=throttles[1], tap=taps[1]))
-    state = _RelayState()
-
-    def on_backward(task: asyncio.Future[None]) -> None:
-        if not state.forward_done and not task.cancelled() and task.exception() is not None:
-            state.interrupted = True
-            me.cancel()
-
-    backward.add_done_callback(on_backward)
+    state = _RelayState(me)
+    backward.add_done_callback(state.backward_done)
     forward_ok = False
     try:
         try:
@@ -389,13 +388,21 @@ async def relay(
 
 
 class _RelayState:
-    """What a relay's two directions tell each other (see `relay`)."""
+    """What a relay's two directions tell each other (see `relay`); ``task`` pumps a -> b."""
 
-    __slots__ = ("forward_done", "interrupted")
+    __slots__ = ("forward_done", "interrupted", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, task: asyncio.Task[object]) -> None:
         self.forward_done = False
         self.interrupted = False
+        self.task = task
+
+    def backward_done(self, backward: asyncio.Future[None]) -> None:
+        """b -> a ended; when it failed while a -> b still runs, a -> b is stopped (a method, not a
+        closure: one bound method per relay instead of a function and its cells)."""
+        if not self.forward_done and not backward.cancelled() and backward.exception() is not None:
+            self.interrupted = True
+            self.task.cancel()
 
 
 def _is_loopback(sock: socket.socket) -> bool:
@@ -428,9 +435,7 @@ async def _pump(
         mode = stats.mode = choose_mode(src_sock, dst_sock) if throttle is None else RelayMode.STREAM
         if mode is RelayMode.SPLICE and tap is not None:
             mode = stats.mode = RelayMode.COPY  # a tap sees the bytes: they pass through Python
-        if throttle is not None:
-            await _copy_pump(src, dst, stats, forward, throttle, tap)
-        elif mode is RelayMode.SPLICE:
+        if mode is RelayMode.SPLICE:
             assert src_sock is not None and dst_sock is not None and isinstance(src, SocketEnd)
             src.unwatch()  # the pump waits for the socket itself
             await _splice_pump(src_sock, dst_sock, stats, forward)
@@ -439,7 +444,31 @@ async def _pump(
             src.unwatch()
             await _socket_copy_pump(src_sock, dst_sock, stats, forward, tap)
         else:
-            await _copy_pump(src, dst, stats, forward, None, tap)
+            # The stream copy loop is here, not in a coroutine of its own: an idle connection waits in
+            # it for its whole life, one frame less per direction. No buffer of our own: stream ends
+            # hand over the bytes objects they read. The read size starts small (most tunnelled
+            # connections are idle or interactive) and grows while reads come back full.
+            size = STREAM_BUFFER_MIN
+            while True:
+                if throttle is None:
+                    data = await src.read(size)
+                else:
+                    allowed = await throttle.take(size)
+                    data = await src.read(allowed)
+                    throttle.refund(allowed - len(data))
+                if not data:
+                    break
+                if tap is not None:
+                    tap(data)
+                await dst.write(data)
+                n = len(data)
+                del data  # not held while the next read waits: an idle connection keeps none of its burst
+                if forward:
+                    stats.a_to_b += n
+                else:
+                    stats.b_to_a += n
+                if n == size and size < STREAM_BUFFER_SIZE:
+                    size = min(size * 4, STREAM_BUFFER_SIZE)
     except OSError as exc:
         failure: OSError = (
             PeerGone(str(exc)) if exc.errno in _GONE_ERRNOS or isinstance(exc, ConnectionError) else exc
@@ -485,6 +514,8 @@ async def _socket_copy_pump(
         try:
             n = recv_into(buf)
         except (BlockingIOError, InterruptedError):
+            n = -1  # waits happen outside the except clause, which would hold the exception meanwhile
+        if n < 0:
             # Give the buffer back before waiting unless a bulk transfer is under way (a grown buffer
             # filled recently): idle and interactive connections then hold no buffer at all.
             if size == COPY_BUFFER_MIN or time.monotonic() - last_full > COPY_BUFFER_SHRINK_AFTER:
@@ -506,8 +537,10 @@ async def _socket_copy_pump(
         while sent < n:
             try:
                 sent += send(view[sent:n])
+                continue
             except (BlockingIOError, InterruptedError):
-                await wait_fd(loop, dst_fd, writable=True)
+                pass
+            await wait_fd(loop, dst_fd, writable=True)
         if n == size:
             last_full = time.monotonic()
             if size < COPY_BUFFER_SIZE:  # a bulk transfer: read bigger chunks
@@ -530,39 +563,6 @@ def _free(buf: bytearray | mmap.mmap | None) -> None:
 
 
 _MAPPED_BUFFER = 1024 * 1024
-
-
-async def _copy_pump(
-    src: End,
-    dst: End,
-    stats: RelayStats,
-    forward: bool,
-    throttle: Throttle | None = None,
-    tap: Tap | None = None,
-) -> None:
-    # No buffer of our own: stream ends hand over the bytes objects they read. The read size starts
-    # small (most tunnelled connections are idle or interactive) and grows while reads come back full.
-    size = STREAM_BUFFER_MIN
-    while True:
-        if throttle is None:
-            data = await src.read(size)
-        else:
-            allowed = await throttle.take(size)
-            data = await src.read(allowed)
-            throttle.refund(allowed - len(data))
-        if not data:
-            return
-        if tap is not None:
-            tap(data)
-        await dst.write(data)
-        n = len(data)
-        del data  # not held while the next read waits: an idle connection keeps no chunk of its last burst
-        if forward:
-            stats.a_to_b += n
-        else:
-            stats.b_to_a += n
-        if n == size and size < STREAM_BUFFER_SIZE:
-            size = min(size * 4, STREAM_BUFFER_SIZE)
 
 
 def _make_pipe() -> tuple[int, int, int]:

@@ -34,7 +34,6 @@ import os
 import re
 import ssl
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -378,9 +377,15 @@ def make_private_dir(path: Path) -> None:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write `path` readable by its owner only, atomically: a crash leaves the old file or the new one."""
+    """Write `path` readable by its owner only, atomically: a crash leaves the old file or the new one.
+
+    The temporary file is made as ``tempfile.mkstemp`` makes one (a random name, ``O_EXCL``, ``0600``)
+    without importing tempfile, whose shutil loads the archive modules (bz2, lzma) into the process.
+    """
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
+        tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}")
+        # os.open's descriptors are not inherited (PEP 446); O_BINARY matters on Windows only
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

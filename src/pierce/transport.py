@@ -258,10 +258,12 @@ class SocketChannel(MessageChannel):
             try:
                 k = self.sock.recv_into(view[got:])
             except (BlockingIOError, InterruptedError):
-                await wait_fd(self._loop, self.sock.fileno(), writable=False)
-                continue
+                k = -1  # waited for outside the except clause, which would hold the exception meanwhile
             except (ConnectionError, OSError) as exc:
                 raise ConnectionClosed(f"connection lost: {exc}") from exc
+            if k < 0:
+                await wait_fd(self._loop, self.sock.fileno(), writable=False)
+                continue
             if not k:
                 if first and got == 0:
                     raise ConnectionClosed("connection closed by peer")

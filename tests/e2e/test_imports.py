@@ -5,7 +5,10 @@ module as it is first imported, so the test reads what a server and a client loa
 logged in and idle, without any hook in pierce. A client never imports the server's code (the server side
 of the proxy kinds, the vhost router and HTTP engine, ACME, the dashboard); heavy packages load only with
 the feature that needs them: aiohttp with ``[web]`` or ``admin_port``, prometheus_client with ``[web]``,
-aioquic and cryptography (on a client) with the first P2P attempt.
+aioquic and cryptography (on a client) with the first P2P attempt. Neither role at rest holds code it has
+not used yet: the punching and direct-path code, the visiting side, the request recorder (llhttp), the frp
+converter, the HTTP engine and web fronts of a server without web ports, the config's "did you mean"
+(difflib), the archive modules that shutil brings (argparse's terminal width, tempfile).
 """
 
 from __future__ import annotations
@@ -35,19 +38,53 @@ CLIENT_NEVER = (
     "acme",
     "josepy",
 )
+#: Not in either role at rest: loaded by a feature, an error or a command that did not happen.
+NEITHER_AT_REST = (
+    "pierce.inspect.record",
+    "httptools",
+    "pierce.proxy_protocol",
+    "pierce.frpimport.convert",
+    "configparser",
+    "difflib",
+    "json",
+    "shutil",
+    "tempfile",
+    "bz2",
+    "lzma",
+    "six",
+)
 #: Not in an idle client with one tcp proxy.
 CLIENT_AT_REST = (
     *CLIENT_NEVER,
+    *NEITHER_AT_REST,
     "aiohttp",
     "aioquic",
     "pierce.p2p.quic",
+    "pierce.p2p.direct",
+    "pierce.p2p.gather",
+    "pierce.p2p.keepalive",
+    "pierce.p2p.tcp_direct",
+    "pierce.p2p.visitor",
+    "pierce.nat.punch",
+    "pierce.nat.stun",
+    "pierce.nat.stun_server",
+    "pierce.client.visitor",
+    "pierce.vhost",
     "OpenSSL",
     "service_identity",
     "cryptography",
 )
-#: Not in an idle server with neither [web] nor [acme].
+#: Not in an idle server with neither [web] nor [acme], nor web or tcpmux ports, whose client has a tcp
+#: proxy.
 SERVER_AT_REST = (
+    *NEITHER_AT_REST,
     "pierce.client",
+    "pierce.vhost",
+    "pierce.server.proxies.http",
+    "pierce.server.proxies.https",
+    "pierce.server.proxies.tcpmux",
+    "pierce.p2p",
+    "pierce.nat.punch",
     "pierce.web",
     "pierce.vhost.acme",
     "pierce.vhost.acme_order",

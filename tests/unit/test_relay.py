@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import random
 import socket
@@ -132,6 +133,27 @@ async def test_a_reset_reaches_a_stream_end_peer_as_a_reset() -> None:
     with pytest.raises(ConnectionResetError):
         while await loop.sock_recv(outer_b, 65536):
             pass
+    outer_b.close()
+
+
+async def test_an_idle_relay_keeps_no_exception_while_it_waits() -> None:
+    """A held connection waits for its whole life, so what its waits keep is paid per connection: a
+    wait inside ``except BlockingIOError`` would keep the exception and its traceback all the while."""
+    outer_a, inner_a = await tcp_pair()
+    inner_b, outer_b = await tcp_pair()
+    reader, writer = await asyncio.open_connection(sock=inner_b)
+    task = asyncio.create_task(relay(SocketEnd(inner_a), StreamEnd(reader, writer)))
+    loop = asyncio.get_running_loop()
+    for sender, receiver in ((outer_a, outer_b), (outer_b, outer_a)):
+        await loop.sock_sendall(sender, b"x")
+        assert await loop.sock_recv(receiver, 1) == b"x"
+    # Each direction went back to waiting for its next bytes in the step that passed this one on.
+    gc.collect()
+    assert [e for e in gc.get_objects() if isinstance(e, BlockingIOError)] == []
+    assert not task.done()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    outer_a.close()
     outer_b.close()
 
 

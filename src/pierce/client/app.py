@@ -13,7 +13,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -21,14 +21,11 @@ from pierce import __version__
 from pierce import config as config_mod
 from pierce.addr import HostPort
 from pierce.client.session import ClientSession, Dialer
-from pierce.client.visitor import Visitors
 from pierce.config import ClientConfig
 from pierce.errors import ConfigError, PierceError
 from pierce.handshake import AuthenticationFailed, WrongCredentials, resume_key
 from pierce.inspect.inspector import Inspector
 from pierce.logs import event
-from pierce.p2p.direct import path_settings, punch_settings
-from pierce.p2p.keepalive import load as load_lifetimes
 from pierce.p2p.owner import OwnerP2p
 from pierce.protocol import ErrorCode, Refused
 from pierce.protocol.messages import DEFAULT_USER
@@ -40,6 +37,9 @@ from pierce.proxies.visitor_auth import OwnerExchanges
 from pierce.snapshot import ClientProxyInfo, ClientSnapshot, ProxyState
 from pierce.statedir import prepare_state_dir, state_dir_for
 from pierce.tls import FingerprintMismatch
+
+if TYPE_CHECKING:
+    from pierce.client.visitor import Visitors
 
 log = logging.getLogger("pierce.client")
 
@@ -91,18 +91,22 @@ class Client:
             lambda: {p.name: p for p in self.config.proxies},
             lambda config, start, end: work_handler(config, start, end, self._tls_contexts),
             server_host=lambda: self.session.dialer.server_ip() if self.session else self.config.server_addr,
-            settings=punch_settings(config.p2p),
-            path=path_settings(config.p2p),
+            options=config.p2p,
+            state_dir=state_dir_for("client", config.state_dir),
             encrypt_data=lambda: self.config.transport.encrypt_data,
-            lifetimes=load_lifetimes(state_dir_for("client", config.state_dir)),
         )
         #: The last session's run id and resume key: a reconnect proves it held that session.
         self._resume: tuple[str, bytes] | None = None
         self.active: set[asyncio.Task[None]] = set()
         #: UDP proxies and their visitor flows, kept across reconnects like `active` relays.
         self.udp = UdpProxies()
-        #: The ``[[visitors]]`` of the config: local ports reaching other clients' secret proxies.
-        self.visitors = Visitors(config, self.client_id)
+        #: The ``[[visitors]]`` of the config: local ports reaching other clients' secret proxies (None
+        #: without any: the visiting side's code, P2P included, then never loads).
+        self.visitors: Visitors | None = None
+        if config.visitors:
+            from pierce.client.visitor import Visitors
+
+            self.visitors = Visitors(config, self.client_id)
         self._visitors_started: asyncio.Task[None] | None = None
         #: Health checks of the proxies that have one, by proxy name (they outlive reconnects).
         self.health: dict[str, HealthCheck] = {}
@@ -226,7 +230,7 @@ class Client:
             last_error=st.last_error,
             proxies=proxies,
             connections=len(self.active),
-            visitors=self.visitors.info(),
+            visitors=self.visitors.info() if self.visitors is not None else [],
         )
 
     def _spawn_active(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -246,7 +250,7 @@ class Client:
         backoff = BACKOFF_FIRST
         dialer = Dialer(self.config, self.client_id)
         await self._sync_health()
-        if self.visitors.visitors and self._visitors_started is None:
+        if self.visitors is not None and self._visitors_started is None:
             self._visitors_started = asyncio.get_running_loop().create_task(self.visitors.start(strict=False))
         while not self._stop.is_set():
             self.status.attempts += 1
@@ -369,7 +373,8 @@ class Client:
         if self._visitors_started is not None:
             self._visitors_started.cancel()
             await asyncio.gather(self._visitors_started, return_exceptions=True)
-        await self.visitors.close()
+        if self.visitors is not None:
+            await self.visitors.close()
 
     # -- reload ------------------------------------------------------------------------------------
 

@@ -9,6 +9,20 @@ cannot map; `emit` writes the document as TOML. Every leaf of the input is eithe
 
 from __future__ import annotations
 
-from pierce.frpimport.convert import Converted, convert_file, is_frp_file
+from typing import TYPE_CHECKING, Any
+
+from pierce.frpimport.formats import is_frp_file
+
+if TYPE_CHECKING:
+    from pierce.frpimport.convert import Converted, convert_file
 
 __all__ = ["Converted", "convert_file", "is_frp_file"]
+
+
+def __getattr__(name: str) -> Any:
+    """The converter loads on first use: a client only asks `is_frp_file` of its own config file."""
+    if name in ("Converted", "convert_file"):
+        from pierce.frpimport import convert
+
+        return getattr(convert, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

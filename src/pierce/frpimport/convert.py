@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
-import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,6 @@ from pierce.errors import ConfigError
 from pierce.frpimport import emit, legacy, mapping
 from pierce.frpimport.formats import Format, Role, detect_format, detect_role, parse, read_text
 from pierce.frpimport.source import Source
-
-#: A TOML file is frp's when it has keys that only frp's current format uses (pierce's are snake_case).
-_FRP_TOML_KEYS = re.compile(
-    r"^\s*(serverAddr|serverPort|bindPort|\[\[proxies\]\][^\[]*?localPort)\s*=", re.M | re.S
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,18 +28,6 @@ class Converted:
     warnings: list[str]
     #: What pierce's loader says about the result (empty: it loads as it is).
     problems: list[str]
-
-
-def is_frp_file(path: Path) -> bool:
-    """Whether ``path`` is an frp config rather than pierce's: legacy INI (``[common]``), a YAML/JSON/INI
-    suffix, or TOML with frp's camelCase keys. Unreadable files are not (the normal loader reports them)."""
-    if path.suffix.lower() in (".ini", ".yaml", ".yml", ".json"):
-        return True
-    try:
-        text = read_text(path)
-    except ConfigError:
-        return False
-    return detect_format(path, text) is Format.INI or bool(_FRP_TOML_KEYS.search(text))
 
 
 def convert_file(path: Path, role: Role | None = None) -> Converted:

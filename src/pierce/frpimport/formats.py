@@ -1,10 +1,12 @@
-"""Reading an frp config file: its format (TOML, YAML, JSON or legacy INI) and its role (frpc or frps)."""
+"""Reading an frp config file: its format (TOML, YAML, JSON or legacy INI) and its role (frpc or frps).
+
+`is_frp_file` is all a client starting from its own TOML file needs of this package: the parsers of the
+other formats load only when such a file is read.
+"""
 
 from __future__ import annotations
 
-import configparser
 import enum
-import json
 import re
 import tomllib
 from pathlib import Path
@@ -17,6 +19,10 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 
 #: frp's own test for a legacy file: a ``[common]`` section.
 _COMMON = re.compile(r"^\s*\[common\]\s*$", re.MULTILINE)
+#: A TOML file is frp's when it has keys that only frp's current format uses (pierce's are snake_case).
+_FRP_TOML_KEYS = re.compile(
+    r"^\s*(serverAddr|serverPort|bindPort|\[\[proxies\]\][^\[]*?localPort)\s*=", re.M | re.S
+)
 
 
 class Format(enum.Enum):
@@ -68,6 +74,18 @@ def read_text(path: Path) -> str:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
 
 
+def is_frp_file(path: Path) -> bool:
+    """Whether ``path`` is an frp config rather than pierce's: legacy INI (``[common]``), a YAML/JSON/INI
+    suffix, or TOML with frp's camelCase keys. Unreadable files are not (the normal loader reports them)."""
+    if path.suffix.lower() in (".ini", ".yaml", ".yml", ".json"):
+        return True
+    try:
+        text = read_text(path)
+    except ConfigError:
+        return False
+    return detect_format(path, text) is Format.INI or bool(_FRP_TOML_KEYS.search(text))
+
+
 def detect_format(path: Path, text: str) -> Format:
     """INI when the file has a ``[common]`` section (as frp decides), else by suffix, else by content."""
     if _COMMON.search(text):
@@ -85,32 +103,38 @@ def detect_format(path: Path, text: str) -> Format:
 
 def parse(path: Path, text: str, fmt: Format) -> Any:
     """The document in ``text``: a dict for TOML/YAML/JSON, a ConfigParser for INI."""
-    try:
-        match fmt:
-            case Format.TOML:
+    match fmt:
+        case Format.TOML:
+            try:
                 return tomllib.loads(text)
-            case Format.JSON:
-                return json.loads(text)
-            case Format.YAML:
-                import yaml  # only for frp's YAML files: a client checking its own TOML never loads it
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+        case Format.JSON:
+            import json  # each parser loads with the first file of its format
 
-                # frp's YAML is plain data: the safe loader (no tags, no objects) is all it takes
-                try:
-                    return yaml.safe_load(text)
-                except yaml.YAMLError as exc:
-                    raise ConfigError([f"{path}: YAML syntax error: {' '.join(str(exc).split())}"]) from None
-            case Format.INI:
-                # frp reads INI without interpolation and with case-sensitive keys (header_X-From)
-                ini = configparser.RawConfigParser(strict=True, default_section="\x00none")
-                ini.optionxform = str  # type: ignore[assignment,method-assign]
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError([f"{path}: JSON syntax error: {exc}"]) from None
+        case Format.YAML:
+            import yaml  # only for frp's YAML files: a client checking its own TOML never loads it
+
+            # frp's YAML is plain data: the safe loader (no tags, no objects) is all it takes
+            try:
+                return yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ConfigError([f"{path}: YAML syntax error: {' '.join(str(exc).split())}"]) from None
+        case Format.INI:
+            import configparser
+
+            # frp reads INI without interpolation and with case-sensitive keys (header_X-From)
+            ini = configparser.RawConfigParser(strict=True, default_section="\x00none")
+            ini.optionxform = str  # type: ignore[assignment,method-assign]
+            try:
                 ini.read_string(text, source=str(path))
-                return ini
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError([f"{path}: JSON syntax error: {exc}"]) from None
-    except configparser.Error as exc:
-        raise ConfigError([f"{path}: INI syntax error: {' '.join(str(exc).split())}"]) from None
+            except configparser.Error as exc:
+                raise ConfigError([f"{path}: INI syntax error: {' '.join(str(exc).split())}"]) from None
+            return ini
 
 
 def detect_role(path: Path, top: dict[str, Any]) -> Role:

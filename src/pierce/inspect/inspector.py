@@ -11,6 +11,9 @@ visitor's address), reads the answer through a recorder of its own and is logged
 marked ``replay_of``. Only requests whose head and whole body were recorded are replayed; a chunked
 body goes again as one chunk. At most :data:`MAX_REPLAYS` run at once, each within
 :data:`REPLAY_TIMEOUT_S`.
+
+Every client has an `Inspector`; the recorder and its HTTP parser (llhttp) load only when a proxy is
+recorded.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from pierce.addr import HostPort, format_sockaddr
 from pierce.config import InspectorOptions
 from pierce.dial import TargetUnreachable, connect_tcp
-from pierce.inspect.record import ConnectionRecorder, Exchange, RequestLog, State
 from pierce.logs import event
 from pierce.protocol import StartWork
 from pierce.proxies.http import HttpProxyConfig
@@ -30,6 +33,9 @@ from pierce.proxies.https import HttpsProxyConfig
 from pierce.proxies.registry import ProxyConfig
 from pierce.proxies.tcp import LOCAL_CONNECT_TIMEOUT, proxy_protocol_header
 from pierce.relay import SocketEnd
+
+if TYPE_CHECKING:
+    from pierce.inspect.record import ConnectionRecorder, Exchange, RequestLog
 
 log = logging.getLogger("pierce.client")
 
@@ -109,6 +115,8 @@ class Inspector:
     def _log(self, name: str) -> RequestLog:
         found = self._logs.get(name)
         if found is None:
+            from pierce.inspect.record import RequestLog  # with the first recorded proxy
+
             found = self._logs[name] = RequestLog(self.options.requests)
         return found
 
@@ -116,6 +124,8 @@ class Inspector:
         """A recorder for one work connection of ``config``, or None when it is not recorded."""
         if not inspects(config, admin_on=self.admin_on):
             return None
+        from pierce.inspect.record import ConnectionRecorder
+
         return ConnectionRecorder(
             self._log(config.name),
             remote=format_sockaddr((start.visitor_host, start.visitor_port)),
@@ -160,6 +170,8 @@ class Inspector:
         return exchange
 
     async def _replay(self, config: InspectedConfig, requests: RequestLog, original: Exchange) -> Exchange:
+        from pierce.inspect.record import ConnectionRecorder, State
+
         start = original.context if isinstance(original.context, StartWork) else None
         recorder = ConnectionRecorder(
             requests,

@@ -38,6 +38,7 @@ from pierce.errors import LocalError
 from pierce.logs import event
 from pierce.nat import stun
 from pierce.nat.stun import Attr, Endpoint, StunParseError
+from pierce.nat.stun_policy import StunPolicy as StunPolicy
 from pierce.nat.stun_tcp import StunTcpListener, StunTcpStats
 from pierce.ratelimit import KeyedLimiter, Verdict
 
@@ -53,14 +54,6 @@ KNOWN_REQUEST_ATTRIBUTES = frozenset(
     {Attr.CHANGE_REQUEST, Attr.PADDING, Attr.USERNAME, Attr.MESSAGE_INTEGRITY}
 )
 
-#: Answers per second to one source (an IPv4 address, an IPv6 /64) once its burst is used. RFC 5780
-#: section 5 asks clients for at most ten new transactions a second.
-DEFAULT_RATE = 10.0
-#: Answers one source may get at once. A `pierce nat` run sends about 15 requests in its first second and
-#: 30 at most with retransmissions; the Debian ``stun`` client about 10, coturn's natdiscovery 5.
-DEFAULT_BURST = 50
-#: Answers per second to all sources together.
-DEFAULT_GLOBAL_RATE = 1000.0
 #: Largest response / request size ratio: a 24-byte request with an empty PADDING gets XOR-MAPPED-,
 #: MAPPED-ADDRESS, RESPONSE-ORIGIN and OTHER-ADDRESS, 68 bytes over IPv4 and 116 over IPv6. A plain
 #: 20-byte Binding request gets 56 and 92 bytes (2.8 and 4.6).
@@ -70,20 +63,6 @@ MAX_AMPLIFICATION = {4: 68 / 24, 6: 116 / 24}
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr
 _IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex
-
-
-@dataclass(frozen=True)
-class StunPolicy:
-    """What the responder agrees to do: answer rates and RESPONSE-PORT."""
-
-    #: Answers per second to one source, after its burst.
-    rate: float = DEFAULT_RATE
-    #: Answers one source may get at once.
-    burst: int = DEFAULT_BURST
-    #: Answers per second to all sources together.
-    global_rate: float = DEFAULT_GLOBAL_RATE
-    #: Honour RESPONSE-PORT (RFC 5780 section 7.5); off, such requests get 420 Unknown Attribute.
-    allow_response_port: bool = False
 
 
 @dataclass

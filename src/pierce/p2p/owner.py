@@ -7,8 +7,9 @@ socket, answers with its sealed offer, and on `P2pStart` punches and accepts the
 connection. Every stream the visitor opens is served like a work connection of that proxy (the local
 service gets the visitor's bytes; an xudp stream carries `UdpPacket` frames as an sudp tunnel does).
 
-Every client has an `OwnerP2p`, most never use it: QUIC (aioquic) is imported by the first attempt, and
-`cryptography` when the process first makes its identity (`pierce.p2p.identity`).
+Every client has an `OwnerP2p`, most never use it: the punching, gathering and direct-path code
+(`pierce.nat.punch`, `pierce.p2p.*`) and QUIC (aioquic) are imported by the first attempt, `cryptography`
+when the process first makes its identity (`pierce.p2p.identity`).
 """
 
 from __future__ import annotations
@@ -18,31 +19,26 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pierce.addr import HostPort
 from pierce.errors import PierceError
 from pierce.logs import event
-from pierce.nat.punch import PunchSettings, Role
-from pierce.p2p.datagrams import DatagramEnd
-from pierce.p2p.direct import DirectPath, NoHole, punch_hole
-from pierce.p2p.gather import from_wire, gather_udp, to_wire
-from pierce.p2p.handoff import take_over
-from pierce.p2p.identity import process_identity
-from pierce.p2p.keepalive import tuned
-from pierce.p2p.settings import PathSettings
-from pierce.p2p.tcp_direct import connect_direct, secure_owner
-from pierce.p2p.tcp_pool import POOL_IDLE_MAX, reserved_port, tcp_candidates
 from pierce.protocol import ErrorCode, P2pAnswer, P2pRequest, P2pStart, StartWork
 from pierce.protocol.auth import p2p_key
 from pierce.protocol.p2p import BadOffer, Offer, open_offer, seal
-from pierce.proxies.visitor_auth import OwnerExchanges
 from pierce.relay import End
 from pierce.snapshot import ConnectionPath
 from pierce.transport import MessageChannel
 
 if TYPE_CHECKING:
+    from pierce.config import P2pOptions
+    from pierce.nat.punch import PunchSettings
+    from pierce.p2p.direct import DirectPath
     from pierce.p2p.quic import QuicPath
+    from pierce.p2p.settings import PathSettings
+    from pierce.proxies.visitor_auth import OwnerExchanges
 
 log = logging.getLogger("pierce.p2p")
 
@@ -75,19 +71,18 @@ class OwnerP2p:
         handler: StreamHandler,
         *,
         server_host: Callable[[], str],
-        settings: PunchSettings | None = None,
-        path: PathSettings | None = None,
+        options: P2pOptions,
+        state_dir: Path,
         encrypt_data: Callable[[], bool] = lambda: True,
-        lifetimes: dict[str, float] | None = None,
     ) -> None:
         self.exchanges = exchanges
         self.proxies = proxies
         self.handler = handler
         self.server_host = server_host
-        self.settings = settings or PunchSettings()
-        self.path_settings = path or PathSettings()
-        #: Mapping lifetimes `pierce nat --lifetime` measured, by public address (`pierce.p2p.keepalive`).
-        self.lifetimes = lifetimes or {}
+        #: ``[p2p]``, and where `pierce nat --lifetime` records what it measured (`pierce.p2p.keepalive`).
+        self.options = options
+        self.state_dir = state_dir
+        self._tunables: tuple[PunchSettings, PathSettings, dict[str, float]] | None = None
         #: Whether a direct TCP path is encrypted (``transport.encrypt_data``; the visitor follows).
         self.encrypt_data = encrypt_data
         self.paths: dict[str, DirectPath] = {}
@@ -95,6 +90,20 @@ class OwnerP2p:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Direct TCP connections waiting for a visitor connection to take them.
         self._pooled = 0
+
+    def tunables(self) -> tuple[PunchSettings, PathSettings, dict[str, float]]:
+        """The punch's and QUIC's settings from ``[p2p]``, and the mapping lifetimes measured by public
+        address: worked out at the first attempt, when the code that punches loads."""
+        if self._tunables is None:
+            from pierce.p2p.direct import path_settings, punch_settings
+            from pierce.p2p.keepalive import load
+
+            self._tunables = (
+                punch_settings(self.options),
+                path_settings(self.options),
+                load(self.state_dir),
+            )
+        return self._tunables
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -124,7 +133,15 @@ class OwnerP2p:
             waiter.set_result(msg)
 
     async def _attempt(self, msg: P2pRequest, channel: MessageChannel) -> None:
-        from pierce.p2p.quic import QuicPath  # aioquic: loaded with the first attempt, never at start
+        # The punching and path code (and aioquic) load with the first attempt, never at start.
+        from pierce.nat.punch import Role
+        from pierce.p2p.datagrams import DatagramEnd
+        from pierce.p2p.direct import DirectPath, NoHole, punch_hole
+        from pierce.p2p.gather import gather_udp, to_wire
+        from pierce.p2p.handoff import take_over
+        from pierce.p2p.identity import process_identity
+        from pierce.p2p.keepalive import tuned
+        from pierce.p2p.quic import QuicPath
         from pierce.proxies.xtcp import XtcpProxyConfig
         from pierce.proxies.xudp import XudpProxyConfig
 
@@ -162,9 +179,7 @@ class OwnerP2p:
             sock.bind(("0.0.0.0", 0))
             stun = (self.server_host(), msg.stun_port) if msg.stun_port else None
             gathered = await gather_udp(sock, stun)
-            settings, path_settings = tuned(
-                self.settings, self.path_settings, self.lifetimes, gathered.reflexive
-            )
+            settings, path_settings = tuned(*self.tunables(), gathered.reflexive)
             identity = process_identity()
             ours = Offer(
                 candidates=to_wire(gathered.candidates),
@@ -293,6 +308,11 @@ class OwnerP2p:
         """One direct TCP connection for a visitor's pool: candidates from one fixed port, the
         simultaneous open (or LAN connect), then TLS or the plain proofs. The connection waits for the
         visitor's handoff before the local service is connected (a pooled one may wait a while)."""
+        from pierce.p2p.gather import from_wire, to_wire
+        from pierce.p2p.handoff import take_over
+        from pierce.p2p.identity import process_identity
+        from pierce.p2p.tcp_direct import connect_direct, secure_owner
+        from pierce.p2p.tcp_pool import POOL_IDLE_MAX, reserved_port, tcp_candidates
         from pierce.proxies.xtcp import XtcpProxyConfig
 
         assert isinstance(config, XtcpProxyConfig)
@@ -321,8 +341,8 @@ class OwnerP2p:
                     port,
                     from_wire(theirs.candidates, "tcp"),
                     start_at=start_at,
-                    deadline=start_at + self.settings.budget_s,
-                    opening_ttl=self.settings.opening_ttl,
+                    deadline=start_at + self.tunables()[0].budget_s,
+                    opening_ttl=self.tunables()[0].opening_ttl,
                 )
             end = await secure_owner(sock, identity, key, encrypt=encrypt)
         except (TimeoutError, PierceError, OSError, ssl.SSLError) as exc:

@@ -77,10 +77,10 @@ def make_verifier(identity: str, password: str) -> Verifier:
 
 
 def _group_modulus() -> int:
-    from srp import _pysrp  # the group constants, as the package defines them
-
-    n, _ = _pysrp.get_ng(_GROUP, None, None)
-    return int(n)
+    """N of the group, as the implementation the package loaded defines it (OpenSSL's through ctypes; the
+    pure-Python fallback, which imports six, loads only without it)."""
+    n_hex, _ = srp._mod._ng_const[_GROUP]
+    return int(n_hex, 16)
 
 
 _N = _group_modulus()

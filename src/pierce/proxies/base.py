@@ -203,9 +203,8 @@ class Front(Protocol):
 
 
 class FrontType(Protocol):
-    """A front's class: told whether the server config wants it, and made from that config."""
-
-    def enabled(self, config: ServerConfig) -> bool: ...
+    """A front's class, made from the server config that asks for it
+    (`pierce.server.proxies.registry.configured_fronts`)."""
 
     def __call__(self, config: ServerConfig, state_dir: Path) -> Front: ...
 

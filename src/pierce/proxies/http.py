@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
 from pierce.addr import HostPort
 from pierce.domains import InvalidDomain, normalize_domain, normalize_label
 from pierce.errors import InvalidValue, KeyPath
-from pierce.inspect.record import ConnectionRecorder
 from pierce.protocol import StartWork
 from pierce.protocol.messages import MAX_DOMAINS, MAX_HEADERS, DomainName, HeaderText, PathPrefix
 from pierce.proxies.base import (
@@ -32,6 +31,9 @@ from pierce.proxies.base import (
 )
 from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
 from pierce.relay import End
+
+if TYPE_CHECKING:
+    from pierce.inspect.record import ConnectionRecorder
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 #: Control characters a header value must not hold (a tab is allowed): CR and LF would end the field

@@ -13,13 +13,12 @@ from __future__ import annotations
 import enum
 import logging
 import ssl
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
 from pierce.addr import HostPort
 from pierce.errors import InvalidValue
-from pierce.inspect.record import ConnectionRecorder
 from pierce.logs import event
 from pierce.protocol import StartWork
 from pierce.protocol.messages import MAX_DOMAINS, DomainName
@@ -33,6 +32,9 @@ from pierce.proxies.base import (
 from pierce.proxies.http import check_domains
 from pierce.proxies.tcp import proxy_protocol_header, serve_tcp_work
 from pierce.relay import End
+
+if TYPE_CHECKING:
+    from pierce.inspect.record import ConnectionRecorder
 
 log = logging.getLogger("pierce.proxy")
 

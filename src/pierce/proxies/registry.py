@@ -3,18 +3,17 @@
 Adding a kind means a new module in `pierce.proxies` and an arm in each table below (the type checker
 insists: every table ends with `assert_never`), plus its `ProxyType` member, its server side in
 `pierce.server.proxies` and an arm in `pierce.server.proxies.registry` (and, when it needs a listener the
-server shares between proxies, its front in `FRONTS` there).
+server shares between proxies, its front in `configured_fronts` there).
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Coroutine
-from typing import Any, TypeAlias, assert_never
+from typing import TYPE_CHECKING, Any, TypeAlias, assert_never
 
 import msgspec
 
-from pierce.inspect.record import ConnectionRecorder
 from pierce.protocol import ProtocolError, StartWork
 from pierce.proxies.http import HttpProxyConfig, HttpSpec, http_spec, serve_http_work
 from pierce.proxies.https import HttpsProxyConfig, HttpsSpec, https_spec, serve_https_work
@@ -26,6 +25,9 @@ from pierce.proxies.udp import UdpProxies, UdpProxyConfig, UdpSpec, udp_spec
 from pierce.proxies.xtcp import XtcpProxyConfig, XtcpSpec, serve_xtcp_work, xtcp_spec
 from pierce.proxies.xudp import XudpProxyConfig, XudpSpec, serve_xudp_work, xudp_spec
 from pierce.relay import End
+
+if TYPE_CHECKING:
+    from pierce.inspect.record import ConnectionRecorder
 
 #: ``[[proxies]]`` tables, tagged by ``type``.
 ProxyConfig: TypeAlias = (

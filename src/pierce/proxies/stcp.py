@@ -8,7 +8,8 @@ stream goes to the local service like any TCP stream (`pierce.proxies.tcp.serve_
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Coroutine
+from typing import Any, ClassVar
 
 from pierce.addr import HostPort
 from pierce.protocol import SecretKind, StartWork
@@ -32,6 +33,7 @@ def stcp_spec(config: StcpProxyConfig) -> StcpSpec:
     return StcpSpec()
 
 
-async def serve_stcp_work(config: StcpProxyConfig, start: StartWork, tunnel: End) -> None:
+def serve_stcp_work(config: StcpProxyConfig, start: StartWork, tunnel: End) -> Coroutine[Any, Any, None]:
+    """`pierce.proxies.tcp.serve_tcp_work` for one visitor (its coroutine: no frame of this one is held)."""
     local = HostPort(config.local_ip, config.local_port)
-    await serve_tcp_work(config.name, local, start, tunnel, bandwidth_limit=config.bandwidth_limit)
+    return serve_tcp_work(config.name, local, start, tunnel, bandwidth_limit=config.bandwidth_limit)

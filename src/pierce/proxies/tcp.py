@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from pierce.addr import HostPort, format_sockaddr
 from pierce.bandwidth import limits_for, parse_rate
 from pierce.dial import TargetUnreachable, connect_tcp
-from pierce.inspect.record import ConnectionRecorder
 from pierce.logs import event, log_conn_closed
 from pierce.protocol import StartWork
 from pierce.protocol.messages import Port
@@ -26,9 +27,11 @@ from pierce.proxies.base import (
     check_proxy,
     masked_repr,
 )
-from pierce.proxy_protocol import build_v1, build_v2
 from pierce.relay import End, SocketEnd, relay
 from pierce.transport import TlsEnd
+
+if TYPE_CHECKING:
+    from pierce.inspect.record import ConnectionRecorder
 
 log = logging.getLogger("pierce.proxy")
 
@@ -73,6 +76,8 @@ def proxy_protocol_header(version: ProxyProtocolVersion | None, start: StartWork
     """The PROXY protocol header telling the local service who the visitor is (empty when off)."""
     if version is None:
         return b""
+    from pierce.proxy_protocol import build_v1, build_v2  # loads with the first proxy that sends one
+
     source = (start.visitor_host, start.visitor_port)
     destination = (start.server_host or "0.0.0.0", start.server_port)
     build = build_v1 if version is ProxyProtocolVersion.V1 else build_v2
@@ -164,9 +169,11 @@ async def serve_tcp_work(
     log_conn_closed(log, name, visitor, str(local), stats)
 
 
-async def serve_tcp_proxy_work(config: TcpProxyConfig, start: StartWork, tunnel: End) -> None:
+def serve_tcp_proxy_work(config: TcpProxyConfig, start: StartWork, tunnel: End) -> Coroutine[Any, Any, None]:
+    """`serve_tcp_work` for a tcp proxy (its coroutine, returned: a held connection keeps no frame of this
+    function)."""
     local = HostPort(config.local_ip, config.local_port)
     header = proxy_protocol_header(config.proxy_protocol_version, start)
-    await serve_tcp_work(
+    return serve_tcp_work(
         config.name, local, start, tunnel, header=header, bandwidth_limit=config.bandwidth_limit
     )

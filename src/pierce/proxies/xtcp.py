@@ -10,7 +10,8 @@ the local service like any TCP stream.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Coroutine
+from typing import Any, ClassVar
 
 from pierce.addr import HostPort
 from pierce.protocol import SecretKind, StartWork
@@ -33,6 +34,7 @@ def xtcp_spec(config: XtcpProxyConfig) -> XtcpSpec:
     return XtcpSpec()
 
 
-async def serve_xtcp_work(config: XtcpProxyConfig, start: StartWork, tunnel: End) -> None:
+def serve_xtcp_work(config: XtcpProxyConfig, start: StartWork, tunnel: End) -> Coroutine[Any, Any, None]:
+    """`pierce.proxies.tcp.serve_tcp_work` for one visitor (its coroutine: no frame of this one is held)."""
     local = HostPort(config.local_ip, config.local_port)
-    await serve_tcp_work(config.name, local, start, tunnel, bandwidth_limit=config.bandwidth_limit)
+    return serve_tcp_work(config.name, local, start, tunnel, bandwidth_limit=config.bandwidth_limit)

@@ -36,7 +36,8 @@ from pierce.handshake import (
 from pierce.listeners import TcpListener, drop, set_nodelay
 from pierce.logs import event
 from pierce.mux import MuxChannel, MuxConnection, MuxStream
-from pierce.nat.stun_server import StunPolicy, StunServer
+from pierce.nat.stun_policy import StunPolicy
+from pierce.nat.stun_server import StunServer
 from pierce.protocol import (
     MAX_FRAME_SIZE,
     Error,
@@ -58,7 +59,7 @@ from pierce.runtime import release_free_memory
 from pierce.server.admission import Admission, LogBudget, Refusal, Ticket
 from pierce.server.claims import Claims
 from pierce.server.proxies.group import ProxyGroups
-from pierce.server.proxies.registry import FRONTS
+from pierce.server.proxies.registry import configured_fronts
 from pierce.server.proxies.rendezvous import P2pCounters
 from pierce.server.proxies.secret import SecretProxyServer, serve_visit, visitor_path
 from pierce.server.session import ControlSession
@@ -146,11 +147,10 @@ class Server:
             key_file=Path(cfg.tls_key_file) if cfg.tls_key_file else None,
         )
         self._ssl = server_context(self.certificate)
-        for front_type in FRONTS:
-            if front_type.enabled(cfg):
-                front = front_type(cfg, state)
-                self.fronts[type(front)] = front
-                await front.start()
+        for front_type in configured_fronts(cfg):
+            front = front_type(cfg, state)
+            self.fronts[type(front)] = front
+            await front.start()
         self._start_stun()
         self._listener = TcpListener.open(
             HostPort(cfg.bind_addr, cfg.bind_port), self._accept, name="control", handler_owns=True

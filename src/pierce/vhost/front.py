@@ -57,10 +57,6 @@ class VhostFront:
 
     missing: ClassVar[str] = "this server has no web ports (vhost_http_port / vhost_https_port)"
 
-    @staticmethod
-    def enabled(config: ServerConfig) -> bool:
-        return bool(config.vhost_http_port or config.vhost_https_port)
-
     def __init__(self, config: ServerConfig, state_dir: Path) -> None:
         self.config = config
         self.state_dir = state_dir

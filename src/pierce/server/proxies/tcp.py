@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Coroutine
 from typing import Any, ClassVar
 
 from pierce.addr import HostPort
@@ -59,8 +60,9 @@ class TcpProxyServer:
         group.add(member)
         return member
 
-    async def serve(self, conn: socket.socket, addr: Any) -> None:
-        """A visitor accepted on the public port."""
+    def serve(self, conn: socket.socket, addr: Any) -> Coroutine[Any, Any, None]:
+        """A visitor accepted on the public port: the bridge that serves it (returned, not awaited here,
+        so a held connection keeps no frame of this function)."""
         here = conn.getsockname()
         start = StartWork(
             proxy=self.name,
@@ -69,7 +71,7 @@ class TcpProxyServer:
             server_host=here[0],
             server_port=here[1],
         )
-        await bridge(self.name, self.owner, self.live, SocketVisitor(conn, (addr[0], addr[1])), start)
+        return bridge(self.name, self.owner, self.live, SocketVisitor(conn, (addr[0], addr[1])), start)
 
     def stats(self) -> ProxyStats:
         return self.live.stats()

@@ -202,10 +202,6 @@ class TcpMuxFront:
 
     missing: ClassVar[str] = "this server has no tcpmux port (tcpmux_httpconnect_port)"
 
-    @staticmethod
-    def enabled(config: ServerConfig) -> bool:
-        return bool(config.tcpmux_httpconnect_port)
-
     def __init__(self, config: ServerConfig, state_dir: Path) -> None:
         self.config = config
         self.routes: DomainRouter[MuxRoute] = DomainRouter()
