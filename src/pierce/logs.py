@@ -205,6 +205,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "client.reloaded": {"added", "removed", "changed"},
         "client.reload_failed": {"error"},
         "client.stopping": set(),
+        "client.crashed": {"error"},
         "admin.listening": {"listen", "port", "path"},
         "inspect.replayed": {"proxy", "method", "target", "status"},
         "tls.pinned": {"server", "fingerprint", "path"},

@@ -468,6 +468,18 @@ async def run_client(config: ClientConfig, config_path: Path | None = None) -> i
         done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stopper in done:
             log.info("stopping on %s", stopper.result().name)
+        elif not runner.cancelled() and (failure := runner.exception()) is not None:
+            # A bug, not a network failure (those are retried in run()): said, and a failed exit (a
+            # supervisor restarts the client) instead of a silent one.
+            event(
+                log,
+                logging.ERROR,
+                "client.crashed",
+                f"client stopped by an unexpected error: {failure!r}",
+                error=repr(failure),
+            )
+            log.error("where it happened:", exc_info=failure)
+            return 1
     finally:
         stopper.cancel()
         await client.close()
