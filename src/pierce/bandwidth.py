@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
+
+import msgspec
 
 _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?B)\s*$", re.IGNORECASE)
@@ -52,8 +53,7 @@ def parse_rate(text: str) -> int:
     return rate
 
 
-@dataclass(slots=True)
-class TokenBucket:
+class TokenBucket(msgspec.Struct):
     """``rate`` bytes per second with room for ``burst`` at once."""
 
     rate: float
@@ -142,8 +142,7 @@ class Throttle:
         return False
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(msgspec.Struct, frozen=True):
     """A proxy's throttles: toward the local service (``inbound``) and toward the visitor (``outbound``)."""
 
     inbound: Throttle

@@ -35,7 +35,6 @@ from pierce.protocol.messages import DEFAULT_USER, MAX_IDLE_WORK_CONNS
 from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT as DEFAULT_UDP_IDLE_TIMEOUT
 from pierce.proxies.base import check_bandwidth_limit, masked_repr
 from pierce.proxies.registry import ProxyConfig
-from pierce.token_strength import check_token_strength
 
 #: The current config format version; files may say ``version = 1``.
 CONFIG_VERSION = 1
@@ -389,6 +388,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     acme: AcmeConfig | None = None
 
     def __post_init__(self) -> None:
+        from pierce.token_strength import check_token_strength  # the server's only: a client never loads it
+
         names = [u.name for u in self.users]
         if self.token:
             check_token_strength("token", self.token, self.allow_weak_token)

@@ -28,10 +28,10 @@ import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import msgspec
 from aiohttp import web
 from rich.console import Console, Group
 from rich.live import Live
@@ -74,8 +74,7 @@ class DemoFailure(PierceError):
 # -- events: what the panel shows and what the demo waits on --------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class TappedEvent:
+class TappedEvent(msgspec.Struct, frozen=True):
     ts: float
     level: int
     name: str
@@ -421,8 +420,7 @@ def _http() -> aiohttp.ClientSession:
     )
 
 
-@dataclass
-class Totals:
+class Totals(msgspec.Struct):
     visitors: int = 0
     up: int = 0
     down: int = 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
+import sys
 from typing import Any
 
 from pierce.addr import HostPort, format_sockaddr
@@ -38,7 +40,7 @@ async def connect_tcp(target: HostPort, timeout: float) -> socket.socket:
         sock.setblocking(False)
         try:
             async with asyncio.timeout_at(deadline):
-                await loop.sock_connect(sock, addr)
+                await _connect(loop, sock, addr)
         except TimeoutError:
             sock.close()
             raise TargetUnreachable(f"connect to {target} timed out after {timeout:g}s") from None
@@ -52,3 +54,33 @@ async def connect_tcp(target: HostPort, timeout: float) -> socket.socket:
         set_nodelay(sock)
         return sock
     raise TargetUnreachable(f"connect to {target} failed: {'; '.join(errors) or 'no address'}")
+
+
+#: ``connect`` on a non-blocking socket: under way, readiness to write says when it is done.
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, addr: Any) -> None:
+    """``loop.sock_connect`` for an address `resolve` gave: uvloop's resolves it once more, which loads the
+    IDNA codec (and its Unicode tables) into every client for an IP literal. Elsewhere (Windows' proactor
+    loop has no ``add_writer``) the loop's own."""
+    if sys.platform == "win32":
+        await loop.sock_connect(sock, addr)
+        return
+    err = sock.connect_ex(addr)
+    if err in _IN_PROGRESS:
+        fut: asyncio.Future[None] = loop.create_future()
+        fd = sock.fileno()
+        loop.add_writer(fd, _wake, fut)
+        try:
+            await fut
+        finally:
+            loop.remove_writer(fd)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

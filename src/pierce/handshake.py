@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import NoReturn
+
+import msgspec
 
 from pierce import __version__
 from pierce.errors import RemoteError
@@ -81,8 +82,7 @@ class WrongCredentials(AuthenticationFailed):
     """
 
 
-@dataclass(frozen=True, slots=True)
-class Login:
+class Login(msgspec.Struct, frozen=True):
     """A login the server accepted."""
 
     user: str

@@ -21,8 +21,9 @@ moment may lose one of the new lines; that server is then recorded again at its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from pierce.addr import HostPort, parse_host_port
 from pierce.errors import LocalError
@@ -70,8 +71,7 @@ class CertificateChanged(FingerprintMismatch):
         )
 
 
-@dataclass(frozen=True)
-class Pin:
+class Pin(msgspec.Struct, frozen=True):
     """One line of the file: a server and the fingerprint recorded for it."""
 
     server: str

@@ -8,9 +8,9 @@ import asyncio
 import ipaddress
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
+import msgspec
 from aiohttp import web
 
 from pierce.addr import format_sockaddr, source_of
@@ -97,8 +97,7 @@ BUSY_RESPONSE = (
 )
 
 
-@dataclass(frozen=True, kw_only=True)
-class ConnectionLimits:
+class ConnectionLimits(msgspec.Struct, frozen=True, kw_only=True):
     #: Connections open at once; more are answered 503 and closed.
     max_connections: int
     #: Of those, from one source (`pierce.addr.source_of`: an IPv4 address or an IPv6 /64).

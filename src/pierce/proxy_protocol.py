@@ -20,7 +20,8 @@ import enum
 import ipaddress
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from pierce.addr import HostPort, IPAddress, SockAddr, unmap_ipv4
 from pierce.errors import RemoteError
@@ -75,8 +76,7 @@ class ProxyProtocolError(RemoteError):
     """Bytes that should start with a PROXY protocol header do not hold a valid one."""
 
 
-@dataclass(frozen=True, slots=True)
-class ProxyHeader:
+class ProxyHeader(msgspec.Struct, frozen=True):
     """A parsed header. ``source``/``destination`` are None for UNKNOWN, LOCAL, UNSPEC and UNIX."""
 
     version: int

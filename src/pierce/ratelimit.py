@@ -14,14 +14,14 @@ from __future__ import annotations
 import enum
 from collections import OrderedDict
 from collections.abc import Hashable
-from dataclasses import dataclass
+
+import msgspec
 
 #: Buckets kept before the least recently used one is evicted (about 100 bytes each).
 DEFAULT_MAX_KEYS = 10_000
 
 
-@dataclass
-class TokenBucket:
+class TokenBucket(msgspec.Struct):
     """``burst`` tokens at most, refilled at ``rate`` per second; starts full."""
 
     rate: float

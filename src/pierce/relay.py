@@ -44,7 +44,8 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
+import msgspec
 
 from pierce.bandwidth import Throttle
 
@@ -306,13 +307,12 @@ def abort_transport(transport: asyncio.BaseTransport) -> None:
         transport.close()
 
 
-@dataclass(slots=True, eq=False)
-class RelayStats:
+class RelayStats(msgspec.Struct, eq=False):
     """Live byte counters of one relay, readable while it runs."""
 
     a_to_b: int = 0
     b_to_a: int = 0
-    started: float = field(default_factory=time.monotonic)
+    started: float = msgspec.field(default_factory=time.monotonic)
     ended: float | None = None
     #: The error that ended the relay early, or None when both directions reached EOF.
     error: BaseException | None = None

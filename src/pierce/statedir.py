@@ -13,8 +13,9 @@ import logging
 import os
 import secrets
 import stat
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from pierce.errors import LocalError
 from pierce.logs import event
@@ -26,8 +27,7 @@ SECRET_BYTES = 16
 MAX_SECRET_FILE = 4096
 
 
-@dataclass(frozen=True)
-class Tightened:
+class Tightened(msgspec.Struct, frozen=True):
     """One path whose permissions `prepare_state_dir` narrowed (or failed to)."""
 
     path: Path

@@ -34,8 +34,9 @@ import os
 import re
 import ssl
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from pierce.errors import LocalError, RemoteError
 
@@ -73,8 +74,7 @@ class FingerprintMismatch(RemoteError):
         )
 
 
-@dataclass(frozen=True)
-class ServerCertificate:
+class ServerCertificate(msgspec.Struct, frozen=True):
     """The certificate a server presents, with the key files ``ssl`` loads it from."""
 
     cert_path: Path

@@ -11,7 +11,6 @@ import signal
 import ssl
 import time
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,15 +46,14 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 20.0
 
 
-@dataclass
-class ClientStatus:
+class ClientStatus(msgspec.Struct):
     connected: bool = False
     run_id: str = ""
     attempts: int = 0
     last_error: str = ""
     connected_since: float | None = None
     #: Every configured proxy as the client sees it (replaced, never changed in place).
-    proxies: dict[str, ClientProxyInfo] = field(default_factory=dict)
+    proxies: dict[str, ClientProxyInfo] = msgspec.field(default_factory=dict)
 
 
 def default_client_id(config_path: Path | None) -> str:

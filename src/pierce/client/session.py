@@ -91,6 +91,9 @@ class Dialer:
             fingerprint=config.server_fingerprint or None,
             ca_file=Path(config.trusted_ca_file) if config.trusted_ca_file else None,
         )
+        #: The name sent in the TLS ClientHello: the one the certificate must carry when a CA vouches for
+        #: it; none otherwise ("": nothing checks it then, and no IDNA codec loads for a constant).
+        self._sni = SERVER_NAME if self._ssl.check_hostname else ""
         #: Trust on first use, unless the config pins the certificate or its CA.
         self.known_hosts: KnownHosts | None = None
         if not (config.server_fingerprint or config.trusted_ca_file):
@@ -101,7 +104,7 @@ class Dialer:
         self._server_ip = str(sock.getpeername()[0])
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(sock=sock, ssl=self._ssl, server_hostname=SERVER_NAME, limit=2**20),
+                asyncio.open_connection(sock=sock, ssl=self._ssl, server_hostname=self._sni, limit=2**20),
                 DIAL_TIMEOUT,
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:

@@ -8,7 +8,8 @@ way, otherwise the SRP exchange first. The owner proves the secret back before a
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+
+import msgspec
 
 from pierce.client.session import Dialer, ServerUnreachable
 from pierce.config import VisitorConfig
@@ -49,8 +50,7 @@ async def open_visit(
     return (await accepted_visit(dialer, config, tickets, check_only=check_only)).channel
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(msgspec.Struct, frozen=True):
     """An accepted visit: its connection, the visit id, the server's answer and the key the visitor
     shares with the owner (the ticket key)."""
 

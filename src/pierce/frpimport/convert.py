@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import configparser
-import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from pierce import config
 from pierce.errors import ConfigError
@@ -15,8 +16,7 @@ from pierce.frpimport.formats import Format, Role, detect_format, detect_role, p
 from pierce.frpimport.source import Source
 
 
-@dataclasses.dataclass(frozen=True)
-class Converted:
+class Converted(msgspec.Struct, frozen=True):
     """The result of converting one frp file."""
 
     role: Role

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, field
+
+import msgspec
 
 #: A transport address as the socket module uses it: ``(host, port)`` with the host an IP literal.
 Address = tuple[str, int]
@@ -47,8 +48,7 @@ TYPE_PREFERENCE = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(msgspec.Struct, frozen=True):
     """One candidate. `host` must be an IP literal (names are resolved before they get here).
 
     For a local candidate `socket_id` names the socket it was gathered on (a server-reflexive candidate
@@ -61,18 +61,21 @@ class Candidate:
     port: int
     socket_id: int = 0
     local_preference: int = 65535
-    version: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         try:
-            ip = ipaddress.ip_address(self.host)
+            ipaddress.ip_address(self.host)
         except ValueError:
             raise ValueError(f"candidate host must be an IP address, not {self.host!r}") from None
         if not 0 < self.port < 65536:
             raise ValueError(f"candidate port must be 1..65535, not {self.port}")
         if not 0 <= self.local_preference <= 65535:
             raise ValueError(f"local_preference must be 0..65535, not {self.local_preference}")
-        object.__setattr__(self, "version", ip.version)
+
+    @property
+    def version(self) -> int:
+        """4 or 6 (`host` is an IP literal, checked at construction)."""
+        return 6 if ":" in self.host else 4
 
     @property
     def address(self) -> Address:
@@ -89,8 +92,7 @@ def pair_priority(controlling: int, controlled: int) -> int:
     return (min(g, d) << 32) + 2 * max(g, d) + (1 if g > d else 0)
 
 
-@dataclass(slots=True)
-class Pair:
+class Pair(msgspec.Struct):
     """A local socket and a remote address to check, with the bookkeeping of the checks sent on it."""
 
     socket_id: int

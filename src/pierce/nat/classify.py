@@ -10,8 +10,9 @@ import enum
 import ipaddress
 import itertools
 import textwrap
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from pierce.addr import IPAddress
 from pierce.nat.stun import Endpoint
@@ -51,8 +52,7 @@ class Outcome(enum.Enum):
     NOT_RUN = "not run"
 
 
-@dataclass
-class Observations:
+class Observations(msgspec.Struct):
     """Everything the discovery tests saw. Fields left at their defaults were not observed."""
 
     server: Endpoint
@@ -79,7 +79,7 @@ class Observations:
     #: Mapping lifetime lower bound in seconds, and what was learnt measuring it.
     lifetime: float | None = None
     lifetime_note: str = ""
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = msgspec.field(default_factory=list)
 
     @property
     def one_address(self) -> bool:
@@ -87,8 +87,7 @@ class Observations:
         return self.other is not None and self.other.ip == self.server.ip
 
 
-@dataclass
-class NatReport:
+class NatReport(msgspec.Struct):
     """The answer of ``pierce nat``; `as_json` has the documented fields (and a few extras)."""
 
     server: Endpoint

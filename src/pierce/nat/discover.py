@@ -21,7 +21,8 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 from pierce.addr import HostPort, parse_host_port
 from pierce.errors import LocalError
@@ -37,8 +38,7 @@ DEFAULT_LIFETIME_RESOLUTION = 5.0
 SOFTWARE = "pierce"
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(msgspec.Struct, frozen=True):
     message: Message
     source: Endpoint
     #: The socket it arrived on (not always the one that sent the request: RESPONSE-PORT).

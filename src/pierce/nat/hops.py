@@ -14,7 +14,8 @@ import contextlib
 import ipaddress
 import socket
 import struct
-from dataclasses import dataclass
+
+import msgspec
 
 from pierce.addr import IPAddress
 from pierce.nat import stun
@@ -31,8 +32,7 @@ _EXTENDED_ERR = struct.Struct("=IBBBBII")  # errno, origin, type, code, pad, inf
 MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 
 
-@dataclass
-class Trace:
+class Trace(msgspec.Struct):
     """``hops[i]`` answered for TTL i + 1 (None: silent); ``reached`` is the TTL the server answered at."""
 
     hops: list[IPAddress | None]

@@ -79,7 +79,8 @@ import random
 import secrets
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+import msgspec
 
 from pierce.nat.candidates import (
     MAX_PAIRS,
@@ -123,8 +124,7 @@ class FailReason(enum.Enum):
     PATH_DEAD = "path dead"
 
 
-@dataclass(frozen=True, kw_only=True)
-class PunchSettings:
+class PunchSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Knobs of one attempt; the defaults are the documented ones (module docstring)."""
 
     #: Seconds between two checks (RFC 8445 Ta).
@@ -172,16 +172,14 @@ class PunchSettings:
             raise ValueError("spray_probes must be at most half the spray port range")
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(msgspec.Struct, frozen=True):
     socket_id: int
     dest: Address
     data: bytes
     ttl: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Path:
+class Path(msgspec.Struct, frozen=True):
     """The locked hole: our socket (and its candidate, if it has one) and the peer's address."""
 
     socket_id: int
@@ -189,34 +187,29 @@ class Path:
     remote: Address
 
 
-@dataclass(frozen=True, slots=True)
-class SocketsRequested:
+class SocketsRequested(msgspec.Struct, frozen=True):
     """Bind this many more sockets (same address family as the spray target) and `add_sockets` them."""
 
     count: int
 
 
-@dataclass(frozen=True, slots=True)
-class PeerReflexiveFound:
+class PeerReflexiveFound(msgspec.Struct, frozen=True):
     socket_id: int
     address: Address
 
 
-@dataclass(frozen=True, slots=True)
-class PathLocked:
+class PathLocked(msgspec.Struct, frozen=True):
     path: Path
     #: Seconds from `start_at` to the lock.
     elapsed: float
 
 
-@dataclass(frozen=True, slots=True)
-class PunchFailed:
+class PunchFailed(msgspec.Struct, frozen=True):
     reason: FailReason
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class PathDead:
+class PathDead(msgspec.Struct, frozen=True):
     path: Path
     silent_s: float
 

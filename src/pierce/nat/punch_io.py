@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from dataclasses import dataclass
+
+import msgspec
 
 from pierce.nat.punch import (
     FailReason,
@@ -31,8 +32,7 @@ READ_BURST = 64
 MAX_DATAGRAM = 2048
 
 
-@dataclass(frozen=True, slots=True)
-class PunchResult:
+class PunchResult(msgspec.Struct, frozen=True):
     """How an attempt ended: ``locked`` (and the socket it locked on) or ``failed``."""
 
     locked: PathLocked | None

@@ -27,7 +27,8 @@ from __future__ import annotations
 import enum
 import hmac
 import struct
-from dataclasses import dataclass
+
+import msgspec
 
 from pierce.errors import RemoteError
 
@@ -70,8 +71,7 @@ class PunchWireError(RemoteError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class PunchPacket:
+class PunchPacket(msgspec.Struct, frozen=True):
     kind: Kind
     controlling: bool
     session_id: bytes

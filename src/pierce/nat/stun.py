@@ -17,8 +17,9 @@ import ipaddress
 import secrets
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import NamedTuple
+
+import msgspec
 
 from pierce.addr import IPAddress
 from pierce.errors import RemoteError
@@ -91,14 +92,12 @@ class Endpoint(NamedTuple):
         return f"[{self.ip}]:{self.port}" if self.ip.version == 6 else f"{self.ip}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorCode:
+class ErrorCode(msgspec.Struct, frozen=True):
     code: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(msgspec.Struct, frozen=True):
     """One STUN message: type, transaction id and its attributes (raw values, in wire order)."""
 
     method: int

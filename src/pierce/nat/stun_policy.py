@@ -3,7 +3,7 @@ reads them here without loading the responder, which a client never runs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 #: Answers per second to one source (an IPv4 address, an IPv6 /64) once its burst is used. RFC 5780
 #: section 5 asks clients for at most ten new transactions a second.
@@ -15,8 +15,7 @@ DEFAULT_BURST = 50
 DEFAULT_GLOBAL_RATE = 1000.0
 
 
-@dataclass(frozen=True)
-class StunPolicy:
+class StunPolicy(msgspec.Struct, frozen=True):
     """What the responder agrees to do: answer rates and RESPONSE-PORT."""
 
     #: Answers per second to one source, after its burst.

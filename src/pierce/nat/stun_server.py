@@ -31,7 +31,8 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
+import msgspec
 
 from pierce.addr import IPAddress, source_of
 from pierce.errors import LocalError
@@ -65,7 +66,6 @@ _IN_PKTINFO = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr
 _IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex
 
 
-@dataclass
 class StunStats(StunTcpStats):
     """Counters since start: what arrived and what was done with it (UDP; ``tcp_*`` for TCP)."""
 
@@ -81,8 +81,7 @@ class StunStats(StunTcpStats):
     dropped_global_limit: int = 0
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(msgspec.Struct, frozen=True):
     """What to send for one request: bytes, from which socket (ip index, port index) and address, to where."""
 
     data: bytes
@@ -92,17 +91,16 @@ class Reply:
     error: bool = False
 
 
-@dataclass
-class Layout:
+class Layout(msgspec.Struct):
     """The responder's addresses. ``primary`` may be a wildcard; ``alternate`` never is."""
 
     primary: IPAddress
     port: int
     alternate: IPAddress | None = None
-    ports: tuple[int, int] = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.ports = (self.port, self.port + 1)
+    @property
+    def ports(self) -> tuple[int, int]:
+        return (self.port, self.port + 1)
 
 
 def answer(

@@ -29,7 +29,8 @@ import socket
 import struct
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 from pierce.addr import source_of
 from pierce.errors import LocalError
@@ -89,8 +90,7 @@ def answer_tcp(data: bytes, peer: Endpoint, local: Endpoint) -> bytes:
     return stun.encode(reply, fingerprint=False)
 
 
-@dataclass
-class StunTcpStats:
+class StunTcpStats(msgspec.Struct):
     """Counters of the TCP listener since start."""
 
     tcp_connections: int = 0

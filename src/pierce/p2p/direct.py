@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import socket
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from pierce.config import P2pOptions
 from pierce.errors import PierceError
@@ -33,8 +33,7 @@ if TYPE_CHECKING:
 HARD = frozenset({Behaviour.ADDRESS_DEPENDENT, Behaviour.ADDRESS_AND_PORT_DEPENDENT})
 
 
-@dataclass(slots=True)
-class DirectPath:
+class DirectPath(msgspec.Struct):
     """A live direct path: QUIC in a punched hole."""
 
     quic: QuicPath
@@ -83,8 +82,7 @@ def path_kind(
     return ConnectionPath.DIRECT_UDP
 
 
-@dataclass(slots=True)
-class Hole:
+class Hole(msgspec.Struct):
     """A locked hole: the socket that holds it (a prediction socket may have won), the peer's address,
     the kind of path, how long the punch took, and the agent that keeps answering the peer."""
 
@@ -137,7 +135,7 @@ async def punch_hole(
     mapping = behaviour(remote.mapping)
     lan = lan_only(local, candidates, stun_asked)
     if lan is not None:
-        settings = dataclasses.replace(settings, budget_s=min(settings.budget_s, LAN_BUDGET_S))
+        settings = msgspec.structs.replace(settings, budget_s=min(settings.budget_s, LAN_BUDGET_S))
     agent = PunchAgent(
         role,
         visit_id.encode()[:32],

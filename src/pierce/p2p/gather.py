@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from dataclasses import dataclass
+
+import msgspec
 
 from pierce.nat import stun
 from pierce.nat.candidates import Candidate, CandidateKind
@@ -27,8 +28,7 @@ GATHER_TIMEOUT = 1.5
 RTO = 0.25
 
 
-@dataclass(frozen=True, slots=True)
-class Gathered:
+class Gathered(msgspec.Struct, frozen=True):
     candidates: list[Candidate]
     mapping: Behaviour | None
     #: The server-reflexive address, when STUN answered.

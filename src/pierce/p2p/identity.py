@@ -18,9 +18,10 @@ import hashlib
 import os
 import ssl
 import tempfile
-from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
+
+import msgspec
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -31,8 +32,7 @@ VALIDITY = datetime.timedelta(days=30)
 COMMON_NAME = "pierce p2p"
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(msgspec.Struct, frozen=True):
     """A certificate and its private key; ``fingerprint`` is the SHA-256 of the DER certificate."""
 
     certificate: x509.Certificate

@@ -9,11 +9,12 @@ that moved to another network finds no record for its new address and uses the c
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
+
+import msgspec
 
 from pierce.nat.punch import PunchSettings
 from pierce.p2p.settings import PathSettings
@@ -83,6 +84,6 @@ def tuned(
     if keepalive == settings.keepalive_s:
         return settings, path
     return (
-        dataclasses.replace(settings, keepalive_s=keepalive),
-        dataclasses.replace(path, keepalive_s=keepalive),
+        msgspec.structs.replace(settings, keepalive_s=keepalive),
+        msgspec.structs.replace(path, keepalive_s=keepalive),
     )

@@ -3,8 +3,9 @@ aioquic (`pierce.p2p.quic_core`) loads only when a path is set up."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 if TYPE_CHECKING:
     from aioquic.quic.configuration import QuicConfiguration
@@ -19,8 +20,7 @@ KEEPALIVE = 15.0
 CONGESTION_CONTROL = "cubic"
 
 
-@dataclass(frozen=True, slots=True)
-class PathSettings:
+class PathSettings(msgspec.Struct, frozen=True):
     """Tunables of one path (the defaults suit an unknown Internet path)."""
 
     keepalive_s: float = KEEPALIVE

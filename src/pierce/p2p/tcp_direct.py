@@ -81,8 +81,9 @@ import socket
 import struct
 import sys
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import msgspec
 
 from pierce.addr import HostPort
 from pierce.errors import LocalError, PierceError, RemoteError
@@ -313,20 +314,19 @@ async def connect_direct(
     return sock, candidate, "lan" if lan else "tcp"
 
 
-@dataclass(eq=False)
-class _Race:
+class _Race(msgspec.Struct, eq=False):
     role: Role
     port: int
     candidates: list[Candidate]
     start_at: float
     opening_ttl: int | None
-    outcomes: dict[Candidate, str] = field(default_factory=dict)
-    _socks: set[socket.socket] = field(default_factory=set)
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _connected: asyncio.Queue[tuple[socket.socket, Candidate]] = field(default_factory=asyncio.Queue)
+    outcomes: dict[Candidate, str] = msgspec.field(default_factory=dict)
+    _socks: set[socket.socket] = msgspec.field(default_factory=set)
+    _tasks: set[asyncio.Task[None]] = msgspec.field(default_factory=set)
+    _connected: asyncio.Queue[tuple[socket.socket, Candidate]] = msgspec.field(default_factory=asyncio.Queue)
+    loop: asyncio.AbstractEventLoop = msgspec.field(default_factory=asyncio.get_running_loop)
 
     def __post_init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
         for c in self.candidates:
             self.outcomes[c] = "not tried"
 

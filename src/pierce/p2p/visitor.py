@@ -22,8 +22,9 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from pierce.addr import HostPort
 from pierce.client.visit import accepted_visit
@@ -72,8 +73,7 @@ QUIC_TIMEOUT = 5.0
 POOL_MARGIN = 10.0
 
 
-@dataclass(slots=True)
-class P2pStatus:
+class P2pStatus(msgspec.Struct):
     """What the visitor's snapshot says about its direct path."""
 
     path: ConnectionPath = ConnectionPath.RELAY
@@ -84,7 +84,7 @@ class P2pStatus:
     direct_since: float | None = None
     #: Milliseconds the last successful punch took.
     punch_ms: int = 0
-    history: list[str] = field(default_factory=list)
+    history: list[str] = msgspec.field(default_factory=list)
 
 
 class VisitorP2p:

@@ -44,7 +44,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+
+import msgspec
 
 from pierce.protocol.errors import ProtocolError
 
@@ -93,13 +94,11 @@ class ResetCode(enum.IntEnum):
 # -- events -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class StreamOpened:
+class StreamOpened(msgspec.Struct, frozen=True):
     stream: int
 
 
-@dataclass(frozen=True, slots=True)
-class StreamData:
+class StreamData(msgspec.Struct, frozen=True):
     """Bytes of a stream, and whether they are its last this way (``fin``)."""
 
     stream: int
@@ -107,30 +106,26 @@ class StreamData:
     fin: bool
 
 
-@dataclass(frozen=True, slots=True)
-class WindowOpened:
+class WindowOpened(msgspec.Struct, frozen=True):
     """The stream may send ``increment`` more bytes."""
 
     stream: int
     increment: int
 
 
-@dataclass(frozen=True, slots=True)
-class StreamReset:
+class StreamReset(msgspec.Struct, frozen=True):
     stream: int
     code: int
 
 
-@dataclass(frozen=True, slots=True)
-class PingReceived:
+class PingReceived(msgspec.Struct, frozen=True):
     """A ping to answer (``ack`` False: with :meth:`MuxState.ping_frame`) or an answer to ours."""
 
     payload: bytes
     ack: bool
 
 
-@dataclass(frozen=True, slots=True)
-class GoAway:
+class GoAway(msgspec.Struct, frozen=True):
     code: int
     reason: str
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
 
+import msgspec
 import srp  # type: ignore[import-untyped]
 
 _HASH = srp.SHA256
@@ -42,8 +42,7 @@ class PakeFailed(Exception):
     """The peer's public value or proof is invalid (the password does not match, or a forgery)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Verifier:
+class Verifier(msgspec.Struct, frozen=True):
     """What the verifying side keeps for one password: a salt and ``g^x mod N``."""
 
     salt: bytes

@@ -13,7 +13,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from dataclasses import dataclass, field
+
+import msgspec
 
 from pierce.errors import InvalidValue
 from pierce.logs import event
@@ -43,15 +44,14 @@ def parse_networks(key: str, entries: list[str]) -> tuple[Network, ...]:
     return tuple(found)
 
 
-@dataclass(slots=True)
-class IpAccess:
+class IpAccess(msgspec.Struct):
     """One proxy's lists, and its refusals."""
 
     proxy: str
     allow: tuple[Network, ...] = ()
     deny: tuple[Network, ...] = ()
     refused: int = 0
-    _logged_at: float = field(default=0.0)
+    _logged_at: float = 0.0
     _unlogged: int = 0
 
     @classmethod

@@ -18,7 +18,6 @@ import logging
 import re
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import msgspec
 
@@ -80,8 +79,7 @@ class Health(enum.Enum):
     DOWN = "down"
 
 
-@dataclass
-class HealthState:
+class HealthState(msgspec.Struct):
     """The health of one local service, from the results of its checks."""
 
     max_failed: int

@@ -17,7 +17,8 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 from pierce.protocol import ErrorCode, VisitorCheck, VisitorVerdict
 from pierce.protocol.auth import derive_key, owner_proof, verify, visit_proof
@@ -42,16 +43,14 @@ def ticket_key(session_key: bytes, proxy: str) -> bytes:
     return derive_key(session_key, "visit ticket", proxy)
 
 
-@dataclass(slots=True)
-class _Ticket:
+class _Ticket(msgspec.Struct):
     key: bytes
     proxy: str
     user: str
     expires: float
 
 
-@dataclass(slots=True)
-class _Pending:
+class _Pending(msgspec.Struct):
     pake: PakeServer
     proxy: str
     user: str
@@ -61,8 +60,7 @@ class _Pending:
     visit_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Who:
+class Who(msgspec.Struct, frozen=True):
     """A visitor as the owner's log names it."""
 
     host: str

@@ -26,7 +26,8 @@ import enum
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 Clock = Callable[[], float]
 
@@ -39,8 +40,7 @@ class Refusal(enum.Enum):
     BLOCKED = "too many failed logins from this address"
 
 
-@dataclass(frozen=True, slots=True)
-class FailurePolicy:
+class FailurePolicy(msgspec.Struct, frozen=True):
     #: Failures in a row a source may make before it is slowed down.
     free: int = 5
     #: Seconds of the first block; each further failure doubles it.
@@ -59,15 +59,16 @@ class FailurePolicy:
         return min(self.max_block, self.first_block * 2.0 ** min(over - 1, 32))
 
 
-@dataclass
-class _Record:
+DEFAULT_FAILURE_POLICY = FailurePolicy()
+
+
+class _Record(msgspec.Struct):
     failures: int
     last: float
     blocked_until: float
 
 
-@dataclass
-class AdmissionStats:
+class AdmissionStats(msgspec.Struct):
     """Counters since start."""
 
     admitted: int = 0
@@ -127,7 +128,7 @@ class Admission:
         *,
         max_pending: int,
         max_pending_per_source: int,
-        policy: FailurePolicy = FailurePolicy(),
+        policy: FailurePolicy = DEFAULT_FAILURE_POLICY,
         clock: Clock = time.monotonic,
     ) -> None:
         self.max_pending = max_pending

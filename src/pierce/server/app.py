@@ -9,7 +9,6 @@ on both ends), so the relay can splice it.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import secrets
@@ -223,7 +222,7 @@ class Server:
         stun: dict[str, int] = {}
         if self.stun is not None:
             ports["stun_port"] = self.stun.layout.port
-            stun = dataclasses.asdict(self.stun.stats)
+            stun = msgspec.structs.asdict(self.stun.stats)
         sessions = list(self.sessions.values())
         return ServerSnapshot(
             version=__version__,
@@ -233,7 +232,7 @@ class Server:
             clients=[s.info() for s in sessions],
             stun=stun,
             p2p=self.p2p.snapshot(),
-            logins=dataclasses.asdict(self.admission.stats),
+            logins=msgspec.structs.asdict(self.admission.stats),
             users=sorted(self.verifiers),
             user_limits=self.users.info(),
             started_at=self.started_at,

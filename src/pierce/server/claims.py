@@ -11,7 +11,8 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+
+import msgspec
 
 #: Released claims kept at most; the oldest go first (live claims are never dropped).
 MAX_RELEASED = 100_000
@@ -28,8 +29,7 @@ class Thing(enum.Enum):
 Key = tuple[Thing, str]
 
 
-@dataclass(slots=True)
-class _Claim:
+class _Claim(msgspec.Struct):
     user: str
     holders: int = 0
     #: When the last holder let go (monotonic), while ``holders`` is 0.

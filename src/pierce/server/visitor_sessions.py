@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 #: Visitor sessions the server remembers (the least recently used are forgotten first).
 MAX_VISITOR_SESSIONS = 10_000
@@ -19,8 +20,7 @@ MAX_VISITOR_SESSIONS = 10_000
 VISITOR_SESSION_TTL = 24 * 3600.0
 
 
-@dataclass(slots=True)
-class VisitorSession:
+class VisitorSession(msgspec.Struct):
     user: str
     key: bytes
     last_used: float

@@ -41,10 +41,10 @@ import time
 import urllib.parse
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -100,8 +100,7 @@ class UnsupportedName(LocalError):
     """A name automatic HTTPS cannot obtain a certificate for (wildcard, IP address, not a DNS name)."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class Certificate:
+class Certificate(msgspec.Struct, frozen=True, kw_only=True):
     """A certificate on disk, loaded, with the server context that presents it."""
 
     names: tuple[str, ...]  #: the DNS names of its subjectAltName, in certificate order
@@ -109,14 +108,13 @@ class Certificate:
     not_before: datetime.datetime
     not_after: datetime.datetime
     path: Path  #: the PEM file holding the private key and the full chain
-    context: ssl.SSLContext = field(repr=False, compare=False)
+    context: ssl.SSLContext
 
     def covers(self, names: Iterable[str]) -> bool:
         return set(names) <= set(self.names)
 
 
-@dataclass
-class _Wanted:
+class _Wanted(msgspec.Struct):
     """Renewal state of one name set."""
 
     names: tuple[str, ...]

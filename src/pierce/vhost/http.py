@@ -43,8 +43,9 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Literal, Protocol
+
+import msgspec
 
 from pierce.errors import RemoteError
 from pierce.logs import event
@@ -124,8 +125,7 @@ class HttpRoute(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HttpSettings:
+class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
     """What one HTTP virtual-host port does beyond its routes."""
 
     #: ``X-Forwarded-Proto`` sent to backends: how the browser reached us.

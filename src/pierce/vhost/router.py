@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+import msgspec
 
 from pierce import domains
 from pierce.errors import PierceError
@@ -66,8 +67,7 @@ class RouteTaken(RouteError):
         super().__init__(f"domain {domain} location {location} is already taken")
 
 
-@dataclass(frozen=True, slots=True)
-class Route(Generic[T]):
+class Route(msgspec.Struct, Generic[T], frozen=True):
     """One entry of the table: a normalised domain, a normalised location and its owner."""
 
     domain: str

@@ -20,7 +20,8 @@ import asyncio
 import contextlib
 import select
 import socket
-from dataclasses import dataclass
+
+import msgspec
 
 from pierce.errors import RemoteError
 from pierce.relay import wait_fd
@@ -71,8 +72,7 @@ class HelloTimeout(SniError):
     """The ClientHello was not complete within the time allowed."""
 
 
-@dataclass(frozen=True, slots=True)
-class ClientHello:
+class ClientHello(msgspec.Struct, frozen=True):
     """What routing needs from a ClientHello."""
 
     #: The host_name of the server_name extension, as sent (ASCII); None without SNI.
