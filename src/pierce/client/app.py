@@ -23,22 +23,22 @@ from pierce.client.session import ClientSession, Dialer
 from pierce.config import ClientConfig
 from pierce.errors import ConfigError, PierceError
 from pierce.handshake import AuthenticationFailed, WrongCredentials, resume_key
-from pierce.inspect.inspector import Inspector
 from pierce.logs import event
-from pierce.p2p.owner import OwnerP2p
 from pierce.protocol import ErrorCode, Refused
 from pierce.protocol.messages import DEFAULT_USER
 from pierce.proxies.base import ProxyType
 from pierce.proxies.health import Health, HealthCheck
 from pierce.proxies.registry import ProxyConfig, work_handler
 from pierce.proxies.udp import UdpProxies
-from pierce.proxies.visitor_auth import OwnerExchanges
 from pierce.snapshot import ClientProxyInfo, ClientSnapshot, ProxyState
 from pierce.statedir import prepare_state_dir, state_dir_for
 from pierce.tls import FingerprintMismatch
 
 if TYPE_CHECKING:
     from pierce.client.visitor import Visitors
+    from pierce.inspect.inspector import Inspector
+    from pierce.p2p.owner import OwnerP2p
+    from pierce.proxies.visitor_auth import OwnerExchanges
 
 log = logging.getLogger("pierce.client")
 
@@ -75,24 +75,13 @@ class Client:
         self.client_id = config.client_id or default_client_id(config_path)
         self.status = ClientStatus()
         self.session: ClientSession | None = None
-        #: Visitors' exchanges and tickets for this client's secret services (outlive reconnects).
-        self.exchanges = OwnerExchanges()
-        #: What the http proxies' visitors asked and got (the admin port's /inspect).
-        self.inspector = Inspector(
-            config.inspector, lambda: self.config.proxies, admin_on=bool(config.admin_port)
-        )
+        # The owner sides of secret services, P2P and the inspector are made on first use (`exchanges`,
+        # `p2p`, `inspector`): a client whose proxies never need them does not load their code.
+        self._exchanges: OwnerExchanges | None = None
+        self._inspector: Inspector | None = None
+        self._p2p: OwnerP2p | None = None
         #: TLS contexts of https2http plugins on direct paths, by certificate and key file.
         self._tls_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
-        #: Direct paths to visitors of this client's xtcp/xudp proxies (they outlive reconnects).
-        self.p2p = OwnerP2p(
-            self.exchanges,
-            lambda: {p.name: p for p in self.config.proxies},
-            lambda config, start, end: work_handler(config, start, end, self._tls_contexts),
-            server_host=lambda: self.session.dialer.server_ip() if self.session else self.config.server_addr,
-            options=config.p2p,
-            state_dir=state_dir_for("client", config.state_dir),
-            encrypt_data=lambda: self.config.transport.encrypt_data,
-        )
         #: The last session's run id and resume key: a reconnect proves it held that session.
         self._resume: tuple[str, bytes] | None = None
         self.active: set[asyncio.Task[None]] = set()
@@ -207,10 +196,50 @@ class Client:
             if session is not None:
                 await session.unregister(name)
 
+    @property
+    def exchanges(self) -> OwnerExchanges:
+        """Visitors' exchanges and tickets for this client's secret services (outlive reconnects)."""
+        if self._exchanges is None:
+            from pierce.proxies.visitor_auth import OwnerExchanges
+
+            self._exchanges = OwnerExchanges()
+        return self._exchanges
+
+    @property
+    def inspector(self) -> Inspector:
+        """What the http proxies' visitors asked and got (the admin port's /inspect)."""
+        if self._inspector is None:
+            from pierce.inspect.inspector import Inspector
+
+            self._inspector = Inspector(
+                self.config.inspector, lambda: self.config.proxies, admin_on=bool(self.config.admin_port)
+            )
+        return self._inspector
+
+    @property
+    def p2p(self) -> OwnerP2p:
+        """Direct paths to visitors of this client's xtcp/xudp proxies (they outlive reconnects)."""
+        if self._p2p is None:
+            from pierce.p2p.owner import OwnerP2p
+
+            self._p2p = OwnerP2p(
+                self.exchanges,
+                lambda: {p.name: p for p in self.config.proxies},
+                lambda config, start, end: work_handler(config, start, end, self._tls_contexts),
+                server_host=self._server_host,
+                options=self.config.p2p,
+                state_dir=state_dir_for("client", self.config.state_dir),
+                encrypt_data=lambda: self.config.transport.encrypt_data,
+            )
+        return self._p2p
+
+    def _server_host(self) -> str:
+        return self.session.dialer.server_ip() if self.session else self.config.server_addr
+
     def snapshot(self) -> ClientSnapshot:
         """What the client is doing now (the admin API and the demo read this)."""
         st = self.status
-        direct = self.p2p.by_proxy()
+        direct = self._p2p.by_proxy() if self._p2p is not None else {}
         proxies = [
             msgspec.structs.replace(p, path=direct[p.name][-1].path, direct_paths=len(direct[p.name]))
             if p.name in direct
@@ -294,10 +323,10 @@ class Client:
                     self._on_proxy_state,
                     self._spawn_active,
                     udp=self.udp,
-                    exchanges=self.exchanges,
-                    p2p=self.p2p,
+                    exchanges=lambda: self.exchanges,
+                    p2p=lambda: self.p2p,
                     ready=self._ready,
-                    inspector=self.inspector,
+                    inspector=lambda: self.inspector,
                 )
                 try:
                     await self.session.run()
@@ -367,7 +396,8 @@ class Client:
         for check in self.health.values():
             await check.close()
         await self.udp.close()
-        await self.p2p.close()
+        if self._p2p is not None:
+            await self._p2p.close()
         if self._visitors_started is not None:
             self._visitors_started.cancel()
             await asyncio.gather(self._visitors_started, return_exceptions=True)
@@ -392,7 +422,8 @@ class Client:
         self.config = msgspec.structs.replace(self.config, proxies=new.proxies)
         self._sync_states()
         for name in removed + changed:  # a visitor's ticket never outlives the secret it proved
-            self.exchanges.forget(name)
+            if self._exchanges is not None:
+                self._exchanges.forget(name)
         await self._sync_health()
         session = self.session
         if session is not None:

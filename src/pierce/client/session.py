@@ -8,18 +8,16 @@ import ssl
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pierce.addr import HostPort
 from pierce.config import ClientConfig
 from pierce.dial import connect_tcp
 from pierce.errors import PierceError
 from pierce.handshake import client_login, client_work_login, plain_binding, visitor_key, work_key
-from pierce.inspect.inspector import Inspector
 from pierce.known_hosts import KnownHosts
 from pierce.logs import event
 from pierce.mux import MuxChannel, MuxConnection
-from pierce.p2p.owner import OwnerP2p
 from pierce.protocol import (
     MAX_FRAME_SIZE,
     CloseProxy,
@@ -47,14 +45,20 @@ from pierce.protocol import (
 )
 from pierce.protocol.heartbeat import Due, Heartbeat
 from pierce.protocol.messages import MAX_IDLE_WORK_CONNS
+from pierce.proxies.http import HttpProxyConfig
+from pierce.proxies.https import HttpsProxyConfig
 from pierce.proxies.registry import ProxyConfig, client_spec, encode_spec, work_handler
 from pierce.proxies.secret import answer_visitor, check_visitor
 from pierce.proxies.udp import UdpProxies, UdpProxyConfig
-from pierce.proxies.visitor_auth import OwnerExchanges
 from pierce.snapshot import ProxyState
 from pierce.statedir import state_dir_for
 from pierce.tls import certificate_fingerprint, check_peer, client_context
 from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, StreamChannel
+
+if TYPE_CHECKING:
+    from pierce.inspect.inspector import Inspector
+    from pierce.p2p.owner import OwnerP2p
+    from pierce.proxies.visitor_auth import OwnerExchanges
 
 log = logging.getLogger("pierce.client")
 
@@ -251,10 +255,10 @@ class ClientSession:
         on_proxy_state: Callable[[str, ProxyState, int | None, str, Sequence[str]], None],
         spawn_active: Callable[[Coroutine[Any, Any, None]], None],
         udp: UdpProxies | None = None,
-        exchanges: OwnerExchanges | None = None,
-        p2p: OwnerP2p | None = None,
+        exchanges: Callable[[], OwnerExchanges] | None = None,
+        p2p: Callable[[], OwnerP2p] | None = None,
         ready: Callable[[str], bool] = lambda name: True,
-        inspector: Inspector | None = None,
+        inspector: Callable[[], Inspector] | None = None,
     ) -> None:
         self.dialer = dialer
         self.config = dialer.config
@@ -273,8 +277,9 @@ class ClientSession:
         #: passes its own (this session only lends them its channel).
         self.udp = udp if udp is not None else UdpProxies()
         self._owns_udp = udp is None
-        #: Secret services' exchanges and tickets; the client's own, so tickets outlive a reconnect.
-        self.exchanges = exchanges if exchanges is not None else OwnerExchanges()
+        #: Secret services' exchanges and tickets; the client's own, so tickets outlive a reconnect. Each of
+        #: these three is asked for when first needed (made then: its code loads only for a proxy using it).
+        self._exchanges = exchanges
         #: Direct paths to P2P visitors (the client's own: they outlive this session).
         self.p2p = p2p
         #: Records the requests of http proxies (the client's own: logs outlive this session).
@@ -290,6 +295,14 @@ class ClientSession:
         self.heartbeat = Heartbeat(
             self.config.heartbeat_interval, self.config.heartbeat_timeout, time.monotonic()
         )
+
+    def exchanges(self) -> OwnerExchanges:
+        if self._exchanges is None:
+            from pierce.proxies.visitor_auth import OwnerExchanges
+
+            own = OwnerExchanges()
+            self._exchanges = lambda: own
+        return self._exchanges()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -335,9 +348,9 @@ class ClientSession:
             case UdpPacket():
                 self.udp.deliver(msg)
             case VisitorCheck():
-                await self.channel.send(check_visitor(self.proxies.get(msg.proxy), msg, self.exchanges))
+                await self.channel.send(check_visitor(self.proxies.get(msg.proxy), msg, self.exchanges()))
             case VisitorAnswer():
-                await self.channel.send(answer_visitor(msg, self.exchanges))
+                await self.channel.send(answer_visitor(msg, self.exchanges()))
             case P2pRequest():
                 if self.p2p is None:
                     reason = "this client does not serve direct paths"
@@ -350,10 +363,10 @@ class ClientSession:
                         )
                     )
                 else:
-                    self.p2p.request(msg, self.channel)
+                    self.p2p().request(msg, self.channel)
             case P2pStart():
                 if self.p2p is not None:
-                    self.p2p.start(msg)
+                    self.p2p().start(msg)
             case Error(code=code, reason=reason):
                 raise ConnectionClosed(f"server closed the session: {reason} ({code.value})")
             case _:
@@ -499,7 +512,11 @@ class ClientSession:
                 proxy=msg.proxy,
             )
             return
-        recorder = self.inspector.recorder(proxy, msg) if self.inspector is not None else None
+        recorder = (
+            self.inspector().recorder(proxy, msg)
+            if self.inspector is not None and isinstance(proxy, HttpProxyConfig | HttpsProxyConfig)
+            else None
+        )
         handler = work_handler(proxy, msg, end, self._tls_contexts, recorder)
         if handler is None:
             end.close()
