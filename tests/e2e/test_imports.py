@@ -52,6 +52,7 @@ NEITHER_AT_REST = (
     "bz2",
     "lzma",
     "six",
+    "pierce.log_events",  # the catalogue: read only with PIERCE_STRICT_EVENTS=1, as the suite runs
 )
 #: Not in an idle client with one tcp proxy.
 CLIENT_AT_REST = (
@@ -105,7 +106,8 @@ def traced(pierce: StartPierce) -> StartPierce:
     """``pierce`` whose processes report their imports."""
 
     async def start(*args: str, env: dict[str, str] | None = None, **kw: Any) -> PierceProcess:
-        return await pierce(*args, env={**(env or {}), **IMPORT_TIME}, **kw)
+        # as users run it: the check of every event against the catalogue is the test suite's own
+        return await pierce(*args, env={**(env or {}), **IMPORT_TIME, "PIERCE_STRICT_EVENTS": "0"}, **kw)
 
     return start
 
