@@ -7,7 +7,8 @@ of the proxy kinds, the vhost router and HTTP engine, ACME, the dashboard); heav
 the feature that needs them: aiohttp with ``[web]`` or ``admin_port``, prometheus_client with ``[web]``,
 aioquic and cryptography (on a client) with the first P2P attempt. Neither role at rest holds code it has
 not used yet: the punching and direct-path code, the visiting side, the request recorder (llhttp), the frp
-converter, the HTTP engine and web fronts of a server without web ports, the config's "did you mean"
+converter, the HTTP engine and web fronts of a server without web ports, the server side of udp and
+secret proxies (visits, visitor sessions, rendezvous) before the first, the config's "did you mean"
 (difflib), the archive modules that shutil brings (argparse's terminal width, tempfile).
 """
 
@@ -83,6 +84,10 @@ SERVER_AT_REST = (
     "pierce.server.proxies.http",
     "pierce.server.proxies.https",
     "pierce.server.proxies.tcpmux",
+    "pierce.server.proxies.udp",
+    "pierce.server.proxies.secret",
+    "pierce.server.proxies.rendezvous",
+    "pierce.server.visitor_sessions",
     "pierce.p2p",
     "pierce.nat.punch",
     "pierce.web",
