@@ -8,9 +8,10 @@ the feature that needs them: aiohttp with ``[web]`` or ``admin_port``, prometheu
 aioquic and cryptography (on a client) with the first P2P attempt. Neither role at rest holds code it has
 not used yet: the punching and direct-path code, the visiting side, the request recorder (llhttp), the frp
 converter, the HTTP engine and web fronts of a server without web ports, the server side of udp and
-secret proxies (visits, visitor sessions, rendezvous) before the first, the config's "did you mean"
-(difflib), the archive modules that shutil brings (argparse's terminal width, tempfile). A server never
-loads the secret exchange of visitors and owners (`pierce.proxies.visitor_auth`), which it only relays.
+secret proxies (UDP flows, visits, visitor sessions, rendezvous) before the first, the config's "did you
+mean" (difflib), the archive modules that shutil brings (argparse's terminal width, tempfile). A server
+never loads the secret exchange of visitors and owners (`pierce.proxies.visitor_auth`), which it only
+relays.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ SERVER_AT_REST = (
     "pierce.server.proxies.rendezvous",
     "pierce.server.visitor_sessions",
     "pierce.proxies.visitor_auth",
+    "pierce.udpflow",
     "pierce.p2p",
     "pierce.nat.punch",
     "pierce.web",
