@@ -27,6 +27,9 @@ LISTEN_BACKLOG = 1024
 ACCEPT_BATCH = 64
 #: Socket buffer size asked for on UDP sockets (capped by net.core.rmem_max / wmem_max).
 UDP_SOCKET_BUFFER = 4 * 1024 * 1024
+#: Bytes waiting in a socket's or a tunnel's send buffer beyond which new datagrams are dropped (every
+#: path that carries datagrams: `pierce.udpflow`, the udp and sudp proxies).
+SEND_BACKLOG_LIMIT = 4 * 1024 * 1024
 
 
 class PortInUse(LocalError):

@@ -22,15 +22,13 @@ from typing import Any
 from pierce.addr import HostPort, format_sockaddr
 from pierce.bandwidth import DATAGRAM_BURST_S, limits_for, parse_rate
 from pierce.dial import TargetUnreachable, resolve
-from pierce.listeners import grow_udp_buffers
+from pierce.listeners import SEND_BACKLOG_LIMIT, grow_udp_buffers
 from pierce.logs import event, human_bytes
 
 #: Datagrams queued for a flow whose socket is still being set up.
 PENDING_LIMIT = 256
 #: Concurrent flows per port; datagrams of new peers beyond it are dropped with a warning.
 MAX_FLOWS = 16384
-#: Bytes waiting in a socket's or a tunnel's send buffer beyond which new datagrams are dropped.
-SEND_BACKLOG_LIMIT = 4 * 1024 * 1024
 
 
 def send_backlog(transport: asyncio.BaseTransport) -> int:

@@ -7,8 +7,11 @@ of the proxy kinds, the vhost router and HTTP engine, ACME, the dashboard); heav
 the feature that needs them: aiohttp with ``[web]`` or ``admin_port``, prometheus_client with ``[web]``,
 aioquic and cryptography (on a client) with the first P2P attempt. Neither role at rest holds code it has
 not used yet: the punching and direct-path code, the visiting side, the request recorder (llhttp), the frp
-converter, the HTTP engine and web fronts of a server without web ports, the config's "did you mean"
-(difflib), the archive modules that shutil brings (argparse's terminal width, tempfile).
+converter, the HTTP engine and web fronts of a server without web ports, the server side of udp and
+secret proxies (UDP flows, visits, visitor sessions, rendezvous) before the first, the config's "did you
+mean" (difflib), the archive modules that shutil brings (argparse's terminal width, tempfile). A server
+never loads the secret exchange of visitors and owners (`pierce.proxies.visitor_auth`), which it only
+relays.
 """
 
 from __future__ import annotations
@@ -84,6 +87,12 @@ SERVER_AT_REST = (
     "pierce.server.proxies.http",
     "pierce.server.proxies.https",
     "pierce.server.proxies.tcpmux",
+    "pierce.server.proxies.udp",
+    "pierce.server.proxies.secret",
+    "pierce.server.proxies.rendezvous",
+    "pierce.server.visitor_sessions",
+    "pierce.proxies.visitor_auth",
+    "pierce.udpflow",
     "pierce.p2p",
     "pierce.nat.punch",
     "pierce.web",
@@ -173,4 +182,5 @@ async def test_quic_loads_with_the_first_p2p_attempt(pierce: StartPierce, tmp_pa
     assert loaded(owner, QUIC) == set(QUIC)
     assert loaded(visitor, ("aioquic", "pierce.p2p.quic")) == {"aioquic", "pierce.p2p.quic"}
     assert loaded(owner, CLIENT_NEVER) == loaded(visitor, CLIENT_NEVER) == set()
-    assert loaded(server, ("aioquic", "pierce.p2p.quic")) == set()
+    assert "pierce.server.proxies.secret" in server.imported()
+    assert loaded(server, ("aioquic", "pierce.p2p.quic", "pierce.proxies.visitor_auth")) == set()

@@ -1,5 +1,6 @@
 """The server learns each P2P proxy's path from its visitors' results: what the dashboard shows per proxy
-and per client (`pierce.server.proxies.secret.visitor_path`). One rendezvous runs over in-memory channels."""
+and per client (`pierce.server.proxies.registry.visitor_path`). One rendezvous runs over in-memory
+channels."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 from dataclasses import dataclass
 
 from pierce.protocol import P2pAnswer, P2pOffer, P2pRequest, P2pResult, P2pStart
+from pierce.server.proxies.registry import visitor_path
 from pierce.server.proxies.rendezvous import P2pCounters, serve_rendezvous
 from pierce.server.proxies.secret import XtcpProxyServer
 from pierce.snapshot import ConnectionPath
@@ -44,8 +46,8 @@ async def rendezvous(proxy: XtcpProxyServer, owner_end: MemoryChannel, visit_id:
 async def test_the_latest_visitor_result_is_the_proxy_path() -> None:
     owner_end, session_end = memory_pair(("owner", "session"))
     proxy = XtcpProxyServer("p2p", Owner(session_end))  # type: ignore[arg-type]
-    assert proxy.path is ConnectionPath.RELAY
+    assert proxy.path is visitor_path(proxy) is ConnectionPath.RELAY
     await rendezvous(proxy, owner_end, "visit-1", "direct udp")
-    assert proxy.path is ConnectionPath.DIRECT_UDP
+    assert proxy.path is visitor_path(proxy) is ConnectionPath.DIRECT_UDP
     await rendezvous(proxy, owner_end, "visit-2", "relay")  # a later visitor fell back
     assert proxy.path is ConnectionPath.RELAY

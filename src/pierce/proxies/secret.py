@@ -21,7 +21,7 @@ Server side (`pierce.server.proxies.secret`): `SecretProxyServer` (a subclass pe
 from __future__ import annotations
 
 import logging
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import msgspec
 
@@ -30,7 +30,9 @@ from pierce.errors import InvalidValue
 from pierce.logs import event
 from pierce.protocol import ErrorCode, SecretKind, VisitorAnswer, VisitorCheck, VisitorVerdict
 from pierce.proxies.base import ProxySpec, check_bandwidth_limit, check_proxy, masked_repr
-from pierce.proxies.visitor_auth import OwnerExchanges, Who
+
+if TYPE_CHECKING:  # the owner's side of the exchange; a server, which only relays it, never loads it
+    from pierce.proxies.visitor_auth import OwnerExchanges, Who
 
 log = logging.getLogger("pierce.proxy")
 
@@ -86,6 +88,8 @@ def check_visitor(config: object, msg: VisitorCheck, exchanges: OwnerExchanges) 
 
     ``config`` is the owner's config of the proxy the visitor names (None when there is none).
     """
+    from pierce.proxies.visitor_auth import Who
+
     secret = config if isinstance(config, SecretProxyConfig) else None
     if secret is None or secret.secret_kind is not msg.kind:
         verdict = _no(

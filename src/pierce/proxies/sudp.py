@@ -23,16 +23,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pierce.addr import HostPort, format_sockaddr
 from pierce.errors import PierceError
+from pierce.listeners import SEND_BACKLOG_LIMIT
 from pierce.logs import event, human_bytes
 from pierce.protocol import FrameDecoder, ProtocolError, SecretKind, StartWork, UdpPacket, encode_frame
 from pierce.proxies.base import DEFAULT_UDP_IDLE_TIMEOUT, check_idle_timeout
 from pierce.proxies.secret import SecretProxyConfig, SecretSpec
 from pierce.relay import End
-from pierce.udpflow import SEND_BACKLOG_LIMIT, DatagramLimit, DropCounter, UdpFlow, UdpFlows
+
+if TYPE_CHECKING:  # the flows load with the first datagram stream: a server never needs them
+    from pierce.udpflow import DropCounter, UdpFlow
 
 log = logging.getLogger("pierce.proxy")
 
@@ -139,6 +142,8 @@ class DatagramTunnel:
 
 async def serve_sudp_work(config: SudpProxyConfig, start: StartWork, tunnel: End) -> None:
     """Owner side: one sudp visitor's datagram stream, a flow per visiting application to the service."""
+    from pierce.udpflow import DatagramLimit, DropCounter, UdpFlow, UdpFlows
+
     name = config.name
     local = HostPort(config.local_ip, config.local_port)
     visitor = format_sockaddr((start.visitor_host, start.visitor_port))

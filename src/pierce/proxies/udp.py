@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
 
 from pierce.addr import HostPort, format_sockaddr
+from pierce.listeners import SEND_BACKLOG_LIMIT
 from pierce.protocol import UdpPacket
 from pierce.protocol.messages import Port
 from pierce.proxies.base import (
@@ -40,7 +42,9 @@ from pierce.proxies.base import (
     check_proxy,
 )
 from pierce.transport import MessageChannel
-from pierce.udpflow import SEND_BACKLOG_LIMIT, DatagramLimit, DropCounter, UdpFlow, UdpFlows
+
+if TYPE_CHECKING:  # the flows load with the client's first UDP proxy: a server never needs them
+    from pierce.udpflow import UdpFlow
 
 log = logging.getLogger("pierce.proxy")
 
@@ -95,6 +99,8 @@ class UdpProxyClient:
     """The client side of one UDP proxy: a flow to the local service per visitor."""
 
     def __init__(self, config: UdpProxyConfig, proxies: UdpProxies) -> None:
+        from pierce.udpflow import DatagramLimit, UdpFlows
+
         self.config = config
         self.proxies = proxies
         self.local = HostPort(config.local_ip, config.local_port)
@@ -111,6 +117,8 @@ class UdpProxyClient:
             flow.send(packet.data)
 
     def _flow(self, visitor: tuple[str, int], ended: Callable[[], None]) -> UdpFlow:
+        from pierce.udpflow import UdpFlow
+
         name = self.config.name
         host, port = visitor
 
@@ -141,6 +149,8 @@ class UdpProxies:
     """
 
     def __init__(self) -> None:
+        from pierce.udpflow import DropCounter
+
         self.proxies: dict[str, UdpProxyClient] = {}
         self.channel: MessageChannel | None = None
         self._dropped = DropCounter(log, "udp.dropped", "UDP replies to the server")

@@ -58,13 +58,10 @@ from pierce.runtime import release_free_memory
 from pierce.server.admission import Admission, LogBudget, Refusal, Ticket
 from pierce.server.claims import Claims
 from pierce.server.proxies.group import ProxyGroups
-from pierce.server.proxies.registry import configured_fronts
-from pierce.server.proxies.rendezvous import P2pCounters
-from pierce.server.proxies.secret import SecretProxyServer, serve_visit, visitor_path
+from pierce.server.proxies.registry import configured_fronts, secret_proxy, visitor_path
 from pierce.server.session import ControlSession
 from pierce.server.token import generated_token
 from pierce.server.users import Users
-from pierce.server.visitor_sessions import VisitorSessions
 from pierce.server.workconn import WorkConn
 from pierce.snapshot import ServerProxyInfo, ServerSnapshot
 from pierce.statedir import prepare_state_dir, state_dir_for
@@ -72,6 +69,9 @@ from pierce.tls import ServerCertificate, ensure_server_certificate, server_cont
 from pierce.transport import ConnectionClosed, MessageChannel, SocketChannel, StreamChannel, accept_tls
 
 if TYPE_CHECKING:
+    from pierce.server.proxies.rendezvous import P2pCounters
+    from pierce.server.proxies.secret import SecretProxyServer
+    from pierce.server.visitor_sessions import VisitorSessions
     from pierce.web.app import WebServer
 
 log = logging.getLogger("pierce.server")
@@ -103,8 +103,9 @@ class Server:
         self.groups = ProxyGroups()
         #: Each user's limits (``[[users]]``: clients, proxies, ports, bandwidth) and their use.
         self.users = Users(config)
-        #: Logged-in visitors, whose later connections prove a key derived from their login.
-        self.visitor_sessions = VisitorSessions()
+        #: Logged-in visitors, whose later connections prove a key derived from their login (made, as the
+        #: rest of the visiting side, with the first visitor).
+        self.visitor_sessions: VisitorSessions | None = None
         transport = config.transport
         self.features = frozenset(
             ({Feature.ENCRYPT_DATA} if transport.encrypt_data else set())
@@ -115,8 +116,8 @@ class Server:
         self._listener: TcpListener | None = None
         #: The STUN responder (``stun_port``), when it could start.
         self.stun: StunServer | None = None
-        #: What the server saw of P2P rendezvous.
-        self.p2p = P2pCounters()
+        #: What the server saw of P2P rendezvous (from the first visitor).
+        self.p2p: P2pCounters | None = None
         #: Listeners shared between proxies (the web ports, ...), by type, when configured.
         self.fronts: dict[type, Front] = {}
         #: Connections waiting to log in, and sources whose logins fail.
@@ -231,7 +232,7 @@ class Server:
             ports=ports,
             clients=[s.info() for s in sessions],
             stun=stun,
-            p2p=self.p2p.snapshot(),
+            p2p=self.p2p.snapshot() if self.p2p is not None else {},
             logins=msgspec.structs.asdict(self.admission.stats),
             users=sorted(self.verifiers),
             user_limits=self.users.info(),
@@ -567,6 +568,14 @@ class Server:
     ) -> None:
         """A visitor of a secret proxy: log in (or prove its visitor session), read its `Visit`, then
         refuse it or relay it."""
+        from pierce.server.proxies.rendezvous import P2pCounters
+        from pierce.server.proxies.secret import serve_visit
+        from pierce.server.visitor_sessions import VisitorSessions
+
+        if self.visitor_sessions is None:
+            self.visitor_sessions = VisitorSessions()
+        if self.p2p is None:
+            self.p2p = P2pCounters()
         if hello.pake or binding is None:  # a fresh login (a plain connection is refused by it)
             run_id = secrets.token_hex(16)
             login = await self._tls_login(channel, hello, binding, run_id, "visitor")
@@ -610,8 +619,7 @@ class Server:
 
     def _secret_proxy(self, name: str) -> SecretProxyServer | None:
         owner = self.proxy_owners.get(name)
-        proxy = owner.proxies.get(name) if owner is not None else None
-        return proxy if isinstance(proxy, SecretProxyServer) else None
+        return secret_proxy(owner.proxies.get(name) if owner is not None else None)
 
 
 def user_verifiers(config: ServerConfig) -> dict[str, Verifier]:

@@ -35,17 +35,15 @@ from pierce.proxies.base import F, P, ProxyType, ServerProxy
 from pierce.proxies.registry import decode_spec
 from pierce.server.claims import Key, Thing
 from pierce.server.proxies.group import ProxyGroups
-from pierce.server.proxies.registry import open_proxy
-from pierce.server.proxies.secret import SecretProxyServer, visitor_path
-from pierce.server.proxies.udp import UdpProxyServer
+from pierce.server.proxies.registry import open_proxy, secret_proxy, udp_proxy, visitor_path
 from pierce.server.workconn import WorkConn, WorkConnPool
 from pierce.snapshot import ClientInfo, ConnectionPath
 from pierce.transport import ConnectionClosed, MessageChannel
-from pierce.udpflow import DropCounter
 
 if TYPE_CHECKING:
     from pierce.bandwidth import Limits
     from pierce.server.app import Server
+    from pierce.udpflow import DropCounter
 
 log = logging.getLogger("pierce.server")
 
@@ -96,7 +94,8 @@ class ControlSession:
         self.started = time.time()
         self.last_seen = time.monotonic()
         self.closed = asyncio.Event()
-        self._foreign_udp = DropCounter(log, "udp.unknown_proxy", f"client {client_id}: UDP packets")
+        #: UDP packets for no UDP proxy of this client (made with the first).
+        self._foreign_udp: DropCounter | None = None
 
     # -- work connections --------------------------------------------------------------------------
 
@@ -219,21 +218,21 @@ class ControlSession:
             case NewProxy():
                 await self._new_proxy(msg)
             case VisitorVerdict():
-                secret = self.proxies.get(msg.proxy)
-                if isinstance(secret, SecretProxyServer):
+                secret = secret_proxy(self.proxies.get(msg.proxy))
+                if secret is not None:
                     secret.verdict(msg)
             case P2pAnswer():
-                secret = self.proxies.get(msg.proxy)
-                if isinstance(secret, SecretProxyServer):
+                secret = secret_proxy(self.proxies.get(msg.proxy))
+                if secret is not None:
                     secret.p2p_answer(msg)
             case CloseProxy(name=name):
                 await self._close_proxy(name, reason="closed by client")
             case UdpPacket():
-                proxy = self.proxies.get(msg.proxy)
-                if isinstance(proxy, UdpProxyServer):
-                    proxy.deliver(msg)
+                udp = udp_proxy(self.proxies.get(msg.proxy))
+                if udp is not None:
+                    udp.deliver(msg)
                 else:  # only this client's own UDP proxies: never another client's port
-                    self._foreign_udp.drop(f"not a UDP proxy of this client: {msg.proxy!r}", proxy=msg.proxy)
+                    self._drop_foreign_udp(msg)
             case Error(code=code, reason=reason):
                 event(
                     log,
@@ -246,6 +245,13 @@ class ControlSession:
                 raise ConnectionClosed(reason)
             case _:
                 raise ProtocolError(f"unexpected {type(msg).__name__} on the control channel")
+
+    def _drop_foreign_udp(self, msg: UdpPacket) -> None:
+        if self._foreign_udp is None:
+            from pierce.udpflow import DropCounter
+
+            self._foreign_udp = DropCounter(log, "udp.unknown_proxy", f"client {self.client_id}: UDP packets")
+        self._foreign_udp.drop(f"not a UDP proxy of this client: {msg.proxy!r}", proxy=msg.proxy)
 
     async def _new_proxy(self, msg: NewProxy) -> None:
         name = msg.name

@@ -1,5 +1,8 @@
 """The server side of secret proxies (`pierce.proxies.secret`): the registered proxy of each kind
-(stcp, sudp, xtcp, xudp), the owner's verdicts it waits for, and `serve_visit`."""
+(stcp, sudp, xtcp, xudp), the owner's verdicts it waits for, and `serve_visit`.
+
+Imported with the first secret proxy or visitor (`pierce.server.proxies.registry` tells the kinds apart
+until then, by their type)."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from pierce.protocol import (
     VisitorVerdict,
     VisitReady,
 )
-from pierce.proxies.base import ProxyOwner, ProxySite, ProxyType, ServerProxy
+from pierce.proxies.base import ProxyOwner, ProxySite, ProxyType
 from pierce.proxies.secret import MAX_PENDING_CHECKS, P2P_KINDS, VISIT_CHECK_TIMEOUT, SecretSpec
 from pierce.server.proxies.bridge import ChannelVisitor, LiveConnections, bridge, refuse_channel
 from pierce.server.proxies.rendezvous import (
@@ -279,12 +282,6 @@ async def serve_visit(
             channel.close()
         return
     await proxy.serve(channel, visitor, visitor_id, ready)
-
-
-def visitor_path(proxy: ServerProxy) -> ConnectionPath:
-    """How the visitors of ``proxy`` reach it, as far as the server knows: the path the latest P2P visitor
-    reported (xtcp/xudp), else the relay (every other kind goes through the server)."""
-    return proxy.path if isinstance(proxy, SecretProxyServer) else ConnectionPath.RELAY
 
 
 class StcpProxyServer(SecretProxyServer):

@@ -9,13 +9,13 @@ from collections import OrderedDict
 from typing import Any, ClassVar
 
 from pierce.addr import HostPort, format_sockaddr
-from pierce.listeners import bind_socket
+from pierce.listeners import SEND_BACKLOG_LIMIT, bind_socket
 from pierce.protocol import MAX_HOST_LENGTH, UdpPacket
 from pierce.proxies.access import IpAccess
 from pierce.proxies.base import ProxyOwner, ProxySite, ProxyType
 from pierce.proxies.udp import MAX_VISITORS, USER_LIMIT, UdpSpec, send_packet
 from pierce.snapshot import ProxyStats
-from pierce.udpflow import SEND_BACKLOG_LIMIT, DatagramProtocol, DropCounter, send_backlog
+from pierce.udpflow import DatagramProtocol, DropCounter, send_backlog
 
 log = logging.getLogger("pierce.proxy")
 
