@@ -737,11 +737,12 @@ def cmd_import_frp(args: argparse.Namespace) -> int:
 
 def _client_doc(path: Path) -> dict[str, Any]:
     """client.toml, or an frpc file converted on the fly (with the warnings `pierce import-frp` gives)."""
-    from pierce.frpimport.formats import Role, is_frp_file
+    from pierce.frpimport import is_frp_file
 
     if not is_frp_file(path):
         return config.load_toml(path)
     from pierce.frpimport import convert_file  # the converter loads only for an frp file
+    from pierce.frpimport.formats import Role
 
     result = convert_file(path, Role.CLIENT)
     for warning in result.warnings:

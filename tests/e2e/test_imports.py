@@ -93,6 +93,7 @@ SERVER_AT_REST = (
     "pierce.server.visitor_sessions",
     "pierce.proxies.visitor_auth",
     "pierce.udpflow",
+    "pierce.frpimport.formats",
     "pierce.p2p",
     "pierce.nat.punch",
     "pierce.web",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pierce.frpimport.formats import is_frp_file
+from pierce.frpimport.sniff import is_frp_file
 
 if TYPE_CHECKING:
     from pierce.frpimport.convert import Converted, convert_file

@@ -12,7 +12,8 @@ import msgspec
 from pierce import config
 from pierce.errors import ConfigError
 from pierce.frpimport import emit, legacy, mapping
-from pierce.frpimport.formats import Format, Role, detect_format, detect_role, parse, read_text
+from pierce.frpimport.formats import Format, Role, detect_format, detect_role, parse
+from pierce.frpimport.sniff import read_text
 from pierce.frpimport.source import Source
 
 

@@ -44,7 +44,7 @@ from pierce.proxies.base import (
 from pierce.transport import MessageChannel
 
 if TYPE_CHECKING:  # the flows load with the client's first UDP proxy: a server never needs them
-    from pierce.udpflow import UdpFlow
+    from pierce.udpflow import DropCounter, UdpFlow
 
 log = logging.getLogger("pierce.proxy")
 
@@ -149,12 +149,24 @@ class UdpProxies:
     """
 
     def __init__(self) -> None:
-        from pierce.udpflow import DropCounter
-
         self.proxies: dict[str, UdpProxyClient] = {}
         self.channel: MessageChannel | None = None
-        self._dropped = DropCounter(log, "udp.dropped", "UDP replies to the server")
-        self._unknown = DropCounter(log, "udp.unknown_proxy", "UDP packets from the server")
+        #: Drop counters, by event: made with the first drop (a client without udp proxies never loads
+        #: `pierce.udpflow`).
+        self._drops: dict[str, DropCounter] = {}
+
+    def _drop(self, event_name: str, reason: str, proxy: str) -> None:
+        counter = self._drops.get(event_name)
+        if counter is None:
+            from pierce.udpflow import DropCounter
+
+            what = (
+                "UDP packets from the server"
+                if event_name == "udp.unknown_proxy"
+                else "UDP replies to the server"
+            )
+            counter = self._drops[event_name] = DropCounter(log, event_name, what)
+        counter.drop(reason, proxy=proxy)
 
     def attach(self, channel: MessageChannel) -> None:
         self.channel = channel
@@ -185,15 +197,15 @@ class UdpProxies:
     def deliver(self, packet: UdpPacket) -> None:
         proxy = self.proxies.get(packet.proxy)
         if proxy is None:
-            self._unknown.drop(f"unknown proxy {packet.proxy!r}", proxy=packet.proxy)
+            self._drop("udp.unknown_proxy", f"unknown proxy {packet.proxy!r}", packet.proxy)
         else:
             proxy.deliver(packet)
 
     def send(self, packet: UdpPacket) -> None:
         if self.channel is None:
-            self._dropped.drop("not connected to the server", proxy=packet.proxy)
+            self._drop("udp.dropped", "not connected to the server", packet.proxy)
         elif not send_packet(self.channel, packet):
-            self._dropped.drop("tunnel send buffer full", proxy=packet.proxy)
+            self._drop("udp.dropped", "tunnel send buffer full", packet.proxy)
 
     async def close(self) -> None:
         for name in list(self.proxies):
