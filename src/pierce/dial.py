@@ -7,11 +7,14 @@ import errno
 import os
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pierce.addr import HostPort, format_sockaddr
 from pierce.errors import LocalError
 from pierce.listeners import set_nodelay
+
+if TYPE_CHECKING:
+    import ssl as _ssl
 
 
 class TargetUnreachable(LocalError):
@@ -84,3 +87,42 @@ async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, addr: A
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+async def open_stream(
+    sock: socket.socket,
+    *,
+    limit: int = 2**16,
+    ssl: _ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """`asyncio.open_connection` on the connected ``sock`` (TLS with ``ssl``), which it takes over for
+    good: from this call on only the transport closes the descriptor, also when the call fails or is
+    cancelled; ``sock`` is closed or has let go of it by then, so nothing else closes that number later.
+
+    asyncio's own loops keep this very socket object in the transport. uvloop takes the descriptor by
+    number (libuv closes it) and detaches the object once its transport has closed, but a connection that
+    dies in the loop turn between the transport's start and the end of this call (a reset that meets the
+    TLS ClientHello, as from a server going down) is closed before uvloop attaches the object, which then
+    keeps the number: ``close`` does nothing (uvloop marked it in use) and its finalizer closes the number
+    whenever the object is collected, by then often another connection's descriptor (which then fails
+    with EBADF). On such loops the object lets go of the number here, whatever the outcome.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        streams = await asyncio.open_connection(
+            sock=sock, limit=limit, ssl=ssl, server_hostname=server_hostname
+        )
+    except BaseException:
+        _let_go(loop, sock, failed=True)
+        raise
+    _let_go(loop, sock, failed=False)
+    return streams
+
+
+def _let_go(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, failed: bool) -> None:
+    """``sock`` after the loop took it over (see `open_stream`)."""
+    if not isinstance(loop, asyncio.BaseEventLoop):  # uvloop: the descriptor is libuv's now
+        sock.detach()
+    elif failed:  # the transport holds this object and closes it too: closing twice does nothing
+        sock.close()

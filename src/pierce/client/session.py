@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pierce.addr import HostPort
 from pierce.config import ClientConfig
-from pierce.dial import connect_tcp
+from pierce.dial import connect_tcp, open_stream
 from pierce.errors import PierceError
 from pierce.handshake import client_login, client_work_login, plain_binding, visitor_key, work_key
 from pierce.known_hosts import KnownHosts
@@ -107,12 +107,11 @@ class Dialer:
         sock = await connect_tcp(self.server, DIAL_TIMEOUT)
         self._server_ip = str(sock.getpeername()[0])
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(sock=sock, ssl=self._ssl, server_hostname=self._sni, limit=2**20),
-                DIAL_TIMEOUT,
-            )
+            async with asyncio.timeout(DIAL_TIMEOUT):  # `open_stream` closes the socket when it fails
+                reader, writer = await open_stream(
+                    sock, ssl=self._ssl, server_hostname=self._sni, limit=2**20
+                )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
-            sock.close()
             raise ServerUnreachable(f"TLS handshake with {self.server} failed: {exc}") from exc
         channel = StreamChannel(reader, writer)
         try:

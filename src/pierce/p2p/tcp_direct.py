@@ -86,6 +86,7 @@ from typing import Any, Literal
 import msgspec
 
 from pierce.addr import HostPort
+from pierce.dial import open_stream
 from pierce.errors import LocalError, PierceError, RemoteError
 from pierce.nat import stun
 from pierce.nat.candidates import Candidate, CandidateKind, on_lan
@@ -530,8 +531,8 @@ async def secure_visitor(sock: socket.socket, fingerprint: bytes, key: bytes, *,
                 answer = await _recv_exactly(sock, PROOF_SIZE)
                 _check_owner(answer, key, fingerprint, nonce)
                 return SocketEnd(sock)
-            reader, writer = await asyncio.open_connection(
-                sock=sock, ssl=client_ssl_context(), server_hostname=TLS_SERVER_NAME
+            reader, writer = await open_stream(
+                sock, ssl=client_ssl_context(), server_hostname=TLS_SERVER_NAME
             )
             try:
                 ssl_object = writer.get_extra_info("ssl_object")

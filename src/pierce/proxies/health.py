@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from pierce.addr import HostPort
-from pierce.dial import TargetUnreachable, connect_tcp
+from pierce.dial import TargetUnreachable, connect_tcp, open_stream
 from pierce.errors import InvalidValue, PierceError
 from pierce.logs import event
 
@@ -119,11 +119,7 @@ async def probe(config: HealthCheckConfig, local: HostPort) -> str | None:
 
 
 async def _http_check(sock: socket.socket, local: HostPort, path: str) -> str | None:
-    try:
-        reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_STATUS_LINE)
-    except BaseException:
-        sock.close()
-        raise
+    reader, writer = await open_stream(sock, limit=MAX_STATUS_LINE)  # closes the socket when it fails
     try:
         host = f"[{local.host}]" if ":" in local.host else local.host
         writer.write(
