@@ -194,7 +194,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "admin.listening": {"listen", "port", "path"},
         "inspect.replayed": {"proxy", "method", "target", "status"},
         "tls.pinned": {"server", "fingerprint", "path"},
-        "work.failed": {"error"},
+        "work.failed": {"error", "delay_s"},
         "work.mux_failed": {"error"},
         "work.mux_joined": {"client_id", "peer"},
         "work.unexpected": {"proxy"},

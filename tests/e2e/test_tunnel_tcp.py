@@ -91,6 +91,39 @@ async def test_a_multiplexed_connection_outlives_the_login_deadline(pierce, tmp_
     assert server.matching("work.mux_joined") == [joined]  # the same connection carried them
 
 
+async def test_a_failed_pool_dial_is_tried_again_before_any_visitor_asks(pierce, tmp_path: Path) -> None:
+    """The client reaches the server through a forwarder that resets the second connection, the
+    multiplexed one that fills the pool, as its TLS starts: the client dials again after a short wait, so
+    the pool fills without a visitor having to find it empty first."""
+    server, port = await start_server(pierce, tmp_path)
+    arrived = 0
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await src.read(CHUNK):
+                dst.write(data)
+                await dst.drain()
+        dst.close()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 2:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async with tcp_server(forward) as front, tcp_server(echo) as local:
+        front_port = int(front.rpartition(":")[2])
+        client = await start_client(pierce, tmp_path, front_port, [tcp_proxy("echo", local)])
+        await proxy_port(client, "echo")
+        await server.wait_event("work.mux_joined")
+        assert arrived == 3  # control, the reset dial, the dial again (no visitor came)
+
+
 @pytest.mark.parametrize("encrypt", [True, False], ids=["tls-data", "plain-data"])
 async def test_a_service_reset_reaches_the_visitor_as_a_reset(pierce, tmp_path: Path, encrypt: bool) -> None:
     """The service sends 1 MiB and then resets: the visitor reads what came and then an error, never an

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -63,6 +64,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pierce.client")
 
 DIAL_TIMEOUT = 10.0
+#: After a work connection could not be opened, the pool is filled again this many seconds later (plus or
+#: minus 20%), the wait doubling up to `REFILL_MAX_S` while dials keep failing.
+REFILL_FIRST_S = 1.0
+REFILL_MAX_S = 20.0
 #: The name TLS is checked against when a CA file is configured (generated certificates carry it).
 SERVER_NAME = "pierce"
 
@@ -289,6 +294,9 @@ class ClientSession:
         self._mux_dial: asyncio.Future[MuxConnection] | None = None
         self.idle_work = 0
         self._closing = False
+        #: The wait before the pool is filled again after a failed dial, and whether a refill is due.
+        self._refill_wait = REFILL_FIRST_S
+        self._refill_due = False
         #: TLS contexts of https2http plugins, by certificate and key file.
         self._tls_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
         self.heartbeat = Heartbeat(
@@ -409,9 +417,40 @@ class ClientSession:
             else:
                 channel = await self.dialer.work(self.run_id, self.work_key)
         except (PierceError, OSError, TimeoutError) as exc:
-            event(log, logging.DEBUG, "work.failed", f"work connection failed: {exc}", error=str(exc))
+            delay = self._refill_later()
+            if delay is None:
+                event(log, logging.DEBUG, "work.failed", f"work connection failed: {exc}", error=str(exc))
+            else:
+                event(
+                    log,
+                    logging.DEBUG,
+                    "work.failed",
+                    f"work connection failed: {exc}; filling the pool again in {delay:.1f}s",
+                    error=str(exc),
+                    delay_s=round(delay, 2),
+                )
             return
+        self._refill_wait = REFILL_FIRST_S  # dials work again
         await self._serve_work(channel)
+
+    def _refill_later(self) -> float | None:
+        """A dial failed: fill the pool again after a wait, rather than leave it short until the server
+        asks for more (when a visitor finds it empty, and then waits for the dial). One refill at a time
+        (the streams waiting for one multiplexed dial all fail with it); its wait doubles while dials keep
+        failing. The wait, or None when a refill is due already or the session is closing."""
+        if self._closing or self._refill_due:
+            return None
+        self._refill_due = True
+        delay = self._refill_wait * random.uniform(0.8, 1.2)
+        self._refill_wait = min(2 * self._refill_wait, REFILL_MAX_S)
+        self._spawn(self._refill(delay), "refill")
+        return delay
+
+    async def _refill(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._refill_due = False
+        for _ in range(self.config.pool_count - self.idle_work):
+            self._spawn(self._work_conn(), "work")
 
     async def _work_stream(self) -> MuxChannel:
         """A work connection as a new stream of the multiplexed connection (dialled once when needed)."""
