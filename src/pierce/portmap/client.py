@@ -1,0 +1,444 @@
+"""Ask the router for a port mapping over PCP (RFC 6887), falling back to NAT-PMP (RFC 6886).
+
+One `PortMapClient` talks to one gateway from one connected UDP socket; only datagrams from the
+gateway's address and port 5351 reach it (the kernel filters a connected socket; the protocol checks
+again), at most `MAX_QUEUED` wait unread, and every answer is matched to its request: PCP by opcode,
+nonce, protocol and internal port; NAT-PMP by opcode and internal port. Anything else is ignored.
+
+Order (RFC 6887 appendix A): PCP first. A gateway that only speaks NAT-PMP answers a PCP request with
+NAT-PMP's 8-byte "unsupported version" and the client switches at once; one that does not answer PCP
+within ``pcp_wait`` gets NAT-PMP for what is left of the deadline. The protocol that answered is kept
+for later calls. An ICMP "port unreachable" (no daemon) ends the attempt at once.
+
+Retransmission: both protocols from `natpmp.INITIAL_RTO` (250 ms, RFC 6886 section 3.1), doubling, each
+request ending at one overall ``deadline`` (default `DEFAULT_DEADLINE`). RFC 6887 section 8.1.1 starts
+PCP at 3 s and keeps trying for ever; a caller that must say "no port mapping protocol answered" in
+bounded time, and get a usable mapping in well under 2 s when a datagram is lost, cannot wait that long,
+so PCP gets NAT-PMP's schedule (still well under RFC 6887's rate limit for a client).
+
+Every answer carries the gateway's epoch; `Mapping.restarted` / `ExternalAddress.restarted` say when it
+shows the gateway lost its state since the previous answer (`pierce.portmap.epoch`): the caller then
+asks for its mappings again.
+
+Which coroutines may be cancelled: all of them; a cancelled request leaves nothing behind but the
+datagrams already sent (a mapping the gateway may have made expires with its lifetime).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ipaddress
+from collections.abc import Callable
+from typing import TypeVar
+
+import msgspec
+
+from pierce.addr import IPAddress
+from pierce.errors import LocalError, RemoteError
+from pierce.portmap import natpmp, pcp
+from pierce.portmap.epoch import EpochTracker
+from pierce.portmap.gateway import default_gateway
+from pierce.portmap.pcp import Protocol
+
+#: Seconds one call (map, renew, delete, external address) may take before it gives up.
+DEFAULT_DEADLINE = 3.0
+#: Seconds PCP gets to answer before NAT-PMP is tried (when the gateway's protocol is not known yet).
+DEFAULT_PCP_WAIT = 1.0
+#: Lifetime asked for by default: RFC 6886 section 3.3 recommends two hours.
+DEFAULT_LIFETIME = 7200
+#: Datagrams waiting to be read; more are dropped (only the gateway can send them, but still).
+MAX_QUEUED = 16
+_MAX_DATAGRAM = pcp.MAX_SIZE
+
+T = TypeVar("T")
+
+
+class Method(enum.Enum):
+    PCP = "pcp"
+    NATPMP = "nat-pmp"
+
+
+class Mapping(msgspec.Struct, frozen=True):
+    """A mapping the gateway granted: ``external_ip:external_port`` reaches ``internal_port`` here."""
+
+    method: Method
+    gateway: ipaddress.IPv4Address
+    protocol: Protocol
+    internal_port: int
+    external_ip: IPAddress | None  # None when NAT-PMP could not tell the external address
+    external_port: int
+    #: Seconds granted (may be shorter than asked for); renew before they run out.
+    lifetime: int
+    #: The gateway's epoch in its answer, and whether it shows the gateway lost its state since the
+    #: previous answer this client saw.
+    epoch: int
+    restarted: bool
+    #: PCP names a mapping by this nonce: renewals and the deletion must repeat it. Empty for NAT-PMP.
+    nonce: bytes = b""
+
+
+class ExternalAddress(msgspec.Struct, frozen=True):
+    method: Method
+    ip: IPAddress
+    epoch: int
+    restarted: bool
+
+
+class PortMapRefused(RemoteError):
+    """The gateway answered with a failure result code."""
+
+    def __init__(self, method: Method, result: int, text: str, lifetime: int = 0) -> None:
+        super().__init__(f"{method.value}: {text} (result {result})")
+        self.method = method
+        self.result = result
+        #: PCP: for how many seconds the error holds (retry after it for the transient ones).
+        self.lifetime = lifetime
+
+
+class NoPortMapping(LocalError):
+    """No port mapping protocol answered (no daemon, or it is turned off, or something drops it)."""
+
+
+class _NatPmpOnly:
+    """A PCP request was answered by a NAT-PMP-only gateway."""
+
+
+_NATPMP_ONLY = _NatPmpOnly()
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, peer: tuple[str, int]) -> None:
+        self.peer = peer
+        self.queue: asyncio.Queue[bytes | OSError] = asyncio.Queue(MAX_QUEUED)
+        self.dropped = 0
+
+    def _put(self, item: bytes | OSError) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if (addr[0], addr[1]) != self.peer or len(data) > _MAX_DATAGRAM:
+            self.dropped += 1
+            return
+        self._put(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if isinstance(exc, OSError):
+            self._put(exc)
+
+
+class PortMapClient:
+    """Port mappings on one gateway. ``async with PortMapClient() as client: await client.map_port(...)``."""
+
+    def __init__(
+        self,
+        gateway: ipaddress.IPv4Address | None = None,
+        *,
+        port: int = natpmp.PORT,
+        deadline: float = DEFAULT_DEADLINE,
+        pcp_wait: float = DEFAULT_PCP_WAIT,
+        rto: float = natpmp.INITIAL_RTO,
+    ) -> None:
+        self.gateway = gateway
+        self.port = port
+        self.deadline = deadline
+        self.pcp_wait = pcp_wait
+        self.rto = rto
+        #: The protocol the gateway answered, once known.
+        self.method: Method | None = None
+        #: Requests sent, retransmissions included (what a test or a status line reads).
+        self.sent = 0
+        self._epochs = {Method.PCP: EpochTracker(), Method.NATPMP: EpochTracker()}
+        self._transport: asyncio.DatagramTransport | None = None
+        self._protocol: _Datagrams | None = None
+        self._local_ip: IPAddress = pcp.ANY_V4
+
+    async def open(self) -> None:
+        if self.gateway is None:
+            self.gateway = default_gateway()
+        peer = (str(self.gateway), self.port)
+        loop = asyncio.get_running_loop()
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: _Datagrams(peer), remote_addr=peer
+            )
+        except OSError as exc:
+            raise NoPortMapping(f"cannot reach the gateway {self.gateway}: {exc.strerror or exc}") from exc
+        self._transport, self._protocol = transport, protocol
+        self._local_ip = ipaddress.ip_address(transport.get_extra_info("sockname")[0])
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    async def __aenter__(self) -> PortMapClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the calls ---------------------------------------------------------------------------------
+
+    async def map_port(
+        self,
+        protocol: Protocol,
+        internal_port: int,
+        *,
+        external_port: int = 0,
+        lifetime: int = DEFAULT_LIFETIME,
+        nonce: bytes | None = None,
+    ) -> Mapping:
+        """Ask for ``internal_port`` to be reachable from outside (``external_port``: a preference, 0 for
+        none). Raises PortMapRefused when the gateway says no, NoPortMapping when nothing answered."""
+        if lifetime <= 0:
+            raise ValueError("a mapping's lifetime is at least 1 second (delete() removes one)")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.deadline
+        tried: list[str] = []
+        if self.method in (None, Method.PCP):
+            until = deadline if self.method is Method.PCP else min(deadline, loop.time() + self.pcp_wait)
+            answer = await self._pcp_map(protocol, internal_port, external_port, lifetime, nonce, until)
+            if isinstance(answer, Mapping):
+                self.method = Method.PCP
+                return answer
+            if answer is _NATPMP_ONLY:
+                self.method = Method.NATPMP
+            elif self.method is Method.PCP:
+                raise NoPortMapping(f"the gateway {self.gateway} stopped answering PCP")
+            else:
+                tried.append("PCP")
+        mapping = await self._natpmp_map(protocol, internal_port, external_port, lifetime, deadline)
+        if mapping is None:
+            tried.append("NAT-PMP")
+            raise NoPortMapping(
+                f"no port mapping protocol answered: {' and '.join(tried)} to {self.gateway}:{self.port} "
+                f"got no answer in {self.deadline:g} s"
+            )
+        self.method = Method.NATPMP
+        return mapping
+
+    async def renew(self, mapping: Mapping, lifetime: int | None = None) -> Mapping:
+        """Ask again for ``mapping`` (same nonce, same external port preferred) before it runs out, or
+        after `Mapping.restarted` said the gateway forgot it."""
+        self.method = mapping.method
+        return await self.map_port(
+            mapping.protocol,
+            mapping.internal_port,
+            external_port=mapping.external_port,
+            lifetime=mapping.lifetime if lifetime is None else lifetime,
+            nonce=mapping.nonce or None,
+        )
+
+    async def delete(self, mapping: Mapping) -> None:
+        """Remove ``mapping`` (a lifetime-0 request). Raises PortMapRefused / NoPortMapping."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.deadline
+        if mapping.method is Method.PCP:
+            answer = await self._pcp_map(
+                mapping.protocol,
+                mapping.internal_port,
+                mapping.external_port,
+                0,
+                mapping.nonce,
+                deadline,
+                external_ip=mapping.external_ip,
+            )
+            done = answer is not None
+        else:
+            done = (
+                await self._natpmp_map(
+                    mapping.protocol, mapping.internal_port, mapping.external_port, 0, deadline
+                )
+            ) is not None
+        if not done:
+            raise NoPortMapping(
+                f"the gateway {self.gateway} did not answer the deletion in {self.deadline:g} s"
+            )
+
+    async def external_address(self) -> ExternalAddress:
+        """The gateway's external IPv4 address (NAT-PMP opcode 0; PCP has no request for it alone, its
+        MAP answers carry it)."""
+        loop = asyncio.get_running_loop()
+        answer = await self._natpmp_address(loop.time() + self.deadline)
+        if answer is None:
+            raise NoPortMapping(f"NAT-PMP to {self.gateway}:{self.port} got no answer in {self.deadline:g} s")
+        return answer
+
+    # -- PCP -----------------------------------------------------------------------------------------
+
+    async def _pcp_map(
+        self,
+        protocol: Protocol,
+        internal_port: int,
+        external_port: int,
+        lifetime: int,
+        nonce: bytes | None,
+        until: float,
+        *,
+        external_ip: IPAddress | None = None,
+    ) -> Mapping | _NatPmpOnly | None:
+        nonce = nonce or pcp.new_nonce()
+        any_ip = pcp.ANY_V4 if self._local_ip.version == 4 else pcp.ANY_V6
+        request = pcp.MapRequest(
+            self._local_ip, nonce, protocol, internal_port, lifetime, external_port, external_ip or any_ip
+        )
+
+        def match(data: bytes) -> pcp.MapResponse | pcp.ErrorResponse | _NatPmpOnly | None:
+            if data[:1] == b"\x00":
+                try:
+                    old = natpmp.decode_response(data)
+                except natpmp.NatPmpParseError:
+                    return None
+                return _NATPMP_ONLY if old.result == natpmp.Result.UNSUPPORTED_VERSION else None
+            try:
+                answer = pcp.decode_response(data)
+            except pcp.PcpParseError:
+                return None
+            if isinstance(answer, pcp.MapResponse):
+                if (answer.nonce, answer.protocol, answer.internal_port) == (nonce, protocol, internal_port):
+                    return answer
+                return None
+            if isinstance(answer, pcp.ErrorResponse) and answer.opcode == pcp.Opcode.MAP:
+                return answer
+            return None
+
+        answer: pcp.MapResponse | pcp.ErrorResponse | _NatPmpOnly | None
+        answer = await self._exchange(pcp.encode_request(request), match, until)
+        if answer is None or isinstance(answer, _NatPmpOnly):
+            return answer
+        if isinstance(answer, pcp.ErrorResponse) and answer.result == pcp.Result.UNSUPP_VERSION:
+            return _NATPMP_ONLY  # a PCP server of another version: NAT-PMP may still work
+        restarted = self._epochs[Method.PCP].observe(answer.epoch, asyncio.get_running_loop().time())
+        if answer.result != pcp.Result.SUCCESS:
+            raise PortMapRefused(Method.PCP, answer.result, pcp.result_text(answer.result), answer.lifetime)
+        assert isinstance(answer, pcp.MapResponse)
+        assert self.gateway is not None
+        return Mapping(
+            Method.PCP,
+            self.gateway,
+            protocol,
+            internal_port,
+            answer.external_ip,
+            answer.external_port,
+            answer.lifetime,
+            answer.epoch,
+            restarted,
+            nonce,
+        )
+
+    # -- NAT-PMP -------------------------------------------------------------------------------------
+
+    async def _natpmp_map(
+        self, protocol: Protocol, internal_port: int, external_port: int, lifetime: int, until: float
+    ) -> Mapping | None:
+        opcode = natpmp.Opcode.MAP_UDP if protocol is Protocol.UDP else natpmp.Opcode.MAP_TCP
+        # Deleting, RFC 6886 section 3.4 wants suggested port 0 (and the gateway to ignore it); miniupnpd
+        # reads 0 as "the internal port" and would delete the wrong mapping, so the external port goes.
+        request = natpmp.MapRequest(opcode, internal_port, external_port, lifetime)
+
+        def match(data: bytes) -> natpmp.MapResponse | natpmp.ErrorResponse | None:
+            try:
+                answer = natpmp.decode_response(data)
+            except natpmp.NatPmpParseError:
+                return None
+            if isinstance(answer, natpmp.MapResponse):
+                return answer if (answer.opcode, answer.internal_port) == (opcode, internal_port) else None
+            if isinstance(answer, natpmp.ErrorResponse) and answer.opcode == opcode:
+                return answer
+            return None
+
+        answer: natpmp.MapResponse | natpmp.ErrorResponse | None
+        answer = await self._exchange(natpmp.encode_request(request), match, until)
+        if answer is None:
+            return None
+        restarted = self._epochs[Method.NATPMP].observe(answer.epoch, asyncio.get_running_loop().time())
+        if answer.result != natpmp.Result.SUCCESS or isinstance(answer, natpmp.ErrorResponse):
+            raise PortMapRefused(Method.NATPMP, answer.result, natpmp.result_text(answer.result))
+        external_ip: IPAddress | None = None
+        if lifetime:
+            try:
+                address = await self._natpmp_address(until)
+            except PortMapRefused:
+                address = None
+            if address is not None:
+                external_ip = address.ip
+                restarted = restarted or address.restarted
+        assert self.gateway is not None
+        return Mapping(
+            Method.NATPMP,
+            self.gateway,
+            protocol,
+            internal_port,
+            external_ip,
+            answer.external_port,
+            answer.lifetime,
+            answer.epoch,
+            restarted,
+        )
+
+    async def _natpmp_address(self, until: float) -> ExternalAddress | None:
+        def match(data: bytes) -> natpmp.ExternalAddressResponse | natpmp.ErrorResponse | _NatPmpOnly | None:
+            if data[:1] != b"\x00":
+                try:
+                    new = pcp.decode_response(data)
+                except pcp.PcpParseError:
+                    return None
+                return _NATPMP_ONLY if new.result == pcp.Result.UNSUPP_VERSION else None
+            try:
+                answer = natpmp.decode_response(data)
+            except natpmp.NatPmpParseError:
+                return None
+            if isinstance(answer, natpmp.ExternalAddressResponse):
+                return answer
+            if isinstance(answer, natpmp.ErrorResponse) and answer.opcode == natpmp.Opcode.EXTERNAL_ADDRESS:
+                return answer
+            return None
+
+        request = natpmp.encode_request(natpmp.ExternalAddressRequest())
+        answer: natpmp.ExternalAddressResponse | natpmp.ErrorResponse | _NatPmpOnly | None
+        answer = await self._exchange(request, match, until)
+        if answer is None:
+            return None
+        if isinstance(answer, _NatPmpOnly):
+            raise NoPortMapping(
+                f"the gateway {self.gateway} speaks PCP only, which tells the external address with a mapping"
+            )
+        restarted = self._epochs[Method.NATPMP].observe(answer.epoch, asyncio.get_running_loop().time())
+        if answer.result != natpmp.Result.SUCCESS or isinstance(answer, natpmp.ErrorResponse):
+            raise PortMapRefused(Method.NATPMP, answer.result, natpmp.result_text(answer.result))
+        return ExternalAddress(Method.NATPMP, answer.address, answer.epoch, restarted)
+
+    # -- one request, retransmitted --------------------------------------------------------------
+
+    async def _exchange(self, payload: bytes, match: Callable[[bytes], T | None], until: float) -> T | None:
+        """Send ``payload`` at 0, rto, 3 rto, 7 rto ... until ``match`` accepts an answer (returned) or
+        loop time ``until`` passes (None). An ICMP error from the gateway raises NoPortMapping."""
+        transport, protocol = self._transport, self._protocol
+        if transport is None or protocol is None:
+            raise RuntimeError("PortMapClient used before open() or after close()")
+        loop = asyncio.get_running_loop()
+        rto = self.rto
+        while (now := loop.time()) < until:
+            transport.sendto(payload)
+            self.sent += 1
+            resend_at = min(now + rto, until)
+            rto *= 2
+            while (left := resend_at - loop.time()) > 0:
+                try:
+                    item = await asyncio.wait_for(protocol.queue.get(), left)
+                except TimeoutError:
+                    break
+                if isinstance(item, OSError):
+                    raise NoPortMapping(
+                        f"no port mapping protocol answered: the gateway {self.gateway}:{self.port} refused "
+                        f"({item.strerror or item}; no NAT-PMP/PCP daemon there)"
+                    ) from item
+                answer = match(item)
+                if answer is not None:
+                    return answer
+        return None
