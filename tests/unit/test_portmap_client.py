@@ -12,6 +12,7 @@ import socket
 from collections.abc import AsyncIterator
 from typing import cast
 
+import msgspec
 import pytest
 
 from pierce.portmap import natpmp, pcp
@@ -33,6 +34,8 @@ class Responder(asyncio.DatagramProtocol):
         self.result = 0
         self.epoch = 1000
         self.decoys: list[bytes] = []  # sent before each real answer
+        self.twice = False  # every answer sent twice (a duplicated datagram)
+        self.refuse_deletion = False
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -45,7 +48,8 @@ class Responder(asyncio.DatagramProtocol):
         assert self.transport is not None
         for decoy in self.decoys:
             self.transport.sendto(decoy, addr)
-        self.transport.sendto(self.answer(data), addr)
+        for _ in range(2 if self.twice else 1):
+            self.transport.sendto(self.answer(data), addr)
 
     def answer(self, data: bytes) -> bytes:
         if data[0] == 0:
@@ -66,7 +70,10 @@ class Responder(asyncio.DatagramProtocol):
             )
         request = pcp.decode_request(data)
         assert isinstance(request, pcp.MapRequest)
-        return pcp.encode_response(self.map_answer(request, request.nonce))
+        answer = self.map_answer(request, request.nonce)
+        if self.refuse_deletion and request.lifetime == 0:
+            answer = msgspec.structs.replace(answer, result=pcp.Result.NOT_AUTHORIZED, lifetime=30)
+        return pcp.encode_response(answer)
 
     def map_answer(self, request: pcp.MapRequest, nonce: bytes, port: int | None = None) -> pcp.MapResponse:
         external = port or request.external_port or request.internal_port
@@ -201,3 +208,17 @@ async def test_restart_is_seen_in_the_epoch_and_renewal_repeats_the_nonce(
     deletion = pcp.decode_request(responder.requests[-1])
     assert isinstance(deletion, pcp.MapRequest)
     assert (deletion.nonce, deletion.lifetime, deletion.internal_port) == (first.nonce, 0, 8080)
+
+
+async def test_a_late_duplicate_does_not_answer_the_deletion(gateway: tuple[Responder, int]) -> None:
+    responder, port = gateway
+    responder.twice = True
+    responder.refuse_deletion = True
+    async with client(port) as pm:
+        mapping = await pm.map_port(Protocol.TCP, 8080, lifetime=600)
+        # Copies of the mapping's answer (same nonce, same ports), one queued before the deletion is
+        # sent and one arriving after it, are no answer to the deletion: the gateway's own, a refusal, is.
+        responder.twice = False
+        responder.decoys = [responder.answer(responder.requests[0])]
+        with pytest.raises(PortMapRefused, match="not authorized"):
+            await pm.delete(mapping)

@@ -107,6 +107,13 @@ class _NatPmpOnly:
 _NATPMP_ONLY = _NatPmpOnly()
 
 
+def _answers_lifetime(result: int, granted: int, asked: int) -> bool:
+    """Can a successful answer granting ``granted`` seconds be the one to a request for ``asked``? A
+    deletion (0) is answered with 0, a mapping never is: a late duplicate of the answer that created a
+    mapping must not pass for the answer to its deletion (the nonce and ports are the same)."""
+    return result != 0 or (granted == 0) == (asked == 0)
+
+
 class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, peer: tuple[str, int]) -> None:
         self.peer = peer
@@ -300,9 +307,9 @@ class PortMapClient:
             except pcp.PcpParseError:
                 return None
             if isinstance(answer, pcp.MapResponse):
-                if (answer.nonce, answer.protocol, answer.internal_port) == (nonce, protocol, internal_port):
-                    return answer
-                return None
+                if (answer.nonce, answer.protocol, answer.internal_port) != (nonce, protocol, internal_port):
+                    return None
+                return answer if _answers_lifetime(answer.result, answer.lifetime, lifetime) else None
             if isinstance(answer, pcp.ErrorResponse) and answer.opcode == pcp.Opcode.MAP:
                 return answer
             return None
@@ -347,7 +354,9 @@ class PortMapClient:
             except natpmp.NatPmpParseError:
                 return None
             if isinstance(answer, natpmp.MapResponse):
-                return answer if (answer.opcode, answer.internal_port) == (opcode, internal_port) else None
+                if (answer.opcode, answer.internal_port) != (opcode, internal_port):
+                    return None
+                return answer if _answers_lifetime(answer.result, answer.lifetime, lifetime) else None
             if isinstance(answer, natpmp.ErrorResponse) and answer.opcode == opcode:
                 return answer
             return None
@@ -423,6 +432,8 @@ class PortMapClient:
             raise RuntimeError("PortMapClient used before open() or after close()")
         loop = asyncio.get_running_loop()
         rto = self.rto
+        while not protocol.queue.empty():  # late duplicates of earlier answers
+            protocol.queue.get_nowait()
         while (now := loop.time()) < until:
             transport.sendto(payload)
             self.sent += 1
