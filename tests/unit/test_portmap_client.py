@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from pierce.portmap import natpmp, pcp
-from pierce.portmap.client import Method, NoPortMapping, PortMapClient, PortMapRefused
+from pierce.portmap.client import Method, NoPortMapping, PortMapClient, PortMapRefused, map_port
 from pierce.portmap.pcp import Protocol
 
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
@@ -222,3 +222,12 @@ async def test_a_late_duplicate_does_not_answer_the_deletion(gateway: tuple[Resp
         responder.decoys = [responder.answer(responder.requests[0])]
         with pytest.raises(PortMapRefused, match="not authorized"):
             await pm.delete(mapping)
+
+
+async def test_one_shot_map_port(gateway: tuple[Responder, int]) -> None:
+    _, port = gateway
+    mapping = await map_port(
+        Protocol.UDP, 4000, external_port=14000, gateway=LOOPBACK, port=port, lifetime=30
+    )
+    assert (mapping.method, mapping.external_ip, mapping.external_port) == (Method.PCP, EXTERNAL, 14000)
+    assert (mapping.gateway, mapping.protocol, mapping.lifetime) == (LOOPBACK, Protocol.UDP, 30)

@@ -453,3 +453,19 @@ class PortMapClient:
                 if answer is not None:
                     return answer
         return None
+
+
+async def map_port(
+    protocol: Protocol,
+    internal_port: int,
+    *,
+    external_port: int = 0,
+    lifetime: int = DEFAULT_LIFETIME,
+    gateway: ipaddress.IPv4Address | None = None,
+    port: int = natpmp.PORT,
+    deadline: float = DEFAULT_DEADLINE,
+) -> Mapping:
+    """One mapping from the default gateway (or ``gateway``) with a client of its own; a caller that
+    renews or deletes it keeps a `PortMapClient` open instead (the protocol that answered is kept)."""
+    async with PortMapClient(gateway, port=port, deadline=deadline) as client:
+        return await client.map_port(protocol, internal_port, external_port=external_port, lifetime=lifetime)
