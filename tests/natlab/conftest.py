@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from .lab import Lab, missing_prerequisites, sweep_stale
+from .portmap_lab import HomeNet, home_router, missing_miniupnpd
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +25,18 @@ def lab(natlab_ready: None) -> Iterator[Lab]:
     """A fresh :class:`Lab`; torn down after the test whatever happened in it."""
     with Lab() as lab:
         yield lab
+
+
+@pytest.fixture
+def home_net(lab: Lab, tmp_path: Path) -> HomeNet:
+    """A home LAN behind a NAPT router running miniupnpd (UPnP-IGD, NAT-PMP, PCP); see portmap_lab."""
+    reason = missing_miniupnpd()
+    if reason is not None:
+        pytest.skip(reason)
+    return home_router(lab, tmp_path)
+
+
+@pytest.fixture
+def home_net_no_daemon(lab: Lab, tmp_path: Path) -> HomeNet:
+    """The same home network, its router answering no port mapping protocol (no miniupnpd)."""
+    return home_router(lab, tmp_path, daemon=False)
