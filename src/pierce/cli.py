@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.set_defaults(func=cmd_demo)
 
     _add_nat_command(sub)
+    _add_map_port_command(sub)
     _add_visit_command(sub)
     _add_trust_command(sub)
     _add_import_frp_command(sub)
@@ -474,6 +475,98 @@ def _add_nat_command(sub: Any) -> None:
         "state_dir of ~/.config/pierce/client.toml, else the client's default)",
     )
     p_nat.set_defaults(func=cmd_nat)
+
+
+def _add_map_port_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "map-port",
+        help="ask the router to forward a public port to a local one (PCP, NAT-PMP)",
+        description=(
+            "Ask the router (the default gateway) for a port mapping over PCP, or NAT-PMP when it only "
+            "speaks that; print the public address and port; renew the lease before it ends and make the "
+            "mapping again after a router restart; delete it on exit (Ctrl-C, SIGTERM). Says so when the "
+            "router's external address is itself private or shared (another NAT beyond it, e.g. CGNAT)."
+        ),
+    )
+    _add_logging_flags(p, suppress=True)
+    p.add_argument("protocol", type=str.upper, choices=["TCP", "UDP"], help="TCP or UDP")
+    p.add_argument("local_port", type=int, metavar="LOCAL_PORT", help="the port of the local service")
+    p.add_argument(
+        "--public-port", type=int, default=0, metavar="N", help="the public port wanted (default: any)"
+    )
+    p.add_argument(
+        "--lifetime",
+        type=int,
+        default=7200,
+        metavar="S",
+        help="lease asked for, seconds; renewed at half of what the router grants (default 7200)",
+    )
+    p.add_argument("--gateway", metavar="IP", help="the router (default: the default route's gateway)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per mapping made")
+    p.set_defaults(func=cmd_map_port)
+
+
+def cmd_map_port(args: argparse.Namespace) -> int:
+    import ipaddress
+    import json
+
+    from pierce.portmap.client import Mapping
+    from pierce.portmap.lease import describe, hold_mapping, reachable_from_internet
+    from pierce.portmap.pcp import Protocol
+    from pierce.runtime import run
+
+    problems = []
+    if not 1 <= args.local_port <= 65535:
+        problems.append(f"map-port: LOCAL_PORT: expected 1-65535, got {args.local_port}")
+    if not 0 <= args.public_port <= 65535:
+        problems.append(f"map-port: --public-port: expected 0 (any) or 1-65535, got {args.public_port}")
+    if args.lifetime < 1:
+        problems.append(f"map-port: --lifetime: expected seconds >= 1, got {args.lifetime}")
+    gateway = None
+    if args.gateway:
+        try:
+            gateway = ipaddress.IPv4Address(args.gateway)
+        except ValueError:
+            problems.append(f"map-port: --gateway: expected an IPv4 address, got {args.gateway!r}")
+    if problems:
+        raise ConfigError(problems)
+
+    def show(mapping: Mapping) -> None:
+        reachable = reachable_from_internet(mapping.external_ip)
+        if args.json:
+            doc = {
+                "protocol": mapping.protocol.name.lower(),
+                "local_port": mapping.internal_port,
+                "public_ip": str(mapping.external_ip) if mapping.external_ip else None,
+                "public_port": mapping.external_port,
+                "via": mapping.method.value,
+                "gateway": str(mapping.gateway),
+                "lifetime": mapping.lifetime,
+                "reachable_from_internet": reachable,
+            }
+            print(json.dumps(doc), flush=True)
+            return
+        print(f"mapped: {describe(mapping)}", flush=True)
+        if not reachable:
+            print(
+                f"warning: the router's external address {mapping.external_ip} is private or shared: "
+                "another NAT (e.g. your carrier's) sits beyond it, so this mapping is not reachable from "
+                "the internet",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    run(
+        hold_mapping(
+            Protocol[args.protocol],
+            args.local_port,
+            external_port=args.public_port,
+            lifetime=args.lifetime,
+            gateway=gateway,
+            on_change=show,
+        )
+    )
+    return EXIT_OK
 
 
 def nat_server_from_args(args: argparse.Namespace) -> HostPort:

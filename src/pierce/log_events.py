@@ -69,6 +69,11 @@ FIELDS: dict[str, str] = {
     "direction": "which way dropped datagrams went: in (visitor -> service) or out (service -> visitor)",
     "refused": "connections turned away that this (rate-limited) line stands for",
     "delay_s": "seconds until the next attempt",
+    "via": "the port mapping protocol the router answered: pcp or nat-pmp",
+    "gateway": "the router asked for a port mapping",
+    "external": "the router's external address and port of a port mapping (empty when it did not say)",
+    "lease_s": "seconds a router granted a port mapping for",
+    "reachable": "whether an address can be reached from the internet (not private, shared or reserved)",
     "suppressed": "lines left out just before this one (a stranger can cause them: rate-limited)",
     "block_s": "seconds new connections from the source are refused",
     # ACME
@@ -217,6 +222,12 @@ EVENTS: dict[str, frozenset[str]] = {
         "state.tightened": {"path", "old_mode", "new_mode"},
         "state.loose": {"path", "error"},
         "token.on_command_line": set(),
+        # pierce map-port (router port mapping)
+        "portmap.mapped": {"via", "gateway", "protocol", "port", "external", "lease_s", "reachable"},
+        "portmap.restarted": {"via", "gateway", "protocol", "port", "external", "lease_s", "reachable"},
+        "portmap.renewed": {"port", "lease_s"},
+        "portmap.failed": {"port", "error", "delay_s"},
+        "portmap.deleted": {"port", "protocol"},
         # pierce demo
         "demo.ready": {"url", "port"},
         "demo.stopped": {"reason"},

@@ -1,0 +1,78 @@
+"""`pierce map-port` against a real router daemon (miniupnpd in the home-router lab, `portmap_lab`).
+
+pierce asks the router for the mapping itself (PCP, which miniupnpd answers; NAT-PMP when a router only
+speaks that), prints the public address, renews the lease at half its lifetime, asks again after the
+router restarted (its epoch starts over), and deletes the mapping on SIGTERM: a visitor on the outside
+reaches the LAN service only while the mapping lives. A router without a daemon gets a clear "no port
+mapping protocol answered", at once (its ICMP port unreachable says so).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from .lab import Host, Proc
+from .portmap_lab import HOME_IP, ROUTER_OUT, HomeNet
+from .test_portmap_lab import assert_closed, assert_echoed, visit
+
+pytestmark = pytest.mark.natlab
+
+#: Short enough that a renewal comes within the test, long enough for a busy machine.
+LEASE_S = 4
+
+
+def map_port(host: Host, *args: str | int) -> Proc:
+    return host.python(
+        "-m", "pierce", "--json-logs", "map-port", *map(str, args), "--json", label=f"{host.name}:map-port"
+    )
+
+
+def mapped(proc: Proc) -> dict[str, Any]:
+    """The next mapping `--json` printed."""
+    return proc.expect_json("stdout", timeout=15, local_port=7000)
+
+
+def test_map_port_maps_renews_survives_a_router_restart_and_deletes(home_net: HomeNet) -> None:
+    net = home_net
+    echo = net.home.helper("tcp_echo.py", "--port", 7000)
+    echo.ready_port()
+
+    started = time.monotonic()
+    proc = map_port(net.home, "TCP", 7000, "--public-port", 8080, "--lifetime", LEASE_S)
+    first = mapped(proc)
+    took = time.monotonic() - started  # reported, not asserted: no timing thresholds in tests
+    assert first["via"] == "pcp" and first["public_ip"] == ROUTER_OUT and first["public_port"] == 8080, first
+    assert first["reachable_from_internet"] is True and first["lifetime"] == LEASE_S, first
+    assert net.miniupnpd.forwards() == {("tcp", 8080, HOME_IP, 7000)}, net.describe()
+    assert_echoed(visit(net.visitor, 8080), net)
+
+    # Two renewals: the mapping outlives twice its lease, and the way in stays open.
+    proc.expect_json("stderr", timeout=15, event="portmap.renewed")
+    proc.expect_json("stderr", timeout=15, event="portmap.renewed")
+    assert net.miniupnpd.forwards() == {("tcp", 8080, HOME_IP, 7000)}, net.describe()
+    assert_echoed(visit(net.visitor, 8080), net)
+
+    # A router restart forgets the mapping; the next renewal sees the epoch start over and maps again.
+    net.miniupnpd.restart()
+    assert net.miniupnpd.forwards() == set(), net.describe()
+    again = proc.expect_json("stderr", timeout=15, event="portmap.restarted")
+    assert again["external"] == f"{ROUTER_OUT}:8080", again
+    assert net.miniupnpd.forwards() == {("tcp", 8080, HOME_IP, 7000)}, net.describe()
+    assert_echoed(visit(net.visitor, 8080), net)
+
+    assert proc.stop() == 0, proc.dump()
+    assert any(d.get("event") == "portmap.deleted" for d in proc.json_lines("stderr")), proc.dump()
+    assert net.miniupnpd.forwards() == set(), net.describe()
+    assert_closed(visit(net.visitor, 8080), net)
+    print(f"time to a usable mapping: {took * 1000:.0f} ms (including the interpreter's start)")
+
+
+def test_map_port_says_when_no_router_answers(home_net_no_daemon: HomeNet) -> None:
+    net = home_net_no_daemon
+    done = net.home.run(sys.executable, "-m", "pierce", "map-port", "TCP", "7000", check=False, timeout=20)
+    assert done.returncode == 1, done
+    assert "no port mapping protocol answered" in done.stderr, done.stderr
