@@ -469,6 +469,11 @@ def _add_nat_command(sub: Any) -> None:
         "--timeout", type=float, default=3.0, metavar="S", help="wait for each test's answer (default 3)"
     )
     p_nat.add_argument(
+        "--no-router",
+        action="store_true",
+        help="do not ask the router which port mapping protocols (PCP, NAT-PMP) it answers",
+    )
+    p_nat.add_argument(
         "--state-dir",
         metavar="DIR",
         help="where --lifetime records the measured lifetime for the client's direct paths (default: "
@@ -593,20 +598,30 @@ def nat_server_from_args(args: argparse.Namespace) -> HostPort:
 def cmd_nat(args: argparse.Namespace) -> int:
     import json
 
+    from pierce.nat.classify import NatReport
     from pierce.nat.discover import discover
     from pierce.runtime import run
 
     if args.timeout <= 0 or args.lifetime_max <= 0:
         raise ConfigError(["nat: --timeout and --lifetime-max: expected seconds > 0"])
-    report = run(
-        discover(
-            nat_server_from_args(args),
+    server = nat_server_from_args(args)
+
+    async def both() -> NatReport:
+        report = await discover(
+            server,
             timeout=args.timeout,
             lifetime=args.lifetime,
             lifetime_max=args.lifetime_max,
             lifetime_resolution=max(args.lifetime_max / 24, 0.5),
         )
-    )
+        if not args.no_router:
+            from pierce.portmap.probe import probe_router
+
+            public = report.public_address.ip if report.public_address is not None else None
+            report.port_mapping = await probe_router(public)
+        return report
+
+    report = run(both())
     print(json.dumps(report.as_json()) if args.json else report.as_text())
     if report.mapping_lifetime_s is not None and report.public_address is not None:
         _record_lifetime(args, str(report.public_address.ip), report.mapping_lifetime_s)

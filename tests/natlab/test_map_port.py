@@ -9,6 +9,7 @@ mapping protocol answered", at once (its ICMP port unreachable says so).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from .lab import Host, Proc
-from .portmap_lab import HOME_IP, ROUTER_OUT, HomeNet
+from .portmap_lab import HOME_IP, ROUTER_LAN, ROUTER_OUT, VISITOR_IP, HomeNet
 from .test_portmap_lab import assert_closed, assert_echoed, visit
 
 pytestmark = pytest.mark.natlab
@@ -76,3 +77,27 @@ def test_map_port_says_when_no_router_answers(home_net_no_daemon: HomeNet) -> No
     done = net.home.run(sys.executable, "-m", "pierce", "map-port", "TCP", "7000", check=False, timeout=20)
     assert done.returncode == 1, done
     assert "no port mapping protocol answered" in done.stderr, done.stderr
+
+
+def pierce_nat(host: Host) -> dict[str, Any]:
+    """``pierce nat --json`` with no STUN server answering (the visitor's address has none): the report
+    still says what the router answered of port mapping."""
+    done = host.run(
+        sys.executable, "-m", "pierce", "nat", "--server", f"{VISITOR_IP}:3478", "--json", "--timeout", "0.3",
+        check=False, timeout=30,
+    )  # fmt: skip
+    report = json.loads(done.stdout)
+    assert isinstance(report, dict), done
+    return report
+
+
+def test_nat_reports_the_routers_port_mapping(home_net: HomeNet) -> None:
+    mapping = pierce_nat(home_net.home)["port_mapping"]
+    assert mapping["gateway"] == ROUTER_LAN and mapping["protocols"] == ["pcp", "nat-pmp"], mapping
+    assert mapping["external_address"] == ROUTER_OUT and mapping["mapping_useful"] is True, mapping
+
+
+def test_nat_says_when_the_router_answers_no_port_mapping(home_net_no_daemon: HomeNet) -> None:
+    mapping = pierce_nat(home_net_no_daemon.home)["port_mapping"]
+    assert mapping["protocols"] == [] and mapping["mapping_useful"] is None, mapping
+    assert "No port mapping protocol (PCP, NAT-PMP) answered" in mapping["why"], mapping

@@ -108,6 +108,7 @@ def expected(report: dict[str, Any], **fields: Any) -> dict[str, Any]:
         "why": report["why"],
         "server": f"{SERVER_IP}:{STUN_PORT}",
         "hops": [LAN_GW],
+        "port_mapping": report["port_mapping"],
     }
     return base | fields
 

@@ -10,7 +10,7 @@ import enum
 import ipaddress
 import itertools
 import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -26,6 +26,9 @@ PRIVATE_SPACE = (
     ipaddress.IPv4Network("192.168.0.0/16"),
     ipaddress.IPv6Network("fc00::/7"),
 )
+
+if TYPE_CHECKING:
+    from pierce.portmap.probe import RouterReport
 
 
 class Behaviour(enum.Enum):
@@ -102,6 +105,8 @@ class NatReport(msgspec.Struct):
     p2p: P2P
     why: str
     hops: list[IPAddress | None] | None = None
+    #: What the router answered of port mapping (`pierce.portmap.probe`), when it was asked.
+    port_mapping: RouterReport | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -117,6 +122,7 @@ class NatReport(msgspec.Struct):
             "why": self.why,
             "server": str(self.server),
             "hops": None if self.hops is None else [None if h is None else str(h) for h in self.hops],
+            "port_mapping": None if self.port_mapping is None else self.port_mapping.as_json(),
         }
 
     def as_text(self) -> str:
@@ -143,6 +149,8 @@ class NatReport(msgspec.Struct):
             ("Mapping lifetime", lifetime),
             ("Direct (P2P)", self.p2p.value),
         ]
+        if self.port_mapping is not None:
+            rows.append(("Port mapping", self.port_mapping.as_text()))
         width = max(len(name) for name, _ in rows) + 2
         lines = [f"{name + ':':<{width}}{value}" for name, value in rows]
         return "\n".join([*lines, "", textwrap.fill(self.why, width=100)])

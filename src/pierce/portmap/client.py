@@ -276,6 +276,33 @@ class PortMapClient:
             raise NoPortMapping(f"NAT-PMP to {self.gateway}:{self.port} got no answer in {self.deadline:g} s")
         return answer
 
+    async def announce(self) -> Method | None:
+        """Which protocol the gateway speaks, asked with a PCP ANNOUNCE (RFC 6887 section 14.1): PCP when
+        a PCP answer comes (success or error: a PCP server is there), NAT-PMP when the gateway answers
+        with NAT-PMP's "unsupported version", None when nothing answers within the deadline. An ICMP
+        refusal raises NoPortMapping, as every call does."""
+
+        def match(data: bytes) -> Method | None:
+            if data[:1] == b"\x00":
+                try:
+                    old = natpmp.decode_response(data)
+                except natpmp.NatPmpParseError:
+                    return None
+                return Method.NATPMP if isinstance(old, natpmp.ErrorResponse) else None
+            try:
+                answer = pcp.decode_response(data)
+            except pcp.PcpParseError:
+                return None
+            if isinstance(answer, pcp.AnnounceResponse):
+                return Method.PCP
+            if isinstance(answer, pcp.ErrorResponse) and answer.opcode == pcp.Opcode.ANNOUNCE:
+                return Method.PCP
+            return None
+
+        loop = asyncio.get_running_loop()
+        request = pcp.encode_request(pcp.AnnounceRequest(self._local_ip))
+        return await self._exchange(request, match, loop.time() + self.deadline)
+
     # -- PCP -----------------------------------------------------------------------------------------
 
     async def _pcp_map(

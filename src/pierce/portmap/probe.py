@@ -1,0 +1,106 @@
+"""What `pierce nat` says about the router: which port mapping protocols it answers, its external address,
+and whether a mapping there would be of any use.
+
+A mapping is of use only when the router's external address is the host's public address: an external
+address that is private or shared (RFC 1918, RFC 6598's 100.64.0.0/10 of carrier-grade NAT) or one that
+differs from the address a STUN server sees means another NAT sits beyond the router, and a port opened
+on it is not reachable from the internet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from typing import Any
+
+import msgspec
+
+from pierce.addr import IPAddress
+from pierce.errors import PierceError
+from pierce.portmap.client import Method, PortMapClient, PortMapRefused
+
+#: Seconds the probe waits for each protocol's answer (both are asked at once).
+PROBE_DEADLINE = 1.5
+
+
+class RouterReport(msgspec.Struct):
+    gateway: str | None
+    #: The protocols that answered ("pcp", "nat-pmp"), in that order.
+    protocols: list[str]
+    external_ip: str | None
+    #: Whether a mapping would be reachable from the internet (None: unknown).
+    useful: bool | None
+    why: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "gateway": self.gateway,
+            "protocols": self.protocols,
+            "external_address": self.external_ip,
+            "mapping_useful": self.useful,
+            "why": self.why,
+        }
+
+    def as_text(self) -> str:
+        if not self.protocols:
+            return self.why
+        answered = " and ".join(p.upper() for p in self.protocols)
+        external = f", external address {self.external_ip}" if self.external_ip else ""
+        return f"{answered} on {self.gateway}{external}: {self.why}"
+
+
+async def probe_router(
+    public_ip: IPAddress | None = None,
+    *,
+    gateway: ipaddress.IPv4Address | None = None,
+    port: int | None = None,
+    deadline: float = PROBE_DEADLINE,
+) -> RouterReport:
+    """Ask the default gateway (or ``gateway``) over PCP and NAT-PMP, at once; never raises for network
+    trouble. ``public_ip`` is the address a STUN server saw (None when unknown)."""
+    kw: dict[str, Any] = {"deadline": deadline}
+    if port is not None:
+        kw["port"] = port
+    pcp_client, pmp_client = PortMapClient(gateway, **kw), PortMapClient(gateway, **kw)
+    try:
+        await pcp_client.open()
+        await pmp_client.open()
+    except PierceError as exc:
+        pcp_client.close()
+        return RouterReport(str(gateway) if gateway else None, [], None, None, f"Port mapping: {exc}.")
+    try:
+        announced, address = await asyncio.gather(
+            pcp_client.announce(), pmp_client.external_address(), return_exceptions=True
+        )
+    finally:
+        pcp_client.close()
+        pmp_client.close()
+    where = str(pcp_client.gateway)
+    protocols = ["pcp"] if announced is Method.PCP else []
+    external: IPAddress | None = None
+    if not isinstance(address, BaseException):
+        protocols.append("nat-pmp")
+        external = address.ip
+    elif isinstance(address, PortMapRefused) or announced is Method.NATPMP:
+        protocols.append("nat-pmp")  # it answered, if only to refuse
+    if not protocols:
+        return RouterReport(
+            where, [], None, None, f"No port mapping protocol (PCP, NAT-PMP) answered on {where}."
+        )
+    return RouterReport(where, protocols, str(external) if external else None, *_useful(external, public_ip))
+
+
+def _useful(external: IPAddress | None, public_ip: IPAddress | None) -> tuple[bool | None, str]:
+    if external is None:
+        return None, "its external address is told only with a mapping (`pierce map-port` shows it)"
+    if not external.is_global:
+        return False, (
+            f"{external} is private or shared, so another NAT (e.g. the carrier's) sits beyond the router: "
+            "a mapping there would not be reachable from the internet"
+        )
+    if public_ip is not None and external != public_ip:
+        return False, (
+            f"the STUN server sees {public_ip}, not {external}: another NAT sits beyond the router, so a "
+            "mapping there would not be reachable from the internet"
+        )
+    return True, "a mapping there is reachable from the internet (`pierce map-port`)"
