@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import_frp_command(sub)
     _add_systemd_command(sub)
     _add_status_command(sub)
+    _add_ddns_command(sub)
 
     p_verify = sub.add_parser("verify", help="check a config file without starting anything")
     _add_logging_flags(p_verify, suppress=True)
@@ -941,6 +942,76 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise ConfigError(["status: give -c client.toml (the running client's config), or --server"])
         result = status.client_status(args.config, state_dir=args.state_dir)
     status.print_status(result, json_out=args.json)
+    return EXIT_OK
+
+
+def _add_ddns_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "ddns-update",
+        help="point the [ddns] name of client.toml at this host's public address, once",
+        description=(
+            "Send one dynamic DNS update (RFC 2136, signed with the TSIG key of [ddns] in client.toml) "
+            "that points the name at --ip, or, without --ip, at the public address the pierce server's "
+            "STUN responder sees (server_addr, [ddns] stun_port). Nothing is sent when the primary already "
+            "holds that address. Exit 0 when the name points there, 1 when the update failed (the "
+            "server's answer, e.g. NOTAUTH or BADKEY, is printed)."
+        ),
+    )
+    _add_logging_flags(p, suppress=True)
+    p.add_argument("-c", "--config", type=Path, required=True, help="client.toml with a [ddns] table")
+    p.add_argument(
+        "--ip",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="the public address: IPv4 (the A record) and/or IPv6 (AAAA); repeat for both",
+    )
+    p.set_defaults(func=cmd_ddns_update)
+
+
+def cmd_ddns_update(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    from pierce.runtime import run
+
+    options = config.read_key(args.config, config.ClientConfig, "ddns")  # only [ddns] must be right
+    if options is None:
+        raise ConfigError([f"{args.config}: ddns: missing: add a [ddns] table (see the README)"])
+    families = []
+    for text in args.ip:
+        try:
+            families.append(ipaddress.ip_address(text).version)
+        except ValueError:
+            raise ConfigError([f'--ip: expected an IPv4 or IPv6 address, got "{text}"']) from None
+    if len(set(families)) != len(families):
+        raise ConfigError(["--ip: expected at most one IPv4 and one IPv6 address"])
+    server = None if args.ip else config.read_key(args.config, config.ClientConfig, "server_addr")
+    if not args.ip and not server:
+        raise ConfigError([f"{args.config}: server_addr: expected the pierce server (or pass --ip)"])
+    return run(_ddns_update(options, args.ip, server))
+
+
+async def _ddns_update(options: config.DdnsOptions, addresses: list[str], server: str | None) -> int:
+    from pierce.ddns import DdnsUpdater, UpdateFailed, stun_public_address
+
+    if server is not None:
+        try:
+            addresses = [await stun_public_address(server, options.stun_port)]
+        except (OSError, TimeoutError) as exc:
+            print(
+                f"ddns-update: cannot learn the public address from {server}:{options.stun_port} (STUN): "
+                f"{exc or 'no answer'}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+    updater = DdnsUpdater(options)
+    updater.want(*addresses)
+    try:
+        await updater.sync()
+    except UpdateFailed as exc:
+        print(f"ddns-update: cannot update {updater.label}: {exc.detail} ({exc.rcode})", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{updater.label} -> {' '.join(updater.wanted.values())}")
     return EXIT_OK
 
 

@@ -277,6 +277,121 @@ class P2pOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             )
 
 
+#: TSIG algorithms ``[ddns] algorithm`` accepts: the HMAC names dnspython signs with (RFC 8945 section 6).
+TSIG_ALGORITHMS = (
+    "hmac-sha256",
+    "hmac-sha384",
+    "hmac-sha512",
+    "hmac-sha224",
+    "hmac-sha1",
+    "hmac-md5",
+    "hmac-sha256-128",
+    "hmac-sha384-192",
+    "hmac-sha512-256",
+)
+DEFAULT_DDNS_PORT = 53
+DEFAULT_DDNS_TTL = 60
+#: Seconds between the client's checks of its public address for ``[ddns]`` (besides one after every login).
+DEFAULT_DDNS_CHECK_INTERVAL = 300.0
+
+
+class DdnsOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[ddns]`` of client.toml: keep a DNS name pointing at this client's public address, by RFC 2136
+    updates signed with TSIG (RFC 8945) sent to the zone's primary server (`pierce.ddns`)."""
+
+    #: The zone's primary (the server that takes updates): ``host`` or ``host:port`` (port 53 unless given).
+    server: str
+    #: The zone, e.g. ``"example.com"``.
+    zone: str
+    #: The name to keep up to date: relative to the zone (``"home"``, ``"@"`` for the apex) or absolute
+    #: (``"home.example.com."``, which must be inside the zone).
+    name: str
+    #: The TSIG key's name and its secret (base64), as in the server's key definition.
+    key_name: str
+    key_secret: str = msgspec.field(default="")
+    algorithm: str = "hmac-sha256"
+    #: TTL of the A / AAAA records written, in seconds.
+    ttl: int = DEFAULT_DDNS_TTL
+    #: The pierce server's STUN port, through which the client learns its public address.
+    stun_port: int = DEFAULT_STUN_PORT
+    #: Seconds between checks of the public address (one also follows every login).
+    check_interval_s: float = DEFAULT_DDNS_CHECK_INTERVAL
+
+    def __post_init__(self) -> None:
+        try:
+            ddns_server(self.server)
+        except ValueError as exc:
+            raise InvalidValue("server", str(exc)) from None
+        zone = self.zone.strip().rstrip(".").lower()
+        if not zone or not _ddns_name_ok(zone):
+            raise InvalidValue("zone", f'expected a DNS zone like "example.com", got "{self.zone}"')
+        self.zone = zone
+        name = self.name.strip()
+        if name != "@" and not _ddns_name_ok(name.rstrip(".")):
+            raise InvalidValue("name", f'expected a name like "home" or "home.{zone}.", got "{self.name}"')
+        if name.endswith("."):
+            absolute = name.rstrip(".").lower()
+            if absolute != zone and not absolute.endswith("." + zone):
+                raise InvalidValue("name", f'expected a name inside the zone "{zone}", got "{self.name}"')
+        if not self.key_name.strip() or not _ddns_name_ok(self.key_name.strip().rstrip(".")):
+            raise InvalidValue("key_name", f'expected the TSIG key\'s name, got "{self.key_name}"')
+        if not self.key_secret:
+            raise InvalidValue("key_secret", "expected the TSIG key's secret (base64)")
+        import binascii
+        from base64 import b64decode
+
+        try:
+            secret = b64decode(self.key_secret, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidValue(
+                "key_secret", "expected base64 (as in the DNS server's key definition)"
+            ) from None
+        if not secret:
+            raise InvalidValue("key_secret", "expected a non-empty secret")
+        algorithm = self.algorithm.strip().rstrip(".").lower()
+        if algorithm == "hmac-md5.sig-alg.reg.int":
+            algorithm = "hmac-md5"
+        if algorithm not in TSIG_ALGORITHMS:
+            choices = ", ".join(f'"{a}"' for a in TSIG_ALGORITHMS)
+            raise InvalidValue("algorithm", f'expected one of {choices}, got "{self.algorithm}"')
+        self.algorithm = algorithm
+        if not 0 <= self.ttl <= 2**31 - 1:
+            raise InvalidValue("ttl", f"expected seconds from 0 to 2147483647, got {self.ttl}")
+        if not 1 <= self.stun_port <= 65535:
+            raise InvalidValue("stun_port", f"expected a port from 1 to 65535, got {self.stun_port}")
+        if not 1 <= self.check_interval_s <= 86400:
+            raise InvalidValue(
+                "check_interval_s", f"expected 1 to 86400 seconds, got {self.check_interval_s:g}"
+            )
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
+
+
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def _ddns_name_ok(name: str) -> bool:
+    """A DNS name of letters, digits, ``-`` and ``_`` (as in ``_dmarc``), at most 253 characters."""
+    return 0 < len(name) <= 253 and all(_DNS_LABEL.match(label) for label in name.split("."))
+
+
+def ddns_server(text: str) -> tuple[str, int]:
+    """``[ddns] server`` as (host, port): ``host``, ``host:port``, an IPv6 address or ``[v6]:port``."""
+    raw = text.strip()
+    try:
+        ipaddress.IPv6Address(raw)
+    except ValueError:
+        pass
+    else:
+        return raw, DEFAULT_DDNS_PORT
+    if ":" not in raw or (raw.startswith("[") and raw.endswith("]")):
+        hp = parse_host_port(f"{raw}:{DEFAULT_DDNS_PORT}")
+    else:
+        hp = parse_host_port(raw)
+    return hp.host, hp.port
+
+
 class WebOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[web]`` of server.toml: the JSON API and ``/metrics`` (`pierce.web`), off unless ``port`` is set."""
 
@@ -617,6 +732,8 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     p2p: P2pOptions = msgspec.field(default_factory=P2pOptions)
     #: The request inspector of http proxies (on the admin port).
     inspector: InspectorOptions = msgspec.field(default_factory=InspectorOptions)
+    #: Dynamic DNS: keep a name pointing at this client's public address (off unless present).
+    ddns: DdnsOptions | None = None
     proxies: list[ProxyConfig] = []
     #: Local ports that reach other clients' secret (stcp/sudp) proxies; read at start.
     visitors: list[VisitorConfig] = []

@@ -74,6 +74,12 @@ FIELDS: dict[str, str] = {
     "external": "the router's external address and port of a port mapping (empty when it did not say)",
     "lease_s": "seconds a router granted a port mapping for",
     "reachable": "whether an address can be reached from the internet (not private, shared or reserved)",
+    "ddns_name": "the DNS name [ddns] keeps pointing at this client's public address",
+    "dns_server": "the DNS primary that takes [ddns] updates, host:port",
+    "rcode": "a DNS server's answer: NOERROR, NOTAUTH, REFUSED, SERVFAIL, a TSIG error (BADKEY, BADSIG, "
+    "BADTIME), or TIMEOUT / NETWORK when none came",
+    "ipv4": "a public IPv4 address written to DNS (the A record)",
+    "ipv6": "a public IPv6 address written to DNS (the AAAA record)",
     "suppressed": "lines left out just before this one (a stranger can cause them: rate-limited)",
     "block_s": "seconds new connections from the source are refused",
     # ACME
@@ -228,6 +234,12 @@ EVENTS: dict[str, frozenset[str]] = {
         "portmap.renewed": {"port", "lease_s"},
         "portmap.failed": {"port", "error", "delay_s"},
         "portmap.deleted": {"port", "protocol"},
+        # dynamic DNS ([ddns] of client.toml, pierce ddns-update)
+        "ddns.updated": {"ddns_name", "dns_server", "ipv4", "ipv6"},
+        "ddns.unchanged": {"ddns_name", "dns_server", "ipv4", "ipv6"},
+        "ddns.failed": {"ddns_name", "dns_server", "rcode", "error", "failures", "delay_s"},
+        "ddns.no_address": {"server", "error"},
+        "ddns.checked": {"server", "ipv4", "ipv6"},
         # pierce demo
         "demo.ready": {"url", "port"},
         "demo.stopped": {"reason"},

@@ -44,6 +44,8 @@ CLIENT_NEVER = (
 #: Not in either role at rest: loaded by a feature, an error or a command that did not happen.
 NEITHER_AT_REST = (
     "pierce.inspect.record",
+    "dns",  # dnspython: only with [ddns] in client.toml
+    "pierce.ddns",
     "httptools",
     "pierce.proxy_protocol",
     "pierce.frpimport.convert",

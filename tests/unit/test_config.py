@@ -276,3 +276,102 @@ def test_p2p_keys_are_named_once() -> None:
     assert problems_of(CLIENT + "[p2p]\nprediction_rate = 0\n") == [
         "c.toml: p2p.prediction_rate: expected 1 to 2000 per second, got 0.0"
     ]
+
+
+DDNS = (
+    CLIENT + '[ddns]\nserver = "ns1.example.com"\nzone = "example.com"\nname = "home"\n'
+    'key_name = "home-key"\nkey_secret = "c2VjcmV0LWJ5dGVzLWZvci10c2lnIQ=="\n'
+)
+
+
+def ddns_of(text: str) -> config.DdnsOptions:
+    options = config.convert(tomllib.loads(text), config.ClientConfig, "c.toml").ddns
+    assert options is not None
+    return options
+
+
+def test_ddns_defaults_and_spellings() -> None:
+    options = ddns_of(DDNS)
+    assert (options.algorithm, options.ttl, options.check_interval_s) == ("hmac-sha256", 60, 300.0)
+    assert config.ddns_server(options.server) == ("ns1.example.com", 53)
+    assert config.ddns_server("[2001:db8::53]:5353") == ("2001:db8::53", 5353)
+    assert config.ddns_server("2001:db8::53") == ("2001:db8::53", 53)
+    assert config.ddns_server("192.0.2.53:5300") == ("192.0.2.53", 5300)
+    absolute = ddns_of(
+        DDNS.replace('"home"', '"home.Example.com."').replace('"example.com"', '"Example.COM."')
+    )
+    assert (absolute.zone, absolute.name) == ("example.com", "home.Example.com.")
+    assert ddns_of(DDNS + 'algorithm = "HMAC-MD5.SIG-ALG.REG.INT."\n').algorithm == "hmac-md5"
+    assert config.convert(tomllib.loads(CLIENT), config.ClientConfig, "c.toml").ddns is None
+
+
+def test_ddns_key_secret_is_masked() -> None:
+    options = ddns_of(DDNS)
+    assert "c2VjcmV0" not in repr(options) and "key_secret=MASKED" in repr(options)
+    assert "c2VjcmV0" not in repr(config.convert(tomllib.loads(DDNS), config.ClientConfig, "c.toml"))
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (
+            ('\nserver = "ns1.example.com"', '\nserver = "ns1:99999"'),
+            'ddns.server: expected a port from 1 to 65535, got 99999 in "ns1:99999"',
+        ),
+        (
+            ('zone = "example.com"', 'zone = "exa mple"'),
+            'ddns.zone: expected a DNS zone like "example.com", got "exa mple"',
+        ),
+        (
+            ('name = "home"', 'name = "home.example.org."'),
+            'ddns.name: expected a name inside the zone "example.com", got "home.example.org."',
+        ),
+        (
+            ('name = "home"', 'name = "-home"'),
+            'ddns.name: expected a name like "home" or "home.example.com.", got "-home"',
+        ),
+        (
+            ('key_secret = "c2VjcmV0LWJ5dGVzLWZvci10c2lnIQ=="', 'key_secret = "not base64!"'),
+            "ddns.key_secret: expected base64 (as in the DNS server's key definition)",
+        ),
+        (
+            ('key_secret = "c2VjcmV0LWJ5dGVzLWZvci10c2lnIQ=="', 'key_secret = ""'),
+            "ddns.key_secret: expected the TSIG key's secret (base64)",
+        ),
+        (('key_name = "home-key"', 'key_name = ""'), 'ddns.key_name: expected the TSIG key\'s name, got ""'),
+        (
+            ('key_name = "home-key"', 'key_name = "home-key"\nalgorithm = "hmac-sha3"'),
+            'ddns.algorithm: expected one of "hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", '
+            '"hmac-sha1", "hmac-md5", "hmac-sha256-128", "hmac-sha384-192", "hmac-sha512-256", '
+            'got "hmac-sha3"',
+        ),
+        (
+            ('key_name = "home-key"', 'key_name = "home-key"\nttl = -1'),
+            "ddns.ttl: expected seconds from 0 to 2147483647, got -1",
+        ),
+        (
+            ('key_name = "home-key"', 'key_name = "home-key"\ncheck_interval_s = 0'),
+            "ddns.check_interval_s: expected 1 to 86400 seconds, got 0",
+        ),
+        (
+            ('key_name = "home-key"', 'key_name = "home-key"\nstun_port = 0'),
+            "ddns.stun_port: expected a port from 1 to 65535, got 0",
+        ),
+        (
+            ('key_name = "home-key"', 'key_name = "home-key"\nsecret = "x"'),
+            'ddns.secret: unknown key (did you mean "key_secret"?)',
+        ),
+    ],
+)
+def test_ddns_errors_name_the_key(change: tuple[str, str], problem: str) -> None:
+    text = DDNS.replace(*change)
+    assert text != DDNS
+    assert problems_of(text) == [f"c.toml: {problem}"]
+
+
+def test_ddns_requires_its_keys() -> None:
+    assert problems_of(CLIENT + '[ddns]\nserver = "ns1"\n') == [
+        "c.toml: ddns.zone: missing required key",
+        "c.toml: ddns.name: missing required key",
+        "c.toml: ddns.key_name: missing required key",
+    ]

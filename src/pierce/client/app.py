@@ -95,6 +95,10 @@ class Client:
 
             self.visitors = Visitors(config, self.client_id)
         self._visitors_started: asyncio.Task[None] | None = None
+        #: ``[ddns]``: the task keeping the DNS name at the public address (`pierce.ddns.watch`), and the
+        #: event that asks it to look again (set at every login).
+        self._ddns: asyncio.Task[None] | None = None
+        self._ddns_check = asyncio.Event()
         #: Health checks of the proxies that have one, by proxy name (they outlive reconnects).
         self.health: dict[str, HealthCheck] = {}
         self._stop = asyncio.Event()
@@ -279,6 +283,13 @@ class Client:
         await self._sync_health()
         if self.visitors is not None and self._visitors_started is None:
             self._visitors_started = asyncio.get_running_loop().create_task(self.visitors.start(strict=False))
+        if self.config.ddns is not None and self._ddns is None:
+            from pierce.ddns import DdnsUpdater, watch  # loads dnspython: only with [ddns]
+
+            updater = DdnsUpdater(self.config.ddns)
+            self._ddns = asyncio.get_running_loop().create_task(
+                watch(updater, self._server_host, self._ddns_check)
+            )
         while not self._stop.is_set():
             self.status.attempts += 1
             started = time.monotonic()
@@ -314,6 +325,7 @@ class Client:
                 from pierce.runtime import release_free_memory
 
                 release_free_memory()  # what starting and logging in freed goes back now
+                self._ddns_check.set()  # a new login may come from a new public address
                 self.session = ClientSession(
                     dialer,
                     channel,
@@ -398,6 +410,9 @@ class Client:
         await self.udp.close()
         if self._p2p is not None:
             await self._p2p.close()
+        if self._ddns is not None:
+            self._ddns.cancel()
+            await asyncio.gather(self._ddns, return_exceptions=True)
         if self._visitors_started is not None:
             self._visitors_started.cancel()
             await asyncio.gather(self._visitors_started, return_exceptions=True)

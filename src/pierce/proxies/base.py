@@ -281,7 +281,9 @@ def check_idle_timeout(seconds: float) -> None:
 
 
 #: Config fields that never show in a repr (logs, tracebacks, debuggers).
-SECRET_FIELDS = frozenset({"token", "secret_key", "http_password", "admin_password", "password", "group_key"})
+SECRET_FIELDS = frozenset(
+    {"token", "secret_key", "http_password", "admin_password", "password", "group_key", "key_secret"}
+)
 
 
 def masked_repr(cfg: msgspec.Struct) -> str:
