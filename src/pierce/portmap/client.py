@@ -15,9 +15,10 @@ UPnP-IGD comes last, and only when neither PCP nor NAT-PMP answered at all (a re
 router spoke, and its reason is the one to report). PCP and NAT-PMP are one unicast datagram to the known
 gateway: an answer, or a definite "no" (ICMP port unreachable) within one round trip, an epoch that
 reports a restart, and little to parse. UPnP needs a multicast search that can only end by waiting out
-its time when no device answers, then HTTP and XML from the router, and it is the protocol routers most
-often ship switched off; asked last, its wait is spent only on routers that speak nothing else. The
-methods tried can be narrowed (``methods``, `pierce map-port --method`).
+its time when no device answers, then HTTP and XML from the router; asked last, its wait is spent only
+on routers that speak nothing else. So "nothing answered" takes at most ``deadline`` plus UPnP's
+discovery time (2 s), and a router that refuses UDP 5351 costs UPnP nothing. The methods tried can be
+narrowed (``methods``, `pierce map-port --method`).
 
 Retransmission: both protocols from `natpmp.INITIAL_RTO` (250 ms, RFC 6886 section 3.1), doubling, each
 request ending at one overall ``deadline`` (default `DEFAULT_DEADLINE`). RFC 6887 section 8.1.1 starts
