@@ -486,10 +486,11 @@ def _add_nat_command(sub: Any) -> None:
 def _add_map_port_command(sub: Any) -> None:
     p = sub.add_parser(
         "map-port",
-        help="ask the router to forward a public port to a local one (PCP, NAT-PMP)",
+        help="ask the router to forward a public port to a local one (PCP, NAT-PMP, UPnP-IGD)",
         description=(
             "Ask the router (the default gateway) for a port mapping over PCP, or NAT-PMP when it only "
-            "speaks that; print the public address and port; renew the lease before it ends and make the "
+            "speaks that, or UPnP-IGD when neither answers (--method picks one); print the public address "
+            "and port; renew the lease before it ends and make the "
             "mapping again after a router restart; delete it on exit (Ctrl-C, SIGTERM). Says so when the "
             "router's external address is itself private or shared (another NAT beyond it, e.g. CGNAT)."
         ),
@@ -508,6 +509,17 @@ def _add_map_port_command(sub: Any) -> None:
         help="lease asked for, seconds; renewed at half of what the router grants (default 7200)",
     )
     p.add_argument("--gateway", metavar="IP", help="the router (default: the default route's gateway)")
+    p.add_argument(
+        "--method",
+        choices=["auto", "pcp", "nat-pmp", "upnp"],
+        default="auto",
+        help="the port mapping protocol: auto (PCP, then NAT-PMP, then UPnP-IGD; the default) or only one",
+    )
+    p.add_argument(
+        "--upnp-url",
+        metavar="URL",
+        help="UPnP-IGD: the router's root description URL (default: found by SSDP on the LAN)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per mapping made")
     p.set_defaults(func=cmd_map_port)
 
@@ -516,7 +528,7 @@ def cmd_map_port(args: argparse.Namespace) -> int:
     import ipaddress
     import json
 
-    from pierce.portmap.client import Mapping
+    from pierce.portmap.client import ALL_METHODS, Mapping, Method
     from pierce.portmap.lease import describe, hold_mapping, reachable_from_internet
     from pierce.portmap.pcp import Protocol
     from pierce.runtime import run
@@ -534,8 +546,13 @@ def cmd_map_port(args: argparse.Namespace) -> int:
             gateway = ipaddress.IPv4Address(args.gateway)
         except ValueError:
             problems.append(f"map-port: --gateway: expected an IPv4 address, got {args.gateway!r}")
+    if args.upnp_url and not args.upnp_url.startswith(("http://", "https://")):
+        problems.append(f"map-port: --upnp-url: expected an http:// URL, got {args.upnp_url!r}")
+    if args.upnp_url and args.method not in ("auto", "upnp"):
+        problems.append(f"map-port: --upnp-url: only with --method upnp or auto, not {args.method}")
     if problems:
         raise ConfigError(problems)
+    methods = ALL_METHODS if args.method == "auto" else (Method(args.method),)
 
     def show(mapping: Mapping) -> None:
         reachable = reachable_from_internet(mapping.external_ip)
@@ -569,6 +586,8 @@ def cmd_map_port(args: argparse.Namespace) -> int:
             external_port=args.public_port,
             lifetime=args.lifetime,
             gateway=gateway,
+            methods=methods,
+            upnp_location=args.upnp_url,
             on_change=show,
         )
     )

@@ -52,7 +52,8 @@ FIELDS: dict[str, str] = {
     "generated": "the certificate or token was generated now",
     "source": "what the server's login limits count by: an IPv4 address, or the /64 of an IPv6 one",
     # outcome
-    "code": "machine-readable reason (an ErrorCode value, or a refusal code of a front)",
+    "code": "machine-readable reason (an ErrorCode value, a refusal code of a front, a router's UPnP "
+    "error code)",
     "reason": "human-readable reason",
     "error": "what went wrong",
     "status": "HTTP status",
@@ -69,7 +70,9 @@ FIELDS: dict[str, str] = {
     "direction": "which way dropped datagrams went: in (visitor -> service) or out (service -> visitor)",
     "refused": "connections turned away that this (rate-limited) line stands for",
     "delay_s": "seconds until the next attempt",
-    "via": "the port mapping protocol the router answered: pcp or nat-pmp",
+    "via": "the port mapping protocol the router answered: pcp, nat-pmp or upnp",
+    "service": "the UPnP-IGD service a router's port mappings are asked of (WANIPConnection:2, ...)",
+    "how": "how the router's UPnP-IGD was found: ssdp (discovery on the LAN) or given (its URL)",
     "gateway": "the router asked for a port mapping",
     "external": "the router's external address and port of a port mapping (empty when it did not say)",
     "lease_s": "seconds a router granted a port mapping for",
@@ -234,6 +237,8 @@ EVENTS: dict[str, frozenset[str]] = {
         "portmap.renewed": {"port", "lease_s"},
         "portmap.failed": {"port", "error", "delay_s"},
         "portmap.deleted": {"port", "protocol"},
+        "portmap.upnp_found": {"gateway", "url", "service", "how", "elapsed_ms"},
+        "portmap.permanent": {"port", "code"},
         # dynamic DNS ([ddns] of client.toml, pierce ddns-update)
         "ddns.updated": {"ddns_name", "dns_server", "ipv4", "ipv6"},
         "ddns.unchanged": {"ddns_name", "dns_server", "ipv4", "ipv6"},

@@ -1,17 +1,17 @@
 """Memory at rest: each role imports only what it uses, seen from outside in real processes.
 
-The processes run with ``PYTHONPROFILEIMPORTTIME=1`` (``python -X importtime``): CPython reports every
-module as it is first imported, so the test reads what a server and a client loaded by the time they are
-logged in and idle, without any hook in pierce. A client never imports the server's code (the server side
-of the proxy kinds, the vhost router and HTTP engine, ACME, the dashboard); heavy packages load only with
-the feature that needs them: aiohttp with ``[web]`` or ``admin_port``, prometheus_client with ``[web]``,
-aioquic and cryptography (on a client) with the first P2P attempt. Neither role at rest holds code it has
-not used yet: the punching and direct-path code, the visiting side, the request recorder (llhttp), the frp
-converter, the HTTP engine and web fronts of a server without web ports, the server side of udp and
-secret proxies (UDP flows, visits, visitor sessions, rendezvous) before the first, the config's "did you
-mean" (difflib), the archive modules that shutil brings (argparse's terminal width, tempfile). A server
-never loads the secret exchange of visitors and owners (`pierce.proxies.visitor_auth`), which it only
-relays.
+The processes run with ``PYTHONPROFILEIMPORTTIME=1`` (``python -X importtime``): CPython reports every module
+as it is first imported, so the test reads what a server and a client loaded by the time they are logged in
+and idle, without any hook in pierce. A client never imports the server's code (the server side of the proxy
+kinds, the vhost router and HTTP engine, ACME, the dashboard); heavy packages load only with the feature that
+needs them: aiohttp with ``[web]`` or ``admin_port``, prometheus_client with ``[web]``, aioquic and
+cryptography (on a client) with the first P2P attempt, async-upnp-client only when UPnP-IGD port mapping is
+tried. Neither role at rest holds code it has not used yet: the punching and direct-path code, the visiting
+side, the request recorder (llhttp), the frp converter, the HTTP engine and web fronts of a server without web
+ports, the server side of udp and secret proxies (UDP flows, visits, visitor sessions, rendezvous) before the
+first, the config's "did you mean" (difflib), the archive modules that shutil brings (argparse's terminal
+width, tempfile). A server never loads the secret exchange of visitors and owners
+(`pierce.proxies.visitor_auth`), which it only relays.
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ CLIENT_AT_REST = (
     "pierce.nat.stun_server",
     "pierce.client.visitor",
     "pierce.vhost",
+    "pierce.portmap.upnp",
+    "async_upnp_client",
     "OpenSSL",
     "service_identity",
     "cryptography",
@@ -107,6 +109,8 @@ SERVER_AT_REST = (
     "josepy",
     "aioquic",
     "pierce.p2p.quic",
+    "pierce.portmap.upnp",
+    "async_upnp_client",
     "OpenSSL",
     "service_identity",
 )

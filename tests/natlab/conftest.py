@@ -37,6 +37,15 @@ def home_net(lab: Lab, tmp_path: Path) -> HomeNet:
 
 
 @pytest.fixture
+def home_net_upnp_only(lab: Lab, tmp_path: Path) -> HomeNet:
+    """The same home network, its miniupnpd answering UPnP-IGD only (NAT-PMP and PCP turned off)."""
+    reason = missing_miniupnpd()
+    if reason is not None:
+        pytest.skip(reason)
+    return home_router(lab, tmp_path, natpmp=False)
+
+
+@pytest.fixture
 def home_net_no_daemon(lab: Lab, tmp_path: Path) -> HomeNet:
     """The same home network, its router answering no port mapping protocol (no miniupnpd)."""
     return home_router(lab, tmp_path, daemon=False)

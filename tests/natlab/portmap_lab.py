@@ -56,6 +56,7 @@ NATPMP_PORT = 5351  # NAT-PMP and PCP share it (RFC 6887 section 19.1)
 TABLE = "miniupnpd"
 DAEMON_CHAINS = ("miniupnpd", "prerouting_miniupnpd", "postrouting_miniupnpd")
 READY_LINE = rf"Listening for NAT-PMP/PCP traffic on port {NATPMP_PORT}"
+UPNP_READY_LINE = rf"HTTP listening on port {HTTP_PORT}"
 REFUSED_LINE = "Port forwarding is impossible"
 _PROTO = {"0x6": "tcp", "0x11": "udp"}
 #: One DNAT rule as miniupnpd 2.3.1 writes it, as ``nft list chain`` prints it:
@@ -106,16 +107,17 @@ table inet {TABLE} {{
 """
 
 
-def miniupnpd_config(router: NatRouter, device_uuid: str, min_lifetime: int = 1) -> str:
+def miniupnpd_config(router: NatRouter, device_uuid: str, min_lifetime: int = 1, natpmp: bool = True) -> str:
     """The config file: WAN = the outside interface, LAN = the LAN interface, mappings allowed only for
     the LAN's own addresses to ports >= 1024, lifetimes down to ``min_lifetime`` seconds (PCP; NAT-PMP
-    takes the lifetime it is asked for), UPnP clients limited to mapping to themselves (secure_mode)."""
+    takes the lifetime it is asked for), UPnP clients limited to mapping to themselves (secure_mode).
+    Without ``natpmp`` the daemon answers UPnP-IGD only (UDP 5351 closed: NAT-PMP and PCP go unanswered)."""
     return f"""\
 ext_ifname={router.wan_if}
 listening_ip={router.lan_if}
 http_port={HTTP_PORT}
 enable_upnp=yes
-enable_natpmp=yes
+enable_natpmp={"yes" if natpmp else "no"}
 ipv6_disable=yes
 secure_mode=yes
 system_uptime=no
@@ -135,7 +137,7 @@ deny 0-65535 0.0.0.0/0 0-65535
 class Miniupnpd:
     """miniupnpd in the router's namespace; :meth:`start` waits until it listens."""
 
-    def __init__(self, router: NatRouter, workdir: Path) -> None:
+    def __init__(self, router: NatRouter, workdir: Path, natpmp: bool = True) -> None:
         binary = miniupnpd_binary()
         if binary is None:
             raise LabError("miniupnpd is not installed")
@@ -143,7 +145,9 @@ class Miniupnpd:
         self.binary = binary
         self.config_path = workdir / "miniupnpd.conf"
         self.pid_path = workdir / "miniupnpd.pid"
-        self.config = miniupnpd_config(router, str(uuid.uuid4()))
+        self.config = miniupnpd_config(router, str(uuid.uuid4()), natpmp=natpmp)
+        #: The last line it logs once it listens on everything it was configured for.
+        self.ready_line = READY_LINE if natpmp else UPNP_READY_LINE
         self.config_path.write_text(self.config)
         self.proc: Proc | None = None
 
@@ -151,7 +155,7 @@ class Miniupnpd:
         """Start in the foreground; fail with its log if it exits or refuses to forward."""
         argv = (self.binary, "-f", self.config_path, "-d", "-P", self.pid_path)
         self.proc = self.router.popen(*argv, label=f"{self.router.name}:miniupnpd")
-        self.proc.expect(READY_LINE, "stderr")
+        self.proc.expect(self.ready_line, "stderr")
         if any(REFUSED_LINE in line for line in self.proc.lines("stderr")):
             raise LabError(f"miniupnpd will not forward ports\n{self.proc.dump()}")
 
@@ -218,8 +222,9 @@ class HomeNet:
         return f"{log}\n--- nft table inet {TABLE}:\n{table}"
 
 
-def home_router(lab: Lab, workdir: Path, daemon: bool = True) -> HomeNet:
-    """Build the home network (module doc); with ``daemon``, start miniupnpd and wait until it listens."""
+def home_router(lab: Lab, workdir: Path, daemon: bool = True, natpmp: bool = True) -> HomeNet:
+    """Build the home network (module doc); with ``daemon``, start miniupnpd and wait until it listens
+    (without ``natpmp``: a router that answers UPnP-IGD only)."""
     outside = lab.segment("outside", OUTSIDE_NET)
     lan = lab.segment("lan", LAN_NET)
     router = lab.nat_router("router", wan=(outside, ROUTER_OUT), lan=(lan, ROUTER_LAN))
@@ -231,6 +236,6 @@ def home_router(lab: Lab, workdir: Path, daemon: bool = True) -> HomeNet:
     lab.route(home, "default", via=ROUTER_LAN)
     miniupnpd = None
     if daemon:
-        miniupnpd = Miniupnpd(router, workdir)
+        miniupnpd = Miniupnpd(router, workdir, natpmp=natpmp)
         miniupnpd.start()
     return HomeNet(lab, router, home, visitor, outside, lan, miniupnpd)

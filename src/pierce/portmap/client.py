@@ -1,4 +1,5 @@
-"""Ask the router for a port mapping over PCP (RFC 6887), falling back to NAT-PMP (RFC 6886).
+"""Ask the router for a port mapping over PCP (RFC 6887), falling back to NAT-PMP (RFC 6886), then to
+UPnP-IGD (`pierce.portmap.upnp`).
 
 One `PortMapClient` talks to one gateway from one connected UDP socket; only datagrams from the
 gateway's address and port 5351 reach it (the kernel filters a connected socket; the protocol checks
@@ -9,6 +10,15 @@ Order (RFC 6887 appendix A): PCP first. A gateway that only speaks NAT-PMP answe
 NAT-PMP's 8-byte "unsupported version" and the client switches at once; one that does not answer PCP
 within ``pcp_wait`` gets NAT-PMP for what is left of the deadline. The protocol that answered is kept
 for later calls. An ICMP "port unreachable" (no daemon) ends the attempt at once.
+
+UPnP-IGD comes last, and only when neither PCP nor NAT-PMP answered at all (a refusal is an answer: the
+router spoke, and its reason is the one to report). PCP and NAT-PMP are one unicast datagram to the known
+gateway: an answer, or a definite "no" (ICMP port unreachable) within one round trip, an epoch that
+reports a restart, and little to parse. UPnP needs a multicast search that can only end by waiting out
+its time when no device answers, then HTTP and XML from the router; asked last, its wait is spent only
+on routers that speak nothing else. So "nothing answered" takes at most ``deadline`` plus UPnP's
+discovery time (2 s), and a router that refuses UDP 5351 costs UPnP nothing. The methods tried can be
+narrowed (``methods``, `pierce map-port --method`).
 
 Retransmission: both protocols from `natpmp.INITIAL_RTO` (250 ms, RFC 6886 section 3.1), doubling, each
 request ending at one overall ``deadline`` (default `DEFAULT_DEADLINE`). RFC 6887 section 8.1.1 starts
@@ -27,10 +37,11 @@ datagrams already sent (a mapping the gateway may have made expires with its lif
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import ipaddress
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -38,8 +49,11 @@ from pierce.addr import IPAddress
 from pierce.errors import LocalError, RemoteError
 from pierce.portmap import natpmp, pcp
 from pierce.portmap.epoch import EpochTracker
-from pierce.portmap.gateway import default_gateway
+from pierce.portmap.gateway import NoGateway, default_gateway
 from pierce.portmap.pcp import Protocol
+
+if TYPE_CHECKING:
+    from pierce.portmap.upnp import UpnpClient
 
 #: Seconds one call (map, renew, delete, external address) may take before it gives up.
 DEFAULT_DEADLINE = 3.0
@@ -57,6 +71,11 @@ T = TypeVar("T")
 class Method(enum.Enum):
     PCP = "pcp"
     NATPMP = "nat-pmp"
+    UPNP = "upnp"
+
+
+#: Every method, in the order they are tried.
+ALL_METHODS = (Method.PCP, Method.NATPMP, Method.UPNP)
 
 
 class Mapping(msgspec.Struct, frozen=True):
@@ -68,10 +87,12 @@ class Mapping(msgspec.Struct, frozen=True):
     internal_port: int
     external_ip: IPAddress | None  # None when NAT-PMP could not tell the external address
     external_port: int
-    #: Seconds granted (may be shorter than asked for); renew before they run out.
+    #: Seconds granted (may be shorter than asked for); renew before they run out. 0: permanent (a UPnP
+    #: router that keeps only permanent mappings); it must be deleted.
     lifetime: int
     #: The gateway's epoch in its answer, and whether it shows the gateway lost its state since the
-    #: previous answer this client saw.
+    #: previous answer this client saw (UPnP has no epoch: 0, and restarted when a renewal found the
+    #: mapping gone).
     epoch: int
     restarted: bool
     #: PCP names a mapping by this nonce: renewals and the deletion must repeat it. Empty for NAT-PMP.
@@ -86,7 +107,7 @@ class ExternalAddress(msgspec.Struct, frozen=True):
 
 
 class PortMapRefused(RemoteError):
-    """The gateway answered with a failure result code."""
+    """The gateway answered with a failure result code (UPnP: the router's UPnP error code)."""
 
     def __init__(self, method: Method, result: int, text: str, lifetime: int = 0) -> None:
         super().__init__(f"{method.value}: {text} (result {result})")
@@ -98,6 +119,10 @@ class PortMapRefused(RemoteError):
 
 class NoPortMapping(LocalError):
     """No port mapping protocol answered (no daemon, or it is turned off, or something drops it)."""
+
+
+#: How a NoPortMapping of the first attempt starts (`pierce map-port` prints it).
+NO_ANSWER = "no port mapping protocol answered: "
 
 
 class _NatPmpOnly:
@@ -148,8 +173,17 @@ class PortMapClient:
         deadline: float = DEFAULT_DEADLINE,
         pcp_wait: float = DEFAULT_PCP_WAIT,
         rto: float = natpmp.INITIAL_RTO,
+        methods: Collection[Method] = ALL_METHODS,
+        upnp_location: str | None = None,
+        upnp_discover_timeout: float | None = None,
     ) -> None:
+        if not methods:
+            raise ValueError("at least one port mapping method")
         self.gateway = gateway
+        #: The methods that may be tried, in `ALL_METHODS` order.
+        self.methods = tuple(m for m in ALL_METHODS if m in methods)
+        self.upnp_location = upnp_location
+        self.upnp_discover_timeout = upnp_discover_timeout
         self.port = port
         self.deadline = deadline
         self.pcp_wait = pcp_wait
@@ -162,8 +196,28 @@ class PortMapClient:
         self._transport: asyncio.DatagramTransport | None = None
         self._protocol: _Datagrams | None = None
         self._local_ip: IPAddress = pcp.ANY_V4
+        self._upnp: UpnpClient | None = None
+
+    @property
+    def upnp(self) -> UpnpClient:
+        """The UPnP-IGD client (its module, async-upnp-client and aiohttp load with the first use)."""
+        if self._upnp is None:
+            from pierce.portmap import upnp
+
+            kwargs = (
+                {} if self.upnp_discover_timeout is None else {"discover_timeout": self.upnp_discover_timeout}
+            )
+            self._upnp = upnp.UpnpClient(self.gateway, location=self.upnp_location, **kwargs)
+        return self._upnp
 
     async def open(self) -> None:
+        if self.methods == (Method.UPNP,):
+            # No UDP socket to the gateway: UPnP finds its router by SSDP (or its URL), preferring the
+            # default gateway's IGD when there is a default gateway.
+            if self.gateway is None and self.upnp_location is None:
+                with contextlib.suppress(NoGateway):
+                    self.gateway = default_gateway()
+            return
         if self.gateway is None:
             self.gateway = default_gateway()
         peer = (str(self.gateway), self.port)
@@ -204,26 +258,69 @@ class PortMapClient:
         none). Raises PortMapRefused when the gateway says no, NoPortMapping when nothing answered."""
         if lifetime <= 0:
             raise ValueError("a mapping's lifetime is at least 1 second (delete() removes one)")
+        if self.method is Method.UPNP:
+            return await self.upnp.map_port(
+                protocol, internal_port, external_port=external_port, lifetime=lifetime
+            )
+        udp_methods = [m for m in self.methods if m is not Method.UPNP]
+        if self.method is not None or udp_methods:
+            known = self.method is not None
+            try:
+                return await self._udp_map_port(protocol, internal_port, external_port, lifetime, nonce)
+            except NoPortMapping as exc:
+                if known or Method.UPNP not in self.methods:
+                    raise
+                before = str(exc).removeprefix(NO_ANSWER)
+        else:
+            before = ""
+        try:
+            mapping = await self.upnp.map_port(
+                protocol, internal_port, external_port=external_port, lifetime=lifetime
+            )
+        except NoPortMapping as exc:
+            raise NoPortMapping(NO_ANSWER + "; ".join(filter(None, (before, str(exc))))) from exc
+        self.method = Method.UPNP
+        return mapping
+
+    async def _udp_map_port(
+        self, protocol: Protocol, internal_port: int, external_port: int, lifetime: int, nonce: bytes | None
+    ) -> Mapping:
+        """PCP, then NAT-PMP (of those in ``methods``, or the one the gateway answered before)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.deadline
         tried: list[str] = []
-        if self.method in (None, Method.PCP):
-            until = deadline if self.method is Method.PCP else min(deadline, loop.time() + self.pcp_wait)
+        pcp_allowed = self.method is Method.PCP or (self.method is None and Method.PCP in self.methods)
+        natpmp_allowed = self.method is Method.NATPMP or (
+            self.method is None and Method.NATPMP in self.methods
+        )
+        if pcp_allowed:
+            until = (
+                deadline
+                if self.method is Method.PCP or not natpmp_allowed
+                else min(deadline, loop.time() + self.pcp_wait)
+            )
             answer = await self._pcp_map(protocol, internal_port, external_port, lifetime, nonce, until)
             if isinstance(answer, Mapping):
                 self.method = Method.PCP
                 return answer
-            if answer is _NATPMP_ONLY:
+            if answer is _NATPMP_ONLY and natpmp_allowed:
                 self.method = Method.NATPMP
             elif self.method is Method.PCP:
                 raise NoPortMapping(f"the gateway {self.gateway} stopped answering PCP")
+            elif answer is _NATPMP_ONLY:
+                raise NoPortMapping(f"{NO_ANSWER}the gateway {self.gateway} speaks NAT-PMP, not PCP")
             else:
                 tried.append("PCP")
-        mapping = await self._natpmp_map(protocol, internal_port, external_port, lifetime, deadline)
+        mapping = (
+            await self._natpmp_map(protocol, internal_port, external_port, lifetime, deadline)
+            if natpmp_allowed or self.method is Method.NATPMP
+            else None
+        )
         if mapping is None:
-            tried.append("NAT-PMP")
+            if natpmp_allowed:
+                tried.append("NAT-PMP")
             raise NoPortMapping(
-                f"no port mapping protocol answered: {' and '.join(tried)} to {self.gateway}:{self.port} "
+                f"{NO_ANSWER}{' and '.join(tried)} to {self.gateway}:{self.port} "
                 f"got no answer in {self.deadline:g} s"
             )
         self.method = Method.NATPMP
@@ -231,8 +328,11 @@ class PortMapClient:
 
     async def renew(self, mapping: Mapping, lifetime: int | None = None) -> Mapping:
         """Ask again for ``mapping`` (same nonce, same external port preferred) before it runs out, or
-        after `Mapping.restarted` said the gateway forgot it."""
+        after `Mapping.restarted` said the gateway forgot it. UPnP: AddPortMapping again, after checking
+        that the router still has the mapping (``restarted`` when it had lost it)."""
         self.method = mapping.method
+        if mapping.method is Method.UPNP:
+            return await self.upnp.renew(mapping, mapping.lifetime if lifetime is None else lifetime)
         return await self.map_port(
             mapping.protocol,
             mapping.internal_port,
@@ -242,7 +342,11 @@ class PortMapClient:
         )
 
     async def delete(self, mapping: Mapping) -> None:
-        """Remove ``mapping`` (a lifetime-0 request). Raises PortMapRefused / NoPortMapping."""
+        """Remove ``mapping`` (a lifetime-0 request; UPnP: DeletePortMapping). Raises PortMapRefused /
+        NoPortMapping."""
+        if mapping.method is Method.UPNP:
+            await self.upnp.delete(mapping)
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.deadline
         if mapping.method is Method.PCP:
@@ -269,7 +373,9 @@ class PortMapClient:
 
     async def external_address(self) -> ExternalAddress:
         """The gateway's external IPv4 address (NAT-PMP opcode 0; PCP has no request for it alone, its
-        MAP answers carry it)."""
+        MAP answers carry it); UPnP's GetExternalIPAddress once the gateway answered UPnP."""
+        if self.method is Method.UPNP or self.methods == (Method.UPNP,):
+            return await self.upnp.external_address()
         loop = asyncio.get_running_loop()
         answer = await self._natpmp_address(loop.time() + self.deadline)
         if answer is None:
@@ -473,7 +579,7 @@ class PortMapClient:
                     break
                 if isinstance(item, OSError):
                     raise NoPortMapping(
-                        f"no port mapping protocol answered: the gateway {self.gateway}:{self.port} refused "
+                        f"{NO_ANSWER}the gateway {self.gateway}:{self.port} refused "
                         f"({item.strerror or item}; no NAT-PMP/PCP daemon there)"
                     ) from item
                 answer = match(item)

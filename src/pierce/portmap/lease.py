@@ -2,7 +2,8 @@
 
 A `Lease` asks for the mapping, renews it when half its granted lifetime has passed (RFC 6886 section 3.3,
 RFC 6887 section 11.2.1), asks for it again at once when an answer's epoch shows the router lost its
-state (a restart: `Mapping.restarted`), retries with a doubling wait while the router does not answer or
+state (a restart: `Mapping.restarted`; UPnP has no epoch: its renewal checks that the router still has
+the mapping, `pierce.portmap.upnp`), retries with a doubling wait while the router does not answer or
 refuses, and deletes the mapping when it is closed. Each change is logged (``portmap.*`` events) and
 passed to ``on_change``, so a caller can publish the new public address.
 
@@ -16,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from pierce.addr import IPAddress
 from pierce.errors import PierceError
 from pierce.logs import event
-from pierce.portmap.client import Mapping, PortMapClient
+from pierce.portmap.client import ALL_METHODS, Mapping, Method, PortMapClient
 from pierce.portmap.pcp import Protocol
 
 log = logging.getLogger("pierce.portmap")
@@ -44,9 +45,10 @@ def describe(mapping: Mapping) -> str:
         if mapping.external_ip
         else (f"port {mapping.external_port} (the router did not say its address)")
     )
+    lease = f"lease {mapping.lifetime} s" if mapping.lifetime else "permanent until deleted"
     return (
         f"{mapping.protocol.name} {external} -> local port {mapping.internal_port} "
-        f"(via {mapping.method.value.upper()} on {mapping.gateway}, lease {mapping.lifetime} s)"
+        f"(via {mapping.method.value.upper()} on {mapping.gateway}, {lease})"
     )
 
 
@@ -131,8 +133,10 @@ class Lease:
         return mapping
 
     def _renew_after(self) -> float:
+        """Half the granted lifetime; a permanent mapping (0, UPnP) is checked at half the one asked for,
+        so a router restart that forgot it is still noticed."""
         granted = self.mapping.lifetime if self.mapping is not None else self.lifetime
-        return max(MIN_WAIT_S, granted / 2)
+        return max(MIN_WAIT_S, (granted or self.lifetime) / 2)
 
     def _granted(self, mapping: Mapping, name: str, what: str) -> None:
         self.mapping = mapping
@@ -189,6 +193,8 @@ async def hold_mapping(
     lifetime: int,
     gateway: ipaddress.IPv4Address | None = None,
     gateway_port: int | None = None,
+    methods: Collection[Method] = ALL_METHODS,
+    upnp_location: str | None = None,
     on_change: Callable[[Mapping], None],
     stop: asyncio.Future[object] | None = None,
 ) -> None:
@@ -196,7 +202,9 @@ async def hold_mapping(
     SIGINT/SIGTERM), then delete it."""
     from pierce.portmap import natpmp
 
-    client = PortMapClient(gateway, port=gateway_port or natpmp.PORT)
+    client = PortMapClient(
+        gateway, port=gateway_port or natpmp.PORT, methods=methods, upnp_location=upnp_location
+    )
     async with client:
         lease = Lease(
             client,
