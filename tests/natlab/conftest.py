@@ -49,3 +49,13 @@ def home_net_upnp_only(lab: Lab, tmp_path: Path) -> HomeNet:
 def home_net_no_daemon(lab: Lab, tmp_path: Path) -> HomeNet:
     """The same home network, its router answering no port mapping protocol (no miniupnpd)."""
     return home_router(lab, tmp_path, daemon=False)
+
+
+@pytest.fixture
+def home_net_double_nat(lab: Lab, tmp_path: Path) -> HomeNet:
+    """The same home network behind a second NAT (its router's outside address is shared, RFC 6598):
+    miniupnpd runs there and refuses every mapping."""
+    reason = missing_miniupnpd()
+    if reason is not None:
+        pytest.skip(reason)
+    return home_router(lab, tmp_path, behind_nat=True)

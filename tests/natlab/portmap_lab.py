@@ -27,6 +27,14 @@ is allocated to the US Department of Defense; using it here is safe because lab 
 the root namespace or any real interface and no route out, so no packet to or from 11.0.0.0/24 can ever
 leave them. (miniupnpd's own tests use 11.x as their example of a non-reserved address.)
 
+``home_router(behind_nat=True)`` puts a second NAT in front (double NAT, as behind a carrier's NAT)::
+
+    home -- lan -- 192.168.1.1 router 100.64.0.2 -- 100.64.0.0/24 -- 100.64.0.1 carrier 11.0.0.1 -- outside
+
+There miniupnpd sees a shared address on ``ext_ifname``, logs the refusal above and maps nothing (NAT-PMP's
+external address request: "network failure", PCP MAP: "no resources", UPnP: 501 with an empty external
+address); :meth:`Miniupnpd.start` then expects that refusal instead of failing on it.
+
 The daemon runs in the foreground (``-d``: every log level on stderr, collected by :class:`Proc`) with a
 config file written here (:func:`miniupnpd_config`), its pid file in the test's directory, no lease file
 (a restart forgets every mapping, as a rebooted router does) and UPnP-IGD (SSDP + HTTP on
@@ -48,6 +56,9 @@ from .lab import Host, Lab, LabError, NatRouter, Proc, Segment, _load_nft
 
 LAN_NET, ROUTER_LAN, HOME_IP = "192.168.1.0/24", "192.168.1.1", "192.168.1.10"
 OUTSIDE_NET, ROUTER_OUT, VISITOR_IP = "11.0.0.0/24", "11.0.0.1", "11.0.0.10"
+#: Behind a carrier's NAT (``home_router(behind_nat=True)``): the carrier's router takes ROUTER_OUT, the
+#: home router's outside is on the shared range of carrier-grade NAT (RFC 6598).
+CARRIER_NET, CARRIER_LAN, ROUTER_SHARED = "100.64.0.0/24", "100.64.0.1", "100.64.0.2"
 #: miniupnpd's HTTP port (description and SOAP control), fixed so clients can skip SSDP with ROOT_DESC_URL.
 HTTP_PORT = 5000
 ROOT_DESC_URL = f"http://{ROUTER_LAN}:{HTTP_PORT}/rootDesc.xml"
@@ -137,7 +148,7 @@ deny 0-65535 0.0.0.0/0 0-65535
 class Miniupnpd:
     """miniupnpd in the router's namespace; :meth:`start` waits until it listens."""
 
-    def __init__(self, router: NatRouter, workdir: Path, natpmp: bool = True) -> None:
+    def __init__(self, router: NatRouter, workdir: Path, natpmp: bool = True, refuses: bool = False) -> None:
         binary = miniupnpd_binary()
         if binary is None:
             raise LabError("miniupnpd is not installed")
@@ -148,16 +159,20 @@ class Miniupnpd:
         self.config = miniupnpd_config(router, str(uuid.uuid4()), natpmp=natpmp)
         #: The last line it logs once it listens on everything it was configured for.
         self.ready_line = READY_LINE if natpmp else UPNP_READY_LINE
+        #: Its outside address is private or shared: it logs REFUSED_LINE and maps nothing.
+        self.refuses = refuses
         self.config_path.write_text(self.config)
         self.proc: Proc | None = None
 
     def start(self) -> None:
-        """Start in the foreground; fail with its log if it exits or refuses to forward."""
+        """Start in the foreground; fail with its log if it exits, or if it refuses to forward when it
+        should not (or forwards when it should refuse)."""
         argv = (self.binary, "-f", self.config_path, "-d", "-P", self.pid_path)
         self.proc = self.router.popen(*argv, label=f"{self.router.name}:miniupnpd")
         self.proc.expect(self.ready_line, "stderr")
-        if any(REFUSED_LINE in line for line in self.proc.lines("stderr")):
-            raise LabError(f"miniupnpd will not forward ports\n{self.proc.dump()}")
+        refused = any(REFUSED_LINE in line for line in self.proc.lines("stderr"))
+        if refused != self.refuses:
+            raise LabError(f"miniupnpd {'will not' if refused else 'will'} forward ports\n{self.proc.dump()}")
 
     def stop(self) -> None:
         """Stop the daemon and flush its chains, as Debian's service does after it exits."""
@@ -209,6 +224,8 @@ class HomeNet:
     outside: Segment
     lan: Segment
     daemon: Miniupnpd | None
+    #: The carrier's NAT in front of ``router`` (``behind_nat``), holding the public address; else None.
+    carrier: NatRouter | None = None
 
     @property
     def miniupnpd(self) -> Miniupnpd:
@@ -222,12 +239,23 @@ class HomeNet:
         return f"{log}\n--- nft table inet {TABLE}:\n{table}"
 
 
-def home_router(lab: Lab, workdir: Path, daemon: bool = True, natpmp: bool = True) -> HomeNet:
+def home_router(
+    lab: Lab, workdir: Path, daemon: bool = True, natpmp: bool = True, behind_nat: bool = False
+) -> HomeNet:
     """Build the home network (module doc); with ``daemon``, start miniupnpd and wait until it listens
-    (without ``natpmp``: a router that answers UPnP-IGD only)."""
+    (without ``natpmp``: a router that answers UPnP-IGD only). With ``behind_nat`` the home router's
+    outside is ROUTER_SHARED on a carrier segment behind a second NAT router, ``carrier``, whose own
+    outside is ROUTER_OUT (double NAT): miniupnpd there refuses every mapping."""
     outside = lab.segment("outside", OUTSIDE_NET)
     lan = lab.segment("lan", LAN_NET)
-    router = lab.nat_router("router", wan=(outside, ROUTER_OUT), lan=(lan, ROUTER_LAN))
+    carrier = None
+    if behind_nat:
+        shared = lab.segment("carrier", CARRIER_NET)
+        carrier = lab.nat_router("carrier", wan=(outside, ROUTER_OUT), lan=(shared, CARRIER_LAN))
+        router = lab.nat_router("router", wan=(shared, ROUTER_SHARED), lan=(lan, ROUTER_LAN))
+        lab.route(router, "default", via=CARRIER_LAN)
+    else:
+        router = lab.nat_router("router", wan=(outside, ROUTER_OUT), lan=(lan, ROUTER_LAN))
     _load_nft(router, firewall_ruleset(router.lan_if))
     visitor = lab.host("visitor")
     lab.attach(visitor, outside, VISITOR_IP)
@@ -236,6 +264,6 @@ def home_router(lab: Lab, workdir: Path, daemon: bool = True, natpmp: bool = Tru
     lab.route(home, "default", via=ROUTER_LAN)
     miniupnpd = None
     if daemon:
-        miniupnpd = Miniupnpd(router, workdir, natpmp=natpmp)
+        miniupnpd = Miniupnpd(router, workdir, natpmp=natpmp, refuses=behind_nat)
         miniupnpd.start()
-    return HomeNet(lab, router, home, visitor, outside, lan, miniupnpd)
+    return HomeNet(lab, router, home, visitor, outside, lan, miniupnpd, carrier)

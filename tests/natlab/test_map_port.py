@@ -4,7 +4,9 @@ pierce asks the router for the mapping itself (PCP, which miniupnpd answers; NAT
 speaks that), prints the public address, renews the lease at half its lifetime, asks again after the
 router restarted (its epoch starts over), and deletes the mapping on SIGTERM: a visitor on the outside
 reaches the LAN service only while the mapping lives. A router without a daemon gets a clear "no port
-mapping protocol answered", at once (its ICMP port unreachable says so).
+mapping protocol answered", at once (its ICMP port unreachable says so). A router behind another NAT
+(double NAT: its own outside address is shared), whose miniupnpd refuses everything, gets "the router has
+no public external address", by every method, and `pierce nat` says a mapping there is useless.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 
 from .lab import Host, Proc
-from .portmap_lab import HOME_IP, ROUTER_LAN, ROUTER_OUT, VISITOR_IP, HomeNet
+from .portmap_lab import HOME_IP, ROOT_DESC_URL, ROUTER_LAN, ROUTER_OUT, VISITOR_IP, HomeNet
 from .test_portmap_lab import assert_closed, assert_echoed, visit
 
 pytestmark = pytest.mark.natlab
@@ -79,6 +81,22 @@ def test_map_port_says_when_no_router_answers(home_net_no_daemon: HomeNet) -> No
     assert "no port mapping protocol answered" in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize(
+    "method", [(), ("--method", "nat-pmp"), ("--method", "upnp", "--upnp-url", ROOT_DESC_URL)]
+)
+def test_map_port_says_when_the_router_has_no_public_address(
+    home_net_double_nat: HomeNet, method: tuple[str, ...]
+) -> None:
+    net = home_net_double_nat
+    done = net.home.run(
+        sys.executable, "-m", "pierce", "map-port", "TCP", "7000", *method, check=False, timeout=20
+    )
+    assert done.returncode == 1, done
+    assert "the router" in done.stderr and "has no public external address" in done.stderr, done.stderr
+    assert "another NAT sits beyond it" in done.stderr, done.stderr
+    assert net.miniupnpd.forwards() == set(), net.describe()
+
+
 def pierce_nat(host: Host) -> dict[str, Any]:
     """``pierce nat --json`` with no STUN server answering (the visitor's address has none): the report
     still says what the router answered of port mapping."""
@@ -101,3 +119,10 @@ def test_nat_says_when_the_router_answers_no_port_mapping(home_net_no_daemon: Ho
     mapping = pierce_nat(home_net_no_daemon.home)["port_mapping"]
     assert mapping["protocols"] == [] and mapping["mapping_useful"] is None, mapping
     assert "No port mapping protocol (PCP, NAT-PMP) answered" in mapping["why"], mapping
+
+
+def test_nat_says_a_mapping_is_useless_behind_another_nat(home_net_double_nat: HomeNet) -> None:
+    mapping = pierce_nat(home_net_double_nat.home)["port_mapping"]
+    assert mapping["protocols"] == ["pcp", "nat-pmp"] and mapping["external_address"] is None, mapping
+    assert mapping["mapping_useful"] is False, mapping
+    assert "has no public external address" in mapping["why"] and "network failure" in mapping["why"], mapping

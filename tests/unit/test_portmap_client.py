@@ -16,7 +16,14 @@ import msgspec
 import pytest
 
 from pierce.portmap import natpmp, pcp
-from pierce.portmap.client import Method, NoPortMapping, PortMapClient, PortMapRefused, map_port
+from pierce.portmap.client import (
+    Method,
+    NoPortMapping,
+    NoPublicAddress,
+    PortMapClient,
+    PortMapRefused,
+    map_port,
+)
 from pierce.portmap.pcp import Protocol
 
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
@@ -36,6 +43,9 @@ class Responder(asyncio.DatagramProtocol):
         self.decoys: list[bytes] = []  # sent before each real answer
         self.twice = False  # every answer sent twice (a duplicated datagram)
         self.refuse_deletion = False
+        #: NAT-PMP's external address request: this result (None: ``result``) and this address.
+        self.address_result: int | None = None
+        self.external = EXTERNAL
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -55,8 +65,13 @@ class Responder(asyncio.DatagramProtocol):
         if data[0] == 0:
             request = natpmp.decode_request(data)
             if isinstance(request, natpmp.ExternalAddressRequest):
+                result = self.result if self.address_result is None else self.address_result
+                if result != natpmp.Result.SUCCESS:
+                    return natpmp.encode_response(
+                        natpmp.ErrorResponse(natpmp.Opcode.EXTERNAL_ADDRESS, result, self.epoch)
+                    )
                 return natpmp.encode_response(
-                    natpmp.ExternalAddressResponse(self.result, self.epoch, EXTERNAL)
+                    natpmp.ExternalAddressResponse(result, self.epoch, self.external)
                 )
             external = 0 if request.lifetime == 0 else request.external_port or request.internal_port
             return natpmp.encode_response(
@@ -192,6 +207,46 @@ async def test_refusal_carries_the_result_text(gateway: tuple[Responder, int]) -
         with pytest.raises(PortMapRefused, match="not authorized") as caught:
             await pm.map_port(Protocol.TCP, 22, lifetime=60)
     assert caught.value.result == pcp.Result.NOT_AUTHORIZED and caught.value.method is Method.PCP
+
+
+async def test_a_router_without_public_address_is_named_as_such(gateway: tuple[Responder, int]) -> None:
+    """miniupnpd behind another NAT: PCP MAP "no resources", NAT-PMP's address request "network failure"."""
+    responder, port = gateway
+    responder.result, responder.address_result = pcp.Result.NO_RESOURCES, natpmp.Result.NETWORK_FAILURE
+    async with client(port) as pm:
+        with pytest.raises(NoPublicAddress, match="has no public external address: another NAT") as caught:
+            await pm.map_port(Protocol.TCP, 7000, lifetime=60)
+        assert "no resources" in str(caught.value) and "network failure" in str(caught.value)
+        with pytest.raises(NoPublicAddress):
+            await pm.external_address()
+
+
+async def test_a_private_external_address_names_it(gateway: tuple[Responder, int]) -> None:
+    responder, port = gateway
+    responder.result, responder.address_result = pcp.Result.NO_RESOURCES, natpmp.Result.SUCCESS
+    responder.external = ipaddress.IPv4Address("100.64.0.2")
+    async with client(port) as pm:
+        with pytest.raises(NoPublicAddress, match=r"its outside address 100\.64\.0\.2 is private or shared"):
+            await pm.map_port(Protocol.TCP, 7000, lifetime=60)
+
+
+async def test_no_resources_with_a_public_address_stays_what_it_is(gateway: tuple[Responder, int]) -> None:
+    responder, port = gateway
+    responder.result, responder.address_result = pcp.Result.NO_RESOURCES, natpmp.Result.SUCCESS
+    responder.external = ipaddress.IPv4Address("11.0.0.1")
+    async with client(port) as pm:
+        with pytest.raises(PortMapRefused, match="no resources") as caught:
+            await pm.map_port(Protocol.TCP, 7000, lifetime=60)
+    assert not isinstance(caught.value, NoPublicAddress)
+
+
+async def test_pcp_network_failure_alone_says_it(gateway: tuple[Responder, int]) -> None:
+    """A PCP-only server (NAT-PMP's request goes unanswered as unsupported) refusing with network failure."""
+    responder, port = gateway
+    responder.result, responder.address_result = pcp.Result.NETWORK_FAILURE, natpmp.Result.UNSUPPORTED_VERSION
+    async with client(port) as pm:
+        with pytest.raises(NoPublicAddress, match=r"pcp: network failure"):
+            await pm.map_port(Protocol.TCP, 7000, lifetime=60)
 
 
 async def test_restart_is_seen_in_the_epoch_and_renewal_repeats_the_nonce(

@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import enum
 import ipaddress
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
@@ -123,6 +123,43 @@ class NoPortMapping(LocalError):
 
 #: How a NoPortMapping of the first attempt starts (`pierce map-port` prints it).
 NO_ANSWER = "no port mapping protocol answered: "
+
+
+class NoPublicAddress(PortMapRefused):
+    """The router answered, but has no public external address to map a port on: its own outside address
+    is private or shared (RFC 1918, RFC 6598), so another NAT sits beyond it (a second home router, the
+    carrier's NAT). miniupnpd 2.3 then refuses every request (NAT-PMP and PCP "network failure", PCP MAP
+    "no resources", UPnP 501 with an empty external address); any mapping there would be useless anyway,
+    as nobody on the internet reaches that address. ``refusals``: what the router said."""
+
+    def __init__(
+        self,
+        gateway: object | None,
+        refusals: Sequence[PortMapRefused],
+        external_ip: IPAddress | None = None,
+    ) -> None:
+        first = refusals[0]
+        super().__init__(first.method, first.result, "", first.lifetime)
+        router = f"the router {gateway}" if gateway else "the router"
+        where = f"its outside address {external_ip} is private or shared, so " if external_ip else ""
+        said = "; ".join(dict.fromkeys(str(r) for r in refusals))
+        self.args = (
+            f"{router} {NO_PUBLIC_ADDRESS}: {where}another NAT sits beyond it (a second router, or the "
+            f"carrier's), so no port can be mapped there that the internet could reach ({said})",
+        )
+        self.external_ip = external_ip
+
+
+#: What `NoPublicAddress` says (`pierce map-port` and `pierce nat` print it).
+NO_PUBLIC_ADDRESS = "has no public external address"
+#: Refusals that may mean "no public external address" (then the router is asked for its address).
+_MAYBE_NO_ADDRESS = {
+    Method.PCP: frozenset({pcp.Result.NETWORK_FAILURE, pcp.Result.NO_RESOURCES}),
+    Method.NATPMP: frozenset({natpmp.Result.NETWORK_FAILURE}),
+    Method.UPNP: frozenset({501}),  # ActionFailed
+}
+#: Refusals that say it by themselves.
+_NO_ADDRESS = {(Method.PCP, pcp.Result.NETWORK_FAILURE), (Method.NATPMP, natpmp.Result.NETWORK_FAILURE)}
 
 
 class _NatPmpOnly:
@@ -255,9 +292,47 @@ class PortMapClient:
         nonce: bytes | None = None,
     ) -> Mapping:
         """Ask for ``internal_port`` to be reachable from outside (``external_port``: a preference, 0 for
-        none). Raises PortMapRefused when the gateway says no, NoPortMapping when nothing answered."""
+        none). Raises PortMapRefused when the gateway says no (NoPublicAddress when that is because it
+        has no public external address), NoPortMapping when nothing answered."""
         if lifetime <= 0:
             raise ValueError("a mapping's lifetime is at least 1 second (delete() removes one)")
+        try:
+            return await self._map_port(protocol, internal_port, external_port, lifetime, nonce)
+        except PortMapRefused as exc:
+            why = await self._why_refused(exc)
+            if why is exc:
+                raise
+            raise why from exc
+
+    async def _why_refused(self, refused: PortMapRefused) -> PortMapRefused:
+        """``refused``, or NoPublicAddress when the router has no public external address: a refusal
+        that may mean that is checked by asking the router for its address (NAT-PMP's request, which
+        miniupnpd answers on PCP's port too; UPnP's GetExternalIPAddress)."""
+        if isinstance(refused, NoPublicAddress) or refused.result not in _MAYBE_NO_ADDRESS[refused.method]:
+            return refused
+        said = refused.method, refused.result
+        address: ExternalAddress | None
+        try:
+            if refused.method is Method.UPNP:
+                address = await self.upnp.external_address()
+            else:
+                loop = asyncio.get_running_loop()
+                address = await self._natpmp_address(loop.time() + self.deadline)
+        except PortMapRefused as again:
+            if again.method is Method.UPNP or (again.method, again.result) in _NO_ADDRESS:
+                return NoPublicAddress(self.gateway, [refused, again])
+            address = None
+        except NoPortMapping:
+            address = None
+        if address is not None and not address.ip.is_global:
+            return NoPublicAddress(self.gateway, [refused], address.ip)
+        if address is None and said in _NO_ADDRESS:
+            return NoPublicAddress(self.gateway, [refused])
+        return refused
+
+    async def _map_port(
+        self, protocol: Protocol, internal_port: int, external_port: int, lifetime: int, nonce: bytes | None
+    ) -> Mapping:
         if self.method is Method.UPNP:
             return await self.upnp.map_port(
                 protocol, internal_port, external_port=external_port, lifetime=lifetime
@@ -373,11 +448,18 @@ class PortMapClient:
 
     async def external_address(self) -> ExternalAddress:
         """The gateway's external IPv4 address (NAT-PMP opcode 0; PCP has no request for it alone, its
-        MAP answers carry it); UPnP's GetExternalIPAddress once the gateway answered UPnP."""
-        if self.method is Method.UPNP or self.methods == (Method.UPNP,):
-            return await self.upnp.external_address()
-        loop = asyncio.get_running_loop()
-        answer = await self._natpmp_address(loop.time() + self.deadline)
+        MAP answers carry it); UPnP's GetExternalIPAddress once the gateway answered UPnP. Raises
+        NoPublicAddress when the router says it has none (NAT-PMP "network failure", UPnP ActionFailed or
+        an empty address)."""
+        try:
+            if self.method is Method.UPNP or self.methods == (Method.UPNP,):
+                return await self.upnp.external_address()
+            loop = asyncio.get_running_loop()
+            answer = await self._natpmp_address(loop.time() + self.deadline)
+        except PortMapRefused as exc:
+            if (exc.method, exc.result) in _NO_ADDRESS or (exc.method, exc.result) == (Method.UPNP, 501):
+                raise NoPublicAddress(self.gateway, [exc]) from exc
+            raise
         if answer is None:
             raise NoPortMapping(f"NAT-PMP to {self.gateway}:{self.port} got no answer in {self.deadline:g} s")
         return answer

@@ -4,7 +4,8 @@ and whether a mapping there would be of any use.
 A mapping is of use only when the router's external address is the host's public address: an external
 address that is private or shared (RFC 1918, RFC 6598's 100.64.0.0/10 of carrier-grade NAT) or one that
 differs from the address a STUN server sees means another NAT sits beyond the router, and a port opened
-on it is not reachable from the internet.
+on it is not reachable from the internet. A router that refuses to tell its external address with NAT-PMP's
+"network failure" (miniupnpd when its own outside address is private or shared) says the same.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import msgspec
 
 from pierce.addr import IPAddress
 from pierce.errors import PierceError
-from pierce.portmap.client import Method, PortMapClient, PortMapRefused
+from pierce.portmap.client import Method, NoPublicAddress, PortMapClient, PortMapRefused
 
 #: Seconds the probe waits for each protocol's answer (both are asked at once).
 PROBE_DEADLINE = 1.5
@@ -87,6 +88,8 @@ async def probe_router(
         return RouterReport(
             where, [], None, None, f"No port mapping protocol (PCP, NAT-PMP) answered on {where}."
         )
+    if isinstance(address, NoPublicAddress):
+        return RouterReport(where, protocols, None, False, str(address))
     return RouterReport(where, protocols, str(external) if external else None, *_useful(external, public_ip))
 
 
