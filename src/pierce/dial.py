@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pierce.addr import HostPort, format_sockaddr
 from pierce.errors import LocalError
 from pierce.listeners import set_nodelay
+from pierce.relay import wait_fd
 
 if TYPE_CHECKING:
     import ssl as _ssl
@@ -72,21 +73,10 @@ async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, addr: A
         return
     err = sock.connect_ex(addr)
     if err in _IN_PROGRESS:
-        fut: asyncio.Future[None] = loop.create_future()
-        fd = sock.fileno()
-        loop.add_writer(fd, _wake, fut)
-        try:
-            await fut
-        finally:
-            loop.remove_writer(fd)
+        await wait_fd(loop, sock.fileno(), writable=True)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 async def open_stream(
