@@ -392,6 +392,41 @@ def ddns_server(text: str) -> tuple[str, int]:
     return hp.host, hp.port
 
 
+#: Seconds of lease the client asks its router for (``[port_mapping] lifetime_s``); renewed at half.
+DEFAULT_PORT_MAPPING_LIFETIME = 7200
+PORT_MAPPING_METHODS = ("auto", "pcp", "nat-pmp", "upnp")
+
+
+class PortMappingOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[port_mapping]`` of client.toml: how the proxies with ``direct = "auto"`` ask the router for their
+    port mappings (`pierce.portmap`); the same choices as `pierce map-port`'s flags."""
+
+    #: The router's IPv4 address; empty: the default route's gateway.
+    gateway: str = ""
+    #: "auto" (PCP, then NAT-PMP, then UPnP-IGD) or one of "pcp", "nat-pmp", "upnp".
+    method: str = "auto"
+    #: UPnP-IGD: the router's root description URL; empty: found by SSDP on the LAN.
+    upnp_url: str = ""
+    #: Seconds of lease asked for; the client renews at half of what the router grants.
+    lifetime_s: int = DEFAULT_PORT_MAPPING_LIFETIME
+
+    def __post_init__(self) -> None:
+        if self.gateway:
+            try:
+                ipaddress.IPv4Address(self.gateway)
+            except ValueError:
+                raise InvalidValue("gateway", f'expected an IPv4 address, got "{self.gateway}"') from None
+        if self.method not in PORT_MAPPING_METHODS:
+            choices = ", ".join(f'"{m}"' for m in PORT_MAPPING_METHODS)
+            raise InvalidValue("method", f'expected one of {choices}, got "{self.method}"')
+        if self.upnp_url and not self.upnp_url.startswith(("http://", "https://")):
+            raise InvalidValue("upnp_url", f'expected an http:// URL, got "{self.upnp_url}"')
+        if self.upnp_url and self.method not in ("auto", "upnp"):
+            raise InvalidValue("upnp_url", f'only with method "upnp" or "auto", not "{self.method}"')
+        if not 2 <= self.lifetime_s <= 2**31 - 1:
+            raise InvalidValue("lifetime_s", f"expected seconds from 2 to 2147483647, got {self.lifetime_s}")
+
+
 class WebOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[web]`` of server.toml: the JSON API and ``/metrics`` (`pierce.web`), off unless ``port`` is set."""
 
@@ -734,6 +769,8 @@ class ClientConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     inspector: InspectorOptions = msgspec.field(default_factory=InspectorOptions)
     #: Dynamic DNS: keep a name pointing at this client's public address (off unless present).
     ddns: DdnsOptions | None = None
+    #: How proxies with ``direct = "auto"`` ask the router for their port mappings.
+    port_mapping: PortMappingOptions = msgspec.field(default_factory=PortMappingOptions)
     proxies: list[ProxyConfig] = []
     #: Local ports that reach other clients' secret (stcp/sudp) proxies; read at start.
     visitors: list[VisitorConfig] = []

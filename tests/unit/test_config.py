@@ -186,7 +186,7 @@ def test_unknown_key_hint_lists_the_fields_of_the_chosen_proxy_type() -> None:
     (problem,) = problems_of(CLIENT + '[[proxies]]\ntype = "tcp"\nname = "a"\nlocal_port = 1\nzzzz = 1\n')
     assert problem == (
         "c.toml: proxies[0].zzzz: unknown key; expected one of: "
-        "name, local_ip, local_port, remote_port, proxy_protocol_version, bandwidth_limit, allow_ips, "
+        "name, local_ip, local_port, remote_port, proxy_protocol_version, direct, bandwidth_limit, allow_ips, "
         "deny_ips, group, group_key, health_check, type"
     )
     (problem,) = problems_of(CLIENT + '[[proxies]]\ntyp = "tcp"\nname = "a"\nlocal_port = 1\n')
@@ -374,4 +374,16 @@ def test_ddns_requires_its_keys() -> None:
         "c.toml: ddns.zone: missing required key",
         "c.toml: ddns.name: missing required key",
         "c.toml: ddns.key_name: missing required key",
+    ]
+
+
+def test_direct_and_port_mapping_are_checked_with_their_keys() -> None:
+    text = (
+        CLIENT
+        + '[port_mapping]\nmethod = "nat-pmp"\nupnp_url = "http://192.168.1.1/root.xml"\ngateway = "router"\n'
+        + '[[proxies]]\ntype = "udp"\nname = "u"\nlocal_port = 1\ndirect = "on"\n'
+    )
+    assert problems_of(text) == [
+        'c.toml: port_mapping.gateway: expected an IPv4 address, got "router"',
+        'c.toml: proxies[0].direct: expected one of "auto", "off", got "on"',
     ]

@@ -55,6 +55,17 @@ class ProxyType(enum.StrEnum):
     XUDP = "xudp"
 
 
+class DirectMode(enum.StrEnum):
+    """A proxy's ``direct``: whether the client also asks its router for a port mapping, so that visitors
+    can reach the proxy without the server (`pierce.client.direct`, `pierce.portmap`)."""
+
+    #: Map a port on the router (PCP, NAT-PMP or UPnP-IGD) when it offers one and publish the mapped
+    #: address when it is really public; go on through the server alone when not.
+    AUTO = "auto"
+    #: Through the server only.
+    OFF = "off"
+
+
 class ProxyProtocolVersion(enum.Enum):
     """PROXY protocol header the client sends to the local service before the visitor's bytes."""
 

@@ -21,6 +21,7 @@ from pierce.logs import event, log_conn_closed
 from pierce.protocol import StartWork
 from pierce.protocol.messages import Port
 from pierce.proxies.base import (
+    DirectMode,
     GroupedProxyConfig,
     GroupedSpec,
     ProxyProtocolVersion,
@@ -49,6 +50,8 @@ class TcpProxyConfig(GroupedProxyConfig, kw_only=True, tag="tcp", tag_field="typ
     remote_port: int = 0
     #: Send a PROXY protocol header with the visitor's address to the local service.
     proxy_protocol_version: ProxyProtocolVersion | None = None
+    #: "auto": also reachable directly through a port mapping on the client's router, when it has one.
+    direct: DirectMode = DirectMode.OFF
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port, self.remote_port)

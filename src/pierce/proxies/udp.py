@@ -36,6 +36,7 @@ from pierce.protocol import UdpPacket
 from pierce.protocol.messages import Port
 from pierce.proxies.base import (
     DEFAULT_UDP_IDLE_TIMEOUT,
+    DirectMode,
     ProxySpec,
     PublicProxyConfig,
     check_idle_timeout,
@@ -74,6 +75,8 @@ class UdpProxyConfig(PublicProxyConfig, kw_only=True, tag="udp", tag_field="type
     remote_port: int = 0
     #: Seconds a visitor's UDP session lives without traffic.
     idle_timeout: float = DEFAULT_UDP_IDLE_TIMEOUT
+    #: "auto": also reachable directly through a port mapping on the client's router, when it has one.
+    direct: DirectMode = DirectMode.OFF
 
     def __post_init__(self) -> None:
         check_proxy(self.name, self.local_port, self.remote_port)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from pierce.addr import HostPort
 from pierce.protocol import SecretKind, StartWork
+from pierce.proxies.base import DirectMode
 from pierce.proxies.secret import SecretProxyConfig, SecretSpec
 from pierce.proxies.tcp import serve_tcp_work
 from pierce.relay import End
@@ -24,6 +25,9 @@ class XtcpProxyConfig(SecretProxyConfig, tag="xtcp", tag_field="type"):
     """``[[proxies]] type = "xtcp"``: a secret TCP service for P2P visitors (relayed when not direct)."""
 
     secret_kind: ClassVar[SecretKind] = SecretKind.XTCP
+    #: "auto": the client also asks its router for a port mapping of each direct path's socket and offers
+    #: the mapped address to the visitor as one more candidate (`pierce.p2p.owner`).
+    direct: DirectMode = DirectMode.OFF
 
 
 class XtcpSpec(SecretSpec, frozen=True, kw_only=True, tag="xtcp"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from pierce.protocol import SecretKind, StartWork
+from pierce.proxies.base import DirectMode
 from pierce.proxies.secret import SecretSpec
 from pierce.proxies.sudp import SudpProxyConfig, serve_sudp_work
 from pierce.relay import End
@@ -20,6 +21,9 @@ class XudpProxyConfig(SudpProxyConfig, tag="xudp", tag_field="type"):
     """``[[proxies]] type = "xudp"``: a secret UDP service for P2P visitors (relayed when not direct)."""
 
     secret_kind: ClassVar[SecretKind] = SecretKind.XUDP
+    #: "auto": the client also asks its router for a port mapping of each direct path's socket and offers
+    #: the mapped address to the visitor as one more candidate (`pierce.p2p.owner`).
+    direct: DirectMode = DirectMode.OFF
 
 
 class XudpSpec(SecretSpec, frozen=True, kw_only=True, tag="xudp"):
