@@ -84,6 +84,9 @@ class ServerProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
     #: Its load-balancing group ("": none), and the members the group has now (itself included).
     group: str = ""
     group_members: int = 0
+    #: Where the owning client says the proxy is also reachable without the server (``ip:port``, a port
+    #: mapping on its router: ``direct = "auto"``); empty: through the server only.
+    direct: str = ""
 
 
 class ClientInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -171,6 +174,12 @@ class ClientProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
     path: ConnectionPath = ConnectionPath.RELAY
     #: Direct paths to visitors up now (xtcp/xudp).
     direct_paths: int = 0
+    #: ``direct = "auto"``: the public ``ip:port`` its router maps to this client, when it has one that is
+    #: reachable from the internet (visitors may use it instead of the server's address).
+    direct: str = ""
+    #: ``direct = "auto"`` without a public mapped address: why ("no port mapping protocol answered", a
+    #: private or shared external address, ...); empty otherwise.
+    direct_error: str = ""
 
 
 class ClientSnapshot(msgspec.Struct, frozen=True, kw_only=True):

@@ -205,14 +205,10 @@ def render_client(snap: ClientSnapshot, console: Console, now: float | None = No
         state_text = Text(str(p.state), style=style)
         if p.error:
             state_text.append(f": {p.error}")
-        proxies.add_row(
-            p.name,
-            str(p.type),
-            p.local,
-            state_text,
-            _public(p.remote_port, p.urls, server_host),
-            _path(p.path),
-        )
+        public = _public(p.remote_port, p.urls, server_host)
+        if p.direct:
+            public += f"\ndirect {p.direct}"
+        proxies.add_row(p.name, str(p.type), p.local, state_text, public, _path(p.path))
     console.print(proxies)
     if snap.visitors:
         visitors = Table(title="visitors", title_justify="left")
@@ -279,7 +275,7 @@ def render_server(status: ServerStatus, console: Console) -> None:
             Text(str(p.status), style="green" if online else "dim"),
             p.user,
             p.client_id,
-            _public(p.remote_port, p.urls),
+            _public(p.remote_port, p.urls) + (f"\ndirect {p.direct}" if p.direct else ""),
             _path(p.path),
             str(p.stats.connections),
             human_bytes(p.stats.bytes_in),

@@ -186,7 +186,8 @@ def test_unknown_key_hint_lists_the_fields_of_the_chosen_proxy_type() -> None:
     (problem,) = problems_of(CLIENT + '[[proxies]]\ntype = "tcp"\nname = "a"\nlocal_port = 1\nzzzz = 1\n')
     assert problem == (
         "c.toml: proxies[0].zzzz: unknown key; expected one of: "
-        "name, local_ip, local_port, remote_port, proxy_protocol_version, direct, bandwidth_limit, allow_ips, "
+        "name, local_ip, local_port, remote_port, proxy_protocol_version, direct, bandwidth_limit, "
+        "allow_ips, "
         "deny_ips, group, group_key, health_check, type"
     )
     (problem,) = problems_of(CLIENT + '[[proxies]]\ntyp = "tcp"\nname = "a"\nlocal_port = 1\n')

@@ -55,7 +55,7 @@ from pierce.protocol import (
     WorkReady,
     encode_frame,
 )
-from pierce.protocol.messages import P2pAnswer, P2pOffer, P2pRequest, P2pResult, P2pStart
+from pierce.protocol.messages import DirectAddress, P2pAnswer, P2pOffer, P2pRequest, P2pResult, P2pStart
 from pierce.proxies.http import HttpSpec
 from pierce.proxies.https import HttpsSpec
 from pierce.proxies.registry import decode_spec, encode_spec
@@ -121,6 +121,8 @@ SAMPLES: list[Message] = [
         reason="wrong secret for proxy 'ssh-secret'",
     ),
     CloseProxy(name="ssh"),
+    DirectAddress(name="ssh", address="198.51.100.7:6022"),
+    DirectAddress(name="ssh"),
     Ping(seq=0),
     Ping(seq=2**63),
     UdpPacket(proxy="dns", peer_host="2001:db8::1", peer_port=53, data=b"\x00\x01query"),

@@ -21,7 +21,7 @@ from pierce.client.session import ClientSession, features_of
 from pierce.client.visitor import open_visit
 from pierce.config import ClientConfig, ServerConfig, StcpVisitorConfig
 from pierce.handshake import client_login, client_work_login, server_login, server_work_login
-from pierce.protocol import ErrorCode, Hello, NewProxy, Refused, Role, Visit
+from pierce.protocol import DirectAddress, ErrorCode, Hello, NewProxy, Refused, Role, Visit
 from pierce.proxies.http import HttpProxyConfig
 from pierce.proxies.stcp import StcpProxyConfig
 from pierce.proxies.tcpmux import TcpMuxProxyConfig
@@ -49,6 +49,8 @@ class MemoryDialer:
         self.broken = False
         #: Work connections are memory channels of their own, never streams of a multiplexed one.
         self.multiplexed = False
+        #: What the server offered (`pierce.client.session.Dialer.server_features`).
+        self.server_features = server.features
 
     async def work(self, run_id: str, key: bytes) -> MemoryChannel:
         if self.broken:
@@ -252,6 +254,30 @@ async def test_sessions_register_refuse_visit_and_close_in_memory(tmp_path: Path
                     await changed.wait()
                     changed.clear()
             assert states["junk"][0] is ProxyState.REFUSED and "bad_message" in states["junk"][1]
+
+            # Where the client says a proxy is reachable without the server: shown with that proxy; a
+            # claim about a proxy this session does not hold is ignored, and "" withdraws it.
+            async def direct_shown() -> str:
+                for _ in range(1000):  # the memory channels deliver within a few turns of the loop
+                    await asyncio.sleep(0)
+                    if control.direct.get("secret", "") == wanted:
+                        break
+                (proxy,) = server.snapshot().proxies
+                return proxy.direct
+
+            await client.publish_direct("ghost", "198.51.100.7:1")
+            wanted = "198.51.100.7:6022"
+            await client.publish_direct("secret", wanted)
+            assert await direct_shown() == wanted and "ghost" not in control.direct
+            wanted = ""
+            await client.publish_direct("secret", wanted)
+            assert await direct_shown() == ""
+
+            # An address that is not ip:port breaks the protocol: the session ends, saying why.
+            await client_end.send(DirectAddress(name="secret", address="not an address"))
+            async with asyncio.timeout(10):
+                await tasks[0]
+            assert "secret" not in control.direct
         finally:
             client_end.close()
             await asyncio.gather(*tasks, return_exceptions=True)

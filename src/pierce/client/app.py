@@ -35,6 +35,7 @@ from pierce.statedir import prepare_state_dir, state_dir_for
 from pierce.tls import FingerprintMismatch
 
 if TYPE_CHECKING:
+    from pierce.client.direct import DirectProxies
     from pierce.client.visitor import Visitors
     from pierce.inspect.inspector import Inspector
     from pierce.p2p.owner import OwnerP2p
@@ -99,6 +100,9 @@ class Client:
         #: event that asks it to look again (set at every login).
         self._ddns: asyncio.Task[None] | None = None
         self._ddns_check = asyncio.Event()
+        #: Proxies with ``direct = "auto"``: their listeners and router port mappings (None until one has
+        #: it: `pierce.client.direct` and `pierce.portmap` load with the first).
+        self.direct: DirectProxies | None = None
         #: Health checks of the proxies that have one, by proxy name (they outlive reconnects).
         self.health: dict[str, HealthCheck] = {}
         self._stop = asyncio.Event()
@@ -128,6 +132,8 @@ class Client:
             proxy, state=state, remote_port=port, error=error, urls=list(urls)
         )
         if state is ProxyState.RUNNING:
+            if proxy.direct:  # the server forgets it with the proxy: tell it again
+                self._publish_direct(name, proxy.direct)
             host = self.config.server_addr
             where = "at " + (", ".join(urls) if urls else f"{host}:{port}")
             if not port and not urls:
@@ -151,6 +157,37 @@ class Client:
                 proxy=name,
                 error=error,
             )
+
+    # -- direct (router port mappings) ------------------------------------------------------------
+
+    async def _sync_direct(self) -> None:
+        if self.direct is None:
+            if not any(_direct_tcp_udp(p) for p in self.config.proxies):
+                return
+            from pierce.client.direct import DirectProxies
+
+            self.direct = DirectProxies(self._direct_changed, self._spawn_active)
+        await self.direct.sync(self.config.proxies, self.config.port_mapping)
+
+    def _direct_changed(self, name: str, address: str, error: str) -> None:
+        """A proxy's public mapped address came, changed or went (``error``: why there is none)."""
+        info = self.status.proxies.get(name)
+        if info is None:
+            return
+        self.status.proxies[name] = msgspec.structs.replace(info, direct=address, direct_error=error)
+        if info.direct != address:
+            self._publish_direct(name, address)
+
+    def _publish_direct(self, name: str, address: str) -> None:
+        session = self.session
+        if session is None:
+            return  # the next session tells the server when the proxy is ready
+
+        async def send() -> None:
+            with contextlib.suppress(PierceError, OSError):
+                await session.publish_direct(name, address)
+
+        self._spawn_active(send())
 
     # -- health checks -----------------------------------------------------------------------------
 
@@ -281,6 +318,7 @@ class Client:
         backoff = BACKOFF_FIRST
         dialer = Dialer(self.config, self.client_id)
         await self._sync_health()
+        await self._sync_direct()
         if self.visitors is not None and self._visitors_started is None:
             self._visitors_started = asyncio.get_running_loop().create_task(self.visitors.start(strict=False))
         if self.config.ddns is not None and self._ddns is None:
@@ -407,6 +445,8 @@ class Client:
         await asyncio.gather(*tasks, return_exceptions=True)
         for check in self.health.values():
             await check.close()
+        if self.direct is not None:
+            await self.direct.close()
         await self.udp.close()
         if self._p2p is not None:
             await self._p2p.close()
@@ -434,8 +474,9 @@ class Client:
         removed = [n for n in old_by_name if n not in new_by_name]
         added = [n for n in new_by_name if n not in old_by_name]
         changed = [n for n in new_by_name if n in old_by_name and not _same(old_by_name[n], new_by_name[n])]
-        self.config = msgspec.structs.replace(self.config, proxies=new.proxies)
+        self.config = msgspec.structs.replace(self.config, proxies=new.proxies, port_mapping=new.port_mapping)
         self._sync_states()
+        await self._sync_direct()
         for name in removed + changed:  # a visitor's ticket never outlives the secret it proved
             if self._exchanges is not None:
                 self._exchanges.forget(name)
@@ -456,6 +497,11 @@ class Client:
             **result,
         )
         return result
+
+
+def _direct_tcp_udp(p: ProxyConfig) -> bool:
+    """A tcp or udp proxy with ``direct = "auto"`` (xtcp/xudp ones map per direct path: `pierce.p2p`)."""
+    return type(p).__struct_config__.tag in ("tcp", "udp") and getattr(p, "direct", "off") == "auto"
 
 
 def _same(a: ProxyConfig, b: ProxyConfig) -> bool:

@@ -22,6 +22,7 @@ from pierce.mux import MuxChannel, MuxConnection
 from pierce.protocol import (
     MAX_FRAME_SIZE,
     CloseProxy,
+    DirectAddress,
     Error,
     ErrorCode,
     Feature,
@@ -400,6 +401,12 @@ class ClientSession:
         self.registered.add(proxy.name)
         spec = await client_spec(proxy, self.udp)
         await self.channel.send(NewProxy(name=proxy.name, spec=encode_spec(spec)))
+
+    async def publish_direct(self, name: str, address: str) -> None:
+        """Tell the server where proxy ``name`` is also reachable without it ("": nowhere now); nothing to
+        a server that does not take it (`Feature.DIRECT`) or for a proxy it does not hold."""
+        if Feature.DIRECT in self.dialer.server_features and name in self.registered:
+            await self.channel.send(DirectAddress(name=name, address=address))
 
     async def unregister(self, name: str) -> None:
         """Withdraw proxy ``name`` from the server and forget it."""

@@ -80,6 +80,8 @@ class Feature(enum.StrEnum):
     #: Work connections are streams multiplexed over a few TLS connections (`pierce.mux`); used when
     #: both sides offer it (``transport.tcp_mux``), so either side may turn it off.
     MUX = "mux"
+    #: The server takes `DirectAddress`: where a proxy is also reachable without the server.
+    DIRECT = "direct"
 
 
 class Role(enum.Enum):
@@ -197,6 +199,20 @@ class CloseProxy(_Message, frozen=True, kw_only=True, tag="close_proxy"):
     """The client no longer serves this proxy; the server stops listening for it."""
 
     name: Name
+
+
+#: The longest ``DirectAddress.address``: ``[IPv6]:port``.
+MAX_DIRECT_ADDRESS = 64
+
+
+class DirectAddress(_Message, frozen=True, kw_only=True, tag="direct"):
+    """Proxy ``name`` is also reachable without the server at ``address`` (``ip:port`` or ``[ip]:port``:
+    a port mapping on the client's router, `pierce.client.direct`); empty: no longer. The server shows it
+    in its API as the client's claim, and sends nothing there. Sent only to a server that offered
+    `Feature.DIRECT`."""
+
+    name: Name
+    address: Annotated[str, msgspec.Meta(max_length=MAX_DIRECT_ADDRESS)] = ""
 
 
 class Visit(_Message, frozen=True, kw_only=True, tag="visit"):
@@ -457,6 +473,7 @@ ClientMessage: TypeAlias = (
     | AuthResponse
     | NewProxy
     | CloseProxy
+    | DirectAddress
     | Visit
     | VisitAnswer
     | VisitorVerdict

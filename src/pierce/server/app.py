@@ -108,7 +108,8 @@ class Server:
         self.visitor_sessions: VisitorSessions | None = None
         transport = config.transport
         self.features = frozenset(
-            ({Feature.ENCRYPT_DATA} if transport.encrypt_data else set())
+            {Feature.DIRECT}
+            | ({Feature.ENCRYPT_DATA} if transport.encrypt_data else set())
             | ({Feature.MUX} if transport.encrypt_data and transport.tcp_mux else set())
         )
         self.certificate: ServerCertificate | None = None
@@ -249,6 +250,7 @@ class Server:
                     group=p.group.name if p.group is not None else "",
                     group_members=len(p.group.members) if p.group is not None else 0,
                     path=visitor_path(p),
+                    direct=s.direct.get(p.name, ""),
                 )
                 for s in sessions
                 for p in s.proxies.values()

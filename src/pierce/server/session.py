@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pierce.addr import HostPort
+from pierce.addr import HostPort, parse_host_port
 from pierce.errors import LocalError, PierceError
 from pierce.handshake import resume_key, work_key
 from pierce.listeners import PortInUse
@@ -18,6 +19,7 @@ from pierce.logs import event
 from pierce.mux import MuxConnection
 from pierce.protocol import (
     CloseProxy,
+    DirectAddress,
     Error,
     ErrorCode,
     NewProxy,
@@ -89,6 +91,9 @@ class ControlSession:
         self.mux: set[MuxConnection] = set()
         self._work_serial = 0
         self.proxies: dict[str, ServerProxy] = {}
+        #: Where the client says its proxies are also reachable without the server (`DirectAddress`), by
+        #: proxy name; only for proxies open now.
+        self.direct: dict[str, str] = {}
         #: Proxies holding a public port of their own (``max_ports_per_client`` counts them).
         self._port_holders: set[str] = set()
         self.started = time.time()
@@ -227,6 +232,8 @@ class ControlSession:
                     secret.p2p_answer(msg)
             case CloseProxy(name=name):
                 await self._close_proxy(name, reason="closed by client")
+            case DirectAddress():
+                self._direct_address(msg)
             case UdpPacket():
                 udp = udp_proxy(self.proxies.get(msg.proxy))
                 if udp is not None:
@@ -376,8 +383,37 @@ class ControlSession:
             raise Refused(ErrorCode.PORT_IN_USE, f"port {port} is already in use on the server")
         raise Refused(ErrorCode.PORT_IN_USE, f"no free port in allow_ports ({last})")
 
+    def _direct_address(self, msg: DirectAddress) -> None:
+        """Note (or forget) where the client says a proxy of its own is reachable directly."""
+        if msg.name not in self.proxies:
+            return  # closed since, or refused: the client's claim is about nothing open here
+        if not msg.address:
+            self.direct.pop(msg.name, None)
+            return
+        try:
+            where = parse_host_port(msg.address)
+            ipaddress.ip_address(where.host)
+        except ValueError:
+            raise ProtocolError(
+                f"direct address of proxy {msg.name!r} is not ip:port: {msg.address!r}"
+            ) from None
+        if self.direct.get(msg.name) == msg.address:
+            return
+        self.direct[msg.name] = msg.address
+        event(
+            log,
+            logging.INFO,
+            "proxy.direct",
+            f"client {self.client_id}: proxy {msg.name} is also reachable directly at {msg.address} (as the "
+            "client reports it)",
+            client_id=self.client_id,
+            proxy=msg.name,
+            address=msg.address,
+        )
+
     async def _close_proxy(self, name: str, *, reason: str) -> None:
         proxy = self.proxies.pop(name, None)
+        self.direct.pop(name, None)
         self._port_holders.discard(name)
         self.server.claims.release(self.user, self._claimed.pop(name, []))
         if proxy is None:

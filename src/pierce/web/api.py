@@ -104,6 +104,9 @@ class ProxyInfo(msgspec.Struct, frozen=True, kw_only=True):
     #: Its load-balancing group ("": none), and the members the group has (offline: had) at the time.
     group: str = ""
     group_members: int = 0
+    #: Where the owning client says it is also reachable without the server (``ip:port``: a port mapping
+    #: on its router, ``direct = "auto"``); empty: through the server only.
+    direct: str = ""
 
 
 class TrafficPoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -204,6 +207,7 @@ def _proxy(p: ServerProxyInfo, status: ProxyStatus, last_seen: float) -> ProxyIn
         last_seen=last_seen,
         group=p.group,
         group_members=p.group_members,
+        direct=p.direct,
     )
 
 

@@ -251,6 +251,13 @@ function newProxyRow(info) {
 }
 
 function reachedAt(info) {
+  const found = publicAt(info);
+  // A port mapping on the client's router (direct = "auto"): visitors may skip the server.
+  if (info.direct) found.push(el("div", { class: "mono muted", text: "direct " + info.direct }));
+  return found;
+}
+
+function publicAt(info) {
   if (info.urls.length) {
     return info.urls.map(url => (/^https?:\/\//.test(url)
       ? el("a", { href: url, target: "_blank", rel: "noopener noreferrer", text: url })
