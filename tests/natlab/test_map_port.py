@@ -111,18 +111,24 @@ def pierce_nat(host: Host) -> dict[str, Any]:
 
 def test_nat_reports_the_routers_port_mapping(home_net: HomeNet) -> None:
     mapping = pierce_nat(home_net.home)["port_mapping"]
-    assert mapping["gateway"] == ROUTER_LAN and mapping["protocols"] == ["pcp", "nat-pmp"], mapping
+    assert mapping["gateway"] == ROUTER_LAN and mapping["protocols"] == ["pcp", "nat-pmp", "upnp"], mapping
+    assert mapping["external_address"] == ROUTER_OUT and mapping["mapping_useful"] is True, mapping
+
+
+def test_nat_reports_a_router_that_speaks_upnp_only(home_net_upnp_only: HomeNet) -> None:
+    mapping = pierce_nat(home_net_upnp_only.home)["port_mapping"]
+    assert mapping["gateway"] == ROUTER_LAN and mapping["protocols"] == ["upnp"], mapping
     assert mapping["external_address"] == ROUTER_OUT and mapping["mapping_useful"] is True, mapping
 
 
 def test_nat_says_when_the_router_answers_no_port_mapping(home_net_no_daemon: HomeNet) -> None:
     mapping = pierce_nat(home_net_no_daemon.home)["port_mapping"]
     assert mapping["protocols"] == [] and mapping["mapping_useful"] is None, mapping
-    assert "No port mapping protocol (PCP, NAT-PMP) answered" in mapping["why"], mapping
+    assert "No port mapping protocol (PCP, NAT-PMP, UPnP-IGD) answered" in mapping["why"], mapping
 
 
 def test_nat_says_a_mapping_is_useless_behind_another_nat(home_net_double_nat: HomeNet) -> None:
     mapping = pierce_nat(home_net_double_nat.home)["port_mapping"]
-    assert mapping["protocols"] == ["pcp", "nat-pmp"] and mapping["external_address"] is None, mapping
+    assert mapping["protocols"] == ["pcp", "nat-pmp", "upnp"] and mapping["external_address"] is None, mapping
     assert mapping["mapping_useful"] is False, mapping
     assert "has no public external address" in mapping["why"] and "network failure" in mapping["why"], mapping
