@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
         p_kind.add_argument("--local-ip", default="127.0.0.1")
         p_kind.add_argument("--remote-port", type=int, default=0, help="public port (0 = the server picks)")
         p_kind.add_argument("--name", help=f"proxy name (default {kind}-LOCAL_PORT)")
+        p_kind.add_argument(
+            "--direct",
+            action="store_true",
+            help='also reachable through a port mapping on the router (direct = "auto")',
+        )
     for kind in ("http", "https"):
         p_kind = actions.add_parser(kind, help=f"expose one local web service by domain ({kind.upper()})")
         p_kind.add_argument("local_port", type=int)
@@ -397,6 +402,7 @@ def client_config_from_args(args: argparse.Namespace) -> config.ClientConfig:
                 "local_ip": args.local_ip,
                 "local_port": args.local_port,
                 "remote_port": args.remote_port,
+                "direct": "auto" if args.direct else "off",
             }
         )
     if args.action in ("http", "https"):
