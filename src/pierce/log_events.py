@@ -80,6 +80,7 @@ FIELDS: dict[str, str] = {
     "reachable": "whether an address can be reached from the internet (not private, shared or reserved)",
     "ddns_name": "the DNS name [ddns] keeps pointing at this client's public address",
     "dns_server": "the DNS primary that takes [ddns] updates, host:port",
+    "deleted": "record types a [ddns] update deleted (AAAA: the host has no public IPv6 address any more)",
     "rcode": "a DNS server's answer: NOERROR, NOTAUTH, REFUSED, SERVFAIL, a TSIG error (BADKEY, BADSIG, "
     "BADTIME), or TIMEOUT / NETWORK when none came",
     "ipv4": "a public IPv4 address written to DNS (the A record)",
@@ -241,7 +242,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "portmap.upnp_found": {"gateway", "url", "service", "how", "elapsed_ms"},
         "portmap.permanent": {"port", "code"},
         # dynamic DNS ([ddns] of client.toml, pierce ddns-update)
-        "ddns.updated": {"ddns_name", "dns_server", "ipv4", "ipv6"},
+        "ddns.updated": {"ddns_name", "dns_server", "ipv4", "ipv6", "deleted"},
         "ddns.unchanged": {"ddns_name", "dns_server", "ipv4", "ipv6"},
         "ddns.failed": {"ddns_name", "dns_server", "rcode", "error", "failures", "delay_s"},
         "ddns.no_address": {"server", "error"},
