@@ -977,8 +977,9 @@ def _add_ddns_command(sub: Any) -> None:
         description=(
             "Send one dynamic DNS update (RFC 2136, signed with the TSIG key of [ddns] in client.toml) "
             "that points the name at --ip, or, without --ip, at the public address the pierce server's "
-            "STUN responder sees (server_addr, [ddns] stun_port). Nothing is sent when the primary already "
-            "holds that address. Exit 0 when the name points there, 1 when the update failed (the "
+            'STUN responder sees (server_addr, [ddns] stun_port) and, with [ddns] ipv6 = "auto", at this '
+            "host's public IPv6 address (AAAA; deleted when it has none). Nothing is sent when the primary "
+            "already holds those addresses. Exit 0 when the name points there, 1 when the update failed (the "
             "server's answer, e.g. NOTAUTH or BADKEY, is printed)."
         ),
     )
@@ -1017,11 +1018,14 @@ def cmd_ddns_update(args: argparse.Namespace) -> int:
 
 
 async def _ddns_update(options: config.DdnsOptions, addresses: list[str], server: str | None) -> int:
-    from pierce.ddns import DdnsUpdater, UpdateFailed, stun_public_address
+    from pierce.ddns import DdnsUpdater, UpdateFailed, addresses_to_publish, stun_public_address
 
+    absent: list[str] = []
     if server is not None:
         try:
-            addresses = [await stun_public_address(server, options.stun_port)]
+            addresses, absent = addresses_to_publish(
+                await stun_public_address(server, options.stun_port), options
+            )
         except (OSError, TimeoutError) as exc:
             print(
                 f"ddns-update: cannot learn the public address from {server}:{options.stun_port} (STUN): "
@@ -1030,13 +1034,13 @@ async def _ddns_update(options: config.DdnsOptions, addresses: list[str], server
             )
             return EXIT_FAILURE
     updater = DdnsUpdater(options)
-    updater.want(*addresses)
+    updater.want(*addresses, absent=absent)
     try:
         await updater.sync()
     except UpdateFailed as exc:
         print(f"ddns-update: cannot update {updater.label}: {exc.detail} ({exc.rcode})", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"{updater.label} -> {' '.join(updater.wanted.values())}")
+    print(f"{updater.label} -> {' '.join(a for a in updater.wanted.values() if a is not None)}")
     return EXIT_OK
 
 

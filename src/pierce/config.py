@@ -290,6 +290,8 @@ TSIG_ALGORITHMS = (
     "hmac-sha512-256",
 )
 DEFAULT_DDNS_PORT = 53
+#: ``[ddns] ipv6``: publish this host's public IPv6 address as AAAA (deleting it when there is none), or not.
+DDNS_IPV6 = ("auto", "off")
 DEFAULT_DDNS_TTL = 60
 #: Seconds between the client's checks of its public address for ``[ddns]`` (besides one after every login).
 DEFAULT_DDNS_CHECK_INTERVAL = 300.0
@@ -316,6 +318,9 @@ class DdnsOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stun_port: int = DEFAULT_STUN_PORT
     #: Seconds between checks of the public address (one also follows every login).
     check_interval_s: float = DEFAULT_DDNS_CHECK_INTERVAL
+    #: ``"auto"``: keep the AAAA record at this host's public IPv6 address (from its interfaces), and
+    #: delete it when the host has none; ``"off"``: leave the AAAA record alone.
+    ipv6: str = "auto"
 
     def __post_init__(self) -> None:
         try:
@@ -363,6 +368,9 @@ class DdnsOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise InvalidValue(
                 "check_interval_s", f"expected 1 to 86400 seconds, got {self.check_interval_s:g}"
             )
+        if self.ipv6 not in DDNS_IPV6:
+            choices = " or ".join(f'"{c}"' for c in DDNS_IPV6)
+            raise InvalidValue("ipv6", f'expected {choices}, got "{self.ipv6}"')
 
     def __repr__(self) -> str:
         return masked_repr(self)

@@ -5,8 +5,9 @@ messages signed with TSIG (RFC 8945), sent to the zone's primary with dnspython'
 its task (`run`) sends an UPDATE only when the address differs from the one it last wrote, so a check
 that finds the same address costs nothing at the DNS server. The first time, it asks the primary what the
 name holds now (one query) and writes nothing when that is already right: a restarted client does not
-bump the zone's serial. An UPDATE replaces the name's A rrset (and its AAAA rrset when an IPv6 address is
-given) in one message, so the two never disagree for long.
+bump the zone's serial. An UPDATE replaces the name's A rrset and its AAAA rrset (or deletes the AAAA
+rrset when the host has no public IPv6 address any more) in one message, so the two never disagree for
+long.
 
 A failed UPDATE is logged with the server's answer (NOTAUTH, REFUSED, SERVFAIL, or a TSIG error:
 BADKEY, BADSIG, BADTIME) and tried again after a delay that doubles from `BACKOFF_FIRST`: up to
@@ -14,9 +15,23 @@ BADKEY, BADSIG, BADTIME) and tried again after a delay that doubles from `BACKOF
 server refused the key or the update, which only an edit on one side can fix: a wrong key costs a
 handful of attempts an hour, never a storm.
 
-The client learns its public address from the pierce server's STUN responder (`stun_public_address`),
-after every login and every ``check_interval_s`` (`watch`); ``pierce ddns-update`` does one update from
-the command line. dnspython loads with this module, which loads only when ``[ddns]`` is configured.
+The client learns its public IPv4 address from the pierce server's STUN responder
+(`stun_public_address`), after every login and every ``check_interval_s`` (`watch`); ``pierce
+ddns-update`` does one update from the command line. dnspython loads with this module, which loads only
+when ``[ddns]`` is configured.
+
+The public IPv6 address (``[ddns] ipv6 = "auto"``, the default) is read from this host's own interfaces
+(`public_ipv6`, from the kernel's ``/proc/net/if_inet6``), not asked of a STUN server: a host with public
+IPv6 normally has no NAT in front of it for IPv6, so the global address on its interface is the one the
+internet reaches, and reading it costs no round trip and works when the pierce server has no IPv6 address
+(STUN over IPv4 cannot tell it). Only a stable, usable, global address counts: not temporary (RFC 8981
+privacy addresses change daily and are meant for outgoing connections only), not deprecated (its
+prefix is being withdrawn), not one whose duplicate address detection failed, and global by
+`ipaddress.IPv6Address.is_global` (so not link-local, ULA fc00::/7, documentation or other special
+ranges). When the pierce server is reached over IPv6, its STUN answer is that address and is used as is.
+When the host has no such address, the AAAA record is deleted rather than left behind: a stale AAAA makes
+clients that prefer IPv6 try an address that no longer leads here first, and the A record alone still
+reaches the host. ``ipv6 = "off"`` leaves the AAAA record alone (for a name whose AAAA is kept elsewhere).
 """
 
 from __future__ import annotations
@@ -27,7 +42,9 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Collection
+from pathlib import Path
 
 import dns.asyncquery
 import dns.exception
@@ -58,6 +75,19 @@ REFUSALS = frozenset({"NOTAUTH", "REFUSED", "BADKEY", "BADSIG", "BADTIME", "NOTZ
 #: Seconds a STUN Binding to the pierce server may take (retransmitted every `STUN_RTO`).
 STUN_TIMEOUT = 3.0
 STUN_RTO = 0.5
+
+#: The kernel's table of this host's IPv6 addresses (Linux, per network namespace): one a line, in hex,
+#: ``address ifindex prefixlen scope flags ifname``, the flags being the low byte of IFA_F_*.
+IF_INET6 = Path("/proc/net/if_inet6")
+IFA_F_TEMPORARY = 0x01  # a privacy address (RFC 8981): for outgoing connections, replaced daily
+IFA_F_DADFAILED = 0x08  # another host on the link has it
+IFA_F_DEPRECATED = 0x20  # its preferred lifetime is over: the prefix is being withdrawn
+IFA_F_PERMANENT = 0x80  # configured by hand, not by router advertisements
+_NOT_PUBLISHED = IFA_F_TEMPORARY | IFA_F_DADFAILED | IFA_F_DEPRECATED
+
+#: What `_current` records for a type whose rrset is there but is not one record at our TTL: never equal to
+#: anything `want` asks for, so the next UPDATE replaces (or deletes) it.
+_OTHER = "(other records)"
 
 _TSIG_ERRORS: dict[type[Exception], str] = {
     dns.tsig.PeerBadKey: "BADKEY",
@@ -92,10 +122,12 @@ class DdnsUpdater:
             options.key_name, base64.b64decode(options.key_secret), algorithm=options.algorithm
         )
         self.server_host, self.server_port = ddns_server(options.server)
-        #: What the name should hold, by record type ("A", "AAAA"); types absent are left alone.
-        self.wanted: dict[str, str] = {}
-        #: What it holds as far as we know (written by us, or found there): None until the first look.
-        self.published: dict[str, str] | None = None
+        #: What the name should hold, by record type ("A", "AAAA"): an address, or None for no record of
+        #: that type; types absent are left alone.
+        self.wanted: dict[str, str | None] = {}
+        #: What it holds as far as we know (written by us, or found there), None for none: None until the
+        #: first look.
+        self.published: dict[str, str | None] | None = None
         #: UPDATE messages sent, and how many the server took (tests and status read them).
         self.attempts = 0
         self.updates = 0
@@ -111,9 +143,13 @@ class DdnsUpdater:
         host = f"[{self.server_host}]" if ":" in self.server_host else self.server_host
         return f"{host}:{self.server_port}"
 
-    def want(self, *addresses: str) -> None:
-        """The public addresses now (an IPv4 one for A, an IPv6 one for AAAA); `run` writes them."""
+    def want(self, *addresses: str, absent: Collection[str] = ()) -> None:
+        """The public addresses now (an IPv4 one for A, an IPv6 one for AAAA), and the record types the
+        name should not have (``absent``: "AAAA" when the host has no public IPv6 address); `run`
+        writes them."""
         wanted = dict(self.wanted)
+        for rdtype in absent:
+            wanted[rdtype] = None
         for text in addresses:
             ip = ipaddress.ip_address(text)
             wanted["A" if ip.version == 4 else "AAAA"] = str(ip)
@@ -121,8 +157,8 @@ class DdnsUpdater:
             self.wanted = wanted
             self._changed.set()
 
-    def pending(self) -> dict[str, str]:
-        """The records that differ from what the server holds as far as we know."""
+    def pending(self) -> dict[str, str | None]:
+        """The records that differ from what the server holds as far as we know (None: to delete)."""
         published = self.published or {}
         return {t: a for t, a in self.wanted.items() if published.get(t) != a}
 
@@ -166,7 +202,10 @@ class DdnsUpdater:
         changes = self.pending()
         message = dns.update.UpdateMessage(self.zone, keyring=self.key, keyname=self.key.name)
         for rdtype, address in changes.items():
-            message.replace(self.name, self.options.ttl, rdtype, address)
+            if address is None:
+                message.delete(self.name, rdtype)
+            else:
+                message.replace(self.name, self.options.ttl, rdtype, address)
         self.attempts += 1
         response = await self._exchange(message, where)
         rcode = dns.rcode.to_text(response.rcode())
@@ -175,20 +214,29 @@ class DdnsUpdater:
         self.published = {**(self.published or {}), **changes}
         self.updates += 1
         self.failures = 0
+        removed = sorted(t for t, a in changes.items() if a is None)
+        what = f"now points at {self._shown(changes)}" if len(removed) < len(changes) else ""
+        if removed:
+            gone = f"no longer has {' or '.join(removed)} records"
+            what = f"{what} and {gone}" if what else gone
+        fields: dict[str, str] = self._fields(changes)
+        if removed:
+            fields["deleted"] = ",".join(removed)
         event(
             log,
             logging.INFO,
             "ddns.updated",
-            f"{self.label} now points at {self._shown(changes)} ({self.server} took the update)",
+            f"{self.label} {what} ({self.server} took the update)",
             ddns_name=self.label,
             dns_server=self.server,
-            **self._fields(changes),
+            **fields,
         )
         return True
 
-    async def _current(self, where: str) -> dict[str, str]:
-        """What the primary holds for the name now: one address per type, when it holds exactly one."""
-        found: dict[str, str] = {}
+    async def _current(self, where: str) -> dict[str, str | None]:
+        """What the primary holds for the name now, per type: its address when it holds exactly one at our
+        TTL, None when it holds none, `_OTHER` otherwise."""
+        found: dict[str, str | None] = {}
         for rdtype in self.wanted:
             query = dns.message.make_query(self.name, rdtype)
             response = await self._exchange(query, where)
@@ -198,8 +246,12 @@ class DdnsUpdater:
             rrset = response.get_rrset(
                 response.answer, self.name, dns.rdataclass.IN, dns.rdatatype.from_text(rdtype)
             )
-            if rrset is not None and len(rrset) == 1 and rrset.ttl == self.options.ttl:
+            if rrset is None or len(rrset) == 0:
+                found[rdtype] = None
+            elif len(rrset) == 1 and rrset.ttl == self.options.ttl:
                 found[rdtype] = rrset[0].to_text()
+            else:
+                found[rdtype] = _OTHER
         return found
 
     async def _exchange(self, message: dns.message.Message, where: str) -> dns.message.Message:
@@ -257,12 +309,12 @@ class DdnsUpdater:
         )
 
     @staticmethod
-    def _fields(records: dict[str, str]) -> dict[str, str]:
-        return {"ipv4" if t == "A" else "ipv6": a for t, a in records.items()}
+    def _fields(records: dict[str, str | None]) -> dict[str, str]:
+        return {"ipv4" if t == "A" else "ipv6": a for t, a in records.items() if a is not None}
 
     @staticmethod
-    def _shown(records: dict[str, str]) -> str:
-        return " and ".join(records.values())
+    def _shown(records: dict[str, str | None]) -> str:
+        return " and ".join(a for a in records.values() if a is not None) or "no address"
 
 
 def _key_hint(rcode: str) -> str:
@@ -315,6 +367,58 @@ async def stun_public_address(host: str, port: int, *, timeout: float = STUN_TIM
             transport.close()
 
 
+def global_ipv6_addresses(table: str) -> list[ipaddress.IPv6Address]:
+    """The addresses of a ``/proc/net/if_inet6`` table that may be published: global
+    (`ipaddress.IPv6Address.is_global`: not link-local, ULA, documentation...), neither temporary,
+    deprecated nor failed in duplicate address detection; hand-configured ones first, then by address."""
+    found: list[tuple[bool, ipaddress.IPv6Address]] = []
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) < 6:
+            continue
+        try:
+            ip = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
+            flags = int(fields[4], 16)
+        except ValueError:
+            continue
+        if flags & _NOT_PUBLISHED or not ip.is_global:
+            continue
+        found.append((not flags & IFA_F_PERMANENT, ip))
+    return [ip for _, ip in sorted(set(found))]
+
+
+def public_ipv6(prefer: str | None = None, table: Path = IF_INET6) -> str | None:
+    """This host's public IPv6 address (module doc), None when it has none; ``prefer`` (the one published
+    now) while it is still there, so a host with several does not flip between them. Raises OSError when
+    this system does not say (no ``/proc/net/if_inet6`` outside Linux)."""
+    try:
+        text = table.read_text()
+    except FileNotFoundError:
+        if sys.platform.startswith("linux"):
+            return None  # a kernel without IPv6 (ipv6.disable=1) has no table
+        raise
+    candidates = [str(ip) for ip in global_ipv6_addresses(text)]
+    if prefer is not None and prefer in candidates:
+        return prefer
+    return candidates[0] if candidates else None
+
+
+def addresses_to_publish(
+    stun_address: str, options: DdnsOptions, published: str | None = None
+) -> tuple[list[str], list[str]]:
+    """What to hand to `DdnsUpdater.want`: the address STUN saw and, when that is IPv4 and ``ipv6`` is
+    "auto", this host's public IPv6 address (``published``: the AAAA published now, kept while it is
+    still there), or "AAAA" among the types to delete when it has none. When the system cannot tell, the
+    AAAA record is left alone."""
+    if ":" in stun_address or options.ipv6 != "auto":
+        return [stun_address], []
+    try:
+        ipv6 = public_ipv6(prefer=published)
+    except OSError:
+        return [stun_address], []
+    return ([stun_address, ipv6], []) if ipv6 is not None else ([stun_address], ["AAAA"])
+
+
 async def watch(
     updater: DdnsUpdater,
     server_host: Callable[[], str],
@@ -346,15 +450,19 @@ async def watch(
                     error=error,
                 )
                 continue
+            current = (updater.published or {}).get("AAAA")
+            addresses, absent = addresses_to_publish(address, options, current)
+            ipv6 = f"; IPv6 {addresses[1]} (this host's interfaces)" if len(addresses) > 1 else ""
+            none = "; no public IPv6 address on this host's interfaces" if absent else ""
             event(
                 log,
                 logging.DEBUG,
                 "ddns.checked",
-                f"the public address is {address} (STUN of {host}:{options.stun_port})",
+                f"the public address is {address} (STUN of {host}:{options.stun_port}){ipv6}{none}",
                 server=f"{host}:{options.stun_port}",
-                **DdnsUpdater._fields({"A" if ":" not in address else "AAAA": address}),
+                **DdnsUpdater._fields({"A" if ":" not in a else "AAAA": a for a in addresses}),
             )
-            updater.want(address)
+            updater.want(*addresses, absent=absent)
     finally:
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):

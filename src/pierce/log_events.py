@@ -77,9 +77,11 @@ FIELDS: dict[str, str] = {
     "gateway": "the router asked for a port mapping",
     "external": "the router's external address and port of a port mapping (empty when it did not say)",
     "lease_s": "seconds a router granted a port mapping for",
+    "took_ms": "milliseconds a renewal's exchange with the router took, from the request sent to the answer",
     "reachable": "whether an address can be reached from the internet (not private, shared or reserved)",
     "ddns_name": "the DNS name [ddns] keeps pointing at this client's public address",
     "dns_server": "the DNS primary that takes [ddns] updates, host:port",
+    "deleted": "record types a [ddns] update deleted (AAAA: the host has no public IPv6 address any more)",
     "rcode": "a DNS server's answer: NOERROR, NOTAUTH, REFUSED, SERVFAIL, a TSIG error (BADKEY, BADSIG, "
     "BADTIME), or TIMEOUT / NETWORK when none came",
     "ipv4": "a public IPv4 address written to DNS (the A record)",
@@ -237,13 +239,13 @@ EVENTS: dict[str, frozenset[str]] = {
         # pierce map-port (router port mapping)
         "portmap.mapped": {"via", "gateway", "protocol", "port", "external", "lease_s", "reachable"},
         "portmap.restarted": {"via", "gateway", "protocol", "port", "external", "lease_s", "reachable"},
-        "portmap.renewed": {"port", "lease_s"},
+        "portmap.renewed": {"port", "lease_s", "took_ms"},
         "portmap.failed": {"port", "error", "delay_s"},
         "portmap.deleted": {"port", "protocol"},
         "portmap.upnp_found": {"gateway", "url", "service", "how", "elapsed_ms"},
         "portmap.permanent": {"port", "code"},
         # dynamic DNS ([ddns] of client.toml, pierce ddns-update)
-        "ddns.updated": {"ddns_name", "dns_server", "ipv4", "ipv6"},
+        "ddns.updated": {"ddns_name", "dns_server", "ipv4", "ipv6", "deleted"},
         "ddns.unchanged": {"ddns_name", "dns_server", "ipv4", "ipv6"},
         "ddns.failed": {"ddns_name", "dns_server", "rcode", "error", "failures", "delay_s"},
         "ddns.no_address": {"server", "error"},

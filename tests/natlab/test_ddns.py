@@ -8,6 +8,12 @@ The client learns its public address from the pierce server's STUN responder (af
 that find the same address send nothing (the server applied one UPDATE, the SOA serial stays), and when the
 router's public address changes the record follows. A wrong secret is refused (BADSIG, logged with the
 rcode) and retried after doubling delays, which the server's own log confirms attempt by attempt.
+
+IPv6: the client's namespace gets addresses on its LAN interface. The AAAA record follows the global one
+(from an ordinary global range, 2a0b:4e07:77::/64: lab namespaces have no route out, so nothing leaves
+them), while the ULA, documentation, link-local and deprecated ones beside it are never published; when
+the global address changes the record follows, and when the host has none left the AAAA record is deleted
+and the A record stays.
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ CONTROL_PORT = 7000
 NAME = "home"
 #: The client looks at its public address this often (seconds) in these tests.
 CHECK_S = 1
+#: Global IPv6 addresses for the client (any global range works inside the lab; 2001:db8::/32, the
+#: documentation prefix, is not global and is one of the addresses that must never be published).
+CLIENT_V6, CLIENT_V6_2 = "2a0b:4e07:77::10", "2a0b:4e07:77::20"
+#: Addresses beside them that are not public: ULA, documentation, and a deprecated global one.
+NOT_PUBLIC_V6 = ("fd77::10/64", "2001:db8::10/64")
+DEPRECATED_V6 = "2a0b:4e07:77::30"
 
 
 class Net:
@@ -45,7 +57,7 @@ class Net:
             pytest.skip(reason)
         self.tmp_path = tmp_path
         wan = lab.segment("wan", "203.0.113.0/24")
-        lan = lab.segment("lan", "10.77.0.0/24")
+        lan = self.lan = lab.segment("lan", "10.77.0.0/24")
         self.server, self.dns = lab.host("server"), lab.host("dns")
         lab.attach(self.server, wan, SERVER_IP)
         lab.attach(self.dns, wan, DNS_IP)
@@ -165,3 +177,51 @@ def test_ddns_wrong_key_is_refused_logged_and_retried_with_backoff(net: Net) -> 
     )
     assert done.returncode == 1 and "BADKEY" in done.stderr, done
     assert knot.dig(net.client, NAME) == []
+
+
+def client_ipv6(net: Net, *args: str) -> None:
+    """``ip -6 addr ARGS dev <the client's LAN interface>``."""
+    net.client.run("ip", "-6", "addr", *args, "dev", net.client.iface(net.lan))
+
+
+def test_ddns_keeps_aaaa_at_the_hosts_public_ipv6_and_deletes_it_when_there_is_none(net: Net) -> None:
+    knot, client_host = net.knot, net.client
+    iface = client_host.iface(net.lan)
+    client_host.run(
+        "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=0", f"net.ipv6.conf.{iface}.disable_ipv6=0"
+    )
+    for address in NOT_PUBLIC_V6:
+        client_ipv6(net, "add", address, "nodad")
+    client_ipv6(net, "add", f"{DEPRECATED_V6}/64", "preferred_lft", "0", "valid_lft", "forever", "nodad")
+    client_ipv6(net, "add", f"{CLIENT_V6}/64", "nodad")
+
+    client = net.start_client(knot.secret)
+    updated = event(client, "ddns.updated")
+    assert (updated["ipv4"], updated["ipv6"]) == (ROUTER_WAN_IP, CLIENT_V6), updated
+    knot.expect_applied(serial=2)  # A and AAAA in one UPDATE
+    assert knot.dig(net.client, NAME, "AAAA") == [CLIENT_V6]
+    assert knot.dig(net.client, NAME) == [ROUTER_WAN_IP]
+
+    # The host's global address changes (a new prefix from the ISP): the AAAA record follows, alone.
+    client_ipv6(net, "add", f"{CLIENT_V6_2}/64", "nodad")
+    client_ipv6(net, "del", f"{CLIENT_V6}/64")
+    updated = event(client, "ddns.updated", timeout=20)
+    assert updated["ipv6"] == CLIENT_V6_2 and "ipv4" not in updated, updated
+    knot.expect_applied(serial=3)
+    assert knot.dig(net.client, NAME, "AAAA") == [CLIENT_V6_2]
+
+    # No public IPv6 address left (the ULA, documentation, link-local and deprecated ones remain): the
+    # AAAA record goes, the A record stays.
+    client_ipv6(net, "del", f"{CLIENT_V6_2}/64")
+    updated = event(client, "ddns.updated", timeout=20)
+    assert updated["deleted"] == "AAAA" and "ipv6" not in updated and "ipv4" not in updated, updated
+    knot.expect_applied(serial=4)
+    assert knot.dig(net.client, NAME, "AAAA") == []
+    assert knot.dig(net.client, NAME) == [ROUTER_WAN_IP]
+
+    # Checks that find the same (A only) send nothing more.
+    for _ in range(3):
+        checked = event(client, "ddns.checked")
+        assert checked["ipv4"] == ROUTER_WAN_IP and "ipv6" not in checked, checked
+    assert len(knot.applied()) == 3 and knot.serial(net.client) == 4, knot.proc.dump()
+    assert not [d for d in client.json_lines("stderr") if d.get("event") == "ddns.failed"], client.dump()

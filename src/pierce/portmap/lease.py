@@ -1,11 +1,21 @@
 """Keeping a router port mapping alive: `Lease`, and `pierce map-port` (`hold_mapping`).
 
 A `Lease` asks for the mapping, renews it when half its granted lifetime has passed (RFC 6886 section 3.3,
-RFC 6887 section 11.2.1), asks for it again at once when an answer's epoch shows the router lost its
-state (a restart: `Mapping.restarted`; UPnP has no epoch: its renewal checks that the router still has
-the mapping, `pierce.portmap.upnp`), retries with a doubling wait while the router does not answer or
-refuses, and deletes the mapping when it is closed. Each change is logged (``portmap.*`` events) and
-passed to ``on_change``, so a caller can publish the new public address.
+RFC 6887 section 11.2.1; counted as below), asks for it again at once when an answer's epoch shows the
+router lost its state (a restart: `Mapping.restarted`; UPnP has no epoch: its renewal checks that the
+router still has the mapping, `pierce.portmap.upnp`), retries with a doubling wait while the router does
+not answer or refuses, and deletes the mapping when it is closed. Each change is logged (``portmap.*``
+events) and passed to ``on_change``, so a caller can publish the new public address.
+
+Half the lifetime is counted so that no renewal comes after an expiry, whatever the lifetime: from when
+the request was sent (the router's lease starts when it takes the request, which the answer only tells
+later), and of the lifetime less a second, since routers count leases in whole seconds. miniupnpd, for
+one, stamps a mapping with the second it took the request plus the lifetime and removes it once its clock
+reaches that second, so a lease of L seconds lasts between L - 1 and L. Renewing at L/2 after the answer
+came let a short lease (a few seconds) expire just before the renewal reached the router: miniupnpd
+logged "remove port mapping ... because it has expired" for 2 s leases while a visitor's new connections
+were refused. At (L - 1)/2 after the request went out, the renewal has half of the shortest possible lease
+to spare; for the usual lease of hours it is still half.
 
 An external address that is private or shared (RFC 1918, RFC 6598's 100.64.0.0/10 of carrier-grade NAT)
 means another NAT sits beyond the router: the mapping works inside it, but nobody on the internet
@@ -27,10 +37,14 @@ from pierce.portmap.pcp import Protocol
 
 log = logging.getLogger("pierce.portmap")
 
-#: The shortest wait between renewals, and the first wait before asking again after a failure; it
-#: doubles up to `MAX_RETRY_S` (or half the lifetime asked for, when that is shorter).
+#: The first wait before asking again after a failure; it doubles up to `MAX_RETRY_S` (or half the
+#: lifetime asked for, when that is shorter).
 MIN_WAIT_S = 1.0
 MAX_RETRY_S = 60.0
+#: The shortest wait before a renewal.
+MIN_RENEW_S = 0.5
+#: How much of a granted lifetime a router's clock may eat: leases counted in whole seconds (module doc).
+ROUTER_CLOCK_S = 1.0
 
 
 def reachable_from_internet(ip: IPAddress | None) -> bool:
@@ -74,16 +88,21 @@ class Lease:
         self.on_change = on_change
         #: The mapping as last granted (None before `start` and after `close`).
         self.mapping: Mapping | None = None
+        #: When (event loop time) the request that the router last granted was sent: its lease began later.
+        self.asked_at = 0.0
 
     async def start(self) -> Mapping:
+        asked_at = asyncio.get_running_loop().time()
         mapping = await self.client.map_port(
             self.protocol, self.internal_port, external_port=self.external_port, lifetime=self.lifetime
         )
+        self.asked_at = asked_at
         self._granted(mapping, "portmap.mapped", "mapped")
         return mapping
 
     async def run(self) -> None:
-        """Renew at half the granted lifetime; after a failure ask again after a doubling wait."""
+        """Renew at half the granted lifetime (module doc); after a failure ask again after a doubling
+        wait."""
         retry = MIN_WAIT_S
         wait = self._renew_after()
         while True:
@@ -111,7 +130,11 @@ class Lease:
         previous = self.mapping
         if previous is None:
             return await self.start()
+        loop = asyncio.get_running_loop()
+        asked_at = loop.time()
         mapping = await self.client.renew(previous, self.lifetime)
+        self.asked_at = asked_at
+        took_ms = round((loop.time() - asked_at) * 1000, 3)
         changed = (mapping.external_ip, mapping.external_port) != (
             previous.external_ip,
             previous.external_port,
@@ -129,14 +152,18 @@ class Lease:
                 f"renewed {describe(mapping)}",
                 port=mapping.internal_port,
                 lease_s=mapping.lifetime,
+                took_ms=took_ms,
             )
         return mapping
 
     def _renew_after(self) -> float:
-        """Half the granted lifetime; a permanent mapping (0, UPnP) is checked at half the one asked for,
-        so a router restart that forgot it is still noticed."""
+        """Seconds from now to the renewal: half the granted lifetime less the router's clock, counted
+        from when the request was sent (module doc). A permanent mapping (0, UPnP) is checked at half the
+        one asked for, so a router restart that forgot it is still noticed."""
         granted = self.mapping.lifetime if self.mapping is not None else self.lifetime
-        return max(MIN_WAIT_S, (granted or self.lifetime) / 2)
+        lease = max(0.0, (granted or self.lifetime) - ROUTER_CLOCK_S)
+        due = self.asked_at + lease / 2
+        return max(MIN_RENEW_S, due - asyncio.get_running_loop().time())
 
     def _granted(self, mapping: Mapping, name: str, what: str) -> None:
         self.mapping = mapping
