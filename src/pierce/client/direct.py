@@ -140,7 +140,14 @@ class DirectEntry:
 
     async def _keep(self, port: int) -> None:
         """Map the listener's port, publish it, keep it; after a failure ask again later."""
-        from pierce.portmap.client import ALL_METHODS, Method, NoPortMapping, PortMapClient, PortMapRefused
+        from pierce.portmap.client import (
+            ALL_METHODS,
+            Method,
+            NoPortMapping,
+            NoPublicAddress,
+            PortMapClient,
+            PortMapRefused,
+        )
         from pierce.portmap.lease import Lease, reachable_from_internet
         from pierce.portmap.pcp import Protocol
 
@@ -169,6 +176,9 @@ class DirectEntry:
                     await lease.run()  # renews for ever (its failures are retried inside)
                     return
                 await lease.close()
+                wait = NOT_PUBLIC_RETRY_S
+            except NoPublicAddress as exc:  # the router said so itself: it is behind another NAT
+                self._set("", str(exc))
                 wait = NOT_PUBLIC_RETRY_S
             except (NoPortMapping, PortMapRefused, PierceError, OSError) as exc:
                 self._set("", str(exc))
