@@ -18,6 +18,11 @@ visitor -> home in every path, several rounds, the order rotated every round, me
   bridges, the same router namespace with the same conntrack and the same nftables chains walked, only no
   address translation. This is the baseline of the bar ("plain routing through the same router"): the
   one thing that differs from ``mapped`` is what the mapping adds.
+- ``direct``: a ``pierce client`` tcp proxy with ``direct = "auto"`` on ``home`` (service
+  ``127.0.0.1:P``): visitor -> ``11.0.0.1:D``, the port the client mapped for its own direct listener, which
+  relays to the service (splice). What the mapping costs when the client is in the data path (it is for
+  loopback-only services and for its access lists). The client has no server to log in to here: the
+  direct listener does not need one.
 - ``outbound``: the everyday path through a home router, for context: home connects out to an iperf3
   server on the visitor (MASQUERADE), ``iperf3 -R`` so the bytes still flow visitor -> home.
 
@@ -61,8 +66,8 @@ from natlab.portmap_lab import (  # noqa: E402
 
 BARS = {"throughput_mapped_vs_routed": (">=", 0.9)}
 #: iperf3 servers: on home (mapped and routed paths) and on the visitor (outbound); the mapped public port.
-HOME_IPERF, VISITOR_IPERF, PUBLIC_PORT = 5201, 5202, 6201
-PATHS = ("mapped", "routed", "outbound")
+HOME_IPERF, VISITOR_IPERF, PUBLIC_PORT, DIRECT_PORT = 5201, 5202, 6201, 6202
+PATHS = ("mapped", "routed", "direct", "outbound")
 
 
 def iperf(host: Host, server: str, port: int, seconds: float, reverse: bool = False) -> tuple[float, int]:
@@ -114,8 +119,24 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if mapping.get("public_ip") != ROUTER_OUT or mapping.get("public_port") != PUBLIC_PORT:
             raise LabError(f"unexpected mapping {mapping}\n{net.describe()}")
 
+        client_conf = workdir / "client.toml"
+        client_conf.write_text(
+            f'server_addr = "{VISITOR_IP}"\nserver_port = 7000\ntoken = "bench-token-direct-Kq7vB2mN9pL4"\n'
+            f"[port_mapping]\nlifetime_s = {args.lifetime}\n"
+            f'[[proxies]]\ntype = "tcp"\nname = "iperf"\nlocal_port = {HOME_IPERF}\n'
+            f'remote_port = {DIRECT_PORT}\ndirect = "auto"\n'
+        )
+        client = net.home.python(
+            "-m", "pierce", "--json-logs", "client", "-c", client_conf, label="home:client",
+            env={**os.environ, "PIERCE_STATE_DIR": str(workdir / "client-state")},
+        )  # fmt: skip
+        published = client.expect_json("stderr", timeout=20, event="proxy.direct")
+        if published.get("address") != f"{ROUTER_OUT}:{DIRECT_PORT}":
+            raise LabError(f"unexpected direct address {published}\n{net.describe()}")
+
         targets = {
             "mapped": (net.visitor, ROUTER_OUT, PUBLIC_PORT, False),
+            "direct": (net.visitor, ROUTER_OUT, DIRECT_PORT, False),
             "routed": (net.visitor, HOME_IP, HOME_IPERF, False),
             "outbound": (net.home, VISITOR_IP, VISITOR_IPERF, True),
         }
@@ -131,11 +152,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             )
         renewals = sum(1 for d in mapper.json_lines("stderr") if d.get("event") == "portmap.renewed")
         exit_code = mapper.stop()
+        client.stop()
         deleted = net.miniupnpd.forwards() == set()
 
     ratios = {
         "throughput_mapped_vs_routed": paired_ratio(gbps["mapped"], gbps["routed"]),
         "throughput_mapped_vs_outbound": paired_ratio(gbps["mapped"], gbps["outbound"]),
+        "throughput_direct_vs_routed": paired_ratio(gbps["direct"], gbps["routed"]),
     }
     return {
         "path": "netns-home-router",

@@ -32,11 +32,16 @@ def test_bench_portmap_quick_round(natlab_ready: None) -> None:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     res = json.loads(out)
-    assert res["rounds"] == 1 and set(res["throughput_gbps_median"]) == {"mapped", "routed", "outbound"}, res
+    paths = {"mapped", "routed", "direct", "outbound"}
+    assert res["rounds"] == 1 and set(res["throughput_gbps_median"]) == paths, res
     assert all(n > 0 for n in res["bytes_received"].values()), res
     assert res["mapping"]["via"] == "pcp" and res["mapping"]["public"] == "11.0.0.1:6201", res
     assert res["mapping"]["map_port_exit_code"] == 0 and res["mapping"]["deleted_at_exit"] is True, res
-    assert set(res["ratios"]) == {"throughput_mapped_vs_routed", "throughput_mapped_vs_outbound"}, res
+    assert set(res["ratios"]) == {
+        "throughput_mapped_vs_routed",
+        "throughput_mapped_vs_outbound",
+        "throughput_direct_vs_routed",
+    }, res
     assert res["bars"]["throughput_mapped_vs_routed"]["bar"] == ">= 0.9x", res
     assert isinstance(res["bars"]["throughput_mapped_vs_routed"]["met"], bool), res
     leftover = [ns for ns in lab_namespaces() if ns.startswith(f"pz-{proc.pid}-")]
