@@ -13,7 +13,12 @@ With ``direct = "auto"`` the owner asks miniupnpd (PCP) for a UDP port of its at
 ``11.0.0.1:port`` as a mapped candidate; the visitor's checks to it are let in, and the path comes up
 ("direct mapped" on both sides), carries an echo end to end without crossing the server, and once it
 closes the mapping is gone from the router. With ``direct = "off"`` (the same lab) the visitor stays on
-the relay: the mapping is what made the direct path.
+the relay: the mapping is what made the direct path. A visitor behind a cone NAT instead also takes the
+mapped port (rather than port prediction).
+
+A router without miniupnpd (cone NAT, public visitor): the punched path comes up as before, the owner
+says once that the router maps nothing, and the next attempt does not ask it again (the router's counter
+of datagrams to port 5351 stays put).
 """
 
 from __future__ import annotations
@@ -27,10 +32,10 @@ from typing import Any
 import pytest
 from support.tunnel import TOKEN, write_toml
 
-from .lab import Host, Lab, Proc
+from .lab import Host, Lab, NatMode, Proc
 from .p2p_cells import verdict
 from .p2p_lab import event, run_pierce
-from .portmap_lab import HOME_IP, ROUTER_OUT, VISITOR_IP, HomeNet, home_router, missing_miniupnpd
+from .portmap_lab import HOME_IP, NATPMP_PORT, ROUTER_OUT, VISITOR_IP, HomeNet, home_router, missing_miniupnpd
 
 pytestmark = pytest.mark.natlab
 
@@ -55,7 +60,7 @@ class MappedLab:
         rx, tx = self.net.visitor.run("cat", f"{stats}/rx_bytes", f"{stats}/tx_bytes").stdout.split()
         return int(rx) + int(tx)
 
-    def owner(self, kind: str, direct: str) -> tuple[Proc, Proc]:
+    def owner(self, kind: str, direct: str, method: str = "pcp") -> tuple[Proc, Proc]:
         """The owner's echo (TCP, UDP for xudp) on loopback and its client with one ``kind`` proxy."""
         home = self.net.home
         service = home.helper(
@@ -78,7 +83,7 @@ class MappedLab:
                 "server_port": CONTROL_PORT,
                 "token": TOKEN,
                 "client_id": "owner",
-                "port_mapping": {"method": "pcp"},
+                "port_mapping": {"method": method},
                 "proxies": [proxy],
             },
         )
@@ -86,33 +91,45 @@ class MappedLab:
         event(client, "proxy.ready", timeout=20, proxy="svc")
         return service, client
 
-    def visitor(self, udp: bool = False) -> Proc:
+    def visitor(self, udp: bool = False, port: int = VISIT_PORT) -> Proc:
         args = ["visit", "--server", f"{VISITOR_IP}:{CONTROL_PORT}", "--token", TOKEN, "--name", "svc",
-                "--secret", SECRET, "--bind", f"127.0.0.1:{VISIT_PORT}", "--p2p"]  # fmt: skip
+                "--secret", SECRET, "--bind", f"127.0.0.1:{port}", "--p2p"]  # fmt: skip
         if udp:
             args.append("--udp")
-        proc = run_pierce(self.peer, self.workdir / f"visitor-{udp}", *args)
+        proc = run_pierce(self.peer, self.workdir / f"visitor-{udp}-{port}", *args)
         event(proc, "visitor.listening", timeout=20)
         return proc
 
 
-@pytest.fixture
-def mapped_lab(lab: Lab, tmp_path: Path) -> MappedLab:
-    reason = missing_miniupnpd()
-    if reason is not None:
+def build(
+    lab: Lab, workdir: Path, *, daemon: bool = True, owner_nat: NatMode, peer_nat: NatMode | None
+) -> MappedLab:
+    """The lab of the module doc: the home router's NAT ``owner_nat``, with or without miniupnpd; the
+    visitor host behind a NAT ``peer_nat`` (None: the visitor host is public, 11.0.0.3)."""
+    if daemon and (reason := missing_miniupnpd()) is not None:
         pytest.skip(reason)
-    net = home_router(lab, tmp_path, nat_mode="random-fully")
-    peer_lan = lab.segment("peer-lan", PEER_LAN)
-    lab.nat_router("vnat", wan=(net.outside, PEER_NAT_OUT), lan=(peer_lan, PEER_GW), mode="random-fully")
+    net = home_router(lab, workdir, daemon=daemon, nat_mode=owner_nat)
     peer = lab.host("peer")
-    lab.attach(peer, peer_lan, PEER_IP)
-    lab.route(peer, "default", via=PEER_GW)
+    if peer_nat is None:
+        lab.attach(peer, net.outside, PEER_NAT_OUT)
+    else:
+        peer_lan = lab.segment("peer-lan", PEER_LAN)
+        lab.nat_router("vnat", wan=(net.outside, PEER_NAT_OUT), lan=(peer_lan, PEER_GW), mode=peer_nat)
+        lab.attach(peer, peer_lan, PEER_IP)
+        lab.route(peer, "default", via=PEER_GW)
     conf = write_toml(
-        tmp_path / "server.toml", {"bind_addr": "0.0.0.0", "bind_port": CONTROL_PORT, "token": TOKEN}
+        workdir / "server.toml", {"bind_addr": "0.0.0.0", "bind_port": CONTROL_PORT, "token": TOKEN}
     )
-    server = run_pierce(net.visitor, tmp_path / "server-state", "server", "-c", conf)
+    server = run_pierce(net.visitor, workdir / "server-state", "server", "-c", conf)
     event(server, "server.listening", timeout=20)
-    return MappedLab(net, peer, server, tmp_path)
+    return MappedLab(net, peer, server, workdir)
+
+
+@pytest.fixture
+def mapped_lab(lab: Lab, tmp_path: Path, request: pytest.FixtureRequest) -> MappedLab:
+    """Owner behind the symmetric router with miniupnpd; the visitor behind a NAT of the kind asked for
+    (``indirect`` parameter; default symmetric)."""
+    return build(lab, tmp_path, owner_nat="random-fully", peer_nat=getattr(request, "param", "random-fully"))
 
 
 def udp_forwards(ml: MappedLab) -> set[tuple[str, int, str, int]]:
@@ -136,7 +153,12 @@ def echo_through(ml: MappedLab, visitor: Proc) -> dict[str, Any]:
     return {"conn_path": opened["conn_path"], "server_bytes": crossed}
 
 
-def test_a_mapped_port_makes_the_direct_path_two_symmetric_nats_cannot_punch(mapped_lab: MappedLab) -> None:
+@pytest.mark.parametrize(
+    "mapped_lab", ["random-fully", "masquerade"], ids=["symmetric-visitor", "cone-visitor"], indirect=True
+)
+def test_the_mapped_port_makes_the_direct_path(mapped_lab: MappedLab) -> None:
+    """Behind a symmetric visitor NAT no punch could work; behind a cone one, only port prediction
+    (hundreds of probes, seconds): both go straight to the mapped port."""
     ml = mapped_lab
     _, owner = ml.owner("xtcp", "auto")
     visitor = ml.visitor()
@@ -189,3 +211,32 @@ def test_without_the_mapping_the_same_nats_leave_the_visitor_on_the_relay(mapped
     assert moved["conn_path"] == "relay", moved
     assert all(e.get("event") not in ("p2p.mapped", "portmap.mapped") for e in owner.json_lines("stderr"))
     assert udp_forwards(ml) == set(), ml.net.describe()
+
+
+def test_a_router_without_port_mapping_changes_nothing_and_is_logged_once(lab: Lab, tmp_path: Path) -> None:
+    """The home router without miniupnpd (a cone NAT here, so punching works) and ``method = "auto"``:
+    two visits in a row both get their punched path; the router's silence is logged once, at the first
+    attempt, and the second does not ask."""
+    ml = build(lab, tmp_path, daemon=False, owner_nat="masquerade", peer_nat=None)
+    router = ml.net.router
+    router.iptables("-I", "INPUT", "-p", "udp", "--dport", str(NATPMP_PORT))  # counts, decides nothing
+
+    def asked() -> int:
+        out = router.run("iptables", "-w", "-L", "INPUT", "-v", "-x", "-n").stdout
+        return sum(int(line.split()[0]) for line in out.splitlines() if f"dpt:{NATPMP_PORT}" in line)
+
+    _, owner = ml.owner("xtcp", "auto", method="auto")
+    for port in (VISIT_PORT, VISIT_PORT + 1):
+        visitor = ml.visitor(port=port)
+        got = verdict(visitor)
+        assert got.path == "direct udp", f"{got}\n{owner.dump()}"
+        event(owner, "p2p.direct", proto="udp")
+        if port == VISIT_PORT:
+            said = event(owner, "p2p.no_mapping", timeout=20)
+            assert "no port mapping protocol answered" in said["reason"], said
+            first = asked()
+            assert first >= 1
+        visitor.stop()
+    assert asked() == first  # the second attempt did not ask the router
+    told = [e for e in owner.json_lines("stderr") if e.get("event") in ("p2p.no_mapping", "p2p.mapped")]
+    assert [e["event"] for e in told] == ["p2p.no_mapping"], told
