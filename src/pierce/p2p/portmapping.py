@@ -38,6 +38,7 @@ from pierce.errors import PierceError
 from pierce.logs import event
 from pierce.nat.candidates import Candidate, CandidateKind
 from pierce.p2p.gather import GATHER_TIMEOUT
+from pierce.portmap import natpmp
 from pierce.portmap.client import ALL_METHODS, Mapping, Method, PortMapClient
 from pierce.portmap.lease import Lease, reachable_from_internet
 from pierce.portmap.pcp import Protocol
@@ -85,8 +86,10 @@ class HeldMapping:
 class PathMappings:
     """The owner's port mappings (module doc). ``options``: [port_mapping] of client.toml."""
 
-    def __init__(self, options: PortMappingOptions) -> None:
+    def __init__(self, options: PortMappingOptions, *, gateway_port: int = natpmp.PORT) -> None:
         self.options = options
+        #: Where the gateway answers PCP and NAT-PMP (5351; another in tests).
+        self.gateway_port = gateway_port
         self._client: PortMapClient | None = None
         self._opening = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -201,6 +204,7 @@ class PathMappings:
                 o = self.options
                 client = PortMapClient(
                     ipaddress.IPv4Address(o.gateway) if o.gateway else None,
+                    port=self.gateway_port,
                     methods=_METHODS[o.method],
                     upnp_location=o.upnp_url or None,
                 )
