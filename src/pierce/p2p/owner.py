@@ -260,6 +260,9 @@ class OwnerP2p:
                     reason=str(exc),
                 )
                 return
+            if mapping is not None and hole.sock is not sock:  # a prediction socket won: not the mapped one
+                await _release(mapping)
+                mapping = None
             sock, peer, kind, after = hole.sock, hole.peer, hole.kind, hole.after
             visitor = f"{peer[0]}:{peer[1]}"
 
