@@ -13,7 +13,7 @@ FIELDS: dict[str, str] = {
     # who and where
     "fresh": "a visitor connection ran a full login (true) or proved its visitor session's key (false)",
     "conn_path": "the path a visitor's connection takes: relay (through the server), direct lan, direct udp, "
-    "direct tcp or direct predicted",
+    "direct tcp, direct predicted or direct mapped",
     "elapsed_ms": "milliseconds a P2P attempt took from its start to a path",
     "rtt_ms": "round-trip time of a direct path, milliseconds",
     "keepalive_s": "seconds between a direct path's keepalives (below the NAT's idle timer)",
@@ -199,6 +199,8 @@ EVENTS: dict[str, frozenset[str]] = {
         "p2p.closed": {"visitor_name", "proxy", "visitor", "reason"},
         "p2p.result": {"proxy", "visitor", "conn_path", "elapsed_ms", "rtt_ms", "reason"},
         "p2p.rendezvous_failed": {"proxy", "visitor", "error"},
+        "p2p.mapped": {"proxy", "port", "external", "via"},
+        "p2p.no_mapping": {"proxy", "port", "reason", "delay_s"},
         "visitor.close": {"visitor_name", "proxy", "app"} | _RELAY | _DATAGRAMS,
         # client
         "client.connected": {"server", "run_id", "user"},

@@ -43,6 +43,8 @@ class ConnectionPath(enum.StrEnum):
     DIRECT_UDP = "direct udp"
     #: P2P through a UDP hole found by port prediction (one side behind a symmetric NAT).
     DIRECT_PREDICTED = "direct predicted"
+    #: P2P through a port the owner's router maps to it (PCP, NAT-PMP or UPnP-IGD; ``direct = "auto"``).
+    DIRECT_MAPPED = "direct mapped"
 
     @property
     def direct(self) -> bool:
@@ -143,7 +145,7 @@ class ServerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     stun: dict[str, int] = {}
     #: P2P rendezvous since start: ``attempts``, ``refused`` (the owner would not try), ``fallbacks``
     #: (visitors left on the relay), and one count per direct path taken (``direct lan``, ``direct udp``,
-    #: ``direct tcp``, ``direct predicted``).
+    #: ``direct tcp``, ``direct predicted``, ``direct mapped``).
     p2p: dict[str, int] = {}
     #: Connections to the control port since start: ``admitted``, ``logged_in``, ``failed`` (logins that
     #: failed, counted against their source), ``auth_failed`` (of those, a wrong token or proof), and the

@@ -76,7 +76,8 @@ CLIENT_AT_REST = (
     "pierce.nat.stun_server",
     "pierce.client.visitor",
     "pierce.vhost",
-    "pierce.portmap.upnp",
+    "pierce.portmap",
+    "pierce.p2p.portmapping",
     "async_upnp_client",
     "OpenSSL",
     "service_identity",
@@ -189,5 +190,6 @@ async def test_quic_loads_with_the_first_p2p_attempt(pierce: StartPierce, tmp_pa
     assert loaded(owner, QUIC) == set(QUIC)
     assert loaded(visitor, ("aioquic", "pierce.p2p.quic")) == {"aioquic", "pierce.p2p.quic"}
     assert loaded(owner, CLIENT_NEVER) == loaded(visitor, CLIENT_NEVER) == set()
+    assert loaded(owner, ["pierce.portmap", "pierce.p2p.portmapping"]) == set()  # direct = "off"
     assert "pierce.server.proxies.secret" in server.imported()
     assert loaded(server, ("aioquic", "pierce.p2p.quic", "pierce.proxies.visitor_auth")) == set()

@@ -52,7 +52,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .lab import Host, Lab, LabError, NatRouter, Proc, Segment, _load_nft
+from .lab import Host, Lab, LabError, NatMode, NatRouter, Proc, Segment, _load_nft
 
 LAN_NET, ROUTER_LAN, HOME_IP = "192.168.1.0/24", "192.168.1.1", "192.168.1.10"
 OUTSIDE_NET, ROUTER_OUT, VISITOR_IP = "11.0.0.0/24", "11.0.0.1", "11.0.0.10"
@@ -240,12 +240,19 @@ class HomeNet:
 
 
 def home_router(
-    lab: Lab, workdir: Path, daemon: bool = True, natpmp: bool = True, behind_nat: bool = False
+    lab: Lab,
+    workdir: Path,
+    daemon: bool = True,
+    natpmp: bool = True,
+    behind_nat: bool = False,
+    nat_mode: NatMode = "masquerade",
 ) -> HomeNet:
     """Build the home network (module doc); with ``daemon``, start miniupnpd and wait until it listens
     (without ``natpmp``: a router that answers UPnP-IGD only). With ``behind_nat`` the home router's
     outside is ROUTER_SHARED on a carrier segment behind a second NAT router, ``carrier``, whose own
-    outside is ROUTER_OUT (double NAT): miniupnpd there refuses every mapping."""
+    outside is ROUTER_OUT (double NAT): miniupnpd there refuses every mapping. ``nat_mode``: the home
+    router's outbound NAT (`Lab.nat_router`); "random-fully" makes it symmetric, so that no punched hole
+    gets through it and only a port it maps does."""
     outside = lab.segment("outside", OUTSIDE_NET)
     lan = lab.segment("lan", LAN_NET)
     carrier = None
@@ -255,7 +262,7 @@ def home_router(
         router = lab.nat_router("router", wan=(shared, ROUTER_SHARED), lan=(lan, ROUTER_LAN))
         lab.route(router, "default", via=CARRIER_LAN)
     else:
-        router = lab.nat_router("router", wan=(outside, ROUTER_OUT), lan=(lan, ROUTER_LAN))
+        router = lab.nat_router("router", wan=(outside, ROUTER_OUT), lan=(lan, ROUTER_LAN), mode=nat_mode)
     _load_nft(router, firewall_ruleset(router.lan_if))
     visitor = lab.host("visitor")
     lab.attach(visitor, outside, VISITOR_IP)

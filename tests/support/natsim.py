@@ -136,6 +136,23 @@ class Symmetric(Nat):
         return entry[0]
 
 
+class MappedSymmetric(Symmetric):
+    """A symmetric NAT whose router also forwards ports it was asked to map (PCP, NAT-PMP, UPnP-IGD):
+    ``forwards[public port] = inside address``. A datagram to a forwarded port gets in from anyone, and
+    the replies to its sender leave from that port (conntrack's entry for the forwarded flow)."""
+
+    def __init__(self, public_ip: str, rng: random.Random) -> None:
+        super().__init__(public_ip, rng)
+        self.forwards: dict[int, Address] = {}
+
+    def inbound(self, src: Address, dst: Address, now: float) -> Address | None:
+        inside = self.forwards.get(dst[1])
+        if inside is None:
+            return super().inbound(src, dst, now)
+        self.ports.setdefault((inside, src), dst[1])
+        return inside
+
+
 class LinuxMasquerade(Nat):
     def __init__(self, public_ip: str, rng: random.Random) -> None:
         super().__init__(public_ip, rng)

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
 import pytest
 
 from pierce.config import P2pOptions
@@ -10,8 +13,8 @@ from pierce.errors import InvalidValue
 from pierce.nat.candidates import Candidate, CandidateKind
 from pierce.nat.classify import Behaviour
 from pierce.p2p.direct import lan_only, path_kind, punch_settings
-from pierce.p2p.gather import Gathered, from_wire, to_wire
-from pierce.protocol.auth import p2p_client_proof, p2p_key
+from pierce.p2p.gather import Gathered, from_wire, mapped_to_wire, offered, to_wire
+from pierce.protocol.auth import p2p_client_proof, p2p_key, p2p_offer_mac
 from pierce.protocol.p2p import MAX_CANDIDATES, BadOffer, Offer, WireCandidate, open_offer, seal
 from pierce.proxies.visitor_auth import VISIT_TTL, OwnerExchanges
 from pierce.snapshot import ConnectionPath
@@ -50,13 +53,9 @@ def test_a_tampered_or_misdirected_offer_does_not_open(what: str) -> None:
 def test_an_oversized_or_malformed_offer_is_refused() -> None:
     with pytest.raises(BadOffer, match="over"):
         open_offer(b"x" * 5000, b"", KEY, owner=False)
-    import msgspec
-
     too_many = msgspec.msgpack.encode(
         {"candidates": [["host", "udp", "10.0.0.1", 1, 1]] * (MAX_CANDIDATES + 1)}
     )
-    from pierce.protocol.auth import p2p_offer_mac
-
     with pytest.raises(BadOffer, match="malformed"):
         open_offer(too_many, p2p_offer_mac(KEY, owner=False, offer=too_many), KEY, owner=False)
 
@@ -140,3 +139,77 @@ def test_a_side_without_a_public_udp_address_makes_a_short_lan_only_punch() -> N
     assert "outgoing UDP looks blocked" in (lan_only(blocked, [lan, public], stun_asked=True) or "")
     assert "outside the LAN here" in (lan_only(blocked, [lan, public], stun_asked=False) or "")
     assert "the peer has no public UDP address" in (lan_only(natted, [lan], stun_asked=True) or "")
+
+
+MAPPED = Candidate(CandidateKind.MAPPED, "203.0.113.5", 50000)
+
+
+class _OldWireCandidate(msgspec.Struct, frozen=True, array_like=True):
+    """`WireCandidate` as peers before the "mapped" kind decode it: any other kind refuses the offer."""
+
+    kind: Annotated[str, msgspec.Meta(pattern="^(host|srflx|prflx|predicted)$")]
+    proto: Annotated[str, msgspec.Meta(pattern="^(udp|tcp)$")]
+    host: str
+    port: int
+    local_preference: int = 65535
+
+
+class _OldOffer(msgspec.Struct, frozen=True, kw_only=True):
+    candidates: list[_OldWireCandidate]
+    mapping: str = ""
+    fingerprint: bytes = b""
+    encrypt: bool = True
+    want: str = "udp"
+
+
+def test_a_mapped_candidate_travels_apart_and_as_srflx_for_older_peers() -> None:
+    ours = [*CANDIDATES, MAPPED]
+    offer = Offer(candidates=to_wire(ours), mapped=mapped_to_wire(ours), fingerprint=b"f" * 32)
+    assert WireCandidate("srflx", "udp", "203.0.113.5", 50000) in offer.candidates
+    assert offer.mapped == [WireCandidate("mapped", "udp", "203.0.113.5", 50000)]
+    data, tag = seal(offer, KEY, owner=True)
+    # A peer of this version: the mapped address once, as mapped.
+    assert offered(open_offer(data, tag, KEY, owner=True)) == ours
+    # An older peer ignores the new field and tries the address as srflx.
+    old = msgspec.msgpack.decode(data, type=_OldOffer)
+    assert [(c.kind, c.port) for c in old.candidates] == [("host", 40000), ("srflx", 40000), ("srflx", 50000)]
+    # ...which is why the kind stays out of `candidates`: there it would refuse the whole offer.
+    inline = msgspec.msgpack.encode(
+        msgspec.structs.replace(offer, candidates=[*offer.candidates, *offer.mapped])
+    )
+    with pytest.raises(msgspec.ValidationError, match="matching regex"):
+        msgspec.msgpack.decode(inline, type=_OldOffer)
+
+
+def test_a_mapping_on_the_srflx_address_is_offered_once() -> None:
+    """A port-preserving router maps the port STUN saw: one srflx entry for older peers, one mapped."""
+    same = Candidate(CandidateKind.MAPPED, "203.0.113.5", 40000)
+    ours = [*CANDIDATES, same]
+    offer = Offer(candidates=to_wire(ours), mapped=mapped_to_wire(ours))
+    assert [c.kind for c in offer.candidates] == ["host", "srflx"]
+    assert offered(offer) == [CANDIDATES[0], same]
+
+
+def test_a_kind_this_side_does_not_know_is_skipped_not_refused() -> None:
+    data = msgspec.msgpack.encode(
+        {"candidates": [["relayed", "udp", "198.51.100.1", 9], ["host", "udp", "10.0.0.1", 9]]}
+    )
+    opened = open_offer(data, p2p_offer_mac(KEY, owner=False, offer=data), KEY, owner=False)
+    assert offered(opened) == [Candidate(CandidateKind.HOST, "10.0.0.1", 9)]
+
+
+@pytest.mark.parametrize(
+    ("remote", "spray", "mapped_here", "want"),
+    [
+        (MAPPED.address, False, False, ConnectionPath.DIRECT_MAPPED),  # the visitor reached the mapping
+        (MAPPED.address, True, False, ConnectionPath.DIRECT_MAPPED),  # from a prediction socket, still
+        (("203.0.113.5", 40000), False, False, ConnectionPath.DIRECT_UDP),  # the owner's srflx
+        (("198.51.100.9", 7), False, True, ConnectionPath.DIRECT_MAPPED),  # the owner, its port mapped
+        (("198.51.100.9", 7), True, True, ConnectionPath.DIRECT_PREDICTED),  # ...but a spray socket won
+        (("192.168.1.20", 40000), False, True, ConnectionPath.DIRECT_LAN),
+    ],
+)
+def test_path_kind_of_a_mapped_port(
+    remote: tuple[str, int], spray: bool, mapped_here: bool, want: ConnectionPath
+) -> None:
+    assert path_kind(remote, [*CANDIDATES, MAPPED], None, spray_socket=spray, mapped_here=mapped_here) is want

@@ -46,6 +46,8 @@ class Responder(asyncio.DatagramProtocol):
         #: NAT-PMP's external address request: this result (None: ``result``) and this address.
         self.address_result: int | None = None
         self.external = EXTERNAL
+        #: Seconds to hold the answer to each request, in the order they come (then at once).
+        self.delays: list[float] = []
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -55,6 +57,12 @@ class Responder(asyncio.DatagramProtocol):
         self.requests.append(data)
         if self.silent or len(self.requests) <= self.drop:
             return
+        if self.delays:
+            asyncio.get_running_loop().call_later(self.delays.pop(0), self.reply, data, addr)
+            return
+        self.reply(data, addr)
+
+    def reply(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         assert self.transport is not None
         for decoy in self.decoys:
             self.transport.sendto(decoy, addr)
@@ -100,7 +108,7 @@ class Responder(asyncio.DatagramProtocol):
             request.protocol,
             request.internal_port,
             external,
-            EXTERNAL,
+            self.external,
         )
 
 
@@ -286,3 +294,17 @@ async def test_one_shot_map_port(gateway: tuple[Responder, int]) -> None:
     )
     assert (mapping.method, mapping.external_ip, mapping.external_port) == (Method.PCP, EXTERNAL, 14000)
     assert (mapping.gateway, mapping.protocol, mapping.lifetime) == (LOOPBACK, Protocol.UDP, 30)
+
+
+async def test_one_client_serves_concurrent_requests(gateway: tuple[Responder, int]) -> None:
+    """Several tasks share one client (the owner's direct paths): every request gets its own answer the
+    first time, none is read and dropped by another's exchange."""
+    responder, port = gateway
+    # Answers that would come back in the reverse order, were the requests all out at once; each well
+    # within the first retransmission timeout (0.25 s), so a request that had its own answer read by
+    # another exchange is the only reason to send one again.
+    responder.delays = [0.02 * (8 - i) for i in range(8)]
+    async with client(port, deadline=2.0) as pm:
+        mappings = await asyncio.gather(*(pm.map_port(Protocol.UDP, 6000 + i, lifetime=60) for i in range(8)))
+    assert [m.internal_port for m in mappings] == list(range(6000, 6008))
+    assert pm.sent == 8

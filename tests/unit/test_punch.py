@@ -14,6 +14,7 @@ from support.natsim import (
     BlockUdp,
     FullCone,
     LinuxMasquerade,
+    MappedSymmetric,
     Nat,
     Network,
     NoNat,
@@ -34,6 +35,7 @@ from pierce.nat.punch import (
     PunchFailed,
     PunchSettings,
     Role,
+    SocketsRequested,
     State,
 )
 from pierce.nat.punch_wire import Drop, Kind, PunchPacket, is_punch_packet
@@ -135,8 +137,9 @@ def test_candidate_priorities_follow_rfc_8445() -> None:
     srflx = Candidate(CandidateKind.SRFLX, "198.51.100.1", 1)
     prflx = Candidate(CandidateKind.PRFLX, "198.51.100.1", 2)
     predicted = Candidate(CandidateKind.PREDICTED, "198.51.100.1", 3)
+    mapped = Candidate(CandidateKind.MAPPED, "198.51.100.1", 4)
     assert host.priority == (126 << 24) + (65535 << 8) + 255
-    assert host.priority > prflx.priority > srflx.priority > predicted.priority
+    assert host.priority > mapped.priority > prflx.priority > srflx.priority > predicted.priority
     assert pair_priority(5, 3) == (3 << 32) + 10 + 1
     assert pair_priority(3, 5) == (3 << 32) + 10
     with pytest.raises(ValueError, match="IP address"):
@@ -336,6 +339,52 @@ def test_symmetric_x_symmetric_fails_at_once() -> None:
         )
         assert peer.agent.next_deadline() is None
         assert peer.agent.datagrams_to_send(START) == []
+
+
+def mapped_x_symmetric(*, offer_mapping: bool) -> Outcome:
+    """A visitor (controlling) behind a symmetric NAT, an owner behind a symmetric NAT whose router maps
+    public port 50000 to the owner's socket; the owner offers it (as mapped) or not."""
+    net = Network(seed=3)
+    rng = random.Random(7)
+    site_a, site_b = net.site(Symmetric(PUB_A, rng)), net.site(MappedSymmetric(PUB_B, rng))
+    net.host(site_a, "10.0.0.2")
+    net.host(site_b, "192.168.1.2")
+    a, b = SimPeer(net, "10.0.0.2"), SimPeer(net, "192.168.1.2")
+    assert isinstance(site_b.nat, MappedSymmetric)
+    site_b.nat.forwards[50000] = b.sockets[0]
+    cand_a, cand_b = a.candidates(), b.candidates()
+    if offer_mapping:
+        cand_b.append(Candidate(CandidateKind.MAPPED, PUB_B, 50000))
+    hard = Symmetric.mapping
+    for peer, role, local, remote in (
+        (a, Role.CONTROLLING, cand_a, cand_b),
+        (b, Role.CONTROLLED, cand_b, cand_a),
+    ):
+        agent = PunchAgent(
+            role, SID, KEY, local, remote, 0.0, start_at=START, local_mapping=hard, remote_mapping=hard
+        )
+        peer.attach(agent)
+    out = Outcome(a, b, net)
+    run(net, [a, b], until=30.0, stop=lambda: out.locked or State.FAILED in {p.state for p in out.agents})
+    return out
+
+
+def test_symmetric_x_symmetric_locks_on_a_mapped_port() -> None:
+    """A router-mapped address takes the checks that no symmetric NAT would: the visitor locks on it,
+    within the first round of checks (no port prediction runs), and the owner on the visitor's address
+    its NAT gave that flow."""
+    out = mapped_x_symmetric(offer_mapping=True)
+    assert out.locked
+    a, b = out.agents
+    assert a.locked is not None and a.locked.remote == (PUB_B, 50000)
+    assert b.locked is not None and b.locked.remote[0] == PUB_A
+    assert not any(isinstance(e, SocketsRequested) for p in (out.a, out.b) for e in p.events)
+    assert out.lock_time() < PunchSettings().lead_s + 4 * PunchSettings().pacing
+
+
+def test_symmetric_x_symmetric_without_the_mapped_port_fails_at_once() -> None:
+    out = mapped_x_symmetric(offer_mapping=False)
+    assert all(agent.failure is FailReason.BOTH_SYMMETRIC for agent in out.agents)
 
 
 def test_unknown_mapping_runs_plain_checks() -> None:

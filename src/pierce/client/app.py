@@ -271,6 +271,7 @@ class Client:
                 options=self.config.p2p,
                 state_dir=state_dir_for("client", self.config.state_dir),
                 encrypt_data=lambda: self.config.transport.encrypt_data,
+                port_mapping=self.config.port_mapping,
             )
         return self._p2p
 

@@ -3,12 +3,17 @@
 A *candidate* is an address where a peer may be reached: a *host* candidate is a local interface address
 (the socket's own), a *server-reflexive* (srflx) one is the public mapping the server's STUN saw, a
 *peer-reflexive* (prflx) one is an address first seen as the source of a peer's probe, and a *predicted*
-one is a guess of the next public port of an address-and-port-dependent NAT. Relayed candidates do not
-appear: the relay is the fallback outside the punch.
+one is a guess of the next public port of an address-and-port-dependent NAT, and a *mapped* one is a
+public address and port the router in front of the peer forwards to its socket because the peer asked it
+to (PCP, NAT-PMP or UPnP-IGD, `pierce.portmap`): unlike a server-reflexive address it takes packets from
+anyone, so it works whatever the router's mapping and filtering. Relayed candidates do not appear: the
+relay is the fallback outside the punch.
 
 Priorities follow RFC 8445 section 5.1.2.1, ``2^24 * type + 2^8 * local + (256 - component)`` with the
-type preferences host 126, prflx 110, srflx 100 and predicted 10 (below every kind the RFC names but relay;
-a guess is tried last). There is one component. Pair priorities follow section 6.1.2.3.
+type preferences host 126, mapped 120, prflx 110, srflx 100 and predicted 10 (below every kind the RFC
+names but relay; a guess is tried last). A mapped address ranks just below the host ones: it is checked
+before any address that depends on the router's filtering. There is one component. Pair priorities follow
+section 6.1.2.3.
 
 Pairing (section 6.1.2.2 to 6.1.2.5): every local candidate with every remote one of the same address
 family. A local candidate says which socket it belongs to (`socket_id`); a server-reflexive local
@@ -37,11 +42,14 @@ class CandidateKind(enum.Enum):
     SRFLX = "srflx"
     PRFLX = "prflx"
     PREDICTED = "predicted"
+    MAPPED = "mapped"
 
 
-#: RFC 8445 section 5.1.2.2 recommended type preferences; "predicted" is ours, below srflx.
+#: RFC 8445 section 5.1.2.2 recommended type preferences; "mapped" and "predicted" are ours, one below
+#: host, the other below srflx.
 TYPE_PREFERENCE = {
     CandidateKind.HOST: 126,
+    CandidateKind.MAPPED: 120,
     CandidateKind.PRFLX: 110,
     CandidateKind.SRFLX: 100,
     CandidateKind.PREDICTED: 10,

@@ -50,7 +50,9 @@ filtered, or spring the trap above on the very ports the easy side must reach). 
 at `spray_rate` (default 200/s). A probe that hits one of the 256 mappings is let in (the mapping was
 made towards our address), answered and re-checked through it. P(hit) = 1 - (1 - 256/64512)^1024,
 about 98 % (Tailscale's numbers). Both sides hard: `FAILED` at once (`FailReason.BOTH_SYMMETRIC`), so
-the caller goes to the relay without waiting. An unknown mapping on either side means plain checks only.
+the caller goes to the relay without waiting, unless either side offers a *mapped* candidate (a port its
+router forwards because it asked, `pierce.nat.candidates`): that address takes the other side's checks
+whatever either NAT does, so plain checks run. An unknown mapping on either side means plain checks only.
 
 *Keepalive.* Once locked, each side sends a KEEPALIVE every `keepalive_s` (15 s, below the 30 s of a
 Linux unreplied UDP entry and RFC 4787's 2 min) and answers the peer's. With nothing authenticated
@@ -398,7 +400,9 @@ class PunchAgent:
         return best
 
     def _plan(self, local: Behaviour | None, remote: Behaviour | None) -> None:
-        if local in _HARD and remote in _HARD:
+        # A router-mapped address takes the other side's checks whatever either NAT does: plain checks.
+        mapped = any(c.kind is CandidateKind.MAPPED for c in (*self._local, *self._remote))
+        if local in _HARD and remote in _HARD and not mapped:
             self._fail(FailReason.BOTH_SYMMETRIC, f"mappings: ours {local}, theirs {remote}")
             return
         easy = (Behaviour.ENDPOINT_INDEPENDENT,)

@@ -21,7 +21,7 @@ from pierce.nat.candidates import Candidate, CandidateKind, on_lan
 from pierce.nat.classify import Behaviour
 from pierce.nat.punch import PunchAgent, PunchSettings, Role
 from pierce.nat.punch_io import run_punch
-from pierce.p2p.gather import Gathered, from_wire
+from pierce.p2p.gather import Gathered, offered
 from pierce.p2p.settings import PathSettings
 from pierce.protocol.p2p import Offer
 from pierce.snapshot import ConnectionPath
@@ -69,14 +69,20 @@ def path_kind(
     remote_mapping: Behaviour | None,
     *,
     spray_socket: bool,
+    mapped_here: bool = False,
 ) -> ConnectionPath:
     """What kind of direct path a hole to ``remote`` is: the peer's address on a shared private network
-    ("direct lan"), a port found by prediction ("direct predicted": our locked socket is one of the
-    sockets a prediction opened, or the peer is symmetric and answered from a port it never offered), or
-    a plain punched hole ("direct udp", also to a peer with a public address and no NAT)."""
+    ("direct lan"), a port the peer's router maps to it ("direct mapped": ``remote`` is the peer's mapped
+    candidate; or, ``mapped_here``, our router maps our locked socket's port: which of our addresses the
+    peer's packets were sent to is not visible here, the router hands them all to the same socket), a port
+    found by prediction ("direct predicted": our locked socket is one of the sockets a prediction opened,
+    or the peer is symmetric and answered from a port it never offered), or a plain punched hole ("direct
+    udp", also to a peer with a public address and no NAT)."""
     offered = {c.address: c.kind for c in remote_candidates}
     if offered.get(remote) is CandidateKind.HOST and on_lan(remote[0]):
         return ConnectionPath.DIRECT_LAN
+    if offered.get(remote) is CandidateKind.MAPPED or (mapped_here and not spray_socket):
+        return ConnectionPath.DIRECT_MAPPED
     if spray_socket or (remote not in offered and remote_mapping in HARD):
         return ConnectionPath.DIRECT_PREDICTED
     return ConnectionPath.DIRECT_UDP
@@ -131,7 +137,7 @@ async def punch_hole(
     work (`lan_only`), the punch gives up after `LAN_BUDGET_S` and says why."""
     loop = asyncio.get_running_loop()
     now = loop.time()
-    candidates = from_wire(remote.candidates)
+    candidates = offered(remote)
     mapping = behaviour(remote.mapping)
     lan = lan_only(local, candidates, stun_asked)
     if lan is not None:
@@ -158,7 +164,10 @@ async def punch_hole(
     path = result.locked.path
     after = AfterLock(agent, result.sock, path.socket_id)
     after.start()
-    kind = path_kind(path.remote, candidates, mapping, spray_socket=path.socket_id != 0)
+    mapped_here = any(c.kind is CandidateKind.MAPPED for c in local.candidates)
+    kind = path_kind(
+        path.remote, candidates, mapping, spray_socket=path.socket_id != 0, mapped_here=mapped_here
+    )
     return Hole(result.sock, path.remote, kind, result.locked.elapsed, after)
 
 

@@ -21,7 +21,7 @@ from pierce.nat.candidates import Candidate, CandidateKind
 from pierce.nat.classify import Behaviour
 from pierce.nat.gather import host_candidates
 from pierce.nat.stun import Endpoint, StunParseError
-from pierce.protocol.p2p import MAX_CANDIDATES, WireCandidate
+from pierce.protocol.p2p import MAX_CANDIDATES, MAX_MAPPED, Offer, WireCandidate
 
 #: Seconds for the STUN answers (a server that does not answer in time is treated as having no STUN).
 GATHER_TIMEOUT = 1.5
@@ -99,11 +99,32 @@ async def _ask(sock: socket.socket, dests: list[tuple[str, int]]) -> list[Endpoi
 
 
 def to_wire(candidates: list[Candidate], proto: str = "udp") -> list[WireCandidate]:
-    return [
-        WireCandidate(c.kind.value, proto, c.host, c.port, c.local_preference)
-        for c in candidates[:MAX_CANDIDATES]
-        if c.kind is not CandidateKind.PRFLX
-    ]
+    """`Offer.candidates`: every candidate but peer-reflexive ones, a mapped one as srflx (what a peer that
+    predates the "mapped" kind understands; `mapped_to_wire` gives it with its kind) unless that address
+    is there already."""
+    found: list[WireCandidate] = []
+    seen: set[tuple[str, int]] = set()
+    for c in sorted(candidates, key=lambda c: c.kind is CandidateKind.MAPPED):
+        if c.kind is CandidateKind.PRFLX or (c.kind is CandidateKind.MAPPED and c.address in seen):
+            continue
+        kind = CandidateKind.SRFLX if c.kind is CandidateKind.MAPPED else c.kind
+        found.append(WireCandidate(kind.value, proto, c.host, c.port, c.local_preference))
+        seen.add(c.address)
+    return found[:MAX_CANDIDATES]
+
+
+def mapped_to_wire(candidates: list[Candidate], proto: str = "udp") -> list[WireCandidate]:
+    """`Offer.mapped`: the router-mapped candidates."""
+    mapped = [c for c in candidates if c.kind is CandidateKind.MAPPED][:MAX_MAPPED]
+    return [WireCandidate(c.kind.value, proto, c.host, c.port, c.local_preference) for c in mapped]
+
+
+def offered(offer: Offer, proto: str = "udp") -> list[Candidate]:
+    """The peer's candidates of one protocol in its offer: `Offer.candidates` and `Offer.mapped`, an
+    address that is both (the srflx copy for older peers) kept once, as mapped."""
+    mapped = [c for c in from_wire(offer.mapped, proto) if c.kind is CandidateKind.MAPPED]
+    addresses = {c.address for c in mapped}
+    return [c for c in from_wire(offer.candidates, proto) if c.address not in addresses] + mapped
 
 
 def from_wire(candidates: list[WireCandidate], proto: str = "udp") -> list[Candidate]:

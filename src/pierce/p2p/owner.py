@@ -7,9 +7,15 @@ socket, answers with its sealed offer, and on `P2pStart` punches and accepts the
 connection. Every stream the visitor opens is served like a work connection of that proxy (the local
 service gets the visitor's bytes; an xudp stream carries `UdpPacket` frames as an sudp tunnel does).
 
+For a proxy with ``direct = "auto"`` the attempt also asks the router in front of this host to map a
+public UDP port to its socket, while the socket gathers its candidates (`pierce.p2p.portmapping`): a
+mapping whose address is public is offered as one more candidate, kept while the attempt and its path
+live, and deleted when they end.
+
 Every client has an `OwnerP2p`, most never use it: the punching, gathering and direct-path code
 (`pierce.nat.punch`, `pierce.p2p.*`) and QUIC (aioquic) are imported by the first attempt, `cryptography`
-when the process first makes its identity (`pierce.p2p.identity`).
+when the process first makes its identity (`pierce.p2p.identity`), the port mapping client
+(`pierce.portmap`) by the first attempt of a proxy with ``direct = "auto"``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from pierce.addr import HostPort
 from pierce.errors import PierceError
 from pierce.logs import event
@@ -33,9 +41,10 @@ from pierce.snapshot import ConnectionPath
 from pierce.transport import MessageChannel
 
 if TYPE_CHECKING:
-    from pierce.config import P2pOptions
+    from pierce.config import P2pOptions, PortMappingOptions
     from pierce.nat.punch import PunchSettings
     from pierce.p2p.direct import DirectPath
+    from pierce.p2p.portmapping import HeldMapping, PathMappings
     from pierce.p2p.quic import QuicPath
     from pierce.p2p.settings import PathSettings
     from pierce.proxies.visitor_auth import OwnerExchanges
@@ -63,6 +72,17 @@ async def _closing(work: Coroutine[Any, Any, None], quic: QuicPath) -> None:
         quic.close()
 
 
+async def _release(mapping: asyncio.Task[HeldMapping | None]) -> None:
+    """The attempt or its path ended: delete the router's mapping of its socket (or stop asking)."""
+    if not mapping.done():
+        mapping.cancel()  # PathMappings deletes what the router still grants
+        await asyncio.gather(mapping, return_exceptions=True)
+        return
+    held = None if mapping.cancelled() or mapping.exception() is not None else mapping.result()
+    if held is not None:
+        await held.close()
+
+
 class OwnerP2p:
     def __init__(
         self,
@@ -74,6 +94,7 @@ class OwnerP2p:
         options: P2pOptions,
         state_dir: Path,
         encrypt_data: Callable[[], bool] = lambda: True,
+        port_mapping: PortMappingOptions | None = None,
     ) -> None:
         self.exchanges = exchanges
         self.proxies = proxies
@@ -90,6 +111,9 @@ class OwnerP2p:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Direct TCP connections waiting for a visitor connection to take them.
         self._pooled = 0
+        #: ``[port_mapping]``: how proxies with ``direct = "auto"`` ask the router for their mappings.
+        self.port_mapping = port_mapping
+        self._mappings: PathMappings | None = None
 
     def tunables(self) -> tuple[PunchSettings, PathSettings, dict[str, float]]:
         """The punch's and QUIC's settings from ``[p2p]``, and the mapping lifetimes measured by public
@@ -104,6 +128,16 @@ class OwnerP2p:
                 load(self.state_dir),
             )
         return self._tunables
+
+    @property
+    def mappings(self) -> PathMappings:
+        """The router port mappings of the direct paths (made, with its client, at the first use)."""
+        if self._mappings is None:
+            from pierce.config import PortMappingOptions
+            from pierce.p2p.portmapping import PathMappings
+
+            self._mappings = PathMappings(self.port_mapping or PortMappingOptions())
+        return self._mappings
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -137,11 +171,12 @@ class OwnerP2p:
         from pierce.nat.punch import Role
         from pierce.p2p.datagrams import DatagramEnd
         from pierce.p2p.direct import DirectPath, NoHole, punch_hole
-        from pierce.p2p.gather import gather_udp, to_wire
+        from pierce.p2p.gather import gather_udp, mapped_to_wire, to_wire
         from pierce.p2p.handoff import take_over
         from pierce.p2p.identity import process_identity
         from pierce.p2p.keepalive import tuned
         from pierce.p2p.quic import QuicPath
+        from pierce.proxies.base import DirectMode
         from pierce.proxies.xtcp import XtcpProxyConfig
         from pierce.proxies.xudp import XudpProxyConfig
 
@@ -175,16 +210,28 @@ class OwnerP2p:
         waiter: asyncio.Future[P2pStart] = asyncio.get_running_loop().create_future()
         self._starts[msg.visit_id] = waiter
         kept = False
+        #: direct = "auto": the router's mapping of the socket, asked for while the socket gathers.
+        mapping: asyncio.Task[HeldMapping | None] | None = None
         try:
             sock.bind(("0.0.0.0", 0))
+            if config.direct is DirectMode.AUTO:
+                mapping = asyncio.get_running_loop().create_task(
+                    self.mappings.request(sock.getsockname()[1], msg.proxy)
+                )
             stun = (self.server_host(), msg.stun_port) if msg.stun_port else None
             gathered = await gather_udp(sock, stun)
+            held = await mapping if mapping is not None else None
+            if held is not None:
+                gathered = msgspec.structs.replace(
+                    gathered, candidates=[*gathered.candidates, held.candidate]
+                )
             settings, path_settings = tuned(*self.tunables(), gathered.reflexive)
             identity = process_identity()
             ours = Offer(
                 candidates=to_wire(gathered.candidates),
                 mapping=gathered.mapping.value if gathered.mapping else "",
                 fingerprint=identity.fingerprint,
+                mapped=mapped_to_wire(gathered.candidates),
             )
             data, tag = seal(ours, key, owner=True)
             await channel.send(P2pAnswer(proxy=msg.proxy, visit_id=msg.visit_id, offer=data, mac=tag))
@@ -213,6 +260,9 @@ class OwnerP2p:
                     reason=str(exc),
                 )
                 return
+            if mapping is not None and hole.sock is not sock:  # a prediction socket won: not the mapped one
+                await _release(mapping)
+                mapping = None
             sock, peer, kind, after = hole.sock, hole.peer, hole.kind, hole.after
             visitor = f"{peer[0]}:{peer[1]}"
 
@@ -301,6 +351,8 @@ class OwnerP2p:
             self._starts.pop(msg.visit_id, None)
             if not kept:
                 sock.close()
+            if mapping is not None:
+                await _release(mapping)
 
     async def _attempt_tcp(
         self, msg: P2pRequest, channel: MessageChannel, config: Any, key: bytes, theirs: Offer
@@ -396,3 +448,5 @@ class OwnerP2p:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._mappings is not None:
+            await self._mappings.close()

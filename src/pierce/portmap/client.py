@@ -32,6 +32,10 @@ asks for its mappings again.
 
 Which coroutines may be cancelled: all of them; a cancelled request leaves nothing behind but the
 datagrams already sent (a mapping the gateway may have made expires with its lifetime).
+
+One client may be shared by tasks (the direct paths of `pierce.p2p.owner` each map a port, and their
+`pierce.portmap.lease.Lease` renewals run whenever they fall due): its requests take turns, one exchange
+with the gateway at a time, since answers arrive on one socket and each exchange reads them all.
 """
 
 from __future__ import annotations
@@ -234,6 +238,8 @@ class PortMapClient:
         self._protocol: _Datagrams | None = None
         self._local_ip: IPAddress = pcp.ANY_V4
         self._upnp: UpnpClient | None = None
+        #: Held by one exchange at a time (module doc).
+        self._turn = asyncio.Lock()
 
     @property
     def upnp(self) -> UpnpClient:
@@ -642,6 +648,12 @@ class PortMapClient:
     async def _exchange(self, payload: bytes, match: Callable[[bytes], T | None], until: float) -> T | None:
         """Send ``payload`` at 0, rto, 3 rto, 7 rto ... until ``match`` accepts an answer (returned) or
         loop time ``until`` passes (None). An ICMP error from the gateway raises NoPortMapping."""
+        async with self._turn:
+            return await self._exchange_now(payload, match, until)
+
+    async def _exchange_now(
+        self, payload: bytes, match: Callable[[bytes], T | None], until: float
+    ) -> T | None:
         transport, protocol = self._transport, self._protocol
         if transport is None or protocol is None:
             raise RuntimeError("PortMapClient used before open() or after close()")

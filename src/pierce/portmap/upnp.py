@@ -168,6 +168,8 @@ class UpnpClient:
         self._service: UpnpService | None = None
         self._router: ipaddress.IPv4Address | None = None
         self._local_ip: ipaddress.IPv4Address | None = None
+        #: Calls made at once by several tasks find the device once.
+        self._opening = asyncio.Lock()
 
     @property
     def service_type(self) -> str | None:
@@ -226,8 +228,9 @@ class UpnpClient:
         )
 
     async def _ready(self) -> UpnpService:
-        if self._service is None:
-            await self.open()
+        async with self._opening:
+            if self._service is None:
+                await self.open()
         assert self._service is not None
         return self._service
 

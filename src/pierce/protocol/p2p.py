@@ -4,6 +4,12 @@ behaviour and (the owner) the fingerprint of the certificate its direct paths pr
 An `Offer` travels as MessagePack bytes with a MAC under the rendezvous key (`pierce.protocol.auth.p2p_key`)
 that only the visitor and the owner hold, so the server that relays it cannot alter a candidate or swap
 the certificate. Every count and length is bounded by the types: a decoded offer is safe to act on.
+
+Compatibility: a peer decodes an offer with unknown fields ignored, and a candidate of an unknown kind is
+skipped (`pierce.p2p.gather.from_wire`) rather than refusing the offer. Peers before the "mapped" kind
+refused any kind but host, srflx, prflx and predicted in `Offer.candidates`, and with it the whole
+offer: so a mapped candidate travels in `Offer.mapped`, which they ignore, and again as srflx in
+`Offer.candidates`, which they try as any public address.
 """
 
 from __future__ import annotations
@@ -16,15 +22,18 @@ from pierce.protocol.auth import p2p_offer_mac, verify
 
 #: Candidates one side may offer (interfaces times protocols, plus reflexive ones).
 MAX_CANDIDATES = 32
+#: Router-mapped candidates one side may offer (one per socket and router).
+MAX_MAPPED = 4
 #: Largest encoded offer accepted.
 MAX_OFFER_SIZE = 4096
 FINGERPRINT_SIZE = 32
 
 
 class WireCandidate(msgspec.Struct, frozen=True, array_like=True):
-    """One candidate: ``kind`` is host, srflx or predicted; ``proto`` is udp or tcp."""
+    """One candidate: ``kind`` is host, srflx, predicted or mapped (a kind this side does not know is
+    skipped, not refused); ``proto`` is udp or tcp."""
 
-    kind: Annotated[str, msgspec.Meta(pattern="^(host|srflx|prflx|predicted)$")]
+    kind: Annotated[str, msgspec.Meta(pattern="^[a-z]{1,16}$")]
     proto: Annotated[str, msgspec.Meta(pattern="^(udp|tcp)$")]
     host: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -42,6 +51,9 @@ class Offer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Fal
     #: What the visitor asks for (the owner answers in kind): "udp", a punched hole with QUIC for all
     #: of its connections; "tcp", one direct TCP connection (TCP simultaneous open or a LAN connect).
     want: Annotated[str, msgspec.Meta(pattern="^(udp|tcp)$")] = "udp"
+    #: Addresses the router in front of this side forwards to its socket (kind "mapped",
+    #: `pierce.nat.candidates`); each is in `candidates` too, as srflx, for peers that predate this field.
+    mapped: Annotated[list[WireCandidate], msgspec.Meta(max_length=MAX_MAPPED)] = []
 
 
 _encoder = msgspec.msgpack.Encoder()
