@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from pierce import config
-from pierce.errors import ConfigError
+from pierce.errors import ConfigError, KeyPath, format_key_path
 from pierce.frpimport import emit, legacy, mapping
 from pierce.frpimport.formats import Format, Role, detect_format, detect_role, parse
 from pierce.frpimport.sniff import read_text
@@ -54,6 +54,7 @@ def convert_file(path: Path, role: Role | None = None) -> Converted:
         src.add_warning(where, reason)
     out = mapping.client(src) if role is Role.CLIENT else mapping.server(src)
     src.finish()
+    _drop_unwritable(out, (), src)
     kind = config.ClientConfig if role is Role.CLIENT else config.ServerConfig
     frp_name = "frpc" if role is Role.CLIENT else "frps"
     header = [
@@ -69,3 +70,25 @@ def convert_file(path: Path, role: Role | None = None) -> Converted:
     except ConfigError as exc:
         problems = exc.problems
     return Converted(role, fmt, out, toml_text, src.warnings, problems)
+
+
+#: What a pierce config value can be (what `emit` writes).
+_WRITABLE = (bool, int, float, str, list, dict)
+
+
+def _drop_unwritable(node: dict[str, Any] | list[Any], path: KeyPath, src: Source) -> None:
+    """Take out of the result what TOML cannot hold: a missing value the mapping passed on (None, e.g.
+    a proxy without a name: the loader then says the key is missing) and values of other types
+    (a YAML date, binary), each with a warning."""
+    items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+    for key, item in reversed(items):
+        where = (*path, key if isinstance(key, str | int) else str(key))
+        if isinstance(item, dict | list):
+            _drop_unwritable(item, where, src)
+        elif item is None or not isinstance(item, _WRITABLE):
+            del node[key]  # type: ignore[arg-type]
+            if item is not None:
+                src.add_warning(
+                    format_key_path(where),
+                    f"a {type(item).__name__} value, which a pierce config cannot hold",
+                )

@@ -11,7 +11,7 @@ import configparser
 from collections.abc import Callable
 from typing import Any
 
-from pierce.errors import ConfigError, KeyPath
+from pierce.errors import ConfigError, KeyPath, format_key_path
 
 Conv = Callable[[str], Any]
 
@@ -195,10 +195,24 @@ class Legacy:
 
     def put(self, path: KeyPath, value: Any, where: str) -> None:
         node: Any = self.doc
-        for part in path[:-1]:
+        for depth, part in enumerate(path[:-1]):
             node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
+            if not isinstance(node, dict | list):
+                # Another key of the file set a value where this one needs a table (``transport = x``
+                # and then ``tcp_mux``): the first one stays, this one is reported.
+                self._clash(path[: depth + 1], where)
+                return
+        if isinstance(node, dict) and isinstance(node.get(path[-1]), dict):
+            self._clash(path, where)  # a table that other keys filled already
+            return
         node[path[-1]] = value
         self.origin[path] = where
+
+    def _clash(self, path: KeyPath, where: str) -> None:
+        taken = sorted({origin for leaf, origin in self.origin.items() if leaf[: len(path)] == path})
+        self.unplaced.append(
+            (where, f"not converted: {', '.join(taken) or 'another key'} already set {format_key_path(path)}")
+        )
 
 
 def _place(

@@ -166,7 +166,9 @@ def client(src: Source) -> dict[str, Any]:
         src.warn(("transport", "tls", "enable"), "false: pierce always uses TLS to the server")
     src.note(("transport", "tls", "enable"), "pierce always uses TLS to the server")
     start = src.get("start")
-    wanted = set(start) if isinstance(start, list) and start else None
+    wanted = {name for name in start if isinstance(name, str)} if isinstance(start, list) and start else None
+    if isinstance(start, list) and any(not isinstance(name, str) for name in start):
+        src.add_warning(src.where(("start",)), "entries that are not proxy or visitor names are ignored")
     proxies = [_proxy(src, ("proxies", i), wanted) for i in range(_count(src, "proxies"))]
     visitors = [_visitor(src, ("visitors", i), wanted) for i in range(_count(src, "visitors"))]
     if any(proxies):
