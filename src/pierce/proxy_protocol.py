@@ -180,11 +180,14 @@ def parse(data: bytes | bytearray | memoryview) -> tuple[ProxyHeader, int] | Non
 
 def _parse_v1(data: bytes) -> tuple[ProxyHeader, int] | None:
     end = data.find(b"\r\n")
+    line = data[: end if end >= 0 else len(data)]
+    if b"\n" in line:
+        # Whether or not its CRLF is in yet: a header is one line (UNKNOWN takes any rest of it).
+        raise ProxyProtocolError(f"PROXY v1 line {line[:40]!r}... holds a line feed before its CRLF")
     if end < 0:
-        if len(data) >= V1_MAX_LENGTH or b"\n" in data:
+        if len(data) >= V1_MAX_LENGTH:
             raise ProxyProtocolError(f"PROXY v1 line not ended by CRLF within {V1_MAX_LENGTH} bytes")
         return None
-    line = data[:end]
     if not line.startswith(V1_PREFIX) or not line.isascii():
         raise ProxyProtocolError(f"PROXY v1 line {line!r} is not ASCII starting with 'PROXY '")
     parts = line.decode("ascii").split(" ")

@@ -16,9 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.fuzz_targets import FRP_SUFFIXES, TARGETS, inputs
 
+from pierce import proxy_protocol
 from pierce.frpimport import convert_file
 from pierce.protocol import chunks, frames, mux
 from pierce.protocol.errors import FrameTooLarge, ProtocolError
+from pierce.proxy_protocol import ProxyProtocolError
 from pierce.vhost import sni
 
 #: Examples per target: the file-reading ones cost milliseconds each, the codecs microseconds.
@@ -89,6 +91,16 @@ def test_client_hello_longer_than_the_peek_limit_fails_at_its_header() -> None:
 
 
 # -- regressions: inputs the fuzzers found --------------------------------------------------------------
+
+
+def test_proxy_v1_line_with_a_bare_line_feed_is_refused_whole_as_in_pieces() -> None:
+    # UNKNOWN took any rest of the line, a bare LF included, once the CRLF was in; the same bytes without
+    # their last one were refused (a LF without CRLF). A header whose prefix fails must fail too.
+    data = b"PROXY UNKNOWN 28::1 4711PR\x0f 44XY UN\rKNO\nWN\r\n"
+    for end in (len(data), len(data) - 1):
+        with pytest.raises(ProxyProtocolError, match="line feed"):
+            proxy_protocol.parse(data[:end])
+    TARGETS["proxy_protocol"].check(data)
 
 
 def frp(suffix: str, text: str | bytes) -> bytes:
