@@ -208,7 +208,7 @@ def main() -> int:
     engine = args.engine or ("atheris" if have_atheris() else "hypothesis")
     if engine == "atheris" and not have_atheris():
         parser.error("atheris is not installed: pip install -e '.[fuzz]' (or --engine hypothesis)")
-    if engine == "hypothesis":
+    if engine == "hypothesis" and not have_atheris():
         print(
             "atheris is not installed here: running the hypothesis engine instead (random generation from the"
             " suite's strategies, no coverage feedback)",
