@@ -197,7 +197,8 @@ class TcpListener:
                 conn.close()
             log.exception("%s: connection from %s failed", self.name, format_sockaddr(addr))
 
-    async def close(self) -> None:
+    def stop_accepting(self) -> None:
+        """Close the listening socket; the connections' handlers run on until `close`."""
         if self.sock is not None:
             if self._reader_installed:
                 with contextlib.suppress(Exception):
@@ -206,6 +207,9 @@ class TcpListener:
             self.sock = None
         if self._accept_task is not None:
             self._accept_task.cancel()
+
+    async def close(self) -> None:
+        self.stop_accepting()
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()

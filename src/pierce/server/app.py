@@ -204,13 +204,20 @@ class Server:
         if self.web is not None:
             await self.web.close()
         if self._listener is not None:
-            await self._listener.close()
+            self._listener.stop_accepting()
         if self._trim is not None:
             self._trim.cancel()
         if self.stun is not None:
             self.stun.close()
-        for session in list(self.sessions.values()):
-            await session.close("server shutting down")
+        # Each client is told why (it logs "server shutting down" and reconnects), before the listener's
+        # tasks, which run the sessions, are cancelled.
+        sessions = list(self.sessions.values())
+        await asyncio.gather(
+            *(s.close("server shutting down", tell=ErrorCode.NOT_AVAILABLE) for s in sessions),
+            return_exceptions=True,
+        )
+        if self._listener is not None:
+            await self._listener.close()
         for front in self.fronts.values():
             await front.close()
 
