@@ -145,6 +145,7 @@ EVENTS: dict[str, frozenset[str]] = {
         # proxies (server and owner)
         "proxy.ready": {"client_id", "proxy", "type", "remote_port", "urls", "server"},
         "proxy.refused": {"client_id", "proxy", "code", "reason", "error"},
+        "proxy.retry": {"proxy", "delay_s"},
         "proxy.closed": {"client_id", "proxy", "reason"},
         "proxy.direct": {"client_id", "proxy", "address", "via", "listen"},
         "proxy.direct_unavailable": {"proxy", "error", "listen"},
@@ -223,6 +224,7 @@ EVENTS: dict[str, frozenset[str]] = {
         # pierce map, and UDP flows everywhere
         "map.listening": {"rule", "protocol", "listen", "target"},
         "tcp.accept_error": {"rule", "error"},
+        "tcp.accept_resumed": {"rule", "failures"},
         "tcp.denied": {"rule", "client"},
         "tcp.open": {"rule", "client", "target"},
         "tcp.target_failed": {"rule", "client", "target", "error"},
