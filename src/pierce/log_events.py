@@ -216,6 +216,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "admin.listening": {"listen", "port", "path"},
         "inspect.replayed": {"proxy", "method", "target", "status"},
         "tls.pinned": {"server", "fingerprint", "path"},
+        "tls.pin_unsaved": {"server", "fingerprint", "path", "error"},
         "work.failed": {"error", "delay_s"},
         "work.mux_failed": {"error"},
         "work.mux_joined": {"client_id", "peer"},

@@ -6,12 +6,18 @@ serving what it can: no exit, no crash loop; once the resource is back, verified
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import itertools
+import signal
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from support.streams import MiB, echo, free_port, tcp_server
-from support.tunnel import start_client, start_server
-from test_tunnel_restart import verified_echo
+from support.tunnel import TOKEN, StartPierce, start_client, start_server, write_toml
+from test_tunnel_restart import Rig, verified_echo
 from test_tunnel_tcp import tcp_proxy
 
 #: Descriptors the server may open (soft and hard: pierce lifts its soft limit to the hard one).
@@ -114,3 +120,87 @@ async def test_client_out_of_descriptors_refuses_what_it_cannot_carry_and_serves
         assert not [line for line in client.other_lines if "Traceback" in line or "never retrieved" in line]
         assert client.matching("client.disconnected") == []
         assert client.proc.returncode is None
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "1m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (this machine's tests run as root), unmounted at the end
+    whatever happens."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path) -> None:
+    """Write to ``disk`` until it is full."""
+    block = b"\0" * 65536
+    with (disk / "filler").open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(block)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    small = disk / "filler-tail"
+    with small.open("wb", buffering=0) as f, contextlib.suppress(OSError):  # the last partial block
+        while True:
+            f.write(b"\0" * 512)
+    with pytest.raises(OSError):
+        (disk / "probe").write_bytes(b"x" * 4096)
+
+
+async def test_full_disk_under_the_state_directories(pierce, tmp_path: Path) -> None:
+    """Server and client restarted on a full disk that holds their state keep serving (they only read it
+    then); a client meeting a new server on it serves too, saying the pin could not be saved."""
+    with small_disk(tmp_path / "state") as disk:
+        await full_disk_scenario(pierce, tmp_path, disk)
+
+
+async def full_disk_scenario(pierce: StartPierce, tmp_path: Path, disk: Path) -> None:
+    async with tcp_server(echo_service) as local:
+        r = Rig(pierce, tmp_path, local)
+        r.client_state = disk / "client"
+        await r.start_server()
+        client = await r.start_client(state_dir=str(r.client_state))
+        await client.wait_event("proxy.ready")
+        before = r.state()
+        fill(disk)
+        for proc in (r.server, client):
+            proc.proc.send_signal(signal.SIGKILL)
+            await proc.wait_exit()
+        await r.start_server()
+        client = await r.start_client(state_dir=str(r.client_state))
+        await client.wait_event("proxy.ready")
+        await verified_echo(r.public, MiB + 1, 41)
+        assert r.state() == before
+
+        # A client that meets this server for the first time cannot record its certificate: it says so
+        # and serves (as ssh does), instead of refusing to log in until the disk has room.
+        public = free_port()
+        newcomer = await start_client(
+            pierce,
+            tmp_path,
+            r.port,
+            [tcp_proxy("svc2", local, remote_port=public)],
+            name="newcomer",
+            token=r.token(),
+            state_dir=str(disk / "newcomer"),
+        )
+        (unsaved,) = await newcomer.wait_event("tls.pin_unsaved")
+        assert "No space left on device" in unsaved["error"], unsaved
+        await newcomer.wait_event("proxy.ready")
+        await verified_echo(public, MiB + 2, 42)
+
+        # A server that has to create its identity on the full disk cannot start: it says why and exits
+        # (it cannot serve without a certificate); with room again, the same command starts.
+        conf = write_toml(tmp_path / "fresh.toml", {"bind_addr": "127.0.0.1", "bind_port": 0, "token": TOKEN})
+        fresh = await pierce("server", "-c", str(conf), "--state-dir", str(disk / "fresh"))
+        assert await fresh.wait_exit() == 1  # a status its systemd unit does not restart on
+        assert [e["msg"] for e in fresh.events if e["level"] == "error"] == [
+            f"cannot write {disk / 'fresh' / 'server.key'}: No space left on device"
+        ]
+        (disk / "filler").unlink()
+        fresh = await pierce("server", "-c", str(conf), "--state-dir", str(disk / "fresh"))
+        await fresh.wait_event("server.listening")

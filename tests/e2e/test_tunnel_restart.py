@@ -106,8 +106,12 @@ class Rig:
         )
         return self.server
 
+    def token(self) -> str:
+        """The token the server generated."""
+        return (self.server_state / "token").read_text().strip()
+
     async def start_client(self, **settings: Any) -> PierceProcess:
-        token = (self.server_state / "token").read_text().strip()
+        token = self.token()
         self.client = await start_client(
             self.pierce,
             self.tmp_path,

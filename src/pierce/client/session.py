@@ -17,7 +17,7 @@ from pierce.config import ClientConfig
 from pierce.dial import connect_tcp, open_stream
 from pierce.errors import PierceError
 from pierce.handshake import client_login, client_work_login, plain_binding, visitor_key, work_key
-from pierce.known_hosts import KnownHosts
+from pierce.known_hosts import KnownHosts, PinNotSaved
 from pierce.logs import event
 from pierce.mux import MuxChannel, MuxConnection
 from pierce.protocol import (
@@ -143,7 +143,25 @@ class Dialer:
     def _check_known(self, der: bytes) -> None:
         """Trust on first use: record the certificate of a new server, refuse a changed one."""
         assert self.known_hosts is not None
-        if self.known_hosts.check(self.server, der):
+        try:
+            pinned = self.known_hosts.check(self.server, der)
+        except PinNotSaved as exc:
+            # As ssh does: a first use is accepted even when it cannot be remembered (a full disk must
+            # not take the tunnel down); it stays a first use, and is said so, until it can be.
+            fingerprint = certificate_fingerprint(der)
+            event(
+                log,
+                logging.WARNING,
+                "tls.pin_unsaved",
+                f"first connection to {self.server}: its certificate {fingerprint} is accepted but "
+                f"cannot be recorded ({exc}); the next connection is trusted on first use again",
+                server=str(self.server),
+                fingerprint=fingerprint,
+                path=str(self.known_hosts.path),
+                error=str(exc),
+            )
+            return
+        if pinned:
             fingerprint = certificate_fingerprint(der)
             event(
                 log,
