@@ -1,0 +1,125 @@
+"""The wall clock jumps by hours (an NTP step, a wrong RTC fixed at boot) under a running server and
+client: heartbeats keep the session up, because every timer runs on the monotonic clock.
+
+The processes run under libfaketime (Debian package faketime) with ``FAKETIME_DONT_FAKE_MONOTONIC=1``:
+``time.time()`` and every wall-clock reading moves by what the shared timestamp file says, read again at
+each call, while ``CLOCK_MONOTONIC`` runs on, as after a real ``settimeofday``. The logs' ``ts`` (wall
+clock) shows each jump arrived.
+
+What time passed is measured with a canary: a second client stopped with ``SIGSTOP`` right after the
+jump, which the server drops once ``heartbeat_timeout`` has passed on its own clock. A timer on the wall
+clock would have failed by then: a deadline pushed hours into the past fires at its next check (the client
+gives up on a live server), one pushed hours ahead never does (the client stops pinging, and the server
+drops it no later than the canary).
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+from support.procs import PierceProcess
+from support.streams import MiB, free_port, tcp_server
+from support.tunnel import TOKEN, StartPierce, write_toml
+from test_resource_faults import echo_service
+from test_tunnel_restart import verified_echo
+from test_tunnel_tcp import tcp_proxy
+
+LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
+if LIBFAKETIME is None:
+    pytest.skip("libfaketime is not installed (Debian package faketime)", allow_module_level=True)
+
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_TIMEOUT = 3.0
+HOUR = 3600.0
+
+
+class Clock:
+    """The wall-clock offset of every process started with `env`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.set(0)
+
+    def set(self, seconds: float) -> None:
+        self.path.write_text(f"{seconds:+.0f}\n")
+
+    def env(self, state: Path) -> dict[str, str]:
+        return {
+            "LD_PRELOAD": str(LIBFAKETIME),
+            "FAKETIME_TIMESTAMP_FILE": str(self.path),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "PIERCE_STATE_DIR": str(state),
+        }
+
+
+async def client(
+    pierce: StartPierce, tmp_path: Path, clock: Clock, port: int, name: str, proxies: list
+) -> PierceProcess:
+    conf = write_toml(
+        tmp_path / f"{name}.toml",
+        {
+            "server_addr": "127.0.0.1",
+            "server_port": port,
+            "token": TOKEN,
+            "client_id": name,
+            "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+            "proxies": proxies,
+        },
+    )
+    proc = await pierce("client", "-c", str(conf), env=clock.env(tmp_path / f"{name}-state"))
+    await proc.wait_event("client.connected")
+    return proc
+
+
+async def canary_dropped(
+    pierce: StartPierce, tmp_path: Path, clock: Clock, server: PierceProcess, port: int, name: str
+) -> dict:
+    """Start a client, stop it, and return the server's event dropping it: ``heartbeat_timeout`` has
+    passed on the server's clock since it stopped."""
+    canary = await client(pierce, tmp_path, clock, port, name, [])
+    await server.wait_event("client.login", lambda e: e["client_id"] == name)
+    canary.proc.send_signal(signal.SIGSTOP)
+    try:
+        (dropped,) = await server.wait_event("client.timeout", lambda e: e["client_id"] == name, timeout=30)
+    finally:
+        canary.proc.send_signal(signal.SIGCONT)
+    return dropped
+
+
+async def test_heartbeats_survive_wall_clock_jumps_of_hours_both_ways(pierce, tmp_path: Path) -> None:
+    clock = Clock(tmp_path / "faketime")
+    public = free_port()
+    async with tcp_server(echo_service) as local:
+        conf = write_toml(
+            tmp_path / "server.toml",
+            {
+                "bind_addr": "127.0.0.1",
+                "bind_port": 0,
+                "token": TOKEN,
+                "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+            },
+        )
+        server = await pierce("server", "-c", str(conf), env=clock.env(tmp_path / "state"))
+        (ready,) = await server.wait_event("server.listening")
+        port = int(ready["port"])
+        main = await client(
+            pierce, tmp_path, clock, port, "main", [tcp_proxy("svc", local, remote_port=public)]
+        )
+        await main.wait_event("proxy.ready")
+        started = ready["ts"]
+
+        for n, offset in enumerate((5 * HOUR, -5 * HOUR), start=1):
+            clock.set(offset)
+            dropped = await canary_dropped(pierce, tmp_path, clock, server, port, f"canary{n}")
+            # The server's wall clock did jump (its log stamps say so) ...
+            assert abs(dropped["ts"] - started - offset) < HOUR, (dropped["ts"], started, offset)
+            # ... and the main client's session lived through it on both sides.
+            assert main.matching("client.disconnected") == []
+            assert server.matching("client.timeout", lambda e: e["client_id"] == "main") == []
+            assert server.matching("client.gone", lambda e: e["client_id"] == "main") == []
+            await verified_echo(public, MiB + n, 50 + n)
+        assert len(main.matching("client.connected")) == 1
