@@ -124,6 +124,7 @@ EVENTS: dict[str, frozenset[str]] = {
         # server
         "server.listening": {"listen", "port", "fingerprint", "generated"},
         "server.token": {"path", "generated"},
+        "server.sighup": set(),
         "login.failed": {"peer", "error", "suppressed"},
         "login.refused": {"peer", "client_id", "role", "error", "suppressed"},
         "auth.failed": {"peer", "client_id", "role", "error", "suppressed"},

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.procs import PierceProcess
 from support.streams import MiB, echo, free_port, tcp_server
 from support.tunnel import TOKEN, StartPierce, start_client, start_server, write_toml
 from test_tunnel_restart import Rig, verified_echo
@@ -204,3 +205,58 @@ async def full_disk_scenario(pierce: StartPierce, tmp_path: Path, disk: Path) ->
         (disk / "filler").unlink()
         fresh = await pierce("server", "-c", str(conf), "--state-dir", str(disk / "fresh"))
         await fresh.wait_event("server.listening")
+
+
+async def test_certificate_garbage_or_gone_at_reload_and_restart(pierce, tmp_path: Path) -> None:
+    """The server reads its certificate when it starts. Replaced with garbage while it runs, a SIGHUP
+    (which would end an unprepared process) says nothing was reloaded and the server serves on with the
+    certificate it has, to pinned clients old and new; a restart then refuses to start, naming the file,
+    with a status its systemd unit does not restart on (no crash loop)."""
+    async with tcp_server(echo_service) as local:
+        r = Rig(pierce, tmp_path, local)
+        server = await r.start_server()
+        (first,) = server.matching("server.listening")
+        await r.start_client()
+        await r.client.wait_event("proxy.ready")
+        cert = r.server_state / "server.crt"
+        cert.write_bytes(b"garbage\n" * 64)
+        server.proc.send_signal(signal.SIGHUP)
+        await server.wait_event("server.sighup")
+        public = free_port()
+        pinned = await start_client(
+            pierce,
+            tmp_path,
+            r.port,
+            [tcp_proxy("svc2", local, remote_port=public)],
+            name="pinned",
+            token=r.token(),
+            server_fingerprint=first["fingerprint"],
+        )
+        await pinned.wait_event("proxy.ready")
+        await verified_echo(public, MiB + 4, 43)
+        await verified_echo(r.public, MiB + 5, 44)
+        assert server.proc.returncode is None
+
+        server.proc.send_signal(signal.SIGTERM)
+        assert await server.wait_exit() == 0
+        restarted, rc = await start_server_expecting_exit(r)
+        assert rc == 1
+        assert [e["msg"] for e in restarted.events if e["level"] == "error"] == [
+            f"TLS certificate {cert} is not a PEM certificate: no BEGIN CERTIFICATE block"
+        ]
+        # Certificate and key gone: a new identity is generated (as on a first start), and a client that
+        # pinned the old one refuses it, saying so.
+        cert.unlink()
+        (r.server_state / "server.key").unlink()
+        restarted = await r.start_server()
+        (again,) = restarted.matching("server.listening")
+        assert again["generated"] is True and again["fingerprint"] != first["fingerprint"]
+        await pinned.wait_event("client.login_failed", lambda e: "fingerprint mismatch" in e["error"])
+
+
+async def start_server_expecting_exit(r: Rig) -> tuple[PierceProcess, int]:
+    conf = write_toml(
+        r.tmp_path / "server.toml", {"bind_addr": "127.0.0.1", "bind_port": r.port, "token": ""}
+    )
+    proc = await r.pierce("server", "-c", str(conf), env={"PIERCE_STATE_DIR": str(r.tmp_path / "state")})
+    return proc, await proc.wait_exit()

@@ -9,9 +9,11 @@ on both ends), so the relay can splice it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
+import signal
 import socket
 import ssl
 import time
@@ -687,8 +689,23 @@ async def run_server(config: ServerConfig) -> None:
 
     server = Server(config)
     await server.start()
+    loop = asyncio.get_running_loop()
+    # SIGHUP (a habit from other daemons, logrotate) would end the process by default: the server reads
+    # its config and certificate files only when it starts, so it says so and serves on with what it has.
+    with contextlib.suppress(NotImplementedError, AttributeError, RuntimeError):  # Windows has no SIGHUP
+        loop.add_signal_handler(signal.SIGHUP, _on_hup)
     try:
         sig = await wait_for_stop_signal()
         log.info("stopping on %s", sig.name)
     finally:
         await server.close()
+
+
+def _on_hup() -> None:
+    event(
+        log,
+        logging.WARNING,
+        "server.sighup",
+        "SIGHUP: the server reads its config and certificate files only when it starts, so nothing was "
+        "reloaded; still serving with what it loaded (restart it to apply changes)",
+    )
