@@ -19,6 +19,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from support.dashboard import get_json
 from support.procs import PierceProcess
 from support.streams import MiB, free_port, tcp_server
 from support.tunnel import TOKEN, StartPierce, write_toml
@@ -92,7 +93,7 @@ async def canary_dropped(
 
 async def test_heartbeats_survive_wall_clock_jumps_of_hours_both_ways(pierce, tmp_path: Path) -> None:
     clock = Clock(tmp_path / "faketime")
-    public = free_port()
+    public, web_port = free_port(), free_port()
     async with tcp_server(echo_service) as local:
         conf = write_toml(
             tmp_path / "server.toml",
@@ -101,6 +102,7 @@ async def test_heartbeats_survive_wall_clock_jumps_of_hours_both_ways(pierce, tm
                 "bind_port": 0,
                 "token": TOKEN,
                 "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+                "web": {"addr": "127.0.0.1", "port": web_port},
             },
         )
         server = await pierce("server", "-c", str(conf), env=clock.env(tmp_path / "state"))
@@ -111,6 +113,8 @@ async def test_heartbeats_survive_wall_clock_jumps_of_hours_both_ways(pierce, tm
         )
         await main.wait_event("proxy.ready")
         started = ready["ts"]
+        await server.wait_event("web.listening")
+        uptimes = [(await get_json(f"http://127.0.0.1:{web_port}/api/serverinfo"))["uptime_s"]]
 
         for n, offset in enumerate((5 * HOUR, -5 * HOUR), start=1):
             clock.set(offset)
@@ -122,4 +126,7 @@ async def test_heartbeats_survive_wall_clock_jumps_of_hours_both_ways(pierce, tm
             assert server.matching("client.timeout", lambda e: e["client_id"] == "main") == []
             assert server.matching("client.gone", lambda e: e["client_id"] == "main") == []
             await verified_echo(public, MiB + n, 50 + n)
+            # The server's uptime runs on: it neither leaps by the jump nor goes back.
+            uptimes.append((await get_json(f"http://127.0.0.1:{web_port}/api/serverinfo"))["uptime_s"])
+            assert uptimes[-2] < uptimes[-1] < uptimes[-2] + HOUR / 2, uptimes
         assert len(main.matching("client.connected")) == 1

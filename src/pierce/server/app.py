@@ -135,6 +135,7 @@ class Server:
         #: The JSON API and /metrics (``[web]``), when configured.
         self.web: WebServer | None = None
         self.started_at = time.time()
+        self._started = time.monotonic()  # for the uptime: a wall-clock step must not change it
 
     async def start(self) -> str:
         cfg = self.config
@@ -247,6 +248,7 @@ class Server:
             users=sorted(self.verifiers),
             user_limits=self.users.info(),
             started_at=self.started_at,
+            uptime_s=time.monotonic() - self._started,
             proxies=[
                 ServerProxyInfo(
                     name=p.name,
