@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from support.procs import PierceProcess
 from support.streams import MiB, echo, free_port, tcp_server
-from support.tunnel import TOKEN, StartPierce, start_client, start_server, write_toml
+from support.tunnel import TOKEN, StartPierce, client_config, start_client, start_server, write_toml
 from test_tunnel_restart import Rig, verified_echo
 from test_tunnel_tcp import tcp_proxy
 
@@ -55,18 +55,26 @@ def one_line_per_pause(events: list[dict], rule: str) -> list[str]:
 async def test_server_out_of_descriptors_says_so_keeps_its_clients_and_serves_again(
     pierce, tmp_path: Path
 ) -> None:
-    public, public2 = free_port(), free_port()
+    public, public2, public3 = free_port(), free_port(), free_port()
     async with tcp_server(echo_service) as local:
         server, port = await start_server(
             pierce, tmp_path, prefix=("prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}", "--")
         )
-        client = await start_client(pierce, tmp_path, port, [tcp_proxy("svc", local, remote_port=public)])
+        first = [tcp_proxy("svc", local, remote_port=public)]
+        client = await start_client(pierce, tmp_path, port, first)
         await client.wait_event("proxy.ready")
         # Visitors hold more connections than the server may have descriptors: it accepts what it can,
         # then says once why it stops accepting on that port.
         hogs = await hold_connections(public, HOGS)
         (failed,) = await server.wait_event("tcp.accept_error", lambda e: e["rule"] == "proxy svc")
         assert "Too many open files" in failed["msg"] and f"may open {FD_LIMIT}" in failed["msg"], failed
+        # A proxy the logged-in client adds now (a reload) cannot get a port: refused with the reason, and
+        # asked for again by the client.
+        client_config(tmp_path, port, [*first, tcp_proxy("svc3", local, remote_port=public3)])
+        client.proc.send_signal(signal.SIGHUP)
+        (refused,) = await client.wait_event("proxy.refused", lambda e: e["proxy"] == "svc3")
+        assert "Too many open files" in refused["error"], refused
+        await client.wait_event("proxy.retry", lambda e: e["proxy"] == "svc3")
         # A client logging in meanwhile waits in the control port's backlog...
         late = await start_client(
             pierce, tmp_path, port, [tcp_proxy("svc2", local, remote_port=public2)], name="late"
@@ -82,8 +90,10 @@ async def test_server_out_of_descriptors_says_so_keeps_its_clients_and_serves_ag
         for refused in late.matching("proxy.refused"):
             assert "Too many open files" in refused["error"], refused
         assert len(late.matching("proxy.retry")) == len(late.matching("proxy.refused"))
+        await client.wait_event("proxy.ready", lambda e: e["proxy"] == "svc3", timeout=60)
         await verified_echo(public, MiB + 3, 31)
         await verified_echo(public2, MiB + 5, 32)
+        await verified_echo(public3, MiB + 7, 33)
         for rule in ("proxy svc", "control"):
             lines = one_line_per_pause(server.events, rule)
             assert lines[:2] == ["error", "resumed"], (rule, lines)

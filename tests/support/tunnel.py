@@ -75,6 +75,15 @@ async def start_client(
     prefix: tuple[str, ...] = (),
     **settings: Any,
 ) -> PierceProcess:
+    conf = client_config(tmp_path, server_port, proxies, name=name, **settings)
+    env = {"PIERCE_STATE_DIR": str(tmp_path / f"{name}-state")}
+    return await pierce("client", "-c", str(conf), env=env, prefix=prefix)
+
+
+def client_config(
+    tmp_path: Path, server_port: int, proxies: list[dict[str, Any]], *, name: str = "client", **settings: Any
+) -> Path:
+    """Write the config file `start_client` starts client ``name`` with (again, for a reload)."""
     doc: dict[str, Any] = {
         "server_addr": "127.0.0.1",
         "server_port": server_port,
@@ -83,6 +92,4 @@ async def start_client(
         **settings,
         "proxies": proxies,
     }
-    conf = write_toml(tmp_path / f"{name}.toml", doc)
-    env = {"PIERCE_STATE_DIR": str(tmp_path / f"{name}-state")}
-    return await pierce("client", "-c", str(conf), env=env, prefix=prefix)
+    return write_toml(tmp_path / f"{name}.toml", doc)
