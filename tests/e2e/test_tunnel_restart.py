@@ -209,6 +209,9 @@ async def test_server_restarted_mid_transfer_client_returns_by_itself(
         await finish_download(reader, writer, head)
 
         (gone,) = await r.client.wait_event("client.disconnected")
+        # The client's side of the cut transfer says what ended it.
+        (cut,) = await r.client.wait_event("proxy.conn_close")
+        assert cut["error"] and cut["down_bytes"] < STREAM_BLOCKS * MiB, cut
         if sig == signal.SIGTERM:  # the server said why before it went
             assert "server shutting down" in gone["error"], gone
         # At least one attempt fails while the server is down; then it comes back on the same port.
@@ -253,6 +256,7 @@ async def test_client_restarted_mid_transfer_serves_again_with_its_pins(
         assert closed["proxy"] == "svc"
         (cut,) = await r.server.wait_event("proxy.conn_close")
         assert cut["down_bytes"] < STREAM_BLOCKS * MiB
+        assert cut["error"], cut  # "proxy 'svc' closed", "multiplexed connection ended: ..."
 
         # The same client, started again with the same state directory: it trusts the server it pinned
         # (no new pin), keeps its admin token, and gets its public port back.
@@ -336,6 +340,8 @@ async def test_local_service_restarted_mid_transfer_serves_again_without_pierce_
         await finish_download(reader, writer, head)
         (cut,) = await r.server.wait_event("proxy.conn_close")
         assert cut["down_bytes"] < STREAM_BLOCKS * MiB
+        (ccut,) = await r.client.wait_event("proxy.conn_close")
+        assert cut["error"] and "reset" in ccut["error"], (cut, ccut)  # each side says why it ended
 
         # While the service is down a visitor is turned away at once (the client says why), and the
         # tunnel stays up.
@@ -358,11 +364,13 @@ async def test_local_service_restarted_mid_transfer_serves_again_without_pierce_
         assert r.state() == before
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 async def test_visitors_killed_mid_transfer_leave_the_service_and_tunnel_serving(
-    pierce, tmp_path: Path
+    pierce, tmp_path: Path, sig: signal.Signals
 ) -> None:
-    """A plain TCP visitor that resets its connection, and a `pierce visit` killed with ``kill -9``:
-    the service's connection ends each time, and the next visitor is served, verified."""
+    """A plain TCP visitor that resets its connection, and a `pierce visit` stopped (``SIGTERM``) or
+    killed (``kill -9``): the service's connection ends each time, and the next visitor is served,
+    verified."""
     svc = Service()
     secret = secret_proxy("stcp", "files", f"127.0.0.1:{svc.port}")
     async with restartable_service(svc), rig(pierce, tmp_path, f"127.0.0.1:{svc.port}", [secret]) as r:
@@ -375,6 +383,8 @@ async def test_visitors_killed_mid_transfer_leave_the_service_and_tunnel_serving
         assert await svc.ended.get() in ("ConnectionResetError", "BrokenPipeError")
         (cut,) = await r.server.wait_event("proxy.conn_close")
         assert cut["down_bytes"] < STREAM_BLOCKS * MiB
+        (ccut,) = await r.client.wait_event("proxy.conn_close")
+        assert "reset" in cut["error"] and ccut["error"], (cut, ccut)
         await verified_echo(r.public, 2 * MiB + 7, 25)
         assert await svc.ended.get() == "done"
 
@@ -383,12 +393,14 @@ async def test_visitors_killed_mid_transfer_leave_the_service_and_tunnel_serving
         port = await visitor_port(visitor)
         reader, writer, head = await start_download(port)
         await r.client.wait_event("proxy.conn_open", lambda e: e.get("proxy") == "files")
-        visitor.proc.send_signal(signal.SIGKILL)
-        assert await visitor.wait_exit() == -signal.SIGKILL
+        visitor.proc.send_signal(sig)
+        assert await visitor.wait_exit() == (0 if sig == signal.SIGTERM else -sig)
         await finish_download(reader, writer, head)
         assert await svc.ended.get() in ("ConnectionResetError", "BrokenPipeError")
         (cut,) = await r.client.wait_event("proxy.conn_close", lambda e: e.get("proxy") == "files")
         assert cut["down_bytes"] < STREAM_BLOCKS * MiB
+        scut = await r.server.wait_event("proxy.conn_close", lambda e: e.get("proxy") == "files")
+        assert cut["error"] and all(c["error"] for c in scut), (cut, scut)
 
         again = await r.visit("files")
         await verified_echo(await visitor_port(again), 4 * MiB + 9, 26)
