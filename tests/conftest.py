@@ -56,9 +56,11 @@ async def pierce(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Star
     started: list[PierceProcess] = []
     state = tmp_path_factory.mktemp("state")
 
-    async def start(*args: str, env: dict[str, str] | None = None, json_logs: bool = True) -> PierceProcess:
+    async def start(
+        *args: str, env: dict[str, str] | None = None, json_logs: bool = True, prefix: tuple[str, ...] = ()
+    ) -> PierceProcess:
         env = {"PIERCE_STATE_DIR": str(state), **(env or {})}
-        proc = await PierceProcess.start(*args, env=env, json_logs=json_logs)
+        proc = await PierceProcess.start(*args, env=env, json_logs=json_logs, prefix=prefix)
         started.append(proc)
         return proc
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pierce.addr import HostPort, format_sockaddr
 from pierce.errors import LocalError
-from pierce.listeners import set_nodelay
+from pierce.listeners import open_file_limit, set_nodelay
 from pierce.relay import wait_fd
 
 if TYPE_CHECKING:
@@ -40,7 +40,13 @@ async def connect_tcp(target: HostPort, timeout: float) -> socket.socket:
     deadline = loop.time() + timeout
     errors: list[str] = []
     for family, addr in await resolve(target, socket.SOCK_STREAM):
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:  # out of descriptors (EMFILE, ENFILE) or memory: this connection fails
+            what = exc.strerror or str(exc)
+            if exc.errno == errno.EMFILE:
+                what += f" (this process may open {open_file_limit()}: raise LimitNOFILE= or ulimit -n)"
+            raise TargetUnreachable(f"cannot open a socket to connect to {target}: {what}") from exc
         sock.setblocking(False)
         try:
             async with asyncio.timeout_at(deadline):

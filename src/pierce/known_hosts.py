@@ -50,6 +50,11 @@ class KnownHostsError(LocalError):
     """The known_hosts file cannot be read or has a line that is not ``HOST:PORT FINGERPRINT``."""
 
 
+class PinNotSaved(KnownHostsError):
+    """A first certificate could not be recorded (full disk, read-only state directory): the check
+    passed, as it does on any first use, but the next connection will be a first use again."""
+
+
 class CertificateChanged(FingerprintMismatch):
     """The server presents a certificate other than the one recorded when it was first seen."""
 
@@ -132,7 +137,8 @@ class KnownHosts:
         """Accept the certificate `der` for `server`, recording it on first use.
 
         Returns True when it was recorded now; raises `CertificateChanged` when another certificate
-        is recorded for `server`, `KnownHostsError` when the file is damaged or cannot be written.
+        is recorded for `server`, `KnownHostsError` when the file is damaged, `PinNotSaved` (one) when
+        a first certificate cannot be written.
         """
         key = server_key(server)
         got = certificate_fingerprint(der)
@@ -183,7 +189,7 @@ class KnownHosts:
             make_private_dir(self.path.parent)
             write_private(self.path, text.encode())
         except LocalError as exc:
-            raise KnownHostsError(str(exc)) from exc
+            raise PinNotSaved(str(exc)) from exc
 
 
 def _line_server(line: str) -> str | None:

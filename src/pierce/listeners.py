@@ -25,6 +25,9 @@ log = logging.getLogger("pierce.listen")
 LISTEN_BACKLOG = 1024
 #: Connections accepted per wake-up before yielding to the loop, so one busy port cannot starve others.
 ACCEPT_BATCH = 64
+#: Seconds accepting pauses when the process is out of descriptors or memory (`_OUT_OF_RESOURCES`).
+ACCEPT_RETRY_S = 0.1
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 #: Socket buffer size asked for on UDP sockets (capped by net.core.rmem_max / wmem_max).
 UDP_SOCKET_BUFFER = 4 * 1024 * 1024
 #: Bytes waiting in a socket's or a tunnel's send buffer beyond which new datagrams are dropped (every
@@ -38,7 +41,13 @@ class PortInUse(LocalError):
 
 def bind_socket(listen: HostPort, kind: socket.SocketKind) -> socket.socket:
     """A bound, non-blocking socket for ``listen``; ``[::]`` also accepts IPv4. Errors name the address."""
-    sock = socket.socket(listen.family, kind)
+    try:
+        sock = socket.socket(listen.family, kind)
+    except OSError as exc:  # out of descriptors or memory
+        what = exc.strerror or str(exc)
+        if exc.errno == errno.EMFILE:
+            what += f" (this process may open {open_file_limit()}: raise LimitNOFILE= or ulimit -n)"
+        raise LocalError(f"cannot listen on {listen} ({kind_name(kind)}): {what}") from exc
     try:
         if kind == socket.SOCK_STREAM and hasattr(socket, "SO_REUSEADDR"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -66,6 +75,16 @@ def grow_udp_buffers(sock: socket.socket) -> None:
     for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, opt, UDP_SOCKET_BUFFER)
+
+
+def open_file_limit() -> str:
+    """This process's open-file limit, as text ("?" where there is none to read)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return "?"
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
 
 
 def kind_name(kind: socket.SocketKind) -> str:
@@ -111,6 +130,8 @@ class TcpListener:
         self._handler_owns = handler_owns
         self._accept_task: asyncio.Task[None] | None = None
         self._reader_installed = False
+        #: Accepts failed in a row (out of descriptors, ...).
+        self._failures = 0
 
     @classmethod
     def open(
@@ -146,6 +167,8 @@ class TcpListener:
             except OSError as exc:
                 self._accept_failed(exc)
                 return
+            if self._failures:
+                self._accept_resumed()
             self._spawn(conn, addr)
 
     async def _accept_loop(self) -> None:  # pragma: no cover - Windows proactor loop
@@ -155,25 +178,48 @@ class TcpListener:
                 conn, addr = await loop.sock_accept(self.sock)
             except OSError as exc:
                 self._accept_failed(exc)
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
+            if self._failures:
+                self._accept_resumed()
             self._spawn(conn, addr)
 
     def _accept_failed(self, exc: OSError) -> None:
-        event(
-            log,
-            logging.ERROR,
-            "tcp.accept_error",
-            f"{self.name}: accept failed: {exc}",
-            rule=self.name,
-            error=str(exc),
-        )
-        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) and self._reader_installed:
+        # One line per run of failures (the retries of a pause would say the same ten times a second);
+        # `_accept_resumed` says when and after how many it ended.
+        self._failures += 1
+        out_of_resources = exc.errno in _OUT_OF_RESOURCES
+        if self._failures == 1:
+            what = f"{exc.strerror or exc}"
+            if exc.errno == errno.EMFILE:
+                what += f" (this process may open {open_file_limit()}: raise LimitNOFILE= or ulimit -n)"
+            if out_of_resources:
+                what += f"; new connections wait in the backlog, accepting again every {ACCEPT_RETRY_S:g}s"
+            event(
+                log,
+                logging.ERROR,
+                "tcp.accept_error",
+                f"{self.name}: accept failed: {what}",
+                rule=self.name,
+                error=str(exc),
+            )
+        if out_of_resources and self._reader_installed:
             # Out of descriptors: stop accepting for a moment instead of spinning on a readable socket.
             assert self.sock is not None
             loop = asyncio.get_running_loop()
             loop.remove_reader(self.sock.fileno())
-            loop.call_later(0.1, self._resume)
+            loop.call_later(ACCEPT_RETRY_S, self._resume)
+
+    def _accept_resumed(self) -> None:
+        event(
+            log,
+            logging.WARNING,
+            "tcp.accept_resumed",
+            f"{self.name}: accepting again after {self._failures} failed attempts",
+            rule=self.name,
+            failures=self._failures,
+        )
+        self._failures = 0
 
     def _resume(self) -> None:
         if self.sock is not None:
@@ -197,7 +243,8 @@ class TcpListener:
                 conn.close()
             log.exception("%s: connection from %s failed", self.name, format_sockaddr(addr))
 
-    async def close(self) -> None:
+    def stop_accepting(self) -> None:
+        """Close the listening socket; the connections' handlers run on until `close`."""
         if self.sock is not None:
             if self._reader_installed:
                 with contextlib.suppress(Exception):
@@ -206,6 +253,9 @@ class TcpListener:
             self.sock = None
         if self._accept_task is not None:
             self._accept_task.cancel()
+
+    async def close(self) -> None:
+        self.stop_accepting()
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()

@@ -124,6 +124,7 @@ EVENTS: dict[str, frozenset[str]] = {
         # server
         "server.listening": {"listen", "port", "fingerprint", "generated"},
         "server.token": {"path", "generated"},
+        "server.sighup": set(),
         "login.failed": {"peer", "error", "suppressed"},
         "login.refused": {"peer", "client_id", "role", "error", "suppressed"},
         "auth.failed": {"peer", "client_id", "role", "error", "suppressed"},
@@ -145,6 +146,7 @@ EVENTS: dict[str, frozenset[str]] = {
         # proxies (server and owner)
         "proxy.ready": {"client_id", "proxy", "type", "remote_port", "urls", "server"},
         "proxy.refused": {"client_id", "proxy", "code", "reason", "error"},
+        "proxy.retry": {"proxy", "delay_s"},
         "proxy.closed": {"client_id", "proxy", "reason"},
         "proxy.direct": {"client_id", "proxy", "address", "via", "listen"},
         "proxy.direct_unavailable": {"proxy", "error", "listen"},
@@ -215,6 +217,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "admin.listening": {"listen", "port", "path"},
         "inspect.replayed": {"proxy", "method", "target", "status"},
         "tls.pinned": {"server", "fingerprint", "path"},
+        "tls.pin_unsaved": {"server", "fingerprint", "path", "error"},
         "work.failed": {"error", "delay_s"},
         "work.mux_failed": {"error"},
         "work.mux_joined": {"client_id", "peer"},
@@ -223,6 +226,7 @@ EVENTS: dict[str, frozenset[str]] = {
         # pierce map, and UDP flows everywhere
         "map.listening": {"rule", "protocol", "listen", "target"},
         "tcp.accept_error": {"rule", "error"},
+        "tcp.accept_resumed": {"rule", "failures"},
         "tcp.denied": {"rule", "client"},
         "tcp.open": {"rule", "client", "target"},
         "tcp.target_failed": {"rule", "client", "target", "error"},

@@ -159,6 +159,9 @@ class ServerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     user_limits: dict[str, UserLimitsInfo] = {}
     #: Unix time the server started.
     started_at: float = 0.0
+    #: Seconds since the server started, on the monotonic clock: a step of the wall clock (NTP, a
+    #: corrected RTC) moves `started_at`'s meaning, never this.
+    uptime_s: float = 0.0
 
 
 class ClientProxyInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from helpers.acme_pebble import MISSING, Pebble, running_pebble
 from support.streams import payload
+from test_resource_faults import fill, small_disk
 
 from pierce.vhost.acme import (
     CertificateManager,
@@ -321,3 +322,38 @@ async def test_failed_validation_is_logged_retried_and_survived(
         assert failed["serving"] == f"{current.serial:x}"
         assert manager.certificate_for("cam.example.com") == current
         assert manager.context_for("cam.example.com") is current.context
+
+
+@needs_pebble
+async def test_full_disk_fails_orders_with_the_reason_then_they_succeed(
+    ca: Pebble, events: AcmeEvents, tmp_path: Path
+) -> None:
+    """A state directory on a full disk: the order fails with the reason (nothing can be written, from
+    the account key on), is retried, and succeeds once there is room; a renewal failing the same way
+    keeps the current certificate in service."""
+    names = ("disk.example.com",)
+    with small_disk(tmp_path / "state") as disk:
+        fill(disk)
+        async with managed(disk, ca, retry_initial=0.5) as manager:
+            ca.challenges.answer = manager.challenge_response
+            await manager.start()
+            manager.want(names)
+            (failed,) = await events.wait("acme.failed")
+            assert "No space left on device" in failed["reason"], failed
+            assert manager.context_for("disk.example.com") is None
+            (disk / "filler").unlink()
+            (issued,) = await events.wait("acme.issued", timeout=30)
+            assert issued["names"] == list(names)
+
+        events.records.clear()
+        fill(disk)
+        async with managed(disk, ca, renew_before=FOREVER) as manager:
+            ca.challenges.answer = manager.challenge_response
+            current = manager.certificate_for("disk.example.com")
+            assert current is not None
+            with pytest.raises(IssuanceFailed) as raised:
+                await manager.ensure(names)
+            assert "No space left on device" in raised.value.reason, raised.value
+            (failed,) = events.named("acme.failed")
+            assert failed["serving"] == f"{current.serial:x}"
+            assert manager.context_for("disk.example.com") is current.context

@@ -31,9 +31,14 @@ class PierceProcess:
 
     @classmethod
     async def start(
-        cls, *args: str, env: dict[str, str] | None = None, json_logs: bool = True
+        cls,
+        *args: str,
+        env: dict[str, str] | None = None,
+        json_logs: bool = True,
+        prefix: tuple[str, ...] = (),
     ) -> PierceProcess:
-        argv = [sys.executable, "-m", "pierce", *(["--json-logs"] if json_logs else []), *args]
+        """``prefix``: a command the process runs under (``prlimit --nofile=64:64 --``, ...)."""
+        argv = [*prefix, sys.executable, "-m", "pierce", *(["--json-logs"] if json_logs else []), *args]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -81,6 +86,16 @@ class PierceProcess:
                 f"events={self.events[-20:]} other={self.other_lines[-20:]}"
             )
         return found
+
+    async def wait_until(self, ready: Callable[[], bool], *, timeout: float = 15) -> None:
+        """Wait until ``ready()`` (called each time an event or line comes) is true."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: ready() or self._reader.done())
+        if not ready():
+            raise AssertionError(
+                f"process exited (rc={self.proc.returncode}); events={self.events[-20:]} "
+                f"other={self.other_lines[-20:]}"
+            )
 
     async def wait_line(self, pred: Callable[[str], bool], *, timeout: float = 15) -> str:
         """Wait for a line that is not a JSON event (a plain log line) matching ``pred``."""

@@ -51,11 +51,16 @@ def _toml(value: Any) -> str:
     raise TypeError(value)
 
 
-async def start_server(pierce: StartPierce, tmp_path: Path, **settings: Any) -> tuple[PierceProcess, int]:
-    """A server on 127.0.0.1 with a free control port; returns it and the port."""
+async def start_server(
+    pierce: StartPierce, tmp_path: Path, *, prefix: tuple[str, ...] = (), **settings: Any
+) -> tuple[PierceProcess, int]:
+    """A server on 127.0.0.1 with a free control port; returns it and the port. ``prefix``: a command it
+    runs under (`PierceProcess.start`)."""
     doc: dict[str, Any] = {"bind_addr": "127.0.0.1", "bind_port": 0, "token": TOKEN, **settings}
     conf = write_toml(tmp_path / "server.toml", doc)
-    proc = await pierce("server", "-c", str(conf), env={"PIERCE_STATE_DIR": str(tmp_path / "state")})
+    proc = await pierce(
+        "server", "-c", str(conf), env={"PIERCE_STATE_DIR": str(tmp_path / "state")}, prefix=prefix
+    )
     (ready,) = await proc.wait_event("server.listening")
     return proc, int(ready["port"])
 
@@ -67,8 +72,18 @@ async def start_client(
     proxies: list[dict[str, Any]],
     *,
     name: str = "client",
+    prefix: tuple[str, ...] = (),
     **settings: Any,
 ) -> PierceProcess:
+    conf = client_config(tmp_path, server_port, proxies, name=name, **settings)
+    env = {"PIERCE_STATE_DIR": str(tmp_path / f"{name}-state")}
+    return await pierce("client", "-c", str(conf), env=env, prefix=prefix)
+
+
+def client_config(
+    tmp_path: Path, server_port: int, proxies: list[dict[str, Any]], *, name: str = "client", **settings: Any
+) -> Path:
+    """Write the config file `start_client` starts client ``name`` with (again, for a reload)."""
     doc: dict[str, Any] = {
         "server_addr": "127.0.0.1",
         "server_port": server_port,
@@ -77,5 +92,4 @@ async def start_client(
         **settings,
         "proxies": proxies,
     }
-    conf = write_toml(tmp_path / f"{name}.toml", doc)
-    return await pierce("client", "-c", str(conf), env={"PIERCE_STATE_DIR": str(tmp_path / f"{name}-state")})
+    return write_toml(tmp_path / f"{name}.toml", doc)

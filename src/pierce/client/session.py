@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -16,7 +17,7 @@ from pierce.config import ClientConfig
 from pierce.dial import connect_tcp, open_stream
 from pierce.errors import PierceError
 from pierce.handshake import client_login, client_work_login, plain_binding, visitor_key, work_key
-from pierce.known_hosts import KnownHosts
+from pierce.known_hosts import KnownHosts, PinNotSaved
 from pierce.logs import event
 from pierce.mux import MuxChannel, MuxConnection
 from pierce.protocol import (
@@ -69,6 +70,10 @@ DIAL_TIMEOUT = 10.0
 #: minus 20%), the wait doubling up to `REFILL_MAX_S` while dials keep failing.
 REFILL_FIRST_S = 1.0
 REFILL_MAX_S = 20.0
+#: A proxy the server could not open for a reason of its own (`ErrorCode.INTERNAL`: out of descriptors,
+#: ...) is asked for again this many seconds later, the wait doubling up to `REASK_MAX_S`.
+REASK_FIRST_S = 1.0
+REASK_MAX_S = 60.0
 #: The name TLS is checked against when a CA file is configured (generated certificates carry it).
 SERVER_NAME = "pierce"
 
@@ -138,7 +143,25 @@ class Dialer:
     def _check_known(self, der: bytes) -> None:
         """Trust on first use: record the certificate of a new server, refuse a changed one."""
         assert self.known_hosts is not None
-        if self.known_hosts.check(self.server, der):
+        try:
+            pinned = self.known_hosts.check(self.server, der)
+        except PinNotSaved as exc:
+            # As ssh does: a first use is accepted even when it cannot be remembered (a full disk must
+            # not take the tunnel down); it stays a first use, and is said so, until it can be.
+            fingerprint = certificate_fingerprint(der)
+            event(
+                log,
+                logging.WARNING,
+                "tls.pin_unsaved",
+                f"first connection to {self.server}: its certificate {fingerprint} is accepted but "
+                f"cannot be recorded ({exc}); the next connection is trusted on first use again",
+                server=str(self.server),
+                fingerprint=fingerprint,
+                path=str(self.known_hosts.path),
+                error=str(exc),
+            )
+            return
+        if pinned:
             fingerprint = certificate_fingerprint(der)
             event(
                 log,
@@ -298,6 +321,8 @@ class ClientSession:
         #: The wait before the pool is filled again after a failed dial, and whether a refill is due.
         self._refill_wait = REFILL_FIRST_S
         self._refill_due = False
+        #: The next wait before a proxy the server could not open is asked for again, by name.
+        self._reask_wait: dict[str, float] = {}
         #: TLS contexts of https2http plugins, by certificate and key file.
         self._tls_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
         self.heartbeat = Heartbeat(
@@ -344,9 +369,12 @@ class ClientSession:
             case Ping(seq=seq):  # the server checks that this session is alive
                 await self.channel.send(Pong(seq=seq))
             case ProxyReady(name=name, remote_port=port, urls=urls):
+                self._reask_wait.pop(name, None)
                 self.on_proxy_state(name, ProxyState.RUNNING, port, "", urls)
             case ProxyRefused(name=name, code=code, reason=reason):
                 self.on_proxy_state(name, ProxyState.REFUSED, None, f"{code.value}: {reason}", ())
+                if code is ErrorCode.INTERNAL:
+                    self._ask_again(name)
             case ReqWorkConn(count=count):
                 # The server's pool ran dry: visitors arrive faster than pool_count covers. Open what it
                 # asks for and as many again, so the pool grows with demand (the server keeps at most
@@ -392,6 +420,31 @@ class ClientSession:
                     await self.channel.send(Ping(seq=beat.seq))
                 case Due.NOTHING:
                     pass
+
+    def _ask_again(self, name: str) -> None:
+        """Ask for proxy ``name`` again after a wait (`REASK_FIRST_S`, doubling): the server's trouble
+        opening it (its descriptors ran out, ...) may pass."""
+        wait = self._reask_wait.get(name, REASK_FIRST_S)
+        self._reask_wait[name] = min(2 * wait, REASK_MAX_S)
+        event(
+            log,
+            logging.INFO,
+            "proxy.retry",
+            f"proxy {name}: asking the server again in {wait:g}s",
+            proxy=name,
+            delay_s=wait,
+        )
+
+        async def later() -> None:
+            await asyncio.sleep(wait)
+            proxy = self.proxies.get(name)
+            if proxy is None or self._closing:
+                return
+            self.registered.discard(name)
+            with contextlib.suppress(PierceError, OSError):  # the session is ending: it says why
+                await self.register(proxy)
+
+        self._spawn(later(), f"ask again {name}")
 
     async def register(self, proxy: ProxyConfig) -> None:
         """Ask the server to open ``proxy`` (once: a proxy asked for already is left as it is)."""

@@ -9,9 +9,11 @@ on both ends), so the relay can splice it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
+import signal
 import socket
 import ssl
 import time
@@ -133,6 +135,7 @@ class Server:
         #: The JSON API and /metrics (``[web]``), when configured.
         self.web: WebServer | None = None
         self.started_at = time.time()
+        self._started = time.monotonic()  # for the uptime: a wall-clock step must not change it
 
     async def start(self) -> str:
         cfg = self.config
@@ -204,13 +207,20 @@ class Server:
         if self.web is not None:
             await self.web.close()
         if self._listener is not None:
-            await self._listener.close()
+            self._listener.stop_accepting()
         if self._trim is not None:
             self._trim.cancel()
         if self.stun is not None:
             self.stun.close()
-        for session in list(self.sessions.values()):
-            await session.close("server shutting down")
+        # Each client is told why (it logs "server shutting down" and reconnects), before the listener's
+        # tasks, which run the sessions, are cancelled.
+        sessions = list(self.sessions.values())
+        await asyncio.gather(
+            *(s.close("server shutting down", tell=ErrorCode.NOT_AVAILABLE) for s in sessions),
+            return_exceptions=True,
+        )
+        if self._listener is not None:
+            await self._listener.close()
         for front in self.fronts.values():
             await front.close()
 
@@ -238,6 +248,7 @@ class Server:
             users=sorted(self.verifiers),
             user_limits=self.users.info(),
             started_at=self.started_at,
+            uptime_s=time.monotonic() - self._started,
             proxies=[
                 ServerProxyInfo(
                     name=p.name,
@@ -680,8 +691,23 @@ async def run_server(config: ServerConfig) -> None:
 
     server = Server(config)
     await server.start()
+    loop = asyncio.get_running_loop()
+    # SIGHUP (a habit from other daemons, logrotate) would end the process by default: the server reads
+    # its config and certificate files only when it starts, so it says so and serves on with what it has.
+    with contextlib.suppress(NotImplementedError, AttributeError, RuntimeError):  # Windows has no SIGHUP
+        loop.add_signal_handler(signal.SIGHUP, _on_hup)
     try:
         sig = await wait_for_stop_signal()
         log.info("stopping on %s", sig.name)
     finally:
         await server.close()
+
+
+def _on_hup() -> None:
+    event(
+        log,
+        logging.WARNING,
+        "server.sighup",
+        "SIGHUP: the server reads its config and certificate files only when it starts, so nothing was "
+        "reloaded; still serving with what it loaded (restart it to apply changes)",
+    )

@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pierce.server")
 
+#: Seconds `ControlSession.close` waits to tell the client why its session ends (a stalled client is
+#: not waited for).
+TELL_TIMEOUT = 1.0
+
 
 class ControlSession:
     """Owns everything one client registered; ``close()`` frees its ports and connections.
@@ -432,11 +436,16 @@ class ControlSession:
             reason=reason,
         )
 
-    async def close(self, reason: str) -> None:
-        """Free every port and connection of this client."""
+    async def close(self, reason: str, *, tell: ErrorCode | None = None) -> None:
+        """Free every port and connection of this client; with ``tell``, send the client an `Error` with
+        that code and ``reason`` first (at most `TELL_TIMEOUT` seconds), so it knows why."""
         if self.closed.is_set():
             return
         self.closed.set()
+        if tell is not None:
+            with contextlib.suppress(PierceError, OSError, TimeoutError):
+                async with asyncio.timeout(TELL_TIMEOUT):
+                    await self.channel.send(Error(code=tell, reason=reason))
         self.pool.close()
         for conn in list(self.mux):
             conn.drain("client session closed")  # live streams go on; each closes after its last

@@ -143,7 +143,7 @@ class ApiError(msgspec.Struct, frozen=True, kw_only=True):
     error: str
 
 
-def server_info(snap: ServerSnapshot, now: float) -> ServerInfo:
+def server_info(snap: ServerSnapshot) -> ServerInfo:
     by_type = Counter(str(p.type) for p in snap.proxies)
     return ServerInfo(
         version=snap.version,
@@ -151,7 +151,7 @@ def server_info(snap: ServerSnapshot, now: float) -> ServerInfo:
         fingerprint=snap.fingerprint,
         ports=snap.ports,
         started_at=snap.started_at,
-        uptime_s=max(0.0, now - snap.started_at),
+        uptime_s=snap.uptime_s,
         clients=len(snap.clients),
         proxies=len(snap.proxies),
         proxies_by_type={t.value: by_type.get(t.value, 0) for t in ProxyType},

@@ -225,8 +225,8 @@ class WebServer:
     # -- endpoints --------------------------------------------------------------------------------
 
     async def _serverinfo(self, request: web.Request) -> web.Response:
-        snap, now = self._observe()
-        return _json(api.server_info(snap, now))
+        snap, _ = self._observe()
+        return _json(api.server_info(snap))
 
     async def _users(self, request: web.Request) -> web.Response:
         return _json(api.users(self._snapshot()))
@@ -293,7 +293,7 @@ class WebServer:
             while True:
                 snap, now = self._observe()
                 state = api.DashboardState(
-                    serverinfo=api.server_info(snap, now),
+                    serverinfo=api.server_info(snap),
                     clients=api.clients(snap),
                     proxies=api.proxies(snap, self.history, now),
                 )
