@@ -105,6 +105,9 @@ INSPECTOR_REQUESTS = 20
 TRANSFER_TIMEOUT = 30.0
 UDP_SOCKETS = 4
 UDP_TRIES = 3
+#: ``--tracemalloc``: seconds between snapshots, frames kept per allocation.
+TRACE_EVERY = 60.0
+TRACE_FRAMES = 8
 #: What the client's proxies are called; ``extra`` comes and goes with reloads.
 EXTRA = "extra"
 
@@ -176,6 +179,26 @@ async def main():
     await asyncio.Event().wait()
 
 asyncio.run(main())
+"""
+
+
+#: ``--tracemalloc DIR``: runs a pierce role (argv[4:]) with tracemalloc on (argv[3] frames), writing a
+#: snapshot to ``DIR/NNNN.snap`` (argv[1]) every argv[2] seconds, for finding what grows.
+TRACED = r"""
+import sys, threading, time, tracemalloc
+from pathlib import Path
+out, every = Path(sys.argv[1]), float(sys.argv[2])
+out.mkdir(parents=True, exist_ok=True)
+tracemalloc.start(int(sys.argv[3]))
+
+def dump():
+    for n in range(100000):
+        time.sleep(every)
+        tracemalloc.take_snapshot().dump(str(out / f"{n:04d}.snap"))
+
+threading.Thread(target=dump, daemon=True).start()
+from pierce.cli import main
+raise SystemExit(main(sys.argv[4:]))
 """
 
 
@@ -410,8 +433,9 @@ def client_doc(ports: Ports, *, extra: bool) -> dict[str, Any]:
 class Pierce:
     """The server and the client, their config files and logs."""
 
-    def __init__(self, procs: Procs, workdir: Path, ports: Ports) -> None:
+    def __init__(self, procs: Procs, workdir: Path, ports: Ports, traced: Path | None = None) -> None:
         self.ports = ports
+        self.traced = traced
         self.workdir = workdir
         self.env = {**os.environ, "PIERCE_STATE_DIR": str(workdir / "state")}
         self.logs = {"server": workdir / "server.log", "client": workdir / "client.log"}
@@ -430,6 +454,8 @@ class Pierce:
 
     def _start(self, procs: Procs, role: str, conf: Path) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "pierce", "--log-level", "warning", role, "-c", str(conf)]
+        if self.traced is not None:
+            argv[1:3] = ["-c", TRACED, str(self.traced / role), str(TRACE_EVERY), str(TRACE_FRAMES)]
         with self.logs[role].open("wb") as out:
             return procs.start(argv, env=self.env, stdout=out, stderr=out)
 
@@ -453,6 +479,22 @@ class Pierce:
         with urllib.request.urlopen(req, timeout=15) as resp:
             doc: dict[str, Any] = json.loads(resp.read())
             return doc
+
+    def log_summary(self) -> dict[str, Any]:
+        """Per role, lines logged by level (the roles log at ``warning`` and above), and the first
+        lines above a warning (an error, a traceback)."""
+        out: dict[str, Any] = {}
+        for role, path in self.logs.items():
+            try:
+                lines = path.read_text(errors="replace").splitlines()
+            except OSError:
+                lines = []
+            levels = Counter(
+                line.split()[2] for line in lines if len(line.split()) > 2 and line.split()[2].isupper()
+            )
+            worse = [line for line in lines if " WARNING " not in line][:10]
+            out[role] = {"by_level": dict(levels), "not_warnings": worse}
+        return out
 
     def log_tail(self, lines: int = 8) -> list[str]:
         out = []
@@ -722,8 +764,13 @@ async def _not(check: Awaitable[bool]) -> bool:
 
 
 async def outage_probe(port: int) -> None:
-    """With the local service down, a visitor through the tcp proxy is closed (EOF or reset), no echo."""
-    reader, writer = await asyncio.open_connection(HOST, port)
+    """With the local service down, a visitor through the tcp proxy is closed (EOF or reset), no echo.
+    The reset may come before this side has seen its connect complete (the server turns the visitor
+    away as soon as the client says the service refused): that is closed too."""
+    try:
+        reader, writer = await asyncio.open_connection(HOST, port)
+    except ConnectionResetError:
+        return
     try:
         writer.write(b"is anyone there?")
         await writer.drain()
@@ -875,7 +922,7 @@ def plot(result: dict[str, Any], path: Path) -> str | None:
 # -- main ------------------------------------------------------------------------------------------
 
 
-def run(settings: Settings) -> dict[str, Any]:
+def run(settings: Settings, traced: Path | None = None) -> dict[str, Any]:
     random.seed(settings.seed)
     procs = Procs()
     workdir = Path(tempfile.mkdtemp(prefix="pierce-soak-"))
@@ -883,7 +930,7 @@ def run(settings: Settings) -> dict[str, Any]:
         ports = Ports()
         service = Service(procs, ports)
         service.start()
-        pierce = Pierce(procs, workdir, ports)
+        pierce = Pierce(procs, workdir, ports, traced)
         soak = Soak(settings, pierce, service)
 
         async def main() -> None:
@@ -934,6 +981,7 @@ def run(settings: Settings) -> dict[str, Any]:
                 for role in analysis
             },
             "growth": analysis,
+            "logs": pierce.log_summary(),
             "verdict": {
                 "memory_growing": memory,
                 "fds_growing": fds,
@@ -946,6 +994,31 @@ def run(settings: Settings) -> dict[str, Any]:
         with signals_held():
             procs.close()
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def trace_report(directory: Path, warmup_s: float, top: int = 12) -> list[str]:
+    """Per role, what grew most between the first snapshot after the warm-up and the last one, by the
+    line that allocated it (and the lines that called it)."""
+    import tracemalloc
+
+    lines = []
+    for role in ("server", "client"):
+        snaps = sorted((directory / role).glob("*.snap"))
+        first = next((i for i in range(len(snaps)) if (i + 1) * TRACE_EVERY >= warmup_s), None)
+        if first is None or first >= len(snaps) - 1:
+            lines.append(f"{role}: too few snapshots ({len(snaps)})")
+            continue
+        old, new = (tracemalloc.Snapshot.load(str(snaps[i])) for i in (first, -1))
+        ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+        old, new = old.filter_traces(ignore), new.filter_traces(ignore)
+        lines.append(
+            f"{role}: traced {sum(t.size for t in new.traces) / 1024:.0f} KiB; growth from snapshot "
+            f"{first} to {len(snaps) - 1} ({TRACE_EVERY:g} s apart):"
+        )
+        for stat in new.compare_to(old, "traceback")[:top]:
+            lines.append(f"  {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks")
+            lines += [f"      {frame.filename}:{frame.lineno}" for frame in list(stat.traceback)[-4:]]
+    return lines
 
 
 class SetupFailed(RuntimeError):
@@ -970,6 +1043,10 @@ def print_report(res: dict[str, Any]) -> None:
     )
     for line in res["failures"][:10]:
         print(f"  {line}")
+    for role, logs in res["logs"].items():
+        print(f"{role} log: {logs['by_level'] or 'nothing'}")
+        for line in logs["not_warnings"]:
+            print(f"  {line}")
     print(
         f"\n{'process':<8} {'RSS first':>10} {'RSS last':>10} {'KiB/min':>9} {'fds':>9} {'fds/min':>8}"
         "  growing"
@@ -1010,6 +1087,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="random seed of the sizes and kinds (default 0)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--png", type=Path, help="write a plot of RSS and fds over time here")
+    ap.add_argument(
+        "--tracemalloc",
+        type=Path,
+        metavar="DIR",
+        help=f"run both roles with tracemalloc, a snapshot every {TRACE_EVERY:g} s into DIR, and print "
+        "what grew most after the warm-up (a diagnosis: tracing changes the figures)",
+    )
     args = ap.parse_args()
     if missing := missing_tools("ss"):
         print(f"soak: {missing} is not installed", file=sys.stderr)
@@ -1027,13 +1111,16 @@ def main() -> int:
     )
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
-        res = run(settings)
+        res = run(settings, args.tracemalloc)
     except KeyboardInterrupt:
         print("soak: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
     except SetupFailed as exc:
         print(f"soak: {exc}", file=sys.stderr)
         return 2
+    if args.tracemalloc:
+        res["tracemalloc"] = trace_report(args.tracemalloc, res["warmup_s"])
+        print("\n".join(res["tracemalloc"]), file=sys.stderr)
     if args.png:
         why = plot(res, args.png)
         print(f"soak: no plot: {why}" if why else f"soak: plot written to {args.png}", file=sys.stderr)

@@ -66,6 +66,8 @@ def test_one_minute_soak_verifies_every_transfer_and_reports_flat_fds(tmp_path: 
             assert isinstance(g["growing"], bool)
             assert {"rise", "trend", "noise", "allowance", "per_min"} <= set(g)
         assert res["growth"][role]["fds"]["growing"] is False, res["growth"][role]["fds"]
+    for role in ("server", "client"):  # nothing worse than a warning (the service restarts log those)
+        assert res["logs"][role]["not_warnings"] == [], res["logs"]
     verdict = res["verdict"]
     assert {"memory_growing", "fds_growing", "transfers_failed", "pass", "reasons"} <= set(verdict)
     assert verdict["fds_growing"] is False
