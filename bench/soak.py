@@ -42,10 +42,14 @@ The growth criterion, per process and per measure (RSS, fds), on the measured wi
 - growing: rise > allowance AND trend > allowance / 2. One must see both: a level that is higher at the
   end and a slope that has not flattened. A step that stops (an arena added once) fails the second; a
   trend within noise the first.
+Memory gets a verdict only from a measured window of 4 minutes or more (``--minutes 5`` with the default
+warm-up): before that a process's RSS is still settling, and the server hands freed memory back to the
+system after every 32 logins (a swing of a megabyte or two), which a short window cannot tell from growth.
+Shorter runs report the figures with ``"growing": null``; fds, exact counts, get a verdict in any run.
 
-Exit status 0 when nothing grows and every transfer verified; 1 otherwise (with the reasons); 2 when a
-tool is missing or the processes cannot start; 130 on Ctrl-C. Every process started is stopped at the
-end, on errors, Ctrl-C and SIGTERM too.
+Exit status 0 when nothing is found growing and every transfer verified; 1 otherwise (with the
+reasons); 2 when a tool is missing or the processes cannot start; 130 on Ctrl-C. Every process started
+is stopped at the end, on errors, Ctrl-C and SIGTERM too.
 
 ``--png FILE`` plots RSS and fds of both processes over time (needs matplotlib, the ``bench`` extra:
 ``pip install -e '.[bench]'``; without it the plot is skipped with a message).
@@ -105,6 +109,11 @@ INSPECTOR_REQUESTS = 20
 TRANSFER_TIMEOUT = 30.0
 UDP_SOCKETS = 4
 UDP_TRIES = 3
+#: The shortest measured window (after the warm-up) that gets a memory verdict: a process's RSS still
+#: settles in its first minutes, and the server's hands freed memory back after every 32 logins, a
+#: swing of a megabyte or two; a shorter window cannot tell either from growth (fds are exact counts and
+#: get a verdict in any window).
+MEMORY_WINDOW_S = 240.0
 #: ``--tracemalloc``: seconds between snapshots, frames kept per allocation.
 TRACE_EVERY = 60.0
 TRACE_FRAMES = 8
@@ -504,6 +513,23 @@ class Pierce:
         return out
 
 
+def memory_by_kind(pid: int) -> dict[str, int]:
+    """Resident KiB of ``pid`` by kind of mapping (``/proc/PID/smaps``): ``heap`` (the brk heap, glibc's
+    main arena), ``anon`` (anonymous maps: pymalloc's arenas, other threads' malloc arenas, large
+    blocks) and ``files`` (code and data of the interpreter and libraries). A growth in ``anon`` or
+    ``heap`` that tracemalloc does not see is the allocator keeping freed memory."""
+    kinds = {"heap": 0, "anon": 0, "files": 0}
+    kind = "anon"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        first = line.split(maxsplit=6)
+        if "-" in first[0] and len(first) >= 5 and ":" in first[3]:  # a mapping's header line
+            name = first[5] if len(first) > 5 else ""
+            kind = "heap" if name == "[heap]" else "anon" if not name or name.startswith("[") else "files"
+        elif first[0] == "Rss:":
+            kinds[kind] += int(first[1])
+    return kinds
+
+
 async def listening(port: int) -> bool:
     out = await asyncio.create_subprocess_exec(
         "ss", "-Hltn", f"sport = :{port}", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
@@ -697,7 +723,7 @@ class Soak:
                 fds = again
             point: dict[str, Any] = {"t": round(self.now(), 2)}
             for role, pid in pids.items():
-                point[role] = {"rss_kib": vm_rss_kib(pid), "fds": fds[role]}
+                point[role] = {"rss_kib": vm_rss_kib(pid), "fds": fds[role], **memory_by_kind(pid)}
             self.samples.append(point)
         finally:
             self.open.set()
@@ -819,9 +845,11 @@ def noise(ys: list[float]) -> float:
     return 1.4826 * statistics.median(abs(d - m) for d in diffs) / math.sqrt(2)
 
 
-def growth(ts: list[float], ys: list[float], floor: float) -> dict[str, Any]:
+def growth(ts: list[float], ys: list[float], floor: float, min_span: float = 0.0) -> dict[str, Any]:
     """The module docstring's criterion over the measured window's samples ``(ts, ys)`` (seconds,
-    values): ``growing`` and the figures it was decided on (per minute, in the unit of ``ys``)."""
+    values): ``growing`` and the figures it was decided on (per minute, in the unit of ``ys``).
+    ``growing`` is None (with ``why``) below 8 samples, or when the window spans less than ``min_span``
+    seconds (the figures are still given)."""
     if len(ts) < 8:
         return {"samples": len(ts), "growing": None, "why": "fewer than 8 samples after warm-up"}
     start, end = ts[0], ts[-1]
@@ -848,7 +876,14 @@ def growth(ts: list[float], ys: list[float], floor: float) -> dict[str, Any]:
         "noise": round(sigma, 2),
         "allowance": round(allowance, 2),
         "growing": rise > allowance and trend > allowance / 2,
-    }
+    } | (
+        {
+            "growing": None,
+            "why": f"a measured window of {span:.0f} s: too short to tell (at least {min_span:.0f} s)",
+        }
+        if span < min_span
+        else {}
+    )
 
 
 def analyse(samples: list[dict[str, Any]], warmup_end: float) -> dict[str, Any]:
@@ -861,7 +896,7 @@ def analyse(samples: list[dict[str, Any]], warmup_end: float) -> dict[str, Any]:
         fds = [float(s[role]["fds"]) for s in measured]
         base = statistics.median(rss) if rss else 0.0
         out[role] = {
-            "rss_kib": growth(ts, rss, max(1024.0, 0.02 * base)),
+            "rss_kib": growth(ts, rss, max(1024.0, 0.02 * base), MEMORY_WINDOW_S),
             "fds": growth(ts, fds, 2.0),
         }
     return out
@@ -945,7 +980,8 @@ def run(settings: Settings, traced: Path | None = None) -> dict[str, Any]:
             raise SetupFailed(f"{exc}\n" + "\n".join(pierce.log_tail())) from exc
         analysis = analyse(soak.samples, soak.warmup_end)
         failed = sum(soak.failed.values())
-        memory = any(analysis[r]["rss_kib"]["growing"] for r in analysis)
+        told = [analysis[r]["rss_kib"]["growing"] for r in analysis]
+        memory = True if True in told else None if None in told else False
         fds = any(analysis[r]["fds"]["growing"] for r in analysis)
         reasons = [
             *([f"{failed} transfers or checks failed"] if failed else []),
@@ -1061,14 +1097,18 @@ def print_report(res: dict[str, Any]) -> None:
         )
         for what, unit in (("rss_kib", "KiB"), ("fds", "fds")):
             x = g[what]
-            if x.get("growing") is not None:
+            if "rise" in x:
                 print(
                     f"         {what:<7} rise {x['rise']:+.1f} {unit} (Q4 - Q2 medians), "
                     f"trend {x['trend']:+.1f} (second half), noise {x['noise']:.1f}, "
                     f"allowance {x['allowance']:.1f}"
                 )
+            if "why" in x:
+                print(f"         {what:<7} no verdict: {x['why']}")
     v = res["verdict"]
     print(f"\nverdict: {'PASS' if v['pass'] else 'FAIL: ' + '; '.join(v['reasons'])}")
+    if v["memory_growing"] is None:
+        print("(memory: no verdict from a run this short)")
 
 
 def main() -> int:

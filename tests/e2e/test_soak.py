@@ -55,6 +55,7 @@ def test_one_minute_soak_verifies_every_transfer_and_reports_flat_fds(tmp_path: 
     for s in samples:
         for role in ("server", "client"):
             assert s[role]["rss_kib"] > 0 and s[role]["fds"] > 0
+            assert s[role]["heap"] + s[role]["anon"] + s[role]["files"] == s[role]["rss_kib"]
     assert [s["t"] for s in samples] == sorted(s["t"] for s in samples)
     assert 0 < res["warmup_s"] < samples[-1]["t"]
 
@@ -62,17 +63,23 @@ def test_one_minute_soak_verifies_every_transfer_and_reports_flat_fds(tmp_path: 
         assert isinstance(res["slopes"][role]["rss_kib_per_min"], float)
         assert isinstance(res["slopes"][role]["fds_per_min"], float)
         for measure in ("rss_kib", "fds"):
-            g = res["growth"][role][measure]
-            assert isinstance(g["growing"], bool)
-            assert {"rise", "trend", "noise", "allowance", "per_min"} <= set(g)
+            assert {"rise", "trend", "noise", "allowance", "per_min", "growing"} <= set(
+                res["growth"][role][measure]
+            )
+        # fds are exact counts: a verdict in any run. Memory needs a longer window than a minute's (the
+        # RSS still settles, the server's periodic hand-back of freed memory swings it): no verdict.
         assert res["growth"][role]["fds"]["growing"] is False, res["growth"][role]["fds"]
+        assert res["growth"][role]["rss_kib"]["growing"] is None
+        assert "too short" in res["growth"][role]["rss_kib"]["why"]
     for role in ("server", "client"):  # nothing worse than a warning (the service restarts log those)
         assert res["logs"][role]["not_warnings"] == [], res["logs"]
     verdict = res["verdict"]
     assert {"memory_growing", "fds_growing", "transfers_failed", "pass", "reasons"} <= set(verdict)
     assert verdict["fds_growing"] is False
+    assert verdict["memory_growing"] is None
     assert verdict["transfers_failed"] == 0
-    assert proc.returncode == (0 if verdict["pass"] else 1), err
+    assert verdict["pass"] is True and verdict["reasons"] == []
+    assert proc.returncode == 0, err
 
     assert leftovers(tmp_path) == []
     assert list(tmp_path.iterdir()) == []
@@ -108,5 +115,7 @@ def test_growth_criterion_on_known_series() -> None:
     ts = [5.0 * i for i in range(360)]
     assert growth(ts, [20.0 + t // 180 for t in ts], 2.0)["growing"] is True
     assert growth(ts, [20.0 + (t > 100) for t in ts], 2.0)["growing"] is False
-    # Too few samples: no verdict.
+    # Too few samples, or too short a window: no verdict (the figures are still given).
     assert growth(ts[:5], [1.0] * 5, 2.0)["growing"] is None
+    short = growth(*series(lambda t: 100 * t / 60, n=12), floor, min_span=240)
+    assert short["growing"] is None and "rise" in short
