@@ -55,7 +55,7 @@ def test_one_minute_soak_verifies_every_transfer_and_reports_flat_fds(tmp_path: 
     for s in samples:
         for role in ("server", "client"):
             assert s[role]["rss_kib"] > 0 and s[role]["fds"] > 0
-            assert s[role]["heap"] + s[role]["anon"] + s[role]["files"] == s[role]["rss_kib"]
+            assert all(s[role][kind] > 0 for kind in ("heap", "anon", "files"))
     assert [s["t"] for s in samples] == sorted(s["t"] for s in samples)
     assert 0 < res["warmup_s"] < samples[-1]["t"]
 
