@@ -22,7 +22,9 @@ What happens, for ``--minutes`` N:
   started again on its ports; while it is down a visitor through the tcp proxy must be closed by
   pierce, not left hanging;
 - every ``--interval`` seconds, transfers are drained (none in flight) and VmRSS (``/proc/PID/status``)
-  and the open fds (``/proc/PID/fd``) of the server and the client are sampled.
+  and the open fds (``/proc/PID/fd``) of the server and the client are sampled, the RSS also split into
+  the heap, anonymous maps and files (``/proc/PID/smaps``: growth in the heap that tracemalloc does not
+  see is the allocator keeping freed memory).
 
 Warm-up: the first ``--warmup`` fraction of the run (default 0.2), and at least until every action has
 run once (each transfer kind, the inspector's ring filled, all four reload variants, a service restart):
@@ -37,19 +39,22 @@ The growth criterion, per process and per measure (RSS, fds), on the measured wi
   outliers) over the window's second half, times that half's duration: what it still grew at the end;
 - noise: the sample-to-sample scatter, 1.4826 x the median absolute deviation of successive differences
   divided by sqrt(2) (a robust standard deviation, blind to a slow trend);
-- allowance: the larger of 4 x noise and a floor (RSS: 1 MiB or 2 % of the second quarter's median,
+- allowance: the larger of 4 x noise and a floor (RSS: 1 MiB or 2 % of the window's median RSS,
   whichever is larger; fds: 2 — fds are sampled when nothing is in flight, so they are exact);
 - growing: rise > allowance AND trend > allowance / 2. One must see both: a level that is higher at the
   end and a slope that has not flattened. A step that stops (an arena added once) fails the second; a
   trend within noise the first.
 Memory gets a verdict only from a measured window of 4 minutes or more (``--minutes 5`` with the default
 warm-up): before that a process's RSS is still settling, and the server hands freed memory back to the
-system after every 32 logins (a swing of a megabyte or two), which a short window cannot tell from growth.
+system after every 32 logins (a swing of 1-3 MiB), which a short window cannot tell from growth.
 Shorter runs report the figures with ``"growing": null``; fds, exact counts, get a verdict in any run.
 
 Exit status 0 when nothing is found growing and every transfer verified; 1 otherwise (with the
 reasons); 2 when a tool is missing or the processes cannot start; 130 on Ctrl-C. Every process started
 is stopped at the end, on errors, Ctrl-C and SIGTERM too.
+
+``--tracemalloc DIR`` runs both roles with tracemalloc, a snapshot a minute, and prints what grew most
+after the warm-up (a diagnosis: tracing itself costs memory and time, so its figures are not the soak's).
 
 ``--png FILE`` plots RSS and fds of both processes over time (needs matplotlib, the ``bench`` extra:
 ``pip install -e '.[bench]'``; without it the plot is skipped with a message).
