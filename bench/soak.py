@@ -507,7 +507,8 @@ class Pierce:
                 line.split()[2] for line in lines if len(line.split()) > 2 and line.split()[2].isupper()
             )
             worse = [line for line in lines if " WARNING " not in line][:10]
-            out[role] = {"by_level": dict(levels), "not_warnings": worse}
+            tracebacks = sum(line.startswith("Traceback") for line in lines)
+            out[role] = {"by_level": dict(levels), "not_warnings": worse, "tracebacks": tracebacks}
         return out
 
     def log_tail(self, lines: int = 8) -> list[str]:
@@ -944,7 +945,7 @@ def plot(result: dict[str, Any], path: Path) -> str | None:
     ax_rss.set_ylabel("VmRSS, MiB")
     ax_rss.set_ylim(bottom=0)
     ax_fds.set_ylabel("open fds")
-    ax_fds.set_ylim(bottom=0)
+    ax_fds.set_ylim(0, 1.25 * max(s[role]["fds"] for s in samples for role in ("server", "client")))
     ax_fds.set_xlabel("minutes (dotted: local service restarts)")
     t = result["transfers"]
     ax_rss.set_title(
