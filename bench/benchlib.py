@@ -433,7 +433,8 @@ LOOPBACK = Site("loopback", "every role on 127.0.0.1", [], [], [], HOST, HOST, H
 
 
 def toml(doc: dict[str, Any]) -> str:
-    """Just enough TOML for the two config files (scalars, one [transport] table, [[proxies]])."""
+    """Just enough TOML for the config files: scalars, tables of scalars (``[transport]``), arrays of
+    tables (``[[proxies]]``, ``[[visitors]]``) whose values are scalars or lists of strings."""
 
     def value(v: Any) -> str:
         if isinstance(v, bool):
@@ -444,8 +445,10 @@ def toml(doc: dict[str, Any]) -> str:
     for key, table in doc.items():
         if isinstance(table, dict):
             lines += [f"[{key}]", *(f"{k} = {value(v)}" for k, v in table.items())]
-    for item in doc.get("proxies", []):
-        lines += ["[[proxies]]", *(f"{k} = {value(v)}" for k, v in item.items())]
+    for key, items in doc.items():
+        if isinstance(items, list):
+            for item in items:
+                lines += [f"[[{key}]]", *(f"{k} = {value(v)}" for k, v in item.items())]
     return "\n".join(lines) + "\n"
 
 

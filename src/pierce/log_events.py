@@ -61,6 +61,7 @@ FIELDS: dict[str, str] = {
     "method": "HTTP method",
     "host": "HTTP Host",
     # counters
+    "ended": "visitor connections that ended since the client last handed freed memory back to the system",
     "up_bytes": "bytes towards the service (visitor -> service, client -> target)",
     "down_bytes": "bytes back towards the visitor",
     "up_packets": "datagrams towards the service",
@@ -212,6 +213,7 @@ EVENTS: dict[str, frozenset[str]] = {
         "client.retry": {"delay_s"},
         "client.reloaded": {"added", "removed", "changed"},
         "client.reload_failed": {"error"},
+        "client.memory_released": {"ended"},
         "client.stopping": set(),
         "client.crashed": {"error"},
         "admin.listening": {"listen", "port", "path"},

@@ -22,8 +22,9 @@ from support.streams import (
     send_all,
     tcp_server,
 )
-from support.tunnel import TOKEN, start_client, start_server
+from support.tunnel import TOKEN, start_client, start_server, write_toml
 
+from pierce.client.app import TRIM_AFTER
 from pierce.protocol import (
     PROTOCOL_VERSION,
     Challenge,
@@ -379,3 +380,40 @@ async def test_man_in_the_middle_is_detected_without_pinning(pierce, tmp_path: P
         assert client.matching("client.connected") == []
     finally:
         relay.close()
+
+
+async def test_the_client_hands_freed_memory_back_after_a_run_of_visitors(pierce, tmp_path: Path) -> None:
+    """After every 32 visitor connections that ended, the client gives its heap's free pages back to the
+    system (`pierce.client.app.TRIM_AFTER`): the allocator keeps freed blocks for speed, and a client
+    under steady churn would otherwise creep up to its heap's high-water mark (bench/soak.py)."""
+    async with tcp_server(echo) as local:
+        _server, port = await start_server(pierce, tmp_path)
+        conf = write_toml(
+            tmp_path / "client.toml",
+            {
+                "server_addr": "127.0.0.1",
+                "server_port": port,
+                "token": TOKEN,
+                "client_id": "churn",
+                "proxies": [tcp_proxy("echo", local)],
+            },
+        )
+        client = await pierce(
+            "--log-level", "debug", "client", "-c", str(conf), env={"PIERCE_STATE_DIR": str(tmp_path / "c")}
+        )
+        public = await proxy_port(client, "echo")
+        for i in range(TRIM_AFTER):
+            reader, writer = await asyncio.open_connection("127.0.0.1", public)
+            writer.write(b"visitor %d" % i)
+            writer.write_eof()
+            assert await reader.read() == b"visitor %d" % i
+            writer.close()
+            await writer.wait_closed()
+        (released,) = await client.wait_event("client.memory_released")
+        assert released["ended"] >= TRIM_AFTER
+        # And it serves on.
+        reader, writer = await asyncio.open_connection("127.0.0.1", public)
+        writer.write(b"after")
+        writer.write_eof()
+        assert await reader.read() == b"after"
+        writer.close()

@@ -45,6 +45,14 @@ log = logging.getLogger("pierce.client")
 
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 20.0
+#: Visitor connections that end between two hand-backs of the memory they freed to the system, and the
+#: seconds from the one that reaches the count to the hand-back (`pierce.runtime.release_free_memory`,
+#: a few milliseconds; the server does the same after a crowd of logins). The allocator keeps freed
+#: blocks on the heap for speed (`pierce.runtime.tune_allocator`), so without it a client under steady
+#: churn creeps up to its heap's high-water mark as the heap fragments: +49 KiB/min over a 30-minute
+#: `bench/soak.py`, all of it free memory in the heap (`malloc_trim` gave it back).
+TRIM_AFTER = 32
+TRIM_DELAY = 1.0
 
 
 class ClientStatus(msgspec.Struct):
@@ -86,6 +94,8 @@ class Client:
         #: The last session's run id and resume key: a reconnect proves it held that session.
         self._resume: tuple[str, bytes] | None = None
         self.active: set[asyncio.Task[None]] = set()
+        self._ended = 0  # active tasks ended since freed memory was last handed back
+        self._trim: asyncio.TimerHandle | None = None
         #: UDP proxies and their visitor flows, kept across reconnects like `active` relays.
         self.udp = UdpProxies()
         #: The ``[[visitors]]`` of the config: local ports reaching other clients' secret proxies (None
@@ -305,7 +315,27 @@ class Client:
     def _spawn_active(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.active.add(task)
-        task.add_done_callback(self.active.discard)
+        task.add_done_callback(self._active_done)
+
+    def _active_done(self, task: asyncio.Task[None]) -> None:
+        self.active.discard(task)
+        self._ended += 1
+        if self._ended >= TRIM_AFTER and self._trim is None and not self._stop.is_set():
+            self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY, self._release_memory)
+
+    def _release_memory(self) -> None:
+        from pierce.runtime import release_free_memory
+
+        self._trim = None
+        ended, self._ended = self._ended, 0
+        release_free_memory()
+        event(
+            log,
+            logging.DEBUG,
+            "client.memory_released",
+            f"freed memory handed back to the system after {ended} connections ended",
+            ended=ended,
+        )
 
     # -- main loop ---------------------------------------------------------------------------------
 
@@ -440,6 +470,9 @@ class Client:
 
     async def close(self) -> None:
         self.stop()
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
         tasks = list(self.active)
         for task in tasks:
             task.cancel()
