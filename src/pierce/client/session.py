@@ -329,7 +329,14 @@ class ClientSession:
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat())
         try:
             while True:
-                msg = await self.channel.recv()
+                try:
+                    msg = await self.channel.recv()
+                except ConnectionClosed:
+                    # A silent server: the heartbeat aborted the channel, and its reason is the one to
+                    # tell ("no answer from the server for 30s", not "connection closed by peer").
+                    if heartbeat.done() and not heartbeat.cancelled():
+                        heartbeat.result()
+                    raise
                 await self._handle(msg)
                 if heartbeat.done():
                     heartbeat.result()
