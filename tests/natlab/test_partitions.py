@@ -23,6 +23,7 @@ the pre-cut ones when the client had to log in again. The 5-minute cut runs only
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -208,7 +209,7 @@ def transfer_through_cut(lab: Lab, tmp_path: Path, how: Cut, seconds: float) -> 
             for d in pl.pierce_client.json_lines("stderr")
             if d.get("event") in ("client.login_failed", "client.retry")
         ]
-        for failed, retry in zip(log, log[1:], strict=False):
+        for failed, retry in itertools.pairwise(log):
             if failed["event"] == "client.login_failed" and "timed out" in failed["error"]:
                 assert retry["event"] == "client.retry", (failed, retry)
                 assert retry["delay_s"] <= max(0.0, retry["backoff_s"] - DIAL_TIMEOUT) + 0.01, (failed, retry)
