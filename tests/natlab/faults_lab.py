@@ -40,6 +40,7 @@ class FaultsLab:
     def __init__(self, lab: Lab, workdir: Path) -> None:
         self.plab = build(lab, [SiteSpec("a", "cone"), SiteSpec("b", "cone")])
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.pl = PierceLab(self.plab, workdir)
         self.pl.start_server()
         self.owner_site, visitor_site = self.plab.sites["a"], self.plab.sites["b"]
@@ -102,14 +103,15 @@ class FaultsLab:
         if line is not None:
             line.stop()
 
-    def transfer(self, path: str, payload: Path, timeout: float) -> dict[str, Any]:
-        """``payload`` through ``path`` to the echo and back (sent, half-closed, read to EOF), on the
-        visitor host; the helper's JSON result plus ``verified`` (every byte back, SHA-256 equal) and, for
-        the visitors, the path their connection took."""
+    def transfer(self, path: str, payload: Path, timeout: float, target: str = "") -> dict[str, Any]:
+        """``payload`` through ``path`` (or to ``target``, another way to the same echo) and back (sent,
+        half-closed, read to EOF), on the visitor host; the helper's JSON result plus ``verified`` (every
+        byte back, SHA-256 equal) and, for the visitors, the path their connection took."""
         data = payload.read_bytes()
         [result] = self.visitor.run_helper(
-            "tcp_client.py", self.target(path), "--send", payload, "--timeout", timeout, timeout=timeout + 30
-        )
+            "tcp_client.py", target or self.target(path), "--send", payload, "--timeout", timeout,
+            timeout=timeout + 30,
+        )  # fmt: skip
         result["verified"] = (
             result["result"] == "ok"
             and result["send_error"] is None
