@@ -197,7 +197,9 @@ def transfer_through_cut(lab: Lab, tmp_path: Path, how: Cut, seconds: float) -> 
         last = retries[-1]
         report.update(
             recovery_s=round(connected["ts"] - restored, 2),
-            backoff_s=last["delay_s"],
+            # The backoff in force: attempts start this far apart, so the bar is recovery_s <= backoff_s
+            # (plus one login); retry_due_s < 0: a dial was under way when the link came back.
+            backoff_s=last.get("backoff_s", last["delay_s"]),
             retry_due_s=round(last["ts"] + last["delay_s"] - restored, 2),
             login_failures=len(json_events(pl.pierce_client, "client.login_failed")),
         )
