@@ -3,19 +3,21 @@
 to OpenSSH's, and recovery from a cut uplink.
 
 Loss and delay (the default): `natlab.faults_lab` (an owner behind one cone NAT with a tcp, an stcp and an
-xtcp proxy for one TCP echo, a visitor behind another, the pierce server on the core), plus an OpenSSH
-reverse tunnel over the same route: a private sshd on the server host and ``ssh -N -R`` from the owner's
-host to the same echo. The owner's NAT router, which every path crosses once each way, first delays
-every packet by ``--delay`` ms (each way: the round trip grows by twice that), then also drops each
-packet at random with each probability of ``--loss`` (percent, iptables ``statistic``). Per condition,
-``--rounds`` rounds, in each one echo transfer per path (the order rotating): random bytes from the
-visitor host, half-closed, read back to EOF, SHA-256 checked, bounded by ``--timeout`` seconds. Paths:
-``tunnel`` (the server's public port), ``stcp``, ``direct-tcp`` (the xtcp visitor's connection: its
-direct TCP one while there is one, else QUIC: the path taken is reported), ``quic`` (an xtcp visitor
-with ``direct_tcp = false``) and ``ssh-R``. The payload shrinks as loss grows (``--size-mib`` at 0 and
-1 %, a quarter of it at 5 %, an eighth at 20 %), so each condition takes about as long. Reported: median
-Mbit/s (both directions summed) per path and condition, and each pierce path over ssh-R, paired per
-round; a transfer that did not come back whole is counted and named, never timed.
+xtcp proxy for one TCP echo, a visitor behind another, the pierce server on the core; the hosts send
+wire-sized packets, their segmentation offloads off), plus an OpenSSH reverse tunnel over the same route:
+a private sshd on the server host and ``ssh -N -R`` from the owner's host to the same echo. The owner's
+NAT router, which every path crosses once each way, delays every packet by ``--delay`` ms (so the round
+trip grows by twice that) and drops each packet at random with each probability of ``--loss`` in turn
+(percent; 0 runs first; iptables ``statistic``). Per condition: ``--warmup`` uncounted transfers per
+path (a relay's long-lived connection carries what its congestion control learnt from one condition
+into the next), then ``--rounds`` rounds of one echo transfer per path, the order rotating: random bytes
+from the visitor host, half-closed, read back to EOF, SHA-256 checked, bounded by ``--timeout`` seconds.
+Paths: ``tunnel`` (the server's public port), ``stcp``, ``direct-tcp`` (the xtcp visitor's connection:
+its direct TCP one while there is one, else QUIC or the relay: the path taken is reported), ``quic`` (an
+xtcp visitor with ``direct_tcp = false``) and ``ssh-R``. The payload shrinks as loss grows
+(``--size-mib`` at 0 and 1 %, a quarter of it at 5 %, an eighth at 20 %). Reported: median Mbit/s (both
+directions summed) per path and condition, and each pierce path over ssh-R, paired per round; a transfer
+that did not come back whole is counted and named, never timed.
 
 ``--cuts 5,40,300``: the scenario of `natlab.partition_lab` for each cut length and each way to cut
 (``drop``, ``link-down``): a paced transfer through the tunnel while the client's uplink is cut; reported:
@@ -87,6 +89,7 @@ def loss_and_delay(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return {
         "delay_ms": args.delay,
         "rounds": args.rounds,
+        "warmup": args.warmup,
         "ssh_cipher": ssh.cipher,
         "conditions": conditions,
         "seconds": round(time.monotonic() - started),
@@ -103,6 +106,9 @@ def run_condition(
     failures: dict[str, list[str]] = {path: [] for path in ALL_PATHS}
     seen: dict[str, set[str]] = {path: set() for path in ALL_PATHS}
     try:
+        for path in ALL_PATHS:  # not counted: connections find their pace
+            for _ in range(args.warmup):
+                faults.transfer(path, payload, args.timeout, target=targets[path])
         for r in range(args.rounds):
             k = r % len(ALL_PATHS)
             for path in ALL_PATHS[k:] + ALL_PATHS[:k]:
@@ -212,6 +218,7 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=50.0, help="ms each way, in every condition")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size-mib", type=float, default=2.0)
+    parser.add_argument("--warmup", type=int, default=1, help="uncounted transfers per path and condition")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one transfer may take")
     parser.add_argument("--cuts", default="", help="seconds, comma-separated: the partition runs instead")
     parser.add_argument("--ways", default="drop,link-down")

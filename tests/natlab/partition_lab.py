@@ -240,13 +240,16 @@ def transfer_through_cut(lab: Lab, tmp_path: Path, how: Cut, seconds: float) -> 
         transfer_s=round(result.get("seconds", 0.0), 1),
         server_close=closed,
     )
-    # ...and so did the client, for its end of it: when the session was lost, once a retransmission of
-    # its old work connection reaches the server again and is answered with a reset (TCP's backoff).
-    client_closed = event(pl.pierce_client, "proxy.conn_close", proxy="echo", timeout=150)
+    # ...and so did the client, for its end of it: when the session was lost, as soon as its multiplexed
+    # work connection failed to answer a ping too (during the cut: the error names the silence).
+    client_closes = [e for e in json_events(pl.pierce_client, "proxy.conn_close") if e["proxy"] == "echo"]
+    client_closed = client_closes[0] if client_closes else event(pl.pierce_client, "proxy.conn_close", 150)
     report["client_close"] = {k: client_closed.get(k) for k in ("ts", "error", "up_bytes", "down_bytes")}
     report["client_close"]["after_restore_s"] = round(client_closed["ts"] - restored, 1)
     if not whole:
         assert closed.get("error") and client_closed.get("error"), (closed, client_closed)
+    if lost:  # its multiplexed connection gave up on the server with the session, not after the cut
+        assert "no answer from the server" in client_closed["error"], client_closed
     relogged = len(json_events(pl.pierce_server, "client.login")) > logins_before
     assert relogged == lost, (relogged, lost)
     report["server_after"] = pl.settled(relogged, before)
