@@ -590,9 +590,9 @@ class ClientSession:
     async def _end_if_dead(self, conn: MuxConnection) -> None:
         """After the server went silent: the multiplexed connection most likely shares its dead link. If
         it does not answer a ping within `MUX_PROBE_TIMEOUT` (or a heartbeat interval, if shorter), its
-        streams end now, with a named error, as
-        the server ends them on its side; not when the link returns (a retransmission then draws the
-        server's reset) or after TCP's ~15 minutes of retries. One that answers goes on draining."""
+        streams end now, with a named error, as the server ends them on its side; not when the link
+        returns (a retransmission then draws the server's reset) or after TCP's ~15 minutes of retries.
+        One that answers goes on draining."""
         if conn.ended:  # it had no stream left
             return
         try:
