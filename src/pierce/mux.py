@@ -53,7 +53,7 @@ from pierce.protocol.mux import (
     StreamReset,
     WindowOpened,
 )
-from pierce.relay import End
+from pierce.relay import End, abort_transport
 from pierce.transport import ConnectionClosed, MessageChannel
 
 #: Data up to this size goes out with its frame header in one write (one TLS record).
@@ -379,6 +379,12 @@ class MuxConnection(asyncio.Protocol):
         """The stream ended both ways in order."""
         self._streams.pop(stream_id, None)
         self._close_if_drained()
+
+    def abort(self, reason: str) -> None:
+        """End the connection and every stream on it at once, with a reset: for a dead link, where a
+        GOAWAY would only wait in the send buffer (and a close with it)."""
+        self._end(reason)
+        abort_transport(self._transport)
 
     def close(self, reason: str = "closed") -> None:
         """End the connection and every stream on it, telling the peer (GOAWAY)."""

@@ -5,6 +5,9 @@ The payload is ``--hex`` or the contents of ``--send FILE``; what comes back is 
 "seconds": t}`` (``t``: from the connect to the end of the echo).
 Sending runs in its own thread, so large payloads through an echo cannot deadlock on full buffers. A failed
 connect or a reset prints ``{"result": "error", "stage": "connect" | "transfer", "errno": "ENETUNREACH"...}``.
+``--rate BYTES`` paces the sending (at most that many bytes a second, in 16 KiB writes), so a transfer lasts
+long enough for a fault to hit it; ``--progress`` then prints ``{"event": "progress", "received": n}`` once
+the first bytes have come back (the transfer is under way).
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ def error(stage: str, exc: OSError, **extra: object) -> None:
     print(json.dumps(doc), flush=True)
 
 
+def paced_send(sock: socket.socket, payload: bytes, rate: float) -> None:
+    """``payload`` in 16 KiB writes, none before its time at ``rate`` bytes a second."""
+    start, step = time.monotonic(), 16384
+    for offset in range(0, len(payload), step):
+        time.sleep(max(0.0, start + offset / rate - time.monotonic()))
+        sock.sendall(payload[offset : offset + step])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("target", type=addr)
@@ -37,6 +48,8 @@ def main() -> None:
     parser.add_argument("--send", type=Path)
     parser.add_argument("--recv", type=Path)
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     payload = args.send.read_bytes() if args.send else bytes.fromhex(args.hex)
     start = time.monotonic()
@@ -50,7 +63,10 @@ def main() -> None:
 
     def sender() -> None:
         try:
-            sock.sendall(payload)
+            if args.rate:
+                paced_send(sock, payload, args.rate)
+            else:
+                sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             send_error.append(exc)
@@ -60,6 +76,8 @@ def main() -> None:
     received = bytearray()
     try:
         while chunk := sock.recv(65536):
+            if args.progress and not received:
+                print(json.dumps({"event": "progress", "received": len(chunk)}), flush=True)
             received += chunk
     except OSError as exc:
         error("transfer", exc, received=len(received))

@@ -361,7 +361,7 @@ class Client:
             )
         while not self._stop.is_set():
             self.status.attempts += 1
-            started = time.monotonic()
+            started, logged_in = time.monotonic(), False
             try:
                 channel, run_id, key = await dialer.control(self._resume)
             except WrongCredentials as exc:
@@ -378,6 +378,7 @@ class Client:
             except (PierceError, OSError, TimeoutError) as exc:
                 self._failed(exc)
             else:
+                logged_in = True
                 self.status.connected, self.status.run_id = True, run_id
                 self._resume = (run_id, resume_key(key, run_id))
                 self.status.connected_since = time.time()
@@ -433,8 +434,20 @@ class Client:
                     backoff = BACKOFF_FIRST  # it was a healthy session: start the backoff over
             if self._stop.is_set():
                 break
-            delay = backoff * random.uniform(0.8, 1.2)
-            event(log, logging.INFO, "client.retry", f"reconnecting in {delay:.1f}s", delay_s=round(delay, 2))
+            # Attempts start `backoff` apart: a dial that hung until its timeout (a dead link drops the
+            # SYNs) counts towards the wait, so the link found again is used within one backoff, not one
+            # backoff plus DIAL_TIMEOUT. After a session the wait starts when it ended.
+            backoff_s = backoff * random.uniform(0.8, 1.2)
+            dialing = 0.0 if logged_in else time.monotonic() - started
+            delay = max(0.0, backoff_s - dialing)
+            event(
+                log,
+                logging.INFO,
+                "client.retry",
+                f"reconnecting in {delay:.1f}s",
+                delay_s=round(delay, 2),
+                backoff_s=round(backoff_s, 2),
+            )
             try:
                 async with asyncio.timeout(delay):
                     await self._stop.wait()

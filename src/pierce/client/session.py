@@ -66,6 +66,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pierce.client")
 
 DIAL_TIMEOUT = 10.0
+#: Seconds a multiplexed connection has to answer a ping once the server went silent (a round trip).
+MUX_PROBE_TIMEOUT = 5.0
 #: After a work connection could not be opened, the pool is filled again this many seconds later (plus or
 #: minus 20%), the wait doubling up to `REFILL_MAX_S` while dials keep failing.
 REFILL_FIRST_S = 1.0
@@ -315,6 +317,8 @@ class ClientSession:
         self.tasks: set[asyncio.Task[None]] = set()
         #: The multiplexed connection work streams are opened on (`Dialer.multiplexed`), and its dial.
         self._mux: MuxConnection | None = None
+        #: The session ended because the server went silent (its heartbeats unanswered).
+        self._silent = False
         self._mux_dial: asyncio.Future[MuxConnection] | None = None
         self.idle_work = 0
         self._closing = False
@@ -354,7 +358,15 @@ class ClientSession:
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat())
         try:
             while True:
-                msg = await self.channel.recv()
+                try:
+                    msg = await self.channel.recv()
+                except ConnectionClosed:
+                    # A silent server: the heartbeat aborted the channel, and its reason is the one to
+                    # tell ("no answer from the server for 30s", not "connection closed by peer").
+                    if heartbeat.done() and not heartbeat.cancelled():
+                        self._silent = True
+                        heartbeat.result()
+                    raise
                 await self._handle(msg)
                 if heartbeat.done():
                     heartbeat.result()
@@ -628,11 +640,27 @@ class ClientSession:
             return
         self.spawn_active(handler)
 
+    async def _end_if_dead(self, conn: MuxConnection) -> None:
+        """After the server went silent: the multiplexed connection most likely shares its dead link. If
+        it does not answer a ping within `MUX_PROBE_TIMEOUT` (or a heartbeat interval, if shorter), its
+        streams end now, with a named error, as the server ends them on its side; not when the link
+        returns (a retransmission then draws the server's reset) or after TCP's ~15 minutes of retries.
+        One that answers goes on draining."""
+        if conn.ended:  # it had no stream left
+            return
+        try:
+            await conn.ping(min(MUX_PROBE_TIMEOUT, self.config.heartbeat_interval))
+        except (TimeoutError, ConnectionResetError):
+            if not conn.ended:
+                conn.abort(f"no answer from the server for {self.config.heartbeat_timeout:g}s")
+
     async def close(self) -> None:
         self._closing = True
         self.channel.close()
         if self._mux is not None:
             self._mux.drain("client session closed")  # live streams go on; closes after the last
+            if self._silent:
+                self.spawn_active(self._end_if_dead(self._mux))
         self.udp.detach(self.channel)
         if self._owns_udp:
             await self.udp.close()
