@@ -373,7 +373,8 @@ async def _take_tcp(p2p: VisitorP2p) -> tuple[End, str] | None:
 async def _open_stream(p2p: VisitorP2p, direct: DirectPath) -> End | None:
     """A QUIC stream that answered the handoff (None, and the path closed, when it did not)."""
     end = await direct.quic.open_stream()
-    if await hand_over(end, ready_timeout(direct.quic.rtt)) is not None:
+    quic = direct.quic
+    if await hand_over(end, ready_timeout(quic.rtt), progress=lambda: quic.datagrams_received) is not None:
         return end
     p2p.path_dead(direct, "a new stream was not answered")
     return None
