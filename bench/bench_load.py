@@ -14,9 +14,11 @@ each way), one path at a time, each with its own processes on loopback:
   server) answers 200 with a SIZE body derived from the nonce and ``X-Upload-Sha256`` over the body it
   read. Verified: status, the digest header, the body's SHA-256 and length.
 - ``p2p``: an ``xtcp`` proxy reached by ``pierce visit --p2p`` on loopback, once the visitor reports its
-  direct paths (a direct TCP connection, ``direct lan``, and QUIC over UDP); the connections take the
+  direct paths (a direct TCP connection and QUIC over UDP); the connections take the
   ready direct TCP connections and then QUIC streams, never the server (counted from the visitor's log:
   ``conn_paths``). The same exchange as ``tcp``.
+- ``stcp`` (only with ``--paths``): a secret proxy reached by ``pierce visit`` through the server, the
+  same exchange; each visitor connection is one more connection to the server's control port.
 Each visitor connection comes from its own loopback address (127.1.0.1, 127.1.0.2, ...), as a thousand
 visitors would from a thousand addresses: the web ports' per-address cap (``vhost_max_conns_per_ip``,
 256 by default) then applies as it would on the internet, and the servers run with their defaults.
@@ -80,6 +82,9 @@ from benchlib import (
 )
 
 PATHS = ("tcp", "http", "p2p")
+#: Paths run only when asked for (``--paths``): ``stcp``, a secret proxy reached by ``pierce visit``
+#: through the server (each visitor connection is a new connection to the server's control port).
+EXTRA_PATHS = ("stcp",)
 DOMAIN = "load.bench.example"
 SECRET = "bench-secret-Hx4pQ9sW2mV7"
 NONCE = 16
@@ -91,6 +96,8 @@ SEED = 0x10AD
 OFFSETS = 256
 #: Seconds one connection may take before it counts as failed (stalled); ``--timeout``.
 CONN_TIMEOUT = 600.0
+#: SO_SNDBUF of the load generator's and the service's sockets (``--sndbuf``; 0: the kernel's own).
+SNDBUF = 0
 #: Reasons kept per path in the report.
 REASONS_KEPT = 5
 
@@ -150,8 +157,8 @@ async def serve_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWri
         writer.write(h.digest())
         writer.write_eof()
         await writer.drain()
-    except (ConnectionError, asyncio.IncompleteReadError):
-        pass
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:  # the visitor's side says so too
+        print(f"service: exchange ended early: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
     finally:
         writer.close()
 
@@ -182,8 +189,8 @@ async def serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         for i in range(0, size, CHUNK):
             writer.write(down[i : i + CHUNK])
             await writer.drain()
-    except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-        pass
+    except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        print(f"service: request ended early: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
     finally:
         writer.close()
 
@@ -204,7 +211,14 @@ def serve(mode: str, host: str, size: int) -> None:
 async def _serve_one(
     handler: Any, size: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
+    cap_sndbuf(writer)
     await handler(reader, writer, size)
+
+
+def cap_sndbuf(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if SNDBUF and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
 
 
 def run_loop(coro: Any) -> Any:
@@ -281,6 +295,7 @@ def upload_digest(nonce: bytes, size: int) -> bytes:
 async def exchange(port: int, i: int, nonce: bytes, size: int, gauge: Gauge) -> None:
     """One ``tcp``/``p2p`` connection; raises with the reason when anything is off."""
     reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source(i), 0))
+    cap_sndbuf(writer)
     gauge.up()
     try:
         sending = asyncio.create_task(send_upload(writer, nonce, size, half_close=True))
@@ -306,6 +321,7 @@ async def exchange(port: int, i: int, nonce: bytes, size: int, gauge: Gauge) -> 
 async def http_exchange(port: int, i: int, nonce: bytes, size: int, gauge: Gauge) -> None:
     """One ``http`` connection: POST SIZE bytes, read the 200 with SIZE bytes; raises on anything off."""
     reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source(i), 0))
+    cap_sndbuf(writer)
     gauge.up()
     try:
         writer.write(
@@ -445,6 +461,8 @@ class Setup:
             self.port = free_port()
             server["vhost_http_port"] = self.port
             proxy |= {"type": "http", "custom_domains": [DOMAIN]}
+        elif kind == "stcp":
+            proxy |= {"type": "stcp", "secret_key": SECRET}
         else:
             server["stun_port"] = free_tcp_udp_port()
             proxy |= {"type": "xtcp", "secret_key": SECRET}
@@ -455,16 +473,18 @@ class Setup:
         wait_listening(control)
         self.client = self._start(kind, "client", {**client, "proxies": [proxy]}, [])
         self.wait_event("client", "proxy.ready")
-        if kind == "p2p":
+        if kind in ("stcp", "p2p"):
             self.port = free_port()
             self.visitor = self._start(
                 kind,
                 "visit",
                 None,
                 ["--server", f"{HOST}:{control}", "--token", TOKEN, "--name", proxy["name"],
-                 "--secret", SECRET, "--p2p", "--bind", f"{HOST}:{self.port}", "--client-id", "load-visitor"],
+                 "--secret", SECRET, *(["--p2p"] if kind == "p2p" else []), "--bind", f"{HOST}:{self.port}",
+                 "--client-id", "load-visitor"],
             )  # fmt: skip
-            self.wait_direct()
+            if kind == "p2p":
+                self.wait_direct()
         wait_listening(self.port)
 
     def _start(
@@ -529,6 +549,7 @@ class Setup:
 
 def start_service(procs: Procs, mode: str, size: int, nofile: int) -> int:
     argv = [sys.executable, str(Path(__file__).resolve()), "--serve", mode, "--size", str(size)]
+    argv += ["--sndbuf", str(SNDBUF)]
     proc = procs.start(argv, stdout=subprocess.PIPE, preexec_fn=nofile_preexec(nofile))
     assert proc.stdout is not None
     return int(proc.stdout.readline())
@@ -567,13 +588,13 @@ def run_path(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{kind}: the first transfer failed: {dict(warm.failures)}")
             time.sleep(0.1)
-        before = Counter(setup.conn_paths() if kind == "p2p" else {})
+        before = Counter(setup.conn_paths() if kind in ("stcp", "p2p") else {})
         out = run_loop(transfers(setup.port, args.connections, args.size, kind, args.timeout))
         setup.check_running()
         if out.failures:  # what the processes said, for the cause
             for role in setup.logs:
                 print(f"--- {kind} {role} log (end):\n{setup.tail(role)}", file=sys.stderr)
-        paths = dict(Counter(setup.conn_paths()) - before) if kind == "p2p" else None
+        paths = dict(Counter(setup.conn_paths()) - before) if kind in ("stcp", "p2p") else None
     finally:
         stop(procs)
     moved = 2 * args.size * len(out.durations)
@@ -628,7 +649,7 @@ def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     res: dict[str, Any] = {}
     for key, first in rounds[0].items():
         values = [r[key] for r in rounds]
-        if key in ("failures", "ok"):
+        if key in ("failures", "ok", "connections"):
             res[key] = sum(values)
         elif key in ("failure_reasons", "conn_paths"):
             total: Counter[str] = Counter()
@@ -654,12 +675,16 @@ def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 # -- main ------------------------------------------------------------------------------------------
 
 
-def parse_size(text: str) -> int:
+def parse_bytes(text: str) -> int:
     m = re.fullmatch(r"(\d+)\s*(|B|KiB|MiB|K|M)", text.strip(), re.IGNORECASE)
     if m is None:
         raise argparse.ArgumentTypeError(f"expected a size such as 1MiB or 65536, got {text!r}")
     unit = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 2**20, "mib": 2**20}[m.group(2).lower()]
-    size = int(m.group(1)) * unit
+    return int(m.group(1)) * unit
+
+
+def parse_size(text: str) -> int:
+    size = parse_bytes(text)
     if size < 2 * NONCE:
         raise argparse.ArgumentTypeError(f"a size of at least {2 * NONCE} bytes")
     return size
@@ -671,7 +696,7 @@ def main() -> int:
     ap.add_argument("--size", type=parse_size, default=2**20, help="bytes each way per transfer (1MiB)")
     ap.add_argument("--churn", type=int, default=10_000, help="short connections in the churn (0: none)")
     ap.add_argument("--churn-concurrency", type=int, default=1, help="churn connections at a time")
-    ap.add_argument("--paths", default=",".join(PATHS), help="which of tcp,http,p2p (empty: none)")
+    ap.add_argument("--paths", default=",".join(PATHS), help="which of tcp,http,p2p,stcp (empty: none)")
     ap.add_argument("--rounds", type=int, default=1, help="repeat everything; report medians")
     ap.add_argument("--quick", action="store_true", help="100 connections of 64 KiB, churn 500 (CI)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -679,8 +704,16 @@ def main() -> int:
         "--timeout", type=float, default=CONN_TIMEOUT, help="seconds before a transfer counts as stalled"
     )
     ap.add_argument("--logs", type=Path, help="keep the processes' logs in this directory")
+    ap.add_argument(
+        "--sndbuf",
+        type=parse_bytes,
+        default=0,
+        help="SO_SNDBUF of the visitors' and the service's sockets (default: the kernel's)",
+    )
     ap.add_argument("--serve", choices=("exchange", "http"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global SNDBUF
+    SNDBUF = args.sndbuf
     if args.serve:
         raise_fd_limit(1 << 20)
         serve(args.serve, HOST, args.size)
@@ -688,7 +721,7 @@ def main() -> int:
     if args.quick:
         args.connections, args.size, args.churn = 100, 64 * 1024, 500
     paths = [p for p in args.paths.split(",") if p]
-    if unknown := set(paths) - set(PATHS):
+    if unknown := set(paths) - set(PATHS) - set(EXTRA_PATHS):
         ap.error(f"unknown paths: {', '.join(sorted(unknown))}")
     if missing := missing_tools("ss"):
         print(f"bench: {missing} is not installed", file=sys.stderr)
