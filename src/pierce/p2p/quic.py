@@ -715,8 +715,8 @@ class QuicPath:
         self._keepalive = self._loop.call_later(delay, self._on_keepalive)
 
     def _unsent_total(self) -> int:
-        """Bytes given to every stream and not sent once (computed once per transmit, not per write: with
-        a thousand streams, per write it was most of the CPU)."""
+        """Bytes given to every stream and not sent once: summed once per transmit and kept up to date
+        by writes (a sum over every stream on every write adds up with a thousand streams)."""
         conn = self._conn
         if conn is None:
             return 0
