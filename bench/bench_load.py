@@ -31,14 +31,17 @@ Churn (``--churn N``, default 10,000): N short connections to an echo service th
 its echo, close. Time to first byte (connect start to the echoed byte) p50/p90/p99/max, and failures.
 
 ``--rounds R`` repeats everything R times (paths and churn in turn) and reports the median of each
-figure; failures are summed. Exit status 1 when any transfer or churn connection failed.
+figure; counts (connections, verified, failures) are summed. Exit status 1 when any transfer or churn
+connection failed.
 
 Usage: ``python3 bench/bench_load.py [--connections 1000] [--size 1MiB] [--churn 10000]
-[--churn-concurrency 1] [--paths tcp,http,p2p] [--rounds 1] [--json] [--quick] [--logs DIR]``
-(``--quick``: 100 connections of 64 KiB and 500 churn, the CI smoke run; ``--logs``: keep the pierce
-processes' logs there). Needs ss. The load generator runs in this
-process (uvloop when installed); the service in one more; everything started is stopped on exit, on
-Ctrl-C and on SIGTERM.
+[--churn-concurrency 1] [--paths tcp,http,p2p] [--rounds 1] [--json] [--quick] [--logs DIR]
+[--timeout 600] [--sndbuf BYTES]`` (``--quick``: 100 connections of 64 KiB and 500 churn, the CI smoke
+run; ``--logs``: keep the pierce processes' logs there; ``--timeout``: seconds before a transfer counts
+as stalled; ``--sndbuf``: cap the send buffers of the visitors' and the service's sockets, which over
+a slow path otherwise hold each connection's bytes in the kernel). Needs ss. The load generator runs in
+this process (uvloop when installed); the service in one more; everything started is stopped on exit,
+on Ctrl-C and on SIGTERM.
 """
 
 from __future__ import annotations
