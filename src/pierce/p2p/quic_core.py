@@ -171,7 +171,8 @@ class PathConnection(QuicConnection):
         #: Streams whose MAX_STREAM_DATA may be due (their reads moved, or the frame was lost): aioquic
         #: looks at every stream for it in every packet, which with a thousand streams was most of the CPU.
         self._limits_due: set[int] = set()
-        #: The packet being built holds STREAM data (once it is full, no other stream is tried in it).
+        #: The packet being built holds frames and a stream was offered room in it: once it has too little
+        #: room left for a STREAM frame, no other stream is tried in it (never ends an empty packet).
         self._packet_has_stream_data = False
         self._consumed_total = 0
         #: The peer's CONNECTION_CLOSE, as soon as it arrives (aioquic reports it only after draining).
