@@ -11,6 +11,7 @@ refuses segmentation falls back to one datagram per send.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -27,6 +28,7 @@ from aioquic.quic.connection import QuicConnection
 from pierce.errors import PierceError
 from pierce.nat.punch_wire import Kind, PunchPacket, encode
 from pierce.p2p import quic_core
+from pierce.p2p.handoff import GO, READY, hand_over
 from pierce.p2p.identity import Identity
 from pierce.p2p.quic import (
     UDP_GRO,
@@ -620,3 +622,101 @@ async def test_keepalives_hold_an_idle_path_and_a_silent_peer_times_out() -> Non
                 assert owner.reason == visitor.reason == "idle timeout"
         finally:
             nat.close()
+
+
+async def test_streams_beyond_the_owners_allowance_wait_in_line_and_the_path_survives() -> None:
+    """The owner allows `PathSettings.max_streams` streams open at once. Further `open_stream` calls wait
+    in line (no stream exists for them yet); cancelling them leaves the path up (ending a stream beyond
+    the peer's allowance would name one it may not have, and it would close the connection), and once
+    the held streams end, new ones carry data intact."""
+    settings = PathSettings(max_streams=4)
+    active, peak = 0, 0
+
+    async def owner_side(end: QuicStreamEnd) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        try:
+            await echo(end)
+        finally:
+            active -= 1
+
+    with udp_sockets(2) as (v_sock, o_sock):
+        async with quic_pair(owner_side, visitor_sock=v_sock, owner_sock=o_sock, settings=settings) as (
+            visitor,
+            owner,
+        ):
+            release = asyncio.Event()
+            echoed: list[int] = []
+            three = asyncio.Event()
+            payload = os.urandom(64 * 1024)
+
+            async def held(i: int) -> bytes:
+                end = await visitor.open_stream()
+                try:
+                    await end.write(b"x")
+                    assert await end.read(1) == b"x"
+                    echoed.append(i)
+                    if len(echoed) >= 3:  # the proof stream may still count: at least three fit
+                        three.set()
+                    await release.wait()
+                    writer = asyncio.ensure_future(write_all(end, payload))
+                    got = await read_all(end)
+                    await writer
+                    return got
+                finally:
+                    end.close()
+
+            tasks = [asyncio.ensure_future(held(i)) for i in range(10)]
+            await asyncio.wait_for(three.wait(), 10)
+            waiting = [t for i, t in enumerate(tasks) if i not in echoed]
+            assert len(waiting) >= 10 - 5  # four open at once, five once the proof stream is gone
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+            release.set()
+            kept = [t for i, t in enumerate(tasks) if i in echoed]
+            for got in await asyncio.wait_for(asyncio.gather(*kept), 30):
+                assert got == payload
+            assert not visitor.closed.is_set() and not owner.closed.is_set()
+            for _ in range(3):  # the allowance came back: new streams open and carry data
+                assert await echo_once(visitor, payload) == payload
+            assert peak <= 4
+
+
+async def test_a_handoff_on_a_busy_path_waits_for_ready_while_the_path_delivers() -> None:
+    """`READY` that queues behind a bulk transfer comes after many handoff timeouts: while packets keep
+    arriving the visitor waits for it, and only a silent path counts as dead."""
+    bulk = os.urandom(8 * 1024 * 1024)
+    halfway = asyncio.Event()
+
+    async def owner_side(end: QuicStreamEnd) -> None:
+        first = await end.read(1)
+        if first == GO:  # the handoff stream: READY only once the bulk stream is half echoed
+            await halfway.wait()
+            await end.write(READY)
+            with contextlib.suppress(ConnectionResetError):  # the visitor closes it
+                await end.read(1)
+            return
+        await end.write(first)
+        sent = len(first)
+        while data := await end.read(256 * 1024):
+            await end.write(data)
+            sent += len(data)
+            if sent >= len(bulk) // 2:
+                halfway.set()
+        end.write_eof()
+
+    with udp_sockets(2) as (v_sock, o_sock):
+        async with quic_pair(owner_side, visitor_sock=v_sock, owner_sock=o_sock) as (visitor, _owner):
+            busy = asyncio.ensure_future(echo_once(visitor, bulk))
+            end = await visitor.open_stream()
+            rtt = await hand_over(end, 0.005, progress=lambda: visitor.datagrams_received)
+            assert rtt is not None
+            end.close()
+            assert await asyncio.wait_for(busy, 60) == bulk
+
+            halfway.clear()
+            silent = await visitor.open_stream()  # progress that never moves: given up at the timeout
+            assert await hand_over(silent, 0.05, progress=lambda: 0) is None
+            halfway.set()

@@ -281,3 +281,18 @@ async def test_p2p_proxies_refuse_visitors_of_other_kinds(pierce, tmp_path: Path
         assert await plain.wait_exit() == 1
         (refused,) = plain.matching("visitor.refused")
         assert "'p2p-ssh' is xtcp, this visitor is stcp" in refused["reason"]
+
+
+async def test_a_burst_beyond_the_servers_pending_login_cap_gets_through(
+    pierce: StartPierce, tmp_path: Path
+) -> None:
+    """600 connections at once to one stcp visitor: each is a visit through the server, more than the
+    server lets wait to log in at once (``max_pending_logins``, 256). The visitor has at most a few
+    handshakes going at a time (`MAX_PENDING_VISITS`), so none is reset and every echo comes back whole."""
+    async with tcp_server(echo) as local:
+        _, port, _ = await serve_secret(pierce, tmp_path, [secret_proxy("stcp", "burst", local)])
+        visitor = await visit(pierce, port, "burst")
+        vport = await visitor_port(visitor)
+        got = await asyncio.gather(*(echo_through(vport, 2048, seed) for seed in range(600)))
+        assert [g == payload(2048, seed) for seed, g in enumerate(got)] == [True] * 600
+        assert visitor.matching("visitor.failed") == []

@@ -55,6 +55,7 @@ from pierce.proxies.sudp import DatagramTunnel
 from pierce.proxies.visitor_auth import VisitorTickets
 from pierce.relay import End, RelayStats, SocketEnd, relay
 from pierce.snapshot import ConnectionPath, VisitorInfo
+from pierce.transport import StreamChannel
 from pierce.udpflow import PENDING_LIMIT, DatagramProtocol, DropCounter
 
 log = logging.getLogger("pierce.visitor")
@@ -63,6 +64,12 @@ log = logging.getLogger("pierce.visitor")
 SUDP_RETRY_DELAY = 1.0
 #: Local applications an sudp visitor remembers as destinations for replies.
 MAX_APPS = 4096
+
+#: Visits through the server one visitor has in its handshake at once; its other new connections wait
+#: their turn. The server resets connections beyond its cap of those waiting to log in
+#: (``max_pending_logins``, 256 in all and 16 per address by default): a burst of a thousand
+#: connections to a visitor must not become a burst of a thousand handshakes.
+MAX_PENDING_VISITS = 8
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -103,6 +110,8 @@ class StcpVisitor:
         self.listener: TcpListener | None = None
         #: The proxy accepted this visitor before (a connection then waits while its owner is away).
         self.known = False
+        #: Visits in their handshake (`MAX_PENDING_VISITS`).
+        self.handshakes = asyncio.Semaphore(MAX_PENDING_VISITS)
         #: The direct path manager of an xtcp visitor.
         self.p2p = VisitorP2p(config, dialer, tickets) if isinstance(config, XtcpVisitorConfig) else None
 
@@ -206,6 +215,8 @@ class SudpVisitor:
         self._dropped = DropCounter(log, "udp.dropped", f"visitor {config.name}", visitor_name=config.name)
         #: The proxy accepted this visitor before (a new tunnel then waits while its owner is away).
         self.known = False
+        #: Visits in their handshake (`MAX_PENDING_VISITS`).
+        self.handshakes = asyncio.Semaphore(MAX_PENDING_VISITS)
         #: The direct path manager of an xudp visitor.
         self.p2p = VisitorP2p(config, dialer, tickets) if isinstance(config, XudpVisitorConfig) else None
         if self.p2p is not None:
@@ -341,8 +352,13 @@ async def _via_server(
     visitor: Visitor, cfg: StcpVisitorConfig | SudpVisitorConfig, started: float
 ) -> tuple[End, str]:
     """A visit through the server, tried again while the owner is away (`revisit`)."""
+
+    async def handshake() -> StreamChannel:
+        async with visitor.handshakes:
+            return await open_visit(visitor.dialer, cfg, visitor.tickets)
+
     channel = await revisit(
-        lambda: open_visit(visitor.dialer, cfg, visitor.tickets),
+        handshake,
         known=visitor.known,
         since=started,
         name=cfg.name,
@@ -373,7 +389,8 @@ async def _take_tcp(p2p: VisitorP2p) -> tuple[End, str] | None:
 async def _open_stream(p2p: VisitorP2p, direct: DirectPath) -> End | None:
     """A QUIC stream that answered the handoff (None, and the path closed, when it did not)."""
     end = await direct.quic.open_stream()
-    if await hand_over(end, ready_timeout(direct.quic.rtt)) is not None:
+    quic = direct.quic
+    if await hand_over(end, ready_timeout(quic.rtt), progress=lambda: quic.datagrams_received) is not None:
         return end
     p2p.path_dead(direct, "a new stream was not answered")
     return None

@@ -13,7 +13,10 @@ owner refuses every other stream until the proof checks out, and closes the conn
 not, or when it has not arrived within the deadline.
 
 Streams are `pierce.relay.End`s (`QuicStreamEnd`): FIN is the half-close both ways, a peer's reset
-raises `ConnectionResetError` from ``read``. ``write`` waits while the stream holds more than
+raises `ConnectionResetError` from ``read``. Each end allows `PathSettings.max_streams` streams open at
+once (aioquic's default would be 128); `open_stream` waits in line beyond it rather than creating a
+stream aioquic would hold blocked (ending one of those would name a stream the peer may not have yet,
+which closes the connection). ``write`` waits while the stream holds more than
 `quic_core.STREAM_SEND_BUFFER` unsent bytes (or the connection `CONNECTION_SEND_BUFFER`); received bytes
 are bounded by the receive windows, which only move as the application reads (`quic_core`).
 
@@ -155,13 +158,20 @@ class QuicPath:
         self._keepalive: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
         self._last_sent = _clock()
-        self._send_waiters: set[QuicStreamEnd] = set()
+        #: Writers waiting for room, in the order they came (woken in that order: none starves).
+        self._send_waiters: dict[QuicStreamEnd, None] = {}
+        #: `_unsent_total` as last computed (None: to compute again), kept up to date by writes.
+        self._unsent: int | None = None
+        #: `open_stream` calls waiting, in order, for the peer to allow one more stream (MAX_STREAMS).
+        self._stream_waiters: deque[asyncio.Future[QuicStreamEnd]] = deque()
         self._reading = False
         self._close_reason = ""
         #: Set once the connection has ended, whatever the cause (`reason` says which).
         self.closed = asyncio.Event()
         #: Why the path closed: "" while open.
         self.reason = ""
+        #: QUIC datagrams received from the peer (a path that still delivers is alive, however busy).
+        self.datagrams_received = 0
         #: Datagrams not sent because the socket's buffer was full or the network refused them.
         self.send_drops = 0
         #: Whether runs of datagrams go out with UDP_SEGMENT (Linux; off after the kernel refuses one).
@@ -196,7 +206,9 @@ class QuicPath:
         settings = settings or PathSettings()
         path = cls(sock, peer, is_client=True, key=key, settings=settings, on_other=on_other,
                    on_datagram=on_datagram, fingerprint=fingerprint)  # fmt: skip
-        path._conn = PathConnection(configuration=settings.configuration(is_client=True))
+        path._conn = PathConnection(
+            configuration=settings.configuration(is_client=True), max_streams=settings.max_streams
+        )
         path._conn.connect(peer, _clock())
         await path._establish(timeout, "the owner")
         return path
@@ -281,16 +293,43 @@ class QuicPath:
         return self._conn.smoothed_rtt if self._conn is not None else 0.0
 
     async def open_stream(self) -> QuicStreamEnd:
-        """A new bidirectional stream (the visitor opens them; the owner's `on_stream` gets it)."""
+        """A new bidirectional stream (the visitor opens them; the owner's `on_stream` gets it). When the
+        owner's allowance of streams open at once is used up, the call waits, in line with any others,
+        until one ends; ConnectionResetError when the path closes meanwhile."""
         conn = self._conn
         if conn is None or self.closed.is_set() or not self._is_client:
             raise ConnectionResetError(
                 f"no stream can be opened on this QUIC path ({self.reason or 'owner side'})"
             )
+        if not self._stream_waiters and conn.may_open_stream():
+            return self._new_stream(conn)
+        # The owner allows `PathSettings.max_streams` open at once: wait in line for one to end (its
+        # MAX_STREAMS frame), however long that takes while the path lives (cancellable).
+        waiter: asyncio.Future[QuicStreamEnd] = self._loop.create_future()
+        self._stream_waiters.append(waiter)
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                waiter.result().close()  # granted as this call was cancelled
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._stream_waiters.remove(waiter)
+
+    def _new_stream(self, conn: PathConnection) -> QuicStreamEnd:
         stream_id = conn.get_next_available_stream_id()
         conn.send_stream_data(stream_id, b"")  # creates it (the peer learns of it with its first byte)
         end = self._ends[stream_id] = QuicStreamEnd(self, stream_id)
         return end
+
+    def _grant_streams(self) -> None:
+        """Open a stream for each waiting `open_stream` the peer's MAX_STREAMS now allows, in order."""
+        conn = self._conn
+        while conn is not None and self._stream_waiters and conn.may_open_stream():
+            waiter = self._stream_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(self._new_stream(conn))
 
     def send_datagram(self, data: bytes) -> bool:
         """Send ``data`` in a QUIC DATAGRAM frame (unreliable, unordered). False when it was dropped: too
@@ -359,9 +398,12 @@ class QuicPath:
                 if conn is None:
                     continue
                 conn.receive_datagram(data, addr, now)
+                self.datagrams_received += 1
                 got = True
         if got and not self.closed.is_set():
             self._handle_events()
+            if self._stream_waiters and not self.closed.is_set():
+                self._grant_streams()
             self._transmit()
 
     def _recv(self) -> tuple[list[bytes], Address]:
@@ -397,7 +439,9 @@ class QuicPath:
         if header.version not in config.supported_versions:
             return None
         self._conn = PathConnection(
-            configuration=config, original_destination_connection_id=header.destination_cid
+            configuration=config,
+            original_destination_connection_id=header.destination_cid,
+            max_streams=self._settings.max_streams,
         )
         return self._conn
 
@@ -598,6 +642,7 @@ class QuicPath:
             return
         now = _clock()
         datagrams = conn.datagrams_to_send(now)
+        self._unsent = None
         if self.gso and len(datagrams) > 1:
             for addr, size, run in gso_runs(datagrams):
                 self._send_run(addr, size, run)
@@ -670,10 +715,15 @@ class QuicPath:
         self._keepalive = self._loop.call_later(delay, self._on_keepalive)
 
     def _unsent_total(self) -> int:
+        """Bytes given to every stream and not sent once: summed once per transmit and kept up to date
+        by writes (a sum over every stream on every write adds up with a thousand streams)."""
         conn = self._conn
         if conn is None:
             return 0
-        return sum(conn.unsent(end.stream_id, end._written) for end in self._ends.values() if end._written)
+        if self._unsent is None:
+            ends = self._ends.values()
+            self._unsent = sum(conn.unsent(end.stream_id, end._written) for end in ends if end._written)
+        return self._unsent
 
     def _wake_writers(self) -> None:
         if self._unsent_total() >= quic_core.CONNECTION_SEND_BUFFER:
@@ -719,6 +769,10 @@ class QuicPath:
                 handle.cancel()
         self._timer = self._keepalive = None
         self._fail_ends(ConnectionResetError(f"the QUIC path closed: {reason}"))
+        while self._stream_waiters:
+            waiter = self._stream_waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionResetError(f"the QUIC path closed: {reason}"))
         self._fail_ready(QuicPathError(f"the QUIC path closed during set-up: {reason}"))
         for task in list(self._tasks):
             task.cancel()
@@ -856,22 +910,23 @@ class QuicStreamEnd(End):
                 raise ConnectionResetError(f"QUIC stream {self.stream_id} is closed")
             if self._eof_sent:
                 raise RuntimeError("write after write_eof")
-            if (
-                conn.unsent(self.stream_id, self._written) < quic_core.STREAM_SEND_BUFFER
-                and path._unsent_total() < quic_core.CONNECTION_SEND_BUFFER
+            if conn.unsent(self.stream_id, self._written) < quic_core.STREAM_SEND_BUFFER and (
+                len(data) <= quic_core.SMALL_WRITE or path._unsent_total() < quic_core.CONNECTION_SEND_BUFFER
             ):
                 break
             self._write_waiter = path._loop.create_future()
-            path._send_waiters.add(self)
+            path._send_waiters[self] = None
             try:
                 await self._write_waiter
             finally:
                 self._write_waiter = None
-                path._send_waiters.discard(self)
+                path._send_waiters.pop(self, None)
         if not data:
             return
         conn.send_stream_data(self.stream_id, data if isinstance(data, bytes) else bytes(data))
         self._written += len(data)
+        if path._unsent is not None:
+            path._unsent += len(data)
         path._flush_soon()
 
     def write_eof(self) -> None:
@@ -896,6 +951,7 @@ class QuicStreamEnd(End):
         path = self._path
         conn = path._conn
         path._ends.pop(self.stream_id, None)
+        path._unsent = None
         if conn is not None and not path.closed.is_set() and self._error is None:
             if not self._eof:  # we will not read the rest: ask the peer to stop sending
                 with contextlib.suppress(ValueError):

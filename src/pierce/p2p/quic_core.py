@@ -10,10 +10,12 @@ as ``consumed + window`` once half a window has been read since the last update.
 in flight to us is then bounded by one window per stream and one connection window overall; a peer
 sending past it is a FLOW_CONTROL_ERROR in aioquic's own checks.
 
-This overrides two private methods of `aioquic.quic.connection.QuicConnection`
-(``_write_stream_limits`` and ``_write_connection_limits``), and reads a few private attributes, all
-in this module and nowhere else; tests/e2e/test_quic_path.py checks that an unread stream stalls its
-sender at the window.
+This overrides private methods of `aioquic.quic.connection.QuicConnection` (``_write_stream_limits``,
+``_write_connection_limits``, and ``_write_application`` and ``_on_max_stream_data_delivery`` so that
+only streams whose window may move are looked at per packet, not every stream: with a thousand streams
+that loop was most of the CPU), and reads and sets a few private attributes (the streams the peer may
+open at once: `PathSettings.max_streams`), all in this module and nowhere else;
+tests/e2e/test_quic_path.py checks that an unread stream stalls its sender at the window.
 
 The proof
 ---------
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import enum
 import ssl
+from collections.abc import Iterator
+from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
@@ -35,13 +39,13 @@ from aioquic.quic.connection import (
 )
 from aioquic.quic.events import ConnectionTerminated
 from aioquic.quic.packet import QuicFrameType
-from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketPacer, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 from cryptography.hazmat.primitives import serialization
 
 from pierce.p2p.identity import Identity
-from pierce.p2p.settings import CONGESTION_CONTROL, DEFAULT_DATAGRAM_SIZE, IDLE_TIMEOUT
+from pierce.p2p.settings import CONGESTION_CONTROL, DEFAULT_DATAGRAM_SIZE, IDLE_TIMEOUT, MAX_STREAMS
 from pierce.protocol.auth import NONCE_SIZE, PROOF_SIZE
 
 ALPN = "pierce-p2p/1"
@@ -62,8 +66,15 @@ CONNECTION_WINDOW = 16 * 1024 * 1024
 #: Unsent bytes a stream may hold in aioquic before its writer waits (and the whole connection).
 STREAM_SEND_BUFFER = 2 * 1024 * 1024
 CONNECTION_SEND_BUFFER = 8 * 1024 * 1024
+#: Writes this small wait only for their own stream's room, not the connection's: a handoff's one byte
+#: must not queue behind the bulk of a thousand other streams (the owner gives up on a stream whose `GO`
+#: does not come).
+SMALL_WRITE = 64
 #: QUIC DATAGRAM frames queued for sending before more are dropped.
 MAX_PENDING_DATAGRAMS = 256
+#: Room a packet must have left for a STREAM frame to be tried in it: the largest frame header (type,
+#: 8-byte stream id, 8-byte offset, length) and a byte (a frame that does not fit goes in the next one).
+MIN_STREAM_FRAME_ROOM = 1 + 8 + 8 + 2 + 1
 #: Length of the connection ids we issue (aioquic's default; the owner parses the first Initial with it).
 CONNECTION_ID_LENGTH = 8
 
@@ -143,15 +154,26 @@ class PathConnection(QuicConnection):
         *,
         configuration: QuicConfiguration,
         original_destination_connection_id: bytes | None = None,
+        max_streams: int = MAX_STREAMS,
     ) -> None:
         super().__init__(
             configuration=configuration,
             original_destination_connection_id=original_destination_connection_id,
         )
+        # The peer's allowance of streams open at once, announced in the transport parameters (aioquic
+        # has 128 and no setting): as ``sent`` too, so no MAX_STREAMS frame repeats it.
+        for limit in (self._local_max_streams_bidi, self._local_max_streams_uni):
+            limit.value = limit.sent = max_streams
         self._loss._pacer = CoarsePacer(max_datagram_size=configuration.max_datagram_size)
         self._stream_window = configuration.max_stream_data
         self._connection_window = configuration.max_data
         self._consumed: dict[int, int] = {}
+        #: Streams whose MAX_STREAM_DATA may be due (their reads moved, or the frame was lost): aioquic
+        #: looks at every stream for it in every packet, which with a thousand streams was most of the CPU.
+        self._limits_due: set[int] = set()
+        #: The packet being built holds frames and a stream was offered room in it: once it has too little
+        #: room left for a STREAM frame, no other stream is tried in it (never ends an empty packet).
+        self._packet_has_stream_data = False
         self._consumed_total = 0
         #: The peer's CONNECTION_CLOSE, as soon as it arrives (aioquic reports it only after draining).
         self.peer_close: ConnectionTerminated | None = None
@@ -169,11 +191,14 @@ class PathConnection(QuicConnection):
             stream is not None and done + self._stream_window - stream.max_stream_data_local >= half_stream
         )
         conn_due = self._consumed_total + self._connection_window - self._local_max_data.value >= half_conn
+        if stream_due:
+            self._limits_due.add(stream_id)
         return stream_due or conn_due
 
     def forget(self, stream_id: int) -> None:
         """The application is done with ``stream_id``: drop its consumption count."""
         self._consumed.pop(stream_id, None)
+        self._limits_due.discard(stream_id)
 
     def unsent(self, stream_id: int, written: int) -> int:
         """Bytes of ``written`` (all the application gave the stream) that have not been sent once."""
@@ -195,12 +220,54 @@ class PathConnection(QuicConnection):
     def has_stream(self, stream_id: int) -> bool:
         return stream_id in self._streams
 
+    def may_open_stream(self) -> bool:
+        """Whether a new bidirectional stream is within the peer's MAX_STREAMS now (aioquic would create
+        one beyond it and hold it blocked, and a reset of such a stream breaks the peer's limit)."""
+        return self._local_next_stream_id_bidi // 4 < self._remote_max_streams_bidi
+
     # -- aioquic steps replaced ----------------------------------------------------------------
 
     def _close_begin(self, is_initiator: bool, now: float) -> None:
         if not is_initiator and self.peer_close is None:
             self.peer_close = self._close_event
         super()._close_begin(is_initiator, now)
+
+    def _write_application(self, builder: QuicPacketBuilder, network_path: Any, now: float) -> None:
+        # aioquic's packet loop offers every stream a place in every packet (two loops over all streams
+        # per packet: MAX_STREAM_DATA, then STREAM frames, the second going on after the packet is full).
+        # Here the first sees only streams whose window may move, and the second ends with the packet:
+        # `_PacketFull` leaves aioquic's loop (whose ``finally`` keeps its stream order right) and the
+        # loop is entered again for the next packet, as aioquic would have gone on.
+        streams = self._streams
+        self._streams = _LimitsDue(streams, self._limits_due)  # type: ignore[assignment]
+        try:
+            while True:
+                try:
+                    super()._write_application(builder, network_path, now)
+                    return
+                except _PacketFull:
+                    self._loss._pacer.update_after_send(now=now)  # as aioquic does after each packet
+        finally:
+            self._streams = streams
+
+    def _write_stream_frame(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream, max_offset: int
+    ) -> int:
+        # aioquic offers every stream a place in every packet, also once the packet is full: with many
+        # streams sending, almost every call found no room, and at some length each cost the most CPU.
+        if builder.remaining_flight_space < MIN_STREAM_FRAME_ROOM:
+            if self._packet_has_stream_data:
+                raise _PacketFull
+            return 0
+        sent = int(super()._write_stream_frame(builder, space, stream, max_offset))
+        if not builder.packet_is_empty:
+            self._packet_has_stream_data = True
+        return sent
+
+    def _on_max_stream_data_delivery(self, delivery: QuicDeliveryState, stream: QuicStream) -> None:
+        super()._on_max_stream_data_delivery(delivery, stream)
+        if delivery != QuicDeliveryState.ACKED and stream.stream_id is not None:
+            self._limits_due.add(stream.stream_id)  # lost: send it again
 
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
@@ -219,8 +286,10 @@ class PathConnection(QuicConnection):
             buf.push_uint_var(stream.stream_id or 0)
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
+        self._limits_due.discard(stream.stream_id or 0)
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        self._packet_has_stream_data = False  # aioquic writes these first in each packet
         max_data = self._local_max_data
         target = self._consumed_total + self._connection_window
         if target - max_data.value >= self._connection_window // 2:
@@ -237,3 +306,41 @@ class PathConnection(QuicConnection):
                 )
                 buf.push_uint_var(limit.value)
                 limit.sent = limit.value
+
+
+class _PacketFull(Exception):
+    """The packet being built has no room for another STREAM frame (`PathConnection._write_application`)."""
+
+
+class _LimitsDue:
+    """`PathConnection._streams` while aioquic builds packets: ``values()``, which it iterates in every
+    packet only to write each stream's MAX_STREAM_DATA, yields just the streams whose limit may be due;
+    everything else reaches the real dict."""
+
+    __slots__ = ("_due", "_streams")
+
+    def __init__(self, streams: dict[int, QuicStream], due: set[int]) -> None:
+        self._streams = streams
+        self._due = due
+
+    def values(self) -> list[QuicStream]:
+        streams = self._streams
+        return [stream for sid in list(self._due) if (stream := streams.get(sid)) is not None]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._streams, name)
+
+    def __getitem__(self, stream_id: int) -> QuicStream:
+        return self._streams[stream_id]
+
+    def __setitem__(self, stream_id: int, stream: QuicStream) -> None:
+        self._streams[stream_id] = stream
+
+    def __contains__(self, stream_id: object) -> bool:
+        return stream_id in self._streams
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._streams)

@@ -18,6 +18,10 @@ DEFAULT_DATAGRAM_SIZE = 1200
 IDLE_TIMEOUT = 30.0
 KEEPALIVE = 15.0
 CONGESTION_CONTROL = "cubic"
+#: Streams the peer may have open at once on a path (RFC 9000 MAX_STREAMS; aioquic's own default is 128):
+#: each is one visitor connection. Beyond it a visitor's new connection waits in line for one to end
+#: (`pierce.p2p.quic.QuicPath.open_stream`).
+MAX_STREAMS = 4096
 
 
 class PathSettings(msgspec.Struct, frozen=True):
@@ -27,6 +31,7 @@ class PathSettings(msgspec.Struct, frozen=True):
     idle_timeout: float = IDLE_TIMEOUT
     max_datagram_size: int = DEFAULT_DATAGRAM_SIZE
     congestion_control: str = CONGESTION_CONTROL
+    max_streams: int = MAX_STREAMS
 
     def configuration(self, *, is_client: bool, identity: Identity | None = None) -> QuicConfiguration:
         from pierce.p2p import quic_core  # aioquic: loaded with the first direct path, not at start
