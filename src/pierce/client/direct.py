@@ -328,10 +328,6 @@ class DirectProxies:
                 entry = self.entries[name] = DirectEntry(config, options, self.on_change, self.spawn)
                 await entry.start()
 
-    def address(self, name: str) -> str:
-        entry = self.entries.get(name)
-        return entry.address if entry is not None else ""
-
     async def close(self) -> None:
         entries, self.entries = list(self.entries.values()), {}
         await asyncio.gather(*(e.close() for e in entries), return_exceptions=True)
