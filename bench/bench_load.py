@@ -258,28 +258,55 @@ class Gauge:
         self.now -= 1
 
 
-async def read_all(reader: asyncio.StreamReader, h: Any, hold: int) -> tuple[int, bytes]:
+class Progress:
+    """How far one connection got each way: said in the reason when it stalls."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.eof_sent = False
+        self.received = 0
+        self.eof_received = False
+
+    def __str__(self) -> str:
+        sent = f"sent {self.sent}" + (" + EOF" if self.eof_sent else "")
+        got = f"received {self.received}" + (" + EOF" if self.eof_received else "")
+        return f"{sent}, {got}"
+
+
+async def read_all(
+    reader: asyncio.StreamReader, h: Any, hold: int, progress: Progress | None = None
+) -> tuple[int, bytes]:
     """Read to EOF hashing everything but the last ``hold`` bytes; (bytes hashed, the held tail)."""
     tail = b""
     total = 0
     while chunk := await reader.read(CHUNK):
+        if progress is not None:
+            progress.received += len(chunk)
         data = tail + chunk
         cut = max(0, len(data) - hold)
         h.update(data[:cut])
         total += cut
         tail = data[cut:]
+    if progress is not None:
+        progress.eof_received = True
     return total, tail
 
 
-async def send_upload(writer: asyncio.StreamWriter, nonce: bytes, size: int, half_close: bool) -> None:
+async def send_upload(
+    writer: asyncio.StreamWriter, nonce: bytes, size: int, half_close: bool, progress: Progress | None = None
+) -> None:
     writer.write(nonce)
     body = upload(nonce, size)
     for i in range(0, len(body), CHUNK):
         writer.write(body[i : i + CHUNK])
         await writer.drain()
+        if progress is not None:
+            progress.sent = NONCE + i + len(body[i : i + CHUNK])
     if half_close:
         writer.write_eof()
     await writer.drain()
+    if progress is not None:
+        progress.eof_sent = half_close
 
 
 def source(i: int) -> str:
@@ -295,16 +322,16 @@ def upload_digest(nonce: bytes, size: int) -> bytes:
     return h.digest()
 
 
-async def exchange(port: int, i: int, nonce: bytes, size: int, gauge: Gauge) -> None:
+async def exchange(port: int, i: int, nonce: bytes, size: int, gauge: Gauge, progress: Progress) -> None:
     """One ``tcp``/``p2p`` connection; raises with the reason when anything is off."""
     reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source(i), 0))
     cap_sndbuf(writer)
     gauge.up()
     try:
-        sending = asyncio.create_task(send_upload(writer, nonce, size, half_close=True))
+        sending = asyncio.create_task(send_upload(writer, nonce, size, half_close=True, progress=progress))
         try:
             h = hashlib.sha256()
-            got, tail = await read_all(reader, h, DIGEST)
+            got, tail = await read_all(reader, h, DIGEST, progress)
             await sending
         finally:
             sending.cancel()
@@ -321,7 +348,7 @@ async def exchange(port: int, i: int, nonce: bytes, size: int, gauge: Gauge) -> 
         writer.close()
 
 
-async def http_exchange(port: int, i: int, nonce: bytes, size: int, gauge: Gauge) -> None:
+async def http_exchange(port: int, i: int, nonce: bytes, size: int, gauge: Gauge, progress: Progress) -> None:
     """One ``http`` connection: POST SIZE bytes, read the 200 with SIZE bytes; raises on anything off."""
     reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source(i), 0))
     cap_sndbuf(writer)
@@ -370,9 +397,14 @@ async def transfers(port: int, count: int, size: int, kind: str, timeout: float 
     async def timed(i: int) -> None:
         nonce = hashlib.sha256(f"{kind}-{i}-{time.time_ns()}".encode()).digest()[:NONCE]
         t0 = time.perf_counter()
+        progress = Progress()
         try:
             async with asyncio.timeout(timeout):
-                await one(port, i, nonce, size, gauge)
+                await one(port, i, nonce, size, gauge, progress)
+        except TimeoutError:  # a stall: how far it got each way says which side holds it
+            print(f"bench: connection {i} from {source(i)} stalled: {progress}", file=sys.stderr, flush=True)
+            out.failures[f"TimeoutError: stalled after {timeout:g} s"] += 1
+            return
         except Exception as exc:  # every failure is counted by its reason
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             out.failures[reason[:200]] += 1

@@ -118,6 +118,12 @@ class End(ABC):
         """True when the peer has already ended its side (seen without consuming data); False if unknown."""
         return False
 
+    def max_write(self) -> int:
+        """The most bytes one write should carry now: the stream copy loop reads no more than this
+        before writing here. An end that shares its capacity among many streams (a QUIC path) asks for
+        small turns when many share it, so that each stream's source is read often (see `QuicPath`)."""
+        return STREAM_BUFFER_SIZE
+
 
 class SocketEnd(End):
     """A connected, non-blocking socket owned by the relay.
@@ -288,6 +294,9 @@ class ThrottledEnd(End):
     def peer_done(self) -> bool:
         return self._inner.peer_done()
 
+    def max_write(self) -> int:
+        return self._inner.max_write()
+
     def close(self) -> None:
         self._inner.close()
 
@@ -450,10 +459,11 @@ async def _pump(
             # connections are idle or interactive) and grows while reads come back full.
             size = STREAM_BUFFER_MIN
             while True:
+                ask = min(size, dst.max_write())
                 if throttle is None:
-                    data = await src.read(size)
+                    data = await src.read(ask)
                 else:
-                    allowed = await throttle.take(size)
+                    allowed = await throttle.take(ask)
                     data = await src.read(allowed)
                     throttle.refund(allowed - len(data))
                 if not data:
@@ -467,7 +477,7 @@ async def _pump(
                     stats.a_to_b += n
                 else:
                     stats.b_to_a += n
-                if n == size and size < STREAM_BUFFER_SIZE:
+                if n == ask and size < STREAM_BUFFER_SIZE:
                     size = min(size * 4, STREAM_BUFFER_SIZE)
     except OSError as exc:
         failure: OSError = (

@@ -20,6 +20,15 @@ which closes the connection). ``write`` waits while the stream holds more than
 `quic_core.STREAM_SEND_BUFFER` unsent bytes (or the connection `CONNECTION_SEND_BUFFER`); received bytes
 are bounded by the receive windows, which only move as the application reads (`quic_core`).
 
+Fair turns: writers that wait for the connection's room queue in the order they came, and each one woken
+takes one turn; a writer that arrives while others wait queues behind them. A turn is small when many
+streams share the path (`QuicStreamEnd.max_write`: the connection's room shared among its streams, at
+least `FAIR_WRITE_MIN`), so the relay reads each stream's source often: with a thousand streams of bulk
+data and 256 KiB turns, a stream's source went unread for a minute at a time, and a service that had
+written its reply and closed could lose it (the kernel gives up on a closed socket's retransmissions
+after fewer tries than an open one's: ``tcp_orphan_retries``). Only as many writers are woken as the
+room that came free may take, not all of them on every flush.
+
 I/O: one ``add_reader`` callback reads bursts of datagrams, then the connection's events are handled
 and whatever QUIC wants to send goes out at once (acknowledgements must not wait); application writes
 only schedule one flush per event-loop turn. A send that would block is dropped (QUIC recovers it as a
@@ -65,7 +74,7 @@ from pierce.p2p.identity import Identity, fingerprint_of
 from pierce.p2p.quic_core import CloseCode, PathConnection, StreamCode
 from pierce.p2p.settings import PathSettings
 from pierce.protocol import auth
-from pierce.relay import End
+from pierce.relay import STREAM_BUFFER_SIZE, End
 
 Address = tuple[str, int]
 OnOther = Callable[[bytes, Address], None]
@@ -78,6 +87,8 @@ READ_BURST = 256
 RECV_SIZE = 2048
 #: Socket buffers asked for (the kernel caps them at net.core.[rw]mem_max).
 SOCKET_BUFFER = 4 * 1024 * 1024
+#: The smallest turn of a writer waiting for the connection's room (`QuicPath.fair_write`).
+FAIR_WRITE_MIN = 16 * 1024
 #: QUIC's clock. Not ``loop.time()``: uvloop's advances in whole milliseconds, and aioquic's pacer and RTT
 #: estimate on a fast path need finer time (on uvloop, loop.time() held loopback transfers to a fifth).
 _clock = time.monotonic
@@ -158,8 +169,10 @@ class QuicPath:
         self._keepalive: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
         self._last_sent = _clock()
-        #: Writers waiting for room, in the order they came (woken in that order: none starves).
+        #: Writers waiting for room, in the order they came (given turns in that order: none starves).
         self._send_waiters: dict[QuicStreamEnd, None] = {}
+        #: Small writes (`quic_core.SMALL_WRITE`) waiting for their own stream's room.
+        self._small_waiters: dict[QuicStreamEnd, None] = {}
         #: `_unsent_total` as last computed (None: to compute again), kept up to date by writes.
         self._unsent: int | None = None
         #: `open_stream` calls waiting, in order, for the peer to allow one more stream (MAX_STREAMS).
@@ -651,7 +664,7 @@ class QuicPath:
         if datagrams:
             self._last_sent = now
         self._arm_timer(conn)
-        if self._send_waiters:
+        if self._send_waiters or self._small_waiters:
             self._wake_writers()
 
     def _send_each(self, datagrams: list[tuple[bytes, Address]]) -> None:
@@ -725,11 +738,37 @@ class QuicPath:
             self._unsent = sum(conn.unsent(end.stream_id, end._written) for end in ends if end._written)
         return self._unsent
 
+    def fair_write(self) -> int:
+        """One writer's turn: the connection's send room shared among the open streams, within
+        [`FAIR_WRITE_MIN`, `relay.STREAM_BUFFER_SIZE`]."""
+        share = quic_core.CONNECTION_SEND_BUFFER // max(1, len(self._ends))
+        return max(FAIR_WRITE_MIN, min(STREAM_BUFFER_SIZE, share))
+
     def _wake_writers(self) -> None:
-        if self._unsent_total() >= quic_core.CONNECTION_SEND_BUFFER:
+        """Give turns, in the order the writers came, while the room that came free lasts (a writer
+        whose own stream is full keeps its place without a turn); small writes go when their stream has
+        room."""
+        conn = self._conn
+        if conn is None:
             return
-        for end in list(self._send_waiters):
-            end._maybe_wake()
+        for end in list(self._small_waiters):
+            if conn.unsent(end.stream_id, end._written) < quic_core.STREAM_SEND_BUFFER:
+                end._wake_writer()
+        if not self._send_waiters:
+            return
+        room = quic_core.CONNECTION_SEND_BUFFER - self._unsent_total()
+        if room <= 0:
+            return
+        turn = self.fair_write()
+        for end in self._send_waiters:
+            if not end._turn:
+                if conn.unsent(end.stream_id, end._written) >= quic_core.STREAM_SEND_BUFFER:
+                    continue
+                end._turn = True
+                end._wake_writer()
+            room -= turn
+            if room <= 0:
+                break
 
     def _consume(self, stream_id: int, n: int) -> None:
         conn = self._conn
@@ -824,6 +863,8 @@ class QuicStreamEnd(End):
         self._write_error: BaseException | None = None
         self._eof_sent = False
         self._closed = False
+        #: Given a turn by `QuicPath._wake_writers` and not yet taken.
+        self._turn = False
 
     # -- called by the path --
 
@@ -862,11 +903,6 @@ class QuicStreamEnd(End):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _maybe_wake(self) -> None:
-        conn = self._path._conn
-        if conn is None or conn.unsent(self.stream_id, self._written) < quic_core.STREAM_SEND_BUFFER:
-            self._wake_writer()
-
     # -- End --
 
     async def read(self, max_bytes: int) -> bytes:
@@ -902,25 +938,39 @@ class QuicStreamEnd(End):
     async def write(self, data: bytes | memoryview) -> None:
         path = self._path
         conn = path._conn
-        while True:
-            err = self._error or self._write_error
-            if err is not None:
-                raise err
-            if self._closed or conn is None or path.closed.is_set():
-                raise ConnectionResetError(f"QUIC stream {self.stream_id} is closed")
-            if self._eof_sent:
-                raise RuntimeError("write after write_eof")
-            if conn.unsent(self.stream_id, self._written) < quic_core.STREAM_SEND_BUFFER and (
-                len(data) <= quic_core.SMALL_WRITE or path._unsent_total() < quic_core.CONNECTION_SEND_BUFFER
-            ):
-                break
-            self._write_waiter = path._loop.create_future()
-            path._send_waiters[self] = None
-            try:
-                await self._write_waiter
-            finally:
-                self._write_waiter = None
-                path._send_waiters.pop(self, None)
+        small = len(data) <= quic_core.SMALL_WRITE
+        queue = path._small_waiters if small else path._send_waiters
+        try:
+            while True:
+                err = self._error or self._write_error
+                if err is not None:
+                    raise err
+                if self._closed or conn is None or path.closed.is_set():
+                    raise ConnectionResetError(f"QUIC stream {self.stream_id} is closed")
+                if self._eof_sent:
+                    raise RuntimeError("write after write_eof")
+                if conn.unsent(self.stream_id, self._written) < quic_core.STREAM_SEND_BUFFER and (
+                    small
+                    or self._turn
+                    or (not path._send_waiters and path._unsent_total() < quic_core.CONNECTION_SEND_BUFFER)
+                ):
+                    break
+                if self not in queue:  # a place in line, kept until this write goes
+                    queue[self] = None
+                    if not small:
+                        path._flush_soon()  # turns are given after a flush: room may be free already
+                self._write_waiter = path._loop.create_future()
+                try:
+                    await self._write_waiter
+                finally:
+                    self._write_waiter = None
+        except BaseException:
+            if self._turn:
+                path._flush_soon()  # an unused turn goes to the next in line
+            raise
+        finally:
+            queue.pop(self, None)
+            self._turn = False
         if not data:
             return
         conn.send_stream_data(self.stream_id, data if isinstance(data, bytes) else bytes(data))
@@ -928,6 +978,9 @@ class QuicStreamEnd(End):
         if path._unsent is not None:
             path._unsent += len(data)
         path._flush_soon()
+
+    def max_write(self) -> int:
+        return self._path.fair_write()
 
     def write_eof(self) -> None:
         conn = self._path._conn
@@ -951,6 +1004,8 @@ class QuicStreamEnd(End):
         path = self._path
         conn = path._conn
         path._ends.pop(self.stream_id, None)
+        path._send_waiters.pop(self, None)
+        path._small_waiters.pop(self, None)
         path._unsent = None
         if conn is not None and not path.closed.is_set() and self._error is None:
             if not self._eof:  # we will not read the rest: ask the peer to stop sending
