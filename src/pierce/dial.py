@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pierce.addr import HostPort, format_sockaddr
 from pierce.errors import LocalError
-from pierce.listeners import open_file_limit, set_nodelay
+from pierce.listeners import open_file_limit, tune_tcp
 from pierce.relay import wait_fd
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ async def connect_tcp(target: HostPort, timeout: float) -> socket.socket:
         except BaseException:
             sock.close()
             raise
-        set_nodelay(sock)
+        tune_tcp(sock)
         return sock
     raise TargetUnreachable(f"connect to {target} failed: {'; '.join(errors) or 'no address'}")
 

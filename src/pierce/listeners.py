@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -91,9 +92,47 @@ def kind_name(kind: socket.SocketKind) -> str:
     return "udp" if kind == socket.SOCK_DGRAM else "tcp"
 
 
-def set_nodelay(sock: socket.socket) -> None:
+#: TCP keepalive on every connection pierce accepts or dials (`tune_tcp`): after this many idle seconds
+#: a probe goes out, then one every `KEEPALIVE_INTERVAL_S`; `KEEPALIVE_PROBES` unanswered ones (or a
+#: reset in answer) end the connection with an error. A peer that vanished without a FIN or a reset (a
+#: host that lost power, a link cut, a closed socket the kernel gave up on) would otherwise hold an idle
+#: or half-closed relay, and its visitor, for ever.
+#: ``PIERCE_TCP_KEEPALIVE=IDLE,INTERVAL,PROBES`` (whole seconds, a count) overrides the three.
+KEEPALIVE_IDLE_S = 30
+KEEPALIVE_INTERVAL_S = 15
+KEEPALIVE_PROBES = 4
+
+
+def _keepalive_settings() -> tuple[int, int, int]:
+    raw = os.environ.get("PIERCE_TCP_KEEPALIVE", "").strip()
+    defaults = (KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES)
+    if not raw:
+        return defaults
+    try:
+        idle, interval, probes = (int(part) for part in raw.split(","))
+    except ValueError:
+        return defaults
+    return (idle, interval, probes) if min(idle, interval, probes) >= 1 else defaults
+
+
+_KEEPALIVE = _keepalive_settings()
+
+# Option names differ: Linux and Windows have TCP_KEEPIDLE, macOS TCP_KEEPALIVE for the same thing.
+_KEEPIDLE = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)
+_KEEPINTVL = getattr(socket, "TCP_KEEPINTVL", None)
+_KEEPCNT = getattr(socket, "TCP_KEEPCNT", None)
+
+
+def tune_tcp(sock: socket.socket) -> None:
+    """Options for a connection that carries user bytes: no Nagle delay (StartWork, a visitor's first
+    bytes and interactive keystrokes go at once) and keepalive (see `KEEPALIVE_IDLE_S`)."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in zip((_KEEPIDLE, _KEEPINTVL, _KEEPCNT), _KEEPALIVE, strict=True):
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 _RESET = struct.pack("ii", 1, 0)

@@ -20,7 +20,7 @@ from typing import Any
 from pierce.addr import allowed, format_sockaddr
 from pierce.config import MapConfig, MapRule, Transport
 from pierce.dial import TargetUnreachable, connect_tcp
-from pierce.listeners import TcpListener, bind_socket, set_nodelay
+from pierce.listeners import TcpListener, bind_socket, tune_tcp
 from pierce.logs import event, log_relay_closed
 from pierce.relay import RelayStats, SocketEnd, relay
 from pierce.udpflow import DatagramProtocol, UdpFlow, UdpFlows
@@ -74,7 +74,7 @@ class TcpForwarder:
         except BaseException:
             conn.close()
             raise
-        set_nodelay(conn)
+        tune_tcp(conn)
         target = format_sockaddr(upstream.getpeername())
         event(
             log,

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import shutil
 import socket
 import ssl
 import struct
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -417,3 +421,56 @@ async def test_the_client_hands_freed_memory_back_after_a_run_of_visitors(pierce
         writer.write_eof()
         assert await reader.read() == b"after"
         writer.close()
+
+
+@contextlib.contextmanager
+def dropped(port: int) -> Iterator[None]:
+    """Loopback TCP packets to ``port`` vanish (as to a host that lost power) while the block runs."""
+    rule = ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port), "-j", "DROP"]
+    subprocess.run(["iptables", "-w", "-I", *rule], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-w", "-D", *rule], check=False)
+
+
+needs_iptables = pytest.mark.skipif(
+    shutil.which("iptables") is None or os.geteuid() != 0, reason="needs iptables and root"
+)
+
+
+@needs_iptables
+async def test_a_service_or_visitor_that_vanishes_silently_is_dropped_by_keepalive(
+    pierce, tmp_path: Path
+) -> None:
+    """A peer that vanishes without a FIN or a reset (its packets dropped, as a host that lost power)
+    does not hold its relay for ever: keepalive probes go unanswered and the connection ends with an
+    error. The service vanishes: the client ends the connection and the visitor reads a reset. The
+    visitor vanishes: the server ends its connection. (Keepalive shortened by PIERCE_TCP_KEEPALIVE.)"""
+    fast = {"PIERCE_TCP_KEEPALIVE": "1,1,2"}
+    async with tcp_server(echo) as local:
+        server, port = await start_server(pierce, tmp_path, env=fast)
+        client = await start_client(pierce, tmp_path, port, [tcp_proxy("svc", local)], env=fast)
+        public = await proxy_port(client, "svc")
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", public)
+        writer.write(b"hello")
+        assert await reader.readexactly(5) == b"hello"
+        with dropped(int(local.rpartition(":")[2])):
+            with pytest.raises(ConnectionResetError):
+                async with asyncio.timeout(30):
+                    await reader.read(1)
+            (closed,) = await client.wait_event("proxy.conn_close", timeout=30)
+        writer.close()
+        assert "error" in closed and (closed["up_bytes"], closed["down_bytes"]) == (5, 5)
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", public)
+        writer.write(b"again")
+        assert await reader.readexactly(5) == b"again"
+        visitor_port = writer.get_extra_info("sockname")[1]
+        with dropped(visitor_port):
+            (gone,) = await server.wait_event(
+                "proxy.conn_close", lambda e: e["visitor"].endswith(f":{visitor_port}"), timeout=30
+            )
+        writer.close()
+        assert "error" in gone and (gone["up_bytes"], gone["down_bytes"]) == (5, 5)

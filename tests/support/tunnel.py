@@ -52,14 +52,23 @@ def _toml(value: Any) -> str:
 
 
 async def start_server(
-    pierce: StartPierce, tmp_path: Path, *, prefix: tuple[str, ...] = (), **settings: Any
+    pierce: StartPierce,
+    tmp_path: Path,
+    *,
+    prefix: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    **settings: Any,
 ) -> tuple[PierceProcess, int]:
     """A server on 127.0.0.1 with a free control port; returns it and the port. ``prefix``: a command it
-    runs under (`PierceProcess.start`)."""
+    runs under (`PierceProcess.start`); ``env``: on top of the test's environment."""
     doc: dict[str, Any] = {"bind_addr": "127.0.0.1", "bind_port": 0, "token": TOKEN, **settings}
     conf = write_toml(tmp_path / "server.toml", doc)
     proc = await pierce(
-        "server", "-c", str(conf), env={"PIERCE_STATE_DIR": str(tmp_path / "state")}, prefix=prefix
+        "server",
+        "-c",
+        str(conf),
+        env={"PIERCE_STATE_DIR": str(tmp_path / "state"), **(env or {})},
+        prefix=prefix,
     )
     (ready,) = await proc.wait_event("server.listening")
     return proc, int(ready["port"])
@@ -73,10 +82,11 @@ async def start_client(
     *,
     name: str = "client",
     prefix: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
     **settings: Any,
 ) -> PierceProcess:
     conf = client_config(tmp_path, server_port, proxies, name=name, **settings)
-    env = {"PIERCE_STATE_DIR": str(tmp_path / f"{name}-state")}
+    env = {"PIERCE_STATE_DIR": str(tmp_path / f"{name}-state"), **(env or {})}
     return await pierce("client", "-c", str(conf), env=env, prefix=prefix)
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from pierce.addr import HostPort, format_sockaddr
 from pierce.errors import PierceError
-from pierce.listeners import PortInUse, TcpListener, bind_socket
+from pierce.listeners import PortInUse, TcpListener, bind_socket, tune_tcp
 from pierce.logs import event
 from pierce.protocol import StartWork
 from pierce.proxies.access import IpAccess
@@ -238,6 +238,7 @@ class DirectEntry:
         if self.access is not None and not self.access.admit(host):
             conn.close()
             return
+        tune_tcp(conn)
         here = conn.getsockname()
         start = StartWork(
             proxy=self.config.name,

@@ -41,7 +41,7 @@ from pierce.config import (
     XudpVisitorConfig,
 )
 from pierce.errors import PierceError
-from pierce.listeners import TcpListener, bind_socket, set_nodelay
+from pierce.listeners import TcpListener, bind_socket, tune_tcp
 from pierce.logs import event, relay_summary
 from pierce.p2p.direct import DirectPath
 from pierce.p2p.handoff import hand_over, ready_timeout
@@ -141,7 +141,7 @@ class StcpVisitor:
         except BaseException:
             conn.close()
             raise
-        set_nodelay(conn)
+        tune_tcp(conn)
         event(
             log,
             logging.INFO,

@@ -88,6 +88,7 @@ import msgspec
 from pierce.addr import HostPort
 from pierce.dial import open_stream
 from pierce.errors import LocalError, PierceError, RemoteError
+from pierce.listeners import tune_tcp
 from pierce.nat import stun
 from pierce.nat.candidates import Candidate, CandidateKind, on_lan
 from pierce.p2p.identity import COMMON_NAME, Identity, client_ssl_context, fingerprint_of
@@ -521,6 +522,7 @@ async def secure_visitor(sock: socket.socket, fingerprint: bytes, key: bytes, *,
     Takes ``sock`` over: on failure it is closed. Raises `FingerprintMismatch` (nothing sent) or
     `ProofMismatch`; `DirectPathError` when the owner closes or the `AUTH_TIMEOUT` passes.
     """
+    tune_tcp(sock)
     nonce = new_nonce()
     try:
         async with asyncio.timeout(AUTH_TIMEOUT):
@@ -574,6 +576,7 @@ async def secure_owner(sock: socket.socket, identity: Identity, key: bytes, *, e
     """
     loop = asyncio.get_running_loop()
     fingerprint = identity.fingerprint
+    tune_tcp(sock)
     try:
         async with asyncio.timeout(AUTH_TIMEOUT):
             if not encrypt:

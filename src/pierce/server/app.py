@@ -34,7 +34,7 @@ from pierce.handshake import (
     server_work_login,
     visitor_key,
 )
-from pierce.listeners import TcpListener, drop, set_nodelay
+from pierce.listeners import TcpListener, drop, tune_tcp
 from pierce.logs import event
 from pierce.mux import MuxChannel, MuxConnection, MuxStream
 from pierce.nat.stun_policy import StunPolicy
@@ -330,7 +330,7 @@ class Server:
             drop(sock)
             raise
         if first != _TLS_HANDSHAKE_BYTE:
-            set_nodelay(sock)  # StartWork and the visitor's first bytes must not wait for an ACK (Nagle)
+            tune_tcp(sock)  # StartWork and the visitor's first bytes must not wait for an ACK (Nagle)
             return SocketChannel(sock), None
         assert self._ssl is not None and self.certificate is not None
         timeout = max(deadline - loop.time(), 0.01)

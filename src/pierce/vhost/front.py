@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pierce.addr import HostPort, format_sockaddr
 from pierce.errors import LocalError
-from pierce.listeners import TcpListener, set_nodelay
+from pierce.listeners import TcpListener, tune_tcp
 from pierce.logs import event, log_front_refused
 from pierce.relay import SocketEnd, StreamEnd
 from pierce.vhost.http import HttpRoute, HttpSettings, serve_http
@@ -186,7 +186,7 @@ class VhostFront:
         if admission is None:
             return
         try:
-            set_nodelay(conn)
+            tune_tcp(conn)
             await serve_http(
                 SocketEnd(conn),
                 (addr[0], addr[1]),
@@ -208,7 +208,7 @@ class VhostFront:
 
     async def _serve_https(self, conn: socket.socket, addr: Any, admission: Admission) -> None:
         visitor = format_sockaddr(addr)
-        set_nodelay(conn)
+        tune_tcp(conn)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._header_timeout  # for the ClientHello and a handshake after it
         try:

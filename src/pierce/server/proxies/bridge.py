@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from pierce.addr import format_sockaddr
 from pierce.bandwidth import Throttle
 from pierce.errors import PierceError
-from pierce.listeners import set_nodelay
+from pierce.listeners import tune_tcp
 from pierce.logs import event, log_conn_closed
 from pierce.protocol import Error, ErrorCode, StartWork, VisitReady
 from pierce.proxies.access import IpAccess
@@ -154,7 +154,7 @@ class SocketVisitor:
         self.address = address
 
     async def accept(self) -> End:
-        set_nodelay(self.conn)
+        tune_tcp(self.conn)
         return SocketEnd(self.conn)
 
     async def refuse(self, code: ErrorCode, reason: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pierce.addr import HostPort, format_sockaddr
-from pierce.listeners import TcpListener, set_nodelay
+from pierce.listeners import TcpListener, tune_tcp
 from pierce.logs import event, log_front_refused
 from pierce.protocol import ErrorCode, StartWork
 from pierce.proxies.base import ProxyOwner, ProxySite, ProxyType
@@ -250,7 +250,7 @@ class TcpMuxFront:
 
     async def _serve(self, conn: socket.socket, addr: Any, admission: Admission) -> None:
         who = format_sockaddr(addr)
-        set_nodelay(conn)
+        tune_tcp(conn)
         try:
             # One deadline for the whole head (vhost_header_timeout): a byte now and then does not
             # keep it open.
