@@ -6,11 +6,12 @@
 
 The targets are the harnesses of ``tests/support/fuzz_targets.py`` (the suite runs the same ones with
 hypothesis and a bounded number of examples): frames, chunks, stun, http, sni, proxy_protocol, natpmp,
-pcp, p2p_offer, mux, config, frp_import. Each runs in a process of its own, one after another, under
-atheris (libFuzzer, coverage-guided; ``pip install -e '.[fuzz]'``), seeded with the target's valid inputs
-(and, for the config formats, generated documents) and a dictionary of its keywords. Without atheris the
-command says so and runs the hypothesis engine instead: the suite's strategies, generated without end
-for the same budget (no coverage feedback), labelled ``hypothesis`` in the results.
+pcp, p2p_offer, mux, punch, datagrams, config, frp_import, known_hosts, pake_verifier. Each runs in a
+process of its own, one after another, under atheris (libFuzzer, coverage-guided; ``pip install -e
+'.[fuzz]'``), seeded with the target's valid inputs (and, for the config formats, generated documents)
+and a dictionary of its keywords. Without atheris the command says so and runs the hypothesis engine
+instead: the suite's strategies, generated without end for the same budget (no coverage feedback),
+labelled ``hypothesis`` in the results.
 
 A crash is any error but the module's own documented ones, or a broken bound (an assertion of the
 harness). Each distinct crash (error type and the innermost pierce frame) is written to

@@ -85,8 +85,13 @@ class Pin(msgspec.Struct, frozen=True):
 
 
 def server_key(server: HostPort) -> str:
-    """How a server is named in the file: ``host:port``, ``[v6]:port``, host names in lowercase."""
-    return str(HostPort(server.host.lower(), server.port))
+    """How a server is named in the file: ``host:port``, ``[v6]:port``, host names in lowercase.
+
+    A letter whose lowercase is two characters is kept as it is (U+0130, "İ", whose lowercase "i̇" ends
+    in a combining mark, which no host name holds): the name written must read back as itself.
+    """
+    host = "".join(low if len(low := c.lower()) == 1 else c for c in server.host)
+    return str(HostPort(host, server.port))
 
 
 def parse(text: str, source: str) -> dict[str, Pin]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hmac
 import ipaddress
 import json
 import os
@@ -18,11 +19,16 @@ import random
 import ssl
 import struct
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pierce.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pierce.nat.punch import PunchAgent
+    from pierce.p2p.datagrams import DatagramEnd
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -543,6 +549,226 @@ def _mux_seeds() -> list[bytes]:
     ]
 
 
+# -- hole-punch packets ----------------------------------------------------------------------------------
+
+_PUNCH_KEY = bytes(range(32))
+_PUNCH_SID = b"session-0123456"
+#: What the harness's agents run with: few answers queued, so a burst of requests reaches the cap.
+_PUNCH_MAX_ANSWERS = 4
+
+
+def _punch_agent(controlling: bool) -> PunchAgent:
+    from pierce.nat.candidates import Candidate, CandidateKind
+    from pierce.nat.punch import PunchAgent, PunchSettings, Role
+
+    local = [
+        Candidate(CandidateKind.HOST, "10.0.0.2", 4000),
+        Candidate(CandidateKind.HOST, "2001:db8::2", 4000, 1),
+    ]
+    remote = [
+        Candidate(CandidateKind.SRFLX, "198.51.100.7", 5000),
+        Candidate(CandidateKind.HOST, "2001:db8::7", 5000),
+    ]
+    return PunchAgent(
+        Role.CONTROLLING if controlling else Role.CONTROLLED,
+        _PUNCH_SID,
+        _PUNCH_KEY,
+        local,
+        remote,
+        0.0,
+        start_at=0.0,
+        settings=PunchSettings(max_answers=_PUNCH_MAX_ANSWERS),
+        rng=random.Random(0),
+    )
+
+
+def _punch_sealed(data: bytes) -> bytes:
+    """``data`` with the MAC the key holder would put on it: what gets past the MAC check to the rest."""
+    from pierce.nat.punch_wire import MAC_SIZE
+
+    body = data[:-MAC_SIZE] if len(data) > MAC_SIZE else data
+    return body + hmac.digest(_PUNCH_KEY, body, "sha256")[:MAC_SIZE]
+
+
+def _punch_packets(data: bytes) -> list[bytes]:
+    """``data`` cut where each packet's session id length says it ends: a run of datagrams."""
+    from pierce.nat.punch_wire import OVERHEAD
+
+    out, pos = [], 0
+    while pos < len(data):
+        n = OVERHEAD + (data[pos + 7] if pos + 7 < len(data) else 0)
+        out.append(data[pos : pos + n])
+        pos += n
+    return out
+
+
+def _punch(data: bytes) -> None:
+    from pierce.nat.punch import Outgoing
+    from pierce.nat.punch_wire import Kind, PunchWireError, decode, encode, is_punch_packet
+
+    for datagram in (data, _punch_sealed(data)):
+        for session_id in (None, _PUNCH_SID):
+            try:
+                packet = decode(datagram, _PUNCH_KEY, session_id)
+            except PunchWireError:
+                continue
+            # What decodes is ours by the demux rule, and has one encoding (no other bytes authenticate).
+            assert is_punch_packet(datagram)
+            assert encode(packet, _PUNCH_KEY) == datagram, packet
+    # What reads them next: an agent of each role, mid-attempt (its first probes out), fed the packets
+    # as a run of datagrams, each as it came and sealed. It only drops or answers; what it sends is valid.
+    packets = [p for piece in _punch_packets(data) for p in (piece, _punch_sealed(piece))]
+    for controlling in (True, False):
+        agent = _punch_agent(controlling)
+        sent: list[Outgoing] = agent.datagrams_to_send(0.3)
+        for i, datagram in enumerate(packets):
+            source = ("198.51.100.7", 5000) if i % 4 < 2 else ("2001:db8::7", 5000 + i)
+            agent.receive(datagram, source, 0.3 + i / 1000, socket_id=i % 3)
+        sent += agent.datagrams_to_send(1.0)
+        answers = 0
+        for out in sent:
+            packet = decode(out.data, _PUNCH_KEY, _PUNCH_SID)
+            assert packet.controlling == controlling, out
+            answers += packet.kind is Kind.ANSWER
+        assert answers <= _PUNCH_MAX_ANSWERS, answers
+        agent.pop_events()
+
+
+def _punch_seeds() -> list[bytes]:
+    from pierce.nat.punch_wire import Kind, PunchPacket, decode, encode
+
+    def packet(kind: Kind, controlling: bool, txid: int, sid: bytes = _PUNCH_SID) -> bytes:
+        return encode(PunchPacket(kind, controlling, sid, txid), _PUNCH_KEY)
+
+    # Answers to the first requests each agent sends, so the answer paths are reachable.
+    answers = []
+    for controlling in (True, False):
+        agent = _punch_agent(controlling)
+        for out in agent.datagrams_to_send(0.3)[:2]:
+            txid = decode(out.data, _PUNCH_KEY, _PUNCH_SID).txid
+            answers.append(packet(Kind.ANSWER, not controlling, txid))
+    return [
+        packet(Kind.PROBE, True, 1),
+        packet(Kind.PROBE, False, 2**64 - 1, b"s"),
+        packet(Kind.NOMINATE, True, 7, b"x" * 32),
+        packet(Kind.KEEPALIVE, False, 9),
+        *answers,
+        packet(Kind.PROBE, False, 1) + packet(Kind.NOMINATE, False, 2) + packet(Kind.KEEPALIVE, False, 3),
+        packet(Kind.PROBE, True, 1) + answers[0] + packet(Kind.KEEPALIVE, True, 5),
+        packet(Kind.PROBE, False, 1) * 3 + packet(Kind.PROBE, False, 4) * 6,
+    ]
+
+
+_PUNCH_TOKENS = (b"\x0cpun", b"\x0cpun\x01\x01\x01\x0f", b"\x0cpun\x01\x02\x00\x0f", _PUNCH_SID)
+
+
+# -- P2P datagrams (xudp) -----------------------------------------------------------------------------
+
+
+class DatagramPathStub:
+    """What a `DatagramEnd` asks of its QUIC path: DATAGRAM frames that always fit and are kept here."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        from pierce.protocol.frames import HEADER_SIZE, MAX_FRAME_SIZE
+
+        self.closed = asyncio.Event()
+        self.max_datagram_payload = HEADER_SIZE + MAX_FRAME_SIZE
+        self.sent: list[bytes] = []
+
+    def send_datagram(self, data: bytes) -> bool:
+        self.sent.append(data)
+        return True
+
+
+_T = TypeVar("_T")
+
+
+def _at_once(coro: Coroutine[Any, Any, _T]) -> _T:
+    """The result of a coroutine that must finish without waiting (a `DatagramEnd` with data queued)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        value: _T = done.value
+        return value
+    coro.close()
+    raise AssertionError("the coroutine waited")
+
+
+def _whole_frames(data: bytes) -> list[bytes]:
+    """``data`` as length-prefixed frames; AssertionError when it does not end on a frame's end."""
+    frames, pos = [], 0
+    while pos < len(data):
+        end = pos + 4 + int.from_bytes(data[pos : pos + 4], "big")
+        assert len(data) >= pos + 4 and end <= len(data), ("a partial frame read", data[pos : pos + 16])
+        frames.append(data[pos:end])
+        pos = end
+    return frames
+
+
+def read_queued(end: DatagramEnd) -> bytes:
+    """Everything a `DatagramEnd` has queued, as the tunnel reads it."""
+    out = bytearray()
+    while end._queue:
+        out += _at_once(end.read(64 * 1024))
+    return bytes(out)
+
+
+def _datagrams(data: bytes) -> None:
+    from pierce.p2p.datagrams import EMPTY_FRAME, MAX_QUEUED, DatagramEnd, FrameSplitter
+    from pierce.protocol.errors import ProtocolError
+    from pierce.protocol.frames import HEADER_SIZE, MAX_FRAME_SIZE
+
+    # The datagram stream: whole or in pieces, the same whole frames, in order, or the same error.
+    outcomes: list[object] = []
+    for pieces in ([data], _pieces(data)):
+        splitter = FrameSplitter()
+        got: list[bytes] = []
+        try:
+            for piece in pieces:
+                got += splitter.feed(piece)
+                assert len(splitter._buffer) < HEADER_SIZE + MAX_FRAME_SIZE
+        except ProtocolError as exc:
+            outcomes.append(type(exc))
+            continue
+        assert b"".join(got) == data[: sum(map(len, got))]
+        assert _whole_frames(b"".join(got)) == got
+        outcomes.append(got)
+    assert outcomes[0] == outcomes[1], outcomes
+    # DATAGRAM frames as the peer sent them (the pieces, then the whole input): read back as whole frames
+    # only (the tunnel's decoder would otherwise take the next datagram as the rest of a cut one).
+    end = DatagramEnd(DatagramPathStub())  # type: ignore[arg-type]
+    datagrams = [*_pieces(data), data]
+    for datagram in datagrams:
+        end.deliver(datagram)
+    assert len(end._queue) <= MAX_QUEUED
+    _whole_frames(read_queued(end))
+    # What one end writes, the other reads: the same frames (but empty ones), one DATAGRAM frame each.
+    path = DatagramPathStub()
+    sender, receiver = DatagramEnd(path), DatagramEnd(DatagramPathStub())  # type: ignore[arg-type]
+    with contextlib.suppress(ProtocolError):
+        _at_once(sender.write(data))
+    if isinstance(outcomes[0], list):
+        assert path.sent == [f for f in outcomes[0] if f != EMPTY_FRAME]
+    for datagram in path.sent[:MAX_QUEUED]:
+        receiver.deliver(datagram)
+    assert read_queued(receiver) == b"".join(path.sent[:MAX_QUEUED])
+
+
+def _datagram_seeds() -> list[bytes]:
+    from pierce.p2p.datagrams import EMPTY_FRAME
+    from pierce.protocol.frames import encode_frame
+    from pierce.protocol.messages import UdpPacket
+
+    frames = [
+        encode_frame(UdpPacket(proxy="dns", peer_host="198.51.100.2", peer_port=53, data=b"\x00\x01q")),
+        encode_frame(UdpPacket(proxy="game", peer_host="2001:db8::1", peer_port=27015, data=b"x" * 300)),
+        encode_frame(UdpPacket(proxy="dns", peer_host="10.0.0.1", peer_port=5353, data=b"")),
+    ]
+    return [*frames, b"".join(frames), EMPTY_FRAME + frames[0], frames[1] + frames[0][:7]]
+
+
 # -- config files and import-frp -----------------------------------------------------------------------
 
 
@@ -724,6 +950,193 @@ FRP_KEYS = [
 ]
 
 
+# -- known_hosts -------------------------------------------------------------------------------------------
+
+#: A certificate no file pins (its fingerprint is that of these bytes), and a server no file names.
+_KNOWN_HOSTS_DER = b"0\x82 a certificate the fuzzer's files do not pin"
+_KNOWN_HOSTS_NEW = ("new.fuzz.invalid", 7000)
+
+
+def _known_hosts(data: bytes) -> None:
+    from pierce.addr import HostPort, parse_host_port
+    from pierce.known_hosts import CertificateChanged, KnownHosts, server_key
+    from pierce.tls import certificate_fingerprint
+
+    path = _scratch() / "known_hosts"
+    path.write_bytes(data)
+    hosts = KnownHosts(path)
+    pins = hosts.load()
+    before = {key: pin.fingerprint for key, pin in pins.items()}
+    # A server is named in one form, which reads back as itself: what `check` writes, `load` finds again.
+    for key in pins:
+        assert server_key(parse_host_port(key)) == key, key
+    got = certificate_fingerprint(_KNOWN_HOSTS_DER)
+    first = next(iter(pins.values()), None)
+    if first is not None:
+        # Another certificate for a pinned server is refused, and the file is left as it was.
+        try:
+            recorded = hosts.check(parse_host_port(first.server), _KNOWN_HOSTS_DER)
+            assert first.fingerprint == got and recorded is False, (
+                f"{first.server}: another certificate accepted"
+            )
+        except CertificateChanged:
+            assert first.fingerprint != got
+        assert path.read_bytes() == data
+    # A new server is recorded, every pin kept; it is then known.
+    new = HostPort(*_KNOWN_HOSTS_NEW)
+    if server_key(new) not in pins:
+        assert hosts.check(new, _KNOWN_HOSTS_DER) is True
+        after = {key: pin.fingerprint for key, pin in hosts.load().items()}
+        assert after == {**before, server_key(new): got}, (before, after)
+        assert hosts.check(new, _KNOWN_HOSTS_DER) is False
+        path.write_bytes(data)
+    # Forgetting a server removes its lines only.
+    if first is not None:
+        forgotten = hosts.forget(parse_host_port(first.server))
+        assert forgotten is not None and forgotten.fingerprint == first.fingerprint
+        after = {key: pin.fingerprint for key, pin in hosts.load().items()}
+        assert after == {k: v for k, v in before.items() if k != first.server}, (before, after)
+
+
+def _known_hosts_seeds() -> list[bytes]:
+    from pierce.known_hosts import _HEADER
+    from pierce.tls import certificate_fingerprint
+
+    fp_a = certificate_fingerprint(b"certificate A")
+    fp_b = certificate_fingerprint(b"certificate B")
+    return [
+        f"{_HEADER}my.vps.example:7000 {fp_a}\n[2001:db8::1]:7000 {fp_b}\n".encode(),
+        f"# comment\n\n  Tunnel.Example:7000\tsha256:{fp_a.replace(':', '').upper()}  \r\n".encode(),
+        f"a.example:1 {fp_a}\na.example:2 {fp_b}\nA.EXAMPLE:1 {fp_a}".encode(),
+        f"198.51.100.7:443 {fp_b}\n[fe80::1%eth0]:7000 {fp_a}\n#[::1]:1 {fp_b}\n".encode(),
+        b"",
+    ]
+
+
+_KNOWN_HOSTS_TOKENS = (b"sha256:", b"[", b"]:", b"::1", b":7000 ", b"# ", b"\r\n", b".example")
+
+
+# -- PAKE verifiers (server.toml's [[users]]) ------------------------------------------------------------
+
+#: The password the seed verifiers are made from: a login with it must succeed exactly against those.
+_PAKE_PASSWORD = "correct horse battery staple"
+_PAKE_USERS = ("alice", "bob", "default", "c.d-e_f")
+
+
+@functools.lru_cache(maxsize=256)
+def _pake_verifier_text(name: str, salt: bytes) -> str:
+    """The verifier `pierce verifier` would print for ``name`` and `_PAKE_PASSWORD`, with ``salt``."""
+    from pierce.protocol.pake import Verifier
+
+    return Verifier(salt, _srp_verifier(name, salt, _PAKE_PASSWORD).to_bytes(256, "big").lstrip(b"\0")).text()
+
+
+def _srp_verifier(name: str, salt: bytes, password: str) -> int:
+    """``g^x mod N`` computed here, apart from the code under test (RFC 5054's x, SHA-256, 2048 bits)."""
+    import hashlib
+
+    from pierce.protocol.pake import _N
+
+    inner = hashlib.sha256(f"{name}:{password}".encode()).digest()
+    x = int.from_bytes(hashlib.sha256(salt + inner).digest(), "big")
+    return pow(2, x, _N)
+
+
+def _pake_verifier(data: bytes) -> None:
+    from pierce import config
+    from pierce.protocol.messages import DEFAULT_USER
+    from pierce.protocol.pake import _N, PakeClient, PakeFailed, PakeServer, Verifier
+    from pierce.server.app import user_verifiers
+
+    path = _scratch() / "server.toml"
+    path.write_bytes(data)
+    cfg = config.load(path, config.ServerConfig)
+    verifiers = user_verifiers(cfg)
+    # Who logs in with what: a user with a token with it, a user with a stored verifier with the password
+    # the seeds' verifiers are made from (so any other verifier must refuse it).
+    passwords = {DEFAULT_USER: cfg.token} if cfg.token else {}
+    stored = {}
+    for user in cfg.users:
+        passwords[user.name] = user.token or _PAKE_PASSWORD
+        if user.verifier:
+            stored[user.name] = Verifier.parse(user.verifier)
+        else:
+            stored.pop(user.name, None)
+    assert set(verifiers) == set(passwords), (verifiers, passwords)
+    for name, password in list(passwords.items())[:2]:
+        verifier = verifiers[name]
+        assert Verifier.parse(verifier.text()) == verifier
+        if name in stored:
+            assert verifier == stored[name]
+            value = int.from_bytes(verifier.verifier, "big") % _N
+            right = value == _srp_verifier(name, verifier.salt, password)
+        else:
+            right = True
+        client = PakeClient(name, password)
+        server = PakeServer(name, verifier, client.public)
+        try:
+            proof = client.answer(server.salt, server.public)
+            hamk, key = server.verify(proof)
+            assert client.confirm(hamk) == key
+        except PakeFailed:
+            assert not right, f"{name}: the right password was refused"
+        else:
+            assert right, f"{name}: a login with the wrong password succeeded"
+
+
+def _pake_seeds() -> list[bytes]:
+    alice = _pake_verifier_text("alice", b"s" * 16)
+    bob = _pake_verifier_text("bob", bytes(range(1, 9)))
+    return [
+        f'allow_weak_token = true\n[[users]]\nname = "alice"\nverifier = "{alice}"\n'.encode(),
+        (
+            f'[[users]]\nname = "bob"\nverifier = "{bob.upper()}"\nmax_clients = 2\n'
+            '[[users]]\nname = "alice"\ntoken = "9f8e7d6c5b4a39281706f5e4d3c2b1a0"\n'
+        ).encode(),
+        f'token = "q7Vx2mR9tLp4Kz8wNc3Hs6Jd"\n[[users]]\nname = "bob"\nverifier = "{bob}"\n'.encode(),
+        f'[[users]]\nname = "c.d-e_f"\nverifier = "{"01" * 8}:{"ff" * 256}"\n'.encode(),
+    ]
+
+
+def _pake_document(rng: random.Random) -> bytes:
+    """A server.toml of a few users, each with a verifier made of right and wrong pieces, or a token."""
+    doc: dict[str, object] = {"allow_weak_token": rng.random() < 0.5}
+    if rng.random() < 0.2:
+        doc["token"] = rng.choice(("q7Vx2mR9tLp4Kz8wNc3Hs6Jd", "x", ""))
+    users = []
+    for _ in range(rng.randrange(1, 4)):
+        name = rng.choice(_PAKE_USERS) if rng.random() < 0.9 else rng.choice(_STRINGS)
+        user: dict[str, object] = {"name": name}
+        if rng.random() < 0.2:
+            user["token"] = rng.choice(("q7Vx2mR9tLp4Kz8wNc3Hs6Jd", "t", _PAKE_PASSWORD))
+        if rng.random() < 0.9:
+            user["verifier"] = _verifier_text(rng, name)
+        users.append(user)
+    doc["users"] = users
+    return _toml(doc)
+
+
+def _verifier_text(rng: random.Random, name: str) -> str:
+    from pierce.protocol.pake import _N
+
+    salt = rng.randbytes(rng.choice((0, 7, 8, 16, 64, 65)))
+    kind = rng.randrange(6)
+    if kind == 0 and salt:
+        return _pake_verifier_text(name, salt)
+    value = rng.choice((0, 1, 2, _N - 1, _N, _N + 1, 2**2048 - 1, 2**2048, rng.getrandbits(2048)))
+    body = value.to_bytes((value.bit_length() + 7) // 8 or 1, "big").hex()
+    salt_hex = salt.hex()
+    if kind == 1:
+        body = body.upper()
+    elif kind == 2:
+        salt_hex = " ".join(salt_hex[i : i + 2] for i in range(0, len(salt_hex), 2))
+    elif kind == 3:
+        body = body[: rng.randrange(len(body) + 1)] + rng.choice(("", "g", ":", "0", " ", "\u0660", "é"))
+    elif kind == 4:
+        return rng.choice(("", ":", salt_hex, f"{salt_hex}::{body}", f"{salt_hex}:{body}:{body}"))
+    return f"{salt_hex}:{body}"
+
+
 # -- structured documents -------------------------------------------------------------------------------
 
 _STRINGS = (
@@ -884,6 +1297,8 @@ def inputs(target: Target):  # type: ignore[no-untyped-def]
 
 
 def _targets() -> dict[str, Target]:
+    from pierce.known_hosts import KnownHostsError
+    from pierce.nat.punch_wire import PunchWireError
     from pierce.nat.stun import StunParseError
     from pierce.portmap.natpmp import NatPmpParseError
     from pierce.portmap.pcp import PcpParseError
@@ -904,6 +1319,8 @@ def _targets() -> dict[str, Target]:
         Target("pcp", _pcp, (PcpParseError,), _pcp_seeds),
         Target("p2p_offer", _p2p_offer, (BadOffer,), _p2p_offer_seeds),
         Target("mux", _mux, (ProtocolError,), _mux_seeds),
+        Target("punch", _punch, (PunchWireError,), _punch_seeds, _PUNCH_TOKENS),
+        Target("datagrams", _datagrams, (ProtocolError,), _datagram_seeds),
         Target("config", _config, (ConfigError,), _config_seeds, (), _config_document),
         Target(
             "frp_import",
@@ -912,6 +1329,15 @@ def _targets() -> dict[str, Target]:
             _frp_seeds,
             tuple(k.encode() for k in FRP_KEYS),
             _frp_document,
+        ),
+        Target("known_hosts", _known_hosts, (KnownHostsError,), _known_hosts_seeds, _KNOWN_HOSTS_TOKENS),
+        Target(
+            "pake_verifier",
+            _pake_verifier,
+            (ConfigError,),
+            _pake_seeds,
+            (b"[[users]]", b"name", b"verifier", b"token", b"allow_weak_token", b'"', b":"),
+            _pake_document,
         ),
     ]
     return {t.name: t for t in targets}

@@ -7,6 +7,11 @@ goes out as one DATAGRAM frame when it fits the path (unreliable and unordered, 
 blocking behind a lost packet), else on the path's one datagram stream (a 9,000-byte game packet or a
 60 KB DNS answer still arrives). What arrives either way is read back as whole frames. Bounded: a full
 read queue drops datagrams (counted), as a full UDP socket buffer would.
+
+A DATAGRAM frame must hold exactly one frame (`frame_of`): the tunnel reads what is queued as one byte
+stream, so a cut or padded one would make it take the next datagram as the rest of this one. Such a
+datagram is dropped and counted (`DatagramEnd.malformed`), as UDP drops a packet with a bad checksum; on
+the stream, a length over `MAX_FRAME_SIZE` ends the stream (`DatagramFrameError`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import struct
 from collections import deque
 from typing import TYPE_CHECKING
 
+from pierce.protocol.errors import ProtocolError
 from pierce.protocol.frames import HEADER_SIZE, MAX_FRAME_SIZE
 from pierce.relay import End
 
@@ -32,8 +38,33 @@ EMPTY_FRAME = _LENGTH.pack(0)
 STREAM_WAIT = 5.0
 
 
+class DatagramFrameError(ProtocolError):
+    """A datagram frame from the peer announced more than `MAX_FRAME_SIZE` bytes, or a DATAGRAM frame did
+    not hold exactly one whole frame."""
+
+
+def frame_of(datagram: bytes) -> bytes:
+    """``datagram`` (a DATAGRAM frame's payload) when it holds exactly one non-empty frame; else
+    `DatagramFrameError` saying what it holds."""
+    if len(datagram) < HEADER_SIZE:
+        raise DatagramFrameError(f"a datagram of {len(datagram)} bytes, shorter than a frame header")
+    (length,) = _LENGTH.unpack_from(datagram)
+    if length > MAX_FRAME_SIZE:
+        raise DatagramFrameError(f"a datagram frame of {length} bytes is over {MAX_FRAME_SIZE}")
+    if len(datagram) != HEADER_SIZE + length:
+        raise DatagramFrameError(
+            f"a datagram of {len(datagram)} bytes holding a frame of {HEADER_SIZE + length} (not one frame)"
+        )
+    if not length:
+        raise DatagramFrameError("an empty frame in a datagram")
+    return datagram
+
+
 class FrameSplitter:
-    """Cuts a byte stream into whole length-prefixed frames (the payload is not decoded here)."""
+    """Cuts a byte stream into whole length-prefixed frames (the payload is not decoded here).
+
+    `feed` raises `DatagramFrameError` at a header that announces more than `MAX_FRAME_SIZE` bytes.
+    """
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -44,7 +75,7 @@ class FrameSplitter:
         while len(self._buffer) >= HEADER_SIZE:
             (length,) = _LENGTH.unpack_from(self._buffer)
             if length > MAX_FRAME_SIZE:
-                raise ValueError(f"datagram frame of {length} bytes is over {MAX_FRAME_SIZE}")
+                raise DatagramFrameError(f"a datagram frame of {length} bytes is over {MAX_FRAME_SIZE}")
             end = HEADER_SIZE + length
             if len(self._buffer) < end:
                 break
@@ -66,14 +97,21 @@ class DatagramEnd(End):
         #: Set when this end is closed (the owner's stream handler waits for it).
         self.finished = asyncio.Event()
         self.dropped = 0
+        #: DATAGRAM frames dropped because they did not hold exactly one frame (`frame_of`).
+        self.malformed = 0
         self.datagrams_sent = 0
         self.streamed = 0
 
     # -- arriving --
 
-    def deliver(self, frame: bytes) -> None:
-        """A DATAGRAM frame arrived (it holds exactly one frame)."""
+    def deliver(self, datagram: bytes) -> None:
+        """A DATAGRAM frame arrived: queued when it holds exactly one frame, else dropped and counted."""
         if self._eof:
+            return
+        try:
+            frame = frame_of(datagram)
+        except DatagramFrameError:
+            self.malformed += 1
             return
         if len(self._queue) >= MAX_QUEUED:
             self.dropped += 1
@@ -104,7 +142,7 @@ class DatagramEnd(End):
                 for frame in splitter.feed(data):
                     if frame != EMPTY_FRAME:
                         self.deliver(frame)
-        except (OSError, ValueError):
+        except (OSError, DatagramFrameError):
             pass
         finally:
             self._eof = True
@@ -136,6 +174,8 @@ class DatagramEnd(End):
 
     async def write(self, data: bytes | memoryview) -> None:
         for frame in self._out.feed(bytes(data)):
+            if frame == EMPTY_FRAME:  # carries nothing, and the other end would drop it
+                continue
             if len(frame) <= self.quic.max_datagram_payload and self.quic.send_datagram(frame):
                 self.datagrams_sent += 1
                 continue

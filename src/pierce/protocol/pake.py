@@ -64,6 +64,14 @@ class Verifier(msgspec.Struct, frozen=True):
             raise ValueError("expected hex digits on both sides of ':'") from None
         if not 8 <= len(salt) <= 64 or not 1 <= len(verifier) <= MAX_PUBLIC_SIZE:
             raise ValueError("expected an 8-64 byte salt and a verifier of at most 256 bytes")
+        if salt[0] == 0:
+            # The srp package carries the salt as a number, so it sends it without its leading zero
+            # bytes and the client derives its key from other bytes than the verifier was made from:
+            # every login would fail. `pierce verifier` never makes such a salt.
+            raise ValueError(
+                "the salt starts with a zero byte, which the login would drop (every login would fail);"
+                " make the verifier again with `pierce verifier`"
+            )
         return cls(salt, verifier)
 
 
