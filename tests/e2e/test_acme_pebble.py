@@ -325,6 +325,35 @@ async def test_failed_validation_is_logged_retried_and_survived(
 
 
 @needs_pebble
+async def test_names_wanted_again_keep_their_reissue_interval_and_backoff(
+    ca: Pebble, events: AcmeEvents, tmp_path: Path
+) -> None:
+    """A proxy whose client reconnects forgets its names and wants them again at once: a certificate that
+    is due at once (it lives shorter than renew_before) is not ordered again, and a failed order's
+    backoff still holds."""
+    names = ("flap.example.com",)
+    async with managed(tmp_path, ca, renew_before=FOREVER) as manager:
+        ca.challenges.answer = manager.challenge_response
+        cert = await manager.ensure(names)
+        await events.wait("acme.renew_margin")
+        for _ in range(3):
+            manager.forget(names)
+            manager.want(names)
+            assert await manager.ensure(names) == cert
+        assert len(events.named("acme.order")) == 1
+
+        other = ("fails.example.com",)
+        ca.challenges.answer = lambda token: b"not the key authorization"
+        with pytest.raises(IssuanceFailed):
+            await manager.ensure(other)
+        manager.forget(other)
+        manager.want(other)
+        with pytest.raises(IssuanceFailed):
+            await manager.ensure(other)  # the backoff's answer, without asking the CA
+        assert len(events.named("acme.order")) == 2
+
+
+@needs_pebble
 async def test_full_disk_fails_orders_with_the_reason_then_they_succeed(
     ca: Pebble, events: AcmeEvents, tmp_path: Path
 ) -> None:

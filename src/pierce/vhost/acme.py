@@ -84,6 +84,8 @@ RATE_LIMIT_RETRY = 3600.0
 #: Least time between two orders for one name set (seconds): a CA whose certificates live shorter than
 #: ``renew_before`` must not be asked for a new one in a loop.
 MIN_REISSUE_INTERVAL = 3600.0
+#: Name sets no longer wanted whose last order and backoff are remembered (`CertificateManager.forget`).
+FORGOTTEN_MAX = 1024
 #: How long one order may take, from creation to download (seconds).
 DEFAULT_ORDER_TIMEOUT = 120.0
 #: Where the CA fetches HTTP-01 key authorizations.
@@ -192,6 +194,8 @@ class CertificateManager:
         self._by_name: dict[str, Certificate] = {}
         self._challenges: dict[str, bytes] = {}
         self._wanted: dict[frozenset[str], _Wanted] = {}
+        #: The renewal state of name sets no longer wanted, oldest first (see `forget`).
+        self._forgotten: dict[frozenset[str], _Wanted] = {}
         self._ordering: dict[frozenset[str], asyncio.Task[Certificate]] = {}
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -229,13 +233,25 @@ class CertificateManager:
     def want(self, domains: Iterable[str]) -> tuple[str, ...]:
         """Keep a certificate for ``domains`` current from now on (`run` orders it); returns the names."""
         names = check_names(domains)
-        self._wanted.setdefault(frozenset(names), _Wanted(names))
+        key = frozenset(names)
+        if key not in self._wanted:
+            self._wanted[key] = self._forgotten.pop(key, None) or _Wanted(names)
         self._wake.set()
         return names
 
     def forget(self, domains: Iterable[str]) -> None:
-        """Stop renewing the certificate of ``domains``; it stays on disk and is still served."""
-        self._wanted.pop(frozenset(check_names(domains)), None)
+        """Stop renewing the certificate of ``domains``; it stays on disk and is still served.
+
+        Its last order and backoff are kept (`FORGOTTEN_MAX` name sets): a proxy whose client reconnects
+        wants the names again at once, and must not reset the reissue interval or the backoff, which
+        would order again on every reconnect (and meet the CA's rate limits)."""
+        key = frozenset(check_names(domains))
+        wanted = self._wanted.pop(key, None)
+        if wanted is not None and (wanted.last_ordered is not None or wanted.error is not None):
+            self._forgotten.pop(key, None)
+            self._forgotten[key] = wanted
+            while len(self._forgotten) > FORGOTTEN_MAX:
+                del self._forgotten[next(iter(self._forgotten))]
 
     async def ensure(self, domains: Iterable[str]) -> Certificate:
         """A current certificate for ``domains``: the one loaded, or a new one ordered now.
