@@ -235,7 +235,7 @@ class CertificateManager:
         names = check_names(domains)
         key = frozenset(names)
         if key not in self._wanted:
-            self._wanted[key] = self._forgotten.pop(key, None) or _Wanted(names)
+            self._wanted[key] = self._forgotten.pop(key) if key in self._forgotten else _Wanted(names)
         self._wake.set()
         return names
 
