@@ -23,7 +23,9 @@ Each visitor connection comes from its own loopback address (127.1.0.1, 127.1.0.
 visitors would from a thousand addresses: the web ports' per-address cap (``vhost_max_conns_per_ip``,
 256 by default) then applies as it would on the internet, and the servers run with their defaults.
 Reported per path: the wall time from the first connect to the last verified byte, per-connection
-durations (connect to verified; p50/p99/max), failures (zero is the bar; the first reasons are kept),
+durations (connect to verified; p50/p99/max), failures (zero is the bar; the first reasons are kept;
+a connection that stalls past ``--timeout`` is printed with how far it got each way: bytes sent and
+whether its EOF went, bytes received and whether the service's EOF came),
 the most connections open at the same time, and the payload moved per second (both directions).
 
 Churn (``--churn N``, default 10,000): N short connections to an echo service through a ``tcp`` proxy,
