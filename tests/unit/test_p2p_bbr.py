@@ -202,3 +202,21 @@ def test_the_first_rtt_sample_does_not_start_probe_rtt() -> None:
     assert link.cc.min_rtt < 1.0
     assert link.cc.mode == bbr.STARTUP
     assert link.cc.congestion_window > 10 * MDS
+
+
+def test_probe_rtt_measures_the_minimum_again_at_half_the_rate_not_stalled() -> None:
+    link = Link(new_bbr())
+    link.run(2.0)
+    link.delay = DELAY + 0.002  # the old minimum is not seen again: it expires after MIN_RTT_WINDOW
+    for _ in range(int(bbr.MIN_RTT_WINDOW / 0.05) + 20):
+        link.run(0.05)
+        if link.cc.mode == bbr.PROBE_RTT:
+            break
+    assert link.cc.mode == bbr.PROBE_RTT
+    link.run(0.15)  # what was in flight drains
+    assert link.cc.mode == bbr.PROBE_RTT
+    assert link.goodput(0.1) > 0.3 * RATE  # about half (4 packets, as BBR v1 held: 4 %)
+    link.run(0.5)
+    assert link.cc.mode == bbr.PROBE_BW
+    assert link.cc.min_rtt == pytest.approx(2 * link.delay, rel=0.05)
+    assert link.goodput(1.0) > 0.9 * RATE

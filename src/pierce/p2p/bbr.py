@@ -14,8 +14,9 @@ and draft-cardwell-iccrg-bbr-congestion-control-00), reduced to what a QUIC send
   of the last `BW_WINDOW_ROUNDS` round trips; a sample taken while the sender had nothing to send
   (application-limited, `BbrCongestionControl.on_app_limited`) only counts when it is larger;
 - the propagation delay is the smallest RTT of the last `MIN_RTT_WINDOW` seconds; when it has not been
-  seen again for that long, PROBE_RTT holds `MIN_CWND_PACKETS` packets in flight for `PROBE_RTT_TIME`
-  to measure it afresh; a path that got longer (`STALE_MIN_RTT_ROUNDS` round trips far above it) is
+  seen again for that long, PROBE_RTT holds half a bandwidth-delay product in flight for
+  `PROBE_RTT_TIME` to measure it afresh (BBR v2's `PROBE_RTT_CWND_GAIN`; v1's 4 packets stalled a
+  transfer meanwhile); a path that got longer (`STALE_MIN_RTT_ROUNDS` round trips far above it) is
   taken at once, not after those seconds (BBR v1 has no such rule);
 - STARTUP doubles the sending rate each round trip until the bandwidth has not grown by a quarter in
   three rounds, DRAIN empties the queue that made, then PROBE_BW cycles its pacing gain through
@@ -54,8 +55,10 @@ PROBE_BW_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 BW_WINDOW_ROUNDS = 10
 #: Seconds a minimum RTT stays valid before PROBE_RTT measures it again.
 MIN_RTT_WINDOW = 10.0
-#: Seconds PROBE_RTT holds the window at its minimum.
+#: Seconds PROBE_RTT holds the window down, and to what: half the bandwidth-delay product drains the
+#: queue BBR itself keeps (at most one more BDP) and goes on at half the rate.
 PROBE_RTT_TIME = 0.2
+PROBE_RTT_CWND_GAIN = 0.5
 #: Smallest window, in packets.
 MIN_CWND_PACKETS = 4
 #: The bandwidth has stopped growing once three rounds grew it less than this factor: STARTUP ends.
@@ -281,7 +284,7 @@ class BbrCongestionControl(QuicCongestionControl):
                 self.pacing_gain = gain  # back from an idle restart
         if self.mode == PROBE_RTT:
             if not self._probe_rtt_done:
-                if self.bytes_in_flight <= MIN_CWND_PACKETS * self._mds:
+                if self.bytes_in_flight <= self._probe_rtt_cwnd():
                     self._probe_rtt_done = now + PROBE_RTT_TIME
                     self._probe_rtt_round_done = False
                     self._next_round_delivered = self.delivered
@@ -295,6 +298,9 @@ class BbrCongestionControl(QuicCongestionControl):
                     self.mode = STARTUP
                     self.pacing_gain = self.cwnd_gain = HIGH_GAIN
 
+    def _probe_rtt_cwnd(self) -> int:
+        return max(int(self._bdp(PROBE_RTT_CWND_GAIN)), MIN_CWND_PACKETS * self._mds)
+
     def _enter_probe_bw(self, now: float) -> None:
         self.mode = PROBE_BW
         self.cwnd_gain = CWND_GAIN
@@ -305,7 +311,7 @@ class BbrCongestionControl(QuicCongestionControl):
     def _set_cwnd(self, acked: int) -> None:
         floor = MIN_CWND_PACKETS * self._mds
         if self.mode == PROBE_RTT:
-            self.congestion_window = floor
+            self.congestion_window = self._probe_rtt_cwnd()
             return
         target = self._bdp(self.cwnd_gain) + 3 * self._mds
         cwnd = self.congestion_window
