@@ -90,8 +90,6 @@ RECV_SIZE = 2048
 SOCKET_BUFFER = 4 * 1024 * 1024
 #: The smallest turn of a writer waiting for the connection's room (`QuicPath.fair_write`).
 FAIR_WRITE_MIN = 16 * 1024
-#: Transmits after which the unsent bytes of all streams are summed afresh (`QuicPath._unsent_total`).
-UNSENT_RESUM_EVERY = 256
 #: QUIC's clock. Not ``loop.time()``: uvloop's advances in whole milliseconds, and aioquic's pacer and RTT
 #: estimate on a fast path need finer time (on uvloop, loop.time() held loopback transfers to a fifth).
 _clock = time.monotonic
@@ -178,8 +176,6 @@ class QuicPath:
         self._small_waiters: dict[QuicStreamEnd, None] = {}
         #: `_unsent_total` as last computed (None: to compute again), kept up to date by writes.
         self._unsent: int | None = None
-        #: Transmits since `_unsent` was summed afresh.
-        self._unsent_age = 0
         #: `open_stream` calls waiting, in order, for the peer to allow one more stream (MAX_STREAMS).
         self._stream_waiters: deque[asyncio.Future[QuicStreamEnd]] = deque()
         self._reading = False
@@ -659,14 +655,8 @@ class QuicPath:
         if conn is None or self.closed.is_set():
             return
         now = _clock()
-        sent_before = conn.stream_bytes_sent
         datagrams = conn.datagrams_to_send(now)
-        if self._unsent is not None:
-            self._unsent_age += 1
-            if self._unsent_age >= UNSENT_RESUM_EVERY:
-                self._unsent = None
-            else:
-                self._unsent = max(0, self._unsent - (conn.stream_bytes_sent - sent_before))
+        self._unsent = None
         if self.gso and len(datagrams) > 1:
             for addr, size, run in gso_runs(datagrams):
                 self._send_run(addr, size, run)
@@ -739,19 +729,14 @@ class QuicPath:
         self._keepalive = self._loop.call_later(delay, self._on_keepalive)
 
     def _unsent_total(self) -> int:
-        """Bytes given to every stream and not sent once. A sum over every stream costs: with a thousand
-        streams and a transmit every few milliseconds (paced), summing after each was a fifth of the
-        sender's CPU. So the sum is kept up to date, writes adding and transmits taking away what they
-        sent for the first time, and summed afresh when a stream closes and every
-        `UNSENT_RESUM_EVERY` transmits (bytes of streams the sum does not hold, the proof's, only
-        make it low for that long)."""
+        """Bytes given to every stream and not sent once: summed once per transmit and kept up to date
+        by writes (a sum over every stream on every write adds up with a thousand streams)."""
         conn = self._conn
         if conn is None:
             return 0
         if self._unsent is None:
             ends = self._ends.values()
             self._unsent = sum(conn.unsent(end.stream_id, end._written) for end in ends if end._written)
-            self._unsent_age = 0
         return self._unsent
 
     def fair_write(self) -> int:

@@ -206,8 +206,6 @@ class PathConnection(QuicConnection):
         #: room left for a STREAM frame, no other stream is tried in it (never ends an empty packet).
         self._packet_has_stream_data = False
         self._consumed_total = 0
-        #: Stream bytes sent for the first time, over all streams (retransmissions not counted).
-        self.stream_bytes_sent = 0
         #: The peer's CONNECTION_CLOSE, as soon as it arrives (aioquic reports it only after draining).
         self.peer_close: ConnectionTerminated | None = None
 
@@ -317,7 +315,6 @@ class PathConnection(QuicConnection):
                 raise _PacketFull
             return 0
         sent = int(super()._write_stream_frame(builder, space, stream, max_offset))
-        self.stream_bytes_sent += sent
         if not builder.packet_is_empty:
             self._packet_has_stream_data = True
         return sent
