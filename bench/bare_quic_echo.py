@@ -136,9 +136,7 @@ class Driver:
 
 def use_pacer(conn: QuicConnection, pacer: str) -> QuicConnection:
     if pacer == "pierce":
-        conn._loss._pacer = quic_core.CoarsePacer(
-            max_datagram_size=quic_core.DEFAULT_DATAGRAM_SIZE, congestion=conn._loss._cc
-        )
+        conn._loss._pacer = quic_core.CoarsePacer(max_datagram_size=quic_core.DEFAULT_DATAGRAM_SIZE)
     return conn
 
 
