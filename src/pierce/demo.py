@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import secrets
 import socket
 import tempfile
 import time
@@ -48,6 +47,7 @@ from pierce.proxies.tcp import TcpProxyConfig
 from pierce.proxies.xtcp import XtcpProxyConfig
 from pierce.server.app import Server
 from pierce.snapshot import ClientProxyInfo, ConnectionPath, ProxyState, ProxyStats, VisitorInfo
+from pierce.statedir import new_secret
 
 log = logging.getLogger("pierce.demo")
 
@@ -207,7 +207,7 @@ class DemoStack:
 
     def __init__(self, tap: EventTap) -> None:
         self.tap = tap
-        self.token = secrets.token_urlsafe(24)
+        self.token = new_secret(24)
         self._state = tempfile.TemporaryDirectory(prefix="pierce-demo-")
         self.web = WebService(self.token[:8])
         self.server: Server | None = None
@@ -215,7 +215,7 @@ class DemoStack:
         self.public = HostPort(LOOPBACK, 0)
         self._client_task: asyncio.Task[None] | None = None
         #: The P2P visitor: another client with an xtcp visitor of `P2P_PROXY`.
-        self.secret = secrets.token_urlsafe(16)
+        self.secret = new_secret(16)
         self.visitor: Client | None = None
         self._visitor_task: asyncio.Task[None] | None = None
 

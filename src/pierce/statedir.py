@@ -138,6 +138,14 @@ def ensure_secret(path: Path) -> tuple[str, bool]:
     if existing is not None:
         return existing, False
     make_private_dir(path.parent)
-    value = secrets.token_urlsafe(SECRET_BYTES)
+    value = new_secret()
     write_private(path, (value + "\n").encode())
     return value, True
+
+
+def new_secret(nbytes: int = SECRET_BYTES) -> str:
+    """A random url-safe secret that does not start with ``-``: one in 64 would, and ``--token -Xy...``
+    on a command line is then read as a missing value followed by an unknown option."""
+    while (value := secrets.token_urlsafe(nbytes)).startswith("-"):
+        pass
+    return value

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pierce.errors import LocalError
-from pierce.statedir import MAX_SECRET_FILE, ensure_secret, prepare_state_dir, read_secret
+from pierce.statedir import MAX_SECRET_FILE, ensure_secret, new_secret, prepare_state_dir, read_secret
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
 
@@ -88,3 +88,11 @@ def test_read_secret_errors(tmp_path: Path) -> None:
     path.write_bytes(b"x" * (MAX_SECRET_FILE + 1))
     with pytest.raises(LocalError, match="at most 4096 bytes"):
         read_secret(path)
+
+
+def test_generated_secrets_never_start_with_a_dash() -> None:
+    """A token such as ``-Xy...`` breaks ``--token TOKEN`` on a command line (one in 64 would start so)."""
+    drawn = [new_secret() for _ in range(2000)]
+    assert not [s for s in drawn if s.startswith("-")]
+    assert len(set(drawn)) == len(drawn) and all(len(s) == 22 for s in drawn)
+    assert any("-" in s for s in drawn)  # the alphabet is unchanged: only the first character is held
