@@ -4,27 +4,16 @@ churn's first-byte percentiles, and nothing left behind (no timing limits)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from test_bench_tunnel import finish, leftovers
+from test_bench_tunnel import finish, leftovers, start
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "bench_load.py"
 
 
 def test_quick_run_verifies_every_transfer_on_every_path(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--quick", "--json"],
-        cwd=ROOT,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start(tmp_path, "--quick", "--json", script=SCRIPT)
     out, err = finish(proc, timeout=240)
     assert proc.returncode == 0, err
     res = json.loads(out)

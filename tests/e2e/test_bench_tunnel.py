@@ -33,11 +33,11 @@ BARS = {"throughput_pierce_tls_vs_ssh", "throughput_pierce_plain_vs_socat", "fir
 QUICK = ["--rounds", "1", "--seconds", "1", "--connections", "20", "--idle-conns", "20"]
 
 
-def start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    """The benchmark with its temporary files under ``tmp_path``: every process it starts inherits that
-    TMPDIR, which is how leftovers are found."""
+def start(tmp_path: Path, *args: str, script: Path = SCRIPT) -> subprocess.Popen[str]:
+    """The benchmark (``script``, this one's by default) with its temporary files under ``tmp_path``: every
+    process it starts inherits that TMPDIR, which is how leftovers are found."""
     return subprocess.Popen(
-        [sys.executable, str(SCRIPT), *args],
+        [sys.executable, str(script), *args],
         cwd=ROOT,
         env={**os.environ, "TMPDIR": str(tmp_path)},
         stdin=subprocess.DEVNULL,

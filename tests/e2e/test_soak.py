@@ -5,10 +5,8 @@ series whose answer is known (no timing limits)."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +18,7 @@ SCRIPT = ROOT / "bench" / "soak.py"
 sys.path.insert(0, str(SCRIPT.parent))
 
 from soak import growth  # noqa: E402
-from test_bench_tunnel import finish, leftovers  # noqa: E402
+from test_bench_tunnel import finish, leftovers, start  # noqa: E402
 
 KINDS = {"tcp", "stcp", "http", "udp", "tcp_extra", "outage_probe"}
 RELOADS = {"reload_add_admin", "reload_remove_sighup", "reload_add_sighup", "reload_remove_admin"}
@@ -29,15 +27,7 @@ RELOADS = {"reload_add_admin", "reload_remove_sighup", "reload_add_sighup", "rel
 @pytest.mark.skipif(shutil.which("ss") is None, reason="not installed: ss")
 @pytest.mark.timeout(240)
 def test_one_minute_soak_verifies_every_transfer_and_reports_flat_fds(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--minutes", "1", "--json"],
-        cwd=ROOT,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start(tmp_path, "--minutes", "1", "--json", script=SCRIPT)
     out, err = finish(proc, timeout=200)
     assert out, err
     res = json.loads(out)

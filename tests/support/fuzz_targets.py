@@ -321,6 +321,22 @@ def _sni(data: bytes) -> None:
         assert parse_client_hello(data[: hello.length - 1]) is None
 
 
+def python_hello(server_name: str | None, alpn: list[str] | None = None) -> bytes:
+    """The first flight of a real TLS client (OpenSSL through Python's ssl), caught in a MemoryBIO."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        return outgoing.read()
+    raise AssertionError("the TLS client finished a handshake without a server")
+
+
 @functools.cache
 def _client_hellos() -> tuple[bytes, ...]:
     out = []
@@ -329,16 +345,7 @@ def _client_hellos() -> tuple[bytes, ...]:
         (None, []),
         (".".join(["x" * 60] * 3), ["acme-tls/1"]),
     ):
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        if alpn:
-            ctx.set_alpn_protocols(alpn)
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
-        with contextlib.suppress(ssl.SSLWantReadError):
-            tls.do_handshake()
-        out.append(outgoing.read())
+        out.append(python_hello(server_name, alpn))
     # One hello split over two records.
     first = out[0]
     body = first[5:]

@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import shutil
 import socket
-import ssl
 import struct
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.fuzz_targets import python_hello
 
 from pierce.tls import ensure_server_certificate, server_context
 from pierce.vhost.sni import (
@@ -34,20 +34,6 @@ from pierce.vhost.sni import (
 
 # ---------------------------------------------------------------------------------------------------
 # ClientHellos: real ones from the ssl module, and hand-built ones for what it cannot produce.
-
-
-def python_hello(server_name: str | None, alpn: list[str] | None = None) -> bytes:
-    """The first flight of a real TLS client (OpenSSL through Python's ssl), caught in a MemoryBIO."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
 
 
 def u16(n: int) -> bytes:
