@@ -131,6 +131,10 @@ class SocketEnd(End):
     Reads and writes try the socket first and wait for readiness only when it would block (as the
     copy loops do), except a read after a short one (a request or an answer that has ended), which
     waits first: the next bytes are rarely there yet, and a ``recv`` that fails costs a system call.
+    On uvloop a read that finds the watch already in place tries the socket first all the same: libuv
+    reports a socket error (a reset) to a watch once and then stops watching the socket, so that report
+    may have been the wake-up of the last read, which found bytes before the error; waiting on that
+    watch would never end. A ``recv`` sees an error the kernel holds; a fresh watch reports it again.
     Between reads the socket stays watched (one reader callback, kept while reads follow each other),
     so a connection that takes turns, as HTTP keep-alive does, registers its socket with the loop once
     instead of once per message; the watch ends when readiness comes with no read waiting (level-
@@ -140,7 +144,7 @@ class SocketEnd(End):
     ``sock_recv`` / ``sock_sendall``.
     """
 
-    __slots__ = ("_fd", "_fd_waits", "_loop", "_short", "_sock", "_waiter", "_watching")
+    __slots__ = ("_errors_once", "_fd", "_fd_waits", "_loop", "_short", "_sock", "_waiter", "_watching")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -154,6 +158,8 @@ class SocketEnd(End):
         self._watching = False
         #: The last read returned less than it asked for.
         self._short = False
+        #: The loop reports a socket error to a watch once, then stops watching (uvloop).
+        self._errors_once = _reports_errors_once(self._loop)
 
     @property
     def socket(self) -> socket.socket:
@@ -163,7 +169,7 @@ class SocketEnd(End):
         if not self._fd_waits:
             return await self._loop.sock_recv(self._sock, max_bytes)
         sock = self._sock
-        wait = self._short
+        wait = self._short and not (self._watching and self._errors_once)
         while True:
             if wait:
                 # The wait is here, not in a coroutine of its own nor in the except clause below: an idle
@@ -225,6 +231,12 @@ class SocketEnd(End):
     def abort(self) -> None:
         self.unwatch()
         abort_socket(self._sock)
+
+
+def _reports_errors_once(loop: asyncio.AbstractEventLoop) -> bool:
+    """True for loops whose readiness watch reports a socket error once and then stops watching that
+    socket, unlike the selector loops, whose watches go on reporting it (see `SocketEnd`): uvloop."""
+    return type(loop).__module__.partition(".")[0] == "uvloop"
 
 
 def abort_socket(sock: socket.socket) -> None:

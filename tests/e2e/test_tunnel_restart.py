@@ -154,6 +154,20 @@ async def rig(
     yield r
 
 
+@contextlib.asynccontextmanager
+async def within(what: str, r: Rig, seconds: float = 30) -> AsyncIterator[None]:
+    """A step of a test that must end within ``seconds``; if it does not, the failure names the step and
+    shows the last events of both processes (instead of a bare timeout of the whole test)."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise AssertionError(
+            f"{what}: not done after {seconds} s; server events {r.server.events[-12:]}; "
+            f"client events {r.client.events[-12:]}"
+        ) from None
+
+
 async def start_download(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
     """Ask the service through the tunnel for its stream and read the first MiB: a transfer under way
     (the rest waits in buffers, since nothing reads it)."""
@@ -336,8 +350,10 @@ async def test_local_service_restarted_mid_transfer_serves_again_without_pierce_
         reader, writer, head = await start_download(r.public)
         await r.server.wait_event("proxy.conn_open")
         await svc.stop()
-        assert await svc.ended.get() == "ConnectionResetError"
-        await finish_download(reader, writer, head)
+        async with within("the service's end of the cut download", r):
+            assert await svc.ended.get() == "ConnectionResetError"
+        async with within("the visitor's end of the cut download", r):
+            await finish_download(reader, writer, head)
         (cut,) = await r.server.wait_event("proxy.conn_close")
         assert cut["down_bytes"] < STREAM_BLOCKS * MiB
         (ccut,) = await r.client.wait_event("proxy.conn_close")
@@ -345,21 +361,23 @@ async def test_local_service_restarted_mid_transfer_serves_again_without_pierce_
 
         # While the service is down a visitor is turned away at once (the client says why), and the
         # tunnel stays up.
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", r.public)
-        except ConnectionResetError:  # reset before the connect completed here: turned away too
-            pass
-        else:
-            writer.write(b"echo\n")
-            got, _ = await read_until_end(reader)
-            writer.close()
-            assert got == b""
+        async with within("a visitor turned away while the service is down", r):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", r.public)
+            except ConnectionResetError:  # reset before the connect completed here: turned away too
+                pass
+            else:
+                writer.write(b"echo\n")
+                got, _ = await read_until_end(reader)
+                writer.close()
+                assert got == b""
         (failed,) = await r.client.wait_event("proxy.local_failed")
         assert failed["proxy"] == "svc" and failed["error"], failed
 
         await svc.start()
-        await verified_echo(r.public, 4 * MiB + 1, 24)
-        assert await svc.ended.get() == "done"
+        async with within("a verified transfer after the service's restart", r):
+            await verified_echo(r.public, 4 * MiB + 1, 24)
+            assert await svc.ended.get() == "done"
         assert len(r.client.matching("client.connected")) == 1  # never reconnected
         assert r.state() == before
 

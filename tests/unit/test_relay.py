@@ -7,8 +7,10 @@ import gc
 import hashlib
 import random
 import socket
+import struct
 
 import pytest
+import uvloop
 
 from pierce import relay as relay_mod
 from pierce.relay import RelayMode, RelayStats, SocketEnd, StreamEnd, relay
@@ -211,3 +213,38 @@ async def test_a_socket_end_taking_turns_registers_its_socket_once_then_hands_it
     assert inner_a.fileno() == -1 and not loop.remove_reader(fd)
     outer_a.close()
     outer_b.close()
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_a_reset_that_comes_with_the_last_bytes_ends_the_next_read(loop_name: str) -> None:
+    """The peer's last bytes and its reset arrive in one go while a read waits: the read gets the bytes,
+    the next one the reset. uvloop reports a socket error once and then stops watching the socket
+    (libuv's poll handle does, on POLLERR); a SocketEnd that kept its watch and waited on it again never
+    woke (a local service that crashed mid-transfer held its tunnelled connection for ever)."""
+    factory = uvloop.new_event_loop if loop_name == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(last_bytes_then_reset())
+
+
+async def last_bytes_then_reset() -> None:
+    mine, peer = await tcp_pair()
+    end = SocketEnd(mine)
+    try:
+        reading = asyncio.ensure_future(end.read(65536))
+        await asyncio.sleep(0)  # the read waits for the socket
+        peer.send(b"first")
+        assert await asyncio.wait_for(reading, 5) == b"first"  # a short read: the next one waits first
+        reading = asyncio.ensure_future(end.read(65536))
+        await asyncio.sleep(0)
+        peer.send(b"last")
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # the reset follows the bytes before the loop looks at the socket again
+        got = b""
+        with pytest.raises(ConnectionResetError):
+            async with asyncio.timeout(5):
+                while True:
+                    got += await reading
+                    reading = asyncio.ensure_future(end.read(65536))
+        assert got in (b"", b"last")  # the kernel may drop unread bytes at a reset
+    finally:
+        end.close()
