@@ -289,6 +289,22 @@ class WatchedSocket(socket.socket):
             return await self.lowats.get()
 
 
+def tcp_memory_pressure() -> bool:
+    """The machine's TCP memory is past the kernel's low mark (``net.ipv4.tcp_mem``), where it may be
+    under pressure: Linux then reports a socket readable below its SO_RCVLOWAT (a socket's receive memory
+    nearly used up, or its window clamped to a segment), so a peek may wake before its bytes are there.
+    Thousands of connections beside the test (a load benchmark) do that; a test run alone never does."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/tcp_mem").read_text().split()[0])
+        for line in Path("/proc/net/sockstat").read_text().splitlines():
+            if line.startswith("TCP:"):
+                fields = line.split()
+                return int(fields[fields.index("mem") + 1]) >= low
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 @contextlib.asynccontextmanager
 async def connected_pair() -> AsyncIterator[tuple[WatchedSocket, socket.socket]]:
     """(accepted server side, client side) of a loopback TCP connection, both non-blocking."""
@@ -333,11 +349,19 @@ async def test_hello_in_pieces_is_peeked_without_spinning_and_without_consuming(
                 lowat = await server.next_lowat()
                 assert lowat == collect_hello(wire[:end])[1]
             else:
-                # Not enough yet: the socket stays unreadable, so the peek does not even look.
+                # Not enough yet: the socket stays unreadable, so the peek does not even look (unless the
+                # kernel itself says it is readable: under memory pressure it ignores SO_RCVLOWAT).
                 reads = server.reads
                 for _ in range(200):
                     await asyncio.sleep(0)
-                assert server.reads == reads
+                if server.reads != reads and tcp_memory_pressure():
+                    # The kernel woke it (see `tcp_memory_pressure`): it looked, backing off, and asked
+                    # again for the same number of bytes.
+                    assert server.reads - reads <= 20
+                    while not server.lowats.empty():
+                        assert server.lowats.get_nowait() == lowat
+                else:
+                    assert server.reads == reads
                 assert server.lowats.empty()
             assert not peek.done()
         await loop.sock_sendall(client, wire[sent:] + after)
