@@ -5,6 +5,7 @@ simulated time."""
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -33,6 +34,9 @@ class Link:
     delay: float = DELAY
     loss: float = 0.0
     queue: int = 1 << 30
+    #: Acknowledgements held back and delivered together every this many seconds (0: as they arrive): a
+    #: peer whose event loop takes long turns.
+    ack_every: float = 0.0
     seed: int = 1
     now: float = 1000.0  # a monotonic clock, far from zero
     delivered: int = 0
@@ -95,7 +99,10 @@ class Link:
             )
             return
         self._link_free = start + MDS / self.rate
-        heapq.heappush(self._events, (self._link_free + 2 * self.delay, packet.packet_number, True, packet))
+        acked_at = self._link_free + 2 * self.delay
+        if self.ack_every:
+            acked_at = math.ceil(acked_at / self.ack_every) * self.ack_every
+        heapq.heappush(self._events, (acked_at, packet.packet_number, True, packet))
 
     def _acked(self, packet: QuicSentPacket) -> None:
         self.delivered += packet.sent_bytes
@@ -220,3 +227,39 @@ def test_probe_rtt_measures_the_minimum_again_at_half_the_rate_not_stalled() -> 
     assert link.cc.mode == bbr.PROBE_BW
     assert link.cc.min_rtt == pytest.approx(2 * link.delay, rel=0.05)
     assert link.goodput(1.0) > 0.9 * RATE
+
+
+def test_bursts_of_acknowledgements_do_not_hold_the_sender_to_a_window_per_burst() -> None:
+    """A peer that acknowledges in batches every 20 ms on a 1 ms path (a busy event loop): the window
+    gets the excess the batches deliver (`bbr.AGGREGATION_WINDOW_ROUNDS`), or the sender would wait each
+    batch out with two bandwidth-delay products of the 1 ms path in flight, about half the link."""
+    link = Link(new_bbr(), delay=0.0005, ack_every=0.02)
+    link.run(3.0)
+    assert link.cc.aggregation_allowance() > 0
+    assert link.goodput(3.0) > 0.85 * RATE
+
+
+def test_a_long_application_limited_stretch_does_not_age_the_bandwidth_out() -> None:
+    """Rounds in which the sender had too little to send measure nothing: a hundred of them go by, and the
+    first sample after them (a new burst's slow first round trip) does not stand for the path alone."""
+    cc = new_bbr()
+    for i in range(5):
+        cc.round_count = i + 1
+        cc._update_bw(RATE)
+    cc.round_count = 200
+    cc._update_bw(RATE / 100)
+    assert cc.bw == RATE
+    for i in range(bbr.BW_WINDOW_ROUNDS):  # ten rounds that measured the lower rate: it is the path's
+        cc.round_count = 201 + i
+        cc._update_bw(RATE / 100)
+    assert cc.bw == RATE / 100
+
+
+def test_pacing_never_falls_below_the_smallest_window_per_round_trip() -> None:
+    """A bandwidth estimate that fell to a few packets a second (late samples from a starved CPU) would
+    pace one packet a second or so, and climb back 1.25x per eight such round trips: minutes."""
+    cc = new_bbr()
+    cc.on_rtt_measurement(now=1.0, rtt=0.05)
+    cc.bw = 2000.0
+    rate = cc.pacing_rate()
+    assert rate is not None and rate >= bbr.MIN_CWND_PACKETS * MDS / 0.05
