@@ -136,7 +136,9 @@ class Driver:
 
 def use_pacer(conn: QuicConnection, pacer: str) -> QuicConnection:
     if pacer == "pierce":
-        conn._loss._pacer = quic_core.CoarsePacer(max_datagram_size=quic_core.DEFAULT_DATAGRAM_SIZE)
+        conn._loss._pacer = quic_core.CoarsePacer(
+            max_datagram_size=quic_core.DEFAULT_DATAGRAM_SIZE, congestion=conn._loss._cc
+        )
     return conn
 
 

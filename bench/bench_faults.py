@@ -14,10 +14,15 @@ into the next), then ``--rounds`` rounds of one echo transfer per path, the orde
 from the visitor host, half-closed, read back to EOF, SHA-256 checked, bounded by ``--timeout`` seconds.
 Paths: ``tunnel`` (the server's public port), ``stcp``, ``direct-tcp`` (the xtcp visitor's connection:
 its direct TCP one while there is one, else QUIC or the relay: the path taken is reported), ``quic`` (an
-xtcp visitor with ``direct_tcp = false``) and ``ssh-R``. The payload shrinks as loss grows
+xtcp visitor with ``direct_tcp = false``) and ``ssh-R`` (``--paths``: a comma-separated subset; the
+ratios need ``ssh-R`` among them). The payload shrinks as loss grows
 (``--size-mib`` at 0 and 1 %, a quarter of it at 5 %, an eighth at 20 %). Reported: median Mbit/s (both
 directions summed) per path and condition, and each pierce path over ssh-R, paired per round; a transfer
-that did not come back whole is counted and named, never timed.
+that did not come back whole is counted and named, never timed. The TCP paths (all but ``quic``) run
+the kernel's TCP congestion control on the lossy leg, the machine's default unless ``--tcp-cc`` names
+another for the lab's hosts (a namespace may only pick one of
+``net.ipv4.tcp_allowed_congestion_control``): with BBR they barely back off for random loss, with
+``reno`` they halve their window at each loss, as QUIC with aioquic's own controllers would.
 
 ``--cuts 5,40,300``: the scenario of `natlab.partition_lab` for each cut length and each way to cut
 (``drop``, ``link-down``): a paced transfer through the tunnel while the client's uplink is cut; reported:
@@ -27,7 +32,8 @@ server held afterwards.
 
 Needs root (network namespaces), ssh, ssh-keygen and /usr/sbin/sshd. Usage:
 ``sudo .venv/bin/python bench/bench_faults.py [--loss 1,5,20] [--delay 50] [--rounds 3] [--size-mib 2]
-[--json]`` or ``sudo .venv/bin/python bench/bench_faults.py --cuts 5,40,300 [--ways drop,link-down]``.
+[--paths quic,ssh-R] [--tcp-cc reno] [--json]`` or
+``sudo .venv/bin/python bench/bench_faults.py --cuts 5,40,300 [--ways drop,link-down]``.
 The machine is shared: run one at a time.
 """
 
@@ -72,7 +78,7 @@ def loss_and_delay(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     procs = Procs()
     try:
         with Lab() as lab:
-            faults = FaultsLab(lab, workdir / "lab")
+            faults = FaultsLab(lab, workdir / "lab", tcp_congestion_control=args.tcp_cc)
             server_ip = faults.plab.server_ip
             site = Site(
                 "faults", "owner behind a cone NAT, visitor behind another, server on the core",
@@ -88,6 +94,8 @@ def loss_and_delay(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         procs.close()
     return {
         "delay_ms": args.delay,
+        "tcp_congestion_control": args.tcp_cc
+        or Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip(),
         "rounds": args.rounds,
         "warmup": args.warmup,
         "ssh_cipher": ssh.cipher,
@@ -102,16 +110,17 @@ def run_condition(
     size = size_for(loss, args.size_mib)
     payload = random_payload(workdir / f"payload-{size}.bin", size)
     faults.impair(loss=loss, delay_ms=args.delay)
-    mbit: dict[str, list[float | None]] = {path: [] for path in ALL_PATHS}
-    failures: dict[str, list[str]] = {path: [] for path in ALL_PATHS}
-    seen: dict[str, set[str]] = {path: set() for path in ALL_PATHS}
+    paths = chosen_paths(args)
+    mbit: dict[str, list[float | None]] = {path: [] for path in paths}
+    failures: dict[str, list[str]] = {path: [] for path in paths}
+    seen: dict[str, set[str]] = {path: set() for path in paths}
     try:
-        for path in ALL_PATHS:  # not counted: connections find their pace
+        for path in paths:  # not counted: connections find their pace
             for _ in range(args.warmup):
                 faults.transfer(path, payload, args.timeout, target=targets[path])
         for r in range(args.rounds):
-            k = r % len(ALL_PATHS)
-            for path in ALL_PATHS[k:] + ALL_PATHS[:k]:
+            k = r % len(paths)
+            for path in paths[k:] + paths[:k]:
                 result = faults.transfer(path, payload, args.timeout, target=targets[path])
                 if result.get("conn_path"):
                     seen[path].add(str(result["conn_path"]))
@@ -125,14 +134,14 @@ def run_condition(
     finally:
         faults.clear()
     rows = {}
-    for path in ALL_PATHS:
+    for path in paths:
         ok = [x for x in mbit[path] if x is not None]
         row: dict[str, Any] = {
             "mbit_s": round(statistics.median(ok), 3) if ok else None,
             "verified": len(ok),
             "failed": failures[path],
         }
-        if path != "ssh-R":
+        if path != "ssh-R" and "ssh-R" in mbit:
             pairs = [a / b for a, b in zip(mbit[path], mbit["ssh-R"], strict=True) if a and b]
             row["vs_ssh"] = round(statistics.median(pairs), 2) if pairs else None
             row["paths_seen"] = sorted(seen[path])
@@ -159,26 +168,37 @@ def cuts(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return {"cuts": runs}
 
 
+def chosen_paths(args: argparse.Namespace) -> tuple[str, ...]:
+    """The paths of ``--paths``, in `ALL_PATHS` order."""
+    wanted = {p for p in args.paths.split(",") if p}
+    if unknown := wanted - set(ALL_PATHS):
+        raise SystemExit(f"unknown paths: {', '.join(sorted(unknown))} (known: {', '.join(ALL_PATHS)})")
+    return tuple(p for p in ALL_PATHS if p in wanted)
+
+
 def markdown(report: dict[str, Any]) -> str:
+    paths = [p for p in ALL_PATHS if p in report["conditions"][0]["paths"]]
+    pierce = [p for p in paths if p != "ssh-R"]
     lines = [
         f"Delay {report['delay_ms']} ms each way on the owner's router (plus the loss below), "
-        f"{report['rounds']} rounds, ssh cipher {report['ssh_cipher']}, {report['seconds']} s in all. "
+        f"TCP congestion control {report['tcp_congestion_control']}, {report['rounds']} rounds, "
+        f"ssh cipher {report['ssh_cipher']}, {report['seconds']} s in all. "
         "Median Mbit/s, both directions summed; ratio = pierce path / ssh-R, paired per round.",
         "",
-        "| loss | payload | " + " | ".join(ALL_PATHS) + " | " + " | ".join(f"{p}/ssh" for p in PATHS) + " |",
-        "|---" * (2 + len(ALL_PATHS) + len(PATHS)) + "|",
+        "| loss | payload | " + " | ".join(paths) + " | " + " | ".join(f"{p}/ssh" for p in pierce) + " |",
+        "|---" * (2 + len(paths) + len(pierce)) + "|",
     ]
     for cond in report["conditions"]:
-        paths = cond["paths"]
-        ratios = [f"{paths[p]['vs_ssh']:.2f}x" if paths[p]["vs_ssh"] else "-" for p in PATHS]
+        rows = cond["paths"]
+        ratios = [f"{rows[p]['vs_ssh']:.2f}x" if rows[p].get("vs_ssh") else "-" for p in pierce]
         lines.append(
             f"| {cond['loss']:.0%} | {cond['size_kib']} KiB | "
-            + " | ".join(cell(paths[p]) for p in ALL_PATHS)
+            + " | ".join(cell(rows[p]) for p in paths)
             + " | "
             + " | ".join(ratios)
             + " |"
         )
-    seen = {p: sorted({s for c in report["conditions"] for s in c["paths"][p]["paths_seen"]}) for p in PATHS}
+    seen = {p: sorted({s for c in report["conditions"] for s in c["paths"][p]["paths_seen"]}) for p in pierce}
     lines += ["", "Paths the visitors' connections took: " + json.dumps({p: v for p, v in seen.items() if v})]
     return "\n".join(lines)
 
@@ -222,8 +242,15 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one transfer may take")
     parser.add_argument("--cuts", default="", help="seconds, comma-separated: the partition runs instead")
     parser.add_argument("--ways", default="drop,link-down")
+    parser.add_argument(
+        "--tcp-cc", default="", help="TCP congestion control of the lab's hosts (default: the machine's)"
+    )
+    parser.add_argument(
+        "--paths", default=",".join(ALL_PATHS), help="comma-separated, of " + ", ".join(ALL_PATHS)
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    chosen_paths(args)
     if (reason := missing_prerequisites()) is not None:
         raise SystemExit(reason)
     if not args.cuts and (reason := missing_tools("ssh", "ssh-keygen", SSHD)) is not None:

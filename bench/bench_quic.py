@@ -15,7 +15,7 @@ same congestion control, datagram size and receive windows. Each run moves ``--m
 the order rotates every round; medians and the paired medians of (b)/(a) and (b)/(a') are printed.
 ``--profile`` runs each once under cProfile and prints where the time goes.
 
-Usage: ``python3 bench/bench_quic.py [--mib 64] [--rounds 3] [--cc cubic|reno] [--datagram-size 1200]
+Usage: ``python3 bench/bench_quic.py [--mib 64] [--rounds 3] [--cc bbr|cubic|reno] [--datagram-size 1200]
 [--loop uvloop|asyncio] [--profile] [--json]``.
 
 Where the time goes (``--profile``: cProfile, 32 MiB, 1200-byte datagrams, sender and receiver in one
@@ -170,7 +170,9 @@ async def run_bare(payload: bytes, identity: Identity, cc: str, size: int, *, pa
     loop.add_reader(b.fileno(), server_readable)
     client_conn = QuicConnection(configuration=config(True))
     if paced:  # QuicPath's pacer (pierce.p2p.quic_core.CoarsePacer) on the sending side
-        client_conn._loss._pacer = quic_core.CoarsePacer(max_datagram_size=size)
+        client_conn._loss._pacer = quic_core.CoarsePacer(
+            max_datagram_size=size, congestion=client_conn._loss._cc
+        )
     client_conn.connect(b.getsockname(), time.monotonic())
     client = BareEnd(client_conn, a, on_client)
     client.transmit()
@@ -265,7 +267,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--cc", default=quic_core.CONGESTION_CONTROL, choices=["cubic", "reno"])
+    parser.add_argument("--cc", default=quic_core.CONGESTION_CONTROL, choices=["bbr", "cubic", "reno"])
     parser.add_argument("--datagram-size", type=int, default=quic_core.DEFAULT_DATAGRAM_SIZE)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", action="store_true")

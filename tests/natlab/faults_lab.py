@@ -40,13 +40,15 @@ class FaultsLab:
     """The topology of the module doc with every process up and every path checked direct where it should
     be (`paths_up`)."""
 
-    def __init__(self, lab: Lab, workdir: Path) -> None:
+    def __init__(self, lab: Lab, workdir: Path, tcp_congestion_control: str = "") -> None:
         self.plab = build(lab, [SiteSpec("a", "cone"), SiteSpec("b", "cone")])
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         for host in (self.plab.server, *(site.host for site in self.plab.sites.values())):
             for iface, _ in host.addrs.values():
                 host.run("ethtool", "-K", iface, "tso", "off", "gso", "off", "gro", "off")
+            if tcp_congestion_control:  # a namespace starts with the machine's; sockets take it when made
+                host.run("sysctl", "-qw", f"net.ipv4.tcp_congestion_control={tcp_congestion_control}")
         self.pl = PierceLab(self.plab, workdir)
         self.pl.start_server()
         self.owner_site, visitor_site = self.plab.sites["a"], self.plab.sites["b"]

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 DEFAULT_DATAGRAM_SIZE = 1200
 IDLE_TIMEOUT = 30.0
 KEEPALIVE = 15.0
-CONGESTION_CONTROL = "cubic"
+#: `pierce.p2p.bbr` (aioquic's "cubic" and "reno" cut their window at every loss, random or not).
+CONGESTION_CONTROL = "bbr"
 #: Streams the peer may have open at once on a path (RFC 9000 MAX_STREAMS; aioquic's own default is 128):
 #: each is one visitor connection. Beyond it a visitor's new connection waits in line for one to end
 #: (`pierce.p2p.quic.QuicPath.open_stream`).
