@@ -235,8 +235,17 @@ class SocketEnd(End):
 
 def _reports_errors_once(loop: asyncio.AbstractEventLoop) -> bool:
     """True for loops whose readiness watch reports a socket error once and then stops watching that
-    socket, unlike the selector loops, whose watches go on reporting it (see `SocketEnd`): uvloop."""
-    return type(loop).__module__.partition(".")[0] == "uvloop"
+    socket, unlike the selector loops, whose watches go on reporting it (see `SocketEnd`): uvloop.
+    Asked once per loop class, not per connection."""
+    cls = type(loop)
+    known = _ERRORS_ONCE.get(cls)
+    if known is None:
+        known = _ERRORS_ONCE[cls] = cls.__module__.partition(".")[0] == "uvloop"
+    return known
+
+
+#: `_reports_errors_once` by loop class.
+_ERRORS_ONCE: dict[type, bool] = {}
 
 
 def abort_socket(sock: socket.socket) -> None:
